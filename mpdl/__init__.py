@@ -2,3 +2,12 @@
 
 manifest -> plan -> tasks -> workers -> ring slots -> writer -> verified files
 """
+
+from .api import Result, run
+from .errors import FetchError, ManifestError, MpdlError, UsageError, WriterError
+from .manifest import Manifest, load_manifest
+from .progress import ProgressEvent
+
+__all__ = ["run", "Result", "Manifest", "load_manifest", "ProgressEvent", "MpdlError",
+           "ManifestError", "UsageError", "FetchError", "WriterError"]
+__version__ = "0.1.0"

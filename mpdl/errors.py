@@ -3,6 +3,8 @@
 Everything mpdl raises on purpose derives from MpdlError, so a launcher can catch one class.
 """
 
+from .messages import FailKind
+
 
 class MpdlError(Exception):
     """Base class of every error mpdl raises on purpose."""
@@ -17,19 +19,11 @@ class UsageError(MpdlError, ValueError):
 
 
 class FetchError(MpdlError):
-    """An HTTP fetch failed. ``retry`` says whether another attempt may succeed."""
+    """An HTTP fetch failed; ``kind`` says what may still succeed (see messages.FailKind)."""
 
-    def __init__(self, message: str, *, retry: bool = True, next_mirror: bool = False) -> None:
+    def __init__(self, message: str, kind: FailKind = FailKind.RETRY) -> None:
         super().__init__(message)
-        self.retry = retry
-        self.next_mirror = next_mirror
-
-
-class RangesIgnored(FetchError):
-    """The server answered a Range request with the whole object (200): stream it once instead."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retry=False)
+        self.kind = kind
 
 
 class IntegrityError(FetchError):

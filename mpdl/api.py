@@ -1,0 +1,130 @@
+"""``mpdl.run``: the one call a launcher needs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from .coordinator import Coordinator
+from .errors import MpdlError
+from .hashing import hash_file
+from .journal import Journal
+from .layout import Layout, place_link
+from .manifest import FileEntry, Manifest, load_manifest
+from .options import Options
+from .plan import make_plan
+from .progress import ProgressCallback, Tracker
+
+log = logging.getLogger("mpdl")
+
+ManifestSource = Union[str, "os.PathLike[str]", Mapping[str, Any], Manifest]
+
+
+@dataclass
+class Result:
+    """What a run did. ``ok`` only when every file (and link) is in place and verified."""
+
+    completed: List[str] = field(default_factory=list)  # fetched and verified in this run
+    skipped: List[str] = field(default_factory=list)  # already in place and verified before
+    failed: Dict[str, str] = field(default_factory=dict)  # path -> why
+    error: Optional[str] = None  # why the run stopped early (a disk error, dying processes)
+    bytes_fetched: int = 0  # from the network
+    bytes_written: int = 0  # to files
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.error is None
+
+
+def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
+        progress: Optional[ProgressCallback] = None, state_dir: Optional[Path] = None,
+        keep_state: bool = True, streamed: Tuple[str, ...] = (), **options: Any) -> Result:
+    """Fill ``dest`` with the manifest's files, every byte verified.
+
+    ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
+    memory, timeout, parallel, verify_tls, start_method); unset ones come from MPDL_*
+    variables, then defaults. Raises ManifestError (a ValueError) before writing anything if
+    the manifest is invalid. On KeyboardInterrupt the children and the shared memory are gone
+    before it propagates; the journal keeps what was finished.
+    """
+    started = time.monotonic()
+    parsed = load_manifest(manifest)
+    opts = Options.from_env(**options)
+    layout = Layout(Path(dest), state_dir)
+    result = Result()
+    journal = Journal(layout.state_dir)
+    try:
+        todo = _still_to_fetch(parsed, layout, journal, result)
+        plan = make_plan(todo, chunk_size=opts.chunk_size, parallel=opts.parallel,
+                         streamed=streamed)
+        layout.dest.mkdir(parents=True, exist_ok=True)
+        sizes = [entry.size for _, entry in todo]
+        tracker = Tracker(None if None in sizes else sum(sizes), len(todo), progress)
+
+        def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
+            if ok:
+                result.completed.append(entry.path)
+                journal.record(entry, layout.final(entry.path))
+            else:
+                result.failed[entry.path] = reason
+                log.error("%s: %s", entry.path, reason)
+
+        if todo:
+            coordinator = Coordinator(parsed, plan, layout, opts, tracker, file_done)
+            coordinator.run()
+            result.error = coordinator.error
+            result.bytes_fetched = tracker.bytes_fetched
+            result.bytes_written = tracker.bytes_done
+        for link in parsed.links:
+            try:
+                place_link(layout, link)
+            except OSError as exc:
+                result.failed[link.path] = f"cannot make the link: {exc.strerror or exc}"
+        result.elapsed = time.monotonic() - started
+        tracker.tick(final=True)
+    finally:
+        journal.close()
+    _tidy_state(layout, keep_state, result.ok)
+    return result
+
+
+def _still_to_fetch(manifest: Manifest, layout: Layout, journal: Journal,
+                    result: Result) -> List[Tuple[int, FileEntry]]:
+    """Files not already in place; a file is in place if the journal or its hash says so."""
+    todo = []
+    for file_id, entry in enumerate(manifest.files):
+        final = layout.final(entry.path)
+        if journal.holds(entry, final) or _verified_on_disk(entry, final):
+            result.skipped.append(entry.path)
+        else:
+            todo.append((file_id, entry))
+    return todo
+
+
+def _verified_on_disk(entry: FileEntry, final: Path) -> bool:
+    """A file nobody recorded is still taken when its size and its hash match (repair mode)."""
+    if entry.hash is None or entry.size is None:
+        return False
+    try:
+        if not final.is_file() or final.is_symlink() or final.stat().st_size != entry.size:
+            return False
+        return entry.hash.matches(hash_file(final, entry.hash.algo))
+    except OSError:
+        return False
+
+
+def _tidy_state(layout: Layout, keep_state: bool, ok: bool) -> None:
+    """Staging goes once empty; the whole state folder goes after success unless kept."""
+    if ok and not keep_state:
+        shutil.rmtree(layout.state_dir, ignore_errors=True)
+        return
+    try:
+        layout.staging_dir.rmdir()
+    except OSError:
+        pass

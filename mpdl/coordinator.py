@@ -1,0 +1,433 @@
+"""The coordinator: one loop that owns every piece of state of a run.
+
+It hands tasks and slots to workers, routes filled slots to the writer, closes files once all
+their bytes are written, retries within a budget, and watches its children's sentinels so a
+dead worker's tasks and slots come back (the pattern of concurrent.futures.process). Nothing
+else decides anything: workers and the writer only do what a record tells them.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Deque, Dict, List, Optional, Set
+
+from .errors import MpdlError, WriterError
+from .layout import Layout
+from .manifest import FileEntry, Manifest
+from .messages import (CloseFile, FailKind, Failed, Fetch, FileClosed, Filled, Grant, OpenFile,
+                       Piece, SlotWritten, Stop, WriteFailed, WriteSlot)
+from .options import Options
+from .plan import Plan, Task, stream_task
+from .progress import Tracker
+from .ring import Ring, SlotPool
+from .worker import worker_main
+from .writer import writer_main
+
+log = logging.getLogger("mpdl")
+
+POLL_SECONDS = 0.25
+STOP_GRACE_SECONDS = 3.0
+
+
+@dataclass
+class TaskRun:
+    """A task and where it stands. ``attempt`` grows on every dispatch and tags its records."""
+
+    task: Task
+    attempt: int = 0
+    failures: int = 0
+    mirror: int = 0
+    worker: Optional[int] = None  # the worker running it now, if any
+    slot: Optional[int] = None  # the slot it is filling now, if any
+    in_writer: int = 0  # its slots the writer has not written yet
+    final: bool = False  # its last slot arrived
+    done: bool = False
+    last_error: str = ""
+
+
+@dataclass
+class FileRun:
+    entry: FileEntry
+    tasks_left: int = 0
+    opened: bool = False
+    state: str = "pending"  # pending -> open -> closing -> done | failed
+    reason: str = ""
+
+
+@dataclass
+class Child:
+    process: multiprocessing.process.BaseProcess
+    inbox: Connection  # coordinator sends
+    outbox: Connection  # coordinator receives
+    running: Set[int] = field(default_factory=set)  # task ids
+    batch: List[tuple] = field(default_factory=list)
+
+
+class Coordinator:
+    def __init__(self, manifest: Manifest, plan: Plan, layout: Layout, options: Options,
+                 tracker: Tracker, on_file_done) -> None:
+        self.manifest = manifest
+        self.layout = layout
+        self.options = options
+        self.tracker = tracker
+        self.on_file_done = on_file_done  # callback(entry, ok, reason)
+        self.ctx = multiprocessing.get_context(options.start_method)
+        self.runs: Dict[int, TaskRun] = {t.task_id: TaskRun(t) for t in plan.tasks}
+        self.next_task_id = len(plan.tasks)
+        self.files: Dict[int, FileRun] = {fid: FileRun(e) for fid, e in plan.files.items()}
+        for task in plan.tasks:
+            for fid in task.file_ids:
+                self.files[fid].tasks_left += 1
+        self.pending: Deque[TaskRun] = deque(self.runs[t.task_id] for t in plan.tasks)
+        self.waiting_grant: Deque[TaskRun] = deque()
+        self.no_ranges: Set[str] = set()
+        self.deferred: Dict[str, List[TaskRun]] = {}
+        self.active_by_source: Counter = Counter()
+        slots = max(2, options.memory // plan.slot_size)
+        self.ring = Ring.create(plan.slot_size, slots)
+        self.slots = SlotPool(slots)
+        self.threads = max(1, -(-min(options.connections, slots) // options.workers))
+        self.workers: Dict[int, Child] = {}
+        self.writer: Optional[Child] = None
+        self.respawns_left = 2 * options.workers
+        self.error: Optional[str] = None
+        log.info("%d tasks, %d files, %d workers x %d connections, ring %d x %d KiB",
+                 len(plan.tasks), len(self.files), options.workers, self.threads, slots,
+                 plan.slot_size // 1024)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run to the end; ``self.error`` is set when the run had to stop early."""
+        try:
+            self.writer = self._start_writer()
+            for worker_id in range(self.options.workers):
+                self.workers[worker_id] = self._start_worker(worker_id)
+            for fid, file in self.files.items():
+                if file.tasks_left == 0:  # empty files: nothing to fetch, still verified
+                    self._open(fid)
+                    self._close(fid, keep=True)
+            while not self._finished():
+                self._dispatch()
+                self._flush()
+                self._poll()
+                self.tracker.tick()
+            self._flush()  # the last CloseFile of a failed file must still reach the writer
+        except MpdlError as exc:
+            self.error = str(exc)
+        finally:
+            self._shutdown()
+
+    def _finished(self) -> bool:
+        return all(f.state in ("done", "failed") for f in self.files.values())
+
+    def _spawn(self, name: str, target, args: tuple) -> Child:
+        inbox_recv, inbox_send = self.ctx.Pipe(duplex=False)
+        outbox_recv, outbox_send = self.ctx.Pipe(duplex=False)
+        process = self.ctx.Process(target=target, name=name, daemon=True,
+                                   args=(inbox_recv, outbox_send) + args)
+        process.start()
+        inbox_recv.close()
+        outbox_send.close()
+        return Child(process, inbox_send, outbox_recv)
+
+    def _start_worker(self, worker_id: int) -> Child:
+        o = self.options
+        child = self._spawn(f"mpdl-worker-{worker_id}", _worker_entry,
+                            (worker_id, self.ring.spec, self.threads, o.timeout, o.verify_tls,
+                             logging.getLogger("mpdl").getEffectiveLevel()))
+        return child
+
+    def _start_writer(self) -> Child:
+        return self._spawn("mpdl-writer", _writer_entry,
+                           (self.ring.spec, str(self.layout.dest),
+                            logging.getLogger("mpdl").getEffectiveLevel()))
+
+    def _shutdown(self) -> None:
+        children = list(self.workers.values()) + ([self.writer] if self.writer else [])
+        for child in children:
+            try:
+                child.inbox.send([Stop()])
+            except OSError:
+                pass
+        wait([c.process.sentinel for c in children], timeout=STOP_GRACE_SECONDS)
+        for child in children:
+            if child.process.is_alive():
+                child.process.terminate()
+            child.process.join(1.0)
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join(1.0)
+            child.inbox.close()
+            child.outbox.close()
+        self.ring.close()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while self.waiting_grant and self.slots.free:
+            run = self.waiting_grant.popleft()
+            run.slot = self.slots.acquire((run.task.task_id, run.attempt))
+            self.workers[run.worker].batch.append(Grant(run.task.task_id, run.attempt, run.slot))
+        while self.pending and self.slots.free:
+            child_id = min((w for w in self.workers if len(self.workers[w].running) < self.threads),
+                           key=lambda w: len(self.workers[w].running), default=None)
+            if child_id is None:
+                return
+            run = self.pending.popleft()
+            task = run.task
+            if all(self.files[f].state == "failed" for f in task.file_ids):
+                continue
+            if task.ranged and task.offset > 0 and task.source in self.no_ranges:
+                self._defer(run)
+                if not self.active_by_source[task.source] and task.source in self.deferred:
+                    self._start_stream(task.source)
+                continue
+            mirrors = self.manifest.mirrors(task.source)
+            run.attempt += 1
+            run.worker, run.final = child_id, False
+            run.slot = self.slots.acquire((task.task_id, run.attempt))
+            for fid in task.file_ids:
+                self._open(fid)
+            self.active_by_source[task.source] += 1
+            self.workers[child_id].running.add(task.task_id)
+            self.workers[child_id].batch.append(Fetch(
+                task.task_id, run.attempt, mirrors[run.mirror % len(mirrors)], task.offset,
+                task.length, task.ranged, task.exact, task.compression, task.size, task.checks,
+                run.slot))
+
+    def _open(self, fid: int) -> None:
+        file = self.files[fid]
+        if file.opened or file.state == "failed":
+            return
+        file.opened, file.state = True, "open"
+        self.writer.batch.append(OpenFile(fid, str(self.layout.staging(file.entry)), file.entry.size))
+
+    def _close(self, fid: int, keep: bool) -> None:
+        file = self.files[fid]
+        entry = file.entry
+        file.state = "closing" if keep else "failed"
+        self.writer.batch.append(CloseFile(fid, keep, str(self.layout.final(entry.path)),
+                                           str(entry.hash) if entry.hash else None,
+                                           entry.executable))
+
+    def _flush(self) -> None:
+        for child in list(self.workers.values()) + [self.writer]:
+            if child.batch:
+                batch, child.batch = child.batch, []
+                try:
+                    child.inbox.send(batch)
+                except OSError:
+                    pass  # it died; its sentinel tells the loop
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        by_conn = {c.outbox: (wid, c) for wid, c in self.workers.items()}
+        by_sentinel = {c.process.sentinel: (wid, c) for wid, c in self.workers.items()}
+        ready = wait(list(by_conn) + list(by_sentinel)
+                     + [self.writer.outbox, self.writer.process.sentinel], timeout=POLL_SECONDS)
+        for handle in ready:
+            if handle is self.writer.outbox:
+                try:
+                    records = self.writer.outbox.recv()
+                except (EOFError, OSError):
+                    raise WriterError("the writer process died") from None
+                for record in records:
+                    self._from_writer(record)
+            elif handle in by_conn:
+                worker_id, child = by_conn[handle]
+                try:
+                    records = child.outbox.recv()
+                except (EOFError, OSError):
+                    continue  # its sentinel is ready too, or will be
+                for record in records:
+                    self._from_worker(worker_id, record)
+        if self.writer.process.sentinel in ready and self.writer.outbox not in ready:
+            raise WriterError(f"the writer process died (exit code {self.writer.process.exitcode})")
+        for sentinel, (worker_id, child) in by_sentinel.items():
+            if sentinel in ready and self.workers.get(worker_id) is child:
+                self._worker_died(worker_id, child)
+
+    def _from_worker(self, worker_id: int, record) -> None:
+        run = self.runs[record.task_id]
+        if record.attempt != run.attempt:  # from an attempt already given up on
+            if isinstance(record, Filled):
+                self.slots.release(record.slot)
+            return
+        if isinstance(record, Filled):
+            self._filled(run, record)
+        elif isinstance(record, Failed):
+            self._failed(run, record)
+
+    def _filled(self, run: TaskRun, record: Filled) -> None:
+        self.tracker.bytes_fetched += record.fetched
+        run.slot = None
+        pieces = tuple(Piece(*where) for where in run.task.map(record.offset, record.length)
+                       if self.files[where[0]].state == "open")
+        if pieces:
+            self.writer.batch.append(WriteSlot(record.slot, pieces))
+            run.in_writer += 1
+        else:
+            self.slots.release(record.slot)
+        if not record.final:
+            self.waiting_grant.append(run)
+            return
+        run.final = True
+        self._stopped_running(run)
+        self._maybe_done(run)
+
+    def _stopped_running(self, run: TaskRun) -> None:
+        self.workers[run.worker].running.discard(run.task.task_id)
+        self.active_by_source[run.task.source] -= 1
+        if run.task.source in self.deferred and not self.active_by_source[run.task.source]:
+            self._start_stream(run.task.source)
+
+    def _maybe_done(self, run: TaskRun) -> None:
+        if run.done or not run.final or run.in_writer:
+            return
+        run.done = True
+        for fid in run.task.file_ids:
+            file = self.files[fid]
+            file.tasks_left -= 1
+            if file.tasks_left == 0 and file.state == "open":
+                self._close(fid, keep=True)
+
+    def _failed(self, run: TaskRun, record: Failed) -> None:
+        if run.slot is not None:
+            self.slots.release(run.slot)
+            run.slot = None
+        self._stopped_running(run)
+        run.last_error = record.reason
+        task = run.task
+        mirrors = self.manifest.mirrors(task.source)
+        log.info("task %d (%s): %s", task.task_id, record.kind.value, record.reason)
+        if record.kind is FailKind.RANGES:
+            self.no_ranges.add(task.source)
+            self._defer(run)
+            if not self.active_by_source[task.source]:
+                self._start_stream(task.source)
+            return
+        if record.kind is FailKind.MIRROR:
+            run.mirror += 1
+            if run.mirror >= len(mirrors):
+                return self._give_up(run, f"not on any mirror ({record.reason})")
+        elif record.kind is FailKind.RETRY:
+            run.failures += 1
+            run.mirror += 1
+            if run.failures >= self.options.max_attempts:
+                return self._give_up(run, f"failed {run.failures} times, last: {record.reason}")
+        else:
+            return self._give_up(run, record.reason)
+        self.pending.appendleft(run)
+
+    def _defer(self, run: TaskRun) -> None:
+        """Keep a range of an object that ignores Range for the one stream that will serve all."""
+        if run.task.compression is not None:
+            return self._give_up(run, f"{run.task.source}: the server ignores Range requests, and a "
+                                      "compressed part inside a larger object needs them")
+        self.deferred.setdefault(run.task.source, []).append(run)
+        if len(self.deferred[run.task.source]) == 1:  # first one: take the rest of the queue too
+            keep: Deque[TaskRun] = deque()
+            for other in self.pending:
+                same = other.task.source == run.task.source and other.task.compression is None
+                (self.deferred[run.task.source] if same else keep).append(other)
+            self.pending = keep
+
+    def _start_stream(self, source: str) -> None:
+        runs = self.deferred.pop(source)
+        task = stream_task(self.next_task_id, source, [r.task for r in runs])
+        self.next_task_id += 1
+        log.info("%s ignores Range: one stream of %d bytes serves %d ranges", source,
+                 task.length, len(runs))
+        stream = self.runs[task.task_id] = TaskRun(task)
+        for fid in task.file_ids:
+            self.files[fid].tasks_left += 1
+        for run in runs:  # replaced by the stream
+            run.final, run.in_writer = True, 0
+            self._maybe_done(run)
+        self.pending.appendleft(stream)
+
+    def _give_up(self, run: TaskRun, reason: str) -> None:
+        run.done = True
+        for fid in run.task.file_ids:
+            self._fail_file(fid, reason)
+
+    def _fail_file(self, fid: int, reason: str) -> None:
+        file = self.files[fid]
+        if file.state in ("done", "failed"):
+            return
+        file.reason = reason
+        if file.opened:
+            self._close(fid, keep=False)
+        else:
+            file.state = "failed"
+        self._file_finished(fid, ok=False)
+
+    def _from_writer(self, record) -> None:
+        if isinstance(record, SlotWritten):
+            task_id, _attempt = self.slots.owner(record.slot)
+            self.slots.release(record.slot)
+            self.tracker.bytes_done += record.written
+            run = self.runs[task_id]
+            run.in_writer -= 1
+            self._maybe_done(run)
+        elif isinstance(record, FileClosed):
+            file = self.files[record.file_id]
+            if file.state == "closing":
+                if record.ok:
+                    file.state = "done"
+                else:
+                    file.state, file.reason = "failed", record.reason
+                self._file_finished(record.file_id, record.ok)
+        elif isinstance(record, WriteFailed):
+            raise WriterError(f"{record.path}: {record.reason}")
+
+    def _file_finished(self, fid: int, ok: bool) -> None:
+        file = self.files[fid]
+        self.tracker.files_done += 1
+        self.on_file_done(file.entry, ok, file.reason)
+
+    def _worker_died(self, worker_id: int, child: Child) -> None:
+        try:
+            while child.outbox.poll():  # what it said before dying still counts
+                for record in child.outbox.recv():
+                    self._from_worker(worker_id, record)
+        except (EOFError, OSError):
+            pass
+        code = child.process.exitcode
+        log.warning("worker %d died (exit code %s); its %d tasks go back to the queue",
+                    worker_id, code, len(child.running))
+        child.inbox.close()
+        child.outbox.close()
+        del self.workers[worker_id]
+        for task_id in sorted(child.running):
+            run = self.runs[task_id]
+            if run.slot is not None:
+                self.slots.release(run.slot)
+                run.slot = None
+            if run in self.waiting_grant:
+                self.waiting_grant.remove(run)
+            self.active_by_source[run.task.source] -= 1
+            run.failures += 1
+            run.attempt += 1  # whatever that attempt still sends is stale
+            if run.failures >= self.options.max_attempts:
+                self._give_up(run, f"worker processes died {run.failures} times on it")
+            else:
+                self.pending.appendleft(run)
+        if self.respawns_left <= 0:
+            raise MpdlError(f"worker processes keep dying (last exit code {code})")
+        self.respawns_left -= 1
+        self.workers[worker_id] = self._start_worker(worker_id)
+
+
+def _worker_entry(inbox, outbox, worker_id, spec, threads, timeout, verify_tls, level) -> None:
+    worker_main(worker_id, inbox, outbox, spec, threads, timeout, verify_tls, level)
+
+
+def _writer_entry(inbox, outbox, spec, dest, level) -> None:
+    writer_main(inbox, outbox, spec, dest, level)

@@ -1,0 +1,114 @@
+"""HTTP: connection pools, opening a checked response, and probing a server's capabilities.
+
+Everything here classifies failures into FetchError kinds; nothing here retries (the
+coordinator decides that, with a budget).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Optional
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from .errors import FetchError
+from .messages import FailKind
+
+USER_AGENT = "mpdl/0.1"
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+
+
+def make_pool(*, connections: int, timeout: float, verify_tls: bool) -> urllib3.PoolManager:
+    """One keep-alive pool per host, as many connections as this process runs requests."""
+    return urllib3.PoolManager(
+        num_pools=32,
+        maxsize=connections,
+        block=False,
+        timeout=urllib3.Timeout(connect=timeout, read=timeout),
+        retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=8),
+        cert_reqs="CERT_REQUIRED" if verify_tls else "CERT_NONE",
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+    )
+
+
+def range_header(offset: int, length: Optional[int]) -> str:
+    return f"bytes={offset}-" if length is None else f"bytes={offset}-{offset + length - 1}"
+
+
+def parse_content_range(value: Optional[str]) -> Optional[tuple]:
+    """'bytes 0-99/1000' -> (0, 99, 1000); total None for '*'; None if absent or malformed."""
+    match = _CONTENT_RANGE.match(value or "")
+    if not match:
+        return None
+    first, last, total = match.groups()
+    return int(first), int(last), None if total == "*" else int(total)
+
+
+def status_error(url: str, status: int, reason: str = "") -> FetchError:
+    """The FetchError for an HTTP status that brought no usable body."""
+    text = f"HTTP {status}{' ' + reason if reason else ''} from {url}"
+    if status in (404, 410, 416):
+        return FetchError(text, FailKind.MIRROR)
+    if status in (401, 403):
+        return FetchError(text + " (access denied; a signed URL may have expired)", FailKind.FATAL)
+    if status == 429 or status >= 500:
+        return FetchError(text, FailKind.RETRY)
+    return FetchError(text, FailKind.MIRROR)
+
+
+def open_response(pool: urllib3.PoolManager, url: str, headers: dict) -> urllib3.BaseHTTPResponse:
+    """GET ``url`` without reading the body; network failures become retryable FetchErrors."""
+    try:
+        return pool.request("GET", url, headers=headers, preload_content=False, decode_content=False)
+    except Urllib3Error as exc:
+        raise FetchError(f"{url}: {_short(exc)}") from None
+    except OSError as exc:
+        raise FetchError(f"{url}: {exc}") from None
+
+
+def _short(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc).splitlines()[0]
+
+
+def discard(response: urllib3.BaseHTTPResponse) -> None:
+    """Drop a response whose body is not wanted: close its connection rather than read it."""
+    response.close()
+    response.release_conn()
+
+
+class ServerInfo(NamedTuple):
+    """What a probe learned: the object's size (None: unknown) and whether ranges work."""
+
+    size: Optional[int]
+    ranges: bool
+
+
+def probe(pool: urllib3.PoolManager, url: str) -> ServerInfo:
+    """HEAD for Accept-Ranges and Content-Length; when HEAD is refused, a 'bytes=0-0' GET."""
+    try:
+        head = pool.request("HEAD", url, preload_content=True)
+    except (Urllib3Error, OSError) as exc:
+        raise FetchError(f"{url}: {_short(exc)}") from None
+    if head.status == 200:
+        length = head.headers.get("Content-Length")
+        size = int(length) if length and length.isdigit() else None
+        ranges = "bytes" in head.headers.get("Accept-Ranges", "").lower()
+        if size is not None and ranges:
+            return ServerInfo(size, True)
+    elif head.status in (404, 410, 401, 403):
+        raise status_error(url, head.status, head.reason or "")
+    response = open_response(pool, url, {"Range": "bytes=0-0"})
+    try:
+        if response.status == 206:
+            parsed = parse_content_range(response.headers.get("Content-Range"))
+            if parsed and parsed[0] == 0 and parsed[2] is not None:
+                return ServerInfo(parsed[2], True)
+            return ServerInfo(None, False)
+        if response.status == 200:
+            length = response.headers.get("Content-Length")
+            return ServerInfo(int(length) if length and length.isdigit() else None, False)
+        raise status_error(url, response.status, response.reason or "")
+    finally:
+        discard(response)

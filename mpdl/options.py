@@ -1,0 +1,99 @@
+"""Run options: defaults chosen from the machine, overridden by MPDL_* variables, then by callers."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping, Optional
+
+import psutil
+
+from .errors import UsageError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+
+
+def parse_size(text: str) -> int:
+    """'8M', '512K', '1.5G', '4096' -> bytes (binary units: K is 1024)."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise UsageError(f"not a size: {text!r} (use e.g. 512K, 8M, 1G)")
+    number, unit, _ = match.groups()
+    return int(float(number) * _UNITS[unit.lower()])
+
+
+def _default_workers() -> int:
+    # Workers spend their CPU on socket reads, zlib and part hashes; the writer and the
+    # coordinator need a core's share too, so one worker per core, and at least two.
+    return max(2, min(8, psutil.cpu_count(logical=True) or 2))
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a run can be tuned with. See ``from_env`` for where values come from."""
+
+    workers: int = 0  # 0: from the machine
+    connections: int = 16  # concurrent requests in all workers together
+    chunk_size: int = 8 * MiB  # range task size when splitting big objects; also the slot size
+    memory: int = 256 * MiB  # the ring's budget: the cap on payload held in memory
+    timeout: float = 30.0  # seconds to connect, and without a byte while reading
+    parallel: bool = True  # False: one stream per object (MPDL_NO_PARALLEL=1)
+    verify_tls: bool = True
+    max_attempts: int = 5  # per task, over all mirrors
+    start_method: Optional[str] = None  # multiprocessing start method; None: the platform's
+
+    def __post_init__(self) -> None:
+        if self.workers == 0:
+            object.__setattr__(self, "workers", _default_workers())
+        for name in ("workers", "connections", "chunk_size", "memory", "max_attempts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"{name} must be a positive whole number, not {value!r}")
+        if not self.timeout > 0:
+            raise UsageError(f"timeout must be positive, not {self.timeout!r}")
+        if self.chunk_size < 64 * KiB:
+            raise UsageError("chunk size must be at least 64K")
+        if self.start_method not in (None, "fork", "spawn", "forkserver"):
+            raise UsageError(f"unknown start method {self.start_method!r}")
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides: Any) -> "Options":
+        """Defaults, then MPDL_* environment variables, then ``overrides`` that are not None."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        readers = {
+            "MPDL_WORKERS": ("workers", _count),
+            "MPDL_CONNECTIONS": ("connections", _count),
+            "MPDL_CHUNK_SIZE": ("chunk_size", parse_size),
+            "MPDL_MEMORY": ("memory", parse_size),
+            "MPDL_TIMEOUT": ("timeout", float),
+            "MPDL_START_METHOD": ("start_method", str),
+        }
+        for var, (name, read) in readers.items():
+            if env.get(var):
+                try:
+                    values[name] = read(env[var])
+                except ValueError as exc:
+                    raise UsageError(f"{var}: {exc}") from None
+        if env.get("MPDL_NO_PARALLEL", "") not in ("", "0"):
+            values["parallel"] = False
+        known = {f.name for f in fields(cls)}
+        for name, value in overrides.items():
+            if name not in known:
+                raise TypeError(f"unknown option {name!r}")
+            if value is not None:
+                values[name] = value
+        return replace(cls(), **values) if values else cls()
+
+
+def _count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"not a whole number: {text!r}") from None

@@ -1,0 +1,186 @@
+"""Planning: turn the files still to fetch into range tasks, each one HTTP request.
+
+Rules, so that every byte can be verified in a worker before it reaches the disk:
+- a compressed or hashed part is one task of its own (its output must fit one slot);
+- other ranges are cut at ``chunk_size`` and adjacent ranges of one object (GOG V1 files
+  inside ``main.bin``) are merged into one request up to ``chunk_size``;
+- a whole object that fits one chunk, or any object when not parallel, is one plain GET.
+Tasks come out in file order, so files finish early instead of all at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from .errors import ManifestError
+from .manifest import FileEntry
+from .messages import Check
+from .options import MiB
+
+# Bytes of an unwanted gap between two ranges that are cheaper to read than to request apart.
+MERGE_GAP = 64 * 1024
+# A part that must be verified whole cannot be larger than this.
+MAX_SLOT = 256 * MiB
+
+
+@dataclass(frozen=True)
+class Span:
+    """Task output bytes [offset, offset+length) belong to ``file_id`` at ``file_offset``.
+
+    ``length`` None: everything from ``offset`` to the end of the output (size unknown).
+    """
+
+    offset: int
+    length: Optional[int]
+    file_id: int
+    file_offset: int
+
+
+@dataclass(frozen=True)
+class Task:
+    """One HTTP request: ``length`` bytes at ``offset`` of the object ``source``.
+
+    ``source`` is the manifest's url for the object (mirrors resolve it). ``ranged`` False
+    means a plain GET: of exactly ``length`` bytes when ``exact``, else of at least ``length``
+    bytes of which the rest is not read. The output (decoded when ``compression``) is
+    ``size`` bytes, cut into files by ``spans``.
+    """
+
+    task_id: int
+    source: str
+    offset: int
+    length: Optional[int]
+    ranged: bool
+    compression: Optional[str]
+    size: Optional[int]
+    spans: Tuple[Span, ...]
+    exact: bool = True
+    checks: Tuple[Check, ...] = ()
+
+    @property
+    def file_ids(self) -> Set[int]:
+        return {span.file_id for span in self.spans}
+
+    def map(self, offset: int, length: int) -> List[Tuple[int, int, int, int]]:
+        """Where output bytes [offset, offset+length) go: (file_id, file_offset, rel, length)."""
+        out = []
+        end = offset + length
+        for span in self.spans:
+            span_end = end if span.length is None else span.offset + span.length
+            lo, hi = max(offset, span.offset), min(end, span_end)
+            if lo < hi:
+                out.append((span.file_id, span.file_offset + lo - span.offset, lo - offset, hi - lo))
+        return out
+
+
+@dataclass
+class Plan:
+    tasks: List[Task]
+    slot_size: int
+    files: Dict[int, FileEntry] = field(default_factory=dict)
+
+
+@dataclass
+class _Open:
+    """A range request being grown by merging adjacent ranges of the same object."""
+
+    source: str
+    start: int
+    end: int
+    spans: List[Span]
+    checks: List[Check]
+
+
+def make_plan(
+    files: Sequence[Tuple[int, FileEntry]],
+    *,
+    chunk_size: int,
+    parallel: bool = True,
+    streamed: Iterable[str] = (),
+) -> Plan:
+    """Tasks for ``files`` (file_id, entry); ``streamed`` objects are known to ignore ranges."""
+    streamed = set(streamed)
+    tasks: List[Task] = []
+    slot_size = chunk_size
+    growing: Dict[str, _Open] = {}
+
+    def emit(**kw) -> None:
+        tasks.append(Task(task_id=len(tasks), **kw))
+
+    def flush(source: str) -> None:
+        req = growing.pop(source)
+        emit(source=source, offset=req.start, length=req.end - req.start, ranged=True,
+             compression=None, size=req.end - req.start, spans=tuple(req.spans),
+             checks=tuple(req.checks))
+
+    def add_range(source: str, offset: int, length: int, file_id: int, file_offset: int,
+                  check: Optional[str]) -> None:
+        req = growing.get(source)
+        if req is not None and not (req.end <= offset <= req.end + MERGE_GAP
+                                    and offset + length - req.start <= chunk_size):
+            flush(source)
+            req = None
+        if req is None:
+            req = growing[source] = _Open(source, offset, offset, [], [])
+        rel = offset - req.start
+        req.spans.append(Span(rel, length, file_id, file_offset))
+        if check:
+            req.checks.append(Check(rel, length, check))
+        req.end = offset + length
+
+    for file_id, entry in files:
+        if entry.url is not None:
+            size = entry.size
+            if size == 0:
+                continue
+            whole = size is None or not parallel or entry.url in streamed or size <= chunk_size
+            if whole:
+                emit(source=entry.url, offset=0, length=size, ranged=False, compression=None,
+                     size=size, spans=(Span(0, size, file_id, 0),))
+                continue
+            for off in range(0, size, chunk_size):
+                n = min(chunk_size, size - off)
+                emit(source=entry.url, offset=off, length=n, ranged=True, compression=None,
+                     size=n, spans=(Span(0, n, file_id, off),))
+            continue
+        file_offset = 0
+        for index, part in enumerate(entry.parts):
+            if part.length == 0 and part.size == 0:
+                continue
+            where = f"{entry.path}: part {index}"
+            if part.compressed or part.hash is not None:
+                if max(part.length, part.size) > MAX_SLOT:
+                    raise ManifestError(f"{where}: {max(part.length, part.size)} bytes is more "
+                                        f"than the {MAX_SLOT // MiB} MiB a verified part may have")
+                slot_size = max(slot_size, part.size)
+            if part.compressed:
+                emit(source=part.url, offset=part.offset, length=part.length, ranged=True,
+                     compression=part.compression, size=part.size,
+                     spans=(Span(0, part.size, file_id, file_offset),),
+                     checks=(Check(0, part.size, str(part.hash)),) if part.hash else ())
+            elif part.hash is not None:
+                add_range(part.url, part.offset, part.length, file_id, file_offset, str(part.hash))
+            else:
+                for off in range(0, part.length, chunk_size):
+                    n = min(chunk_size, part.length - off)
+                    add_range(part.url, part.offset + off, n, file_id, file_offset + off, None)
+            file_offset += part.size
+    for source in list(growing):
+        flush(source)
+    return Plan(tasks=tasks, slot_size=slot_size, files=dict(files))
+
+
+def stream_task(task_id: int, source: str, tasks: Sequence[Task]) -> Task:
+    """One plain GET of ``source`` that serves every range of ``tasks`` (a server ignoring Range).
+
+    Compressed parts cannot be cut out of a stream; the caller keeps those tasks apart.
+    """
+    spans: List[Span] = []
+    end = 0
+    for task in tasks:
+        assert task.compression is None and task.length is not None
+        spans += [Span(task.offset + s.offset, s.length, s.file_id, s.file_offset) for s in task.spans]
+        end = max(end, task.offset + task.length)
+    return Task(task_id=task_id, source=source, offset=0, length=end, ranged=False, exact=False,
+                compression=None, size=end, spans=tuple(spans))

@@ -1,0 +1,113 @@
+"""Progress: counting bytes and files, estimating speed, and showing it to people or launchers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Callable, Deque, Optional, TextIO, Tuple
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """A snapshot. ``bytes_total`` is None while a size is unknown; ``eta`` in seconds."""
+
+    bytes_done: int
+    bytes_total: Optional[int]
+    files_done: int
+    files_total: int
+    bytes_fetched: int
+    speed: float
+    eta: Optional[float]
+    elapsed: float
+    final: bool = False
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+class Tracker:
+    """Counts what is done; calls ``callback`` at most every ``interval`` seconds, and at the end."""
+
+    WINDOW = 3.0  # seconds of history the speed is measured over
+
+    def __init__(self, bytes_total: Optional[int], files_total: int,
+                 callback: Optional[ProgressCallback], interval: float = 0.25) -> None:
+        self.bytes_total = bytes_total
+        self.files_total = files_total
+        self.bytes_done = 0
+        self.files_done = 0
+        self.bytes_fetched = 0
+        self._callback = callback
+        self._interval = interval
+        self._start = time.monotonic()
+        self._last = 0.0
+        self._history: Deque[Tuple[float, int]] = deque([(self._start, 0)])
+
+    def snapshot(self, final: bool = False) -> ProgressEvent:
+        now = time.monotonic()
+        self._history.append((now, self.bytes_done))
+        while len(self._history) > 2 and now - self._history[1][0] > self.WINDOW:
+            self._history.popleft()
+        then, done_then = self._history[0]
+        speed = (self.bytes_done - done_then) / (now - then) if now > then else 0.0
+        eta = None
+        if self.bytes_total is not None and speed > 0:
+            eta = max(0.0, (self.bytes_total - self.bytes_done) / speed)
+        return ProgressEvent(self.bytes_done, self.bytes_total, self.files_done, self.files_total,
+                             self.bytes_fetched, speed, eta, now - self._start, final)
+
+    def tick(self, final: bool = False) -> None:
+        if self._callback is None:
+            return
+        now = time.monotonic()
+        if final or now - self._last >= self._interval:
+            self._last = now
+            self._callback(self.snapshot(final))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _clock(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+class TerminalLine:
+    """One live line on a terminal: bytes, %, speed, ETA, files."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._width = 0
+
+    def __call__(self, event: ProgressEvent) -> None:
+        total = event.bytes_total
+        percent = f"{100 * event.bytes_done / total:5.1f}%" if total else "   ?%"
+        size = f"{human_bytes(event.bytes_done)} / {human_bytes(total) if total is not None else '?'}"
+        line = (f"{size}  {percent}  {human_bytes(event.speed)}/s  ETA {_clock(event.eta)}  "
+                f"files {event.files_done}/{event.files_total}")
+        pad = max(0, self._width - len(line))
+        self._width = len(line)
+        self.stream.write("\r" + line + " " * pad + ("\n" if event.final else ""))
+        self.stream.flush()
+
+
+class JsonLines:
+    """JSON-lines events for launchers: {"event": "progress", ...} one per line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, event: ProgressEvent) -> None:
+        self.stream.write(json.dumps({"event": "progress", **asdict(event)}) + "\n")
+        self.stream.flush()

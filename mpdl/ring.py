@@ -1,0 +1,97 @@
+"""The shared-memory ring: one segment cut into equal slots that workers fill and the writer drains.
+
+The coordinator alone decides who owns a slot (``SlotPool``); other processes only ``attach``
+and look at the slots they were told about. Slots are freed in any order, so one slow response
+never holds the others back.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from multiprocessing import shared_memory
+from typing import Dict, Hashable, List, NamedTuple, Optional
+
+
+class RingSpec(NamedTuple):
+    """What a child process needs to attach to the ring."""
+
+    name: str
+    slot_size: int
+    slots: int
+
+
+class Ring:
+    """A shared-memory segment of ``slots`` slots of ``slot_size`` bytes."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, spec: RingSpec, owner: bool) -> None:
+        self._shm = shm
+        self.spec = spec
+        self._owner = owner
+        self._buf: Optional[memoryview] = shm.buf
+
+    @classmethod
+    def create(cls, slot_size: int, slots: int) -> "Ring":
+        name = f"mpdl_{os.getpid()}_{secrets.token_hex(4)}"
+        shm = shared_memory.SharedMemory(name=name, create=True, size=slot_size * slots)
+        return cls(shm, RingSpec(shm.name, slot_size, slots), owner=True)
+
+    @classmethod
+    def attach(cls, spec: RingSpec) -> "Ring":
+        if sys.version_info >= (3, 13):
+            shm = shared_memory.SharedMemory(name=spec.name, track=False)
+        else:  # children share the creator's resource tracker, which dedupes the name
+            shm = shared_memory.SharedMemory(name=spec.name)
+        return cls(shm, spec, owner=False)
+
+    def view(self, slot: int) -> memoryview:
+        """The slot's bytes, without copying. Release views before ``close``."""
+        assert self._buf is not None, "ring is closed"
+        start = slot * self.spec.slot_size
+        return self._buf[start : start + self.spec.slot_size]
+
+    def close(self) -> None:
+        """Detach; the creator also unlinks, so nothing stays in /dev/shm."""
+        if self._buf is None:
+            return
+        self._buf.release()
+        self._buf = None
+        try:
+            self._shm.close()
+        except BufferError:  # a view is still exported; the mapping goes with the process
+            pass
+        if self._owner:
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:
+                pass
+
+
+class SlotPool:
+    """Which slot is free and who holds the others: the coordinator's single source of truth."""
+
+    def __init__(self, slots: int) -> None:
+        self._free: List[int] = list(range(slots - 1, -1, -1))
+        self._owner: Dict[int, Hashable] = {}
+
+    def acquire(self, owner: Hashable) -> Optional[int]:
+        if not self._free:
+            return None
+        slot = self._free.pop()  # most recently freed first: its pages are warm
+        self._owner[slot] = owner
+        return slot
+
+    def release(self, slot: int) -> None:
+        del self._owner[slot]
+        self._free.append(slot)
+
+    def owner(self, slot: int) -> Optional[Hashable]:
+        return self._owner.get(slot)
+
+    def held_by(self, owner: Hashable) -> List[int]:
+        return [slot for slot, who in self._owner.items() if who == owner]
+
+    @property
+    def free(self) -> int:
+        return len(self._free)

@@ -1,0 +1,93 @@
+"""The worker process: fetches tasks into ring slots over urllib3 keep-alive pools.
+
+A worker runs one fetch thread per connection it is given: fetching is waiting on sockets,
+and blocking urllib3 calls with threads is the simplest way to keep several responses going
+in one process (readinto, zlib and hashlib release the GIL). Processes are for the CPU work
+of many responses; the main thread is one loop that routes the coordinator's records and
+notices the coordinator's death.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import threading
+from multiprocessing.connection import Connection, wait
+from typing import Dict, List, Optional
+
+from .child import child_setup
+from .errors import FetchError
+from .fetch import Cancelled, fetch
+from .http import make_pool
+from .messages import FailKind, Failed, Fetch, Filled, Grant, Stop
+from .ring import Ring, RingSpec
+
+log = logging.getLogger("mpdl.worker")
+
+
+def worker_main(worker_id: int, inbox: Connection, outbox: Connection, spec: RingSpec,
+                threads: int, timeout: float, verify_tls: bool, log_level: int) -> None:
+    """Process entry point (a top-level function, so it works under spawn and forkserver)."""
+    child_setup(log_level)
+    ring = Ring.attach(spec)
+    pool = make_pool(connections=threads, timeout=timeout, verify_tls=verify_tls)
+    send_lock = threading.Lock()
+    jobs: "queue.SimpleQueue[Optional[Fetch]]" = queue.SimpleQueue()
+    grants: Dict[int, "queue.SimpleQueue[Optional[int]]"] = {}
+
+    def send(record) -> None:
+        with send_lock:
+            outbox.send([record])
+
+    def fetch_loop() -> None:
+        scratch = bytearray()
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            slots = grants[job.task_id]
+            try:
+                fetch(job, pool, ring, slots.get, send, scratch)
+            except FetchError as exc:
+                send(Failed(job.task_id, job.attempt, exc.kind, str(exc)))
+            except Cancelled:
+                return
+            except (BrokenPipeError, EOFError):
+                return  # the coordinator is gone
+            except Exception as exc:  # a bug: report it rather than hang the task
+                log.exception("worker %d: task %d", worker_id, job.task_id)
+                send(Failed(job.task_id, job.attempt, FailKind.FATAL, f"internal error: {exc!r}"))
+            finally:
+                grants.pop(job.task_id, None)
+
+    fetchers: List[threading.Thread] = [
+        threading.Thread(target=fetch_loop, name=f"fetch-{i}", daemon=True) for i in range(threads)]
+    for thread in fetchers:
+        thread.start()
+    parent = multiprocessing.parent_process()
+    watched = [inbox] + ([parent.sentinel] if parent is not None else [])
+    try:
+        while inbox in wait(watched):
+            for record in inbox.recv():
+                if isinstance(record, Fetch):
+                    grants[record.task_id] = queue.SimpleQueue()
+                    jobs.put(record)
+                elif isinstance(record, Grant):
+                    waiting = grants.get(record.task_id)
+                    if waiting is not None:
+                        waiting.put(record.slot)
+                elif isinstance(record, Stop):
+                    return
+    except (EOFError, OSError):
+        pass  # the coordinator is gone: exit
+    finally:
+        for waiting in list(grants.values()):
+            waiting.put(None)
+        for _ in fetchers:
+            jobs.put(None)
+        # Fetch threads are daemons: one stuck in a read must not keep the process alive.
+        for thread in fetchers:
+            thread.join(timeout=0.5)
+        pool.clear()
+        ring.close()
