@@ -64,8 +64,11 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
         plan = make_plan(todo, chunk_size=opts.chunk_size, parallel=opts.parallel,
                          streamed=streamed)
         layout.dest.mkdir(parents=True, exist_ok=True)
-        sizes = [entry.size for _, entry in todo]
-        tracker = Tracker(None if None in sizes else sum(sizes), len(todo), progress)
+        sizes = [entry.size for entry in parsed.files]
+        tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), progress)
+        fetching = {entry.path for _, entry in todo}
+        tracker.files_done = len(result.skipped)
+        tracker.bytes_done = sum(e.size or 0 for e in parsed.files if e.path not in fetching)
 
         def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
             if ok:
@@ -80,7 +83,7 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
             coordinator.run()
             result.error = coordinator.error
             result.bytes_fetched = tracker.bytes_fetched
-            result.bytes_written = tracker.bytes_done
+            result.bytes_written = coordinator.bytes_written
         for link in parsed.links:
             try:
                 place_link(layout, link)

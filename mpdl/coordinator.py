@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -95,6 +96,7 @@ class Coordinator:
         self.writer: Optional[Child] = None
         self.respawns_left = 2 * options.workers
         self.error: Optional[str] = None
+        self.bytes_written = 0
         log.info("%d tasks, %d files, %d workers x %d connections, ring %d x %d KiB",
                  len(plan.tasks), len(self.files), options.workers, self.threads, slots,
                  plan.slot_size // 1024)
@@ -154,7 +156,11 @@ class Coordinator:
                 child.inbox.send([Stop()])
             except OSError:
                 pass
-        wait([c.process.sentinel for c in children], timeout=STOP_GRACE_SECONDS)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        running = [c.process.sentinel for c in children]
+        while running and time.monotonic() < deadline:  # wait() returns when any is ready
+            ended = wait(running, timeout=deadline - time.monotonic())
+            running = [s for s in running if s not in ended]
         for child in children:
             if child.process.is_alive():
                 child.process.terminate()
@@ -373,6 +379,7 @@ class Coordinator:
             task_id, _attempt = self.slots.owner(record.slot)
             self.slots.release(record.slot)
             self.tracker.bytes_done += record.written
+            self.bytes_written += record.written
             run = self.runs[task_id]
             run.in_writer -= 1
             self._maybe_done(run)

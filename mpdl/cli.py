@@ -1,0 +1,207 @@
+"""``python -m mpdl``: a manifest into a folder, or one URL into a file.
+
+Exit codes: 0 everything complete and verified; 1 some files could not be completed (the rest
+are kept); 2 bad usage or an invalid manifest; 130 interrupted (143 on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import posixpath
+import signal
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+from urllib.parse import unquote, urlsplit
+
+from .api import Result, run
+from .errors import FetchError, ManifestError, MpdlError, UsageError
+from .http import make_pool, probe
+from .manifest import Manifest
+from .options import Options, parse_size
+from .progress import JsonLines, ProgressCallback, TerminalLine
+
+log = logging.getLogger("mpdl")
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+DESCRIPTION = """\
+Download a manifest of files assembled from HTTP byte ranges into DEST, every byte verified,
+or one URL into FILE. Worker processes fetch ranges into a shared-memory ring; one writer
+process puts them in place. A re-run resumes: files already verified are skipped.
+"""
+
+EPILOG = """\
+environment (flags win):
+  MPDL_WORKERS, MPDL_CONNECTIONS, MPDL_CHUNK_SIZE, MPDL_MEMORY, MPDL_TIMEOUT
+                        defaults for the options of the same name
+  MPDL_NO_PARALLEL=1    one stream per object: no range splitting
+
+exit codes:
+  0  all files complete and verified     2  bad usage or invalid manifest
+  1  some files could not be completed   130/143  interrupted (SIGINT/SIGTERM)
+
+examples:
+  python -m mpdl depot.json -o ~/Games/MyGame
+  python -m mpdl https://example.com/toolchain.tar.zst -o downloads/toolchain.tar.zst
+  python -m mpdl depot.json -o game --progress json    (JSON lines on stdout, for launchers)
+"""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the run unwinds like Ctrl-C."""
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mpdl", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", metavar="MANIFEST|URL",
+                        help="an mpdl/1 manifest (JSON file), or an http(s) URL to fetch")
+    parser.add_argument("-o", "--output", metavar="DEST|FILE",
+                        help="folder to fill (manifest) or file to write (URL; default: the "
+                             "URL's file name in the current folder)")
+    tuning = parser.add_argument_group("tuning")
+    tuning.add_argument("--workers", type=_positive, metavar="N",
+                        help="worker processes (default: one per CPU, at least 2)")
+    tuning.add_argument("--connections", type=_positive, metavar="N",
+                        help="concurrent requests in all (default: 16)")
+    tuning.add_argument("--chunk-size", type=_size, metavar="SIZE",
+                        help="range size when splitting large objects, e.g. 8M, 512K (default: 8M)")
+    tuning.add_argument("--memory", type=_size, metavar="SIZE",
+                        help="shared-memory ring budget: payload held in memory (default: 256M)")
+    tuning.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                        help="to connect, and to wait for each read (default: 30)")
+    tuning.add_argument("--insecure", action="store_true",
+                        help="do not verify TLS certificates (only for hosts you trust)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
+                     help="auto: a live line on stderr when it is a terminal; json: JSON lines "
+                          "on stdout")
+    out.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    out.add_argument("-v", "--verbose", action="count", default=0,
+                     help="say what was found and chosen (-vv: debug)")
+    return parser
+
+
+def _is_url(source: str) -> bool:
+    return urlsplit(source).scheme.lower() in ("http", "https")
+
+
+def _progress(choice: str, quiet: bool) -> Optional[ProgressCallback]:
+    if choice == "json":
+        return JsonLines(sys.stdout)
+    if quiet or choice == "none":
+        return None
+    if choice == "bar" or sys.stderr.isatty():
+        return TerminalLine(sys.stderr)
+    return None
+
+
+def _download_url(url: str, output: Optional[str], options: Options, **kw) -> Result:
+    """Probe the server, then fetch the URL as a one-file manifest into FILE."""
+    if output is None:
+        output = posixpath.basename(unquote(urlsplit(url).path)) or "index.html"
+    target = Path(output)
+    if target.is_dir():
+        raise UsageError(f"{output} is a folder; -o takes the file to write for a URL")
+    pool = make_pool(connections=1, timeout=options.timeout, verify_tls=options.verify_tls)
+    try:
+        info = probe(pool, url)
+    finally:
+        pool.clear()
+    log.info("%s: size %s, ranges %s", url, "unknown" if info.size is None else info.size,
+             "supported" if info.ranges else "not supported: one stream")
+    manifest = Manifest.single_url(url, target.name, info.size)
+    state = target.parent / f".{target.name}.mpdl"
+    return run(manifest, target.parent, state_dir=state, keep_state=False,
+               streamed=() if info.ranges else (url,), **kw)
+
+
+def _report(result: Result, quiet: bool) -> int:
+    if result.error:
+        print(f"mpdl: error: {result.error}", file=sys.stderr)
+    for path, reason in sorted(result.failed.items())[:20]:
+        print(f"mpdl: failed: {path}: {reason}", file=sys.stderr)
+    if len(result.failed) > 20:
+        print(f"mpdl: ... and {len(result.failed) - 20} more failed files", file=sys.stderr)
+    if not quiet:
+        done = len(result.completed) + len(result.skipped)
+        print(f"mpdl: {done} of {done + len(result.failed)} files in place "
+              f"({len(result.skipped)} already were), {result.bytes_fetched} bytes fetched in "
+              f"{result.elapsed:.2f} s", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_INCOMPLETE
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.ERROR if args.quiet else (
+        logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="mpdl: %(message)s")
+    logging.getLogger("mpdl").setLevel(level)
+
+    def on_sigterm(signum, frame) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        kw = dict(workers=args.workers, connections=args.connections,
+                  chunk_size=args.chunk_size, memory=args.memory, timeout=args.timeout,
+                  verify_tls=False if args.insecure else None,
+                  progress=_progress(args.progress, args.quiet))
+        if _is_url(args.source):
+            options = Options.from_env(**{k: v for k, v in kw.items() if k != "progress"})
+            result = _download_url(args.source, args.output, options, **kw)
+        else:
+            if not args.output:
+                parser.error("-o DEST is required with a manifest")
+            result = run(args.source, args.output, **kw)
+        return _report(result, args.quiet)
+    except (ManifestError, UsageError) as exc:
+        print(f"mpdl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FetchError, MpdlError) as exc:
+        print(f"mpdl: error: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except OSError as exc:
+        print(f"mpdl: error: {exc.filename or ''}{': ' if exc.filename else ''}"
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except KeyboardInterrupt:
+        print("\nmpdl: interrupted; run again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("mpdl: terminated; run again to resume", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
