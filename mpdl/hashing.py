@@ -1,0 +1,125 @@
+"""Hash algorithms named in manifests as ``algo:hex``.
+
+Manifests name their digests by algorithm so a depot can pick a fast non-cryptographic
+hash (xxh3) for integrity or a classic one (sha256) it already publishes; mpdl only
+needs to turn the name into a hasher and compare hex digests.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import typing
+from dataclasses import dataclass
+
+import xxhash
+
+__all__ = ["ALGORITHMS", "HashSpec", "Hasher", "hash_file", "new_hasher", "parse_hash"]
+
+#: Algorithm name -> length of its hex digest.
+ALGORITHMS: dict[str, int] = {
+    "xxh3_64": 16,
+    "xxh3_128": 32,
+    "xxh64": 16,
+    "md5": 32,
+    "sha1": 40,
+    "sha256": 64,
+}
+
+
+class Hasher(typing.Protocol):
+    """What mpdl needs from a hash object: hashlib's and xxhash's both fit."""
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+# md5 and sha1 check integrity here, not security: saying so keeps FIPS builds of
+# OpenSSL from refusing them.
+_CONSTRUCTORS: dict[str, typing.Callable[[], Hasher]] = {
+    "xxh3_64": xxhash.xxh3_64,
+    "xxh3_128": xxhash.xxh3_128,
+    "xxh64": xxhash.xxh64,
+    "md5": functools.partial(hashlib.md5, usedforsecurity=False),
+    "sha1": functools.partial(hashlib.sha1, usedforsecurity=False),
+    "sha256": hashlib.sha256,
+}
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class HashSpec:
+    """An expected digest: a known algorithm and its lowercase hex digest.
+
+    Construction validates, so a HashSpec in hand can always build its hasher.
+    Use :func:`parse_hash` to read one from ``algo:hex`` text in any case.
+    """
+
+    algo: str
+    hexdigest: str
+
+    def __post_init__(self) -> None:
+        length = ALGORITHMS.get(self.algo)
+        if length is None:
+            raise ValueError(f"unknown hash algorithm {self.algo!r}")
+        if len(self.hexdigest) != length:
+            found = len(self.hexdigest)
+            raise ValueError(
+                f"{self.algo} digest must be {length} hex digits, not {found}"
+            )
+        if not _HEX_DIGITS.issuperset(self.hexdigest):
+            raise ValueError(f"{self.algo} digest has characters other than 0-9a-f")
+
+    def __str__(self) -> str:
+        return f"{self.algo}:{self.hexdigest}"
+
+    def new(self) -> Hasher:
+        """A fresh hasher of this spec's algorithm."""
+        return new_hasher(self.algo)
+
+    def matches(self, hexdigest: str) -> bool:
+        """Whether a computed hex digest (any case) is the expected one."""
+        return hexdigest.lower() == self.hexdigest
+
+
+def parse_hash(text: object) -> HashSpec:
+    """Read ``algo:hex``, hex in any case. Takes any object: it reads decoded JSON."""
+    if not isinstance(text, str):
+        # A bad manifest value rather than a caller's bug, hence ValueError.
+        raise ValueError(  # noqa: TRY004
+            f"expected an 'algo:hex' string, not {type(text).__name__}"
+        )
+    algo, colon, hexdigest = text.partition(":")
+    if not colon:
+        raise ValueError(f"expected 'algo:hex', found no ':' in {text!r}")
+    return HashSpec(algo, hexdigest.lower())
+
+
+def new_hasher(algo: str) -> Hasher:
+    """A fresh hasher for an algorithm name from :data:`ALGORITHMS`."""
+    try:
+        constructor = _CONSTRUCTORS[algo]
+    except KeyError:
+        raise ValueError(f"unknown hash algorithm {algo!r}") from None
+    return constructor()
+
+
+def hash_file(
+    path: str | os.PathLike[str], algo: str, *, buffer_size: int = 1 << 20
+) -> str:
+    """Hex digest of a file's bytes.
+
+    Reads into one reused buffer: files can be gigabytes, and a fresh bytes object
+    per read would churn the allocator for nothing.
+    """
+    if buffer_size < 1:
+        raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
+    hasher = new_hasher(algo)
+    buffer = memoryview(bytearray(buffer_size))
+    with open(path, "rb", buffering=0) as file:
+        while count := file.readinto(buffer):
+            hasher.update(buffer[:count])
+    return hasher.hexdigest()

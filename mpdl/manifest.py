@@ -1,0 +1,470 @@
+"""The ``mpdl/1`` manifest: what to download, from where, and where it goes.
+
+Validation happens once, here, before anything is written, so the later stages
+(planner, workers, writer) can trust every field. A refusal is a
+:class:`~mpdl.errors.ManifestError` whose message is one line naming the field,
+such as ``files[3].path: '..' is not allowed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+from .errors import ManifestError
+from .hashing import HashSpec, parse_hash
+
+__all__ = [
+    "COMPRESSIONS",
+    "FORMAT",
+    "FileEntry",
+    "LinkEntry",
+    "Manifest",
+    "Part",
+    "load_manifest",
+    "parse_manifest",
+]
+
+#: The only manifest format this version reads.
+FORMAT = "mpdl/1"
+#: Compressions a part may declare; the writer must know how to undo each.
+COMPRESSIONS = ("zlib",)
+#: Sizes, offsets and lengths must fit a signed 64-bit file offset.
+MAX_INT = 2**63 - 1
+#: A manifest larger than this is refused rather than read into memory.
+MAX_MANIFEST_BYTES = 512 << 20
+#: First path component reserved for mpdl's own state folder in the destination.
+STATE_DIR = ".mpdl"
+
+_DRIVE = re.compile(r"[A-Za-z]:")
+_URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+_KINDS = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+}
+
+
+@dataclass(frozen=True)
+class Part:
+    """``length`` bytes at ``offset`` of ``url``: ``size`` bytes once decompressed."""
+
+    url: str
+    offset: int
+    length: int
+    size: int
+    compression: str | None = None
+    hash: HashSpec | None = None  # of the uncompressed bytes
+
+    @property
+    def compressed(self) -> bool:
+        return self.compression is not None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A regular file: its ``parts`` concatenated, or the whole object at ``url``.
+
+    ``size`` is None only for :meth:`Manifest.single_url` downloads of unknown length.
+    A size-0 file may have neither ``url`` nor ``parts``.
+    """
+
+    path: str
+    size: int | None
+    hash: HashSpec | None = None
+    executable: bool = False
+    url: str | None = None
+    parts: tuple[Part, ...] = ()
+
+
+@dataclass(frozen=True)
+class LinkEntry:
+    """A symbolic link; ``target`` is relative to the link's own folder."""
+
+    path: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest. Relative urls resolve against each of ``base_urls``."""
+
+    base_urls: tuple[str, ...]
+    files: tuple[FileEntry, ...]
+    links: tuple[LinkEntry, ...] = ()
+
+    def mirrors(self, url: str) -> tuple[str, ...]:
+        """Where to fetch ``url`` from, in the order to try."""
+        if _is_absolute(url):
+            return (url,)
+        return tuple(urljoin(base, url) for base in self.base_urls)
+
+    @property
+    def total_size(self) -> int:
+        """Bytes of all files whose size is known."""
+        return sum(entry.size for entry in self.files if entry.size is not None)
+
+    @classmethod
+    def single_url(cls, url: str, path: str, size: int | None = None) -> Manifest:
+        """A plain one-url download as a manifest, so it takes the same pipeline."""
+        entry = FileEntry(
+            path=_path(path, "path"),
+            size=None if size is None else _int(size, "size"),
+            url=_file_url(url, "url", ()),
+        )
+        return cls(base_urls=(), files=(entry,))
+
+
+def load_manifest(
+    source: Manifest | dict[str, object] | str | os.PathLike[str],
+) -> Manifest:
+    """A manifest from a :class:`Manifest` (as is), a decoded dict or a JSON file."""
+    if isinstance(source, Manifest):
+        return source
+    if isinstance(source, dict):
+        return parse_manifest(source)
+    if isinstance(source, (str, os.PathLike)):
+        return parse_manifest(_decode(_read(source)))
+    raise TypeError(
+        f"expected a Manifest, a dict or a path, not {type(source).__name__}"
+    )
+
+
+def parse_manifest(obj: object) -> Manifest:
+    """Validate a decoded JSON value into a :class:`Manifest`, ignoring unknown keys."""
+    if not isinstance(obj, dict):
+        raise ManifestError(f"manifest: must be a JSON object, not {_kind(obj)}")
+    _check_format(obj.get("format"))
+    base_urls = _base_urls(obj.get("base_urls"))
+    entries = obj.get("files")
+    if entries is None:
+        raise ManifestError("files: missing")
+    if not isinstance(entries, list):
+        raise ManifestError(f"files: must be an array, not {_kind(entries)}")
+    files: list[FileEntry] = []
+    links: list[LinkEntry] = []
+    placed: list[tuple[str, str]] = []
+    for index, entry in enumerate(entries):
+        where = f"files[{index}]"
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{where}: must be an object, not {_kind(entry)}")
+        if entry.get("link") is not None:
+            link = _link(entry, where)
+            links.append(link)
+            placed.append((link.path, where))
+        else:
+            file = _file(entry, where, base_urls)
+            files.append(file)
+            placed.append((file.path, where))
+    _check_overlaps(placed)
+    return Manifest(base_urls=base_urls, files=tuple(files), links=tuple(links))
+
+
+# Reading.
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ManifestError(
+            f"manifest: cannot read {os.fspath(path)!r}: {reason}"
+        ) from exc
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest: larger than {MAX_MANIFEST_BYTES} bytes")
+    return data
+
+
+def _decode(data: bytes) -> object:
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            f"manifest: not valid JSON: {exc.msg}"
+            f" (line {exc.lineno}, column {exc.colno})"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest: not valid UTF-8 (byte {exc.start})") from exc
+    except ValueError as exc:  # such as an integer beyond Python's digit limit
+        raise ManifestError(f"manifest: not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ManifestError("manifest: not valid JSON: nested too deeply") from exc
+
+
+# Top-level fields.
+
+
+def _check_format(value: object) -> None:
+    if value is None:
+        raise ManifestError(f"format: missing (expected {FORMAT!r})")
+    if value != FORMAT:
+        raise ManifestError(f"format: unsupported {value!r} (expected {FORMAT!r})")
+
+
+def _base_urls(value: object) -> tuple[str, ...]:
+    """Mirror roots, each ending with "/" so urljoin appends rather than replaces."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ManifestError(
+            f"base_urls: must be an array of http(s) URLs, not {_kind(value)}"
+        )
+    bases = []
+    for index, item in enumerate(value):
+        where = f"base_urls[{index}]"
+        url = _url(item, where)
+        if not _is_absolute(url):
+            raise ManifestError(f"{where}: must be an absolute http(s) URL")
+        if "?" in url or "#" in url:
+            raise ManifestError(f"{where}: must not have a query or fragment")
+        bases.append(url if url.endswith("/") else url + "/")
+    return tuple(bases)
+
+
+# Entries.
+
+
+def _file(entry: dict[str, object], where: str, bases: tuple[str, ...]) -> FileEntry:
+    path = _path(_required(entry, "path", where), f"{where}.path")
+    size = _int(_required(entry, "size", where), f"{where}.size")
+    digest = _hash(entry.get("hash"), f"{where}.hash")
+    executable = _get(entry, "executable", False)
+    if not isinstance(executable, bool):
+        raise ManifestError(
+            f"{where}.executable: must be true or false, not {_kind(executable)}"
+        )
+    url, parts = entry.get("url"), entry.get("parts")
+    if url is not None and parts is not None:
+        raise ManifestError(f"{where}.parts: a file takes url or parts, not both")
+    if url is not None:
+        url = _file_url(url, f"{where}.url", bases)
+        return FileEntry(path, size, digest, executable, url=url)
+    if parts is not None:
+        return FileEntry(
+            path, size, digest, executable, parts=_parts(parts, where, size, bases)
+        )
+    if size:
+        raise ManifestError(f"{where}: needs url or parts to fetch its {size} bytes")
+    return FileEntry(path, size, digest, executable)
+
+
+def _parts(
+    value: object, where: str, size: int, bases: tuple[str, ...]
+) -> tuple[Part, ...]:
+    where = f"{where}.parts"
+    if not isinstance(value, list) or not value:
+        raise ManifestError(f"{where}: must be a non-empty array")
+    parts = tuple(
+        _part(item, f"{where}[{index}]", bases) for index, item in enumerate(value)
+    )
+    total = sum(part.size for part in parts)
+    if total != size:
+        raise ManifestError(
+            f"{where}: part sizes add up to {total}, not the file's size {size}"
+        )
+    return parts
+
+
+def _part(value: object, where: str, bases: tuple[str, ...]) -> Part:
+    if not isinstance(value, dict):
+        raise ManifestError(f"{where}: must be an object, not {_kind(value)}")
+    url = _file_url(_required(value, "url", where), f"{where}.url", bases)
+    offset = _int(_get(value, "offset", 0), f"{where}.offset")
+    length = _int(_required(value, "length", where), f"{where}.length")
+    if offset + length > MAX_INT:
+        raise ManifestError(f"{where}.length: offset + length is above 2**63-1")
+    compression = _compression(value.get("compression"), f"{where}.compression")
+    size = _int(_get(value, "size", length), f"{where}.size")
+    if compression is None and size != length:
+        raise ManifestError(
+            f"{where}.size: {size} differs from length {length} but not compressed"
+        )
+    digest = _hash(value.get("hash"), f"{where}.hash")
+    return Part(url, offset, length, size, compression, digest)
+
+
+def _link(entry: dict[str, object], where: str) -> LinkEntry:
+    path = _path(_required(entry, "path", where), f"{where}.path")
+    for key in ("size", "url", "parts"):
+        if entry.get(key) is not None:
+            raise ManifestError(
+                f"{where}.{key}: link entries take no size, url or parts"
+            )
+    target = entry["link"]
+    where = f"{where}.link"
+    if not isinstance(target, str) or not target:
+        raise ManifestError(f"{where}: must be a non-empty string")
+    if target.startswith("/"):
+        raise ManifestError(f"{where}: absolute targets are not allowed")
+    if "\\" in target or "\0" in target:
+        raise ManifestError(f"{where}: backslashes and NULs are not allowed")
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    if resolved == ".." or resolved.startswith("../"):
+        raise ManifestError(f"{where}: {target!r} points outside the destination")
+    return LinkEntry(path, target)
+
+
+@dataclass
+class _Folder:
+    """One level of the destination tree, to find entries that would clash."""
+
+    owner: str | None = None  # where the entry at exactly this path was declared
+    children: dict[str, _Folder] = field(default_factory=dict)
+
+
+def _check_overlaps(placed: list[tuple[str, str]]) -> None:
+    """Refuse two entries at one path, or an entry inside another's path.
+
+    A tree rather than a set of prefixes keeps this linear in the paths' length.
+    """
+    root = _Folder()
+    for path, where in placed:
+        node = root
+        names = path.split("/")
+        for depth, name in enumerate(names):
+            if node.owner is not None:
+                parent = "/".join(names[:depth])
+                raise ManifestError(
+                    f"{where}.path: {path!r} is inside {parent!r},"
+                    f" the path of {node.owner}"
+                )
+            node = node.children.setdefault(name, _Folder())
+        if node.owner is not None:
+            raise ManifestError(
+                f"{where}.path: {path!r} is also the path of {node.owner}"
+            )
+        if node.children:
+            raise ManifestError(
+                f"{where}.path: {path!r} is a parent folder of {_any_owner(node)}"
+            )
+        node.owner = where
+
+
+def _any_owner(node: _Folder) -> str:
+    # Folders exist only on the way to an owned path, so going down always ends at one.
+    while node.owner is None:
+        node = next(iter(node.children.values()))
+    return node.owner
+
+
+# Field checks.
+
+
+def _path(value: object, where: str) -> str:
+    """A relative POSIX path that stays inside the destination on every OS."""
+    if not isinstance(value, str):
+        raise ManifestError(f"{where}: must be a string, not {_kind(value)}")
+    if not value:
+        raise ManifestError(f"{where}: is empty")
+    if value.startswith("/"):
+        raise ManifestError(f"{where}: absolute paths are not allowed")
+    if "\\" in value:
+        raise ManifestError(f"{where}: backslashes are not allowed")
+    if "\0" in value:
+        raise ManifestError(f"{where}: NUL is not allowed")
+    names = value.split("/")
+    if "" in names:
+        raise ManifestError(f"{where}: empty component in {value!r}")
+    for name in names:
+        if name in (".", ".."):
+            raise ManifestError(f"{where}: {name!r} is not allowed")
+    if _DRIVE.match(names[0]):
+        raise ManifestError(f"{where}: {names[0]!r} looks like a Windows drive")
+    if names[0].casefold() == STATE_DIR:
+        raise ManifestError(f"{where}: {names[0]!r} is reserved for mpdl's state")
+    return value
+
+
+def _url(value: object, where: str) -> str:
+    """An http(s) URL or a relative reference, safe to put in a request line."""
+    if not isinstance(value, str):
+        raise ManifestError(f"{where}: must be a string, not {_kind(value)}")
+    if not value:
+        raise ManifestError(f"{where}: is empty")
+    if _URL_FORBIDDEN.search(value):
+        raise ManifestError(
+            f"{where}: whitespace and control characters are not allowed"
+        )
+    try:
+        split = urlsplit(value)
+        host = split.hostname
+    except ValueError as exc:
+        raise ManifestError(f"{where}: not a valid URL ({exc})") from exc
+    if split.scheme:
+        if split.scheme not in ("http", "https"):
+            raise ManifestError(
+                f"{where}: scheme {split.scheme!r} is not http or https"
+            )
+        if not host:
+            raise ManifestError(f"{where}: has no host")
+    elif split.netloc:
+        # urljoin would send "//host/x" to that one host from every mirror.
+        raise ManifestError(f"{where}: '//host' URLs need a scheme")
+    return value
+
+
+def _file_url(value: object, where: str, bases: tuple[str, ...]) -> str:
+    url = _url(value, where)
+    if not bases and not _is_absolute(url):
+        raise ManifestError(f"{where}: relative URL {url!r} needs base_urls")
+    return url
+
+
+def _is_absolute(url: str) -> bool:
+    return bool(urlsplit(url).scheme)
+
+
+def _int(value: object, where: str) -> int:
+    if type(value) is not int:  # bool is an int subclass: refuse it too
+        raise ManifestError(f"{where}: must be an integer, not {_kind(value)}")
+    if value < 0:
+        raise ManifestError(f"{where}: must not be negative")
+    if value > MAX_INT:
+        raise ManifestError(f"{where}: must be at most 2**63-1")
+    return value
+
+
+def _compression(value: object, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in COMPRESSIONS:
+        known = ", ".join(COMPRESSIONS)
+        raise ManifestError(f"{where}: unknown compression {value!r} (known: {known})")
+    return value
+
+
+def _hash(value: object, where: str) -> HashSpec | None:
+    if value is None:
+        return None
+    try:
+        return parse_hash(value)
+    except ValueError as exc:
+        raise ManifestError(f"{where}: {exc}") from exc
+
+
+def _required(entry: dict[str, object], key: str, where: str) -> object:
+    value = entry.get(key)
+    if value is None:
+        raise ManifestError(f"{where}.{key}: missing")
+    return value
+
+
+def _get(entry: dict[str, object], key: str, default: object) -> object:
+    """An optional field; JSON null counts as absent."""
+    value = entry.get(key)
+    return default if value is None else value
+
+
+def _kind(value: object) -> str:
+    """JSON's name for what was found, for messages."""
+    return _KINDS.get(type(value), type(value).__name__)
