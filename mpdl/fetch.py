@@ -106,7 +106,8 @@ def _fill_plain(job: Fetch, response, known_length: Optional[int], ring: Ring,
             fetched += n
             if remaining is not None:
                 remaining -= n
-        if job.exact and job.length is not None and known_length is None and _has_more(raw):
+        if (job.exact and not job.ranged and job.length is not None and known_length is None
+                and _has_more(raw)):
             raise IntegrityError(f"{job.url}: the body is longer than the {job.length} bytes "
                                  f"the manifest says", FailKind.MIRROR)
         _verify(job, view, slot_start, filled)
