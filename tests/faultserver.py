@@ -1,0 +1,266 @@
+"""A range server that misbehaves on purpose, per path prefix, as a test tells it to.
+
+Real servers and proxies ignore ranges, drop lengths, redirect, throttle, reset and lie; mpdl must
+survive each of these, so every fault is one switch here. Every request is logged so tests can
+assert what was fetched, not only what was written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import socket
+import struct
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from mpdl.demo import RangeRequestHandler, Reply, serve
+
+#: Longest a delay or a stall may last, so that a test can never hang on one.
+MAX_WAIT = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fault:
+    """How to misbehave on the paths under one prefix. The defaults behave; fields combine."""
+
+    no_head: bool = False  # HEAD -> 405
+    ignore_range: bool = False  # 200 with the whole body even when a Range was asked
+    no_length: bool = False  # no Content-Length nor Accept-Ranges: the body ends at the close
+    chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
+    redirect_to: str | None = None  # 302 to this path (relative to the root)
+    status: int | None = None  # answer this status with an empty body
+    retry_after: int | str | None = None  # Retry-After header sent with ``status``
+    fail_times: int | None = None  # misbehave on the first N matching requests only
+    reset_after: int | None = None  # send N body bytes, then a TCP reset
+    stall_after: int | None = None  # send N body bytes, pause ``stall_seconds``, go on
+    stall_seconds: float = 2.0
+    corrupt: int | None = None  # flip every bit of the body byte at this offset
+    wrong_content_range: bool = False  # a 206 answers a range next to the one asked
+    short_body: int | None = None  # withhold the last N body bytes, then close
+    delay: float = 0.0  # seconds to wait before answering
+
+    @property
+    def shapes_body(self) -> bool:
+        """Whether the body must go through Python rather than os.sendfile."""
+        cuts = (self.reset_after, self.stall_after, self.corrupt, self.short_body)
+        return self.chunked or any(n is not None for n in cuts)
+
+
+BEHAVE = Fault()
+
+
+class Request(NamedTuple):
+    """One logged request; ``path`` is relative to the root, like the prefixes of set_fault."""
+
+    method: str
+    path: str
+    range: str | None
+    status: int
+
+
+class FaultHandler(RangeRequestHandler):
+    """The demo handler, bent by the fault that the server holds for the request's path."""
+
+    def __init__(self, *args: Any, faults: FaultServer, **kwargs: Any) -> None:
+        self.faults = faults
+        self.fault = BEHAVE
+        super().__init__(*args, **kwargs)
+
+    def setup(self) -> None:
+        super().setup()
+        self.faults._track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.faults._untrack(self.connection)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        headers = getattr(self, "headers", None)  # absent when the request line itself was bad
+        rng = headers.get("Range") if headers is not None else None
+        self.faults._log(Request(str(self.command), self.target(), rng, int(code)))
+
+    def reply(self, range_header: str | None) -> Reply:
+        fault = self.fault = self.faults._fault_for(self.target())
+        if fault.delay:
+            self.faults._pause(fault.delay)
+        if fault.no_head and self.command == "HEAD":
+            return Reply(405, {"Allow": "GET", "Content-Length": "0"})
+        if fault.redirect_to is not None:
+            host, port = self.connection.getsockname()[:2]  # where the client found us
+            location = f"http://{host}:{port}/{fault.redirect_to.lstrip('/')}"
+            return Reply(302, {"Location": location, "Content-Length": "0"})
+        if fault.status is not None:
+            headers = {"Content-Length": "0"}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = str(fault.retry_after)
+            return Reply(fault.status, headers)
+        reply = super().reply(None if fault.ignore_range else range_header)
+        if reply.path is None:
+            return reply
+        if fault.wrong_content_range and reply.status == 206:
+            size = reply.path.stat().st_size
+            span = reply.span = _neighbour(reply.span, size)
+            reply.headers["Content-Range"] = f"bytes {span.start}-{span.stop - 1}/{size}"
+            reply.headers["Content-Length"] = str(len(span))
+        if fault.no_length:
+            del reply.headers["Content-Length"], reply.headers["Accept-Ranges"]
+            reply.headers["Connection"] = "close"
+        if fault.chunked:
+            reply.headers.pop("Content-Length", None)
+            reply.headers["Transfer-Encoding"] = "chunked"
+        return reply
+
+    def send_body(self, path: Path, span: range) -> None:
+        fault = self.fault
+        if not fault.shapes_body:
+            super().send_body(path, span)
+            self.faults._count(len(span))
+            return
+        with path.open("rb") as file:  # test objects are small: the whole body fits in memory
+            file.seek(span.start)
+            body = bytearray(file.read(len(span)))
+        if fault.corrupt is not None and fault.corrupt < len(body):
+            body[fault.corrupt] ^= 0xFF
+        end = len(body) - min(len(body), fault.short_body or 0)
+        if fault.reset_after is not None:
+            end = min(end, fault.reset_after)
+        pause_at = end if fault.stall_after is None else min(end, fault.stall_after)
+        self._write(body[:pause_at])
+        if fault.stall_after is not None:
+            self.faults._pause(fault.stall_seconds)
+        self._write(body[pause_at:end])
+        if end < len(body):
+            self.close_connection = True
+            if fault.reset_after is not None:  # linger 0: close() sends RST instead of FIN
+                linger = struct.pack("ii", 1, 0)
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                self.connection.close()  # the descriptor goes when finish() drops the files
+        elif fault.chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _write(self, data: bytes | bytearray) -> None:
+        """Body bytes, framed as one chunk under ``chunked``, and counted."""
+        if not data:
+            return
+        if self.fault.chunked:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.wfile.write(data)
+        self.faults._count(len(data))
+
+
+def _neighbour(span: range, size: int) -> range:
+    """A range of the same object that is not ``span``: one byte later, earlier, or shorter."""
+    if span.stop < size:
+        return range(span.start + 1, span.stop + 1)
+    if span.start > 0:
+        return range(span.start - 1, span.stop - 1)
+    return range(span.start, span.stop - 1)
+
+
+class FaultServer:
+    """A FaultHandler server on a free 127.0.0.1 port; faults can change while it runs.
+
+    Use as a context manager, or call start() and stop(). stop() returns promptly even with
+    handlers stalled or blocked on a client: it wakes their pauses and shuts their sockets.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._faults: dict[str, Fault] = {}
+        self._hits: dict[str, int] = {}
+        self._requests: list[Request] = []
+        self._bytes_sent = 0
+        self._connections: set[socket.socket] = set()
+        self._running = ExitStack()
+        self.url = ""
+        self.port = 0
+
+    def start(self) -> FaultServer:
+        served = self._running.enter_context(
+            serve(self.root, handler=functools.partial(FaultHandler, faults=self))
+        )
+        self.url, self.port = served.url, served.port
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:  # first, so that woken handlers have nowhere left to write
+            with contextlib.suppress(OSError):  # OSError: already closed by its handler
+                conn.shutdown(socket.SHUT_RDWR)
+        self._stopping.set()
+        self._running.close()
+
+    def __enter__(self) -> FaultServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def set_fault(self, prefix: str, fault: Fault) -> None:
+        """Misbehave on paths starting with ``prefix`` (the longest matching prefix wins)."""
+        with self._lock:
+            self._faults[prefix.lstrip("/")] = fault
+            self._hits[prefix.lstrip("/")] = 0
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self._hits.clear()
+
+    def clear_log(self) -> None:
+        """Forget the requests and bytes so far, e.g. between two runs of a download."""
+        with self._lock:
+            self._requests.clear()
+            self._bytes_sent = 0
+
+    @property
+    def requests(self) -> list[Request]:
+        """Every request so far, in the order their status lines were sent (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Body bytes written to clients so far (headers not counted)."""
+        with self._lock:
+            return self._bytes_sent
+
+    def _fault_for(self, path: str) -> Fault:
+        with self._lock:
+            prefix = max((p for p in self._faults if path.startswith(p)), key=len, default=None)
+            if prefix is None:
+                return BEHAVE
+            fault = self._faults[prefix]
+            self._hits[prefix] += 1
+            if fault.fail_times is not None and self._hits[prefix] > fault.fail_times:
+                return BEHAVE
+            return fault
+
+    def _pause(self, seconds: float) -> None:
+        self._stopping.wait(min(seconds, MAX_WAIT))
+
+    def _log(self, request: Request) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self._bytes_sent += n
+
+    def _track(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(conn)
+
+    def _untrack(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(conn)
