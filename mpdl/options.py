@@ -38,7 +38,7 @@ def _default_workers() -> int:
 class Options:
     """Everything a run can be tuned with. See ``from_env`` for where values come from."""
 
-    workers: int = 0  # 0: from the machine
+    workers: Optional[int] = None  # None: from the machine
     connections: int = 16  # concurrent requests in all workers together
     chunk_size: int = 8 * MiB  # range task size when splitting big objects; also the slot size
     memory: int = 256 * MiB  # the ring's budget: the cap on payload held in memory
@@ -49,7 +49,7 @@ class Options:
     start_method: Optional[str] = None  # multiprocessing start method; None: the platform's
 
     def __post_init__(self) -> None:
-        if self.workers == 0:
+        if self.workers is None:
             object.__setattr__(self, "workers", _default_workers())
         for name in ("workers", "connections", "chunk_size", "memory", "max_attempts"):
             value = getattr(self, name)

@@ -1,0 +1,58 @@
+"""Options: sizes, environment defaults, and flags that win over them."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpdl.errors import UsageError
+from mpdl.options import Options, parse_size
+from mpdl.ring import SlotPool
+
+
+@pytest.mark.parametrize("text,value", [("4096", 4096), ("512K", 512 * 1024), ("8M", 8 << 20),
+                                        ("8m", 8 << 20), ("1.5G", 3 << 29), ("2MiB", 2 << 20),
+                                        ("64KB", 64 << 10)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "12Q", "-1M", "M", "1 2M"])
+def test_parse_size_refuses(text):
+    with pytest.raises(UsageError):
+        parse_size(text)
+
+
+def test_environment_gives_defaults_and_overrides_win():
+    env = {"MPDL_WORKERS": "3", "MPDL_CONNECTIONS": "5", "MPDL_CHUNK_SIZE": "512K",
+           "MPDL_MEMORY": "64M", "MPDL_NO_PARALLEL": "1", "MPDL_START_METHOD": "spawn"}
+    options = Options.from_env(env, connections=7, memory=None)
+    assert (options.workers, options.connections, options.chunk_size, options.memory) == (
+        3, 7, 512 << 10, 64 << 20)
+    assert options.parallel is False and options.start_method == "spawn"
+
+
+@pytest.mark.parametrize("env", [{"MPDL_WORKERS": "x"}, {"MPDL_WORKERS": "0"},
+                                 {"MPDL_CHUNK_SIZE": "1K"}, {"MPDL_START_METHOD": "thread"}])
+def test_bad_environment_values_are_usage_errors(env):
+    with pytest.raises(UsageError):
+        Options.from_env(env)
+
+
+def test_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError):
+        Options.from_env({}, colour="blue")
+
+
+def test_default_workers_come_from_the_machine():
+    assert Options.from_env({}).workers >= 2
+
+
+def test_slot_pool_tracks_owners_and_reuses_the_last_freed_slot():
+    pool = SlotPool(3)
+    a, b, c = pool.acquire("a"), pool.acquire("b"), pool.acquire("c")
+    assert pool.acquire("d") is None and pool.free == 0
+    assert pool.owner(b) == "b" and pool.held_by("c") == [c]
+    pool.release(a)
+    pool.release(c)
+    assert pool.acquire("e") == c and pool.owner(c) == "e"
+    assert pool.free == 1 and a != c

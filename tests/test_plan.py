@@ -1,0 +1,141 @@
+"""The planner: every byte of every file is covered exactly once, by tasks the worker can verify."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpdl.errors import ManifestError
+from mpdl.manifest import parse_manifest
+from mpdl.plan import MAX_SLOT, MERGE_GAP, make_plan, stream_task
+
+KiB, MiB = 1024, 1024 * 1024
+MD5 = "md5:" + "0" * 32
+
+
+def manifest(*files):
+    return parse_manifest({"format": "mpdl/1", "base_urls": ["http://127.0.0.1:1/"],
+                           "files": list(files)})
+
+
+def coverage(plan):
+    """file_id -> sorted (file_offset, length) written by the plan's tasks."""
+    out = {}
+    for task in plan.tasks:
+        for span in task.spans:
+            out.setdefault(span.file_id, []).append((span.file_offset, span.length))
+    return {fid: sorted(spans) for fid, spans in out.items()}
+
+
+def assert_exact_cover(plan, entries):
+    for fid, entry in entries:
+        spans = coverage(plan).get(fid, [])
+        pos = 0
+        for offset, length in spans:
+            assert offset == pos, f"{entry.path}: gap or overlap at {pos}"
+            pos += length
+        assert pos == entry.size
+
+
+def planned(m, **kw):
+    entries = list(enumerate(m.files))
+    plan = make_plan(entries, **{"chunk_size": 1 * MiB, **kw})
+    assert_exact_cover(plan, entries)
+    return plan
+
+
+def test_whole_object_is_split_into_chunk_ranges():
+    plan = planned(manifest({"path": "big", "size": 5 * MiB + 7, "url": "big.bin"}))
+    assert [(t.offset, t.length, t.ranged) for t in plan.tasks] == [
+        (i * MiB, MiB, True) for i in range(5)] + [(5 * MiB, 7, True)]
+
+
+def test_small_whole_object_is_one_plain_get():
+    plan = planned(manifest({"path": "f", "size": 1000, "url": "f"}))
+    [task] = plan.tasks
+    assert (task.offset, task.length, task.ranged, task.exact) == (0, 1000, False, True)
+
+
+@pytest.mark.parametrize("kw", [{"parallel": False}, {"streamed": ["big.bin"]}])
+def test_no_parallel_or_streamed_object_is_one_get(kw):
+    plan = planned(manifest({"path": "big", "size": 5 * MiB, "url": "big.bin"}), **kw)
+    assert [(t.offset, t.length, t.ranged) for t in plan.tasks] == [(0, 5 * MiB, False)]
+
+
+def test_adjacent_v1_ranges_merge_up_to_chunk_size():
+    files = [{"path": f"s{i}", "size": 100 * KiB,
+              "parts": [{"url": "main.bin", "offset": 777 + i * 100 * KiB, "length": 100 * KiB}]}
+             for i in range(25)]
+    plan = planned(manifest(*files))
+    assert len(plan.tasks) == 3  # 10 + 10 + 5 files of 100 KiB in 1 MiB requests
+    assert all(t.length <= MiB and t.source == "main.bin" for t in plan.tasks)
+
+
+def test_ranges_with_a_small_gap_merge_and_the_gap_is_not_written():
+    m = manifest({"path": "a", "size": 10, "parts": [{"url": "m", "offset": 0, "length": 10}]},
+                 {"path": "b", "size": 10, "parts": [{"url": "m", "offset": 10 + MERGE_GAP,
+                                                      "length": 10}]})
+    plan = planned(m)
+    [task] = plan.tasks
+    assert task.length == 20 + MERGE_GAP
+    assert task.map(0, task.length) == [(0, 0, 0, 10), (1, 0, 10 + MERGE_GAP, 10)]
+
+
+def test_far_apart_ranges_do_not_merge():
+    m = manifest({"path": "a", "size": 10, "parts": [{"url": "m", "offset": 0, "length": 10}]},
+                 {"path": "b", "size": 10, "parts": [{"url": "m", "offset": 11 + MERGE_GAP,
+                                                      "length": 10}]})
+    assert len(planned(m).tasks) == 2
+
+
+def test_compressed_parts_are_tasks_of_their_own_with_their_check():
+    m = manifest({"path": "v2", "size": 2 * MiB, "parts": [
+        {"url": "c1", "length": 1000, "size": MiB, "compression": "zlib", "hash": MD5},
+        {"url": "c2", "length": 900, "size": MiB, "compression": "zlib"}]})
+    plan = planned(m)
+    assert [(t.source, t.compression, t.size, len(t.checks)) for t in plan.tasks] == [
+        ("c1", "zlib", MiB, 1), ("c2", "zlib", MiB, 0)]
+
+
+def test_a_hashed_part_larger_than_a_chunk_is_not_split_and_widens_the_slot():
+    m = manifest({"path": "h", "size": 3 * MiB,
+                  "parts": [{"url": "m", "length": 3 * MiB, "hash": MD5}]})
+    plan = planned(m)
+    [task] = plan.tasks
+    assert task.length == 3 * MiB and task.checks[0].length == 3 * MiB
+    assert plan.slot_size >= 3 * MiB
+
+
+def test_a_verified_part_over_the_limit_is_refused():
+    m = manifest({"path": "h", "size": MAX_SLOT + 1,
+                  "parts": [{"url": "m", "length": MAX_SLOT + 1, "hash": MD5}]})
+    with pytest.raises(ManifestError, match="h: part 0"):
+        make_plan(list(enumerate(m.files)), chunk_size=MiB)
+
+
+def test_empty_files_have_no_tasks():
+    plan = make_plan(list(enumerate(manifest({"path": "e", "size": 0}).files)), chunk_size=MiB)
+    assert plan.tasks == [] and 0 in plan.files
+
+
+def test_tasks_come_in_file_order():
+    files = [{"path": f"f{i}", "size": 3 * MiB, "url": f"o{i}"} for i in range(4)]
+    plan = planned(manifest(*files))
+    firsts = [min(s.file_id for s in t.spans) for t in plan.tasks]
+    assert firsts == sorted(firsts)
+
+
+def test_map_clips_to_the_asked_window():
+    plan = planned(manifest({"path": "a", "size": 10, "parts": [{"url": "m", "length": 4}, {
+        "url": "m", "offset": 4, "length": 6}]}))
+    [task] = plan.tasks
+    assert task.map(2, 5) == [(0, 2, 0, 2), (0, 4, 2, 3)]
+
+
+def test_stream_task_serves_every_range_of_the_object_from_offset_zero():
+    files = [{"path": f"s{i}", "size": 10, "parts": [{"url": "main.bin", "offset": 100 + 50 * i,
+                                                       "length": 10}]} for i in range(3)]
+    plan = planned(manifest(*files), chunk_size=64 * KiB)
+    stream = stream_task(99, "main.bin", plan.tasks)
+    assert (stream.offset, stream.length, stream.ranged, stream.exact) == (0, 210, False, False)
+    assert [w[:2] for w in stream.map(0, 210)] == [(0, 0), (1, 0), (2, 0)]
+    assert [w[2] for w in stream.map(0, 210)] == [100, 150, 200]
