@@ -1,9 +1,15 @@
-"""What every child process does first."""
+"""What every child process shares: its set-up, and how it reads its inbox."""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import queue
 import signal
+from typing import Iterator, List
+
+# How often a child waiting for work checks that the coordinator still lives.
+PARENT_CHECK_SECONDS = 0.5
 
 
 def child_setup(log_level: int) -> None:
@@ -15,3 +21,16 @@ def child_setup(log_level: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     logging.basicConfig(level=log_level, format="mpdl: %(message)s")
+
+
+def batches(inbox: "multiprocessing.queues.Queue[List[tuple]]") -> Iterator[List[tuple]]:
+    """The coordinator's batches of records, until it is gone: then the child just exits."""
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            yield inbox.get(timeout=PARENT_CHECK_SECONDS)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return
+        except (EOFError, OSError):
+            return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.queues
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -59,10 +60,23 @@ class FileRun:
     reason: str = ""
 
 
+class Inbox(multiprocessing.queues.Queue):
+    """The coordinator's channel to one child. A Queue, not a pipe: put() never blocks (its
+    feeder thread sends), so the coordinator cannot deadlock with a child that is itself
+    blocked sending a large batch back."""
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx=ctx)
+
+    @staticmethod
+    def _on_queue_feeder_error(e, obj) -> None:
+        pass  # the child is dead; its sentinel tells the loop
+
+
 @dataclass
 class Child:
     process: multiprocessing.process.BaseProcess
-    inbox: Connection  # coordinator sends
+    inbox: Inbox  # coordinator sends
     outbox: Connection  # coordinator receives
     running: Set[int] = field(default_factory=set)  # task ids
     batch: List[tuple] = field(default_factory=list)
@@ -97,6 +111,7 @@ class Coordinator:
         self.respawns_left = 2 * options.workers
         self.error: Optional[str] = None
         self.bytes_written = 0
+        self.unfinished = len(self.files)
         log.info("%d tasks, %d files, %d workers x %d connections, ring %d x %d KiB",
                  len(plan.tasks), len(self.files), options.workers, self.threads, slots,
                  plan.slot_size // 1024)
@@ -125,17 +140,16 @@ class Coordinator:
             self._shutdown()
 
     def _finished(self) -> bool:
-        return all(f.state in ("done", "failed") for f in self.files.values())
+        return self.unfinished == 0
 
     def _spawn(self, name: str, target, args: tuple) -> Child:
-        inbox_recv, inbox_send = self.ctx.Pipe(duplex=False)
+        inbox = Inbox(self.ctx)
         outbox_recv, outbox_send = self.ctx.Pipe(duplex=False)
         process = self.ctx.Process(target=target, name=name, daemon=True,
-                                   args=(inbox_recv, outbox_send) + args)
+                                   args=(inbox, outbox_send) + args)
         process.start()
-        inbox_recv.close()
         outbox_send.close()
-        return Child(process, inbox_send, outbox_recv)
+        return Child(process, inbox, outbox_recv)
 
     def _start_worker(self, worker_id: int) -> Child:
         o = self.options
@@ -152,15 +166,19 @@ class Coordinator:
     def _shutdown(self) -> None:
         children = list(self.workers.values()) + ([self.writer] if self.writer else [])
         for child in children:
-            try:
-                child.inbox.send([Stop()])
-            except OSError:
-                pass
+            child.inbox.put([Stop()])
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        running = [c.process.sentinel for c in children]
-        while running and time.monotonic() < deadline:  # wait() returns when any is ready
-            ended = wait(running, timeout=deadline - time.monotonic())
-            running = [s for s in running if s not in ended]
+        running = {c.process.sentinel: c for c in children}
+        while running and time.monotonic() < deadline:
+            outboxes = {c.outbox: c for c in running.values() if not c.outbox.closed}
+            for ready in wait(list(running) + list(outboxes), deadline - time.monotonic()):
+                if ready in outboxes:  # a child blocked sending to us could not see Stop
+                    try:
+                        ready.recv()
+                    except (EOFError, OSError):
+                        ready.close()
+                else:
+                    del running[ready]
         for child in children:
             if child.process.is_alive():
                 child.process.terminate()
@@ -168,6 +186,7 @@ class Coordinator:
             if child.process.is_alive():
                 child.process.kill()
                 child.process.join(1.0)
+            child.inbox.cancel_join_thread()  # a dead reader must not hold our exit
             child.inbox.close()
             child.outbox.close()
         self.ring.close()
@@ -225,10 +244,7 @@ class Coordinator:
         for child in list(self.workers.values()) + [self.writer]:
             if child.batch:
                 batch, child.batch = child.batch, []
-                try:
-                    child.inbox.send(batch)
-                except OSError:
-                    pass  # it died; its sentinel tells the loop
+                child.inbox.put(batch)
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -396,6 +412,7 @@ class Coordinator:
 
     def _file_finished(self, fid: int, ok: bool) -> None:
         file = self.files[fid]
+        self.unfinished -= 1
         self.tracker.files_done += 1
         self.on_file_done(file.entry, ok, file.reason)
 
@@ -409,6 +426,7 @@ class Coordinator:
         code = child.process.exitcode
         log.warning("worker %d died (exit code %s); its %d tasks go back to the queue",
                     worker_id, code, len(child.running))
+        child.inbox.cancel_join_thread()
         child.inbox.close()
         child.outbox.close()
         del self.workers[worker_id]

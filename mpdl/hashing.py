@@ -118,8 +118,10 @@ def hash_file(
     if buffer_size < 1:
         raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
     hasher = new_hasher(algo)
-    buffer = memoryview(bytearray(buffer_size))
     with open(path, "rb", buffering=0) as file:
+        # No bigger than the file: a writer hashes thousands of small files in a row.
+        size = os.fstat(file.fileno()).st_size
+        buffer = memoryview(bytearray(max(1, min(buffer_size, size))))
         while count := file.readinto(buffer):
             hasher.update(buffer[:count])
     return hasher.hexdigest()

@@ -4,19 +4,19 @@ A worker runs one fetch thread per connection it is given: fetching is waiting o
 and blocking urllib3 calls with threads is the simplest way to keep several responses going
 in one process (readinto, zlib and hashlib release the GIL). Processes are for the CPU work
 of many responses; the main thread is one loop that routes the coordinator's records and
-notices the coordinator's death.
+exits when the coordinator dies.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import queue
 import threading
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
+from multiprocessing.queues import Queue
 from typing import Dict, List, Optional
 
-from .child import child_setup
+from .child import batches, child_setup
 from .errors import FetchError
 from .fetch import Cancelled, fetch
 from .http import make_pool
@@ -26,7 +26,7 @@ from .ring import Ring, RingSpec
 log = logging.getLogger("mpdl.worker")
 
 
-def worker_main(worker_id: int, inbox: Connection, outbox: Connection, spec: RingSpec,
+def worker_main(worker_id: int, inbox: Queue, outbox: Connection, spec: RingSpec,
                 threads: int, timeout: float, verify_tls: bool, log_level: int) -> None:
     """Process entry point (a top-level function, so it works under spawn and forkserver)."""
     child_setup(log_level)
@@ -65,11 +65,9 @@ def worker_main(worker_id: int, inbox: Connection, outbox: Connection, spec: Rin
         threading.Thread(target=fetch_loop, name=f"fetch-{i}", daemon=True) for i in range(threads)]
     for thread in fetchers:
         thread.start()
-    parent = multiprocessing.parent_process()
-    watched = [inbox] + ([parent.sentinel] if parent is not None else [])
     try:
-        while inbox in wait(watched):
-            for record in inbox.recv():
+        for batch in batches(inbox):
+            for record in batch:
                 if isinstance(record, Fetch):
                     grants[record.task_id] = queue.SimpleQueue()
                     jobs.put(record)
@@ -79,8 +77,6 @@ def worker_main(worker_id: int, inbox: Connection, outbox: Connection, spec: Rin
                         waiting.put(record.slot)
                 elif isinstance(record, Stop):
                     return
-    except (EOFError, OSError):
-        pass  # the coordinator is gone: exit
     finally:
         for waiting in list(grants.values()):
             waiting.put(None)

@@ -7,12 +7,13 @@ at their offsets in any order. A file gets its final name only after its hash ma
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-from multiprocessing.connection import Connection, wait
+from collections import OrderedDict
+from multiprocessing.connection import Connection
+from multiprocessing.queues import Queue
 from typing import Dict, List
 
-from .child import child_setup
+from .child import batches, child_setup
 from .hashing import hash_file, parse_hash
 from .messages import (CloseFile, FileClosed, OpenFile, SlotWritten, Stop, WriteFailed,
                        WriteSlot)
@@ -42,13 +43,40 @@ def inside(path: str, root: str) -> bool:
 
 
 class Writer:
-    """The writer's state: open staging files by file id."""
+    """The writer's state: staging files by file id, and a bounded set of open descriptors.
+
+    One merged request can carry thousands of small files, so descriptors are kept for the
+    files written most recently only, and reopened when needed.
+    """
+
+    MAX_OPEN = 128
 
     def __init__(self, ring: Ring, dest: str) -> None:
         self.ring = ring
         self.dest = dest
-        self.fds: Dict[int, int] = {}
+        self.fds: "OrderedDict[int, int]" = OrderedDict()
         self.staging: Dict[int, str] = {}
+        self.folders: Dict[str, bool] = {}
+
+    def _fd(self, file_id: int) -> int:
+        fd = self.fds.get(file_id)
+        if fd is not None:
+            self.fds.move_to_end(file_id)
+            return fd
+        return self._keep_open(file_id, os.open(self.staging[file_id], os.O_RDWR | _O_BINARY))
+
+    def _keep_open(self, file_id: int, fd: int) -> int:
+        if len(self.fds) >= self.MAX_OPEN:
+            os.close(self.fds.popitem(last=False)[1])
+        self.fds[file_id] = fd
+        return fd
+
+    def _checked_folder(self, folder: str) -> bool:
+        """Create ``folder``; true if it resolves inside DEST (cached: files share folders)."""
+        if folder not in self.folders:
+            os.makedirs(folder, exist_ok=True)
+            self.folders[folder] = inside(folder, self.dest)
+        return self.folders[folder]
 
     def handle(self, record) -> List[tuple]:
         if isinstance(record, WriteSlot):
@@ -63,8 +91,8 @@ class Writer:
         try:
             os.makedirs(os.path.dirname(record.staging), exist_ok=True)
             fd = os.open(record.staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_BINARY, 0o644)
-            self.fds[record.file_id] = fd
             self.staging[record.file_id] = record.staging
+            self._keep_open(record.file_id, fd)
             if record.size:
                 os.ftruncate(fd, record.size)  # sparse: no zero-filling pass over the disk
         except OSError as exc:
@@ -76,11 +104,11 @@ class Writer:
         written = 0
         with self.ring.view(record.slot) as view:
             for piece in record.pieces:
-                fd = self.fds.get(piece.file_id)
-                if fd is None:
+                if piece.file_id not in self.staging:
                     continue
                 try:
-                    write_at(fd, view[piece.slot_offset:piece.slot_offset + piece.length],
+                    write_at(self._fd(piece.file_id),
+                             view[piece.slot_offset:piece.slot_offset + piece.length],
                              piece.file_offset)
                     written += piece.length
                 except OSError as exc:
@@ -109,9 +137,7 @@ class Writer:
             if record.executable:
                 mode = os.stat(staging).st_mode
                 os.chmod(staging, mode | ((mode & 0o444) >> 2))  # x wherever r is set
-            parent = os.path.dirname(record.final)
-            os.makedirs(parent, exist_ok=True)
-            if not inside(parent, self.dest):
+            if not self._checked_folder(os.path.dirname(record.final)):
                 _remove(staging)
                 return FileClosed(record.file_id, False, "its folder leads out of the destination")
             if os.path.isdir(record.final) and not os.path.islink(record.final):
@@ -139,18 +165,16 @@ def _remove(path: str) -> None:
         pass
 
 
-def writer_main(inbox: Connection, outbox: Connection, spec: RingSpec, dest: str,
+def writer_main(inbox: Queue, outbox: Connection, spec: RingSpec, dest: str,
                 log_level: int) -> None:
     """Process entry point: apply each batch of records, answer with one batch."""
     child_setup(log_level)
     ring = Ring.attach(spec)
     writer = Writer(ring, dest)
-    parent = multiprocessing.parent_process()
-    watched = [inbox] + ([parent.sentinel] if parent is not None else [])
     try:
-        while inbox in wait(watched):
+        for batch in batches(inbox):
             replies: List[tuple] = []
-            for record in inbox.recv():
+            for record in batch:
                 if isinstance(record, Stop):
                     return
                 replies += writer.handle(record)
