@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 from typing import Iterator, List
@@ -30,7 +31,7 @@ def batches(inbox: "multiprocessing.queues.Queue[List[tuple]]") -> Iterator[List
         try:
             yield inbox.get(timeout=PARENT_CHECK_SECONDS)
         except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                return
+            if parent is not None and (not parent.is_alive() or os.getppid() != parent.pid):
+                return  # under fork, siblings keep the sentinel open: the ppid tells at once
         except (EOFError, OSError):
             return

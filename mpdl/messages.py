@@ -1,7 +1,8 @@
 """The records processes send each other: small, typed, and never carrying payload bytes.
 
-Payload lives in ring slots; these records only say which slot holds which bytes. Every pipe
-send carries a list of records, so one syscall can move many of them.
+Payload lives in ring slots; these records only say which slot holds which bytes. Every send
+carries a list of records, so one pickle and one syscall move many of them. The coordinator
+sends through queues (never blocking), children answer through pipes.
 
     coordinator --Fetch/Grant/Stop--> worker --Filled/Failed--> coordinator
     coordinator --OpenFile/WriteSlot/CloseFile/Stop--> writer --SlotWritten/FileClosed/WriteFailed--> coordinator

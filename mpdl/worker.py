@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from typing import Dict, List, Optional
@@ -83,7 +84,8 @@ def worker_main(worker_id: int, inbox: Queue, outbox: Connection, spec: RingSpec
         for _ in fetchers:
             jobs.put(None)
         # Fetch threads are daemons: one stuck in a read must not keep the process alive.
+        deadline = time.monotonic() + 0.5
         for thread in fetchers:
-            thread.join(timeout=0.5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         pool.clear()
         ring.close()
