@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence
 from urllib.parse import unquote, urlsplit
 
 from .api import Result, run
-from .errors import FetchError, ManifestError, MpdlError, UsageError
+from .errors import ManifestError, MpdlError, UsageError
 from .http import make_pool, probe
 from .manifest import Manifest
 from .options import Options, parse_size
@@ -147,18 +147,18 @@ def _download_url(url: str, output: Optional[str], options: Options, **kw) -> Re
                streamed=() if info.ranges else (url,), **kw)
 
 
-def _report(result: Result, quiet: bool) -> int:
+def _report(result: Result, quiet: bool, say) -> int:
     if result.error:
-        print(f"mpdl: error: {result.error}", file=sys.stderr)
+        say(f"mpdl: error: {result.error}")
     for path, reason in sorted(result.failed.items())[:20]:
-        print(f"mpdl: failed: {path}: {reason}", file=sys.stderr)
+        say(f"mpdl: failed: {path}: {reason}")
     if len(result.failed) > 20:
-        print(f"mpdl: ... and {len(result.failed) - 20} more failed files", file=sys.stderr)
+        say(f"mpdl: ... and {len(result.failed) - 20} more failed files")
     if not quiet:
         done = len(result.completed) + len(result.skipped)
-        print(f"mpdl: {done} of {done + len(result.failed)} files in place "
-              f"({len(result.skipped)} already were), {result.bytes_fetched} bytes fetched in "
-              f"{result.elapsed:.2f} s", file=sys.stderr)
+        say(f"mpdl: {done} of {done + len(result.failed)} files in place "
+            f"({len(result.skipped)} already were), {result.bytes_fetched} bytes fetched in "
+            f"{result.elapsed:.2f} s")
     return EXIT_OK if result.ok else EXIT_INCOMPLETE
 
 
@@ -173,12 +173,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def on_sigterm(signum, frame) -> None:
         raise Terminated()
 
+    progress = _progress(args.progress, args.quiet)
+
+    def say(text: str) -> None:
+        if isinstance(progress, TerminalLine):
+            progress.end()
+        print(text, file=sys.stderr)
+
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         kw = dict(workers=args.workers, connections=args.connections,
                   chunk_size=args.chunk_size, memory=args.memory, timeout=args.timeout,
-                  verify_tls=False if args.insecure else None,
-                  progress=_progress(args.progress, args.quiet))
+                  verify_tls=False if args.insecure else None, progress=progress)
         if _is_url(args.source):
             options = Options.from_env(**{k: v for k, v in kw.items() if k != "progress"})
             result = _download_url(args.source, args.output, options, **kw)
@@ -186,22 +192,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not args.output:
                 parser.error("-o DEST is required with a manifest")
             result = run(args.source, args.output, **kw)
-        return _report(result, args.quiet)
+        return _report(result, args.quiet, say)
     except (ManifestError, UsageError) as exc:
-        print(f"mpdl: error: {exc}", file=sys.stderr)
+        say(f"mpdl: error: {exc}")
         return EXIT_USAGE
-    except (FetchError, MpdlError) as exc:
-        print(f"mpdl: error: {exc}", file=sys.stderr)
+    except MpdlError as exc:
+        say(f"mpdl: error: {exc}")
         return EXIT_INCOMPLETE
     except OSError as exc:
-        print(f"mpdl: error: {exc.filename or ''}{': ' if exc.filename else ''}"
-              f"{exc.strerror or exc}", file=sys.stderr)
+        say(f"mpdl: error: {exc.filename or ''}{': ' if exc.filename else ''}"
+            f"{exc.strerror or exc}")
         return EXIT_INCOMPLETE
     except KeyboardInterrupt:
-        print("\nmpdl: interrupted; run again to resume", file=sys.stderr)
+        say("mpdl: interrupted; run again to resume")
         return EXIT_INTERRUPTED
     except Terminated:
-        print("mpdl: terminated; run again to resume", file=sys.stderr)
+        say("mpdl: terminated; run again to resume")
         return EXIT_TERMINATED
     finally:
         signal.signal(signal.SIGTERM, previous)

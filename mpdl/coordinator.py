@@ -25,7 +25,7 @@ from .messages import (CloseFile, FailKind, Failed, Fetch, FileClosed, Filled, G
 from .options import Options
 from .plan import Plan, Task, stream_task
 from .progress import Tracker
-from .ring import Ring, SlotPool
+from .ring import SHM_FOLDER, Ring, SlotPool, slots_that_fit
 from .worker import worker_main
 from .writer import writer_main
 
@@ -102,7 +102,14 @@ class Coordinator:
         self.no_ranges: Set[str] = set()
         self.deferred: Dict[str, List[TaskRun]] = {}
         self.active_by_source: Counter = Counter()
-        slots = max(2, options.memory // plan.slot_size)
+        wanted = max(2, options.memory // plan.slot_size)
+        slots = slots_that_fit(plan.slot_size, wanted)
+        if slots < 2:
+            raise MpdlError(f"not enough shared memory: {SHM_FOLDER} cannot hold two slots of "
+                            f"{plan.slot_size // 1024} KiB; free some or lower --chunk-size")
+        if slots < wanted:
+            log.warning("%s has room for %d slots of %d KiB only; the ring is smaller than "
+                        "--memory asks", SHM_FOLDER, slots, plan.slot_size // 1024)
         self.ring = Ring.create(plan.slot_size, slots)
         self.slots = SlotPool(slots)
         self.threads = max(1, -(-min(options.connections, slots) // options.workers))

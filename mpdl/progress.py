@@ -97,9 +97,16 @@ class TerminalLine:
         line = (f"{size}  {percent}  {human_bytes(event.speed)}/s  ETA {_clock(event.eta)}  "
                 f"files {event.files_done}/{event.files_total}")
         pad = max(0, self._width - len(line))
-        self._width = len(line)
+        self._width = 0 if event.final else len(line)
         self.stream.write("\r" + line + " " * pad + ("\n" if event.final else ""))
         self.stream.flush()
+
+    def end(self) -> None:
+        """End a line left open by a run that stopped early, so messages start on their own."""
+        if self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0
 
 
 class JsonLines:

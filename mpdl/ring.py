@@ -9,9 +9,26 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
 from multiprocessing import shared_memory
 from typing import Dict, Hashable, List, NamedTuple, Optional
+
+
+SHM_FOLDER = "/dev/shm"
+
+
+def slots_that_fit(slot_size: int, wanted: int) -> int:
+    """How many slots the shared-memory filesystem can hold, up to ``wanted``.
+
+    Segments are created sparse: a ring larger than /dev/shm (64 MiB in a default Docker
+    container) would be created fine and then kill its workers with SIGBUS when they fill it.
+    """
+    try:
+        free = shutil.disk_usage(SHM_FOLDER).free
+    except OSError:  # no /dev/shm (macOS, Windows): the OS backs segments with memory
+        return wanted
+    return min(wanted, free // slot_size)
 
 
 class RingSpec(NamedTuple):
