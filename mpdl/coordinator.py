@@ -160,17 +160,22 @@ class Coordinator:
 
     def _start_worker(self, worker_id: int) -> Child:
         o = self.options
-        child = self._spawn(f"mpdl-worker-{worker_id}", _worker_entry,
-                            (worker_id, self.ring.spec, self.threads, o.timeout, o.verify_tls,
-                             logging.getLogger("mpdl").getEffectiveLevel()))
-        return child
+        return self._spawn(f"mpdl-worker-{worker_id}", worker_main,
+                           (worker_id, self.ring.spec, self.threads, o.timeout, o.verify_tls,
+                            logging.getLogger("mpdl").getEffectiveLevel()))
 
     def _start_writer(self) -> Child:
-        return self._spawn("mpdl-writer", _writer_entry,
+        return self._spawn("mpdl-writer", writer_main,
                            (self.ring.spec, str(self.layout.dest),
                             logging.getLogger("mpdl").getEffectiveLevel()))
 
     def _shutdown(self) -> None:
+        try:
+            self._stop_children()
+        finally:  # even if a second Ctrl-C cuts the stopping short
+            self.ring.close()
+
+    def _stop_children(self) -> None:
         children = list(self.workers.values()) + ([self.writer] if self.writer else [])
         for child in children:
             child.inbox.put([Stop()])
@@ -196,7 +201,6 @@ class Coordinator:
             child.inbox.cancel_join_thread()  # a dead reader must not hold our exit
             child.inbox.close()
             child.outbox.close()
-        self.ring.close()
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -456,10 +460,3 @@ class Coordinator:
         self.respawns_left -= 1
         self.workers[worker_id] = self._start_worker(worker_id)
 
-
-def _worker_entry(inbox, outbox, worker_id, spec, threads, timeout, verify_tls, level) -> None:
-    worker_main(worker_id, inbox, outbox, spec, threads, timeout, verify_tls, level)
-
-
-def _writer_entry(inbox, outbox, spec, dest, level) -> None:
-    writer_main(inbox, outbox, spec, dest, level)

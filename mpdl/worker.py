@@ -27,7 +27,7 @@ from .ring import Ring, RingSpec
 log = logging.getLogger("mpdl.worker")
 
 
-def worker_main(worker_id: int, inbox: Queue, outbox: Connection, spec: RingSpec,
+def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec,
                 threads: int, timeout: float, verify_tls: bool, log_level: int) -> None:
     """Process entry point (a top-level function, so it works under spawn and forkserver)."""
     child_setup(log_level)
