@@ -7,6 +7,7 @@ are kept); 2 bad usage or an invalid manifest; 130 interrupted (143 on SIGTERM).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import posixpath
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
                      help="auto: a live line on stderr when it is a terminal; json: JSON lines "
-                          "on stdout")
+                          "on stdout ({\"event\": \"progress\", ...}, then one \"result\")")
     out.add_argument("-q", "--quiet", action="store_true", help="only errors")
     out.add_argument("-v", "--verbose", action="count", default=0,
                      help="say what was found and chosen (-vv: debug)")
@@ -147,7 +148,13 @@ def _download_url(url: str, output: Optional[str], options: Options, **kw) -> Re
                streamed=() if info.ranges else (url,), **kw)
 
 
-def _report(result: Result, quiet: bool, say) -> int:
+def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
+    if json_events:  # the launcher's last line: the outcome, machine-readable
+        print(json.dumps({"event": "result", "ok": result.ok, "error": result.error,
+                          "failed": result.failed, "completed": len(result.completed),
+                          "skipped": len(result.skipped), "bytes_fetched": result.bytes_fetched,
+                          "bytes_written": result.bytes_written, "elapsed": result.elapsed}),
+              flush=True)
     if result.error:
         say(f"mpdl: error: {result.error}")
     for path, reason in sorted(result.failed.items())[:20]:
@@ -192,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not args.output:
                 parser.error("-o DEST is required with a manifest")
             result = run(args.source, args.output, **kw)
-        return _report(result, args.quiet, say)
+        return _report(result, args.quiet, say, args.progress == "json")
     except (ManifestError, UsageError) as exc:
         say(f"mpdl: error: {exc}")
         return EXIT_USAGE
