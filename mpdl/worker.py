@@ -15,7 +15,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .child import batches, child_setup
 from .errors import FetchError
@@ -35,7 +35,9 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
     pool = make_pool(connections=threads, timeout=timeout, verify_tls=verify_tls)
     send_lock = threading.Lock()
     jobs: "queue.SimpleQueue[Optional[Fetch]]" = queue.SimpleQueue()
-    grants: Dict[int, "queue.SimpleQueue[Optional[int]]"] = {}
+    # Keyed by attempt too: a retry of a task can reach this worker while the thread that ran
+    # the failed attempt has not yet forgotten its own queue.
+    grants: Dict[Tuple[int, int], "queue.SimpleQueue[Optional[int]]"] = {}
 
     def send(record) -> None:
         with send_lock:
@@ -47,9 +49,9 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
             job = jobs.get()
             if job is None:
                 return
-            slots = grants[job.task_id]
+            key = (job.task_id, job.attempt)
             try:
-                fetch(job, pool, ring, slots.get, send, scratch)
+                fetch(job, pool, ring, grants[key].get, send, scratch)
             except FetchError as exc:
                 send(Failed(job.task_id, job.attempt, exc.kind, str(exc)))
             except Cancelled:
@@ -60,7 +62,7 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
                 log.exception("worker %d: task %d", worker_id, job.task_id)
                 send(Failed(job.task_id, job.attempt, FailKind.FATAL, f"internal error: {exc!r}"))
             finally:
-                grants.pop(job.task_id, None)
+                grants.pop(key, None)
 
     fetchers: List[threading.Thread] = [
         threading.Thread(target=fetch_loop, name=f"fetch-{i}", daemon=True) for i in range(threads)]
@@ -70,10 +72,10 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
         for batch in batches(inbox):
             for record in batch:
                 if isinstance(record, Fetch):
-                    grants[record.task_id] = queue.SimpleQueue()
+                    grants[record.task_id, record.attempt] = queue.SimpleQueue()
                     jobs.put(record)
                 elif isinstance(record, Grant):
-                    waiting = grants.get(record.task_id)
+                    waiting = grants.get((record.task_id, record.attempt))
                     if waiting is not None:
                         waiting.put(record.slot)
                 elif isinstance(record, Stop):
