@@ -83,12 +83,13 @@ def _fill_plain(job: Fetch, response, known_length: Optional[int], ring: Ring,
                 next_slot: NextSlot, report: Report) -> None:
     raw = response._fp  # http.client.HTTPResponse: readinto without a copy
     slot_size = ring.spec.slot_size
-    slot, slot_start, filled, fetched = job.slot, 0, 0, 0
+    slot, slot_start, filled, fetched, verified = job.slot, 0, 0, 0, 0
     remaining = job.length
     view = ring.view(slot)
     try:
         while remaining != 0:
             if filled == slot_size:  # full, and more to come: hand it over, wait for the next
+                verified += _verify(job, view, slot_start, filled)
                 view.release()
                 report(Filled(job.task_id, job.attempt, slot, slot_start, filled, fetched, False))
                 granted = next_slot()
@@ -110,9 +111,11 @@ def _fill_plain(job: Fetch, response, known_length: Optional[int], ring: Ring,
                 and _has_more(raw)):
             raise IntegrityError(f"{job.url}: the body is longer than the {job.length} bytes "
                                  f"the manifest says", FailKind.MIRROR)
-        _verify(job, view, slot_start, filled)
+        verified += _verify(job, view, slot_start, filled)
     finally:
         view.release()
+    if verified != len(job.checks):  # the planner keeps checked parts within one slot
+        raise FetchError(f"{job.url}: a part check straddles ring slots", FailKind.FATAL)
     report(Filled(job.task_id, job.attempt, slot, slot_start, filled, fetched, True))
 
 
@@ -146,17 +149,20 @@ def _fill_decoded(job: Fetch, response, ring: Ring, report: Report, scratch: byt
                              f"{job.size}")
     with ring.view(job.slot) as view:
         view[:job.size] = out
-        _verify(job, view, 0, job.size)
+        if _verify(job, view, 0, job.size) != len(job.checks):
+            raise FetchError(f"{job.url}: a part check lies outside the part", FailKind.FATAL)
     report(Filled(job.task_id, job.attempt, job.slot, 0, job.size, job.length, True))
 
 
-def _verify(job: Fetch, view: memoryview, slot_start: int, filled: int) -> None:
-    """Part hashes of the output bytes now in this slot."""
+def _verify(job: Fetch, view: memoryview, slot_start: int, filled: int) -> int:
+    """Check the part hashes whose bytes are all in this slot; return how many there were."""
+    done = 0
     for check in job.checks:
         lo = check.offset - slot_start
-        if lo < 0 or lo + check.length > filled:
-            continue  # not in this slot (the planner keeps checked parts within one slot)
-        _check_one(job.url, check, view[lo:lo + check.length])
+        if 0 <= lo and lo + check.length <= filled:
+            _check_one(job.url, check, view[lo:lo + check.length])
+            done += 1
+    return done
 
 
 def _check_one(url: str, check: Check, data: memoryview) -> None:
