@@ -4,7 +4,8 @@ Rules, so that every byte can be verified in a worker before it reaches the disk
 - a compressed or hashed part is one task of its own (its output must fit one slot);
 - other ranges are cut at ``chunk_size`` and adjacent ranges of one object (GOG V1 files
   inside ``main.bin``) are merged into one request up to ``chunk_size``;
-- a whole object that fits one chunk, or any object when not parallel, is one plain GET.
+- a whole object that fits one chunk, or any object when not parallel, is one plain GET;
+- not parallel, a run of adjacent ranges of one object is one request, however long.
 Tasks come out in file order, so files finish early instead of all at the end.
 """
 
@@ -114,11 +115,19 @@ def make_plan(
              compression=None, size=req.end - req.start, spans=tuple(req.spans),
              checks=tuple(req.checks))
 
+    def joins(req: _Open, offset: int, length: int, check: Optional[str]) -> bool:
+        """Parallel: merged requests stay within a chunk. Not parallel: one stream per run of
+        adjacent ranges, but a checked part stays alone (its check must fit one slot)."""
+        if not req.end <= offset <= req.end + MERGE_GAP:
+            return False
+        if parallel:
+            return offset + length - req.start <= chunk_size
+        return not check and not req.checks
+
     def add_range(source: str, offset: int, length: int, file_id: int, file_offset: int,
                   check: Optional[str]) -> None:
         req = growing.get(source)
-        if req is not None and not (req.end <= offset <= req.end + MERGE_GAP
-                                    and offset + length - req.start <= chunk_size):
+        if req is not None and not joins(req, offset, length, check):
             flush(source)
             req = None
         if req is None:
@@ -162,8 +171,9 @@ def make_plan(
             elif part.hash is not None:
                 add_range(part.url, part.offset, part.length, file_id, file_offset, str(part.hash))
             else:
-                for off in range(0, part.length, chunk_size):
-                    n = min(chunk_size, part.length - off)
+                step = chunk_size if parallel else part.length
+                for off in range(0, part.length, step):
+                    n = min(step, part.length - off)
                     add_range(part.url, part.offset + off, n, file_id, file_offset + off, None)
             file_offset += part.size
     for source in list(growing):

@@ -139,3 +139,13 @@ def test_stream_task_serves_every_range_of_the_object_from_offset_zero():
     assert (stream.offset, stream.length, stream.ranged, stream.exact) == (0, 210, False, False)
     assert [w[:2] for w in stream.map(0, 210)] == [(0, 0), (1, 0), (2, 0)]
     assert [w[2] for w in stream.map(0, 210)] == [100, 150, 200]
+
+
+def test_not_parallel_adjacent_ranges_are_one_stream_but_checked_parts_stay_alone():
+    files = [{"path": f"s{i}", "size": MiB,
+              "parts": [{"url": "main.bin", "offset": i * MiB, "length": MiB}]} for i in range(5)]
+    files.append({"path": "h", "size": MiB, "parts": [{"url": "main.bin", "offset": 5 * MiB,
+                                                        "length": MiB, "hash": MD5}]})
+    plan = planned(manifest(*files), chunk_size=64 * KiB, parallel=False)
+    assert [(t.offset, t.length, len(t.checks)) for t in plan.tasks] == [
+        (0, 5 * MiB, 0), (5 * MiB, MiB, 1)]
