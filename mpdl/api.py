@@ -76,7 +76,7 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
                 journal.record(entry, layout.final(entry.path))
             else:
                 result.failed[entry.path] = reason
-                log.error("%s: %s", entry.path, reason)
+                log.info("%s failed: %s", entry.path, reason)
 
         if todo:
             coordinator = Coordinator(parsed, plan, layout, opts, tracker, file_done)
