@@ -305,3 +305,15 @@ def test_signal_stops_cleanly_and_a_rerun_completes(
                      cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert_installed(dest, depot)
+
+
+def test_a_ring_that_does_not_fit_in_shared_memory_stops_with_a_clear_error(
+    depot: Depot, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    # A slot larger than /dev/shm: the run must refuse up front, not die of SIGBUS later.
+    manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
+    done = mpdl_cli(manifest, "-o", tmp_path / "game", "--chunk-size", "64T", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    line = assert_one_error_line(done.stderr)
+    assert "not enough shared memory" in line
+    assert fault_server.requests == []

@@ -6,7 +6,7 @@ import pytest
 
 from mpdl.errors import UsageError
 from mpdl.options import Options, parse_size
-from mpdl.ring import SlotPool
+from mpdl.ring import SlotPool, slots_that_fit
 
 
 @pytest.mark.parametrize("text,value", [("4096", 4096), ("512K", 512 * 1024), ("8M", 8 << 20),
@@ -56,3 +56,8 @@ def test_slot_pool_tracks_owners_and_reuses_the_last_freed_slot():
     pool.release(c)
     assert pool.acquire("e") == c and pool.owner(c) == "e"
     assert pool.free == 1 and a != c
+
+
+def test_slots_that_fit_read_the_real_shared_memory_folder():
+    assert slots_that_fit(4096, 3) == 3
+    assert slots_that_fit(1 << 50, 10) == 0  # a petabyte slot fits nowhere
