@@ -7,7 +7,7 @@ worker reports it.
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import urllib3
 
@@ -28,7 +28,7 @@ Report = Callable[[Filled], None]
 
 def fetch(job: Fetch, pool: urllib3.PoolManager, ring: Ring, next_slot: NextSlot,
           report: Report, scratch: bytearray) -> None:
-    """Run ``job``; ``scratch`` is this thread's buffer for compressed bodies (grown as needed)."""
+    """Run ``job``; ``scratch`` is this thread's buffer for compressed bodies."""
     headers = {"Range": range_header(job.offset, job.length)} if job.ranged else {}
     response = open_response(pool, job.url, headers)
     try:
@@ -83,13 +83,14 @@ def _fill_plain(job: Fetch, response, known_length: Optional[int], ring: Ring,
                 next_slot: NextSlot, report: Report) -> None:
     raw = response._fp  # http.client.HTTPResponse: readinto without a copy
     slot_size = ring.spec.slot_size
-    slot, slot_start, filled, fetched, verified = job.slot, 0, 0, 0, 0
+    slot, slot_start, filled, fetched = job.slot, 0, 0, 0
+    checker = Checker(job.url, job.checks)
     remaining = job.length
     view = ring.view(slot)
     try:
         while remaining != 0:
             if filled == slot_size:  # full, and more to come: hand it over, wait for the next
-                verified += _verify(job, view, slot_start, filled)
+                checker.feed(view, slot_start, filled)
                 view.release()
                 report(Filled(job.task_id, job.attempt, slot, slot_start, filled, fetched, False))
                 granted = next_slot()
@@ -111,11 +112,10 @@ def _fill_plain(job: Fetch, response, known_length: Optional[int], ring: Ring,
                 and _has_more(raw)):
             raise IntegrityError(f"{job.url}: the body is longer than the {job.length} bytes "
                                  f"the manifest says", FailKind.MIRROR)
-        verified += _verify(job, view, slot_start, filled)
+        checker.feed(view, slot_start, filled)
+        checker.finish()
     finally:
         view.release()
-    if verified != len(job.checks):  # the planner keeps checked parts within one slot
-        raise FetchError(f"{job.url}: a part check straddles ring slots", FailKind.FATAL)
     report(Filled(job.task_id, job.attempt, slot, slot_start, filled, fetched, True))
 
 
@@ -125,50 +125,67 @@ def _has_more(raw) -> bool:
 
 
 def _fill_decoded(job: Fetch, response, ring: Ring, report: Report, scratch: bytearray) -> None:
-    """Read the whole compressed part, then decode it into the slot, never past ``size``."""
+    """Decode the part into its slot as it arrives, through ``scratch``, never past ``size``.
+
+    Memory stays at one scratch buffer per thread whatever the part's length, and a zlib
+    bomb stops one byte past the declared size.
+    """
     assert job.length is not None and job.size is not None and job.compression == "zlib"
-    raw = response._fp
-    if len(scratch) < job.length:
-        scratch.extend(bytes(job.length - len(scratch)))
-    with memoryview(scratch) as buffer:
-        got = 0
-        while got < job.length:
-            n = _read_into(raw, buffer[got:job.length])
+    raw, size = response._fp, job.size
+    decoder = zlib.decompressobj()
+    left, out = job.length, 0
+    with ring.view(job.slot) as view, memoryview(scratch) as buffer:
+        while left and not decoder.eof:
+            n = _read_into(raw, buffer[:min(len(buffer), left)])
             if not n:
-                raise FetchError(f"{job.url}: the body ended {job.length - got} bytes short")
-            got += n
-        decoder = zlib.decompressobj()
-        try:
-            out = decoder.decompress(buffer[:job.length], job.size + 1)
-        except zlib.error as exc:
-            raise IntegrityError(f"{job.url}: bad zlib data ({exc})") from None
-    if len(out) > job.size or decoder.unconsumed_tail:
-        raise IntegrityError(f"{job.url}: decompresses to more than the declared {job.size} bytes")
-    if len(out) < job.size or not decoder.eof or decoder.unused_data:
-        raise IntegrityError(f"{job.url}: decompresses to {len(out)} bytes, not the declared "
-                             f"{job.size}")
-    with ring.view(job.slot) as view:
-        view[:job.size] = out
-        if _verify(job, view, 0, job.size) != len(job.checks):
-            raise FetchError(f"{job.url}: a part check lies outside the part", FailKind.FATAL)
-    report(Filled(job.task_id, job.attempt, job.slot, 0, job.size, job.length, True))
+                raise FetchError(f"{job.url}: the body ended {left} bytes short")
+            left -= n
+            data = buffer[:n]
+            while data and not decoder.eof:
+                try:
+                    chunk = decoder.decompress(data, size - out + 1)  # max_length is >= 1
+                except zlib.error as exc:
+                    raise IntegrityError(f"{job.url}: bad zlib data ({exc})") from None
+                if out + len(chunk) > size:
+                    raise IntegrityError(f"{job.url}: decompresses to more than the declared "
+                                         f"{size} bytes")
+                view[out:out + len(chunk)] = chunk
+                out += len(chunk)
+                data = decoder.unconsumed_tail
+        if left or decoder.unused_data or not decoder.eof or out != size:
+            raise IntegrityError(f"{job.url}: the zlib stream does not match its part "
+                                 f"({out} of {size} bytes decoded, {left} bytes unread)")
+        checker = Checker(job.url, job.checks)
+        checker.feed(view, 0, size)
+        checker.finish()
+    report(Filled(job.task_id, job.attempt, job.slot, 0, size, job.length, True))
 
 
-def _verify(job: Fetch, view: memoryview, slot_start: int, filled: int) -> int:
-    """Check the part hashes whose bytes are all in this slot; return how many there were."""
-    done = 0
-    for check in job.checks:
-        lo = check.offset - slot_start
-        if 0 <= lo and lo + check.length <= filled:
-            _check_one(job.url, check, view[lo:lo + check.length])
-            done += 1
-    return done
+class Checker:
+    """Part hashes over a task's output, fed slot by slot: a part may span several slots."""
 
+    def __init__(self, url: str, checks: Tuple[Check, ...]) -> None:
+        self.url = url
+        self.open = [(check, parse_hash(check.hash)) for check in checks]
+        self.hashers = {check: spec.new() for check, spec in self.open}
 
-def _check_one(url: str, check: Check, data: memoryview) -> None:
-    spec = parse_hash(check.hash)
-    hasher = spec.new()
-    hasher.update(data)
-    if not spec.matches(hasher.hexdigest()):
-        raise IntegrityError(f"{url}: part at output offset {check.offset} has "
-                             f"{spec.algo} {hasher.hexdigest()}, expected {spec.hexdigest}")
+    def feed(self, view: memoryview, slot_start: int, filled: int) -> None:
+        """Output bytes [slot_start, slot_start+filled) are in ``view``: hash and verify."""
+        slot_end = slot_start + filled
+        still = []
+        for check, spec in self.open:
+            lo, hi = max(check.offset, slot_start), min(check.offset + check.length, slot_end)
+            if lo < hi:
+                self.hashers[check].update(view[lo - slot_start:hi - slot_start])
+            if check.offset + check.length > slot_end:
+                still.append((check, spec))
+                continue
+            actual = self.hashers.pop(check).hexdigest()
+            if not spec.matches(actual):
+                raise IntegrityError(f"{self.url}: the part at output offset {check.offset} has "
+                                     f"{spec.algo} {actual}, the manifest says {spec.hexdigest}")
+        self.open = still
+
+    def finish(self) -> None:
+        if self.open:  # the output ended before a checked part did
+            raise IntegrityError(f"{self.url}: the output ended inside a checked part")

@@ -187,10 +187,12 @@ def stream_task(task_id: int, source: str, tasks: Sequence[Task]) -> Task:
     Compressed parts cannot be cut out of a stream; the caller keeps those tasks apart.
     """
     spans: List[Span] = []
+    checks: List[Check] = []
     end = 0
     for task in tasks:
         assert task.compression is None and task.length is not None
         spans += [Span(task.offset + s.offset, s.length, s.file_id, s.file_offset) for s in task.spans]
+        checks += [Check(task.offset + c.offset, c.length, c.hash) for c in task.checks]
         end = max(end, task.offset + task.length)
     return Task(task_id=task_id, source=source, offset=0, length=end, ranged=False, exact=False,
-                compression=None, size=end, spans=tuple(spans))
+                compression=None, size=end, spans=tuple(spans), checks=tuple(checks))

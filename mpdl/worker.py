@@ -26,6 +26,9 @@ from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.worker")
 
+# Compressed bodies pass through this much memory per fetch thread, whatever their length.
+SCRATCH_SIZE = 256 * 1024
+
 
 def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec,
                 threads: int, timeout: float, verify_tls: bool, log_level: int) -> None:
@@ -44,7 +47,7 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
             outbox.send([record])
 
     def fetch_loop() -> None:
-        scratch = bytearray()
+        scratch = bytearray(SCRATCH_SIZE)
         while True:
             job = jobs.get()
             if job is None:
