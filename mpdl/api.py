@@ -14,7 +14,7 @@ from .coordinator import Coordinator
 from .errors import MpdlError
 from .hashing import hash_file
 from .journal import Journal
-from .layout import Layout, place_link
+from .layout import Layout, escaping_links, inside, place_link
 from .manifest import FileEntry, Manifest, load_manifest
 from .options import Options
 from .plan import make_plan
@@ -57,6 +57,9 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
     parsed = load_manifest(manifest)
     opts = Options.from_env(**options)
     layout = Layout(Path(dest), state_dir)
+    if os.path.islink(layout.state_dir):
+        raise MpdlError(f"{layout.state_dir} is a symbolic link; mpdl keeps its state in a real "
+                        "folder and will not follow it")
     result = Result()
     journal = Journal(layout.state_dir)
     try:
@@ -89,6 +92,8 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
                 place_link(layout, link)
             except OSError as exc:
                 result.failed[link.path] = f"cannot make the link: {exc.strerror or exc}"
+        for link in escaping_links(layout, parsed.links):
+            result.failed[link.path] = "the link leads out of the destination through other links"
         result.elapsed = time.monotonic() - started
         tracker.tick(final=True)
     finally:
@@ -101,9 +106,13 @@ def _still_to_fetch(manifest: Manifest, layout: Layout, journal: Journal,
                     result: Result) -> List[Tuple[int, FileEntry]]:
     """Files not already in place; a file is in place if the journal or its hash says so."""
     todo = []
+    folders: Dict[Path, bool] = {}
     for file_id, entry in enumerate(manifest.files):
         final = layout.final(entry.path)
-        if journal.holds(entry, final) or _verified_on_disk(entry, final):
+        if final.parent not in folders:  # a file seen through a planted link is not in place
+            folders[final.parent] = inside(final.parent, layout.dest)
+        if folders[final.parent] and (journal.holds(entry, final)
+                                      or _verified_on_disk(entry, final)):
             result.skipped.append(entry.path)
         else:
             todo.append((file_id, entry))

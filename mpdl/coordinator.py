@@ -42,11 +42,12 @@ class TaskRun:
     task: Task
     attempt: int = 0
     failures: int = 0
-    mirror: int = 0
+    mirror: int = 0  # index of the mirror to ask next
+    missing: Set[int] = field(default_factory=set)  # mirrors that said they do not have it
     worker: Optional[int] = None  # the worker running it now, if any
     slot: Optional[int] = None  # the slot it is filling now, if any
     in_writer: int = 0  # its slots the writer has not written yet
-    final: bool = False  # its last slot arrived
+    got_last: bool = False  # its last slot arrived
     done: bool = False
     last_error: str = ""
 
@@ -119,9 +120,9 @@ class Coordinator:
         self.error: Optional[str] = None
         self.bytes_written = 0
         self.unfinished = len(self.files)
-        log.info("%d tasks, %d files, %d workers x %d connections, ring %d x %d KiB",
-                 len(plan.tasks), len(self.files), options.workers, self.threads, slots,
-                 plan.slot_size // 1024)
+        log.info("%d tasks, %d files, %d workers, %d connections, ring %d x %d KiB",
+                 len(plan.tasks), len(self.files), options.workers,
+                 min(options.connections, slots), slots, plan.slot_size // 1024)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -143,6 +144,10 @@ class Coordinator:
             self._flush()  # the last CloseFile of a failed file must still reach the writer
         except MpdlError as exc:
             self.error = str(exc)
+            for fid, file in self.files.items():  # their staging files stay, for a re-run
+                if file.state not in ("done", "failed"):
+                    file.state, file.reason = "failed", "not finished: the run stopped"
+                    self._file_finished(fid, False)
         finally:
             self._shutdown()
 
@@ -209,7 +214,7 @@ class Coordinator:
             run = self.waiting_grant.popleft()
             run.slot = self.slots.acquire((run.task.task_id, run.attempt))
             self.workers[run.worker].batch.append(Grant(run.task.task_id, run.attempt, run.slot))
-        while self.pending and self.slots.free:
+        while self.pending and self.slots.free and self._running() < self.options.connections:
             child_id = min((w for w in self.workers if len(self.workers[w].running) < self.threads),
                            key=lambda w: len(self.workers[w].running), default=None)
             if child_id is None:
@@ -220,21 +225,23 @@ class Coordinator:
                 continue
             if task.ranged and task.offset > 0 and task.source in self.no_ranges:
                 self._defer(run)
-                if not self.active_by_source[task.source] and task.source in self.deferred:
-                    self._start_stream(task.source)
+                self._maybe_start_stream(task.source)
                 continue
             mirrors = self.manifest.mirrors(task.source)
             run.attempt += 1
-            run.worker, run.final = child_id, False
+            run.worker, run.got_last = child_id, False
             run.slot = self.slots.acquire((task.task_id, run.attempt))
             for fid in task.file_ids:
                 self._open(fid)
             self.active_by_source[task.source] += 1
             self.workers[child_id].running.add(task.task_id)
             self.workers[child_id].batch.append(Fetch(
-                task.task_id, run.attempt, mirrors[run.mirror % len(mirrors)], task.offset,
+                task.task_id, run.attempt, mirrors[run.mirror], task.offset,
                 task.length, task.ranged, task.exact, task.compression, task.size, task.checks,
                 run.slot))
+
+    def _running(self) -> int:
+        return sum(len(child.running) for child in self.workers.values())
 
     def _open(self, fid: int) -> None:
         file = self.files[fid]
@@ -307,21 +314,25 @@ class Coordinator:
             run.in_writer += 1
         else:
             self.slots.release(record.slot)
-        if not record.final:
+        if not record.last:
             self.waiting_grant.append(run)
             return
-        run.final = True
+        run.got_last = True
         self._stopped_running(run)
         self._maybe_done(run)
 
     def _stopped_running(self, run: TaskRun) -> None:
         self.workers[run.worker].running.discard(run.task.task_id)
         self.active_by_source[run.task.source] -= 1
-        if run.task.source in self.deferred and not self.active_by_source[run.task.source]:
-            self._start_stream(run.task.source)
+        self._maybe_start_stream(run.task.source)
+
+    def _maybe_start_stream(self, source: str) -> None:
+        """Once no range request of an object that ignores Range is out, stream it once."""
+        if source in self.deferred and not self.active_by_source[source]:
+            self._start_stream(source)
 
     def _maybe_done(self, run: TaskRun) -> None:
-        if run.done or not run.final or run.in_writer:
+        if run.done or not run.got_last or run.in_writer:
             return
         run.done = True
         for fid in run.task.file_ids:
@@ -342,21 +353,29 @@ class Coordinator:
         if record.kind is FailKind.RANGES:
             self.no_ranges.add(task.source)
             self._defer(run)
-            if not self.active_by_source[task.source]:
-                self._start_stream(task.source)
+            self._maybe_start_stream(task.source)
             return
         if record.kind is FailKind.MIRROR:
-            run.mirror += 1
-            if run.mirror >= len(mirrors):
+            run.missing.add(run.mirror)
+            if len(run.missing) == len(mirrors):
                 return self._give_up(run, f"not on any mirror ({record.reason})")
         elif record.kind is FailKind.RETRY:
             run.failures += 1
-            run.mirror += 1
             if run.failures >= self.options.max_attempts:
                 return self._give_up(run, f"failed {run.failures} times, last: {record.reason}")
         else:
             return self._give_up(run, record.reason)
+        self._next_mirror(run, len(mirrors))
         self.pending.appendleft(run)
+
+    @staticmethod
+    def _next_mirror(run: TaskRun, count: int) -> None:
+        """Rotate to the next mirror that has not said it lacks the object."""
+        for step in range(1, count + 1):
+            candidate = (run.mirror + step) % count
+            if candidate not in run.missing:
+                run.mirror = candidate
+                return
 
     def _defer(self, run: TaskRun) -> None:
         """Keep a range of an object that ignores Range for the one stream that will serve all."""
@@ -381,7 +400,7 @@ class Coordinator:
         for fid in task.file_ids:
             self.files[fid].tasks_left += 1
         for run in runs:  # replaced by the stream
-            run.final, run.in_writer = True, 0
+            run.got_last, run.in_writer = True, 0
             self._maybe_done(run)
         self.pending.appendleft(stream)
 
@@ -412,7 +431,10 @@ class Coordinator:
             self._maybe_done(run)
         elif isinstance(record, FileClosed):
             file = self.files[record.file_id]
-            if file.state == "closing":
+            if file.state == "open" and not record.ok:  # the writer could not create it
+                file.state, file.reason = "failed", record.reason
+                self._file_finished(record.file_id, False)
+            elif file.state == "closing":
                 if record.ok:
                     file.state = "done"
                 else:
@@ -434,6 +456,7 @@ class Coordinator:
                     self._from_worker(worker_id, record)
         except (EOFError, OSError):
             pass
+        child.process.join(0.1)  # reap it, so its exit code is known
         code = child.process.exitcode
         log.warning("worker %d died (exit code %s); its %d tasks go back to the queue",
                     worker_id, code, len(child.running))
@@ -449,6 +472,7 @@ class Coordinator:
             if run in self.waiting_grant:
                 self.waiting_grant.remove(run)
             self.active_by_source[run.task.source] -= 1
+            self._maybe_start_stream(run.task.source)
             run.failures += 1
             run.attempt += 1  # whatever that attempt still sends is stale
             if run.failures >= self.options.max_attempts:

@@ -9,19 +9,38 @@ from __future__ import annotations
 import os
 import posixpath
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, List, Optional
 
 import xxhash
 
-from .manifest import FileEntry, LinkEntry
+from .manifest import STATE_DIR, FileEntry, LinkEntry
 
-STATE_FOLDER = ".mpdl"
+
+
+def inside(path: "os.PathLike[str] | str", root: "os.PathLike[str] | str") -> bool:
+    """``path`` resolves (links followed) to ``root`` or below it."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def make_folder_inside(folder: str, root: str) -> bool:
+    """Create ``folder`` only if what already exists of it resolves inside ``root``.
+
+    The check comes first: a link planted in DEST must not get folders made outside.
+    """
+    existing = folder
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not inside(existing, root):
+        return False
+    os.makedirs(folder, exist_ok=True)
+    return True
 
 
 class Layout:
     def __init__(self, dest: Path, state_dir: Optional[Path] = None) -> None:
         self.dest = Path(os.path.abspath(dest))
-        self.state_dir = Path(os.path.abspath(state_dir)) if state_dir else self.dest / STATE_FOLDER
+        self.state_dir = Path(os.path.abspath(state_dir)) if state_dir else self.dest / STATE_DIR
         self.staging_dir = self.state_dir / "staging"
 
     def final(self, path: str) -> Path:
@@ -34,14 +53,16 @@ class Layout:
 
 
 def place_link(layout: Layout, link: LinkEntry) -> None:
-    """Create (or correct) the symbolic link; refuse one that would resolve out of DEST."""
+    """Create (or correct) the symbolic link; refuse one that would resolve out of DEST.
+
+    Links can chain through each other, so once all are placed, ``escaping_links`` checks
+    where each one really leads.
+    """
     where = layout.final(link.path)
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(link.path), link.target))
     if resolved == ".." or resolved.startswith("../") or posixpath.isabs(resolved):
         raise OSError(f"link target {link.target!r} leaves the destination")
-    where.parent.mkdir(parents=True, exist_ok=True)
-    base = os.path.realpath(layout.dest)
-    if not os.path.realpath(where.parent).startswith(base):
+    if not make_folder_inside(str(where.parent), str(layout.dest)):
         raise OSError("its folder leads out of the destination")
     if os.path.islink(where) and os.readlink(where) == link.target:
         return
@@ -52,3 +73,14 @@ def place_link(layout: Layout, link: LinkEntry) -> None:
         os.unlink(temporary)
     os.symlink(link.target, temporary)
     os.replace(temporary, where)
+
+
+def escaping_links(layout: Layout, links: Iterable[LinkEntry]) -> List[LinkEntry]:
+    """Remove and return the placed links that resolve outside DEST on disk."""
+    out = []
+    for link in links:
+        where = layout.final(link.path)
+        if os.path.islink(where) and not inside(where, layout.dest):
+            os.unlink(where)
+            out.append(link)
+    return out

@@ -308,6 +308,7 @@ def _link(entry: dict[str, object], where: str) -> LinkEntry:
         raise ManifestError(f"{where}: absolute targets are not allowed")
     if "\\" in target or "\0" in target:
         raise ManifestError(f"{where}: backslashes and NULs are not allowed")
+    _utf8(target, where)
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     if resolved == ".." or resolved.startswith("../"):
         raise ManifestError(f"{where}: {target!r} points outside the destination")
@@ -372,6 +373,7 @@ def _path(value: object, where: str) -> str:
         raise ManifestError(f"{where}: backslashes are not allowed")
     if "\0" in value:
         raise ManifestError(f"{where}: NUL is not allowed")
+    _utf8(value, where)
     names = value.split("/")
     if "" in names:
         raise ManifestError(f"{where}: empty component in {value!r}")
@@ -385,6 +387,14 @@ def _path(value: object, where: str) -> str:
     return value
 
 
+def _utf8(value: str, where: str) -> None:
+    """JSON can carry lone surrogates ("\\ud800"); no file system or URL can."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ManifestError(f"{where}: {value!r} is not valid Unicode text") from None
+
+
 def _url(value: object, where: str) -> str:
     """An http(s) URL or a relative reference, safe to put in a request line."""
     if not isinstance(value, str):
@@ -395,6 +405,7 @@ def _url(value: object, where: str) -> str:
         raise ManifestError(
             f"{where}: whitespace and control characters are not allowed"
         )
+    _utf8(value, where)
     try:
         split = urlsplit(value)
         host = split.hostname

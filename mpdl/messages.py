@@ -65,7 +65,7 @@ class Stop(NamedTuple):
 class Filled(NamedTuple):
     """``slot`` holds ``length`` bytes of the task's output from output offset ``offset``.
 
-    ``fetched`` counts network bytes read for it; ``final`` says the task's output ends here.
+    ``fetched`` counts network bytes read for it; ``last`` says the task's output ends here.
     """
 
     task_id: int
@@ -74,7 +74,7 @@ class Filled(NamedTuple):
     offset: int
     length: int
     fetched: int
-    final: bool
+    last: bool
 
 
 class FailKind(str, Enum):
@@ -126,12 +126,12 @@ class CloseFile(NamedTuple):
     """All bytes are written (``keep``) or the file failed (not ``keep``: remove the staging file).
 
     When kept, the writer verifies ``hash`` (may be None), sets the executable bit and moves the
-    staging file to ``final``.
+    staging file to ``destination``.
     """
 
     file_id: int
     keep: bool
-    final: str
+    destination: str
     hash: Optional[str]
     executable: bool
 
@@ -145,7 +145,8 @@ class SlotWritten(NamedTuple):
 
 
 class FileClosed(NamedTuple):
-    """``ok``: the file is verified and in place; otherwise ``reason`` says why not."""
+    """``ok``: the file is verified and in place; otherwise ``reason`` says why not (the
+    writer also says so for a file it could not create or write: that file alone fails)."""
 
     file_id: int
     ok: bool

@@ -6,6 +6,7 @@ at their offsets in any order. A file gets its final name only after its hash ma
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections import OrderedDict
@@ -15,12 +16,17 @@ from typing import Dict, List
 
 from .child import batches, child_setup
 from .hashing import hash_file, parse_hash
+from .layout import inside, make_folder_inside
 from .messages import (CloseFile, FileClosed, OpenFile, SlotWritten, Stop, WriteFailed,
                        WriteSlot)
 from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.writer")
 _O_BINARY = getattr(os, "O_BINARY", 0)
+# Errors that say something about one path (a file where a folder must go, a name too long),
+# not about the disk: they fail that file and the run goes on.
+PER_FILE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP,
+                   errno.EINVAL}
 
 
 def write_at(fd: int, data: memoryview, offset: int) -> None:
@@ -34,12 +40,6 @@ def write_at(fd: int, data: memoryview, offset: int) -> None:
         while data:
             n = os.write(fd, data)
             data = data[n:]
-
-
-def inside(path: str, root: str) -> bool:
-    """``path`` resolves (links followed) to ``root`` or below it."""
-    real, base = os.path.realpath(path), os.path.realpath(root)
-    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
 class Writer:
@@ -72,11 +72,25 @@ class Writer:
         return fd
 
     def _checked_folder(self, folder: str) -> bool:
-        """Create ``folder``; true if it resolves inside DEST (cached: files share folders)."""
+        """Create ``folder`` unless a link on its way leads out of DEST (cached per folder)."""
         if folder not in self.folders:
-            os.makedirs(folder, exist_ok=True)
-            self.folders[folder] = inside(folder, self.dest)
+            self.folders[folder] = make_folder_inside(folder, self.dest)
         return self.folders[folder]
+
+    def _file_error(self, file_id: int, path: str, exc: OSError) -> tuple:
+        """A disk-wide error stops the run; a problem with this one path fails this file."""
+        if exc.errno in PER_FILE_ERRORS:
+            self._drop(file_id)
+            return FileClosed(file_id, False, f"{path}: {_why(exc)}")
+        return WriteFailed(file_id, path, _why(exc))
+
+    def _drop(self, file_id: int) -> None:
+        fd = self.fds.pop(file_id, None)
+        if fd is not None:
+            os.close(fd)
+        staging = self.staging.pop(file_id, None)
+        if staging is not None:
+            _remove(staging)
 
     def handle(self, record) -> List[tuple]:
         if isinstance(record, WriteSlot):
@@ -96,7 +110,7 @@ class Writer:
             if record.size:
                 os.ftruncate(fd, record.size)  # sparse: no zero-filling pass over the disk
         except OSError as exc:
-            return [WriteFailed(record.file_id, record.staging, _why(exc))]
+            return [self._file_error(record.file_id, record.staging, exc)]
         return []
 
     def write(self, record: WriteSlot) -> List[tuple]:
@@ -112,7 +126,7 @@ class Writer:
                              piece.file_offset)
                     written += piece.length
                 except OSError as exc:
-                    replies.append(WriteFailed(piece.file_id, self.staging[piece.file_id], _why(exc)))
+                    replies.append(self._file_error(piece.file_id, self.staging[piece.file_id], exc))
         replies.append(SlotWritten(record.slot, written))
         return replies
 
@@ -137,15 +151,18 @@ class Writer:
             if record.executable:
                 mode = os.stat(staging).st_mode
                 os.chmod(staging, mode | ((mode & 0o444) >> 2))  # x wherever r is set
-            if not self._checked_folder(os.path.dirname(record.final)):
+            if not self._checked_folder(os.path.dirname(record.destination)):
                 _remove(staging)
                 return FileClosed(record.file_id, False, "its folder leads out of the destination")
-            if os.path.isdir(record.final) and not os.path.islink(record.final):
+            if os.path.isdir(record.destination) and not os.path.islink(record.destination):
                 _remove(staging)
                 return FileClosed(record.file_id, False, "a folder is in the way")
-            os.replace(staging, record.final)
+            os.replace(staging, record.destination)
         except OSError as exc:
-            return WriteFailed(record.file_id, record.final, _why(exc))
+            if exc.errno in PER_FILE_ERRORS:
+                _remove(staging)
+                return FileClosed(record.file_id, False, f"{record.destination}: {_why(exc)}")
+            return WriteFailed(record.file_id, record.destination, _why(exc))
         return FileClosed(record.file_id, True, "")
 
     def close_all(self) -> None:

@@ -522,6 +522,18 @@ REFUSALS = [
         id="part-number",
     ),
     pytest.param(
+        doc({"path": "bad\ud800", "size": 0}), "files[0].path", "not valid Unicode",
+        id="path-lone-surrogate",
+    ),
+    pytest.param(
+        doc({"path": "l", "link": "x\ud800"}), "files[0].link", "not valid Unicode",
+        id="link-lone-surrogate",
+    ),
+    pytest.param(
+        doc({"path": "f", "size": 1, "url": "obj\udfff"}), "files[0].url", "not valid Unicode",
+        id="url-lone-surrogate",
+    ),
+    pytest.param(
         doc(parted({"length": 4})), "files[0].parts[0].url", "missing", id="part-no-url"
     ),
     pytest.param(
