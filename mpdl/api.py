@@ -18,7 +18,7 @@ from .layout import Layout, escaping_links, inside, place_link
 from .manifest import FileEntry, Manifest, load_manifest
 from .options import Options
 from .plan import make_plan
-from .progress import ProgressCallback, Tracker
+from .progress import ProgressCallback, Tracker, human_bytes
 
 log = logging.getLogger("mpdl")
 
@@ -64,6 +64,7 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
     journal = Journal(layout.state_dir)
     try:
         todo = _still_to_fetch(parsed, layout, journal, result)
+        _check_free_space(layout.dest, sum(entry.size or 0 for _, entry in todo))
         plan = make_plan(todo, chunk_size=opts.chunk_size, parallel=opts.parallel,
                          streamed=streamed)
         layout.dest.mkdir(parents=True, exist_ok=True)
@@ -100,6 +101,17 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
         journal.close()
     _tidy_state(layout, keep_state, result.ok)
     return result
+
+
+def _check_free_space(dest: Path, needed: int) -> None:
+    """Fail before the first request, with both figures, when the files cannot fit."""
+    existing = dest
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise MpdlError(f"not enough space on {existing}: {human_bytes(needed)} to write, "
+                        f"{human_bytes(free)} free")
 
 
 def _still_to_fetch(manifest: Manifest, layout: Layout, journal: Journal,

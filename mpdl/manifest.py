@@ -107,11 +107,6 @@ class Manifest:
             return (url,)
         return tuple(urljoin(base, url) for base in self.base_urls)
 
-    @property
-    def total_size(self) -> int:
-        """Bytes of all files whose size is known."""
-        return sum(entry.size for entry in self.files if entry.size is not None)
-
     @classmethod
     def single_url(cls, url: str, path: str, size: int | None = None) -> Manifest:
         """A plain one-url download as a manifest, so it takes the same pipeline."""

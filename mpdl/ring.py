@@ -106,9 +106,6 @@ class SlotPool:
     def owner(self, slot: int) -> Optional[Hashable]:
         return self._owner.get(slot)
 
-    def held_by(self, owner: Hashable) -> List[int]:
-        return [slot for slot, who in self._owner.items() if who == owner]
-
     @property
     def free(self) -> int:
         return len(self._free)

@@ -176,10 +176,6 @@ def test_model_is_frozen_tuples() -> None:
             setattr(value, first, "x")
 
 
-def test_total_size() -> None:
-    assert parse_manifest(example()).total_size == 3145728 + 5000 + 2097152
-
-
 def test_null_counts_as_absent_for_optional_fields() -> None:
     entry = whole(url="https://h.example/f", hash=None, executable=None, parts=None)
     parsed = parse_manifest(doc(entry, base_urls=None))
@@ -293,10 +289,8 @@ def test_single_url() -> None:
     made = Manifest.single_url("https://h.example/file.iso", "file.iso")
     assert made == Manifest((), (FileEntry("file.iso", None, url=made.files[0].url),))
     assert made.files[0].url == "https://h.example/file.iso"
-    assert made.total_size == 0
     sized = Manifest.single_url("http://h.example/f", "dir/f", size=42)
     assert sized.files[0].size == 42
-    assert sized.total_size == 42
     assert sized.mirrors("http://h.example/f") == ("http://h.example/f",)
 
 

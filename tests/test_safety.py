@@ -134,3 +134,13 @@ def test_a_path_the_disk_refuses_fails_that_file_only(tmp_path: Path) -> None:
     assert result.error is None
     assert set(result.failed) == {"blocked/f", "x" * 300}
     assert sorted(result.completed) == [f"ok{i}" for i in range(5)]
+
+
+def test_files_larger_than_the_free_space_stop_before_any_request(tmp_path: Path) -> None:
+    # Also what keeps a tiny manifest declaring exabytes from planning billions of tasks.
+    root = single(tmp_path, "obj", b"data")
+    with FaultServer(root) as srv:
+        manifest = doc(srv.url, {"path": "huge", "size": 2**62, "url": "obj"})
+        with pytest.raises(mpdl.MpdlError, match=r"not enough space on .*: 4\.0 EiB to write, .* free"):
+            mpdl.run(manifest, tmp_path / "dest")
+        assert srv.requests == []
