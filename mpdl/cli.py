@@ -39,6 +39,7 @@ environment (flags win):
   MPDL_WORKERS, MPDL_CONNECTIONS, MPDL_CHUNK_SIZE, MPDL_MEMORY, MPDL_TIMEOUT
                         defaults for the options of the same name
   MPDL_NO_PARALLEL=1    one stream per object: no range splitting
+  MPDL_START_METHOD     multiprocessing start method: fork, spawn or forkserver
 
 exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "URL's file name in the current folder)")
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument("--workers", type=_positive, metavar="N",
-                        help="worker processes (default: one per CPU, at least 2)")
+                        help="worker processes (default: one per CPU, 2 to 8)")
     tuning.add_argument("--connections", type=_positive, metavar="N",
                         help="concurrent requests in all (default: 16)")
     tuning.add_argument("--chunk-size", type=_size, metavar="SIZE",

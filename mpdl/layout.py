@@ -47,7 +47,7 @@ class Layout:
         return self.dest.joinpath(*path.split("/"))
 
     def staging(self, entry: FileEntry) -> Path:
-        """Named by what the file is, so a later run finds it whatever the mirrors were."""
+        """Named by what the file is (path, size, hash), never by where it comes from."""
         key = f"{entry.path}\0{entry.size}\0{entry.hash}".encode()
         return self.staging_dir / f"{xxhash.xxh3_64_hexdigest(key)}.part"
 

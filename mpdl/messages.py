@@ -1,8 +1,9 @@
 """The records processes send each other: small, typed, and never carrying payload bytes.
 
 Payload lives in ring slots; these records only say which slot holds which bytes. Every send
-carries a list of records, so one pickle and one syscall move many of them. The coordinator
-sends through queues (never blocking), children answer through pipes.
+carries a list of records: the coordinator and the writer batch theirs, so one pickle and one
+syscall move many; a worker's fetch threads send as they go. The coordinator sends through
+queues (never blocking), children answer through pipes.
 
     coordinator --Fetch/Grant/Stop--> worker --Filled/Failed--> coordinator
     coordinator --OpenFile/WriteSlot/CloseFile/Stop--> writer --SlotWritten/FileClosed/WriteFailed--> coordinator

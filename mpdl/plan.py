@@ -12,7 +12,8 @@ Tasks come out in file order, so files finish early instead of all at the end.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from functools import cached_property
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import ManifestError
 from .manifest import FileEntry
@@ -59,9 +60,9 @@ class Task:
     exact: bool = True
     checks: Tuple[Check, ...] = ()
 
-    @property
-    def file_ids(self) -> Set[int]:
-        return {span.file_id for span in self.spans}
+    @cached_property
+    def file_ids(self) -> FrozenSet[int]:
+        return frozenset(span.file_id for span in self.spans)
 
     def map(self, offset: int, length: int) -> List[Tuple[int, int, int, int]]:
         """Where output bytes [offset, offset+length) go: (file_id, file_offset, rel, length)."""
