@@ -14,6 +14,7 @@ import multiprocessing.queues
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from enum import Enum
 from multiprocessing.connection import Connection, wait
 from typing import Deque, Dict, List, Optional, Set
 
@@ -52,12 +53,25 @@ class TaskRun:
     last_error: str = ""
 
 
+class FileState(Enum):
+    """PENDING -> OPEN (staging file created) -> CLOSING (verifying) -> DONE, or FAILED."""
+
+    PENDING = "pending"
+    OPEN = "open"
+    CLOSING = "closing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ENDED = (FileState.DONE, FileState.FAILED)
+
+
 @dataclass
 class FileRun:
     entry: FileEntry
     tasks_left: int = 0
-    opened: bool = False
-    state: str = "pending"  # pending -> open -> closing -> done | failed
+    opened: bool = False  # the writer has (or had) a staging file for it
+    state: FileState = FileState.PENDING
     reason: str = ""
 
 
@@ -145,8 +159,8 @@ class Coordinator:
         except MpdlError as exc:
             self.error = str(exc)
             for fid, file in self.files.items():  # their staging files stay, for a re-run
-                if file.state not in ("done", "failed"):
-                    file.state, file.reason = "failed", "not finished: the run stopped"
+                if file.state not in ENDED:
+                    file.state, file.reason = FileState.FAILED, "not finished: the run stopped"
                     self._file_finished(fid, False)
         finally:
             self._shutdown()
@@ -210,10 +224,17 @@ class Coordinator:
     # -- sending -------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        """Free slots go first to responses already running, then to new tasks."""
+        self._grant_slots()
+        self._start_tasks()
+
+    def _grant_slots(self) -> None:
         while self.waiting_grant and self.slots.free:
             run = self.waiting_grant.popleft()
             run.slot = self.slots.acquire((run.task.task_id, run.attempt))
             self.workers[run.worker].batch.append(Grant(run.task.task_id, run.attempt, run.slot))
+
+    def _start_tasks(self) -> None:
         while self.pending and self.slots.free and self._running() < self.options.connections:
             child_id = min((w for w in self.workers if len(self.workers[w].running) < self.threads),
                            key=lambda w: len(self.workers[w].running), default=None)
@@ -221,7 +242,7 @@ class Coordinator:
                 return
             run = self.pending.popleft()
             task = run.task
-            if all(self.files[f].state == "failed" for f in task.file_ids):
+            if all(self.files[f].state is FileState.FAILED for f in task.file_ids):
                 continue
             if task.ranged and task.offset > 0 and task.source in self.no_ranges:
                 self._defer(run)
@@ -245,15 +266,15 @@ class Coordinator:
 
     def _open(self, fid: int) -> None:
         file = self.files[fid]
-        if file.opened or file.state == "failed":
+        if file.opened or file.state is FileState.FAILED:
             return
-        file.opened, file.state = True, "open"
+        file.opened, file.state = True, FileState.OPEN
         self.writer.batch.append(OpenFile(fid, str(self.layout.staging(file.entry)), file.entry.size))
 
     def _close(self, fid: int, keep: bool) -> None:
         file = self.files[fid]
         entry = file.entry
-        file.state = "closing" if keep else "failed"
+        file.state = FileState.CLOSING if keep else FileState.FAILED
         self.writer.batch.append(CloseFile(fid, keep, str(self.layout.final(entry.path)),
                                            str(entry.hash) if entry.hash else None,
                                            entry.executable))
@@ -308,7 +329,7 @@ class Coordinator:
         self.tracker.bytes_fetched += record.fetched
         run.slot = None
         pieces = tuple(Piece(*where) for where in run.task.map(record.offset, record.length)
-                       if self.files[where[0]].state == "open")
+                       if self.files[where[0]].state is FileState.OPEN)
         if pieces:
             self.writer.batch.append(WriteSlot(record.slot, pieces))
             run.in_writer += 1
@@ -338,7 +359,7 @@ class Coordinator:
         for fid in run.task.file_ids:
             file = self.files[fid]
             file.tasks_left -= 1
-            if file.tasks_left == 0 and file.state == "open":
+            if file.tasks_left == 0 and file.state is FileState.OPEN:
                 self._close(fid, keep=True)
 
     def _failed(self, run: TaskRun, record: Failed) -> None:
@@ -411,13 +432,13 @@ class Coordinator:
 
     def _fail_file(self, fid: int, reason: str) -> None:
         file = self.files[fid]
-        if file.state in ("done", "failed"):
+        if file.state in ENDED:
             return
         file.reason = reason
         if file.opened:
             self._close(fid, keep=False)
         else:
-            file.state = "failed"
+            file.state = FileState.FAILED
         self._file_finished(fid, ok=False)
 
     def _from_writer(self, record) -> None:
@@ -431,14 +452,14 @@ class Coordinator:
             self._maybe_done(run)
         elif isinstance(record, FileClosed):
             file = self.files[record.file_id]
-            if file.state == "open" and not record.ok:  # the writer could not create it
-                file.state, file.reason = "failed", record.reason
+            if file.state is FileState.OPEN and not record.ok:  # the writer could not create it
+                file.state, file.reason = FileState.FAILED, record.reason
                 self._file_finished(record.file_id, False)
-            elif file.state == "closing":
+            elif file.state is FileState.CLOSING:
                 if record.ok:
-                    file.state = "done"
+                    file.state = FileState.DONE
                 else:
-                    file.state, file.reason = "failed", record.reason
+                    file.state, file.reason = FileState.FAILED, record.reason
                 self._file_finished(record.file_id, record.ok)
         elif isinstance(record, WriteFailed):
             raise WriterError(f"{record.path}: {record.reason}")
