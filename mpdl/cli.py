@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import posixpath
 import signal
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 from urllib.parse import unquote, urlsplit
 
 from .api import Result, run

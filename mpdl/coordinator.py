@@ -269,7 +269,8 @@ class Coordinator:
         if file.opened or file.state is FileState.FAILED:
             return
         file.opened, file.state = True, FileState.OPEN
-        self.writer.batch.append(OpenFile(fid, str(self.layout.staging(file.entry)), file.entry.size))
+        staging = str(self.layout.staging(file.entry))
+        self.writer.batch.append(OpenFile(fid, staging, file.entry.size))
 
     def _close(self, fid: int, keep: bool) -> None:
         file = self.files[fid]
@@ -401,8 +402,8 @@ class Coordinator:
     def _defer(self, run: TaskRun) -> None:
         """Keep a range of an object that ignores Range for the one stream that will serve all."""
         if run.task.compression is not None:
-            return self._give_up(run, f"{run.task.source}: the server ignores Range requests, and a "
-                                      "compressed part inside a larger object needs them")
+            return self._give_up(run, f"{run.task.source}: the server ignores Range requests, "
+                                      "and a compressed part inside a larger object needs them")
         self.deferred.setdefault(run.task.source, []).append(run)
         if len(self.deferred[run.task.source]) == 1:  # first one: take the rest of the queue too
             keep: Deque[TaskRun] = deque()

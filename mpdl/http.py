@@ -60,7 +60,8 @@ def status_error(url: str, status: int, reason: str = "") -> FetchError:
 def open_response(pool: urllib3.PoolManager, url: str, headers: dict) -> urllib3.BaseHTTPResponse:
     """GET ``url`` without reading the body; network failures become retryable FetchErrors."""
     try:
-        return pool.request("GET", url, headers=headers, preload_content=False, decode_content=False)
+        return pool.request("GET", url, headers=headers, preload_content=False,
+                            decode_content=False)
     except Urllib3Error as exc:
         raise FetchError(f"{url}: {_short(exc)}") from None
     except OSError as exc:

@@ -6,7 +6,8 @@ syscall move many; a worker's fetch threads send as they go. The coordinator sen
 queues (never blocking), children answer through pipes.
 
     coordinator --Fetch/Grant/Stop--> worker --Filled/Failed--> coordinator
-    coordinator --OpenFile/WriteSlot/CloseFile/Stop--> writer --SlotWritten/FileClosed/WriteFailed--> coordinator
+    coordinator --OpenFile/WriteSlot/CloseFile/Stop--> writer
+                                    writer --SlotWritten/FileClosed/WriteFailed--> coordinator
 """
 
 from __future__ import annotations

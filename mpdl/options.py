@@ -1,4 +1,4 @@
-"""Run options: defaults chosen from the machine, overridden by MPDL_* variables, then by callers."""
+"""Run options: defaults from the machine, then MPDL_* variables, then the caller's values."""
 
 from __future__ import annotations
 

@@ -72,7 +72,8 @@ class Task:
             span_end = end if span.length is None else span.offset + span.length
             lo, hi = max(offset, span.offset), min(end, span_end)
             if lo < hi:
-                out.append((span.file_id, span.file_offset + lo - span.offset, lo - offset, hi - lo))
+                out.append((span.file_id, span.file_offset + lo - span.offset, lo - offset,
+                            hi - lo))
         return out
 
 
@@ -192,7 +193,8 @@ def stream_task(task_id: int, source: str, tasks: Sequence[Task]) -> Task:
     end = 0
     for task in tasks:
         assert task.compression is None and task.length is not None
-        spans += [Span(task.offset + s.offset, s.length, s.file_id, s.file_offset) for s in task.spans]
+        spans += [Span(task.offset + s.offset, s.length, s.file_id, s.file_offset)
+                  for s in task.spans]
         checks += [Check(task.offset + c.offset, c.length, c.hash) for c in task.checks]
         end = max(end, task.offset + task.length)
     return Task(task_id=task_id, source=source, offset=0, length=end, ranged=False, exact=False,

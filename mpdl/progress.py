@@ -28,7 +28,7 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 
 class Tracker:
-    """Counts what is done; calls ``callback`` at most every ``interval`` seconds, and at the end."""
+    """Counts what is done; calls ``callback`` once per ``interval`` at most, and at the end."""
 
     WINDOW = 3.0  # seconds of history the speed is measured over
 
@@ -93,7 +93,8 @@ class TerminalLine:
     def __call__(self, event: ProgressEvent) -> None:
         total = event.bytes_total
         percent = f"{100 * event.bytes_done / total:5.1f}%" if total else "   ?%"
-        size = f"{human_bytes(event.bytes_done)} / {human_bytes(total) if total is not None else '?'}"
+        of = human_bytes(total) if total is not None else "?"
+        size = f"{human_bytes(event.bytes_done)} / {of}"
         line = (f"{size}  {percent}  {human_bytes(event.speed)}/s  ETA {_clock(event.eta)}  "
                 f"files {event.files_done}/{event.files_total}")
         pad = max(0, self._width - len(line))

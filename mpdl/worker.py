@@ -21,7 +21,7 @@ from .child import batches, child_setup
 from .errors import FetchError
 from .fetch import Cancelled, fetch
 from .http import make_pool
-from .messages import FailKind, Failed, Fetch, Filled, Grant, Stop
+from .messages import FailKind, Failed, Fetch, Grant, Stop
 from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.worker")

@@ -16,7 +16,7 @@ from typing import Dict, List
 
 from .child import batches, child_setup
 from .hashing import hash_file, parse_hash
-from .layout import inside, make_folder_inside
+from .layout import make_folder_inside
 from .messages import (CloseFile, FileClosed, OpenFile, SlotWritten, Stop, WriteFailed,
                        WriteSlot)
 from .ring import Ring, RingSpec
@@ -126,7 +126,8 @@ class Writer:
                              piece.file_offset)
                     written += piece.length
                 except OSError as exc:
-                    replies.append(self._file_error(piece.file_id, self.staging[piece.file_id], exc))
+                    staging = self.staging[piece.file_id]
+                    replies.append(self._file_error(piece.file_id, staging, exc))
         replies.append(SlotWritten(record.slot, written))
         return replies
 
@@ -146,8 +147,8 @@ class Writer:
                 actual = hash_file(staging, spec.algo)
                 if not spec.matches(actual):
                     _remove(staging)
-                    return FileClosed(record.file_id, False,
-                                      f"{spec.algo} is {actual}, the manifest says {spec.hexdigest}")
+                    return FileClosed(record.file_id, False, f"{spec.algo} is {actual}, the "
+                                                             f"manifest says {spec.hexdigest}")
             if record.executable:
                 mode = os.stat(staging).st_mode
                 os.chmod(staging, mode | ((mode & 0o444) >> 2))  # x wherever r is set
