@@ -278,8 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         served = stack.enter_context(serve(work / "depot"))
         manifest_path = work / "manifest.json"
         manifest_path.write_text(json.dumps({**manifest, "base_urls": [served.url]}, indent=1))
-        total = sum(f.get("size", 0) for f in manifest["files"])
-        print(f"mpdl demo: {len(manifest['files'])} files ({total / MiB:.1f} MiB) served at "
+        files = [f for f in manifest["files"] if "link" not in f]
+        links = len(manifest["files"]) - len(files)
+        total = sum(f["size"] for f in files)
+        print(f"mpdl demo: {len(files)} files ({total / MiB:.1f} MiB) and {links} link served at "
               f"{served.url}, downloading into {dest}", flush=True)
         return cli_main([str(manifest_path), "-o", dest, *args])
 
