@@ -29,17 +29,22 @@ PER_FILE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG
                    errno.EINVAL}
 
 
-def write_at(fd: int, data: memoryview, offset: int) -> None:
-    """All of ``data`` at ``offset``; seek and write where the OS has no pwrite."""
-    if hasattr(os, "pwrite"):
-        while data:
-            n = os.pwrite(fd, data, offset)
-            data, offset = data[n:], offset + n
-    else:
-        os.lseek(fd, offset, os.SEEK_SET)
-        while data:
-            n = os.write(fd, data)
-            data = data[n:]
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """All of ``data`` at ``offset``."""
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def seek_write_all(fd: int, data: memoryview, offset: int) -> None:
+    """The same where the OS has no pwrite (Windows): safe, as one process owns every fd."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+write_at = pwrite_all if hasattr(os, "pwrite") else seek_write_all
 
 
 class Writer:
