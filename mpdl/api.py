@@ -67,6 +67,8 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
         _check_free_space(layout.dest, sum(entry.size or 0 for _, entry in todo))
         plan = make_plan(todo, chunk_size=opts.chunk_size, parallel=opts.parallel,
                          streamed=streamed)
+        log.info("%d files to fetch, %d already in place; %s", len(todo), len(result.skipped),
+                 plan.describe())
         layout.dest.mkdir(parents=True, exist_ok=True)
         sizes = [entry.size for entry in parsed.files]
         tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), progress)

@@ -83,6 +83,15 @@ class Plan:
     slot_size: int
     files: Dict[int, FileEntry] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """The strategy in a few words, for the log."""
+        whole = sum(1 for t in self.tasks if not t.ranged)
+        packed = sum(1 for t in self.tasks if t.compression)
+        ranges = len(self.tasks) - whole - packed
+        merged = sum(1 for t in self.tasks if len(t.spans) > 1)
+        return (f"{len(self.tasks)} requests: {whole} whole objects, {ranges} ranges "
+                f"({merged} merging adjacent parts), {packed} compressed parts")
+
 
 @dataclass
 class _Open:
