@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -71,8 +72,8 @@ def test_cli_downloads_the_depot_with_json_progress(
     progress = [e for e in events if e["event"] == "progress"]
     assert progress, done.stdout
     assert all(e["event"] == "result" for e in events if e["event"] != "progress")
-    if events[-1]["event"] == "result":
-        assert events[-1]["ok"] is True
+    assert events[-1]["event"] == "result" and events[-1]["ok"] is True
+    assert events[-1]["failed"] == {} and events[-1]["completed"] == len(files_of(depot.manifest))
     last = progress[-1]
     total = sum(f["size"] for f in files_of(depot.manifest))
     assert last["final"] is True
@@ -317,3 +318,33 @@ def test_a_ring_that_does_not_fit_in_shared_memory_stops_with_a_clear_error(
     line = assert_one_error_line(done.stderr)
     assert "not enough shared memory" in line
     assert fault_server.requests == []
+
+
+def test_on_a_terminal_one_live_progress_line_is_drawn(
+    depot: Depot, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
+    primary, secondary = pty.openpty()  # stderr is a real terminal: --progress auto draws
+    try:
+        done = subprocess.run([sys.executable, "-m", "mpdl", str(manifest), "-o",
+                               str(tmp_path / "game")], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=secondary, timeout=RUN_TIMEOUT,
+                              check=False)
+        os.close(secondary)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(primary)
+    text = screen.decode()
+    files = len(files_of(depot.manifest))
+    assert done.returncode == 0, text
+    assert "\r" in text and f"files {files}/{files}" in text and "100.0%" in text
+    assert text.splitlines()[-1].startswith("mpdl: ")  # the summary starts its own line
+    assert done.stdout == b""  # stdout stays clean for pipes
