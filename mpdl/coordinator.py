@@ -50,7 +50,6 @@ class TaskRun:
     in_writer: int = 0  # its slots the writer has not written yet
     got_last: bool = False  # its last slot arrived
     done: bool = False
-    last_error: str = ""
 
 
 class FileState(Enum):
@@ -368,7 +367,6 @@ class Coordinator:
             self.slots.release(run.slot)
             run.slot = None
         self._stopped_running(run)
-        run.last_error = record.reason
         task = run.task
         mirrors = self.manifest.mirrors(task.source)
         log.info("task %d (%s): %s", task.task_id, record.kind.value, record.reason)
