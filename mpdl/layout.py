@@ -7,7 +7,6 @@ on disk before trusting a folder, since DEST may hold links nobody validated.
 from __future__ import annotations
 
 import os
-import posixpath
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -53,21 +52,16 @@ class Layout:
 
 
 def place_link(layout: Layout, link: LinkEntry) -> None:
-    """Create (or correct) the symbolic link; refuse one that would resolve out of DEST.
+    """Create (or correct) the symbolic link in a folder that resolves inside DEST.
 
-    Links can chain through each other, so once all are placed, ``escaping_links`` checks
-    where each one really leads.
+    The manifest refused targets that leave DEST as text; links can still chain through each
+    other, so once all are placed, ``escaping_links`` checks where each one really leads.
     """
     where = layout.final(link.path)
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(link.path), link.target))
-    if resolved == ".." or resolved.startswith("../") or posixpath.isabs(resolved):
-        raise OSError(f"link target {link.target!r} leaves the destination")
     if not make_folder_inside(str(where.parent), str(layout.dest)):
         raise OSError("its folder leads out of the destination")
     if os.path.islink(where) and os.readlink(where) == link.target:
         return
-    if where.is_dir() and not where.is_symlink():
-        raise OSError("a folder is in the way")
     temporary = where.with_name(f".{where.name}.mpdl-link")
     if os.path.lexists(temporary):
         os.unlink(temporary)

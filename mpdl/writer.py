@@ -160,9 +160,6 @@ class Writer:
             if not self._checked_folder(os.path.dirname(record.destination)):
                 _remove(staging)
                 return FileClosed(record.file_id, False, "its folder leads out of the destination")
-            if os.path.isdir(record.destination) and not os.path.islink(record.destination):
-                _remove(staging)
-                return FileClosed(record.file_id, False, "a folder is in the way")
             os.replace(staging, record.destination)
         except OSError as exc:
             if exc.errno in PER_FILE_ERRORS:

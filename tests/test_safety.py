@@ -125,14 +125,17 @@ def test_a_path_the_disk_refuses_fails_that_file_only(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "blocked").write_bytes(b"a file where a folder must go")
+    (dest / "taken").mkdir()  # a folder where a file must go
     root = single(tmp_path, "obj", b"data")
     with FaultServer(root) as srv:
         manifest = doc(srv.url, {"path": "blocked/f", "size": 4, "url": "obj"},
+                       {"path": "taken", "size": 4, "url": "obj"},
                        {"path": "x" * 300, "size": 4, "url": "obj"},
                        *({"path": f"ok{i}", "size": 4, "url": "obj"} for i in range(5)))
         result = mpdl.run(manifest, dest, workers=2)
     assert result.error is None
-    assert set(result.failed) == {"blocked/f", "x" * 300}
+    assert set(result.failed) == {"blocked/f", "taken", "x" * 300}
+    assert "Is a directory" in result.failed["taken"]
     assert sorted(result.completed) == [f"ok{i}" for i in range(5)]
 
 
