@@ -13,15 +13,30 @@ from typing import Iterator, List
 PARENT_CHECK_SECONDS = 0.5
 
 
-def child_setup(log_level: int) -> None:
+def child_setup(name: str, log_level: int) -> None:
     """Leave Ctrl-C to the coordinator, which stops the children in order; log like it does.
 
     SIGTERM gets its default back: under fork a child inherits the CLI's handler, and the
-    coordinator's terminate() must end a child, not raise inside it.
+    coordinator's terminate() must end a child, not raise inside it. SIGXFSZ is ignored so a
+    file-size limit (RLIMIT_FSIZE) becomes an EFBIG error the writer reports with its path,
+    rather than a silent kill. ``name`` shows in ps and top, so an operator (or a test) can
+    tell the writer from the workers.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    _set_process_name(name)
     logging.basicConfig(level=log_level, format="mpdl: %(message)s")
+
+
+def _set_process_name(name: str) -> None:
+    """Linux's per-process name (15 bytes), as prctl(PR_SET_NAME) sets it; elsewhere a no-op."""
+    try:
+        with open("/proc/self/comm", "w", encoding="ascii") as comm:
+            comm.write(name[:15])
+    except OSError:
+        pass
 
 
 def batches(inbox: "multiprocessing.queues.Queue[List[tuple]]") -> Iterator[List[tuple]]:

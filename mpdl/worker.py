@@ -33,7 +33,7 @@ SCRATCH_SIZE = 256 * 1024
 def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec,
                 threads: int, timeout: float, verify_tls: bool, log_level: int) -> None:
     """Process entry point (a top-level function, so it works under spawn and forkserver)."""
-    child_setup(log_level)
+    child_setup(f"mpdl-worker-{worker_id}", log_level)
     ring = Ring.attach(spec)
     pool = make_pool(connections=threads, timeout=timeout, verify_tls=verify_tls)
     send_lock = threading.Lock()

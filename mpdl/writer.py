@@ -188,7 +188,7 @@ def _remove(path: str) -> None:
 def writer_main(inbox: Queue, outbox: Connection, spec: RingSpec, dest: str,
                 log_level: int) -> None:
     """Process entry point: apply each batch of records, answer with one batch."""
-    child_setup(log_level)
+    child_setup("mpdl-writer", log_level)
     ring = Ring.attach(spec)
     writer = Writer(ring, dest)
     try:

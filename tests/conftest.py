@@ -167,13 +167,26 @@ def no_leaks() -> Iterator[None]:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         psutil.wait_procs(alive, timeout=CHILD_GRACE)
-    leaked = sorted(n for n in _shm_names() - shm_before if n.startswith(LEAK_PREFIXES))
+    ours = {me.pid} | {pid for pid, _ in children_before} | {p.pid for p in new}
+    leaked = sorted(n for n in _shm_names() - shm_before
+                    if n.startswith(LEAK_PREFIXES) and _made_here(n, ours))
     if leaked:
         problems.append(f"left in {SHM}: {', '.join(leaked)}")
         for name in leaked:
             (SHM / name).unlink(missing_ok=True)
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
+
+
+def _made_here(name: str, ours: set[int]) -> bool:
+    """Whether a segment is this test's: made by the test process or its children, or by a
+    process that is gone. Another mpdl running on the machine (a benchmark, a second test
+    session) keeps its live segments: they are not this test's leak."""
+    parts = name.split("_")
+    if parts[0] != "mpdl" or len(parts) < 3 or not parts[1].isdigit():
+        return True
+    creator = int(parts[1])
+    return creator in ours or not psutil.pid_exists(creator)
 
 
 def _shm_names() -> set[str]:
