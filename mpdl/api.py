@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from .coordinator import Coordinator
+from .coordinator import Coordinator, RefreshUrl
 from .errors import MpdlError
 from .hashing import hash_file
 from .journal import Journal
@@ -19,6 +19,7 @@ from .manifest import FileEntry, Manifest, load_manifest
 from .options import Options
 from .plan import make_plan
 from .progress import ProgressCallback, Tracker, human_bytes
+from .ranges import RangeSet
 
 log = logging.getLogger("mpdl")
 
@@ -44,14 +45,20 @@ class Result:
 
 def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
         progress: Optional[ProgressCallback] = None, state_dir: Optional[Path] = None,
-        keep_state: bool = True, streamed: Tuple[str, ...] = (), **options: Any) -> Result:
+        keep_state: bool = True, streamed: Tuple[str, ...] = (),
+        refresh_url: Optional[RefreshUrl] = None, **options: Any) -> Result:
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
     memory, timeout, parallel, verify_tls, start_method); unset ones come from MPDL_*
     variables, then defaults. Raises ManifestError (a ValueError) before writing anything if
     the manifest is invalid. On KeyboardInterrupt the children and the shared memory are gone
-    before it propagates; the journal keeps what was finished.
+    before it propagates; the journal keeps what was finished and what is durable of the rest,
+    and the next run resumes from there.
+
+    ``refresh_url(url)`` is called (in this process) when a request is refused with 401 or
+    403, as signed URLs expire: it returns a fresh URL for the same bytes, or None to fail
+    the file. Without it, such files fail at once.
     """
     started = time.monotonic()
     parsed = load_manifest(manifest)
@@ -64,28 +71,33 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
     journal = Journal(layout.state_dir)
     try:
         todo = _still_to_fetch(parsed, layout, journal, result)
-        _check_free_space(layout.dest, sum(entry.size or 0 for _, entry in todo))
+        have = _resumable(todo, layout, journal)
+        _check_free_space(layout.dest, sum((entry.size or 0) - (have[fid].total() if fid in have
+                                                                 else 0) for fid, entry in todo))
         plan = make_plan(todo, chunk_size=opts.chunk_size, parallel=opts.parallel,
-                         streamed=streamed)
-        log.info("%d files to fetch, %d already in place; %s", len(todo), len(result.skipped),
-                 plan.describe())
+                         streamed=streamed, have=have)
+        log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
+                 len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),
+                 len(result.skipped), plan.describe())
         layout.dest.mkdir(parents=True, exist_ok=True)
         sizes = [entry.size for entry in parsed.files]
         tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), progress)
         fetching = {entry.path for _, entry in todo}
         tracker.files_done = len(result.skipped)
         tracker.bytes_done = sum(e.size or 0 for e in parsed.files if e.path not in fetching)
+        tracker.bytes_done += sum(h.total() for h in have.values())
 
         def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
             if ok:
                 result.completed.append(entry.path)
-                journal.record(entry, layout.final(entry.path))
             else:
                 result.failed[entry.path] = reason
                 log.info("%s failed: %s", entry.path, reason)
 
         if todo:
-            coordinator = Coordinator(parsed, plan, layout, opts, tracker, file_done)
+            coordinator = Coordinator(parsed, plan, layout, opts, tracker, file_done,
+                                      journal=journal, have=have, refresh_url=refresh_url,
+                                      streamed=streamed, sync_at_end=keep_state)
             coordinator.run()
             result.error = coordinator.error
             result.bytes_fetched = tracker.bytes_fetched
@@ -131,6 +143,17 @@ def _still_to_fetch(manifest: Manifest, layout: Layout, journal: Journal,
         else:
             todo.append((file_id, entry))
     return todo
+
+
+def _resumable(todo: List[Tuple[int, FileEntry]], layout: Layout,
+               journal: Journal) -> Dict[int, RangeSet]:
+    """Byte ranges earlier runs left durable in the staging files of files still to fetch."""
+    have = {}
+    for file_id, entry in todo:
+        ranges = journal.resumable(entry, layout.staging(entry))
+        if ranges:
+            have[file_id] = ranges
+    return have
 
 
 def _verified_on_disk(entry: FileEntry, final: Path) -> bool:

@@ -4,28 +4,37 @@ It hands tasks and slots to workers, routes filled slots to the writer, closes f
 their bytes are written, retries within a budget, and watches its children's sentinels so a
 dead worker's tasks and slots come back (the pattern of concurrent.futures.process). Nothing
 else decides anything: workers and the writer only do what a record tells them.
+
+Every few seconds it asks the writer to make the bytes written so far durable (Sync), and only
+then journals them, so an interrupted run resumes inside a file. A dead writer is replaced, and
+what it had not made durable is planned and fetched again.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.queues
+import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
 from multiprocessing.connection import Connection, wait
-from typing import Deque, Dict, List, Optional, Set
+from typing import Callable, Deque, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .errors import MpdlError, WriterError
+from .journal import Journal
 from .layout import Layout
 from .manifest import FileEntry, Manifest
-from .messages import (CloseFile, FailKind, Failed, Fetch, FileClosed, Filled, Grant, OpenFile,
-                       Piece, SlotWritten, Stop, WriteFailed, WriteSlot)
+from .messages import (Cancel, CloseFile, FailKind, Failed, Fetch, FileClosed, Filled, Grant,
+                       OpenFile, Piece, SlotWritten, Stop, Sync, Synced, WriteFailed, WriteSlot)
 from .options import Options
-from .plan import Plan, Task, stream_task
+from .plan import Plan, Task, make_plan, stream_task
 from .progress import Tracker
+from .ranges import RangeSet
 from .ring import SHM_FOLDER, Ring, SlotPool, slots_that_fit
 from .worker import worker_main
 from .writer import writer_main
@@ -34,6 +43,28 @@ log = logging.getLogger("mpdl")
 
 POLL_SECONDS = 0.25
 STOP_GRACE_SECONDS = 3.0
+# Retries of transient failures wait BACKOFF_BASE * 2**(n-1) seconds, at most BACKOFF_MAX,
+# with jitter (half of it random) so that many failed tasks do not return in one wave.
+BACKOFF_BASE = 0.25
+BACKOFF_MAX = 10.0
+RETRY_AFTER_MAX = 120.0  # a server's Retry-After is honoured up to this
+CORRUPT_ATTEMPTS = 2  # bytes that fail their hash are fetched once more, then the file fails
+REFRESHES = 2  # times one task may ask the caller for a fresh URL after a 401/403
+CHECKPOINT_SECONDS = 3.0  # how often written bytes are made durable and journaled
+FINAL_SYNC_SECONDS = 60.0  # the last checkpoint of a finished run: its files are all there
+STOP_SYNC_SECONDS = 3.0  # the last checkpoint of an interrupted run: keep the stop prompt
+
+# refresh_url(url) -> a fresh URL for the same bytes after a 401/403, or None to give up.
+RefreshUrl = Callable[[str], Optional[str]]
+
+
+def backoff(failures: int, retry_after: Optional[float] = None) -> float:
+    """Seconds to wait before the next try after ``failures`` transient failures."""
+    wait = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
+    wait = wait / 2 + random.uniform(0, wait / 2)
+    if retry_after is not None:
+        wait = max(wait, min(retry_after, RETRY_AFTER_MAX))
+    return wait
 
 
 @dataclass
@@ -42,7 +73,10 @@ class TaskRun:
 
     task: Task
     attempt: int = 0
-    failures: int = 0
+    failures: int = 0  # transient ones (and dead workers)
+    corrupt: int = 0  # attempts whose bytes did not match their hash
+    refreshed: int = 0  # fresh URLs asked of the caller after a 401/403
+    url: str = ""  # what the current attempt asked
     mirror: int = 0  # index of the mirror to ask next
     missing: Set[int] = field(default_factory=set)  # mirrors that said they do not have it
     worker: Optional[int] = None  # the worker running it now, if any
@@ -67,11 +101,20 @@ ENDED = (FileState.DONE, FileState.FAILED)
 
 @dataclass
 class FileRun:
+    """A file and where it stands. ``have`` holds the bytes of tasks done (resumed ones too),
+    ``synced`` those the writer has made durable; ``generation`` grows when the file starts
+    over, so a checkpoint taken before that does not reach the journal."""
+
     entry: FileEntry
     tasks_left: int = 0
     opened: bool = False  # the writer has (or had) a staging file for it
     state: FileState = FileState.PENDING
     reason: str = ""
+    have: RangeSet = field(default_factory=RangeSet)
+    synced: RangeSet = field(default_factory=RangeSet)
+    dirty: bool = False  # ``have`` grew since the last checkpoint
+    generation: int = 0
+    refetched: bool = False  # fetched a second time after its hash did not match
 
 
 class Inbox(multiprocessing.queues.Queue):
@@ -93,25 +136,36 @@ class Child:
     inbox: Inbox  # coordinator sends
     outbox: Connection  # coordinator receives
     running: Set[int] = field(default_factory=set)  # task ids
+    cancelled: Set[Tuple[int, int]] = field(default_factory=set)  # attempts yet to answer
     batch: List[tuple] = field(default_factory=list)
 
 
 class Coordinator:
     def __init__(self, manifest: Manifest, plan: Plan, layout: Layout, options: Options,
-                 tracker: Tracker, on_file_done) -> None:
+                 tracker: Tracker, on_file_done, *, journal: Optional[Journal] = None,
+                 have: Mapping[int, RangeSet] = {}, refresh_url: Optional[RefreshUrl] = None,
+                 streamed: Iterable[str] = (), sync_at_end: bool = True) -> None:
         self.manifest = manifest
         self.layout = layout
         self.options = options
         self.tracker = tracker
         self.on_file_done = on_file_done  # callback(entry, ok, reason)
+        self.journal = journal  # None: nothing is journaled, nothing needs to be durable
+        self.refresh_url = refresh_url
+        self.sync_at_end = sync_at_end  # False: the state is deleted after success anyway
+        self.streamed = set(streamed)
         self.ctx = multiprocessing.get_context(options.start_method)
-        self.runs: Dict[int, TaskRun] = {t.task_id: TaskRun(t) for t in plan.tasks}
-        self.next_task_id = len(plan.tasks)
-        self.files: Dict[int, FileRun] = {fid: FileRun(e) for fid, e in plan.files.items()}
-        for task in plan.tasks:
-            for fid in task.file_ids:
-                self.files[fid].tasks_left += 1
-        self.pending: Deque[TaskRun] = deque(self.runs[t.task_id] for t in plan.tasks)
+        self.runs: Dict[int, TaskRun] = {}
+        self.next_task_id = 0
+        self.files: Dict[int, FileRun] = {}
+        for fid, entry in plan.files.items():
+            file = self.files[fid] = FileRun(entry)
+            if fid in have:
+                file.have, file.synced = have[fid].copy(), have[fid].copy()
+        self.pending: Deque[TaskRun] = deque()
+        self._add_tasks(plan.tasks)
+        self.delayed: List[Tuple[float, int, TaskRun]] = []  # (when, tie-breaker, run): a heap
+        self.tie = itertools.count()
         self.waiting_grant: Deque[TaskRun] = deque()
         self.no_ranges: Set[str] = set()
         self.deferred: Dict[str, List[TaskRun]] = {}
@@ -126,10 +180,18 @@ class Coordinator:
                         "--memory asks", SHM_FOLDER, slots, plan.slot_size // 1024)
         self.ring = Ring.create(plan.slot_size, slots)
         self.slots = SlotPool(slots)
+        self.slot_size = plan.slot_size
         self.threads = max(1, -(-min(options.connections, slots) // options.workers))
         self.workers: Dict[int, Child] = {}
         self.writer: Optional[Child] = None
         self.respawns_left = 2 * options.workers
+        self.writer_respawns_left = 2
+        self.in_writer: Set[int] = set()  # slots sent to the writer, not yet written
+        self.sync_tokens = itertools.count(1)
+        self.sync: Optional[Tuple[int, Dict[int, Tuple[int, RangeSet]], List[int]]] = None
+        self.next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+        self.unjournaled: List[int] = []  # files done since the last checkpoint
+        self.fresh_urls: Dict[str, str] = {}  # URL refused with 401/403 -> its replacement
         self.error: Optional[str] = None
         self.bytes_written = 0
         self.unfinished = len(self.files)
@@ -145,27 +207,48 @@ class Coordinator:
             self.writer = self._start_writer()
             for worker_id in range(self.options.workers):
                 self.workers[worker_id] = self._start_worker(worker_id)
-            for fid, file in self.files.items():
-                if file.tasks_left == 0:  # empty files: nothing to fetch, still verified
-                    self._open(fid)
-                    self._close(fid, keep=True)
+            self._close_complete(self.files)
             while not self._finished():
                 self._dispatch()
+                self._checkpoint()
                 self._flush()
                 self._poll()
                 self.tracker.tick()
             self._flush()  # the last CloseFile of a failed file must still reach the writer
+            if self.sync_at_end or any(f.state is FileState.FAILED for f in self.files.values()):
+                self._last_checkpoint(FINAL_SYNC_SECONDS)
         except MpdlError as exc:
             self.error = str(exc)
             for fid, file in self.files.items():  # their staging files stay, for a re-run
                 if file.state not in ENDED:
                     file.state, file.reason = FileState.FAILED, "not finished: the run stopped"
                     self._file_finished(fid, False)
+            self._last_checkpoint(STOP_SYNC_SECONDS)
+        except BaseException:  # Ctrl-C, SIGTERM: keep what is done, then stop
+            self._last_checkpoint(STOP_SYNC_SECONDS)
+            raise
         finally:
             self._shutdown()
 
     def _finished(self) -> bool:
         return self.unfinished == 0
+
+    def _add_tasks(self, tasks: List[Task]) -> None:
+        for task in tasks:
+            run = self.runs[task.task_id] = TaskRun(task)
+            for fid in task.file_ids:
+                self.files[fid].tasks_left += 1
+            self.pending.append(run)
+        if tasks:
+            self.next_task_id = max(self.next_task_id, tasks[-1].task_id + 1)
+
+    def _close_complete(self, fids: Iterable[int]) -> None:
+        """Files with nothing left to fetch (empty, or all resumed) are still verified."""
+        for fid in fids:
+            file = self.files[fid]
+            if file.tasks_left == 0 and file.state is FileState.PENDING:
+                self._open(fid)
+                self._close(fid, keep=True)
 
     def _spawn(self, name: str, target, args: tuple) -> Child:
         inbox = Inbox(self.ctx)
@@ -224,8 +307,17 @@ class Coordinator:
 
     def _dispatch(self) -> None:
         """Free slots go first to responses already running, then to new tasks."""
+        now = time.monotonic()
+        while self.delayed and self.delayed[0][0] <= now:  # retries whose wait is over
+            self.pending.appendleft(heapq.heappop(self.delayed)[2])
         self._grant_slots()
         self._start_tasks()
+
+    def _retry_later(self, run: TaskRun, wait: float) -> None:
+        if wait <= 0:
+            self.pending.appendleft(run)
+        else:
+            heapq.heappush(self.delayed, (time.monotonic() + wait, next(self.tie), run))
 
     def _grant_slots(self) -> None:
         while self.waiting_grant and self.slots.free:
@@ -241,7 +333,7 @@ class Coordinator:
                 return
             run = self.pending.popleft()
             task = run.task
-            if all(self.files[f].state is FileState.FAILED for f in task.file_ids):
+            if run.done or all(self.files[f].state is FileState.FAILED for f in task.file_ids):
                 continue
             if task.ranged and task.offset > 0 and task.source in self.no_ranges:
                 self._defer(run)
@@ -255,8 +347,9 @@ class Coordinator:
                 self._open(fid)
             self.active_by_source[task.source] += 1
             self.workers[child_id].running.add(task.task_id)
+            run.url = self.fresh_urls.get(mirrors[run.mirror], mirrors[run.mirror])
             self.workers[child_id].batch.append(Fetch(
-                task.task_id, run.attempt, mirrors[run.mirror], task.offset,
+                task.task_id, run.attempt, run.url, task.offset,
                 task.length, task.ranged, task.exact, task.compression, task.size, task.checks,
                 run.slot))
 
@@ -269,7 +362,7 @@ class Coordinator:
             return
         file.opened, file.state = True, FileState.OPEN
         staging = str(self.layout.staging(file.entry))
-        self.writer.batch.append(OpenFile(fid, staging, file.entry.size))
+        self.writer.batch.append(OpenFile(fid, staging, file.entry.size, fresh=not file.have))
 
     def _close(self, fid: int, keep: bool) -> None:
         file = self.files[fid]
@@ -290,14 +383,18 @@ class Coordinator:
     def _poll(self) -> None:
         by_conn = {c.outbox: (wid, c) for wid, c in self.workers.items()}
         by_sentinel = {c.process.sentinel: (wid, c) for wid, c in self.workers.items()}
+        writer = self.writer
+        timeout = POLL_SECONDS
+        if self.delayed:
+            timeout = min(timeout, max(0.0, self.delayed[0][0] - time.monotonic()))
         ready = wait(list(by_conn) + list(by_sentinel)
-                     + [self.writer.outbox, self.writer.process.sentinel], timeout=POLL_SECONDS)
+                     + [writer.outbox, writer.process.sentinel], timeout=timeout)
         for handle in ready:
-            if handle is self.writer.outbox:
+            if handle is writer.outbox:
                 try:
-                    records = self.writer.outbox.recv()
+                    records = writer.outbox.recv()
                 except (EOFError, OSError):
-                    raise WriterError("the writer process died") from None
+                    continue  # its sentinel is ready too, or will be
                 for record in records:
                     self._from_writer(record)
             elif handle in by_conn:
@@ -305,11 +402,11 @@ class Coordinator:
                 try:
                     records = child.outbox.recv()
                 except (EOFError, OSError):
-                    continue  # its sentinel is ready too, or will be
+                    continue
                 for record in records:
                     self._from_worker(worker_id, record)
-        if self.writer.process.sentinel in ready and self.writer.outbox not in ready:
-            raise WriterError(f"the writer process died (exit code {self.writer.process.exitcode})")
+        if writer.process.sentinel in ready and self.writer is writer:
+            self._writer_died()
         for sentinel, (worker_id, child) in by_sentinel.items():
             if sentinel in ready and self.workers.get(worker_id) is child:
                 self._worker_died(worker_id, child)
@@ -317,8 +414,12 @@ class Coordinator:
     def _from_worker(self, worker_id: int, record) -> None:
         run = self.runs[record.task_id]
         if record.attempt != run.attempt:  # from an attempt already given up on
+            self.tracker.bytes_fetched += record.fetched
+            self.workers[worker_id].cancelled.discard((record.task_id, record.attempt))
             if isinstance(record, Filled):
                 self.slots.release(record.slot)
+            else:
+                self.slots.release_owned((record.task_id, record.attempt), self.in_writer)
             return
         if isinstance(record, Filled):
             self._filled(run, record)
@@ -332,6 +433,7 @@ class Coordinator:
                        if self.files[where[0]].state is FileState.OPEN)
         if pieces:
             self.writer.batch.append(WriteSlot(record.slot, pieces))
+            self.in_writer.add(record.slot)
             run.in_writer += 1
         else:
             self.slots.release(record.slot)
@@ -353,9 +455,17 @@ class Coordinator:
             self._start_stream(source)
 
     def _maybe_done(self, run: TaskRun) -> None:
-        if run.done or not run.got_last or run.in_writer:
-            return
+        if not run.done and run.got_last and not run.in_writer:
+            self._task_done(run, wrote=True)
+
+    def _task_done(self, run: TaskRun, wrote: bool) -> None:
+        """``wrote``: its bytes are in the files (else another task took its place)."""
         run.done = True
+        for span in run.task.spans:
+            file = self.files[span.file_id]
+            if wrote and span.length is not None and file.state is FileState.OPEN:
+                file.have.add(span.file_offset, span.file_offset + span.length)
+                file.dirty = True
         for fid in run.task.file_ids:
             file = self.files[fid]
             file.tasks_left -= 1
@@ -363,6 +473,7 @@ class Coordinator:
                 self._close(fid, keep=True)
 
     def _failed(self, run: TaskRun, record: Failed) -> None:
+        self.tracker.bytes_fetched += record.fetched
         if run.slot is not None:
             self.slots.release(run.slot)
             run.slot = None
@@ -370,6 +481,7 @@ class Coordinator:
         task = run.task
         mirrors = self.manifest.mirrors(task.source)
         log.info("task %d (%s): %s", task.task_id, record.kind.value, record.reason)
+        wait = 0.0
         if record.kind is FailKind.RANGES:
             self.no_ranges.add(task.source)
             self._defer(run)
@@ -379,14 +491,41 @@ class Coordinator:
             run.missing.add(run.mirror)
             if len(run.missing) == len(mirrors):
                 return self._give_up(run, f"not on any mirror ({record.reason})")
+        elif record.kind is FailKind.AUTH:
+            if not self._refreshed(run, record.reason):
+                return self._give_up(run, record.reason)
+            return self.pending.appendleft(run)  # same mirror, fresh URL
+        elif record.kind is FailKind.CORRUPT:
+            run.corrupt += 1
+            if run.corrupt >= CORRUPT_ATTEMPTS:
+                return self._give_up(run, f"{record.reason} (on {run.corrupt} attempts)")
         elif record.kind is FailKind.RETRY:
             run.failures += 1
             if run.failures >= self.options.max_attempts:
                 return self._give_up(run, f"failed {run.failures} times, last: {record.reason}")
+            wait = backoff(run.failures, record.retry_after)
         else:
             return self._give_up(run, record.reason)
         self._next_mirror(run, len(mirrors))
-        self.pending.appendleft(run)
+        self._retry_later(run, wait)
+
+    def _refreshed(self, run: TaskRun, reason: str) -> bool:
+        """After a 401/403, whether the caller gave a fresh URL to try (within a budget)."""
+        if self.refresh_url is None or run.refreshed >= REFRESHES:
+            return False
+        run.refreshed += 1
+        original = self.manifest.mirrors(run.task.source)[run.mirror]
+        if self.fresh_urls.get(original, original) != run.url:
+            return True  # another task already got a fresh one since this attempt began
+        try:
+            fresh = self.refresh_url(run.url)
+        except Exception as exc:  # the caller's code: its failure fails the file, clearly
+            log.warning("refresh_url(%s) raised %r", run.url, exc)
+            return False
+        if not fresh or fresh == run.url:
+            return False
+        self.fresh_urls[original] = fresh
+        return True
 
     @staticmethod
     def _next_mirror(run: TaskRun, count: int) -> None:
@@ -411,18 +550,16 @@ class Coordinator:
             self.pending = keep
 
     def _start_stream(self, source: str) -> None:
-        runs = self.deferred.pop(source)
+        runs = [run for run in self.deferred.pop(source) if not run.done]
+        if not runs:
+            return
         task = stream_task(self.next_task_id, source, [r.task for r in runs])
-        self.next_task_id += 1
         log.info("%s ignores Range: one stream of %d bytes serves %d ranges", source,
                  task.length, len(runs))
-        stream = self.runs[task.task_id] = TaskRun(task)
-        for fid in task.file_ids:
-            self.files[fid].tasks_left += 1
+        self._add_tasks([task])
+        self.pending.rotate(1)  # the stream goes first
         for run in runs:  # replaced by the stream
-            run.got_last, run.in_writer = True, 0
-            self._maybe_done(run)
-        self.pending.appendleft(stream)
+            self._task_done(run, wrote=False)
 
     def _give_up(self, run: TaskRun, reason: str) -> None:
         run.done = True
@@ -444,30 +581,177 @@ class Coordinator:
         if isinstance(record, SlotWritten):
             task_id, _attempt = self.slots.owner(record.slot)
             self.slots.release(record.slot)
+            self.in_writer.discard(record.slot)
             self.tracker.bytes_done += record.written
             self.bytes_written += record.written
             run = self.runs[task_id]
             run.in_writer -= 1
             self._maybe_done(run)
         elif isinstance(record, FileClosed):
-            file = self.files[record.file_id]
-            if file.state is FileState.OPEN and not record.ok:  # the writer could not create it
-                file.state, file.reason = FileState.FAILED, record.reason
-                self._file_finished(record.file_id, False)
-            elif file.state is FileState.CLOSING:
-                if record.ok:
-                    file.state = FileState.DONE
-                else:
-                    file.state, file.reason = FileState.FAILED, record.reason
-                self._file_finished(record.file_id, record.ok)
+            self._file_closed(record)
+        elif isinstance(record, Synced):
+            self._synced(record)
         elif isinstance(record, WriteFailed):
             raise WriterError(f"{record.path}: {record.reason}")
+
+    def _file_closed(self, record: FileClosed) -> None:
+        fid = record.file_id
+        file = self.files[fid]
+        if file.state is FileState.OPEN and not record.ok:  # the writer could not create it
+            file.state, file.reason = FileState.FAILED, record.reason
+            self._file_finished(fid, False)
+        elif file.state is FileState.CLOSING:
+            if record.ok:
+                file.state = FileState.DONE
+                self.unjournaled.append(fid)
+                self._file_finished(fid, True)
+            elif file.entry.hash is not None and not file.refetched and file.have:
+                log.warning("%s: %s; fetching it once more", file.entry.path, record.reason)
+                file.refetched = True
+                self._start_over([fid], keep_synced=False)
+            else:
+                file.state, file.reason = FileState.FAILED, record.reason
+                self._file_finished(fid, False)
 
     def _file_finished(self, fid: int, ok: bool) -> None:
         file = self.files[fid]
         self.unfinished -= 1
         self.tracker.files_done += 1
         self.on_file_done(file.entry, ok, file.reason)
+
+    # -- durability ----------------------------------------------------------------------------
+
+    def _checkpoint(self, now: bool = False) -> None:
+        """Every few seconds: ask the writer to make new bytes durable, journal them after."""
+        if self.journal is None or self.sync is not None or self.writer is None:
+            return
+        if not now and time.monotonic() < self.next_checkpoint:
+            return
+        self.next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+        partial = {fid: (file.generation, file.have.copy()) for fid, file in self.files.items()
+                   if file.dirty and file.state is FileState.OPEN}
+        finished, self.unjournaled = self.unjournaled, []
+        if not partial and not finished:
+            return
+        for fid in partial:
+            self.files[fid].dirty = False
+        paths = [str(self.layout.staging(self.files[fid].entry)) for fid in partial]
+        paths += [str(self.layout.final(self.files[fid].entry.path)) for fid in finished]
+        token = next(self.sync_tokens)
+        self.sync = (token, partial, finished)
+        self.writer.batch.append(Sync(token, tuple(paths)))
+
+    def _synced(self, record: Synced) -> None:
+        if self.sync is None or self.sync[0] != record.token:
+            return
+        _token, partial, finished = self.sync
+        self.sync = None
+        if record.error:
+            log.warning("could not make the written bytes durable (%s); the journal keeps "
+                        "what it had", record.error)
+            self.unjournaled += finished
+            return
+        for fid, (generation, have) in partial.items():
+            file = self.files[fid]
+            if file.generation == generation and file.state is not FileState.FAILED:
+                file.synced = have
+                self.journal.record_partial(file.entry, self.layout.staging(file.entry), have)
+        for fid in finished:
+            entry = self.files[fid].entry
+            try:
+                self.journal.record(entry, self.layout.final(entry.path))
+            except OSError:
+                pass  # gone since (replaced by a link?): the next run checks it again
+
+    def _last_checkpoint(self, seconds: float) -> None:
+        """One more checkpoint before stopping, waiting for it at most ``seconds``."""
+        if self.journal is None or self.writer is None or not self.writer.process.is_alive():
+            return
+        deadline = time.monotonic() + seconds
+        try:
+            for _ in range(2):  # one may be in flight already: wait for it, then send the last
+                self._checkpoint(now=True)
+                self._flush()
+                while self.sync is not None and time.monotonic() < deadline:
+                    self._poll()
+        except MpdlError as exc:
+            log.info("the last checkpoint did not complete: %s", exc)
+
+    # -- dying children ------------------------------------------------------------------------
+
+    def _writer_died(self) -> None:
+        """Start a new writer; every unfinished file starts over from its durable bytes."""
+        old = self.writer
+        old.process.join(0.1)
+        code = old.process.exitcode
+        for handle in (old.inbox, old.outbox):
+            if isinstance(handle, Inbox):
+                handle.cancel_join_thread()
+            handle.close()
+        if self.writer_respawns_left <= 0:
+            self.writer = None
+            raise WriterError(f"the writer process keeps dying (last exit code {code})")
+        self.writer_respawns_left -= 1
+        log.warning("the writer died (exit code %s); a new one redoes what was not durable", code)
+        for slot in self.in_writer:  # what it was given and never wrote
+            self.slots.release(slot)
+        self.in_writer.clear()
+        self.sync = None
+        self.unjournaled.clear()  # the next run checks those files by their hash
+        self.writer = self._start_writer()
+        self._start_over([fid for fid, f in self.files.items() if f.state not in ENDED],
+                         keep_synced=True)
+
+    def _start_over(self, fids: List[int], keep_synced: bool) -> None:
+        """Drop every task touching these files and plan them again from what is durable."""
+        redo = set(fids)
+        for run in list(self.runs.values()):
+            if not run.done and not redo.isdisjoint(run.task.file_ids):
+                self._cancel(run)
+        self.pending = deque(run for run in self.pending if not run.done)
+        self.waiting_grant = deque(run for run in self.waiting_grant if not run.done)
+        self.delayed = [item for item in self.delayed if not item[2].done]
+        heapq.heapify(self.delayed)
+        for source in list(self.deferred):
+            self.deferred[source] = [run for run in self.deferred[source] if not run.done]
+            if not self.deferred[source]:
+                del self.deferred[source]
+        for fid in fids:
+            file = self.files[fid]
+            keep = file.synced if keep_synced and self._staging_intact(file) else RangeSet()
+            self.tracker.bytes_done -= file.have.total() - keep.total()
+            file.have, file.synced = keep.copy(), keep.copy()
+            file.state, file.opened, file.tasks_left = FileState.PENDING, False, 0
+            file.dirty = False
+            file.generation += 1
+            if not keep and self.journal is not None:  # forget ranges the disk no longer has
+                self.journal.record_partial(file.entry, self.layout.staging(file.entry), keep)
+        plan = make_plan([(fid, self.files[fid].entry) for fid in fids],
+                         chunk_size=self.options.chunk_size, parallel=self.options.parallel,
+                         streamed=self.streamed | self.no_ranges,
+                         have={fid: self.files[fid].have for fid in fids},
+                         first_task_id=self.next_task_id)
+        assert plan.slot_size <= self.slot_size
+        self._add_tasks(plan.tasks)
+        self._close_complete(fids)
+
+    def _staging_intact(self, file: FileRun) -> bool:
+        try:
+            return self.layout.staging(file.entry).stat().st_size == file.entry.size
+        except OSError:
+            return False
+
+    def _cancel(self, run: TaskRun) -> None:
+        """This attempt's bytes are no longer wanted: whatever it still sends is stale."""
+        worker = self.workers.get(run.worker) if run.worker is not None else None
+        if worker is not None and run.task.task_id in worker.running:
+            worker.running.discard(run.task.task_id)
+            worker.cancelled.add((run.task.task_id, run.attempt))
+            worker.batch.append(Cancel(run.task.task_id, run.attempt))
+            self.active_by_source[run.task.source] -= 1
+        run.attempt += 1
+        run.done = True
+        run.slot = None  # a slot it fills comes back with its stale Filled or Failed
 
     def _worker_died(self, worker_id: int, child: Child) -> None:
         try:
@@ -484,11 +768,12 @@ class Coordinator:
         child.inbox.close()
         child.outbox.close()
         del self.workers[worker_id]
+        for owner in child.cancelled:  # slots cancelled attempts were filling
+            self.slots.release_owned(owner, self.in_writer)
         for task_id in sorted(child.running):
             run = self.runs[task_id]
-            if run.slot is not None:
-                self.slots.release(run.slot)
-                run.slot = None
+            self.slots.release_owned((task_id, run.attempt), self.in_writer)
+            run.slot = None
             if run in self.waiting_grant:
                 self.waiting_grant.remove(run)
             self.active_by_source[run.task.source] -= 1
@@ -503,4 +788,3 @@ class Coordinator:
             raise MpdlError(f"worker processes keep dying (last exit code {code})")
         self.respawns_left -= 1
         self.workers[worker_id] = self._start_worker(worker_id)
-

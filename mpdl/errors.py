@@ -3,6 +3,8 @@
 Everything mpdl raises on purpose derives from MpdlError, so a launcher can catch one class.
 """
 
+from typing import Optional
+
 from .messages import FailKind
 
 
@@ -21,13 +23,19 @@ class UsageError(MpdlError, ValueError):
 class FetchError(MpdlError):
     """An HTTP fetch failed; ``kind`` says what may still succeed (see messages.FailKind)."""
 
-    def __init__(self, message: str, kind: FailKind = FailKind.RETRY) -> None:
+    def __init__(self, message: str, kind: FailKind = FailKind.RETRY,
+                 retry_after: Optional[float] = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.retry_after = retry_after
+        self.fetched = 0  # network bytes the failed attempt had read and not reported
 
 
 class IntegrityError(FetchError):
     """Bytes arrived but do not match what the manifest declares (hash, size, zlib stream)."""
+
+    def __init__(self, message: str, kind: FailKind = FailKind.CORRUPT) -> None:
+        super().__init__(message, kind)
 
 
 class WriterError(MpdlError):

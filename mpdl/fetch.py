@@ -66,7 +66,8 @@ def _check_status(job: Fetch, response: urllib3.BaseHTTPResponse) -> Optional[in
             raise FetchError(f"{job.url}: the server has {body_length} bytes, the manifest "
                              f"says {job.length}", FailKind.MIRROR)
         return body_length
-    raise status_error(job.url, response.status, response.reason or "")
+    raise status_error(job.url, response.status, response.reason or "",
+                       response.headers.get("Retry-After"))
 
 
 def _read_into(raw, view: memoryview) -> int:
@@ -114,6 +115,9 @@ def _fill_plain(job: Fetch, response, known_length: Optional[int], ring: Ring,
                                  f"the manifest says", FailKind.MIRROR)
         checker.feed(view, slot_start, filled)
         checker.finish()
+    except FetchError as exc:
+        exc.fetched = fetched  # read for nothing, but read: the run's accounting counts it
+        raise
     finally:
         view.release()
     report(Filled(job.task_id, job.attempt, slot, slot_start, filled, fetched, True))
@@ -135,29 +139,33 @@ def _fill_decoded(job: Fetch, response, ring: Ring, report: Report, scratch: byt
     decoder = zlib.decompressobj()
     left, out = job.length, 0
     with ring.view(job.slot) as view, memoryview(scratch) as buffer:
-        while left and not decoder.eof:
-            n = _read_into(raw, buffer[:min(len(buffer), left)])
-            if not n:
-                raise FetchError(f"{job.url}: the body ended {left} bytes short")
-            left -= n
-            data = buffer[:n]
-            while data and not decoder.eof:
-                try:
-                    chunk = decoder.decompress(data, size - out + 1)  # max_length is >= 1
-                except zlib.error as exc:
-                    raise IntegrityError(f"{job.url}: bad zlib data ({exc})") from None
-                if out + len(chunk) > size:
-                    raise IntegrityError(f"{job.url}: decompresses to more than the declared "
-                                         f"{size} bytes")
-                view[out:out + len(chunk)] = chunk
-                out += len(chunk)
-                data = decoder.unconsumed_tail
-        if left or decoder.unused_data or not decoder.eof or out != size:
-            raise IntegrityError(f"{job.url}: the zlib stream does not match its part "
-                                 f"({out} of {size} bytes decoded, {left} bytes unread)")
-        checker = Checker(job.url, job.checks)
-        checker.feed(view, 0, size)
-        checker.finish()
+        try:
+            while left and not decoder.eof:
+                n = _read_into(raw, buffer[:min(len(buffer), left)])
+                if not n:
+                    raise FetchError(f"{job.url}: the body ended {left} bytes short")
+                left -= n
+                data = buffer[:n]
+                while data and not decoder.eof:
+                    try:
+                        chunk = decoder.decompress(data, size - out + 1)  # max_length is >= 1
+                    except zlib.error as exc:
+                        raise IntegrityError(f"{job.url}: bad zlib data ({exc})") from None
+                    if out + len(chunk) > size:
+                        raise IntegrityError(f"{job.url}: decompresses to more than the "
+                                             f"declared {size} bytes")
+                    view[out:out + len(chunk)] = chunk
+                    out += len(chunk)
+                    data = decoder.unconsumed_tail
+            if left or decoder.unused_data or not decoder.eof or out != size:
+                raise IntegrityError(f"{job.url}: the zlib stream does not match its part "
+                                     f"({out} of {size} bytes decoded, {left} bytes unread)")
+            checker = Checker(job.url, job.checks)
+            checker.feed(view, 0, size)
+            checker.finish()
+        except FetchError as exc:
+            exc.fetched = job.length - left
+            raise
     report(Filled(job.task_id, job.attempt, job.slot, 0, size, job.length, True))
 
 

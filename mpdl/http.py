@@ -6,7 +6,9 @@ coordinator decides that, with a budget).
 
 from __future__ import annotations
 
+import email.utils
 import re
+from datetime import datetime, timezone
 from typing import NamedTuple, Optional
 
 import urllib3
@@ -45,16 +47,33 @@ def parse_content_range(value: Optional[str]) -> Optional[tuple]:
     return int(first), int(last), None if total == "*" else int(total)
 
 
-def status_error(url: str, status: int, reason: str = "") -> FetchError:
+def status_error(url: str, status: int, reason: str = "",
+                 retry_after: Optional[str] = None) -> FetchError:
     """The FetchError for an HTTP status that brought no usable body."""
     text = f"HTTP {status}{' ' + reason if reason else ''} from {url}"
     if status in (404, 410, 416):
         return FetchError(text, FailKind.MIRROR)
     if status in (401, 403):
-        return FetchError(text + " (access denied; a signed URL may have expired)", FailKind.FATAL)
+        return FetchError(text + " (access denied; a signed URL may have expired)", FailKind.AUTH)
     if status == 429 or status >= 500:
-        return FetchError(text, FailKind.RETRY)
+        return FetchError(text, FailKind.RETRY, parse_retry_after(retry_after))
     return FetchError(text, FailKind.MIRROR)
+
+
+def parse_retry_after(value: Optional[str]) -> Optional[float]:
+    """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def open_response(pool: urllib3.PoolManager, url: str, headers: dict) -> urllib3.BaseHTTPResponse:

@@ -1,8 +1,15 @@
-"""The journal: which files this destination already holds, verified, so a re-run skips them.
+"""The journal: what this destination already holds, so a re-run skips it or resumes it.
 
-One JSON line per finished file, keyed by what the file is (path, size, hash), never by the URL
-it came from, and tied to the file on disk by size and mtime: a file changed or deleted since
-is fetched again.
+One JSON line per event, keyed by what a file is (path, size, hash), never by the URL it came
+from, so it still applies when mirrors or signed URLs change between runs, or the chunk size:
+
+- a finished file: ``{"path", "key", "mtime_ns"}``, tied to the file on disk by size and mtime,
+  so a file changed or deleted since is fetched again;
+- a file in progress: ``{"path", "key", "staging", "ranges"}``, the byte ranges of its staging
+  file that are durable (fsynced before the line is written), so a re-run fetches only the
+  rest. The staging name is derived from the same key, so other content is never resumed.
+
+The last line for a path wins. A torn last line (a crash mid-write) is ignored.
 """
 
 from __future__ import annotations
@@ -13,8 +20,11 @@ from pathlib import Path
 from typing import Dict, Optional, TextIO
 
 from .manifest import FileEntry
+from .ranges import RangeSet
 
 JOURNAL_NAME = "journal.jsonl"
+# Rewrite the journal at start when it has this many more lines than paths it describes.
+COMPACT_SLACK = 256
 
 
 def _key(entry: FileEntry) -> str:
@@ -25,17 +35,30 @@ class Journal:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / JOURNAL_NAME
         self._done: Dict[str, dict] = {}
+        self._partial: Dict[str, dict] = {}
         self._out: Optional[TextIO] = None
+        lines = 0
         try:
-            with open(self.path, encoding="utf-8") as lines:
-                for line in lines:
+            with open(self.path, encoding="utf-8") as text:
+                for line in text:
+                    lines += 1
                     try:
-                        record = json.loads(line)
-                        self._done[record["path"]] = record
-                    except (ValueError, KeyError, TypeError):
-                        continue  # a torn last line after a crash
+                        self._remember(json.loads(line))
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        continue
         except FileNotFoundError:
             pass
+        if lines > len(self._done) + len(self._partial) + COMPACT_SLACK:
+            self._compact()
+
+    def _remember(self, record: dict) -> None:
+        path = record["path"]
+        if "ranges" in record:
+            self._partial[path] = record
+            self._done.pop(path, None)
+        else:
+            self._done[path] = record
+            self._partial.pop(path, None)
 
     def holds(self, entry: FileEntry, final: Path) -> bool:
         """The file on disk is the one a run verified and recorded, untouched since."""
@@ -48,15 +71,54 @@ class Journal:
             return False
         return st.st_size == entry.size and st.st_mtime_ns == record.get("mtime_ns")
 
+    def resumable(self, entry: FileEntry, staging: Path) -> Optional[RangeSet]:
+        """The durable byte ranges of ``entry``'s staging file, if a run left some for it."""
+        record = self._partial.get(entry.path)
+        if (record is None or record.get("key") != _key(entry)
+                or record.get("staging") != staging.name or entry.size is None):
+            return None
+        try:
+            st = os.lstat(staging)
+        except OSError:
+            return None
+        if not staging.is_file() or st.st_size != entry.size:
+            return None
+        have = RangeSet()
+        for start, end in record["ranges"]:
+            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end
+                    <= entry.size):
+                return None  # not a journal this version wrote: trust none of it
+            have.add(start, end)
+        return have or None
+
     def record(self, entry: FileEntry, final: Path) -> None:
+        """``entry`` is finished, verified and durable at ``final``."""
         st = os.lstat(final)
-        record = {"path": entry.path, "key": _key(entry), "mtime_ns": st.st_mtime_ns}
-        self._done[entry.path] = record
+        self._write({"path": entry.path, "key": _key(entry), "mtime_ns": st.st_mtime_ns})
+
+    def record_partial(self, entry: FileEntry, staging: Path, have: RangeSet) -> None:
+        """These byte ranges of ``entry``'s staging file are durable."""
+        self._write({"path": entry.path, "key": _key(entry), "staging": staging.name,
+                     "ranges": have.as_list()})
+
+    def _write(self, record: dict) -> None:
+        self._remember(record)
         if self._out is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._out = open(self.path, "a", encoding="utf-8")
         self._out.write(json.dumps(record) + "\n")
         self._out.flush()
+
+    def _compact(self) -> None:
+        """One line per path, written aside and renamed over, so a crash keeps the old one."""
+        fresh = self.path.with_suffix(".tmp")
+        try:
+            with open(fresh, "w", encoding="utf-8") as out:
+                for record in list(self._done.values()) + list(self._partial.values()):
+                    out.write(json.dumps(record) + "\n")
+            os.replace(fresh, self.path)
+        except OSError:
+            pass  # a long journal is only slower to read
 
     def close(self) -> None:
         if self._out is not None:

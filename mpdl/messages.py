@@ -5,9 +5,9 @@ carries a list of records: the coordinator and the writer batch theirs, so one p
 syscall move many; a worker's fetch threads send as they go. The coordinator sends through
 queues (never blocking), children answer through pipes.
 
-    coordinator --Fetch/Grant/Stop--> worker --Filled/Failed--> coordinator
-    coordinator --OpenFile/WriteSlot/CloseFile/Stop--> writer
-                                    writer --SlotWritten/FileClosed/WriteFailed--> coordinator
+    coordinator --Fetch/Grant/Cancel/Stop--> worker --Filled/Failed--> coordinator
+    coordinator --OpenFile/WriteSlot/CloseFile/Sync/Stop--> writer
+                             writer --SlotWritten/FileClosed/Synced/WriteFailed--> coordinator
 """
 
 from __future__ import annotations
@@ -57,6 +57,13 @@ class Grant(NamedTuple):
     slot: int
 
 
+class Cancel(NamedTuple):
+    """Give up this attempt: the coordinator no longer wants its bytes (no Grant will come)."""
+
+    task_id: int
+    attempt: int
+
+
 class Stop(NamedTuple):
     """Finish what is running as soon as possible and exit."""
 
@@ -82,30 +89,42 @@ class Filled(NamedTuple):
 class FailKind(str, Enum):
     """What the coordinator should do with a failed fetch."""
 
-    RETRY = "retry"  # transient (connection, timeout, 5xx, short body, bad bytes)
+    RETRY = "retry"  # transient (connection, timeout, reset, 5xx, 429, short body): back off
+    CORRUPT = "corrupt"  # the bytes do not match their hash or do not decode: once more only
     MIRROR = "mirror"  # this mirror does not have it (404, 410, 416): try the next one
-    FATAL = "fatal"  # no attempt can succeed (401, 403, a manifest that lies)
+    AUTH = "auth"  # 401, 403: fail fast, unless the caller can refresh the (signed) URL
+    FATAL = "fatal"  # no attempt can succeed (a manifest that lies, an internal error)
     RANGES = "ranges"  # the server ignores Range: fetch the whole object once instead
 
 
 class Failed(NamedTuple):
-    """The fetch failed; any slot the task held is the coordinator's again."""
+    """The fetch failed; any slot the task held is the coordinator's again.
+
+    ``fetched`` counts network bytes this attempt read and never reported; ``retry_after``
+    is the server's Retry-After, in seconds, when it sent one.
+    """
 
     task_id: int
     attempt: int
     kind: FailKind
     reason: str
+    fetched: int = 0
+    retry_after: Optional[float] = None
 
 
 # coordinator -> writer
 
 
 class OpenFile(NamedTuple):
-    """Create the staging file for ``file_id`` (``size`` None: unknown, not preallocated)."""
+    """Open the staging file for ``file_id`` (``size`` None: unknown, not preallocated).
+
+    ``fresh``: start it empty. Otherwise it is resumed: its bytes on disk are kept.
+    """
 
     file_id: int
     staging: str
     size: Optional[int]
+    fresh: bool = True
 
 
 class Piece(NamedTuple):
@@ -138,6 +157,17 @@ class CloseFile(NamedTuple):
     executable: bool
 
 
+class Sync(NamedTuple):
+    """Make everything written so far to these files durable (fsync), then answer Synced.
+
+    The journal records byte ranges only after this, so a crash never leaves it claiming
+    bytes the disk does not have.
+    """
+
+    token: int
+    paths: Tuple[str, ...]
+
+
 # writer -> coordinator
 
 
@@ -153,6 +183,13 @@ class FileClosed(NamedTuple):
     file_id: int
     ok: bool
     reason: str
+
+
+class Synced(NamedTuple):
+    """The Sync with this token is done; ``error`` says why not, if it failed."""
+
+    token: int
+    error: Optional[str] = None
 
 
 class WriteFailed(NamedTuple):

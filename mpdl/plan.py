@@ -7,18 +7,22 @@ Rules, so that every byte can be verified in a worker before it reaches the disk
 - a whole object that fits one chunk, or any object when not parallel, is one plain GET;
 - not parallel, a run of adjacent ranges of one object is one request, however long.
 Tasks come out in file order, so files finish early instead of all at the end.
+
+A file resumed from the journal brings the byte ranges it already has: only the gaps are
+planned, and a verified part (compressed or hashed) is fetched whole unless it is all there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ManifestError
-from .manifest import FileEntry
+from .manifest import FileEntry, Part
 from .messages import Check
 from .options import MiB
+from .ranges import RangeSet
 
 # Bytes of an unwanted gap between two ranges that are cheaper to read than to request apart.
 MERGE_GAP = 64 * 1024
@@ -110,15 +114,19 @@ def make_plan(
     chunk_size: int,
     parallel: bool = True,
     streamed: Iterable[str] = (),
+    have: Mapping[int, RangeSet] = {},
+    first_task_id: int = 0,
 ) -> Plan:
-    """Tasks for ``files`` (file_id, entry); ``streamed`` objects are known to ignore ranges."""
+    """Tasks for ``files`` (file_id, entry); ``streamed`` objects are known to ignore ranges;
+    ``have`` holds the bytes each file already has on disk (resume); task ids start at
+    ``first_task_id``, so a coordinator can plan again in the middle of a run."""
     streamed = set(streamed)
     tasks: List[Task] = []
     slot_size = chunk_size
     growing: Dict[str, _Open] = {}
 
     def emit(**kw) -> None:
-        tasks.append(Task(task_id=len(tasks), **kw))
+        tasks.append(Task(task_id=first_task_id + len(tasks), **kw))
 
     def flush(source: str) -> None:
         req = growing.pop(source)
@@ -150,6 +158,9 @@ def make_plan(
         req.end = offset + length
 
     for file_id, entry in files:
+        present = have.get(file_id)
+        if present and entry.url is not None and entry.size:  # resume: the gaps, as ranges
+            entry = _as_one_part(entry)
         if entry.url is not None:
             size = entry.size
             if size == 0:
@@ -169,6 +180,9 @@ def make_plan(
             if part.length == 0 and part.size == 0:
                 continue
             where = f"{entry.path}: part {index}"
+            if present and present.covers(file_offset, file_offset + part.size):
+                file_offset += part.size
+                continue
             if part.compressed or part.hash is not None:
                 if max(part.length, part.size) > MAX_SLOT:
                     raise ManifestError(f"{where}: {max(part.length, part.size)} bytes is more "
@@ -182,14 +196,25 @@ def make_plan(
             elif part.hash is not None:
                 add_range(part.url, part.offset, part.length, file_id, file_offset, str(part.hash))
             else:
-                step = chunk_size if parallel else part.length
-                for off in range(0, part.length, step):
-                    n = min(step, part.length - off)
-                    add_range(part.url, part.offset + off, n, file_id, file_offset + off, None)
+                gaps = present.gaps(file_offset, file_offset + part.size) if present else \
+                    [(file_offset, file_offset + part.size)]
+                for lo, hi in gaps:
+                    step = chunk_size if parallel else hi - lo
+                    for at in range(lo, hi, step):
+                        n = min(step, hi - at)
+                        add_range(part.url, part.offset + at - file_offset, n, file_id, at, None)
             file_offset += part.size
     for source in list(growing):
         flush(source)
     return Plan(tasks=tasks, slot_size=slot_size, files=dict(files))
+
+
+def _as_one_part(entry: FileEntry) -> FileEntry:
+    """A whole-object file as one raw part, so its gaps can be planned as ranges."""
+    assert entry.url is not None and entry.size is not None
+    part = Part(url=entry.url, offset=0, length=entry.size, size=entry.size)
+    return FileEntry(path=entry.path, size=entry.size, hash=entry.hash,
+                     executable=entry.executable, parts=(part,))
 
 
 def stream_task(task_id: int, source: str, tasks: Sequence[Task]) -> Task:

@@ -12,7 +12,7 @@ import secrets
 import shutil
 import sys
 from multiprocessing import shared_memory
-from typing import Dict, Hashable, List, NamedTuple, Optional
+from typing import Container, Dict, Hashable, List, NamedTuple, Optional
 
 
 SHM_FOLDER = "/dev/shm"
@@ -102,6 +102,12 @@ class SlotPool:
     def release(self, slot: int) -> None:
         del self._owner[slot]
         self._free.append(slot)
+
+    def release_owned(self, owner: Hashable, keep: Container[int] = ()) -> None:
+        """Free the slots ``owner`` holds, but those in ``keep`` (an attempt that ended
+        without reporting the slot it was filling)."""
+        for slot in [s for s, o in self._owner.items() if o == owner and s not in keep]:
+            self.release(slot)
 
     def owner(self, slot: int) -> Optional[Hashable]:
         return self._owner.get(slot)

@@ -15,13 +15,13 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from .child import batches, child_setup
 from .errors import FetchError
 from .fetch import Cancelled, fetch
 from .http import make_pool
-from .messages import FailKind, Failed, Fetch, Grant, Stop
+from .messages import Cancel, FailKind, Failed, Fetch, Grant, Stop
 from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.worker")
@@ -41,6 +41,8 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
     # Keyed by attempt too: a retry of a task can reach this worker while the thread that ran
     # the failed attempt has not yet forgotten its own queue.
     grants: Dict[Tuple[int, int], "queue.SimpleQueue[Optional[int]]"] = {}
+    cancelled: Set[Tuple[int, int]] = set()
+    stopping = threading.Event()
 
     def send(record) -> None:
         with send_lock:
@@ -50,15 +52,20 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
         scratch = bytearray(SCRATCH_SIZE)
         while True:
             job = jobs.get()
-            if job is None:
+            if job is None or stopping.is_set():
                 return
             key = (job.task_id, job.attempt)
             try:
+                if key in cancelled:
+                    raise Cancelled()
                 fetch(job, pool, ring, grants[key].get, send, scratch)
             except FetchError as exc:
-                send(Failed(job.task_id, job.attempt, exc.kind, str(exc)))
-            except Cancelled:
-                return
+                send(Failed(job.task_id, job.attempt, exc.kind, str(exc), exc.fetched,
+                            exc.retry_after))
+            except Cancelled:  # dropped by the coordinator: say so, to free the slot it held
+                if stopping.is_set():
+                    return
+                send(Failed(job.task_id, job.attempt, FailKind.RETRY, "cancelled"))
             except (BrokenPipeError, EOFError):
                 return  # the coordinator is gone
             except Exception as exc:  # a bug: report it rather than hang the task
@@ -66,6 +73,7 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
                 send(Failed(job.task_id, job.attempt, FailKind.FATAL, f"internal error: {exc!r}"))
             finally:
                 grants.pop(key, None)
+                cancelled.discard(key)
 
     fetchers: List[threading.Thread] = [
         threading.Thread(target=fetch_loop, name=f"fetch-{i}", daemon=True) for i in range(threads)]
@@ -81,9 +89,16 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
                     waiting = grants.get((record.task_id, record.attempt))
                     if waiting is not None:
                         waiting.put(record.slot)
+                elif isinstance(record, Cancel):
+                    key = (record.task_id, record.attempt)
+                    cancelled.add(key)
+                    waiting = grants.get(key)
+                    if waiting is not None:
+                        waiting.put(None)
                 elif isinstance(record, Stop):
                     return
     finally:
+        stopping.set()
         for waiting in list(grants.values()):
             waiting.put(None)
         for _ in fetchers:

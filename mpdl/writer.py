@@ -6,7 +6,9 @@ at their offsets in any order. A file gets its final name only after its hash ma
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import logging
 import os
 from collections import OrderedDict
@@ -17,14 +19,16 @@ from typing import Dict, List
 from .child import batches, child_setup
 from .hashing import hash_file, parse_hash
 from .layout import make_folder_inside
-from .messages import (CloseFile, FileClosed, OpenFile, SlotWritten, Stop, WriteFailed,
-                       WriteSlot)
+from .messages import (CloseFile, FileClosed, OpenFile, SlotWritten, Stop, Sync, Synced,
+                       WriteFailed, WriteSlot)
 from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.writer")
 _O_BINARY = getattr(os, "O_BINARY", 0)
 # Errors that say something about one path (a file where a folder must go, a name too long),
 # not about the disk: they fail that file and the run goes on.
+# A Sync of more files than this is one syncfs(2) of the whole filesystem.
+SYNCFS_OVER = 16
 PER_FILE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP,
                    errno.EINVAL}
 
@@ -104,15 +108,18 @@ class Writer:
             return self.open(record)
         if isinstance(record, CloseFile):
             return [self.close(record)]
+        if isinstance(record, Sync):
+            return [self.sync(record)]
         raise TypeError(f"writer got {record!r}")
 
     def open(self, record: OpenFile) -> List[tuple]:
         try:
             os.makedirs(os.path.dirname(record.staging), exist_ok=True)
-            fd = os.open(record.staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_BINARY, 0o644)
+            flags = os.O_RDWR | os.O_CREAT | _O_BINARY | (os.O_TRUNC if record.fresh else 0)
+            fd = os.open(record.staging, flags, 0o644)
             self.staging[record.file_id] = record.staging
             self._keep_open(record.file_id, fd)
-            if record.size:
+            if record.size and (record.fresh or os.fstat(fd).st_size != record.size):
                 os.ftruncate(fd, record.size)  # sparse: no zero-filling pass over the disk
         except OSError as exc:
             return [self._file_error(record.file_id, record.staging, exc)]
@@ -168,10 +175,52 @@ class Writer:
             return WriteFailed(record.file_id, record.destination, _why(exc))
         return FileClosed(record.file_id, True, "")
 
+    def sync(self, record: Sync) -> tuple:
+        """fsync each file, or the whole filesystem at once when there are many."""
+        try:
+            if len(record.paths) > SYNCFS_OVER and sync_filesystem(self.dest):
+                return Synced(record.token)
+            for path in record.paths:
+                try:
+                    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+                except FileNotFoundError:  # failed and removed since: nothing to keep
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            return Synced(record.token, f"{exc.filename or self.dest}: {_why(exc)}")
+        return Synced(record.token)
+
     def close_all(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+
+
+def sync_filesystem(path: str) -> bool:
+    """syncfs(2) on the filesystem holding ``path``: one call instead of an fsync per file.
+    False where there is no syncfs (not Linux): the caller then syncs file by file."""
+    syncfs = getattr(_libc(), "syncfs", None)
+    if syncfs is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+    finally:
+        os.close(fd)
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def _why(exc: OSError) -> str:
