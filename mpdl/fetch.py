@@ -18,6 +18,11 @@ from .messages import Check, FailKind, Fetch, Filled
 from .ring import Ring
 
 
+# Bytes asked of one readinto. A read that fails loses count of what it had received, so
+# this bounds how much a failed attempt's accounting can miss; larger reads gain nothing.
+READ_SIZE = 256 * 1024
+
+
 class Cancelled(Exception):
     """The worker is stopping: no slot will come."""
 
@@ -99,7 +104,9 @@ def _fill_plain(job: Fetch, response, known_length: Optional[int], ring: Ring,
                     raise Cancelled()
                 slot, slot_start, filled, fetched = granted, slot_start + filled, 0, 0
                 view = ring.view(slot)
-            want = slot_size - filled if remaining is None else min(slot_size - filled, remaining)
+            want = min(slot_size - filled, READ_SIZE)
+            if remaining is not None:
+                want = min(want, remaining)
             n = _read_into(raw, view[filled:filled + want])
             if not n:
                 if remaining is None:

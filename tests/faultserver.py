@@ -12,10 +12,12 @@ import functools
 import socket
 import struct
 import threading
+import time
+import urllib.parse
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from mpdl.demo import RangeRequestHandler, Reply, serve
 
@@ -42,6 +44,7 @@ class Fault:
     wrong_content_range: bool = False  # a 206 answers a range next to the one asked
     short_body: int | None = None  # withhold the last N body bytes, then close
     delay: float = 0.0  # seconds to wait before answering
+    unless_query: str | None = None  # behave when the query string holds this (a fresh token)
 
     @property
     def shapes_body(self) -> bool:
@@ -53,13 +56,18 @@ class Fault:
 BEHAVE = Fault()
 
 
-class Request(NamedTuple):
-    """One logged request; ``path`` is relative to the root, like the prefixes of set_fault."""
+@dataclass(frozen=True)
+class Request:
+    """One logged request; ``path`` is relative to the root, like the prefixes of set_fault.
+
+    Requests compare by what was asked and answered, not by when or with which query."""
 
     method: str
     path: str
     range: str | None
     status: int
+    at: float = field(default=0.0, compare=False)  # time.monotonic() of the status line
+    query: str = field(default="", compare=False)
 
 
 class FaultHandler(RangeRequestHandler):
@@ -83,10 +91,14 @@ class FaultHandler(RangeRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         headers = getattr(self, "headers", None)  # absent when the request line itself was bad
         rng = headers.get("Range") if headers is not None else None
-        self.faults._log(Request(str(self.command), self.target(), rng, int(code)))
+        query = urllib.parse.urlsplit(self.path).query
+        self.faults._log(Request(str(self.command), self.target(), rng, int(code),
+                                 time.monotonic(), query))
 
     def reply(self, range_header: str | None) -> Reply:
         fault = self.fault = self.faults._fault_for(self.target())
+        if fault.unless_query and fault.unless_query in urllib.parse.urlsplit(self.path).query:
+            fault = self.fault = BEHAVE
         if fault.delay:
             self.faults._pause(fault.delay)
         if fault.no_head and self.command == "HEAD":

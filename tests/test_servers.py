@@ -208,12 +208,15 @@ def test_behaves_until_told_and_logs_requests(
 ) -> None:
     assert get(client, fault_server.url + "main.bin", "bytes=0-9").data == blob[:10]
     client.request("HEAD", fault_server.url + "main.bin")
-    get(client, fault_server.url + "nothing")
+    get(client, fault_server.url + "nothing?sig=1")
     assert fault_server.requests == [
         Request("GET", "main.bin", "bytes=0-9", 206),
         Request("HEAD", "main.bin", None, 200),
         Request("GET", "nothing", None, 404),
     ]
+    assert [r.query for r in fault_server.requests] == ["", "", "sig=1"]
+    times = [r.at for r in fault_server.requests]
+    assert times == sorted(times) and times[0] > 0
     assert fault_server.bytes_sent == 10
     fault_server.clear_log()
     assert (fault_server.requests, fault_server.bytes_sent) == ([], 0)
