@@ -44,6 +44,10 @@ exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
   1  some files could not be completed   130/143  interrupted (SIGINT/SIGTERM)
 
+Run the same command again to resume: finished files are skipped, and half-done files go on
+from the bytes the journal (DEST/.mpdl/journal.jsonl) records as safely on disk. Transient
+errors are retried with backoff (at most 5 tries per request, see --timeout), across mirrors.
+
 examples:
   python -m mpdl depot.json -o ~/Games/MyGame
   python -m mpdl https://example.com/toolchain.tar.zst -o downloads/toolchain.tar.zst
