@@ -42,11 +42,12 @@ def _set_process_name(name: str) -> None:
 def batches(inbox: "multiprocessing.queues.Queue[List[tuple]]") -> Iterator[List[tuple]]:
     """The coordinator's batches of records, until it is gone: then the child just exits."""
     parent = multiprocessing.parent_process()
+    first_ppid = os.getppid()  # the coordinator, or under forkserver the fork server
     while True:
         try:
             yield inbox.get(timeout=PARENT_CHECK_SECONDS)
         except queue.Empty:
-            if parent is not None and (not parent.is_alive() or os.getppid() != parent.pid):
+            if parent is not None and (not parent.is_alive() or os.getppid() != first_ppid):
                 return  # under fork, siblings keep the sentinel open: the ppid tells at once
         except (EOFError, OSError):
             return

@@ -12,6 +12,7 @@ what it had not made durable is planned and fetched again.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import logging
@@ -54,8 +55,23 @@ CHECKPOINT_SECONDS = 3.0  # how often written bytes are made durable and journal
 FINAL_SYNC_SECONDS = 60.0  # the last checkpoint of a finished run: its files are all there
 STOP_SYNC_SECONDS = 3.0  # the last checkpoint of an interrupted run: keep the stop prompt
 
+# From this many files on, children are not forked from the coordinator (see below).
+LEAN_CHILDREN_FROM = 10_000
+
 # refresh_url(url) -> a fresh URL for the same bytes after a 401/403, or None to give up.
 RefreshUrl = Callable[[str], Optional[str]]
+
+
+def default_start_method(files: int) -> Optional[str]:
+    """fork where it exists: children start in milliseconds. But a forked child shares the
+    coordinator's pages only until either side touches them, so with a large manifest every
+    process ends up with its own copy; from LEAN_CHILDREN_FROM files on, children come from a
+    fork server, which holds no manifest. None: the platform's default (spawn on macOS and
+    Windows)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" not in methods:
+        return None
+    return "forkserver" if files >= LEAN_CHILDREN_FROM and "forkserver" in methods else "fork"
 
 
 def backoff(failures: int, retry_after: Optional[float] = None) -> float:
@@ -67,7 +83,7 @@ def backoff(failures: int, retry_after: Optional[float] = None) -> float:
     return wait
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRun:
     """A task and where it stands. ``attempt`` grows on every dispatch and tags its records."""
 
@@ -99,7 +115,7 @@ class FileState(Enum):
 ENDED = (FileState.DONE, FileState.FAILED)
 
 
-@dataclass
+@dataclass(slots=True)
 class FileRun:
     """A file and where it stands. ``have`` holds the bytes of tasks done (resumed ones too),
     ``synced`` those the writer has made durable; ``generation`` grows when the file starts
@@ -154,7 +170,8 @@ class Coordinator:
         self.refresh_url = refresh_url
         self.sync_at_end = sync_at_end  # False: the state is deleted after success anyway
         self.streamed = set(streamed)
-        self.ctx = multiprocessing.get_context(options.start_method)
+        self.ctx = multiprocessing.get_context(
+            options.start_method or default_start_method(len(plan.files)))
         self.runs: Dict[int, TaskRun] = {}
         self.next_task_id = 0
         self.files: Dict[int, FileRun] = {}
@@ -193,6 +210,7 @@ class Coordinator:
         self.unjournaled: List[int] = []  # files done since the last checkpoint
         self.fresh_urls: Dict[str, str] = {}  # URL refused with 401/403 -> its replacement
         self.error: Optional[str] = None
+        self.disk_error: Optional[WriterError] = None  # the first one stops the run
         self.bytes_written = 0
         self.unfinished = len(self.files)
         log.info("%d tasks, %d files, %d workers, %d connections, ring %d x %d KiB",
@@ -219,11 +237,11 @@ class Coordinator:
                 self._last_checkpoint(FINAL_SYNC_SECONDS)
         except MpdlError as exc:
             self.error = str(exc)
+            self._last_checkpoint(STOP_SYNC_SECONDS)  # files already closing may still finish
             for fid, file in self.files.items():  # their staging files stay, for a re-run
                 if file.state not in ENDED:
                     file.state, file.reason = FileState.FAILED, "not finished: the run stopped"
                     self._file_finished(fid, False)
-            self._last_checkpoint(STOP_SYNC_SECONDS)
         except BaseException:  # Ctrl-C, SIGTERM: keep what is done, then stop
             self._last_checkpoint(STOP_SYNC_SECONDS)
             raise
@@ -255,7 +273,13 @@ class Coordinator:
         outbox_recv, outbox_send = self.ctx.Pipe(duplex=False)
         process = self.ctx.Process(target=target, name=name, daemon=True,
                                    args=(inbox, outbox_send) + args)
-        process.start()
+        # A forked child shares the manifest's pages with us until something writes to them.
+        # Its garbage collector would (it touches every object): frozen objects it leaves alone.
+        gc.freeze()
+        try:
+            process.start()
+        finally:
+            gc.unfreeze()
         outbox_send.close()
         return Child(process, inbox, outbox_recv)
 
@@ -405,6 +429,8 @@ class Coordinator:
                     continue
                 for record in records:
                     self._from_worker(worker_id, record)
+        if self.disk_error is not None and self.error is None:
+            raise self.disk_error  # after the whole batch: what else it said still counts
         if writer.process.sentinel in ready and self.writer is writer:
             self._writer_died()
         for sentinel, (worker_id, child) in by_sentinel.items():
@@ -591,8 +617,10 @@ class Coordinator:
             self._file_closed(record)
         elif isinstance(record, Synced):
             self._synced(record)
-        elif isinstance(record, WriteFailed):
-            raise WriterError(f"{record.path}: {record.reason}")
+        elif isinstance(record, WriteFailed) and self.disk_error is None:
+            file = self.files.get(record.file_id)
+            name = f" (writing {file.entry.path})" if file is not None else ""
+            self.disk_error = WriterError(f"{record.path}: {record.reason}{name}")
 
     def _file_closed(self, record: FileClosed) -> None:
         fid = record.file_id

@@ -50,7 +50,7 @@ _CONSTRUCTORS: dict[str, typing.Callable[[], Hasher]] = {
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HashSpec:
     """An expected digest: a known algorithm and its lowercase hex digest.
 

@@ -53,7 +53,7 @@ _KINDS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Part:
     """``length`` bytes at ``offset`` of ``url``: ``size`` bytes once decompressed."""
 
@@ -69,7 +69,7 @@ class Part:
         return self.compression is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     """A regular file: its ``parts`` concatenated, or the whole object at ``url``.
 

@@ -46,7 +46,7 @@ class Options:
     parallel: bool = True  # False: one stream per object (MPDL_NO_PARALLEL=1)
     verify_tls: bool = True
     max_attempts: int = 5  # per task, over all mirrors
-    start_method: Optional[str] = None  # multiprocessing start method; None: the platform's
+    start_method: Optional[str] = None  # None: coordinator.default_start_method picks
 
     def __post_init__(self) -> None:
         if self.workers is None:

@@ -26,11 +26,14 @@ from .ranges import RangeSet
 
 # Bytes of an unwanted gap between two ranges that are cheaper to read than to request apart.
 MERGE_GAP = 64 * 1024
+# At most this many files' ranges in one merged request: each is a record for the writer and a
+# file it holds open, so a request of 8 MiB of tiny V1 files must not carry 100,000 of them.
+MAX_SPANS = 256
 # A part that must be verified whole cannot be larger than this.
 MAX_SLOT = 256 * MiB
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Span:
     """Task output bytes [offset, offset+length) belong to ``file_id`` at ``file_offset``.
 
@@ -137,7 +140,7 @@ def make_plan(
     def joins(req: _Open, offset: int, length: int, check: Optional[str]) -> bool:
         """Parallel: merged requests stay within a chunk. Not parallel: one stream per run of
         adjacent ranges, but a checked part stays alone (its check must fit one slot)."""
-        if not req.end <= offset <= req.end + MERGE_GAP:
+        if not req.end <= offset <= req.end + MERGE_GAP or len(req.spans) >= MAX_SPANS:
             return False
         if parallel:
             return offset + length - req.start <= chunk_size

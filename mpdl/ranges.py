@@ -15,6 +15,8 @@ Range = Tuple[int, int]  # [start, end)
 class RangeSet:
     """Disjoint, sorted, merged [start, end) ranges."""
 
+    __slots__ = ("_ranges",)
+
     def __init__(self, ranges: Iterable[Range] = ()) -> None:
         self._ranges: List[Range] = []
         for start, end in ranges:

@@ -80,7 +80,7 @@ def fault_server(depot: Depot) -> Iterator[FaultServer]:
         yield server
 
 
-@pytest.fixture(params=["fork", "spawn"])
+@pytest.fixture(params=["fork", "forkserver", "spawn"])
 def start_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test under each multiprocessing start method mpdl supports."""
     monkeypatch.setenv("MPDL_START_METHOD", request.param)

@@ -1,0 +1,546 @@
+"""Disk faults through the real CLI, and bounded memory.
+
+A disk that refuses bytes (EFBIG, ENOSPC, EACCES, EROFS) stops the run with exit 1 and one
+``mpdl: error:`` line naming the path and the error, no traceback; what finished before the
+fault stays journaled, and no process nor shared memory outlives the run. The up-front free-space
+check refuses before the first request. Memory stays bounded with 100,000 files and with one
+512 MiB file.
+
+Tests that mount a tmpfs need root: without it they skip, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import grp
+import hashlib
+import http.client
+import json
+import os
+import pwd
+import random
+import resource
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import psutil
+import pytest
+import xxhash
+from conftest import Depot, write_manifest
+from faultserver import Fault, FaultServer
+from test_cli import assert_one_error_line, mpdl_cli
+from test_process_faults import (
+    Cli,
+    assert_clean,
+    assert_no_traceback,
+    cli_runs,
+    journal_paths,
+)
+from test_run import files_of
+
+from mpdl.progress import human_bytes
+
+KiB = 1024
+MiB = 1024 * KiB
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY, MS_REMOUNT, MNT_DETACH = 1, 32, 2
+PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Callable[..., Cli]]:
+    """Start ``python -m mpdl`` runs (see test_process_faults.Cli)."""
+    yield from cli_runs(tmp_path)
+
+
+# --- mounts --------------------------------------------------------------------------------
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip, unless under CI=true, where a skipped test is a defect."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (under CI=true this test must run)")
+    pytest.skip(f"{reason} (CI=true makes this a failure)")
+
+
+def _mount(target: Path, options: str, flags: int = 0) -> int:
+    """mount(2) a tmpfs, or remount one; 0 or the errno."""
+    done = _libc.mount(b"tmpfs", os.fsencode(target), b"tmpfs", ctypes.c_ulong(flags),
+                       options.encode())
+    return 0 if done == 0 else ctypes.get_errno()
+
+
+def _unmount(target: Path) -> None:
+    if _libc.umount2(os.fsencode(target), 0) != 0:
+        _libc.umount2(os.fsencode(target), MNT_DETACH)  # busy: detach it at least
+
+
+class Tmpfs:
+    """Mounts tmpfs file systems under tmp_path; each is unmounted when the test ends."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.mounted: list[Path] = []
+
+    def __call__(self, size: str, name: str = "mnt", *, required: bool = True) -> Path | None:
+        """A fresh tmpfs of ``size``; None (``required`` False) or skip_or_fail where mounting
+        is not permitted."""
+        where = self.base / name
+        where.mkdir()
+        code = _mount(where, f"size={size},mode=0755") if os.geteuid() == 0 else errno.EPERM
+        if code in (errno.EPERM, errno.EACCES):
+            if not required:
+                return None
+            skip_or_fail(f"cannot mount a tmpfs here ({os.strerror(code)}): needs root")
+        if code:
+            pytest.fail(f"mount -t tmpfs {where}: {os.strerror(code)}")
+        self.mounted.append(where)
+        return where
+
+    @staticmethod
+    def read_only(where: Path) -> None:
+        code = _mount(where, "", MS_REMOUNT | MS_RDONLY)
+        assert code == 0, f"remount {where} read-only: {os.strerror(code)}"
+
+    def unmount_all(self) -> None:
+        for where in reversed(self.mounted):
+            _unmount(where)
+        self.mounted.clear()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
+    mounts = Tmpfs(tmp_path)
+    try:
+        yield mounts
+    finally:
+        mounts.unmount_all()
+
+
+# --- a depot of small files and one big one --------------------------------------------------
+
+SMALL = 64 * KiB
+SMALLS = 4
+BIG_SIZE = 4 * MiB
+BIG_PATH = "big/big.dat"
+
+
+class Served(NamedTuple):
+    root: Path
+    manifest: dict[str, Any]  # no base_urls
+
+    def data(self, path: str) -> bytes:
+        item = next(f for f in self.manifest["files"] if f["path"] == path)
+        return (self.root / item["url"]).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
+    """small/f0..f3 (64 KiB each, first in the manifest), then big/big.dat (4 MiB)."""
+    root = tmp_path_factory.mktemp("disk")
+    rng = random.Random(7)
+    files = []
+    for i in range(SMALLS):
+        files.append(_object(root, f"small/f{i}.dat", f"small/f{i}.bin", rng.randbytes(SMALL)))
+    files.append(_object(root, BIG_PATH, "big/big.bin", rng.randbytes(BIG_SIZE)))
+    return Served(root, {"format": "mpdl/1", "files": files})
+
+
+def _object(root: Path, path: str, url: str, data: bytes) -> dict[str, Any]:
+    (root / url).parent.mkdir(parents=True, exist_ok=True)
+    (root / url).write_bytes(data)
+    return {"path": path, "size": len(data), "url": url,
+            "hash": f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}"}
+
+
+SMALL_PATHS = {f"small/f{i}.dat" for i in range(SMALLS)}
+
+
+def assert_stopped_on_disk_error(run: Cli, code: int, where: Path, strerror: str) -> str:
+    """Exit 1; one ``mpdl: error:`` line, naming a path in ``where`` and the error; the other
+    lines are mpdl's own (failed files, the summary); no traceback."""
+    stderr = run.stderr
+    assert code == 1, stderr
+    assert_no_traceback(run)
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("mpdl: error:")]
+    assert len(errors) == 1, stderr
+    assert all(line.startswith("mpdl: ") for line in lines), stderr
+    assert strerror in errors[0], errors[0]
+    assert str(where) in errors[0], f"the error names no path in {where}: {errors[0]}"
+    return errors[0]
+
+
+def assert_done_files_right(dest: Path, served: Served) -> set[str]:
+    """Every file at its final name is right and journaled; return the journaled files."""
+    journaled = journal_paths(dest)
+    for item in files_of(served.manifest):
+        final = dest / item["path"]
+        if final.exists():
+            assert final.read_bytes() == served.data(item["path"]), item["path"]
+            assert item["path"] in journaled, f"{item['path']} is in place but not journaled"
+    for path in journaled:
+        assert (dest / path).read_bytes() == served.data(path), path
+    return journaled
+
+
+# --- 6. EFBIG --------------------------------------------------------------------------------
+
+FSIZE_LIMIT = 1 * MiB
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
+
+
+def test_a_file_size_limit_stops_the_run_naming_the_file(
+    served: Served, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    with FaultServer(served.root) as server:
+        # One request at a time, each small one slow: the first small files are written and
+        # closed before the big one is opened, which is where the 1 MiB limit bites. (The
+        # last small file's CloseFile is still on its way to the writer at that moment.)
+        server.set_fault("small/", Fault(delay=0.3))
+        manifest = write_manifest(tmp_path, served.manifest, server.url)
+        dest = tmp_path / "game"
+        # A ring of two 64 KiB slots: /dev/shm files count against RLIMIT_FSIZE too.
+        run = cli(manifest, "-o", dest, "--workers", "1", "--connections", "1",
+                  "--chunk-size", "64K", "--memory", "128K", "--progress", "none",
+                  preexec_fn=_limit_file_size)
+        code = run.finish()
+        assert_stopped_on_disk_error(run, code, dest, os.strerror(errno.EFBIG))
+    assert (dest / ".mpdl" / "journal.jsonl").is_file(), "the journal was not kept"
+    journaled = assert_done_files_right(dest, served)
+    assert journaled and journaled <= SMALL_PATHS, journaled
+    assert not (dest / BIG_PATH).exists()
+    assert_clean(run)
+
+
+# --- 7. ENOSPC -------------------------------------------------------------------------------
+
+
+def _fill(where: Path) -> int:
+    """Write a filler file until the file system is full; return its size."""
+    size = 0
+    with (where / "filler").open("wb", buffering=0) as filler:
+        for block in (MiB, 4 * KiB, 512):
+            data = b"\xa5" * block
+            while True:
+                try:
+                    size += filler.write(data)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+    return size
+
+
+def test_a_full_disk_stops_the_run_naming_the_file(
+    served: Served, tmpfs: Tmpfs, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    mnt = tmpfs("8m")
+    assert mnt is not None
+    dest = mnt / "game"
+    total = sum(f["size"] for f in files_of(served.manifest))
+    assert total < shutil.disk_usage(mnt).free, "the up-front check would refuse: not this test"
+    with FaultServer(served.root) as server:
+        server.set_fault("big/", Fault(delay=0.25))  # the big file comes slowly
+        manifest = write_manifest(tmp_path, served.manifest, server.url)
+        run = cli(manifest, "-o", dest, "--workers", "2", "--connections", "2",
+                  "--chunk-size", "64K", "--progress", "none")
+        staging = dest / ".mpdl" / "staging"
+
+        def big_under_way() -> bool:
+            try:
+                parts = list(staging.iterdir())
+            except OSError:
+                return False
+            return SMALL_PATHS <= journal_paths(dest) and any(
+                p.stat().st_blocks > 0 for p in parts)
+
+        run.wait_for("the small files journaled and the big one under way", big_under_way)
+        _fill(mnt)
+        code = run.finish()
+        assert_stopped_on_disk_error(run, code, dest, os.strerror(errno.ENOSPC))
+        assert server.bytes_sent < total, "the big file arrived whole before the disk filled"
+    assert (dest / ".mpdl" / "journal.jsonl").is_file(), "the journal was not kept"
+    assert assert_done_files_right(dest, served) >= SMALL_PATHS
+    assert not (dest / BIG_PATH).exists()
+    assert_clean(run)
+
+
+# --- 8. the up-front free-space check --------------------------------------------------------
+
+
+def test_too_little_space_is_refused_before_any_request(
+    depot: Depot, fault_server: FaultServer, tmpfs: Tmpfs, tmp_path: Path
+) -> None:
+    mnt = tmpfs("1m")
+    assert mnt is not None
+    free = shutil.disk_usage(mnt).free
+    needed = sum(f["size"] for f in files_of(depot.manifest))
+    assert needed > free
+    manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
+    started = time.monotonic()
+    done = mpdl_cli(manifest, "-o", mnt / "game", "--workers", "2", cwd=tmp_path, timeout=30)
+    took = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    line = assert_one_error_line(done.stderr)
+    for figure in (needed, free):
+        assert str(figure) in line or human_bytes(figure) in line, (
+            f"{figure} bytes ({human_bytes(figure)}) not in: {line}")
+    assert str(mnt) in line
+    assert fault_server.requests == [], "a request went out before the check"
+    assert not [p for p in mnt.rglob("*") if p.is_file()], "files were written"
+    assert took < 20, f"took {took:.1f} s to refuse"
+
+
+# --- 9. EACCES -------------------------------------------------------------------------------
+
+
+def _drop_dac_capabilities() -> None:
+    """Root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH: file modes apply to it too.
+
+    Dropped from the bounding set before exec: root's new permitted set is the bounding set."""
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def _unprivileged() -> Callable[[], None] | None:
+    return _drop_dac_capabilities if os.geteuid() == 0 else None
+
+
+def _check_modes_apply(folder: Path) -> None:
+    """A process started like the CLI really gets EACCES in ``folder``."""
+    probe = subprocess.run(
+        [sys.executable, "-c", f"open({str(folder / 'probe')!r}, 'w')"], preexec_fn=_unprivileged(),
+        capture_output=True, text=True, timeout=30, check=False)
+    if probe.returncode == 0:
+        (folder / "probe").unlink()
+        skip_or_fail("cannot take DAC override away from this process: file modes do not apply")
+    assert "PermissionError" in probe.stderr, probe.stderr
+
+
+@pytest.mark.parametrize("where", ["dest", "subfolder"])
+def test_a_folder_without_write_permission_stops_the_run(
+    depot: Depot, fault_server: FaultServer, tmp_path: Path, cli: Callable[..., Cli], where: str
+) -> None:
+    dest = tmp_path / "game"
+    dest.mkdir()
+    locked = dest if where == "dest" else dest / "data"
+    locked.mkdir(exist_ok=True)
+    locked.chmod(0o555)
+    try:
+        _check_modes_apply(locked)
+        manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
+        run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none",
+                  preexec_fn=_unprivileged())
+        code = run.finish()
+        assert_stopped_on_disk_error(run, code, locked, os.strerror(errno.EACCES))
+        assert_clean(run)
+        inside = [item["path"] for item in files_of(depot.manifest)
+                  if (dest / item["path"]).is_relative_to(locked)]
+        assert inside and not any((dest / path).exists() for path in inside)
+        assert not journal_paths(dest) & set(inside)
+    finally:
+        locked.chmod(0o755)
+
+
+# --- 10. EROFS -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dest_exists", [True, False], ids=["dest_exists", "dest_missing"])
+def test_a_read_only_disk_stops_the_run(
+    depot: Depot, fault_server: FaultServer, tmpfs: Tmpfs, tmp_path: Path,
+    cli: Callable[..., Cli], dest_exists: bool
+) -> None:
+    mnt = tmpfs("64m")
+    assert mnt is not None
+    dest = mnt / "game"
+    if dest_exists:
+        dest.mkdir()
+    tmpfs.read_only(mnt)
+    manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
+    run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+    code = run.finish()
+    assert_stopped_on_disk_error(run, code, dest, os.strerror(errno.EROFS))
+    assert_clean(run)
+    assert not [p for p in mnt.rglob("*") if p.is_file()]
+
+
+# --- 11. bounded memory ----------------------------------------------------------------------
+
+#: Peak PSS of the whole CLI process tree (coordinator, workers, writer, helpers).
+MANY_FILES_BOUND = 300 * MiB
+RING = 32 * MiB
+RING_OVERHEAD_BOUND = 150 * MiB
+MANY = 100_000
+TINY = 64
+HUGE = 512 * MiB
+
+
+class PeakPss:
+    """A Cli tick: sums the PSS of the CLI and its descendants every 50 ms; keeps the peak."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self.at_peak: dict[str, int] = {}
+        self.samples = 0
+        self._last = 0.0
+
+    def __call__(self, procs: list[psutil.Process]) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.05:
+            return
+        self._last = now
+        total, detail = 0, {}
+        for proc in procs:
+            try:
+                pss = proc.memory_full_info().pss
+                detail[f"{proc.pid} {proc.name()}"] = pss
+            except psutil.Error:
+                continue
+            total += pss
+        self.samples += 1
+        if total > self.peak:
+            self.peak, self.at_peak = total, detail
+
+    def report(self) -> str:
+        parts = ", ".join(f"{name}: {pss / MiB:.0f}" for name, pss in self.at_peak.items())
+        return f"peak PSS {self.peak / MiB:.0f} MiB ({parts}) over {self.samples} samples"
+
+
+class OwnNginx(NamedTuple):
+    url: str
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def own_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnNginx]:
+    """nginx (tests/nginx.conf.in) over an empty folder the memory tests fill."""
+    binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nginx is required under CI=true (.ci/run installs nginx-light)")
+        pytest.skip("nginx not installed (CI=true makes this a failure)")
+    tmp = tmp_path_factory.mktemp("own-nginx")
+    root = tmp / "root"
+    root.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    template = string.Template((Path(__file__).parent / "nginx.conf.in").read_text())
+    conf = tmp / "nginx.conf"
+    conf.write_text(template.substitute(
+        tmp=tmp, port=port, root=root, user=pwd.getpwuid(os.geteuid()).pw_name,
+        group=grp.getgrgid(os.getegid()).gr_name))
+    with (tmp / "output.log").open("wb") as output:
+        proc = subprocess.Popen([binary, "-p", str(tmp), "-c", str(conf), "-e",
+                                 str(tmp / "error.log"), "-g", "daemon off;"],
+                                stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            try:
+                conn.request("HEAD", "/")
+                conn.getresponse()
+                break
+            except (OSError, http.client.HTTPException):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"nginx did not answer on {port}: "
+                                f"{(tmp / 'error.log').read_text(errors='replace')}")
+                time.sleep(0.05)
+            finally:
+                conn.close()
+        yield OwnNginx(f"http://127.0.0.1:{port}/", root)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _fast_dest(tmpfs: Tmpfs, tmp_path: Path, size: str) -> Path:
+    """DEST on a tmpfs where one can be mounted (100,000 files are quicker there), else on
+    tmp_path: memory is what is measured, either will do."""
+    mnt = tmpfs(size, "fast", required=False)
+    return (mnt or tmp_path) / "game"
+
+
+def test_memory_stays_bounded_with_100000_small_files(
+    own_nginx: OwnNginx, tmpfs: Tmpfs, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    blob = random.Random(11).randbytes(MANY * TINY)
+    (own_nginx.root / "main.bin").write_bytes(blob)
+    files = [{"path": f"d{i // 1000:03d}/f{i:06d}.dat", "size": TINY,
+              "hash": "md5:" + hashlib.md5(blob[i * TINY:(i + 1) * TINY]).hexdigest(),
+              "parts": [{"url": "main.bin", "offset": i * TINY, "length": TINY}]}
+             for i in range(MANY)]
+    manifest = tmp_path / "many.json"
+    manifest.write_text(json.dumps({"format": "mpdl/1", "base_urls": [own_nginx.url],
+                                    "files": files}))
+    del files
+    dest = _fast_dest(tmpfs, tmp_path, "1g")
+    pss = PeakPss()
+    run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none", tick=pss)
+    code = run.finish(timeout=120)
+    assert code == 0, run.stderr
+    assert_no_traceback(run)
+    assert pss.samples >= 5, pss.report()
+    for i in range(MANY):
+        data = (dest / f"d{i // 1000:03d}" / f"f{i:06d}.dat").read_bytes()
+        assert data == blob[i * TINY:(i + 1) * TINY], f"file {i}: wrong bytes"
+    assert pss.peak < MANY_FILES_BOUND, (
+        f"{MANY} files of {TINY} bytes: {pss.report()}, over the {MANY_FILES_BOUND // MiB} MiB "
+        "bound")
+    assert_clean(run)
+
+
+def test_memory_stays_bounded_by_the_ring_with_one_huge_file(
+    own_nginx: OwnNginx, tmpfs: Tmpfs, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    served = own_nginx.root / "huge.bin"
+    block = bytearray(random.Random(12).randbytes(MiB))
+    hasher = xxhash.xxh3_128()
+    with served.open("wb") as out:
+        for n in range(HUGE // MiB):
+            block[:8] = n.to_bytes(8, "little")  # every MiB differs: a misplaced one shows
+            out.write(block)
+            hasher.update(block)
+    digest = hasher.hexdigest()
+    manifest = tmp_path / "huge.json"
+    manifest.write_text(json.dumps({"format": "mpdl/1", "base_urls": [own_nginx.url], "files": [
+        {"path": "huge.bin", "size": HUGE, "hash": f"xxh3_128:{digest}", "url": "huge.bin"}]}))
+    dest = _fast_dest(tmpfs, tmp_path, "600m")
+    try:
+        pss = PeakPss()
+        run = cli(manifest, "-o", dest, "--workers", "2", "--memory", "32M",
+                  "--progress", "none", tick=pss)
+        code = run.finish(timeout=120)
+        assert code == 0, run.stderr
+        assert_no_traceback(run)
+        assert pss.samples >= 5, pss.report()
+        check = xxhash.xxh3_128()
+        with (dest / "huge.bin").open("rb") as result:
+            while chunk := result.read(8 * MiB):
+                check.update(chunk)
+        assert check.hexdigest() == digest, "huge.bin: wrong bytes"
+        bound = RING + RING_OVERHEAD_BOUND
+        assert pss.peak < bound, f"--memory 32M: {pss.report()}, over {bound // MiB} MiB"
+        assert_clean(run)
+    finally:
+        served.unlink()
+        (dest / "huge.bin").unlink(missing_ok=True)
