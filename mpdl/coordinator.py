@@ -386,7 +386,9 @@ class Coordinator:
             return
         file.opened, file.state = True, FileState.OPEN
         staging = str(self.layout.staging(file.entry))
-        self.writer.batch.append(OpenFile(fid, staging, file.entry.size, fresh=not file.have))
+        entry = file.entry
+        algo = entry.hash.algo if entry.hash is not None and not file.have else None
+        self.writer.batch.append(OpenFile(fid, staging, entry.size, not file.have, algo))
 
     def _close(self, fid: int, keep: bool) -> None:
         file = self.files[fid]
@@ -690,6 +692,7 @@ class Coordinator:
                 self.journal.record(entry, self.layout.final(entry.path))
             except OSError:
                 pass  # gone since (replaced by a link?): the next run checks it again
+        self.journal.flush()
 
     def _last_checkpoint(self, seconds: float) -> None:
         """One more checkpoint before stopping, waiting for it at most ``seconds``."""
@@ -754,6 +757,7 @@ class Coordinator:
             file.generation += 1
             if not keep and self.journal is not None:  # forget ranges the disk no longer has
                 self.journal.record_partial(file.entry, self.layout.staging(file.entry), keep)
+                self.journal.flush()
         plan = make_plan([(fid, self.files[fid].entry) for fid in fids],
                          chunk_size=self.options.chunk_size, parallel=self.options.parallel,
                          streamed=self.streamed | self.no_ranges,

@@ -107,7 +107,11 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._out = open(self.path, "a", encoding="utf-8")
         self._out.write(json.dumps(record) + "\n")
-        self._out.flush()
+
+    def flush(self) -> None:
+        """Hand the lines written so far to the OS (records come in batches: flush once)."""
+        if self._out is not None:
+            self._out.flush()
 
     def _compact(self) -> None:
         """One line per path, written aside and renamed over, so a crash keeps the old one."""

@@ -119,12 +119,14 @@ class OpenFile(NamedTuple):
     """Open the staging file for ``file_id`` (``size`` None: unknown, not preallocated).
 
     ``fresh``: start it empty. Otherwise it is resumed: its bytes on disk are kept.
+    ``algo``: hash the bytes with it as they are written, so closing needs no second read.
     """
 
     file_id: int
     staging: str
     size: Optional[int]
     fresh: bool = True
+    algo: Optional[str] = None
 
 
 class Piece(NamedTuple):

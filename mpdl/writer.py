@@ -14,19 +14,22 @@ import os
 from collections import OrderedDict
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
-from typing import Dict, List
+from typing import Dict, List, Optional, Set
 
 from .child import batches, child_setup
-from .hashing import hash_file, parse_hash
+from .hashing import hash_file, new_hasher, parse_hash
 from .layout import make_folder_inside
 from .messages import (CloseFile, FileClosed, OpenFile, SlotWritten, Stop, Sync, Synced,
                        WriteFailed, WriteSlot)
+from .ranges import RangeSet
 from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.writer")
 _O_BINARY = getattr(os, "O_BINARY", 0)
 # Errors that say something about one path (a file where a folder must go, a name too long),
 # not about the disk: they fail that file and the run goes on.
+# Bytes read back at a time to hash pieces that were written before the bytes preceding them.
+READ_BACK = 1024 * 1024
 # A Sync of more files than this is one syncfs(2) of the whole filesystem.
 SYNCFS_OVER = 16
 PER_FILE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP,
@@ -51,6 +54,46 @@ def seek_write_all(fd: int, data: memoryview, offset: int) -> None:
 write_at = pwrite_all if hasattr(os, "pwrite") else seek_write_all
 
 
+class StreamHash:
+    """A file's hash, computed while the file is written rather than read again at close.
+
+    Bytes are hashed in file order: from the slot when a piece lands where hashing stands,
+    else read back (from the page cache, still warm) once the gap before them is filled. At
+    close only what was never hashed is read.
+    """
+
+    __slots__ = ("hasher", "done", "size", "written")
+
+    def __init__(self, algo: str, size: int) -> None:
+        self.hasher = new_hasher(algo)
+        self.done = 0  # bytes [0, done) are hashed
+        self.size = size
+        self.written = RangeSet()
+
+    def wrote(self, fd: int, file_offset: int, data: memoryview, buffer: memoryview) -> None:
+        end = file_offset + len(data)
+        if file_offset < self.done:  # rewrites bytes already hashed (a retry): read all back
+            self.done = -1
+        if self.done < 0:
+            return
+        self.written.add(file_offset, end)
+        if file_offset != self.done:
+            return
+        self.hasher.update(data[self.done - file_offset:])
+        self.done = end
+        frontier = next(self.written.gaps(self.done, self.size), (self.size, self.size))[0]
+        while self.done < frontier:  # pieces that came early: hash them from the file
+            n = os.preadv(fd, [buffer[:min(len(buffer), frontier - self.done)]], self.done)
+            if n <= 0:
+                raise OSError(errno.EIO, "short read of a file being written")
+            self.hasher.update(buffer[:n])
+            self.done += n
+
+    def digest(self) -> Optional[str]:
+        """The hex digest once every byte was hashed, else None."""
+        return self.hasher.hexdigest() if self.done == self.size else None
+
+
 class Writer:
     """The writer's state: staging files by file id, and a bounded set of open descriptors.
 
@@ -65,6 +108,9 @@ class Writer:
         self.dest = dest
         self.fds: "OrderedDict[int, int]" = OrderedDict()
         self.staging: Dict[int, str] = {}
+        self.hashes: Dict[int, StreamHash] = {}
+        self.made: Set[str] = set()  # staging folders known to exist
+        self.buffer = memoryview(bytearray(READ_BACK))
         self.folders: Dict[str, bool] = {}
 
     def _fd(self, file_id: int) -> int:
@@ -94,6 +140,7 @@ class Writer:
         return WriteFailed(file_id, path, _why(exc))
 
     def _drop(self, file_id: int) -> None:
+        self.hashes.pop(file_id, None)
         fd = self.fds.pop(file_id, None)
         if fd is not None:
             os.close(fd)
@@ -114,13 +161,18 @@ class Writer:
 
     def open(self, record: OpenFile) -> List[tuple]:
         try:
-            os.makedirs(os.path.dirname(record.staging), exist_ok=True)
+            folder = os.path.dirname(record.staging)
+            if folder not in self.made:
+                os.makedirs(folder, exist_ok=True)
+                self.made.add(folder)
             flags = os.O_RDWR | os.O_CREAT | _O_BINARY | (os.O_TRUNC if record.fresh else 0)
             fd = os.open(record.staging, flags, 0o644)
             self.staging[record.file_id] = record.staging
             self._keep_open(record.file_id, fd)
             if record.size and (record.fresh or os.fstat(fd).st_size != record.size):
                 os.ftruncate(fd, record.size)  # sparse: no zero-filling pass over the disk
+            if record.algo and record.size and record.fresh and hasattr(os, "preadv"):
+                self.hashes[record.file_id] = StreamHash(record.algo, record.size)
         except OSError as exc:
             return [self._file_error(record.file_id, record.staging, exc)]
         return []
@@ -133,10 +185,13 @@ class Writer:
                 if piece.file_id not in self.staging:
                     continue
                 try:
-                    write_at(self._fd(piece.file_id),
-                             view[piece.slot_offset:piece.slot_offset + piece.length],
-                             piece.file_offset)
+                    fd = self._fd(piece.file_id)
+                    data = view[piece.slot_offset:piece.slot_offset + piece.length]
+                    write_at(fd, data, piece.file_offset)
                     written += piece.length
+                    stream = self.hashes.get(piece.file_id)
+                    if stream is not None:
+                        stream.wrote(fd, piece.file_offset, data, self.buffer)
                 except OSError as exc:
                     staging = self.staging[piece.file_id]
                     replies.append(self._file_error(piece.file_id, staging, exc))
@@ -146,6 +201,7 @@ class Writer:
     def close(self, record: CloseFile) -> tuple:
         fd = self.fds.pop(record.file_id, None)
         staging = self.staging.pop(record.file_id, None)
+        stream = self.hashes.pop(record.file_id, None)
         if fd is not None:
             os.close(fd)
         if staging is None:
@@ -156,7 +212,9 @@ class Writer:
         try:
             if record.hash:
                 spec = parse_hash(record.hash)
-                actual = hash_file(staging, spec.algo)
+                actual = stream.digest() if stream is not None else None
+                if actual is None:
+                    actual = hash_file(staging, spec.algo)
                 if not spec.matches(actual):
                     _remove(staging)
                     return FileClosed(record.file_id, False, f"{spec.algo} is {actual}, the "
