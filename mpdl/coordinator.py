@@ -126,11 +126,12 @@ class FileRun:
     opened: bool = False  # the writer has (or had) a staging file for it
     state: FileState = FileState.PENDING
     reason: str = ""
-    have: RangeSet = field(default_factory=RangeSet)
-    synced: RangeSet = field(default_factory=RangeSet)
+    have: Optional[RangeSet] = None  # None until a task is done: 100,000 files, no sets
+    synced: Optional[RangeSet] = None
     dirty: bool = False  # ``have`` grew since the last checkpoint
     generation: int = 0
     refetched: bool = False  # fetched a second time after its hash did not match
+    checked: bool = False  # a worker checks its whole-file hash: the writer need not
 
 
 class Inbox(multiprocessing.queues.Queue):
@@ -177,6 +178,7 @@ class Coordinator:
         self.files: Dict[int, FileRun] = {}
         for fid, entry in plan.files.items():
             file = self.files[fid] = FileRun(entry)
+            file.checked = fid in plan.verified
             if fid in have:
                 file.have, file.synced = have[fid].copy(), have[fid].copy()
         self.pending: Deque[TaskRun] = deque()
@@ -387,15 +389,17 @@ class Coordinator:
         file.opened, file.state = True, FileState.OPEN
         staging = str(self.layout.staging(file.entry))
         entry = file.entry
-        algo = entry.hash.algo if entry.hash is not None and not file.have else None
+        stream_hash = entry.hash is not None and not file.have and not file.checked
+        algo = entry.hash.algo if stream_hash else None
         self.writer.batch.append(OpenFile(fid, staging, entry.size, not file.have, algo))
 
     def _close(self, fid: int, keep: bool) -> None:
         file = self.files[fid]
         entry = file.entry
         file.state = FileState.CLOSING if keep else FileState.FAILED
+        verify = entry.hash is not None and not file.checked
         self.writer.batch.append(CloseFile(fid, keep, str(self.layout.final(entry.path)),
-                                           str(entry.hash) if entry.hash else None,
+                                           str(entry.hash) if verify else None,
                                            entry.executable))
 
     def _flush(self) -> None:
@@ -492,6 +496,8 @@ class Coordinator:
         for span in run.task.spans:
             file = self.files[span.file_id]
             if wrote and span.length is not None and file.state is FileState.OPEN:
+                if file.have is None:
+                    file.have = RangeSet()
                 file.have.add(span.file_offset, span.file_offset + span.length)
                 file.dirty = True
         for fid in run.task.file_ids:
@@ -749,9 +755,11 @@ class Coordinator:
                 del self.deferred[source]
         for fid in fids:
             file = self.files[fid]
-            keep = file.synced if keep_synced and self._staging_intact(file) else RangeSet()
-            self.tracker.bytes_done -= file.have.total() - keep.total()
-            file.have, file.synced = keep.copy(), keep.copy()
+            keep = RangeSet()
+            if keep_synced and file.synced and self._staging_intact(file):
+                keep = file.synced
+            self.tracker.bytes_done -= (file.have.total() if file.have else 0) - keep.total()
+            file.have, file.synced = (keep.copy(), keep.copy()) if keep else (None, None)
             file.state, file.opened, file.tasks_left = FileState.PENDING, False, 0
             file.dirty = False
             file.generation += 1
@@ -761,9 +769,11 @@ class Coordinator:
         plan = make_plan([(fid, self.files[fid].entry) for fid in fids],
                          chunk_size=self.options.chunk_size, parallel=self.options.parallel,
                          streamed=self.streamed | self.no_ranges,
-                         have={fid: self.files[fid].have for fid in fids},
+                         have={fid: self.files[fid].have for fid in fids if self.files[fid].have},
                          first_task_id=self.next_task_id)
         assert plan.slot_size <= self.slot_size
+        for fid in fids:
+            self.files[fid].checked = fid in plan.verified
         self._add_tasks(plan.tasks)
         self._close_complete(fids)
 

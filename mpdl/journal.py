@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional, TextIO
+from typing import Dict, Optional, TextIO, Tuple
 
 from .manifest import FileEntry
 from .ranges import RangeSet
@@ -34,7 +34,7 @@ def _key(entry: FileEntry) -> str:
 class Journal:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / JOURNAL_NAME
-        self._done: Dict[str, dict] = {}
+        self._done: Dict[str, Tuple[str, int]] = {}  # path -> (key, mtime_ns): small, per file
         self._partial: Dict[str, dict] = {}
         self._out: Optional[TextIO] = None
         lines = 0
@@ -57,19 +57,19 @@ class Journal:
             self._partial[path] = record
             self._done.pop(path, None)
         else:
-            self._done[path] = record
+            self._done[path] = (str(record["key"]), int(record["mtime_ns"]))
             self._partial.pop(path, None)
 
     def holds(self, entry: FileEntry, final: Path) -> bool:
         """The file on disk is the one a run verified and recorded, untouched since."""
-        record = self._done.get(entry.path)
-        if record is None or record.get("key") != _key(entry):
+        done = self._done.get(entry.path)
+        if done is None or done[0] != _key(entry):
             return False
         try:
             st = os.lstat(final)
         except OSError:
             return False
-        return st.st_size == entry.size and st.st_mtime_ns == record.get("mtime_ns")
+        return st.st_size == entry.size and st.st_mtime_ns == done[1]
 
     def resumable(self, entry: FileEntry, staging: Path) -> Optional[RangeSet]:
         """The durable byte ranges of ``entry``'s staging file, if a run left some for it."""
@@ -118,7 +118,9 @@ class Journal:
         fresh = self.path.with_suffix(".tmp")
         try:
             with open(fresh, "w", encoding="utf-8") as out:
-                for record in list(self._done.values()) + list(self._partial.values()):
+                for path, (key, mtime_ns) in self._done.items():
+                    out.write(json.dumps({"path": path, "key": key, "mtime_ns": mtime_ns}) + "\n")
+                for record in self._partial.values():
                     out.write(json.dumps(record) + "\n")
             os.replace(fresh, self.path)
         except OSError:

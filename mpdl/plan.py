@@ -2,6 +2,7 @@
 
 Rules, so that every byte can be verified in a worker before it reaches the disk:
 - a compressed or hashed part is one task of its own (its output must fit one slot);
+- a file whose bytes one task carries gets its whole-file hash checked by that task;
 - other ranges are cut at ``chunk_size`` and adjacent ranges of one object (GOG V1 files
   inside ``main.bin``) are merged into one request up to ``chunk_size``;
 - a whole object that fits one chunk, or any object when not parallel, is one plain GET;
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .errors import ManifestError
 from .manifest import FileEntry, Part
@@ -86,9 +87,13 @@ class Task:
 
 @dataclass
 class Plan:
+    """``verified``: files whose whole-file hash a worker checks, as one task carries all of
+    their bytes (a small object, a V1 file): the writer need not hash them again."""
+
     tasks: List[Task]
     slot_size: int
     files: Dict[int, FileEntry] = field(default_factory=dict)
+    verified: Set[int] = field(default_factory=set)
 
     def describe(self) -> str:
         """The strategy in a few words, for the log."""
@@ -124,6 +129,7 @@ def make_plan(
     ``have`` holds the bytes each file already has on disk (resume); task ids start at
     ``first_task_id``, so a coordinator can plan again in the middle of a run."""
     streamed = set(streamed)
+    verified: Set[int] = set()
     tasks: List[Task] = []
     slot_size = chunk_size
     growing: Dict[str, _Open] = {}
@@ -170,8 +176,12 @@ def make_plan(
                 continue
             whole = size is None or not parallel or entry.url in streamed or size <= chunk_size
             if whole:
+                checks = ()
+                if entry.hash is not None and size is not None:
+                    checks = (Check(0, size, str(entry.hash)),)
+                    verified.add(file_id)
                 emit(source=entry.url, offset=0, length=size, ranged=False, compression=None,
-                     size=size, spans=(Span(0, size, file_id, 0),))
+                     size=size, spans=(Span(0, size, file_id, 0),), checks=checks)
                 continue
             for off in range(0, size, chunk_size):
                 n = min(chunk_size, size - off)
@@ -198,6 +208,10 @@ def make_plan(
                      checks=(Check(0, part.size, str(part.hash)),) if part.hash else ())
             elif part.hash is not None:
                 add_range(part.url, part.offset, part.length, file_id, file_offset, str(part.hash))
+            elif (parallel and not present and entry.hash is not None
+                  and len(entry.parts) == 1 and part.length <= chunk_size):
+                add_range(part.url, part.offset, part.length, file_id, 0, str(entry.hash))
+                verified.add(file_id)  # a V1 file: one range, checked whole in the worker
             else:
                 gaps = present.gaps(file_offset, file_offset + part.size) if present else \
                     [(file_offset, file_offset + part.size)]
@@ -209,7 +223,7 @@ def make_plan(
             file_offset += part.size
     for source in list(growing):
         flush(source)
-    return Plan(tasks=tasks, slot_size=slot_size, files=dict(files))
+    return Plan(tasks=tasks, slot_size=slot_size, files=dict(files), verified=verified)
 
 
 def _as_one_part(entry: FileEntry) -> FileEntry:

@@ -7,6 +7,7 @@ import pytest
 from mpdl.errors import ManifestError
 from mpdl.manifest import parse_manifest
 from mpdl.plan import MAX_SLOT, MERGE_GAP, make_plan, stream_task
+from mpdl.ranges import RangeSet
 
 KiB, MiB = 1024, 1024 * 1024
 MD5 = "md5:" + "0" * 32
@@ -149,3 +150,24 @@ def test_not_parallel_adjacent_ranges_are_one_stream_but_checked_parts_stay_alon
     plan = planned(manifest(*files), chunk_size=64 * KiB, parallel=False)
     assert [(t.offset, t.length, len(t.checks)) for t in plan.tasks] == [
         (0, 5 * MiB, 0), (5 * MiB, MiB, 1)]
+
+
+def test_files_one_task_carries_are_checked_whole_by_it() -> None:
+    m = manifest(
+        {"path": "small", "size": 100, "hash": MD5, "url": "a"},  # one GET
+        {"path": "big", "size": 3 * MiB, "hash": MD5, "url": "b"},  # split: the writer hashes
+        {"path": "v1a", "size": 10, "hash": MD5, "parts": [{"url": "m", "length": 10}]},
+        {"path": "v1b", "size": 10, "hash": MD5,
+         "parts": [{"url": "m", "offset": 10, "length": 10}]},
+        {"path": "nohash", "size": 10, "url": "c"},
+    )
+    entries = list(enumerate(m.files))
+    plan = planned(m)
+    assert plan.verified == {0, 2, 3}
+    merged = [t for t in plan.tasks if t.source == "m"]
+    assert len(merged) == 1 and [(c.offset, c.length, c.hash) for c in merged[0].checks] == [
+        (0, 10, MD5), (10, 10, MD5)]
+    resumed = make_plan(entries, chunk_size=MiB, have={2: RangeSet([(0, 5)])})
+    assert 2 not in resumed.verified  # part of it is on disk already: only the writer can tell
+    # one stream per object: big is one GET now, and V1 files stay in one unchecked stream
+    assert make_plan(entries, chunk_size=MiB, parallel=False).verified == {0, 1}

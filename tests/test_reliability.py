@@ -153,14 +153,21 @@ def test_a_corrupt_part_heals_on_its_second_fetch(
 
 
 @pytest.mark.parametrize("times, ok", [(1, True), (None, False)])
+@pytest.mark.parametrize("chunk, where", [(8 * 1024 * KiB, "worker"), (256 * KiB, "writer")])
 def test_a_file_hash_mismatch_refetches_the_file_once(
-    depot: Depot, fault_server: FaultServer, tmp_path: Path, times: int | None, ok: bool
+    depot: Depot, fault_server: FaultServer, tmp_path: Path, times: int | None, ok: bool,
+    chunk: int, where: str
 ) -> None:
-    url = tool_url(depot)  # no part hashes: only the whole file's hash can catch this
+    """No part hashes: only the whole file's hash can catch this. In one GET (a small object)
+    the worker checks it; split into ranges, the writer does, after the last one."""
+    url = tool_url(depot)
+    size = entry(depot.manifest, TOOL)["size"]
+    requests_per_fetch = 1 if where == "worker" else -(-size // chunk)
+    assert requests_per_fetch in (1, 4)
     fault_server.set_fault(url, Fault(corrupt=12345, fail_times=times))
-    result = run(one_file(depot, TOOL, fault_server.url), tmp_path / "d")
+    result = run(one_file(depot, TOOL, fault_server.url), tmp_path / "d", chunk_size=chunk)
     assert result.ok is ok, result.failed
-    assert len(gets(fault_server, url)) == 2
+    assert len(gets(fault_server, url)) == 2 * requests_per_fetch
     if ok:
         assert_file_right(tmp_path / "d", depot.root, entry(depot.manifest, TOOL))
     else:
