@@ -1,0 +1,1 @@
+"""mpdl's benchmark harness: ``python -m perf`` (see ``python -m perf --help``)."""

@@ -1,0 +1,254 @@
+"""Who is benchmarked, and the command line each tool gets for each scenario.
+
+A peer whose program is not installed is *missing*; a peer that cannot do a scenario at all is
+*n/a* with the reason. Either way it keeps its row in the report. The binaries can be pointed
+elsewhere with ``MPDL_PERF_CURL`` and ``MPDL_PERF_ARIA2C`` (an unusable path makes the peer
+missing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .scenarios import Expect, Scenario
+
+#: Concurrency given to every tool that takes a number, as mpdl's default.
+CONNECTIONS = 16
+#: The thread-pool baseline's design: 6 workers.
+BASELINE_WORKERS = 6
+CHUNK = 8 * 1024 * 1024
+
+#: Every tool in report order; mpdl always runs, the rest are peers to pick from.
+TOOLS = ["mpdl", "baseline", "curl", "aria2c", "hf_transfer"]
+PEERS = TOOLS[1:]
+
+_HF_SCRIPT = ("import sys, hf_transfer; hf_transfer.download(url=sys.argv[1], "
+              "filename=sys.argv[2], max_files=16, chunk_size=8 * 1024 * 1024)")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where one scenario is served and where its tool writes."""
+
+    scenario: Scenario
+    base_url: str  # ends with "/": the scenario's folder on the server
+    dest: Path  # emptied before each run
+    work: Path  # manifests, configs and logs for this scenario
+
+
+@dataclass(frozen=True)
+class Job:
+    """One tool's command for one scenario, and how to check and count what it produced."""
+
+    argv: list[str]
+    expected: list[Expect]  # files in dest after success
+    payload: int  # bytes those files hold: the MB/s numerator
+    connections: int  # concurrent connections the tool is told to use (for "% of ideal")
+    note: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    partial: bool = False  # does less than the scenario asks (v2 chunks, not inflated)
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    detail: str  # version when available, else why not
+
+
+def _pythonpath() -> str:
+    """The repo root first: ``-m mpdl`` is the working tree's, ``-m perf.baseline`` works."""
+    here = str(Path(__file__).resolve().parent.parent)
+    rest = os.environ.get("PYTHONPATH")
+    return here + (os.pathsep + rest if rest else "")
+
+
+def _binary(env: str, name: str) -> str | None:
+    chosen = os.environ.get(env)
+    if chosen:
+        return chosen if os.access(chosen, os.X_OK) else None
+    return shutil.which(name)
+
+
+def _version(binary: str, words: int) -> Availability:
+    """Available when ``binary --version`` answers; its first ``words`` words are the version."""
+    try:
+        proc = subprocess.Popen([binary, "--version"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    except OSError as exc:
+        return Availability(False, f"{binary}: {exc}")
+    try:
+        output, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # and whatever it started
+        proc.communicate()
+        return Availability(False, f"{binary} --version did not answer in 10 s")
+    lines = output.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return Availability(False, f"{binary} --version exited {proc.returncode}")
+    return Availability(True, " ".join(lines[0].split()[:words]))
+
+
+def availability(tool: str) -> Availability:
+    """Whether ``tool`` can run here, with its version (or why not)."""
+    if tool == "mpdl":
+        try:
+            return Availability(True, importlib.metadata.version("mpdl") + _git_rev())
+        except importlib.metadata.PackageNotFoundError:
+            return Availability(True, "working tree" + _git_rev())
+    if tool == "baseline":
+        return Availability(True, "perf/baseline.py (ThreadPoolExecutor, 6 workers, 8 MiB "
+                                  f"ranges, urllib3 {importlib.metadata.version('urllib3')})")
+    if tool == "curl":
+        path = _binary("MPDL_PERF_CURL", "curl")
+        return _version(path, 2) if path else Availability(False, "curl not found")
+    if tool == "aria2c":
+        path = _binary("MPDL_PERF_ARIA2C", "aria2c")
+        return _version(path, 3) if path \
+            else Availability(False, "aria2c not found (apt-get install aria2)")
+    if tool == "hf_transfer":
+        if importlib.util.find_spec("hf_transfer") is None:
+            return Availability(False, "hf_transfer not installed (pip install hf_transfer)")
+        return Availability(True, "hf_transfer " + importlib.metadata.version("hf_transfer"))
+    raise ValueError(f"unknown tool {tool!r}")
+
+
+def _git_rev() -> str:
+    """The commit mpdl was measured at, and whether mpdl/ had uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=False)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "mpdl"],
+                               capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if rev.returncode != 0:
+        return ""
+    return f" (git {rev.stdout.strip()}{' + uncommitted changes' if dirty.stdout.strip() else ''})"
+
+
+def not_applicable(tool: str, scenario: Scenario) -> str | None:
+    """Why ``tool`` cannot do ``scenario`` at all (installed or not), or None when it can."""
+    if tool == "hf_transfer" and scenario.spec.kind != "single":
+        return "single URLs only: hf_transfer.download fetches one file per call"
+    return None
+
+
+def job(tool: str, ctx: Context) -> Job:
+    """The command line for an available ``tool`` in ``ctx``'s scenario (see not_applicable)."""
+    return _JOBS[tool](ctx)
+
+
+def _full(ctx: Context, argv: list[str], connections: int, note: str = "",
+          env: dict[str, str] | None = None) -> Job:
+    """A job that must produce the scenario's files exactly."""
+    s = ctx.scenario
+    return Job(argv, s.expected, s.bytes, connections, note, env or {})
+
+
+def _write_manifest(ctx: Context) -> Path:
+    assert ctx.scenario.manifest is not None
+    path = ctx.work / "manifest.json"
+    if not path.exists():
+        path.write_text(json.dumps({**ctx.scenario.manifest, "base_urls": [ctx.base_url]}))
+    return path
+
+
+def _single_target(ctx: Context) -> tuple[str, Path]:
+    s = ctx.scenario
+    assert s.url is not None
+    return ctx.base_url + s.url, ctx.dest / s.expected[0].path
+
+
+def _mpdl(ctx: Context) -> Job:
+    python = [sys.executable, "-m", "mpdl"]
+    env = {"PYTHONPATH": _pythonpath()}
+    if ctx.scenario.spec.kind == "single":
+        url, out = _single_target(ctx)
+        return _full(ctx, [*python, url, "-o", str(out), "--progress", "none"], CONNECTIONS,
+                     env=env)
+    argv = [*python, str(_write_manifest(ctx)), "-o", str(ctx.dest), "--progress", "none"]
+    return _full(ctx, argv, CONNECTIONS, env=env)
+
+
+def _baseline(ctx: Context) -> Job:
+    python = [sys.executable, "-m", "perf.baseline"]
+    env = {"PYTHONPATH": _pythonpath()}
+    if ctx.scenario.spec.kind == "single":
+        url, out = _single_target(ctx)
+        return _full(ctx, [*python, url, "-o", str(out)], BASELINE_WORKERS, env=env)
+    argv = [*python, str(_write_manifest(ctx)), "-o", str(ctx.dest)]
+    note = "checks md5 after download" if ctx.scenario.spec.name != "v2" \
+        else "inflates zlib, checks md5 per chunk and per file"
+    return _full(ctx, argv, BASELINE_WORKERS, note, env=env)
+
+
+def _raw(ctx: Context, argv: list[str], connections: int, tool: str) -> Job:
+    """Many URLs into as many files. For v2 that is the compressed chunks, as served."""
+    s = ctx.scenario
+    if s.raw_expected is not None:
+        return Job(argv, s.raw_expected, s.raw_bytes or 0, connections,
+                   f"compressed chunks only: {tool} cannot inflate zlib or check md5; "
+                   "checked the chunks as served", partial=True)
+    return Job(argv, s.expected, s.bytes, connections, "no hash check")
+
+
+def _curl(ctx: Context) -> Job:
+    curl = _binary("MPDL_PERF_CURL", "curl")
+    assert curl is not None
+    if ctx.scenario.spec.kind == "single":
+        url, out = _single_target(ctx)
+        return _full(ctx, [curl, "-sS", "--fail", "-o", str(out), url], 1,
+                     "one stream, no hash check")
+    config = ctx.work / "curl.cfg"
+    if not config.exists():
+        with config.open("w") as f:
+            for url, path in ctx.scenario.downloads:
+                f.write(f'url = "{ctx.base_url}{url}"\noutput = "{ctx.dest / path}"\n')
+    argv = [curl, "-sS", "--fail", "--create-dirs", "--parallel", "--parallel-max",
+            str(CONNECTIONS), "-K", str(config)]
+    return _raw(ctx, argv, CONNECTIONS, "curl")
+
+
+_ARIA2_COMMON = ["-q", "--console-log-level=error", "--summary-interval=0",
+                 "--allow-overwrite=true", "--auto-file-renaming=false",
+                 "--file-allocation=falloc", "--check-certificate=false"]
+
+
+def _aria2c(ctx: Context) -> Job:
+    aria2c = _binary("MPDL_PERF_ARIA2C", "aria2c")
+    assert aria2c is not None
+    if ctx.scenario.spec.kind == "single":
+        url, out = _single_target(ctx)
+        argv = [aria2c, "-x16", "-s16", "-k8M", *_ARIA2_COMMON, "-d", str(out.parent),
+                "-o", out.name, url]
+        return _full(ctx, argv, CONNECTIONS, "no hash check")
+    listing = ctx.work / "aria2.list"
+    if not listing.exists():
+        with listing.open("w") as f:
+            for url, path in ctx.scenario.downloads:
+                f.write(f"{ctx.base_url}{url}\n  out={path}\n")
+    argv = [aria2c, f"-j{CONNECTIONS}", "-i", str(listing), *_ARIA2_COMMON, "-d", str(ctx.dest)]
+    return _raw(ctx, argv, CONNECTIONS, "aria2c")
+
+
+def _hf_transfer(ctx: Context) -> Job:
+    url, out = _single_target(ctx)
+    return _full(ctx, [sys.executable, "-c", _HF_SCRIPT, url, str(out)], CONNECTIONS,
+                 "no hash check")
+
+
+_JOBS = {"mpdl": _mpdl, "baseline": _baseline, "curl": _curl, "aria2c": _aria2c,
+         "hf_transfer": _hf_transfer}

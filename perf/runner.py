@@ -1,0 +1,151 @@
+"""Run every tool on every scenario, interleaved, and check each run's output.
+
+Rounds go mpdl, peer, peer, ..., then again, so slow drift of a shared machine (other jobs,
+thermal, page cache) lands on every tool alike. Each round starts one tool later (A B C, B C A,
+...): the first run after a pause is often slower (on this Firecracker VM, memory that was free
+for ~2 s goes back to the host and costs a host fault on first touch), and that must not always
+be mpdl's. Before each run the destination is emptied and the disk synced, so no run pays for
+another's write-back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import check, measure, peers
+from .scenarios import CAP_BYTES_PER_S, Scenario
+
+
+@dataclass
+class Run:
+    """One run of one tool: its measurement, and whether its output was right."""
+
+    wall: float
+    cpu: float
+    peak_pss: int
+    ok: bool
+    reason: str = ""
+    leftovers: int = 0
+
+
+@dataclass
+class ToolResult:
+    """One tool in one scenario. ``status`` is "ok", "FAILED", "missing" or "n/a"."""
+
+    tool: str
+    status: str
+    reason: str = ""
+    note: str = ""
+    connections: int = 0
+    payload: int = 0
+    partial: bool = False  # timed on less than the scenario asks: not like for like
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def timed(self) -> list[Run]:
+        """Runs that count: only when every run passed its check."""
+        return self.runs if self.status == "ok" else []
+
+    def median(self, attr: str) -> float | None:
+        values = [getattr(run, attr) for run in self.timed]
+        return statistics.median(values) if values else None
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    base_url: str
+    results: dict[str, ToolResult]
+
+    def ratio(self, tool: str) -> float | None:
+        """``tool``'s median wall time over mpdl's: above 1, mpdl was faster."""
+        mine, ref = self.results[tool].median("wall"), self.results["mpdl"].median("wall")
+        return mine / ref if mine is not None and ref else None
+
+    def ideal(self, tool: str) -> float | None:
+        """Capped only: seconds at the cap on every connection, size / (connections x cap)."""
+        r = self.results[tool]
+        if not self.scenario.spec.capped or not r.connections:
+            return None
+        return r.payload / (r.connections * CAP_BYTES_PER_S)
+
+
+def run_scenario(scenario: Scenario, base_url: str, tools: list[str],
+                 available: dict[str, peers.Availability], runs: int, work: Path,
+                 timeout: float, log: Callable[[str], None]) -> ScenarioResult:
+    """Every tool in ``tools`` ``runs`` times on ``scenario``, interleaved."""
+    folder = work / scenario.name
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = work / "dest"
+    ctx = peers.Context(scenario, base_url, dest, folder)
+    results: dict[str, ToolResult] = {}
+    jobs: dict[str, peers.Job] = {}
+    for tool in tools:
+        reason = peers.not_applicable(tool, scenario)
+        if reason is not None:
+            results[tool] = ToolResult(tool, "n/a", reason)
+        elif not available[tool].available:
+            results[tool] = ToolResult(tool, "missing", available[tool].detail)
+        else:
+            jobs[tool] = job = peers.job(tool, ctx)
+            results[tool] = ToolResult(tool, "ok", note=job.note, connections=job.connections,
+                                       payload=job.payload, partial=job.partial)
+    order = list(jobs)
+    for round_ in range(runs):
+        shift = round_ % len(order) if order else 0
+        for tool in order[shift:] + order[:shift]:
+            job = jobs[tool]
+            run = _run_once(tool, job, dest, folder, timeout)
+            results[tool].runs.append(run)
+            status = "ok" if run.ok else f"FAILED: {run.reason}"
+            log(f"[{scenario.name}] {round_ + 1}/{runs} {tool:<11} {run.wall:7.2f} s "
+                f"cpu {run.cpu:6.2f} s  pss {run.peak_pss / 2**20:7.1f} MiB  {status}")
+    for result in results.values():
+        failed = [run for run in result.runs if not run.ok]
+        if failed:
+            result.status = "FAILED"
+            result.reason = f"{len(failed)} of {len(result.runs)} runs failed: {failed[0].reason}"
+    _empty(dest)
+    return ScenarioResult(scenario, base_url, results)
+
+
+def _run_once(tool: str, job: peers.Job, dest: Path, folder: Path, timeout: float) -> Run:
+    _empty(dest)
+    logfile = folder / f"{tool}.log"
+    m = measure.run(job.argv, log=logfile, timeout=timeout, cwd=folder,
+                    env={**os.environ, **job.env})
+    reason = ""
+    if m.timed_out:
+        reason = f"timed out after {timeout:g} s"
+    elif m.returncode != 0:
+        reason = f"exit {m.returncode}: {_tail(logfile)}"
+    else:
+        found = check.problems(dest, job.expected)
+        if found:
+            reason = "wrong output: " + "; ".join(found)
+    if m.leftovers and not reason:
+        reason_note = f"left {m.leftovers} process(es) running"
+    else:
+        reason_note = ""
+    return Run(m.wall, m.cpu, m.peak_pss, ok=not reason, reason=reason or reason_note,
+               leftovers=m.leftovers)
+
+
+def _tail(path: Path, chars: int = 300) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return "(no output)"
+    return " | ".join(text[-chars:].splitlines()[-3:]) or "(no output)"
+
+
+def _empty(dest: Path) -> None:
+    """An empty destination, with the previous run's writes on disk, not in flight."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    os.sync()

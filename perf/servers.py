@@ -1,0 +1,273 @@
+"""The servers the tools download from: nginx, and a front that delays every request.
+
+nginx runs with its own prefix and config in a temp folder (never /etc/nginx) on a free
+127.0.0.1 port. The delaying front is a separate Python process, so its CPU and its event loop
+compete with no tool's measurement and hold no lock of the harness.
+
+``python -m perf.servers delay --upstream PORT --delay S`` runs the front by itself; it prints
+its port on the first line of stdout once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import os
+import pwd
+import grp
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+#: How long a server gets to answer on its port.
+START_TIMEOUT = 10.0
+
+NGINX_CONF = """\
+# Written by perf/servers.py for one benchmark run; nginx -p {tmp} -c this file.
+worker_processes {workers};
+user {user} {group};
+pid "{tmp}/nginx.pid";
+error_log "{tmp}/error.log" warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    open_file_cache max=20000 inactive=60s;
+    types {{ }}
+    default_type application/octet-stream;
+
+    client_body_temp_path "{tmp}/client_body";
+    proxy_temp_path "{tmp}/proxy";
+    fastcgi_temp_path "{tmp}/fastcgi";
+    uwsgi_temp_path "{tmp}/uwsgi";
+    scgi_temp_path "{tmp}/scgi";
+
+    server {{
+        listen {host}:{port};
+        root "{root}";
+
+        # 10 MiB/s per response. Without sendfile_max_chunk nginx hands the kernel 2 MiB at a
+        # time and throttles only between those pieces, so ranges of a few MiB escape the cap.
+        location /capped/ {{
+            limit_rate 10m;
+            sendfile_max_chunk 64k;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running server: ``url`` ends with "/"."""
+
+    url: str
+    port: int
+
+
+def free_port() -> int:
+    """A port free now on 127.0.0.1, for a server that cannot pick one itself."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+
+
+def nginx_version(binary: str) -> str:
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
+    return (out.stderr or out.stdout).strip().replace("nginx version: ", "")
+
+
+@contextlib.contextmanager
+def nginx(root: Path, tmp: Path, workers: int = 2) -> Iterator[Server]:
+    """nginx serving ``root`` until the block ends; its config, pid and logs live in ``tmp``."""
+    binary = find_nginx()
+    if binary is None:
+        raise RuntimeError("nginx not found (apt-get install nginx-light)")
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(
+        tmp=tmp, port=port, root=root, host=HOST, workers=workers,
+        user=pwd.getpwuid(os.geteuid()).pw_name, group=grp.getgrgid(os.getegid()).gr_name))
+    command = [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
+               "-g", "daemon off;"]
+    with (tmp / "nginx.out").open("wb") as output:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                                start_new_session=True)
+    try:
+        _wait_for_http(proc, port, tmp)
+        yield Server(f"http://{HOST}:{port}/", port)
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def delaying_front(upstream: int, delay: float, tmp: Path) -> Iterator[Server]:
+    """The delaying front (a child process) in front of ``upstream`` until the block ends."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
+    command = [sys.executable, "-m", "perf.servers", "delay", "--upstream", str(upstream),
+               "--delay", str(delay)]
+    with (tmp / "front.err").open("wb") as errors:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=errors, env=env, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        if not line.isdigit():
+            raise RuntimeError(f"delaying front did not start: {(tmp / 'front.err').read_text()}")
+        port = int(line)
+        _wait_for_http(proc, port, tmp)
+        yield Server(f"http://{HOST}:{port}/", port)
+    finally:
+        _stop(proc)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def _pythonpath() -> str:
+    """The folder holding the perf package first, so ``-m perf.x`` works from any folder."""
+    here = str(Path(__file__).resolve().parent.parent)
+    rest = os.environ.get("PYTHONPATH")
+    return here + (os.pathsep + rest if rest else "")
+
+
+def _wait_for_http(proc: subprocess.Popen[bytes], port: int, logs: Path) -> None:
+    """Return once an HTTP request on ``port`` gets an answer; raise (and stop ``proc``) if not."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while proc.poll() is None and time.monotonic() < deadline:
+        conn = http.client.HTTPConnection(HOST, port, timeout=1)
+        try:
+            conn.request("HEAD", "/")
+            conn.getresponse().read()
+            return
+        except (OSError, http.client.HTTPException):
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    _stop(proc)
+    log = "".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.log")))
+    raise RuntimeError(f"server did not answer on port {port} (exit {proc.returncode}):\n{log}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (nginx: fast shutdown, the master waits for its workers), then SIGKILL the group."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # workers orphaned by a killed master
+    proc.wait()
+
+
+# The delaying front itself.
+
+
+async def _pump_delayed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        delay: float) -> None:
+    """Client to server: every chunk is forwarded ``delay`` seconds after it arrived, in order.
+
+    Reading goes on meanwhile, so a chunk is held ``delay`` once, not behind the ones before it.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def forward() -> None:
+        while True:
+            due, data = await queue.get()
+            if not data:
+                break
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            writer.write(data)
+            await writer.drain()
+        with contextlib.suppress(OSError):
+            writer.write_eof()
+
+    task = asyncio.create_task(forward())
+    try:
+        while data := await reader.read(65536):
+            queue.put_nowait((loop.time() + delay, data))
+    finally:
+        queue.put_nowait((0.0, b""))
+        await task
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Server to client, as fast as it comes."""
+    while data := await reader.read(262144):
+        writer.write(data)
+        await writer.drain()
+    with contextlib.suppress(OSError):
+        writer.write_eof()
+
+
+async def _serve_delayed(upstream: int, delay: float) -> None:
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            server_r, server_w = await asyncio.open_connection(HOST, upstream)
+        except OSError:
+            client_w.close()
+            return
+        for w in (client_w, server_w):
+            sock = w.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await asyncio.gather(_pump_delayed(client_r, server_w, delay),
+                                 _pump(server_r, client_w))
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in (client_w, server_w):
+                w.close()
+
+    server = await asyncio.start_server(handle, HOST, 0, backlog=1024)
+    port = server.sockets[0].getsockname()[1]
+    print(port, flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.servers",
+                                     description="Benchmark servers that run as their own process.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    delay = sub.add_parser("delay", help="a TCP front on 127.0.0.1 that holds each "
+                                         "client-to-server chunk DELAY seconds")
+    delay.add_argument("--upstream", type=int, required=True, help="port on 127.0.0.1")
+    delay.add_argument("--delay", type=float, default=0.02, help="seconds (default 0.02)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_delayed(args.upstream, args.delay))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
