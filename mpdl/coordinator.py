@@ -369,8 +369,6 @@ class Coordinator:
             run.attempt += 1
             run.worker, run.got_last = child_id, False
             run.slot = self.slots.acquire((task.task_id, run.attempt))
-            for fid in task.file_ids:
-                self._open(fid)
             self.active_by_source[task.source] += 1
             self.workers[child_id].running.add(task.task_id)
             run.url = self.fresh_urls.get(mirrors[run.mirror], mirrors[run.mirror])
@@ -459,12 +457,18 @@ class Coordinator:
             self._failed(run, record)
 
     def _filled(self, run: TaskRun, record: Filled) -> None:
+        """Route a filled slot to the writer. Files open with their first bytes, and a file
+        whose last task this was closes right behind them: the writer keeps the order, so a
+        small file costs it one batch (open, write, close) instead of three."""
         self.tracker.bytes_fetched += record.fetched
         run.slot = None
-        pieces = tuple(Piece(*where) for where in run.task.map(record.offset, record.length)
-                       if self.files[where[0]].state is FileState.OPEN)
+        pieces = []
+        for where in run.task.map(record.offset, record.length):
+            self._open(where[0])
+            if self.files[where[0]].state is FileState.OPEN:
+                pieces.append(Piece(*where))
         if pieces:
-            self.writer.batch.append(WriteSlot(record.slot, pieces))
+            self.writer.batch.append(WriteSlot(record.slot, tuple(pieces)))
             self.in_writer.add(record.slot)
             run.in_writer += 1
         else:
@@ -472,6 +476,10 @@ class Coordinator:
         if not record.last:
             self.waiting_grant.append(run)
             return
+        for fid in run.task.file_ids:
+            file = self.files[fid]
+            if file.tasks_left == 1 and file.state is FileState.OPEN:
+                self._close(fid, keep=True)
         run.got_last = True
         self._stopped_running(run)
         self._maybe_done(run)
@@ -641,7 +649,7 @@ class Coordinator:
                 file.state = FileState.DONE
                 self.unjournaled.append(fid)
                 self._file_finished(fid, True)
-            elif file.entry.hash is not None and not file.refetched and file.have:
+            elif file.entry.hash is not None and not file.refetched:
                 log.warning("%s: %s; fetching it once more", file.entry.path, record.reason)
                 file.refetched = True
                 self._start_over([fid], keep_synced=False)
