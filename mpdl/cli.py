@@ -101,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--connections", type=_positive, metavar="N",
                         help="concurrent requests in all (default: 16)")
     tuning.add_argument("--chunk-size", type=_size, metavar="SIZE",
-                        help="range size when splitting large objects, e.g. 8M, 512K (default: 8M)")
+                        help="range size when splitting large objects, e.g. 8M, 512K (default: 2M)")
     tuning.add_argument("--memory", type=_size, metavar="SIZE",
-                        help="shared-memory ring budget: payload held in memory (default: 256M)")
+                        help="shared-memory ring budget: payload held in memory (default: 64M)")
     tuning.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                         help="to connect, and to wait for each read (default: 30)")
     tuning.add_argument("--insecure", action="store_true",

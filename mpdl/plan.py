@@ -2,7 +2,8 @@
 
 Rules, so that every byte can be verified in a worker before it reaches the disk:
 - a compressed or hashed part is one task of its own (its output must fit one slot);
-- a file whose bytes one task carries gets its whole-file hash checked by that task;
+- a file whose bytes one task carries gets its whole-file hash checked by that task, and a file
+  whose every part has a hash is verified by those: the writer hashes only the other files;
 - other ranges are cut at ``chunk_size`` and adjacent ranges of one object (GOG V1 files
   inside ``main.bin``) are merged into one request up to ``chunk_size``;
 - a whole object that fits one chunk, or any object when not parallel, is one plain GET;
@@ -87,8 +88,9 @@ class Task:
 
 @dataclass
 class Plan:
-    """``verified``: files whose whole-file hash a worker checks, as one task carries all of
-    their bytes (a small object, a V1 file): the writer need not hash them again."""
+    """``verified``: files whose every byte a worker checks, against the whole-file hash (one
+    task carries all of it: a small object, a V1 file) or against part hashes (a V2 file):
+    the writer need not hash them again."""
 
     tasks: List[Task]
     slot_size: int
@@ -189,6 +191,8 @@ def make_plan(
                      size=n, spans=(Span(0, n, file_id, off),))
             continue
         file_offset = 0
+        if entry.parts and not present and all(part.hash is not None for part in entry.parts):
+            verified.add(file_id)  # every byte is checked against its part's hash (GOG V2)
         for index, part in enumerate(entry.parts):
             if part.length == 0 and part.size == 0:
                 continue

@@ -160,14 +160,20 @@ def test_files_one_task_carries_are_checked_whole_by_it() -> None:
         {"path": "v1b", "size": 10, "hash": MD5,
          "parts": [{"url": "m", "offset": 10, "length": 10}]},
         {"path": "nohash", "size": 10, "url": "c"},
+        {"path": "v2", "size": 20, "hash": MD5, "parts": [
+            {"url": "c1", "length": 9, "size": 10, "compression": "zlib", "hash": MD5},
+            {"url": "c2", "length": 9, "size": 10, "compression": "zlib", "hash": MD5}]},
+        {"path": "v2-half", "size": 20, "hash": MD5, "parts": [
+            {"url": "c1", "length": 9, "size": 10, "compression": "zlib", "hash": MD5},
+            {"url": "c3", "length": 9, "size": 10, "compression": "zlib"}]},
     )
     entries = list(enumerate(m.files))
     plan = planned(m)
-    assert plan.verified == {0, 2, 3}
+    assert plan.verified == {0, 2, 3, 5}  # not v2-half: one of its parts has no hash
     merged = [t for t in plan.tasks if t.source == "m"]
     assert len(merged) == 1 and [(c.offset, c.length, c.hash) for c in merged[0].checks] == [
         (0, 10, MD5), (10, 10, MD5)]
     resumed = make_plan(entries, chunk_size=MiB, have={2: RangeSet([(0, 5)])})
     assert 2 not in resumed.verified  # part of it is on disk already: only the writer can tell
     # one stream per object: big is one GET now, and V1 files stay in one unchecked stream
-    assert make_plan(entries, chunk_size=MiB, parallel=False).verified == {0, 1}
+    assert make_plan(entries, chunk_size=MiB, parallel=False).verified == {0, 1, 5}
