@@ -33,7 +33,7 @@ from .manifest import FileEntry, Manifest
 from .messages import (Cancel, CloseFile, FailKind, Failed, Fetch, FileClosed, Filled, Grant,
                        OpenFile, Piece, SlotWritten, Stop, Sync, Synced, WriteFailed, WriteSlot)
 from .options import Options
-from .plan import Plan, Task, make_plan, stream_task
+from .plan import Plan, Task, make_plan, split_task, stream_task
 from .progress import Tracker
 from .ranges import RangeSet
 from .ring import SHM_FOLDER, Ring, SlotPool, slots_that_fit
@@ -540,6 +540,8 @@ class Coordinator:
         elif record.kind is FailKind.CORRUPT:
             run.corrupt += 1
             if run.corrupt >= CORRUPT_ATTEMPTS:
+                if len(task.spans) > 1 and task.ranged and task.compression is None:
+                    return self._split(run)
                 return self._give_up(run, f"{record.reason} (on {run.corrupt} attempts)")
         elif record.kind is FailKind.RETRY:
             run.failures += 1
@@ -550,6 +552,13 @@ class Coordinator:
             return self._give_up(run, record.reason)
         self._next_mirror(run, len(mirrors))
         self._retry_later(run, wait)
+
+    def _split(self, run: TaskRun) -> None:
+        """A merged request failed its checks twice: try its files one request each."""
+        log.info("task %d: trying its %d files one by one", run.task.task_id,
+                 len(run.task.spans))
+        self._add_tasks(split_task(run.task, self.next_task_id))
+        self._task_done(run, wrote=False)
 
     def _refreshed(self, run: TaskRun, reason: str) -> bool:
         """After a 401/403, whether the caller gave a fresh URL to try (within a budget)."""

@@ -238,6 +238,24 @@ def _as_one_part(entry: FileEntry) -> FileEntry:
                      executable=entry.executable, parts=(part,))
 
 
+def split_task(task: Task, first_task_id: int) -> List[Task]:
+    """One ranged request per span of ``task``, each with its own checks: a merged request whose
+    checks keep failing is tried file by file, so one bad file does not fail its neighbours."""
+    assert task.ranged and task.compression is None
+    out = []
+    for span in task.spans:
+        assert span.length is not None
+        end = span.offset + span.length
+        checks = tuple(Check(c.offset - span.offset, c.length, c.hash) for c in task.checks
+                       if span.offset <= c.offset and c.offset + c.length <= end)
+        out.append(Task(task_id=first_task_id + len(out), source=task.source,
+                        offset=task.offset + span.offset, length=span.length, ranged=True,
+                        compression=None, size=span.length,
+                        spans=(Span(0, span.length, span.file_id, span.file_offset),),
+                        checks=checks))
+    return out
+
+
 def stream_task(task_id: int, source: str, tasks: Sequence[Task]) -> Task:
     """One plain GET of ``source`` that serves every range of ``tasks`` (a server ignoring Range).
 

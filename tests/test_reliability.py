@@ -264,3 +264,20 @@ def test_finished_files_are_journaled_after_a_checkpoint(
     lines = [json.loads(x) for x in (dest / ".mpdl" / "journal.jsonl").read_text().splitlines()]
     done = {r["path"] for r in lines if "mtime_ns" in r}
     assert done == {f["path"] for f in files_of(depot.manifest)}
+
+
+def test_a_merged_request_that_stays_corrupt_is_tried_file_by_file(
+    depot: Depot, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Five V1 files in one request of main.bin; its bytes are bad twice, so its files are
+    asked one by one (and arrive whole): one bad file must not fail its neighbours."""
+    sounds = [f for f in files_of(depot.manifest) if f["path"].startswith("data/sounds/")][:5]
+    manifest = with_bases({"format": "mpdl/1", "files": sounds}, fault_server.url)
+    fault_server.set_fault("main.bin", Fault(corrupt=10, fail_times=2))
+    result = run(manifest, tmp_path / "d")
+    assert result.ok, result.failed
+    ranges = [r.range for r in gets(fault_server, "main.bin")]
+    assert len(ranges) == 2 + len(sounds)
+    assert ranges[0] == ranges[1]  # the merged request, twice
+    for item in sounds:
+        assert_file_right(tmp_path / "d", depot.root, item)
