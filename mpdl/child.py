@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import queue
 import signal
-from typing import Iterator, List
+from typing import Callable, Iterator, List
 
 # How often a child waiting for work checks that the coordinator still lives.
 PARENT_CHECK_SECONDS = 0.5
@@ -39,8 +39,10 @@ def _set_process_name(name: str) -> None:
         pass
 
 
-def batches(inbox: "multiprocessing.queues.Queue[List[tuple]]") -> Iterator[List[tuple]]:
-    """The coordinator's batches of records, until it is gone: then the child just exits."""
+def batches(inbox: "multiprocessing.queues.Queue[List[tuple]]",
+            idle: Callable[[], None] = lambda: None) -> Iterator[List[tuple]]:
+    """The coordinator's batches of records, until it is gone: then the child just exits.
+    ``idle`` is called whenever no batch came for PARENT_CHECK_SECONDS."""
     parent = multiprocessing.parent_process()
     first_ppid = os.getppid()  # the coordinator, or under forkserver the fork server
     while True:
@@ -49,5 +51,6 @@ def batches(inbox: "multiprocessing.queues.Queue[List[tuple]]") -> Iterator[List
         except queue.Empty:
             if parent is not None and (not parent.is_alive() or os.getppid() != first_ppid):
                 return  # under fork, siblings keep the sentinel open: the ppid tells at once
+            idle()
         except (EOFError, OSError):
             return

@@ -30,8 +30,9 @@ from .errors import MpdlError, WriterError
 from .journal import Journal
 from .layout import Layout
 from .manifest import FileEntry, Manifest
-from .messages import (Cancel, CloseFile, FailKind, Failed, Fetch, FileClosed, Filled, Grant,
-                       OpenFile, Piece, SlotWritten, Stop, Sync, Synced, WriteFailed, WriteSlot)
+from .messages import (Alive, Cancel, CloseFile, FailKind, Failed, Fetch, FileClosed, Filled,
+                       Grant, OpenFile, Piece, SlotWritten, Stop, Sync, Synced, WriteFailed,
+                       WriteSlot)
 from .options import Options
 from .plan import Plan, Task, make_plan, split_task, stream_task
 from .progress import Tracker
@@ -54,6 +55,7 @@ REFRESHES = 2  # times one task may ask the caller for a fresh URL after a 401/4
 CHECKPOINT_SECONDS = 3.0  # how often written bytes are made durable and journaled
 FINAL_SYNC_SECONDS = 60.0  # the last checkpoint of a finished run: its files are all there
 STOP_SYNC_SECONDS = 3.0  # the last checkpoint of an interrupted run: keep the stop prompt
+SILENT_WORKER_SECONDS = 5.0  # at least; --timeout if longer (workers say Alive every second)
 
 # From this many files on, children are not forked from the coordinator (see below).
 LEAN_CHILDREN_FROM = 10_000
@@ -155,6 +157,7 @@ class Child:
     running: Set[int] = field(default_factory=set)  # task ids
     cancelled: Set[Tuple[int, int]] = field(default_factory=set)  # attempts yet to answer
     batch: List[tuple] = field(default_factory=list)
+    heard: float = field(default_factory=time.monotonic)  # when it last sent anything
 
 
 class Coordinator:
@@ -431,6 +434,7 @@ class Coordinator:
                     records = child.outbox.recv()
                 except (EOFError, OSError):
                     continue
+                child.heard = time.monotonic()
                 for record in records:
                     self._from_worker(worker_id, record)
         if self.disk_error is not None and self.error is None:
@@ -440,8 +444,24 @@ class Coordinator:
         for sentinel, (worker_id, child) in by_sentinel.items():
             if sentinel in ready and self.workers.get(worker_id) is child:
                 self._worker_died(worker_id, child)
+        self._kill_silent_workers()
+
+    def _kill_silent_workers(self) -> None:
+        """A worker process that says nothing for long is stuck (stopped, deadlocked): kill
+        it, and the sentinel brings its tasks back like any dead worker's. Alive records keep
+        a healthy one from looking silent, whatever its connections are doing."""
+        silence = max(SILENT_WORKER_SECONDS, self.options.timeout)
+        now = time.monotonic()
+        for worker_id, child in self.workers.items():
+            if now - child.heard > silence and child.process.is_alive():
+                log.warning("worker %d said nothing for %.0f s; stopping it", worker_id,
+                            now - child.heard)
+                child.process.kill()
+                child.heard = now  # once: its sentinel answers next
 
     def _from_worker(self, worker_id: int, record) -> None:
+        if isinstance(record, Alive):
+            return
         run = self.runs[record.task_id]
         if record.attempt != run.attempt:  # from an attempt already given up on
             self.tracker.bytes_fetched += record.fetched

@@ -5,7 +5,7 @@ carries a list of records: the coordinator and the writer batch theirs, so one p
 syscall move many; a worker's fetch threads send as they go. The coordinator sends through
 queues (never blocking), children answer through pipes.
 
-    coordinator --Fetch/Grant/Cancel/Stop--> worker --Filled/Failed--> coordinator
+    coordinator --Fetch/Grant/Cancel/Stop--> worker --Filled/Failed/Alive--> coordinator
     coordinator --OpenFile/WriteSlot/CloseFile/Sync/Stop--> writer
                              writer --SlotWritten/FileClosed/Synced/WriteFailed--> coordinator
 """
@@ -84,6 +84,10 @@ class Filled(NamedTuple):
     length: int
     fetched: int
     last: bool
+
+
+class Alive(NamedTuple):
+    """A worker that had nothing else to say for a while: its process is not stuck."""
 
 
 class FailKind(str, Enum):

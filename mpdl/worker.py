@@ -21,11 +21,13 @@ from .child import batches, child_setup
 from .errors import FetchError
 from .fetch import Cancelled, fetch
 from .http import make_pool
-from .messages import Cancel, FailKind, Failed, Fetch, Grant, Stop
+from .messages import Alive, Cancel, FailKind, Failed, Fetch, Grant, Stop
 from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.worker")
 
+# A worker silent this long sends Alive; the coordinator kills one silent for much longer.
+ALIVE_SECONDS = 1.0
 # Compressed bodies pass through this much memory per fetch thread, whatever their length.
 SCRATCH_SIZE = 256 * 1024
 
@@ -44,9 +46,17 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
     cancelled: Set[Tuple[int, int]] = set()
     stopping = threading.Event()
 
+    last_sent = [time.monotonic()]
+
     def send(record) -> None:
         with send_lock:
             outbox.send([record])
+            last_sent[0] = time.monotonic()
+
+    def idle() -> None:
+        """Tell the coordinator this process still runs, when nothing else has lately."""
+        if time.monotonic() - last_sent[0] >= ALIVE_SECONDS:
+            send(Alive())
 
     def fetch_loop() -> None:
         scratch = bytearray(SCRATCH_SIZE)
@@ -80,7 +90,8 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
     for thread in fetchers:
         thread.start()
     try:
-        for batch in batches(inbox):
+        for batch in batches(inbox, idle):
+            idle()
             for record in batch:
                 if isinstance(record, Fetch):
                     grants[record.task_id, record.attempt] = queue.SimpleQueue()

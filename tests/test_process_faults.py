@@ -341,6 +341,38 @@ def test_a_killed_worker_is_replaced_and_the_run_completes(
     assert_clean(run)
 
 
+def test_a_stopped_worker_is_killed_and_replaced(
+    depot: Depot, fault_server: FaultServer, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    """SIGSTOP: the worker is alive, so no sentinel fires, and its sockets stay open. Only its
+    silence shows it is stuck: the coordinator kills it and its tasks go elsewhere."""
+    stall_everything(fault_server, 1.0)
+    manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
+    dest = tmp_path / "game"
+    run = cli(*depot_args(manifest, dest, "--timeout", "1"))
+
+    def busy_worker() -> psutil.Process | None:
+        for name in WORKER_NAMES:
+            for proc in run.named(name):
+                if connected_to(proc, fault_server.port):
+                    return proc
+        return None
+
+    victim = run.wait_for("a worker with a response under way", busy_worker)
+    victim.suspend()  # SIGSTOP
+    try:
+        code = run.finish()
+    finally:
+        with contextlib.suppress(psutil.Error):
+            victim.resume()
+    stderr = run.stderr
+    assert code == 0, stderr
+    assert any("said nothing" in line for line in stderr.splitlines()), stderr
+    assert any("died" in line and "-9" in line for line in stderr.splitlines()), stderr
+    assert_installed(dest, depot)
+    assert_clean(run)
+
+
 # --- 2. the writer killed (spec: a new writer redoes what was not durable) -----------------
 
 
