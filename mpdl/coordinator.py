@@ -388,11 +388,13 @@ class Coordinator:
         if file.opened or file.state is FileState.FAILED:
             return
         file.opened, file.state = True, FileState.OPEN
-        staging = str(self.layout.staging(file.entry))
         entry = file.entry
+        staging = self.layout.staging(entry)
+        if not file.have and self.journal is not None:
+            self.journal.forget(entry, staging)  # before the writer empties the file
         stream_hash = entry.hash is not None and not file.have and not file.checked
         algo = entry.hash.algo if stream_hash else None
-        self.writer.batch.append(OpenFile(fid, staging, entry.size, not file.have, algo))
+        self.writer.batch.append(OpenFile(fid, str(staging), entry.size, not file.have, algo))
 
     def _close(self, fid: int, keep: bool) -> None:
         file = self.files[fid]
@@ -453,7 +455,8 @@ class Coordinator:
         silence = max(SILENT_WORKER_SECONDS, self.options.timeout)
         now = time.monotonic()
         for worker_id, child in self.workers.items():
-            if now - child.heard > silence and child.process.is_alive():
+            if (now - child.heard > silence and not child.outbox.poll()
+                    and child.process.is_alive()):
                 log.warning("worker %d said nothing for %.0f s; stopping it", worker_id,
                             now - child.heard)
                 child.process.kill()
@@ -523,7 +526,8 @@ class Coordinator:
         run.done = True
         for span in run.task.spans:
             file = self.files[span.file_id]
-            if wrote and span.length is not None and file.state is FileState.OPEN:
+            if wrote and span.length is not None and file.state in (FileState.OPEN,
+                                                                     FileState.CLOSING):
                 if file.have is None:
                     file.have = RangeSet()
                 file.have.add(span.file_offset, span.file_offset + span.length)
@@ -531,6 +535,8 @@ class Coordinator:
         for fid in run.task.file_ids:
             file = self.files[fid]
             file.tasks_left -= 1
+            if file.tasks_left == 0 and wrote:
+                self._open(fid)  # a task that brought no bytes (an empty object) opens none
             if file.tasks_left == 0 and file.state is FileState.OPEN:
                 self._close(fid, keep=True)
 
@@ -678,7 +684,7 @@ class Coordinator:
                 file.state = FileState.DONE
                 self.unjournaled.append(fid)
                 self._file_finished(fid, True)
-            elif file.entry.hash is not None and not file.refetched:
+            elif record.mismatch and not file.refetched:
                 log.warning("%s: %s; fetching it once more", file.entry.path, record.reason)
                 file.refetched = True
                 self._start_over([fid], keep_synced=False)
@@ -756,6 +762,12 @@ class Coordinator:
     def _writer_died(self) -> None:
         """Start a new writer; every unfinished file starts over from its durable bytes."""
         old = self.writer
+        try:
+            while old.outbox.poll():  # what it said before dying still counts
+                for record in old.outbox.recv():
+                    self._from_writer(record)
+        except (EOFError, OSError):
+            pass
         old.process.join(0.1)
         code = old.process.exitcode
         for handle in (old.inbox, old.outbox):
@@ -779,9 +791,15 @@ class Coordinator:
     def _start_over(self, fids: List[int], keep_synced: bool) -> None:
         """Drop every task touching these files and plan them again from what is durable."""
         redo = set(fids)
-        for run in list(self.runs.values()):
-            if not run.done and not redo.isdisjoint(run.task.file_ids):
-                self._cancel(run)
+        cancelled = True
+        while cancelled:  # a cancelled request may carry other files: they start over too
+            cancelled = False
+            for run in self.runs.values():
+                if not run.done and not redo.isdisjoint(run.task.file_ids):
+                    self._cancel(run)
+                    redo |= {f for f in run.task.file_ids if self.files[f].state not in ENDED}
+                    cancelled = True
+        fids = sorted(redo)
         self.pending = deque(run for run in self.pending if not run.done)
         self.waiting_grant = deque(run for run in self.waiting_grant if not run.done)
         self.delayed = [item for item in self.delayed if not item[2].done]
@@ -800,9 +818,6 @@ class Coordinator:
             file.state, file.opened, file.tasks_left = FileState.PENDING, False, 0
             file.dirty = False
             file.generation += 1
-            if not keep and self.journal is not None:  # forget ranges the disk no longer has
-                self.journal.record_partial(file.entry, self.layout.staging(file.entry), keep)
-                self.journal.flush()
         plan = make_plan([(fid, self.files[fid].entry) for fid in fids],
                          chunk_size=self.options.chunk_size, parallel=self.options.parallel,
                          streamed=self.streamed | self.no_ranges,

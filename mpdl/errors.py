@@ -40,3 +40,7 @@ class IntegrityError(FetchError):
 
 class WriterError(MpdlError):
     """The writer process could not write or finalize a file (disk full, permissions...)."""
+
+
+class JournalError(MpdlError):
+    """The journal could not be written (disk full, read-only): the run stops, naming it."""

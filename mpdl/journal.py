@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Dict, Optional, TextIO, Tuple
 
+from .errors import JournalError
 from .manifest import FileEntry
 from .ranges import RangeSet
 
@@ -101,17 +102,32 @@ class Journal:
         self._write({"path": entry.path, "key": _key(entry), "staging": staging.name,
                      "ranges": have.as_list()})
 
+    def forget(self, entry: FileEntry, staging: Path) -> None:
+        """Its staging file starts over: the ranges recorded for it are no longer there.
+        Written and flushed before the staging file is emptied, so no crash in between can
+        leave the journal claiming bytes the file does not have."""
+        if self._partial.get(entry.path, {}).get("ranges"):
+            self._write({"path": entry.path, "key": _key(entry), "staging": staging.name,
+                         "ranges": []})
+            self.flush()
+
     def _write(self, record: dict) -> None:
         self._remember(record)
-        if self._out is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._out = open(self.path, "a", encoding="utf-8")
-        self._out.write(json.dumps(record) + "\n")
+        try:
+            if self._out is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._out = open(self.path, "a", encoding="utf-8")
+            self._out.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise JournalError(f"{self.path}: {exc.strerror or exc}") from None
 
     def flush(self) -> None:
         """Hand the lines written so far to the OS (records come in batches: flush once)."""
         if self._out is not None:
-            self._out.flush()
+            try:
+                self._out.flush()
+            except OSError as exc:
+                raise JournalError(f"{self.path}: {exc.strerror or exc}") from None
 
     def _compact(self) -> None:
         """One line per path, written aside and renamed over, so a crash keeps the old one."""

@@ -184,11 +184,13 @@ class SlotWritten(NamedTuple):
 
 class FileClosed(NamedTuple):
     """``ok``: the file is verified and in place; otherwise ``reason`` says why not (the
-    writer also says so for a file it could not create or write: that file alone fails)."""
+    writer also says so for a file it could not create or write: that file alone fails).
+    ``mismatch``: it failed because its bytes do not match its hash (worth one more fetch)."""
 
     file_id: int
     ok: bool
     reason: str
+    mismatch: bool = False
 
 
 class Synced(NamedTuple):

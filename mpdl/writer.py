@@ -218,7 +218,7 @@ class Writer:
                 if not spec.matches(actual):
                     _remove(staging)
                     return FileClosed(record.file_id, False, f"{spec.algo} is {actual}, the "
-                                                             f"manifest says {spec.hexdigest}")
+                                      f"manifest says {spec.hexdigest}", mismatch=True)
             if record.executable:
                 mode = os.stat(staging).st_mode
                 os.chmod(staging, mode | ((mode & 0o444) >> 2))  # x wherever r is set
