@@ -22,10 +22,11 @@ from . import measure, peers, report, runner, scenarios, servers
 
 DESCRIPTION = """\
 Benchmark mpdl against its peers (the thread-pool baseline in perf/baseline.py, curl, aria2c,
-hf_transfer) on generated scenarios served by nginx on 127.0.0.1. Each tool runs --runs times per
-scenario, interleaved with mpdl; every run's output is checked (sizes and hashes), and a wrong
-one is reported FAILED, never timed. Reports medians of wall time, the ratio to mpdl, MB/s, CPU
-seconds and peak PSS of the whole process tree, as results.md, results.json and results.png.
+axel, hf_transfer) on generated scenarios served by nginx on 127.0.0.1. Each tool runs --runs
+times per scenario, interleaved with mpdl; every run's output is checked (sizes and hashes), and
+a wrong one is reported FAILED, never timed. Reports medians of wall time, the ratio to mpdl,
+MB/s, CPU seconds and peak PSS of the whole process tree, as results.md, results.json and
+results.png.
 """
 
 EPILOG = f"""\
@@ -36,6 +37,7 @@ peers (--peers, default all; mpdl always runs):
   baseline   ThreadPoolExecutor, 6 workers, 8 MiB ranges, urllib3 (perf/baseline.py)
   curl       one stream per URL; --parallel --parallel-max 16 -K config for many URLs
   aria2c     -x16 -s16 -k8M for one URL; -j16 -i list for many
+  axel       -n 16 for one URL; single URLs only
   hf_transfer  max_files=16, chunk_size=8 MiB, in its own Python process; single URLs only
 A peer that is not installed is reported as "missing"; one that cannot do a scenario as "n/a".
 

@@ -29,7 +29,7 @@ BASELINE_WORKERS = 6
 CHUNK = 8 * 1024 * 1024
 
 #: Every tool in report order; mpdl always runs, the rest are peers to pick from.
-TOOLS = ["mpdl", "baseline", "curl", "aria2c", "hf_transfer"]
+TOOLS = ["mpdl", "baseline", "curl", "aria2c", "axel", "hf_transfer"]
 PEERS = TOOLS[1:]
 
 _HF_SCRIPT = ("import sys, hf_transfer; hf_transfer.download(url=sys.argv[1], "
@@ -117,6 +117,10 @@ def availability(tool: str) -> Availability:
         path = _binary("MPDL_PERF_ARIA2C", "aria2c")
         return _version(path, 3) if path \
             else Availability(False, "aria2c not found (apt-get install aria2)")
+    if tool == "axel":
+        path = _binary("MPDL_PERF_AXEL", "axel")
+        return _version(path, 2) if path \
+            else Availability(False, "axel not found (apt-get install axel)")
     if tool == "hf_transfer":
         if importlib.util.find_spec("hf_transfer") is None:
             return Availability(False, "hf_transfer not installed (pip install hf_transfer)")
@@ -143,6 +147,8 @@ def not_applicable(tool: str, scenario: Scenario) -> str | None:
     """Why ``tool`` cannot do ``scenario`` at all (installed or not), or None when it can."""
     if tool == "hf_transfer" and scenario.spec.kind != "single":
         return "single URLs only: hf_transfer.download fetches one file per call"
+    if tool == "axel" and scenario.spec.kind != "single":
+        return "single URLs only: axel fetches one URL per call"
     return None
 
 
@@ -244,6 +250,14 @@ def _aria2c(ctx: Context) -> Job:
     return _raw(ctx, argv, CONNECTIONS, "aria2c")
 
 
+def _axel(ctx: Context) -> Job:
+    axel = _binary("MPDL_PERF_AXEL", "axel")
+    assert axel is not None
+    url, out = _single_target(ctx)
+    return _full(ctx, [axel, "-q", "-n", str(CONNECTIONS), "-o", str(out), url], CONNECTIONS,
+                 "no hash check")
+
+
 def _hf_transfer(ctx: Context) -> Job:
     url, out = _single_target(ctx)
     return _full(ctx, [sys.executable, "-c", _HF_SCRIPT, url, str(out)], CONNECTIONS,
@@ -251,4 +265,4 @@ def _hf_transfer(ctx: Context) -> Job:
 
 
 _JOBS = {"mpdl": _mpdl, "baseline": _baseline, "curl": _curl, "aria2c": _aria2c,
-         "hf_transfer": _hf_transfer}
+         "axel": _axel, "hf_transfer": _hf_transfer}

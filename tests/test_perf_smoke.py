@@ -42,6 +42,8 @@ def _installed(peer: str) -> bool:
         return shutil.which("curl") is not None
     if peer == "aria2c":
         return shutil.which("aria2c") is not None
+    if peer == "axel":
+        return shutil.which("axel") is not None
     if peer == "hf_transfer":
         return importlib.util.find_spec("hf_transfer") is not None
     return True
