@@ -90,17 +90,24 @@ def start_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 @pytest.fixture(scope="session")
 def nginx(depot: Depot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     """A real nginx serving the depot: the server mpdl is tuned against. Required under CI."""
+    with run_nginx(depot.root, tmp_path_factory.mktemp("nginx")) as (url, port):
+        yield Nginx(url, depot.root, port)
+
+
+@contextlib.contextmanager
+def run_nginx(root: Path, tmp: Path) -> Iterator[tuple[str, int]]:
+    """nginx (tests/nginx.conf.in) serving ``root`` on a free port until the block ends; its
+    config and logs live in ``tmp``. Yields (url, port). Skips without nginx, unless CI=true."""
     binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if binary is None:
         if os.environ.get("CI") == "true":
             pytest.fail("nginx is required under CI=true (.ci/run installs nginx-light)")
         pytest.skip("nginx not installed (CI=true makes this a failure)")
-    tmp = tmp_path_factory.mktemp("nginx")
     port = _free_port()
     template = string.Template((Path(__file__).parent / "nginx.conf.in").read_text())
     conf = tmp / "nginx.conf"
     conf.write_text(template.substitute(
-        tmp=tmp, port=port, root=depot.root,
+        tmp=tmp, port=port, root=root,
         user=pwd.getpwuid(os.geteuid()).pw_name, group=grp.getgrgid(os.getegid()).gr_name,
     ))
     command = [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
@@ -109,7 +116,7 @@ def nginx(depot: Depot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ng
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
     try:
         _wait_for_http(proc, port, tmp)
-        yield Nginx(f"http://127.0.0.1:{port}/", depot.root, port)
+        yield f"http://127.0.0.1:{port}/", port
     finally:
         proc.terminate()
         try:

@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import grp
 import hashlib
-import http.client
 import json
 import os
-import pwd
 import random
 import resource
 import shutil
-import socket
-import string
 import subprocess
 import sys
 import time
@@ -34,7 +29,7 @@ from typing import Any, NamedTuple
 import psutil
 import pytest
 import xxhash
-from conftest import Depot, write_manifest
+from conftest import Depot, run_nginx, write_manifest
 from faultserver import Fault, FaultServer
 from test_cli import assert_one_error_line, mpdl_cli
 from test_process_faults import (
@@ -427,49 +422,13 @@ class OwnNginx(NamedTuple):
 @pytest.fixture(scope="module")
 def own_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnNginx]:
     """nginx (tests/nginx.conf.in) over an empty folder the memory tests fill."""
-    binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("nginx is required under CI=true (.ci/run installs nginx-light)")
-        pytest.skip("nginx not installed (CI=true makes this a failure)")
     tmp = tmp_path_factory.mktemp("own-nginx")
     root = tmp / "root"
     root.mkdir()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    template = string.Template((Path(__file__).parent / "nginx.conf.in").read_text())
-    conf = tmp / "nginx.conf"
-    conf.write_text(template.substitute(
-        tmp=tmp, port=port, root=root, user=pwd.getpwuid(os.geteuid()).pw_name,
-        group=grp.getgrgid(os.getegid()).gr_name))
-    with (tmp / "output.log").open("wb") as output:
-        proc = subprocess.Popen([binary, "-p", str(tmp), "-c", str(conf), "-e",
-                                 str(tmp / "error.log"), "-g", "daemon off;"],
-                                stdin=subprocess.DEVNULL, stdout=output, stderr=output)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            try:
-                conn.request("HEAD", "/")
-                conn.getresponse()
-                break
-            except (OSError, http.client.HTTPException):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"nginx did not answer on {port}: "
-                                f"{(tmp / 'error.log').read_text(errors='replace')}")
-                time.sleep(0.05)
-            finally:
-                conn.close()
-        yield OwnNginx(f"http://127.0.0.1:{port}/", root)
+        with run_nginx(root, tmp) as (url, _port):
+            yield OwnNginx(url, root)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -282,6 +282,17 @@ def stall_everything(server: FaultServer, seconds: float) -> None:
         server.set_fault(prefix, stall)
 
 
+def busy_worker(run: Cli, server: FaultServer) -> psutil.Process | None:
+    """A worker of ``run`` with a response from ``server`` under way, if there is one yet."""
+    if server.bytes_sent == 0:
+        return None
+    for name in WORKER_NAMES:
+        for proc in run.named(name):
+            if connected_to(proc, server.port):
+                return proc
+    return None
+
+
 def depot_args(manifest: Path, dest: Path, *more: Any) -> tuple[Any, ...]:
     return (manifest, "-o", dest, "--workers", "2", "--chunk-size", "64K", "--progress", "none",
             *more)
@@ -311,16 +322,8 @@ def test_a_killed_worker_is_replaced_and_the_run_completes(
     dest = tmp_path / "game"
     run = cli(*depot_args(manifest, dest))
 
-    def busy_worker() -> psutil.Process | None:
-        if fault_server.bytes_sent == 0:
-            return None
-        for name in WORKER_NAMES:
-            for proc in run.named(name):
-                if connected_to(proc, fault_server.port):
-                    return proc
-        return None
-
-    victim = run.wait_for("a worker with a response under way", busy_worker)
+    victim = run.wait_for("a worker with a response under way",
+                          lambda: busy_worker(run, fault_server))
     name = victim.name()
     number = name.rsplit("-", 1)[1]
     requests_at_kill = len(fault_server.requests)
@@ -351,14 +354,8 @@ def test_a_stopped_worker_is_killed_and_replaced(
     dest = tmp_path / "game"
     run = cli(*depot_args(manifest, dest, "--timeout", "1"))
 
-    def busy_worker() -> psutil.Process | None:
-        for name in WORKER_NAMES:
-            for proc in run.named(name):
-                if connected_to(proc, fault_server.port):
-                    return proc
-        return None
-
-    victim = run.wait_for("a worker with a response under way", busy_worker)
+    victim = run.wait_for("a worker with a response under way",
+                          lambda: busy_worker(run, fault_server))
     victim.suspend()  # SIGSTOP
     try:
         code = run.finish()
