@@ -133,7 +133,7 @@ class FileRun:
     dirty: bool = False  # ``have`` grew since the last checkpoint
     generation: int = 0
     refetched: bool = False  # fetched a second time after its hash did not match
-    checked: bool = False  # a worker checks its whole-file hash: the writer need not
+    checked: bool = False  # workers verify every byte (file or part hashes): the writer need not
 
 
 class Inbox(multiprocessing.queues.Queue):
