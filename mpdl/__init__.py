@@ -4,10 +4,12 @@ manifest -> plan -> tasks -> workers -> ring slots -> writer -> verified files
 """
 
 from .api import Result, run
-from .errors import FetchError, ManifestError, MpdlError, UsageError, WriterError
+from .errors import (ChildrenKeepDying, DiskError, FetchError, ManifestError, MpdlError,
+                     NotEnoughSpace, RingTooSmall, RunStopped, UsageError)
 from .manifest import Manifest, load_manifest
 from .progress import ProgressEvent
 
 __all__ = ["run", "Result", "Manifest", "load_manifest", "ProgressEvent", "MpdlError",
-           "ManifestError", "UsageError", "FetchError", "WriterError"]
+           "ManifestError", "UsageError", "FetchError", "RunStopped", "DiskError",
+           "ChildrenKeepDying", "NotEnoughSpace", "RingTooSmall"]
 __version__ = "0.1.0"

@@ -8,32 +8,35 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from collections.abc import Mapping
+from typing import Any
 
-from .coordinator import Coordinator, RefreshUrl
-from .errors import MpdlError
+from .errors import MpdlError, NotEnoughSpace
 from .hashing import hash_file
 from .journal import Journal
 from .layout import Layout, escaping_links, inside, place_link
 from .manifest import FileEntry, Manifest, load_manifest
 from .options import Options
-from .plan import make_plan
-from .progress import ProgressCallback, Tracker, human_bytes
+from .plan import Plan, Planner
+from .progress import Counts, ProgressCallback, Tracker, human_bytes
 from .ranges import RangeSet
+from .retry import RetryPolicy
+from .scheduler import Limits, Scheduler
+from .supervisor import RefreshUrl, Supervisor, open_ring
 
 log = logging.getLogger("mpdl")
 
-ManifestSource = Union[str, "os.PathLike[str]", Mapping[str, Any], Manifest]
+ManifestSource = str | os.PathLike | Mapping[str, Any] | Manifest
 
 
 @dataclass
 class Result:
     """What a run did. ``ok`` only when every file (and link) is in place and verified."""
 
-    completed: List[str] = field(default_factory=list)  # fetched and verified in this run
-    skipped: List[str] = field(default_factory=list)  # already in place and verified before
-    failed: Dict[str, str] = field(default_factory=dict)  # path -> why
-    error: Optional[str] = None  # why the run stopped early (a disk error, dying processes)
+    completed: list[str] = field(default_factory=list)  # fetched and verified in this run
+    skipped: list[str] = field(default_factory=list)  # already in place and verified before
+    failed: dict[str, str] = field(default_factory=dict)  # path -> why
+    error: str | None = None  # why the run stopped early (a disk error, dying processes)
     bytes_fetched: int = 0  # from the network
     bytes_written: int = 0  # to files
     elapsed: float = 0.0
@@ -43,10 +46,10 @@ class Result:
         return not self.failed and self.error is None
 
 
-def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
-        progress: Optional[ProgressCallback] = None, state_dir: Optional[Path] = None,
-        keep_state: bool = True, streamed: Tuple[str, ...] = (),
-        refresh_url: Optional[RefreshUrl] = None, **options: Any) -> Result:
+def run(manifest: ManifestSource, dest: str | os.PathLike, *,
+        progress: ProgressCallback | None = None, state_dir: Path | None = None,
+        keep_state: bool = True, streamed: tuple[str, ...] = (),
+        refresh_url: RefreshUrl | None = None, **options: Any) -> Result:
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
@@ -74,18 +77,19 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
         have = _resumable(todo, layout, journal)
         _check_free_space(layout.dest, sum((entry.size or 0) - (have[fid].total() if fid in have
                                                                  else 0) for fid, entry in todo))
-        plan = make_plan(todo, chunk_size=opts.chunk_size, parallel=opts.parallel,
-                         streamed=streamed, have=have)
+        planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed)
+        plan = planner.plan(todo, have=have)
         log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
                  len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),
                  len(result.skipped), plan.describe())
         layout.dest.mkdir(parents=True, exist_ok=True)
-        sizes = [entry.size for entry in parsed.files]
-        tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), progress)
         fetching = {entry.path for _, entry in todo}
-        tracker.files_done = len(result.skipped)
-        tracker.bytes_done = sum(e.size or 0 for e in parsed.files if e.path not in fetching)
-        tracker.bytes_done += sum(h.total() for h in have.values())
+        counts = Counts(files_done=len(result.skipped))
+        counts.bytes_done = sum(e.size or 0 for e in parsed.files if e.path not in fetching)
+        counts.bytes_done += sum(h.total() for h in have.values())
+        sizes = [entry.size for entry in parsed.files]
+        tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
+                          progress)
 
         def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
             if ok:
@@ -95,13 +99,10 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
                 log.info("%s failed: %s", entry.path, reason)
 
         if todo:
-            coordinator = Coordinator(parsed, plan, layout, opts, tracker, file_done,
-                                      journal=journal, have=have, refresh_url=refresh_url,
-                                      streamed=streamed, sync_at_end=keep_state)
-            coordinator.run()
-            result.error = coordinator.error
-            result.bytes_fetched = tracker.bytes_fetched
-            result.bytes_written = coordinator.bytes_written
+            result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
+                                  file_done, refresh_url, keep_state)
+            result.bytes_fetched = counts.bytes_fetched
+            result.bytes_written = counts.bytes_written
         for link in parsed.links:
             try:
                 place_link(layout, link)
@@ -117,6 +118,31 @@ def run(manifest: ManifestSource, dest: Union[str, "os.PathLike[str]"], *,
     return result
 
 
+def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opts: Options,
+           journal: Journal, have: Mapping[int, RangeSet], tracker: Tracker, file_done,
+           refresh_url: RefreshUrl | None, keep_state: bool) -> str | None:
+    """Fetch what ``plan`` says with the processes of a run; returns why it stopped early."""
+    ring = open_ring(plan.slot_size, opts.memory)
+    try:
+        slots = ring.spec.slots
+        limits = Limits(slots=slots, connections=opts.connections,
+                        per_worker=max(1, -(-min(opts.connections, slots) // opts.workers)))
+        log.info("%d tasks, %d files, %d workers, %d connections, ring %d x %d KiB",
+                 len(plan.tasks), len(plan.files), opts.workers, min(opts.connections, slots),
+                 slots, plan.slot_size // 1024)
+        scheduler = Scheduler(plan, planner=planner, mirrors=manifest.mirrors, layout=layout,
+                              limits=limits, policy=RetryPolicy(max_attempts=opts.max_attempts),
+                              have=have, journaling=True, can_refresh=refresh_url is not None,
+                              counts=tracker.counts)
+        supervisor = Supervisor(scheduler, ring=ring, layout=layout, options=opts,
+                                tracker=tracker, on_file_done=file_done, journal=journal,
+                                refresh_url=refresh_url, sync_at_end=keep_state)
+        supervisor.run()
+        return supervisor.error
+    finally:
+        ring.close()
+
+
 def _check_free_space(dest: Path, needed: int) -> None:
     """Fail before the first request, with both figures, when the files cannot fit."""
     existing = dest
@@ -124,15 +150,14 @@ def _check_free_space(dest: Path, needed: int) -> None:
         existing = existing.parent
     free = shutil.disk_usage(existing).free
     if needed > free:
-        raise MpdlError(f"not enough space on {existing}: {human_bytes(needed)} to write, "
-                        f"{human_bytes(free)} free")
+        raise NotEnoughSpace(str(existing), needed, free)
 
 
 def _still_to_fetch(manifest: Manifest, layout: Layout, journal: Journal,
-                    result: Result) -> List[Tuple[int, FileEntry]]:
+                    result: Result) -> list[tuple[int, FileEntry]]:
     """Files not already in place; a file is in place if the journal or its hash says so."""
     todo = []
-    folders: Dict[Path, bool] = {}
+    folders: dict[Path, bool] = {}
     for file_id, entry in enumerate(manifest.files):
         final = layout.final(entry.path)
         if final.parent not in folders:  # a file seen through a planted link is not in place
@@ -145,8 +170,8 @@ def _still_to_fetch(manifest: Manifest, layout: Layout, journal: Journal,
     return todo
 
 
-def _resumable(todo: List[Tuple[int, FileEntry]], layout: Layout,
-               journal: Journal) -> Dict[int, RangeSet]:
+def _resumable(todo: list[tuple[int, FileEntry]], layout: Layout,
+               journal: Journal) -> dict[int, RangeSet]:
     """Byte ranges earlier runs left durable in the staging files of files still to fetch."""
     have = {}
     for file_id, entry in todo:

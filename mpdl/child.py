@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import queue
 import signal
-from typing import Callable, Iterator, List
+from collections.abc import Callable, Iterator
 
 # How often a child waiting for work checks that the coordinator still lives.
 PARENT_CHECK_SECONDS = 0.5
@@ -39,8 +39,8 @@ def _set_process_name(name: str) -> None:
         pass
 
 
-def batches(inbox: "multiprocessing.queues.Queue[List[tuple]]",
-            idle: Callable[[], None] = lambda: None) -> Iterator[List[tuple]]:
+def batches(inbox: multiprocessing.queues.Queue[list[tuple]],
+            idle: Callable[[], None] = lambda: None) -> Iterator[list[tuple]]:
     """The coordinator's batches of records, until it is gone: then the child just exits.
     ``idle`` is called whenever no batch came for PARENT_CHECK_SECONDS."""
     parent = multiprocessing.parent_process()

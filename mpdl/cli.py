@@ -12,8 +12,8 @@ import logging
 import posixpath
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 from urllib.parse import unquote, urlsplit
 
 from .api import Result, run
@@ -122,7 +122,7 @@ def _is_url(source: str) -> bool:
     return urlsplit(source).scheme.lower() in ("http", "https")
 
 
-def _progress(choice: str, quiet: bool) -> Optional[ProgressCallback]:
+def _progress(choice: str, quiet: bool) -> ProgressCallback | None:
     if choice == "json":
         return JsonLines(sys.stdout)
     if quiet or choice == "none":
@@ -132,7 +132,7 @@ def _progress(choice: str, quiet: bool) -> Optional[ProgressCallback]:
     return None
 
 
-def _download_url(url: str, output: Optional[str], options: Options, **kw) -> Result:
+def _download_url(url: str, output: str | None, options: Options, **kw) -> Result:
     """Probe the server, then fetch the URL as a one-file manifest into FILE."""
     if output is None:
         output = posixpath.basename(unquote(urlsplit(url).path)) or "index.html"
@@ -173,7 +173,7 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
     return EXIT_OK if result.ok else EXIT_INCOMPLETE
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.ERROR if args.quiet else (

@@ -1,9 +1,14 @@
-"""The exceptions mpdl raises, as one hierarchy (modelled on urllib3.exceptions).
+"""The exceptions mpdl raises, as one hierarchy whose shape is the classification (as urllib3's).
 
 Everything mpdl raises on purpose derives from MpdlError, so a launcher can catch one class.
+A failed fetch says what may still succeed by its class alone: each FetchError subclass carries
+its ``kind`` (the FailKind a worker reports) as a class attribute, so a class and a kind can
+never disagree. Facts travel as fields given to the constructor, not attributes set later.
 """
 
-from typing import Optional
+from __future__ import annotations
+
+from typing import ClassVar
 
 from .messages import FailKind
 
@@ -20,27 +25,98 @@ class UsageError(MpdlError, ValueError):
     """An option has a value mpdl cannot use (a bad size, a negative count...)."""
 
 
-class FetchError(MpdlError):
-    """An HTTP fetch failed; ``kind`` says what may still succeed (see messages.FailKind)."""
+# -- fetching: raised in a worker, reported as a Failed record of the class's kind -------------
 
-    def __init__(self, message: str, kind: FailKind = FailKind.RETRY,
-                 retry_after: Optional[float] = None) -> None:
+
+class FetchError(MpdlError):
+    """An HTTP fetch failed. Subclasses say what may still succeed; this base is a bug's."""
+
+    kind: ClassVar[FailKind] = FailKind.FATAL
+
+
+class TransientError(FetchError):
+    """Connection refused or reset, a timeout, a short body, 5xx, 429: back off and retry.
+    ``retry_after`` is the server's Retry-After in seconds, when it sent one."""
+
+    kind = FailKind.RETRY
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
-        self.kind = kind
         self.retry_after = retry_after
-        self.fetched = 0  # network bytes the failed attempt had read and not reported
+
+
+class NotOnMirror(FetchError):
+    """This mirror does not have the object (404, 410, 416, another length): try the next."""
+
+    kind = FailKind.MIRROR
+
+
+class AccessDenied(FetchError):
+    """401, 403: fail fast, unless the caller can refresh the (signed) URL."""
+
+    kind = FailKind.AUTH
+
+
+class RangesIgnored(FetchError):
+    """The server answered a Range request with the whole object: stream the object once."""
+
+    kind = FailKind.RANGES
 
 
 class IntegrityError(FetchError):
-    """Bytes arrived but do not match what the manifest declares (hash, size, zlib stream)."""
+    """Bytes arrived but do not match what the manifest declares (hash, zlib stream): fetched
+    once more, then the file fails."""
 
-    def __init__(self, message: str, kind: FailKind = FailKind.CORRUPT) -> None:
-        super().__init__(message, kind)
-
-
-class WriterError(MpdlError):
-    """The writer process could not write or finalize a file (disk full, permissions...)."""
+    kind = FailKind.CORRUPT
 
 
-class JournalError(MpdlError):
-    """The journal could not be written (disk full, read-only): the run stops, naming it."""
+# -- the run: raised in the coordinating process, they stop the run ---------------------------
+
+
+class RunStopped(MpdlError):
+    """The run cannot go on; files not finished stay staged for a re-run."""
+
+
+class DiskError(RunStopped):
+    """Writing ``path`` failed in a way that concerns the disk (full, read-only, permissions)."""
+
+    def __init__(self, path: str, reason: str, writing: str | None = None) -> None:
+        where = f" (writing {writing})" if writing else ""
+        super().__init__(f"{path}: {reason}{where}")
+        self.path, self.reason, self.writing = path, reason, writing
+
+
+class JournalError(RunStopped):
+    """The journal at ``path`` could not be written (disk full, read-only)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+class ChildrenKeepDying(RunStopped):
+    """Worker or writer processes died more often than the respawn budget allows."""
+
+    def __init__(self, role: str, exit_code: int | None) -> None:
+        super().__init__(f"{role} processes keep dying (last exit code {exit_code})")
+        self.role, self.exit_code = role, exit_code
+
+
+class NotEnoughSpace(MpdlError):
+    """The files to write do not fit on the destination's disk (checked before any request)."""
+
+    def __init__(self, path: str, needed: int, free: int) -> None:
+        from .progress import human_bytes
+
+        super().__init__(f"not enough space on {path}: {human_bytes(needed)} to write, "
+                         f"{human_bytes(free)} free")
+        self.path, self.needed, self.free = path, needed, free
+
+
+class RingTooSmall(MpdlError):
+    """The shared-memory filesystem cannot hold the two slots a run needs at least."""
+
+    def __init__(self, folder: str, slot_size: int) -> None:
+        super().__init__(f"not enough shared memory: {folder} cannot hold two slots of "
+                         f"{slot_size // 1024} KiB; free some or lower --chunk-size")
+        self.folder, self.slot_size = folder, slot_size

@@ -1,22 +1,23 @@
 """One HTTP response into ring slots: status and Content-Range checks, readinto, decode, verify.
 
-No retries and no process concerns here: a failure raises FetchError with its kind, and the
-worker reports it.
+No retries and no process concerns here: a failure raises the FetchError subclass that says
+what may still succeed, and the worker reports it. The network bytes an attempt reads are
+counted in its Meter, which each Filled empties: what is left there when the attempt fails is
+what the worker reports as read for nothing.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import urllib3
 
-from .errors import FetchError, IntegrityError
+from .errors import IntegrityError, NotOnMirror, RangesIgnored, TransientError
 from .hashing import parse_hash
 from .http import discard, open_response, parse_content_range, range_header, status_error
-from .messages import Check, FailKind, Fetch, Filled
+from .messages import Check, Fetch, Filled
 from .ring import Ring
-
 
 # Bytes asked of one readinto. A read that fails loses count of what it had received, so
 # this bounds how much a failed attempt's accounting can miss; larger reads gain nothing.
@@ -24,24 +25,44 @@ READ_SIZE = 256 * 1024
 
 
 class Cancelled(Exception):
-    """The worker is stopping: no slot will come."""
+    """No slot will come: the coordinator cancelled the attempt, or the worker is stopping."""
 
 
-NextSlot = Callable[[], Optional[int]]
+class Meter:
+    """The network bytes one attempt has read and not yet reported in a Filled.
+
+    The read loops add to it and every Filled takes what it holds, so when the attempt fails
+    the worker still knows what was read for nothing (the run's accounting counts it) without
+    the exception having to carry it.
+    """
+
+    __slots__ = ("unreported",)
+
+    def __init__(self) -> None:
+        self.unreported = 0
+
+    def take(self) -> int:
+        """What was read since the last take, which starts the count again."""
+        taken, self.unreported = self.unreported, 0
+        return taken
+
+
+NextSlot = Callable[[], int | None]
 Report = Callable[[Filled], None]
 
 
 def fetch(job: Fetch, pool: urllib3.PoolManager, ring: Ring, next_slot: NextSlot,
-          report: Report, scratch: bytearray) -> None:
-    """Run ``job``; ``scratch`` is this thread's buffer for compressed bodies."""
+          report: Report, scratch: bytearray, meter: Meter) -> None:
+    """Run ``job``; ``scratch`` is this thread's buffer for compressed bodies, ``meter`` the
+    attempt's count of bytes read and not reported."""
     headers = {"Range": range_header(job.offset, job.length)} if job.ranged else {}
     response = open_response(pool, job.url, headers)
     try:
         known_length = _check_status(job, response)
         if job.compression:
-            _fill_decoded(job, response, ring, report, scratch)
+            _fill_decoded(job, response, ring, report, scratch, meter)
         else:
-            _fill_plain(job, response, known_length, ring, next_slot, report)
+            _fill_plain(job, response, known_length, ring, next_slot, report, meter)
     except BaseException:
         discard(response)
         raise
@@ -51,7 +72,7 @@ def fetch(job: Fetch, pool: urllib3.PoolManager, ring: Ring, next_slot: NextSlot
         discard(response)
 
 
-def _check_status(job: Fetch, response: urllib3.BaseHTTPResponse) -> Optional[int]:
+def _check_status(job: Fetch, response: urllib3.BaseHTTPResponse) -> int | None:
     """Raise unless the response carries the asked bytes; return the body length if known."""
     length_header = response.headers.get("Content-Length")
     body_length = int(length_header) if length_header and length_header.isdigit() else None
@@ -60,16 +81,16 @@ def _check_status(job: Fetch, response: urllib3.BaseHTTPResponse) -> Optional[in
         expected_last = None if job.length is None else job.offset + job.length - 1
         if parsed is None or parsed[0] != job.offset or (
                 expected_last is not None and parsed[1] != expected_last):
-            raise FetchError(f"{job.url}: asked for {range_header(job.offset, job.length)}, "
-                             f"got Content-Range {response.headers.get('Content-Range')!r}")
+            raise TransientError(f"{job.url}: asked for {range_header(job.offset, job.length)}, "
+                                 f"got Content-Range {response.headers.get('Content-Range')!r}")
         return body_length
     if response.status == 200:
         if job.ranged and job.offset > 0:
-            raise FetchError(f"{job.url}: the server ignores Range requests", FailKind.RANGES)
+            raise RangesIgnored(f"{job.url}: the server ignores Range requests")
         if (job.exact and not job.ranged and job.length is not None
                 and body_length is not None and body_length != job.length):
-            raise FetchError(f"{job.url}: the server has {body_length} bytes, the manifest "
-                             f"says {job.length}", FailKind.MIRROR)
+            raise NotOnMirror(f"{job.url}: the server has {body_length} bytes, the manifest "
+                              f"says {job.length}")
         return body_length
     raise status_error(job.url, response.status, response.reason or "",
                        response.headers.get("Retry-After"))
@@ -80,16 +101,16 @@ def _read_into(raw, view: memoryview) -> int:
     try:
         return raw.readinto(view)
     except OSError as exc:  # resets, timeouts (socket.timeout is an OSError)
-        raise FetchError(f"read failed: {exc}") from None
+        raise TransientError(f"read failed: {exc}") from None
     except Exception as exc:  # http.client.IncompleteRead and friends
-        raise FetchError(f"read failed: {exc!r}") from None
+        raise TransientError(f"read failed: {exc!r}") from None
 
 
-def _fill_plain(job: Fetch, response, known_length: Optional[int], ring: Ring,
-                next_slot: NextSlot, report: Report) -> None:
+def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
+                next_slot: NextSlot, report: Report, meter: Meter) -> None:
     raw = response._fp  # http.client.HTTPResponse: readinto without a copy
     slot_size = ring.spec.slot_size
-    slot, slot_start, filled, fetched = job.slot, 0, 0, 0
+    slot, slot_start, filled = job.slot, 0, 0
     checker = Checker(job.url, job.checks)
     remaining = job.length
     view = ring.view(slot)
@@ -98,11 +119,13 @@ def _fill_plain(job: Fetch, response, known_length: Optional[int], ring: Ring,
             if filled == slot_size:  # full, and more to come: hand it over, wait for the next
                 checker.feed(view, slot_start, filled)
                 view.release()
-                report(Filled(job.task_id, job.attempt, slot, slot_start, filled, fetched, False))
+                report(Filled(task_id=job.task_id, attempt=job.attempt, slot=slot,
+                              offset=slot_start, length=filled, fetched=meter.take(),
+                              last=False))
                 granted = next_slot()
                 if granted is None:
                     raise Cancelled()
-                slot, slot_start, filled, fetched = granted, slot_start + filled, 0, 0
+                slot, slot_start, filled = granted, slot_start + filled, 0
                 view = ring.view(slot)
             want = min(slot_size - filled, READ_SIZE)
             if remaining is not None:
@@ -111,23 +134,21 @@ def _fill_plain(job: Fetch, response, known_length: Optional[int], ring: Ring,
             if not n:
                 if remaining is None:
                     break
-                raise FetchError(f"{job.url}: the body ended {remaining} bytes short")
+                raise TransientError(f"{job.url}: the body ended {remaining} bytes short")
             filled += n
-            fetched += n
+            meter.unreported += n
             if remaining is not None:
                 remaining -= n
         if (job.exact and not job.ranged and job.length is not None and known_length is None
                 and _has_more(raw)):
-            raise IntegrityError(f"{job.url}: the body is longer than the {job.length} bytes "
-                                 f"the manifest says", FailKind.MIRROR)
+            raise NotOnMirror(f"{job.url}: the body is longer than the {job.length} bytes "
+                              f"the manifest says")
         checker.feed(view, slot_start, filled)
         checker.finish()
-    except FetchError as exc:
-        exc.fetched = fetched  # read for nothing, but read: the run's accounting counts it
-        raise
     finally:
         view.release()
-    report(Filled(job.task_id, job.attempt, slot, slot_start, filled, fetched, True))
+    report(Filled(task_id=job.task_id, attempt=job.attempt, slot=slot, offset=slot_start,
+                  length=filled, fetched=meter.take(), last=True))
 
 
 def _has_more(raw) -> bool:
@@ -135,7 +156,8 @@ def _has_more(raw) -> bool:
     return _read_into(raw, memoryview(probe)) > 0
 
 
-def _fill_decoded(job: Fetch, response, ring: Ring, report: Report, scratch: bytearray) -> None:
+def _fill_decoded(job: Fetch, response, ring: Ring, report: Report, scratch: bytearray,
+                  meter: Meter) -> None:
     """Decode the part into its slot as it arrives, through ``scratch``, never past ``size``.
 
     Memory stays at one scratch buffer per thread whatever the part's length, and a zlib
@@ -146,40 +168,38 @@ def _fill_decoded(job: Fetch, response, ring: Ring, report: Report, scratch: byt
     decoder = zlib.decompressobj()
     left, out = job.length, 0
     with ring.view(job.slot) as view, memoryview(scratch) as buffer:
-        try:
-            while left and not decoder.eof:
-                n = _read_into(raw, buffer[:min(len(buffer), left)])
-                if not n:
-                    raise FetchError(f"{job.url}: the body ended {left} bytes short")
-                left -= n
-                data = buffer[:n]
-                while data and not decoder.eof:
-                    try:
-                        chunk = decoder.decompress(data, size - out + 1)  # max_length is >= 1
-                    except zlib.error as exc:
-                        raise IntegrityError(f"{job.url}: bad zlib data ({exc})") from None
-                    if out + len(chunk) > size:
-                        raise IntegrityError(f"{job.url}: decompresses to more than the "
-                                             f"declared {size} bytes")
-                    view[out:out + len(chunk)] = chunk
-                    out += len(chunk)
-                    data = decoder.unconsumed_tail
-            if left or decoder.unused_data or not decoder.eof or out != size:
-                raise IntegrityError(f"{job.url}: the zlib stream does not match its part "
-                                     f"({out} of {size} bytes decoded, {left} bytes unread)")
-            checker = Checker(job.url, job.checks)
-            checker.feed(view, 0, size)
-            checker.finish()
-        except FetchError as exc:
-            exc.fetched = job.length - left
-            raise
-    report(Filled(job.task_id, job.attempt, job.slot, 0, size, job.length, True))
+        while left and not decoder.eof:
+            n = _read_into(raw, buffer[:min(len(buffer), left)])
+            if not n:
+                raise TransientError(f"{job.url}: the body ended {left} bytes short")
+            left -= n
+            meter.unreported += n
+            data = buffer[:n]
+            while data and not decoder.eof:
+                try:
+                    chunk = decoder.decompress(data, size - out + 1)  # max_length is >= 1
+                except zlib.error as exc:
+                    raise IntegrityError(f"{job.url}: bad zlib data ({exc})") from None
+                if out + len(chunk) > size:
+                    raise IntegrityError(f"{job.url}: decompresses to more than the "
+                                         f"declared {size} bytes")
+                view[out:out + len(chunk)] = chunk
+                out += len(chunk)
+                data = decoder.unconsumed_tail
+        if left or decoder.unused_data or not decoder.eof or out != size:
+            raise IntegrityError(f"{job.url}: the zlib stream does not match its part "
+                                 f"({out} of {size} bytes decoded, {left} bytes unread)")
+        checker = Checker(job.url, job.checks)
+        checker.feed(view, 0, size)
+        checker.finish()
+    report(Filled(task_id=job.task_id, attempt=job.attempt, slot=job.slot, offset=0, length=size,
+                  fetched=meter.take(), last=True))
 
 
 class Checker:
     """Part hashes over a task's output, fed slot by slot: a part may span several slots."""
 
-    def __init__(self, url: str, checks: Tuple[Check, ...]) -> None:
+    def __init__(self, url: str, checks: tuple[Check, ...]) -> None:
         self.url = url
         self.open = [(check, parse_hash(check.hash)) for check in checks]
         self.hashers = {check: spec.new() for check, spec in self.open}

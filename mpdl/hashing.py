@@ -11,6 +11,7 @@ import functools
 import hashlib
 import os
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import xxhash
@@ -38,7 +39,7 @@ class Hasher(typing.Protocol):
 
 # md5 and sha1 check integrity here, not security: saying so keeps FIPS builds of
 # OpenSSL from refusing them.
-_CONSTRUCTORS: dict[str, typing.Callable[[], Hasher]] = {
+_CONSTRUCTORS: dict[str, Callable[[], Hasher]] = {
     "xxh3_64": xxhash.xxh3_64,
     "xxh3_128": xxhash.xxh3_128,
     "xxh64": xxhash.xxh64,

@@ -1,7 +1,7 @@
 """HTTP: connection pools, opening a checked response, and probing a server's capabilities.
 
-Everything here classifies failures into FetchError kinds; nothing here retries (the
-coordinator decides that, with a budget).
+Everything here classifies a failure by the FetchError subclass it raises; nothing here
+retries (the coordinator decides that, with a budget).
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import email.utils
 import re
 from datetime import datetime, timezone
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from .errors import FetchError
-from .messages import FailKind
+from .errors import AccessDenied, FetchError, NotOnMirror, TransientError
 
 USER_AGENT = "mpdl/0.1"
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
@@ -34,11 +33,11 @@ def make_pool(*, connections: int, timeout: float, verify_tls: bool) -> urllib3.
     )
 
 
-def range_header(offset: int, length: Optional[int]) -> str:
+def range_header(offset: int, length: int | None) -> str:
     return f"bytes={offset}-" if length is None else f"bytes={offset}-{offset + length - 1}"
 
 
-def parse_content_range(value: Optional[str]) -> Optional[tuple]:
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
     """'bytes 0-99/1000' -> (0, 99, 1000); total None for '*'; None if absent or malformed."""
     match = _CONTENT_RANGE.match(value or "")
     if not match:
@@ -48,19 +47,17 @@ def parse_content_range(value: Optional[str]) -> Optional[tuple]:
 
 
 def status_error(url: str, status: int, reason: str = "",
-                 retry_after: Optional[str] = None) -> FetchError:
+                 retry_after: str | None = None) -> FetchError:
     """The FetchError for an HTTP status that brought no usable body."""
     text = f"HTTP {status}{' ' + reason if reason else ''} from {url}"
-    if status in (404, 410, 416):
-        return FetchError(text, FailKind.MIRROR)
     if status in (401, 403):
-        return FetchError(text + " (access denied; a signed URL may have expired)", FailKind.AUTH)
+        return AccessDenied(text + " (access denied; a signed URL may have expired)")
     if status == 429 or status >= 500:
-        return FetchError(text, FailKind.RETRY, parse_retry_after(retry_after))
-    return FetchError(text, FailKind.MIRROR)
+        return TransientError(text, parse_retry_after(retry_after))
+    return NotOnMirror(text)  # 404, 410, 416, and any other status this mirror answers
 
 
-def parse_retry_after(value: Optional[str]) -> Optional[float]:
+def parse_retry_after(value: str | None) -> float | None:
     """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent or bad."""
     if not value:
         return None
@@ -76,15 +73,16 @@ def parse_retry_after(value: Optional[str]) -> Optional[float]:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def open_response(pool: urllib3.PoolManager, url: str, headers: dict) -> urllib3.BaseHTTPResponse:
-    """GET ``url`` without reading the body; network failures become retryable FetchErrors."""
+def open_response(pool: urllib3.PoolManager, url: str,
+                  headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+    """GET ``url`` without reading the body; network failures are TransientErrors."""
     try:
         return pool.request("GET", url, headers=headers, preload_content=False,
                             decode_content=False)
     except Urllib3Error as exc:
-        raise FetchError(f"{url}: {_short(exc)}") from None
+        raise TransientError(f"{url}: {_short(exc)}") from None
     except OSError as exc:
-        raise FetchError(f"{url}: {exc}") from None
+        raise TransientError(f"{url}: {exc}") from None
 
 
 def _short(exc: BaseException) -> str:
@@ -101,7 +99,7 @@ def discard(response: urllib3.BaseHTTPResponse) -> None:
 class ServerInfo(NamedTuple):
     """What a probe learned: the object's size (None: unknown) and whether ranges work."""
 
-    size: Optional[int]
+    size: int | None
     ranges: bool
 
 
@@ -110,7 +108,7 @@ def probe(pool: urllib3.PoolManager, url: str) -> ServerInfo:
     try:
         head = pool.request("HEAD", url, preload_content=True)
     except (Urllib3Error, OSError) as exc:
-        raise FetchError(f"{url}: {_short(exc)}") from None
+        raise TransientError(f"{url}: {_short(exc)}") from None
     if head.status == 200:
         length = head.headers.get("Content-Length")
         size = int(length) if length and length.isdigit() else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional, TextIO, Tuple
+from typing import TextIO
 
 from .errors import JournalError
 from .manifest import FileEntry
@@ -33,11 +33,13 @@ def _key(entry: FileEntry) -> str:
 
 
 class Journal:
+    """The journal of one state folder: read once when a run starts, appended to as it goes."""
+
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / JOURNAL_NAME
-        self._done: Dict[str, Tuple[str, int]] = {}  # path -> (key, mtime_ns): small, per file
-        self._partial: Dict[str, dict] = {}
-        self._out: Optional[TextIO] = None
+        self._done: dict[str, tuple[str, int]] = {}  # path -> (key, mtime_ns): small, per file
+        self._partial: dict[str, dict] = {}
+        self._out: TextIO | None = None
         lines = 0
         try:
             with open(self.path, encoding="utf-8") as text:
@@ -72,7 +74,7 @@ class Journal:
             return False
         return st.st_size == entry.size and st.st_mtime_ns == done[1]
 
-    def resumable(self, entry: FileEntry, staging: Path) -> Optional[RangeSet]:
+    def resumable(self, entry: FileEntry, staging: Path) -> RangeSet | None:
         """The durable byte ranges of ``entry``'s staging file, if a run left some for it."""
         record = self._partial.get(entry.path)
         if (record is None or record.get("key") != _key(entry)
@@ -119,7 +121,7 @@ class Journal:
                 self._out = open(self.path, "a", encoding="utf-8")
             self._out.write(json.dumps(record) + "\n")
         except OSError as exc:
-            raise JournalError(f"{self.path}: {exc.strerror or exc}") from None
+            raise JournalError(str(self.path), exc.strerror or str(exc)) from None
 
     def flush(self) -> None:
         """Hand the lines written so far to the OS (records come in batches: flush once)."""
@@ -127,7 +129,7 @@ class Journal:
             try:
                 self._out.flush()
             except OSError as exc:
-                raise JournalError(f"{self.path}: {exc.strerror or exc}") from None
+                raise JournalError(str(self.path), exc.strerror or str(exc)) from None
 
     def _compact(self) -> None:
         """One line per path, written aside and renamed over, so a crash keeps the old one."""

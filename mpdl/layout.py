@@ -7,16 +7,15 @@ on disk before trusting a folder, since DEST may hold links nobody validated.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, List, Optional
 
 import xxhash
 
 from .manifest import STATE_DIR, FileEntry, LinkEntry
 
 
-
-def inside(path: "os.PathLike[str] | str", root: "os.PathLike[str] | str") -> bool:
+def inside(path: os.PathLike[str] | str, root: os.PathLike[str] | str) -> bool:
     """``path`` resolves (links followed) to ``root`` or below it."""
     real, base = os.path.realpath(path), os.path.realpath(root)
     return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
@@ -37,7 +36,7 @@ def make_folder_inside(folder: str, root: str) -> bool:
 
 
 class Layout:
-    def __init__(self, dest: Path, state_dir: Optional[Path] = None) -> None:
+    def __init__(self, dest: Path, state_dir: Path | None = None) -> None:
         self.dest = Path(os.path.abspath(dest))
         self.state_dir = Path(os.path.abspath(state_dir)) if state_dir else self.dest / STATE_DIR
         self.staging_dir = self.state_dir / "staging"
@@ -69,7 +68,7 @@ def place_link(layout: Layout, link: LinkEntry) -> None:
     os.replace(temporary, where)
 
 
-def escaping_links(layout: Layout, links: Iterable[LinkEntry]) -> List[LinkEntry]:
+def escaping_links(layout: Layout, links: Iterable[LinkEntry]) -> list[LinkEntry]:
     """Remove and return the placed links that resolve outside DEST on disk."""
     out = []
     for link in links:

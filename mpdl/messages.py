@@ -5,15 +5,18 @@ carries a list of records: the coordinator and the writer batch theirs, so one p
 syscall move many; a worker's fetch threads send as they go. The coordinator sends through
 queues (never blocking), children answer through pipes.
 
-    coordinator --Fetch/Grant/Cancel/Stop--> worker --Filled/Failed/Alive--> coordinator
-    coordinator --OpenFile/WriteSlot/CloseFile/Sync/Stop--> writer
-                             writer --SlotWritten/FileClosed/Synced/WriteFailed--> coordinator
+    supervisor --ToWorker: Fetch/Grant/Cancel/Stop--> worker --FromWorker: Filled/Failed/Alive-->
+    supervisor --ToWriter: OpenFile/WriteSlot/CloseFile/Sync/Stop--> writer
+                  writer --FromWriter: SlotWritten/FileClosed/Synced/WriteFailed--> supervisor
+
+One union per direction names what may travel that way; every receiver raises UnknownRecord
+on anything else, and records are built by keyword.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 
 class Check(NamedTuple):
@@ -40,12 +43,12 @@ class Fetch(NamedTuple):
     attempt: int
     url: str
     offset: int
-    length: Optional[int]
+    length: int | None
     ranged: bool
     exact: bool
-    compression: Optional[str]
-    size: Optional[int]
-    checks: Tuple[Check, ...]
+    compression: str | None
+    size: int | None
+    checks: tuple[Check, ...]
     slot: int
 
 
@@ -113,7 +116,7 @@ class Failed(NamedTuple):
     kind: FailKind
     reason: str
     fetched: int = 0
-    retry_after: Optional[float] = None
+    retry_after: float | None = None
 
 
 # coordinator -> writer
@@ -128,9 +131,9 @@ class OpenFile(NamedTuple):
 
     file_id: int
     staging: str
-    size: Optional[int]
+    size: int | None
     fresh: bool = True
-    algo: Optional[str] = None
+    algo: str | None = None
 
 
 class Piece(NamedTuple):
@@ -146,7 +149,7 @@ class WriteSlot(NamedTuple):
     """Write these pieces of ``slot`` and give the slot back."""
 
     slot: int
-    pieces: Tuple[Piece, ...]
+    pieces: tuple[Piece, ...]
 
 
 class CloseFile(NamedTuple):
@@ -159,7 +162,7 @@ class CloseFile(NamedTuple):
     file_id: int
     keep: bool
     destination: str
-    hash: Optional[str]
+    hash: str | None
     executable: bool
 
 
@@ -171,7 +174,7 @@ class Sync(NamedTuple):
     """
 
     token: int
-    paths: Tuple[str, ...]
+    paths: tuple[str, ...]
 
 
 # writer -> coordinator
@@ -197,7 +200,7 @@ class Synced(NamedTuple):
     """The Sync with this token is done; ``error`` says why not, if it failed."""
 
     token: int
-    error: Optional[str] = None
+    error: str | None = None
 
 
 class WriteFailed(NamedTuple):
@@ -206,3 +209,17 @@ class WriteFailed(NamedTuple):
     file_id: int
     path: str
     reason: str
+
+
+ToWorker = Fetch | Grant | Cancel | Stop
+FromWorker = Filled | Failed | Alive
+ToWriter = OpenFile | WriteSlot | CloseFile | Sync | Stop
+FromWriter = SlotWritten | FileClosed | Synced | WriteFailed
+
+
+class UnknownRecord(TypeError):
+    """A process received a record that does not travel its way: a bug, never ignored."""
+
+    def __init__(self, receiver: str, record: object) -> None:
+        super().__init__(f"{receiver} got an unknown record: {record!r}")
+        self.receiver, self.record = receiver, record

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import psutil
 
@@ -44,7 +45,7 @@ class Options:
     # and cost one request per 2 MiB; a 64 MiB ring holds 32 such slots, enough for every
     # connection plus as many waiting for the writer, and touches little memory (a 256 MiB
     # ring ran no faster and cost 200 MiB more of the machine's memory).
-    workers: Optional[int] = None  # None: from the machine
+    workers: int | None = None  # None: from the machine
     connections: int = 16  # concurrent requests in all workers together
     chunk_size: int = 2 * MiB  # range task size when splitting big objects; also the slot size
     memory: int = 64 * MiB  # the ring's budget: the cap on payload held in memory
@@ -52,7 +53,7 @@ class Options:
     parallel: bool = True  # False: one stream per object (MPDL_NO_PARALLEL=1)
     verify_tls: bool = True
     max_attempts: int = 5  # per task, over all mirrors
-    start_method: Optional[str] = None  # None: coordinator.default_start_method picks
+    start_method: str | None = None  # None: coordinator.default_start_method picks
 
     def __post_init__(self) -> None:
         if self.workers is None:
@@ -69,7 +70,7 @@ class Options:
             raise UsageError(f"unknown start method {self.start_method!r}")
 
     @classmethod
-    def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides: Any) -> "Options":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Options:
         """Defaults, then MPDL_* environment variables, then ``overrides`` that are not None."""
         env = os.environ if env is None else env
         values: dict = {}

@@ -16,9 +16,9 @@ planned, and a verified part (compressed or hashed) is fetched whole unless it i
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .errors import ManifestError
 from .manifest import FileEntry, Part
@@ -43,7 +43,7 @@ class Span:
     """
 
     offset: int
-    length: Optional[int]
+    length: int | None
     file_id: int
     file_offset: int
 
@@ -61,19 +61,19 @@ class Task:
     task_id: int
     source: str
     offset: int
-    length: Optional[int]
+    length: int | None
     ranged: bool
-    compression: Optional[str]
-    size: Optional[int]
-    spans: Tuple[Span, ...]
+    compression: str | None
+    size: int | None
+    spans: tuple[Span, ...]
     exact: bool = True
-    checks: Tuple[Check, ...] = ()
+    checks: tuple[Check, ...] = ()
 
     @cached_property
-    def file_ids(self) -> FrozenSet[int]:
+    def file_ids(self) -> frozenset[int]:
         return frozenset(span.file_id for span in self.spans)
 
-    def map(self, offset: int, length: int) -> List[Tuple[int, int, int, int]]:
+    def map(self, offset: int, length: int) -> list[tuple[int, int, int, int]]:
         """Where output bytes [offset, offset+length) go: (file_id, file_offset, rel, length)."""
         out = []
         end = offset + length
@@ -92,10 +92,10 @@ class Plan:
     task carries all of it: a small object, a V1 file) or against part hashes (a V2 file):
     the writer need not hash them again."""
 
-    tasks: List[Task]
+    tasks: list[Task]
     slot_size: int
-    files: Dict[int, FileEntry] = field(default_factory=dict)
-    verified: Set[int] = field(default_factory=set)
+    files: dict[int, FileEntry] = field(default_factory=dict)
+    verified: set[int] = field(default_factory=set)
 
     def describe(self) -> str:
         """The strategy in a few words, for the log."""
@@ -107,127 +107,175 @@ class Plan:
                 f"({merged} merging adjacent parts), {packed} compressed parts")
 
 
-@dataclass
-class _Open:
-    """A range request being grown by merging adjacent ranges of the same object."""
+@dataclass(frozen=True)
+class Planner:
+    """How a run cuts files into tasks: the run-wide facts planning depends on.
 
-    source: str
-    start: int
-    end: int
-    spans: List[Span]
-    checks: List[Check]
+    ``streamed`` objects are known to ignore Range (any iterable is taken, and kept as a
+    frozenset). Facts do not change under a plan: when one does mid-run (an object found to
+    ignore Range), plan with a new Planner, ``dataclasses.replace(planner,
+    streamed=planner.streamed | {source})``.
+    """
 
+    chunk_size: int
+    parallel: bool = True
+    streamed: frozenset[str] = frozenset()
 
-def make_plan(
-    files: Sequence[Tuple[int, FileEntry]],
-    *,
-    chunk_size: int,
-    parallel: bool = True,
-    streamed: Iterable[str] = (),
-    have: Mapping[int, RangeSet] = {},
-    first_task_id: int = 0,
-) -> Plan:
-    """Tasks for ``files`` (file_id, entry); ``streamed`` objects are known to ignore ranges;
-    ``have`` holds the bytes each file already has on disk (resume); task ids start at
-    ``first_task_id``, so a coordinator can plan again in the middle of a run."""
-    streamed = set(streamed)
-    verified: Set[int] = set()
-    tasks: List[Task] = []
-    slot_size = chunk_size
-    growing: Dict[str, _Open] = {}
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "streamed", frozenset(self.streamed))
 
-    def emit(**kw) -> None:
-        tasks.append(Task(task_id=first_task_id + len(tasks), **kw))
+    def plan(self, files: Sequence[tuple[int, FileEntry]], *,
+             have: Mapping[int, RangeSet] = {}, first_task_id: int = 0) -> Plan:
+        """Tasks for ``files`` (file_id, entry). ``have`` holds the bytes each file already has
+        on disk (resume); task ids start at ``first_task_id``, so a coordinator can plan again
+        in the middle of a run."""
+        draft = _Draft(first_task_id=first_task_id, slot_size=self.chunk_size)
+        for file_id, entry in files:
+            present = have.get(file_id)
+            if present and entry.url is not None and entry.size:  # resume: the gaps, as ranges
+                entry = _as_one_part(entry)
+            if entry.url is not None:
+                self._plan_object(draft, file_id, entry, entry.url)
+            else:
+                self._plan_parts(draft, file_id, entry, present)
+        for source in list(draft.growing):
+            draft.flush(source)
+        return Plan(tasks=draft.tasks, slot_size=draft.slot_size, files=dict(files),
+                    verified=draft.verified)
 
-    def flush(source: str) -> None:
-        req = growing.pop(source)
-        emit(source=source, offset=req.start, length=req.end - req.start, ranged=True,
-             compression=None, size=req.end - req.start, spans=tuple(req.spans),
-             checks=tuple(req.checks))
+    def _plan_object(self, draft: _Draft, file_id: int, entry: FileEntry, url: str) -> None:
+        """A file that is the whole object at ``url``: one plain GET, checked whole when it has
+        a hash, or (parallel, larger than a chunk, ranges honoured) ranges of a chunk each."""
+        size = entry.size
+        if size == 0:
+            return
+        if size is None or not self.parallel or url in self.streamed or size <= self.chunk_size:
+            checks: tuple[Check, ...] = ()
+            if entry.hash is not None and size is not None:
+                checks = (Check(offset=0, length=size, hash=str(entry.hash)),)
+                draft.verified.add(file_id)
+            draft.tasks.append(Task(
+                task_id=draft.next_task_id, source=url, offset=0, length=size, ranged=False,
+                compression=None, size=size,
+                spans=(Span(offset=0, length=size, file_id=file_id, file_offset=0),),
+                checks=checks))
+            return
+        for offset in range(0, size, self.chunk_size):
+            length = min(self.chunk_size, size - offset)
+            draft.tasks.append(Task(
+                task_id=draft.next_task_id, source=url, offset=offset, length=length,
+                ranged=True, compression=None, size=length,
+                spans=(Span(offset=0, length=length, file_id=file_id, file_offset=offset),)))
 
-    def joins(req: _Open, offset: int, length: int, check: Optional[str]) -> bool:
-        """Parallel: merged requests stay within a chunk. Not parallel: one stream per run of
-        adjacent ranges, but a checked part stays alone (its check must fit one slot)."""
-        if not req.end <= offset <= req.end + MERGE_GAP or len(req.spans) >= MAX_SPANS:
-            return False
-        if parallel:
-            return offset + length - req.start <= chunk_size
-        return not check and not req.checks
-
-    def add_range(source: str, offset: int, length: int, file_id: int, file_offset: int,
-                  check: Optional[str]) -> None:
-        req = growing.get(source)
-        if req is not None and not joins(req, offset, length, check):
-            flush(source)
-            req = None
-        if req is None:
-            req = growing[source] = _Open(source, offset, offset, [], [])
-        rel = offset - req.start
-        req.spans.append(Span(rel, length, file_id, file_offset))
-        if check:
-            req.checks.append(Check(rel, length, check))
-        req.end = offset + length
-
-    for file_id, entry in files:
-        present = have.get(file_id)
-        if present and entry.url is not None and entry.size:  # resume: the gaps, as ranges
-            entry = _as_one_part(entry)
-        if entry.url is not None:
-            size = entry.size
-            if size == 0:
-                continue
-            whole = size is None or not parallel or entry.url in streamed or size <= chunk_size
-            if whole:
-                checks = ()
-                if entry.hash is not None and size is not None:
-                    checks = (Check(0, size, str(entry.hash)),)
-                    verified.add(file_id)
-                emit(source=entry.url, offset=0, length=size, ranged=False, compression=None,
-                     size=size, spans=(Span(0, size, file_id, 0),), checks=checks)
-                continue
-            for off in range(0, size, chunk_size):
-                n = min(chunk_size, size - off)
-                emit(source=entry.url, offset=off, length=n, ranged=True, compression=None,
-                     size=n, spans=(Span(0, n, file_id, off),))
-            continue
-        file_offset = 0
+    def _plan_parts(self, draft: _Draft, file_id: int, entry: FileEntry,
+                    present: RangeSet | None) -> None:
+        """A file made of parts: each verified part whole, the other bytes (only those not
+        ``present``) as ranges merged with their neighbours in the same object."""
         if entry.parts and not present and all(part.hash is not None for part in entry.parts):
-            verified.add(file_id)  # every byte is checked against its part's hash (GOG V2)
+            draft.verified.add(file_id)  # every byte is checked against its part's hash (GOG V2)
+        file_offset = 0
         for index, part in enumerate(entry.parts):
             if part.length == 0 and part.size == 0:
                 continue
-            where = f"{entry.path}: part {index}"
             if present and present.covers(file_offset, file_offset + part.size):
                 file_offset += part.size
                 continue
             if part.compressed or part.hash is not None:
                 if max(part.length, part.size) > MAX_SLOT:
-                    raise ManifestError(f"{where}: {max(part.length, part.size)} bytes is more "
-                                        f"than the {MAX_SLOT // MiB} MiB a verified part may have")
-                slot_size = max(slot_size, part.size)
+                    raise ManifestError(
+                        f"{entry.path}: part {index}: {max(part.length, part.size)} bytes is "
+                        f"more than the {MAX_SLOT // MiB} MiB a verified part may have")
+                draft.slot_size = max(draft.slot_size, part.size)
             if part.compressed:
-                emit(source=part.url, offset=part.offset, length=part.length, ranged=True,
-                     compression=part.compression, size=part.size,
-                     spans=(Span(0, part.size, file_id, file_offset),),
-                     checks=(Check(0, part.size, str(part.hash)),) if part.hash else ())
+                checks = (Check(offset=0, length=part.size, hash=str(part.hash)),) \
+                    if part.hash else ()
+                draft.tasks.append(Task(
+                    task_id=draft.next_task_id, source=part.url, offset=part.offset,
+                    length=part.length, ranged=True, compression=part.compression,
+                    size=part.size, checks=checks,
+                    spans=(Span(offset=0, length=part.size, file_id=file_id,
+                                file_offset=file_offset),)))
             elif part.hash is not None:
-                add_range(part.url, part.offset, part.length, file_id, file_offset, str(part.hash))
-            elif (parallel and not present and entry.hash is not None
-                  and len(entry.parts) == 1 and part.length <= chunk_size):
-                add_range(part.url, part.offset, part.length, file_id, 0, str(entry.hash))
-                verified.add(file_id)  # a V1 file: one range, checked whole in the worker
+                self._add_range(draft, part.url, part.offset, part.length, file_id, file_offset,
+                                str(part.hash))
+            elif (self.parallel and not present and entry.hash is not None
+                  and len(entry.parts) == 1 and part.length <= self.chunk_size):
+                self._add_range(draft, part.url, part.offset, part.length, file_id, 0,
+                                str(entry.hash))
+                draft.verified.add(file_id)  # a V1 file: one range, checked whole in the worker
             else:
                 gaps = present.gaps(file_offset, file_offset + part.size) if present else \
                     [(file_offset, file_offset + part.size)]
                 for lo, hi in gaps:
-                    step = chunk_size if parallel else hi - lo
+                    step = self.chunk_size if self.parallel else hi - lo
                     for at in range(lo, hi, step):
-                        n = min(step, hi - at)
-                        add_range(part.url, part.offset + at - file_offset, n, file_id, at, None)
+                        self._add_range(draft, part.url, part.offset + at - file_offset,
+                                        min(step, hi - at), file_id, at, None)
             file_offset += part.size
-    for source in list(growing):
-        flush(source)
-    return Plan(tasks=tasks, slot_size=slot_size, files=dict(files), verified=verified)
+
+    def _add_range(self, draft: _Draft, source: str, offset: int, length: int, file_id: int,
+                   file_offset: int, check: str | None) -> None:
+        """Bytes [offset, offset+length) of ``source`` for ``file_id`` at ``file_offset``, to
+        be checked against ``check`` if given: into the request growing for ``source`` when
+        they join it, else into a new one (the old one becomes a task)."""
+        request = draft.growing.get(source)
+        if request is not None and not self._joins(request, offset, length, check):
+            draft.flush(source)
+            request = None
+        if request is None:
+            request = draft.growing[source] = _GrowingRequest(start=offset, end=offset)
+        rel = offset - request.start
+        request.spans.append(Span(offset=rel, length=length, file_id=file_id,
+                                  file_offset=file_offset))
+        if check:
+            request.checks.append(Check(offset=rel, length=length, hash=check))
+        request.end = offset + length
+
+    def _joins(self, request: _GrowingRequest, offset: int, length: int,
+               check: str | None) -> bool:
+        """Parallel: merged requests stay within a chunk. Not parallel: one stream per run of
+        adjacent ranges, but a checked part stays alone (its check must fit one slot)."""
+        if (not request.end <= offset <= request.end + MERGE_GAP
+                or len(request.spans) >= MAX_SPANS):
+            return False
+        if self.parallel:
+            return offset + length - request.start <= self.chunk_size
+        return not check and not request.checks
+
+
+@dataclass
+class _GrowingRequest:
+    """A range request being grown by merging adjacent ranges of the same object."""
+
+    start: int
+    end: int
+    spans: list[Span] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+
+@dataclass
+class _Draft:
+    """One ``Planner.plan`` call's output so far, and the requests it is still growing (at most
+    one per object: a range that does not join it ends it)."""
+
+    first_task_id: int
+    slot_size: int
+    tasks: list[Task] = field(default_factory=list)
+    verified: set[int] = field(default_factory=set)
+    growing: dict[str, _GrowingRequest] = field(default_factory=dict)
+
+    @property
+    def next_task_id(self) -> int:
+        return self.first_task_id + len(self.tasks)
+
+    def flush(self, source: str) -> None:
+        """The request growing for ``source`` is complete: it becomes a task."""
+        request = self.growing.pop(source)
+        length = request.end - request.start
+        self.tasks.append(Task(
+            task_id=self.next_task_id, source=source, offset=request.start, length=length,
+            ranged=True, compression=None, size=length, spans=tuple(request.spans),
+            checks=tuple(request.checks)))
 
 
 def _as_one_part(entry: FileEntry) -> FileEntry:
@@ -238,20 +286,22 @@ def _as_one_part(entry: FileEntry) -> FileEntry:
                      executable=entry.executable, parts=(part,))
 
 
-def split_task(task: Task, first_task_id: int) -> List[Task]:
+def split_task(task: Task, first_task_id: int) -> list[Task]:
     """One ranged request per span of ``task``, each with its own checks: a merged request whose
     checks keep failing is tried file by file, so one bad file does not fail its neighbours."""
     assert task.ranged and task.compression is None
-    out = []
+    out: list[Task] = []
     for span in task.spans:
         assert span.length is not None
         end = span.offset + span.length
-        checks = tuple(Check(c.offset - span.offset, c.length, c.hash) for c in task.checks
+        checks = tuple(Check(offset=c.offset - span.offset, length=c.length, hash=c.hash)
+                       for c in task.checks
                        if span.offset <= c.offset and c.offset + c.length <= end)
         out.append(Task(task_id=first_task_id + len(out), source=task.source,
                         offset=task.offset + span.offset, length=span.length, ranged=True,
                         compression=None, size=span.length,
-                        spans=(Span(0, span.length, span.file_id, span.file_offset),),
+                        spans=(Span(offset=0, length=span.length, file_id=span.file_id,
+                                    file_offset=span.file_offset),),
                         checks=checks))
     return out
 
@@ -261,14 +311,15 @@ def stream_task(task_id: int, source: str, tasks: Sequence[Task]) -> Task:
 
     Compressed parts cannot be cut out of a stream; the caller keeps those tasks apart.
     """
-    spans: List[Span] = []
-    checks: List[Check] = []
+    spans: list[Span] = []
+    checks: list[Check] = []
     end = 0
     for task in tasks:
         assert task.compression is None and task.length is not None
-        spans += [Span(task.offset + s.offset, s.length, s.file_id, s.file_offset)
-                  for s in task.spans]
-        checks += [Check(task.offset + c.offset, c.length, c.hash) for c in task.checks]
+        spans += [Span(offset=task.offset + s.offset, length=s.length, file_id=s.file_id,
+                       file_offset=s.file_offset) for s in task.spans]
+        checks += [Check(offset=task.offset + c.offset, length=c.length, hash=c.hash)
+                   for c in task.checks]
         end = max(end, task.offset + task.length)
     return Task(task_id=task_id, source=source, offset=0, length=end, ranged=False, exact=False,
                 compression=None, size=end, spans=tuple(spans), checks=tuple(checks))

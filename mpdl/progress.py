@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Deque, Optional, TextIO, Tuple
+from typing import TextIO
 
 
 @dataclass(frozen=True)
@@ -14,12 +15,12 @@ class ProgressEvent:
     """A snapshot. ``bytes_total`` is None while a size is unknown; ``eta`` in seconds."""
 
     bytes_done: int
-    bytes_total: Optional[int]
+    bytes_total: int | None
     files_done: int
     files_total: int
     bytes_fetched: int
     speed: float
-    eta: Optional[float]
+    eta: float | None
     elapsed: float
     final: bool = False
 
@@ -27,36 +28,47 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
+@dataclass(slots=True)
+class Counts:
+    """What a run has done so far: the scheduler counts, the tracker reads. ``bytes_done``
+    includes files in place before the run and bytes resumed from the journal."""
+
+    bytes_done: int = 0
+    files_done: int = 0
+    bytes_fetched: int = 0  # from the network, failed attempts included
+    bytes_written: int = 0  # to files, in this run
+
+
 class Tracker:
-    """Counts what is done; calls ``callback`` once per ``interval`` at most, and at the end."""
+    """Shows ``counts``: calls ``callback`` once per ``interval`` at most, and at the end."""
 
     WINDOW = 3.0  # seconds of history the speed is measured over
 
-    def __init__(self, bytes_total: Optional[int], files_total: int,
-                 callback: Optional[ProgressCallback], interval: float = 0.25) -> None:
+    def __init__(self, bytes_total: int | None, files_total: int, counts: Counts,
+                 callback: ProgressCallback | None, interval: float = 0.25) -> None:
         self.bytes_total = bytes_total
         self.files_total = files_total
-        self.bytes_done = 0
-        self.files_done = 0
-        self.bytes_fetched = 0
+        self.counts = counts
         self._callback = callback
         self._interval = interval
         self._start = time.monotonic()
         self._last = 0.0
-        self._history: Deque[Tuple[float, int]] = deque([(self._start, 0)])
+        self._history: deque[tuple[float, int]] = deque([(self._start, counts.bytes_done)])
 
     def snapshot(self, final: bool = False) -> ProgressEvent:
-        now = time.monotonic()
-        self._history.append((now, self.bytes_done))
+        now, counts = time.monotonic(), self.counts
+        self._history.append((now, counts.bytes_done))
         while len(self._history) > 2 and now - self._history[1][0] > self.WINDOW:
             self._history.popleft()
         then, done_then = self._history[0]
-        speed = (self.bytes_done - done_then) / (now - then) if now > then else 0.0
+        speed = (counts.bytes_done - done_then) / (now - then) if now > then else 0.0
         eta = None
         if self.bytes_total is not None and speed > 0:
-            eta = max(0.0, (self.bytes_total - self.bytes_done) / speed)
-        return ProgressEvent(self.bytes_done, self.bytes_total, self.files_done, self.files_total,
-                             self.bytes_fetched, speed, eta, now - self._start, final)
+            eta = max(0.0, (self.bytes_total - counts.bytes_done) / speed)
+        return ProgressEvent(bytes_done=counts.bytes_done, bytes_total=self.bytes_total,
+                             files_done=counts.files_done, files_total=self.files_total,
+                             bytes_fetched=counts.bytes_fetched, speed=speed, eta=eta,
+                             elapsed=now - self._start, final=final)
 
     def tick(self, final: bool = False) -> None:
         if self._callback is None:
@@ -75,7 +87,7 @@ def human_bytes(n: float) -> str:
     raise AssertionError
 
 
-def _clock(seconds: Optional[float]) -> str:
+def _clock(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
     seconds = int(seconds)

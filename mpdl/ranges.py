@@ -7,9 +7,9 @@ ranges are kept sorted and merged: a file written front to back stays a single r
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Iterable, Iterator, List, Tuple
+from collections.abc import Iterable, Iterator
 
-Range = Tuple[int, int]  # [start, end)
+Range = tuple[int, int]  # [start, end)
 
 
 class RangeSet:
@@ -18,7 +18,7 @@ class RangeSet:
     __slots__ = ("_ranges",)
 
     def __init__(self, ranges: Iterable[Range] = ()) -> None:
-        self._ranges: List[Range] = []
+        self._ranges: list[Range] = []
         for start, end in ranges:
             self.add(start, end)
 
@@ -58,7 +58,7 @@ class RangeSet:
     def total(self) -> int:
         return sum(end - start for start, end in self._ranges)
 
-    def as_list(self) -> List[List[int]]:
+    def as_list(self) -> list[list[int]]:
         """JSON-ready."""
         return [[start, end] for start, end in self._ranges]
 
@@ -71,7 +71,7 @@ class RangeSet:
     def __repr__(self) -> str:
         return f"RangeSet({self._ranges!r})"
 
-    def copy(self) -> "RangeSet":
+    def copy(self) -> RangeSet:
         clone = RangeSet()
         clone._ranges = list(self._ranges)
         return clone

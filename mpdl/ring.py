@@ -1,8 +1,8 @@
 """The shared-memory ring: one segment cut into equal slots that workers fill and the writer drains.
 
-The coordinator alone decides who owns a slot (``SlotPool``); other processes only ``attach``
-and look at the slots they were told about. Slots are freed in any order, so one slow response
-never holds the others back.
+The scheduler alone decides who holds a slot (``slots.SlotPool``); other processes only
+``attach`` and look at the slots they were told about. Slots are freed in any order, so one
+slow response never holds the others back.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import secrets
 import shutil
 import sys
 from multiprocessing import shared_memory
-from typing import Container, Dict, Hashable, List, NamedTuple, Optional
+from typing import NamedTuple
 
 
 SHM_FOLDER = "/dev/shm"
@@ -46,16 +46,16 @@ class Ring:
         self._shm = shm
         self.spec = spec
         self._owner = owner
-        self._buf: Optional[memoryview] = shm.buf
+        self._buf: memoryview | None = shm.buf
 
     @classmethod
-    def create(cls, slot_size: int, slots: int) -> "Ring":
+    def create(cls, slot_size: int, slots: int) -> Ring:
         name = f"mpdl_{os.getpid()}_{secrets.token_hex(4)}"
         shm = shared_memory.SharedMemory(name=name, create=True, size=slot_size * slots)
         return cls(shm, RingSpec(shm.name, slot_size, slots), owner=True)
 
     @classmethod
-    def attach(cls, spec: RingSpec) -> "Ring":
+    def attach(cls, spec: RingSpec) -> Ring:
         if sys.version_info >= (3, 13):
             shm = shared_memory.SharedMemory(name=spec.name, track=False)
         else:  # children share the creator's resource tracker, which dedupes the name
@@ -83,35 +83,3 @@ class Ring:
                 self._shm.unlink()
             except FileNotFoundError:
                 pass
-
-
-class SlotPool:
-    """Which slot is free and who holds the others: the coordinator's single source of truth."""
-
-    def __init__(self, slots: int) -> None:
-        self._free: List[int] = list(range(slots - 1, -1, -1))
-        self._owner: Dict[int, Hashable] = {}
-
-    def acquire(self, owner: Hashable) -> Optional[int]:
-        if not self._free:
-            return None
-        slot = self._free.pop()  # most recently freed first: its pages are warm
-        self._owner[slot] = owner
-        return slot
-
-    def release(self, slot: int) -> None:
-        del self._owner[slot]
-        self._free.append(slot)
-
-    def release_owned(self, owner: Hashable, keep: Container[int] = ()) -> None:
-        """Free the slots ``owner`` holds, but those in ``keep`` (an attempt that ended
-        without reporting the slot it was filling)."""
-        for slot in [s for s, o in self._owner.items() if o == owner and s not in keep]:
-            self.release(slot)
-
-    def owner(self, slot: int) -> Optional[Hashable]:
-        return self._owner.get(slot)
-
-    @property
-    def free(self) -> int:
-        return len(self._free)

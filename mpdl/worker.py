@@ -3,8 +3,13 @@
 A worker runs one fetch thread per connection it is given: fetching is waiting on sockets,
 and blocking urllib3 calls with threads is the simplest way to keep several responses going
 in one process (readinto, zlib and hashlib release the GIL). Processes are for the CPU work
-of many responses; the main thread is one loop that routes the coordinator's records and
-exits when the coordinator dies.
+of many responses. The main thread is one short loop (``worker_main``) that hands each of the
+coordinator's records to ``Worker.handle`` and exits when the coordinator dies or says Stop.
+
+Rules: the main thread never blocks on a fetch, and nothing here runs per chunk; the fetch
+threads answer the coordinator themselves, as they go, and every attempt they take ends in
+exactly one Filled with ``last`` or one Failed, unless the worker stops or the coordinator
+is gone.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
-from typing import Dict, List, Optional, Set, Tuple
+
+import urllib3
 
 from .child import batches, child_setup
-from .errors import FetchError
-from .fetch import Cancelled, fetch
+from .errors import FetchError, TransientError
+from .fetch import Cancelled, Meter, fetch
 from .http import make_pool
-from .messages import Alive, Cancel, FailKind, Failed, Fetch, Grant, Stop
+from .messages import (Alive, Cancel, Failed, FailKind, Fetch, FromWorker, Grant, Stop,
+                       ToWorker, UnknownRecord)
 from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.worker")
@@ -30,6 +37,116 @@ log = logging.getLogger("mpdl.worker")
 ALIVE_SECONDS = 1.0
 # Compressed bodies pass through this much memory per fetch thread, whatever their length.
 SCRATCH_SIZE = 256 * 1024
+# How long stopping waits for fetch threads; a thread stuck in a read is left behind.
+JOIN_SECONDS = 0.5
+
+Attempt = tuple[int, int]  # (task_id, attempt): what the coordinator's records address
+
+
+class Worker:
+    """A worker's state: the fetch threads, the jobs waiting for them, and per attempt the
+    slots granted to it and whether it was cancelled.
+
+    ``handle`` runs in the main thread and only routes; the fetch threads do the rest.
+    """
+
+    def __init__(self, outbox: Connection, worker_id: int, ring: Ring,
+                 pool: urllib3.PoolManager, threads: int) -> None:
+        self.outbox = outbox
+        self.worker_id = worker_id
+        self.ring = ring
+        self.pool = pool
+        self.send_lock = threading.Lock()  # fetch threads and the main thread share the pipe
+        self.last_sent = time.monotonic()
+        self.jobs: queue.SimpleQueue[Fetch | None] = queue.SimpleQueue()
+        # Keyed by attempt too: a retry of a task can reach this worker while the thread that
+        # ran the failed attempt has not yet forgotten its own queue.
+        self.grants: dict[Attempt, queue.SimpleQueue[int | None]] = {}
+        self.cancelled: set[Attempt] = set()
+        self.stopping = threading.Event()
+        self.fetchers = [threading.Thread(target=self.fetch_loop, name=f"fetch-{i}", daemon=True)
+                         for i in range(threads)]
+
+    def start(self) -> None:
+        for thread in self.fetchers:
+            thread.start()
+
+    def send(self, record: FromWorker) -> None:
+        with self.send_lock:
+            self.outbox.send([record])
+            self.last_sent = time.monotonic()
+
+    def idle(self) -> None:
+        """Tell the coordinator this process still runs, when nothing else has lately."""
+        if time.monotonic() - self.last_sent >= ALIVE_SECONDS:
+            self.send(Alive())
+
+    def handle(self, record: ToWorker) -> None:
+        """Route one record (Stop is the caller's: it ends the loop, not a record to route)."""
+        if isinstance(record, Fetch):
+            self.grants[record.task_id, record.attempt] = queue.SimpleQueue()
+            self.jobs.put(record)
+        elif isinstance(record, Grant):
+            waiting = self.grants.get((record.task_id, record.attempt))
+            if waiting is not None:
+                waiting.put(record.slot)
+        elif isinstance(record, Cancel):
+            key = (record.task_id, record.attempt)
+            self.cancelled.add(key)
+            waiting = self.grants.get(key)
+            if waiting is not None:
+                waiting.put(None)  # wakes the thread waiting for a slot: it gives the task up
+        else:
+            raise UnknownRecord("worker", record)
+
+    def fetch_loop(self) -> None:
+        """One fetch thread: jobs one after the other over its connection, each answered."""
+        scratch = bytearray(SCRATCH_SIZE)
+        while True:
+            job = self.jobs.get()
+            if job is None or self.stopping.is_set():
+                return
+            key = (job.task_id, job.attempt)
+            meter = Meter()
+            try:
+                if key in self.cancelled:
+                    raise Cancelled()
+                fetch(job, self.pool, self.ring, self.grants[key].get, self.send, scratch, meter)
+            except FetchError as exc:
+                retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+                self._failed(job, type(exc).kind, str(exc), meter, retry_after)
+            except Cancelled:  # dropped by the coordinator: say so, to free the slot it held
+                if self.stopping.is_set():
+                    return
+                self._failed(job, FailKind.RETRY, "cancelled", meter)
+            except (BrokenPipeError, EOFError):
+                return  # the coordinator is gone
+            except Exception as exc:  # a bug: report it rather than hang the task
+                log.exception("worker %d: task %d", self.worker_id, job.task_id)
+                self._failed(job, FailKind.FATAL, f"internal error: {exc!r}", meter)
+            finally:
+                self.grants.pop(key, None)
+                self.cancelled.discard(key)
+
+    def _failed(self, job: Fetch, kind: FailKind, reason: str, meter: Meter,
+                retry_after: float | None = None) -> None:
+        """Report the attempt failed, with the bytes it read that no Filled reported."""
+        self.send(Failed(task_id=job.task_id, attempt=job.attempt, kind=kind, reason=reason,
+                         fetched=meter.take(), retry_after=retry_after))
+
+    def stop(self) -> None:
+        """Wake every fetch thread and give them a moment to end.
+
+        They are daemons: one stuck in a read must not keep the process alive.
+        """
+        self.stopping.set()
+        for waiting in list(self.grants.values()):
+            waiting.put(None)
+        for _ in self.fetchers:
+            self.jobs.put(None)
+        deadline = time.monotonic() + JOIN_SECONDS
+        for thread in self.fetchers:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec,
@@ -38,85 +155,16 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
     child_setup(f"mpdl-worker-{worker_id}", log_level)
     ring = Ring.attach(spec)
     pool = make_pool(connections=threads, timeout=timeout, verify_tls=verify_tls)
-    send_lock = threading.Lock()
-    jobs: "queue.SimpleQueue[Optional[Fetch]]" = queue.SimpleQueue()
-    # Keyed by attempt too: a retry of a task can reach this worker while the thread that ran
-    # the failed attempt has not yet forgotten its own queue.
-    grants: Dict[Tuple[int, int], "queue.SimpleQueue[Optional[int]]"] = {}
-    cancelled: Set[Tuple[int, int]] = set()
-    stopping = threading.Event()
-
-    last_sent = [time.monotonic()]
-
-    def send(record) -> None:
-        with send_lock:
-            outbox.send([record])
-            last_sent[0] = time.monotonic()
-
-    def idle() -> None:
-        """Tell the coordinator this process still runs, when nothing else has lately."""
-        if time.monotonic() - last_sent[0] >= ALIVE_SECONDS:
-            send(Alive())
-
-    def fetch_loop() -> None:
-        scratch = bytearray(SCRATCH_SIZE)
-        while True:
-            job = jobs.get()
-            if job is None or stopping.is_set():
-                return
-            key = (job.task_id, job.attempt)
-            try:
-                if key in cancelled:
-                    raise Cancelled()
-                fetch(job, pool, ring, grants[key].get, send, scratch)
-            except FetchError as exc:
-                send(Failed(job.task_id, job.attempt, exc.kind, str(exc), exc.fetched,
-                            exc.retry_after))
-            except Cancelled:  # dropped by the coordinator: say so, to free the slot it held
-                if stopping.is_set():
-                    return
-                send(Failed(job.task_id, job.attempt, FailKind.RETRY, "cancelled"))
-            except (BrokenPipeError, EOFError):
-                return  # the coordinator is gone
-            except Exception as exc:  # a bug: report it rather than hang the task
-                log.exception("worker %d: task %d", worker_id, job.task_id)
-                send(Failed(job.task_id, job.attempt, FailKind.FATAL, f"internal error: {exc!r}"))
-            finally:
-                grants.pop(key, None)
-                cancelled.discard(key)
-
-    fetchers: List[threading.Thread] = [
-        threading.Thread(target=fetch_loop, name=f"fetch-{i}", daemon=True) for i in range(threads)]
-    for thread in fetchers:
-        thread.start()
+    worker = Worker(outbox, worker_id, ring, pool, threads)
+    worker.start()
     try:
-        for batch in batches(inbox, idle):
-            idle()
+        for batch in batches(inbox, worker.idle):
+            worker.idle()
             for record in batch:
-                if isinstance(record, Fetch):
-                    grants[record.task_id, record.attempt] = queue.SimpleQueue()
-                    jobs.put(record)
-                elif isinstance(record, Grant):
-                    waiting = grants.get((record.task_id, record.attempt))
-                    if waiting is not None:
-                        waiting.put(record.slot)
-                elif isinstance(record, Cancel):
-                    key = (record.task_id, record.attempt)
-                    cancelled.add(key)
-                    waiting = grants.get(key)
-                    if waiting is not None:
-                        waiting.put(None)
-                elif isinstance(record, Stop):
+                if isinstance(record, Stop):
                     return
+                worker.handle(record)
     finally:
-        stopping.set()
-        for waiting in list(grants.values()):
-            waiting.put(None)
-        for _ in fetchers:
-            jobs.put(None)
-        # Fetch threads are daemons: one stuck in a read must not keep the process alive.
-        deadline = time.monotonic() + 0.5
-        for thread in fetchers:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        worker.stop()
         pool.clear()
         ring.close()

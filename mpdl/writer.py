@@ -2,6 +2,8 @@
 
 One process owns every file descriptor, so writes need no locks and land with ``pwrite``
 at their offsets in any order. A file gets its final name only after its hash matched.
+``Writer.handle`` applies one record and returns the replies; ``writer_main`` is the loop
+that feeds it, and ends on Stop. A record that is not a ToWriter is a bug: UnknownRecord.
 """
 
 from __future__ import annotations
@@ -14,24 +16,23 @@ import os
 from collections import OrderedDict
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
-from typing import Dict, List, Optional, Set
 
 from .child import batches, child_setup
 from .hashing import hash_file, new_hasher, parse_hash
 from .layout import make_folder_inside
-from .messages import (CloseFile, FileClosed, OpenFile, SlotWritten, Stop, Sync, Synced,
-                       WriteFailed, WriteSlot)
+from .messages import (CloseFile, FileClosed, FromWriter, OpenFile, SlotWritten, Stop, Sync,
+                       Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
 from .ranges import RangeSet
 from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.writer")
 _O_BINARY = getattr(os, "O_BINARY", 0)
-# Errors that say something about one path (a file where a folder must go, a name too long),
-# not about the disk: they fail that file and the run goes on.
 # Bytes read back at a time to hash pieces that were written before the bytes preceding them.
 READ_BACK = 1024 * 1024
 # A Sync of more files than this is one syncfs(2) of the whole filesystem.
 SYNCFS_OVER = 16
+# Errors that say something about one path (a file where a folder must go, a name too long),
+# not about the disk: they fail that file and the run goes on.
 PER_FILE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP,
                    errno.EINVAL}
 
@@ -89,7 +90,7 @@ class StreamHash:
             self.hasher.update(buffer[:n])
             self.done += n
 
-    def digest(self) -> Optional[str]:
+    def digest(self) -> str | None:
         """The hex digest once every byte was hashed, else None."""
         return self.hasher.hexdigest() if self.done == self.size else None
 
@@ -106,12 +107,12 @@ class Writer:
     def __init__(self, ring: Ring, dest: str) -> None:
         self.ring = ring
         self.dest = dest
-        self.fds: "OrderedDict[int, int]" = OrderedDict()
-        self.staging: Dict[int, str] = {}
-        self.hashes: Dict[int, StreamHash] = {}
-        self.made: Set[str] = set()  # staging folders known to exist
+        self.fds: OrderedDict[int, int] = OrderedDict()
+        self.staging: dict[int, str] = {}
+        self.hashes: dict[int, StreamHash] = {}
+        self.made: set[str] = set()  # staging folders known to exist
         self.buffer = memoryview(bytearray(READ_BACK))
-        self.folders: Dict[str, bool] = {}
+        self.folders: dict[str, bool] = {}
 
     def _fd(self, file_id: int) -> int:
         fd = self.fds.get(file_id)
@@ -132,12 +133,12 @@ class Writer:
             self.folders[folder] = make_folder_inside(folder, self.dest)
         return self.folders[folder]
 
-    def _file_error(self, file_id: int, path: str, exc: OSError) -> tuple:
+    def _file_error(self, file_id: int, path: str, exc: OSError) -> FileClosed | WriteFailed:
         """A disk-wide error stops the run; a problem with this one path fails this file."""
         if exc.errno in PER_FILE_ERRORS:
             self._drop(file_id)
-            return FileClosed(file_id, False, f"{path}: {_why(exc)}")
-        return WriteFailed(file_id, path, _why(exc))
+            return FileClosed(file_id=file_id, ok=False, reason=f"{path}: {_why(exc)}")
+        return WriteFailed(file_id=file_id, path=path, reason=_why(exc))
 
     def _drop(self, file_id: int) -> None:
         self.hashes.pop(file_id, None)
@@ -148,7 +149,8 @@ class Writer:
         if staging is not None:
             _remove(staging)
 
-    def handle(self, record) -> List[tuple]:
+    def handle(self, record: ToWriter) -> list[FromWriter]:
+        """Apply one record; Stop is writer_main's to act on, not a record to apply."""
         if isinstance(record, WriteSlot):
             return self.write(record)
         if isinstance(record, OpenFile):
@@ -157,9 +159,9 @@ class Writer:
             return [self.close(record)]
         if isinstance(record, Sync):
             return [self.sync(record)]
-        raise TypeError(f"writer got {record!r}")
+        raise UnknownRecord("writer", record)
 
-    def open(self, record: OpenFile) -> List[tuple]:
+    def open(self, record: OpenFile) -> list[FromWriter]:
         try:
             folder = os.path.dirname(record.staging)
             if folder not in self.made:
@@ -177,8 +179,8 @@ class Writer:
             return [self._file_error(record.file_id, record.staging, exc)]
         return []
 
-    def write(self, record: WriteSlot) -> List[tuple]:
-        replies: List[tuple] = []
+    def write(self, record: WriteSlot) -> list[FromWriter]:
+        replies: list[FromWriter] = []
         written = 0
         with self.ring.view(record.slot) as view:
             for piece in record.pieces:
@@ -195,20 +197,20 @@ class Writer:
                 except OSError as exc:
                     staging = self.staging[piece.file_id]
                     replies.append(self._file_error(piece.file_id, staging, exc))
-        replies.append(SlotWritten(record.slot, written))
+        replies.append(SlotWritten(slot=record.slot, written=written))
         return replies
 
-    def close(self, record: CloseFile) -> tuple:
+    def close(self, record: CloseFile) -> FileClosed | WriteFailed:
         fd = self.fds.pop(record.file_id, None)
         staging = self.staging.pop(record.file_id, None)
         stream = self.hashes.pop(record.file_id, None)
         if fd is not None:
             os.close(fd)
         if staging is None:
-            return FileClosed(record.file_id, False, "never opened")
+            return FileClosed(file_id=record.file_id, ok=False, reason="never opened")
         if not record.keep:
             _remove(staging)
-            return FileClosed(record.file_id, False, "discarded")
+            return FileClosed(file_id=record.file_id, ok=False, reason="discarded")
         try:
             if record.hash:
                 spec = parse_hash(record.hash)
@@ -217,27 +219,30 @@ class Writer:
                     actual = hash_file(staging, spec.algo)
                 if not spec.matches(actual):
                     _remove(staging)
-                    return FileClosed(record.file_id, False, f"{spec.algo} is {actual}, the "
-                                      f"manifest says {spec.hexdigest}", mismatch=True)
+                    return FileClosed(file_id=record.file_id, ok=False,
+                                      reason=f"{spec.algo} is {actual}, the manifest says "
+                                             f"{spec.hexdigest}", mismatch=True)
             if record.executable:
                 mode = os.stat(staging).st_mode
                 os.chmod(staging, mode | ((mode & 0o444) >> 2))  # x wherever r is set
             if not self._checked_folder(os.path.dirname(record.destination)):
                 _remove(staging)
-                return FileClosed(record.file_id, False, "its folder leads out of the destination")
+                return FileClosed(file_id=record.file_id, ok=False,
+                                  reason="its folder leads out of the destination")
             os.replace(staging, record.destination)
         except OSError as exc:
             if exc.errno in PER_FILE_ERRORS:
                 _remove(staging)
-                return FileClosed(record.file_id, False, f"{record.destination}: {_why(exc)}")
-            return WriteFailed(record.file_id, record.destination, _why(exc))
-        return FileClosed(record.file_id, True, "")
+                return FileClosed(file_id=record.file_id, ok=False,
+                                  reason=f"{record.destination}: {_why(exc)}")
+            return WriteFailed(file_id=record.file_id, path=record.destination, reason=_why(exc))
+        return FileClosed(file_id=record.file_id, ok=True, reason="")
 
-    def sync(self, record: Sync) -> tuple:
+    def sync(self, record: Sync) -> Synced:
         """fsync each file, or the whole filesystem at once when there are many."""
         try:
             if len(record.paths) > SYNCFS_OVER and sync_filesystem(self.dest):
-                return Synced(record.token)
+                return Synced(token=record.token)
             for path in record.paths:
                 try:
                     fd = os.open(path, os.O_RDONLY | _O_BINARY)
@@ -248,8 +253,8 @@ class Writer:
                 finally:
                     os.close(fd)
         except OSError as exc:
-            return Synced(record.token, f"{exc.filename or self.dest}: {_why(exc)}")
-        return Synced(record.token)
+            return Synced(token=record.token, error=f"{exc.filename or self.dest}: {_why(exc)}")
+        return Synced(token=record.token)
 
     def close_all(self) -> None:
         for fd in self.fds.values():
@@ -274,7 +279,7 @@ def sync_filesystem(path: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _libc():
+def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:
@@ -300,7 +305,7 @@ def writer_main(inbox: Queue, outbox: Connection, spec: RingSpec, dest: str,
     writer = Writer(ring, dest)
     try:
         for batch in batches(inbox):
-            replies: List[tuple] = []
+            replies: list[FromWriter] = []
             for record in batch:
                 if isinstance(record, Stop):
                     return

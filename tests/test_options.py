@@ -6,7 +6,8 @@ import pytest
 
 from mpdl.errors import UsageError
 from mpdl.options import Options, parse_size
-from mpdl.ring import SlotPool, slots_that_fit
+from mpdl.ring import slots_that_fit
+from mpdl.slots import Phase, SlotPool
 
 
 @pytest.mark.parametrize("text,value", [("4096", 4096), ("512K", 512 * 1024), ("8M", 8 << 20),
@@ -49,13 +50,27 @@ def test_default_workers_come_from_the_machine():
 
 def test_slot_pool_tracks_owners_and_reuses_the_last_freed_slot():
     pool = SlotPool(3)
-    a, b, c = pool.acquire("a"), pool.acquire("b"), pool.acquire("c")
-    assert pool.acquire("d") is None and pool.free == 0
-    assert pool.owner(b) == "b" and pool.owner(c) == "c"
+    a, b, c = pool.acquire(1, 1, 0), pool.acquire(2, 1, 0), pool.acquire(3, 1, 1)
+    assert pool.acquire(4, 1, 0) is None and pool.free == 0
+    assert pool.holder(b).task_id == 2 and pool.holder(c).worker == 1
     pool.release(a)
     pool.release(c)
-    assert pool.acquire("e") == c and pool.owner(c) == "e"
+    assert pool.acquire(5, 1, 0) == c and pool.holder(c).task_id == 5
     assert pool.free == 1 and a != c
+
+
+def test_slot_pool_frees_what_a_dead_child_held():
+    pool = SlotPool(4)
+    writing = pool.acquire(1, 1, 0)
+    pool.to_writer(writing)
+    filling_0, filling_1 = pool.acquire(2, 1, 0), pool.acquire(3, 1, 1)
+    assert pool.writing(1, 1) == 1 and pool.writing(1, 2) == 0
+    pool.release_worker(0)  # its FILLING slot only: the writer still has task 1's
+    assert pool.holder(filling_0) is None and pool.holder(writing).phase is Phase.WRITING
+    pool.release_writer()
+    assert pool.holder(writing) is None and pool.holder(filling_1) is not None
+    pool.release_filling(3, 1)
+    assert pool.free == 4
 
 
 def test_slots_that_fit_read_the_real_shared_memory_folder():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mpdl.errors import ManifestError
 from mpdl.manifest import parse_manifest
-from mpdl.plan import MAX_SLOT, MERGE_GAP, make_plan, stream_task
+from mpdl.plan import MAX_SLOT, MERGE_GAP, Planner, stream_task
 from mpdl.ranges import RangeSet
 
 KiB, MiB = 1024, 1024 * 1024
@@ -37,9 +39,9 @@ def assert_exact_cover(plan, entries):
         assert pos == entry.size
 
 
-def planned(m, **kw):
+def planned(m, chunk_size=MiB, **kw):
     entries = list(enumerate(m.files))
-    plan = make_plan(entries, **{"chunk_size": 1 * MiB, **kw})
+    plan = Planner(chunk_size=chunk_size, **kw).plan(entries)
     assert_exact_cover(plan, entries)
     return plan
 
@@ -50,13 +52,23 @@ def test_whole_object_is_split_into_chunk_ranges():
         (i * MiB, MiB, True) for i in range(5)] + [(5 * MiB, 7, True)]
 
 
+def test_an_object_found_to_ignore_ranges_is_planned_again_by_a_new_planner():
+    entries = list(enumerate(manifest({"path": "big", "size": 5 * MiB, "url": "big.bin"}).files))
+    planner = Planner(chunk_size=MiB, streamed=("other.bin",))
+    assert len(planner.plan(entries).tasks) == 5
+    learned = dataclasses.replace(planner, streamed=planner.streamed | {"big.bin"})
+    [task] = learned.plan(entries, first_task_id=40).tasks
+    assert (task.task_id, task.ranged, task.length) == (40, False, 5 * MiB)
+    assert planner.streamed == {"other.bin"}  # the first planner's facts are unchanged
+
+
 def test_small_whole_object_is_one_plain_get():
     plan = planned(manifest({"path": "f", "size": 1000, "url": "f"}))
     [task] = plan.tasks
     assert (task.offset, task.length, task.ranged, task.exact) == (0, 1000, False, True)
 
 
-@pytest.mark.parametrize("kw", [{"parallel": False}, {"streamed": ["big.bin"]}])
+@pytest.mark.parametrize("kw", [{"parallel": False}, {"streamed": frozenset({"big.bin"})}])
 def test_no_parallel_or_streamed_object_is_one_get(kw):
     plan = planned(manifest({"path": "big", "size": 5 * MiB, "url": "big.bin"}), **kw)
     assert [(t.offset, t.length, t.ranged) for t in plan.tasks] == [(0, 5 * MiB, False)]
@@ -110,11 +122,11 @@ def test_a_verified_part_over_the_limit_is_refused():
     m = manifest({"path": "h", "size": MAX_SLOT + 1,
                   "parts": [{"url": "m", "length": MAX_SLOT + 1, "hash": MD5}]})
     with pytest.raises(ManifestError, match="h: part 0"):
-        make_plan(list(enumerate(m.files)), chunk_size=MiB)
+        Planner(chunk_size=MiB).plan(list(enumerate(m.files)))
 
 
 def test_empty_files_have_no_tasks():
-    plan = make_plan(list(enumerate(manifest({"path": "e", "size": 0}).files)), chunk_size=MiB)
+    plan = Planner(chunk_size=MiB).plan(list(enumerate(manifest({"path": "e", "size": 0}).files)))
     assert plan.tasks == [] and 0 in plan.files
 
 
@@ -173,7 +185,7 @@ def test_files_one_task_carries_are_checked_whole_by_it() -> None:
     merged = [t for t in plan.tasks if t.source == "m"]
     assert len(merged) == 1 and [(c.offset, c.length, c.hash) for c in merged[0].checks] == [
         (0, 10, MD5), (10, 10, MD5)]
-    resumed = make_plan(entries, chunk_size=MiB, have={2: RangeSet([(0, 5)])})
+    resumed = Planner(chunk_size=MiB).plan(entries, have={2: RangeSet([(0, 5)])})
     assert 2 not in resumed.verified  # part of it is on disk already: only the writer can tell
     # one stream per object: big is one GET now, and V1 files stay in one unchecked stream
-    assert make_plan(entries, chunk_size=MiB, parallel=False).verified == {0, 1, 5}
+    assert Planner(chunk_size=MiB, parallel=False).plan(entries).verified == {0, 1, 5}

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mpdl.writer import StreamHash, pwrite_all, seek_write_all
+from mpdl.messages import (CloseFile, Fetch, FileClosed, OpenFile, Piece, SlotWritten, Stop,
+                           UnknownRecord, WriteSlot)
+from mpdl.ring import Ring
+from mpdl.writer import StreamHash, Writer, pwrite_all, seek_write_all
 
 
 @pytest.mark.parametrize("write", [pwrite_all, seek_write_all])
@@ -61,3 +64,30 @@ def test_the_streamed_hash_gives_up_when_hashed_bytes_are_rewritten(tmp_path: Pa
     finally:
         os.close(fd)
     assert stream.digest() is None  # the writer reads the file back instead
+
+
+def test_records_in_replies_out_and_an_unknown_record_is_refused(tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    ring = Ring.create(slot_size=8192, slots=1)
+    writer = Writer(ring, str(tmp_path))
+    try:
+        with ring.view(0) as view:
+            view[100:100 + len(data)] = data
+        staging, final = tmp_path / "s" / "f.part", tmp_path / "f"
+        assert writer.handle(OpenFile(file_id=7, staging=str(staging), size=len(data),
+                                      algo="md5")) == []
+        pieces = (Piece(file_id=7, file_offset=0, slot_offset=100, length=len(data)),)
+        assert writer.handle(WriteSlot(slot=0, pieces=pieces)) == [
+            SlotWritten(slot=0, written=len(data))]
+        close = CloseFile(file_id=7, keep=True, destination=str(final),
+                          hash="md5:" + hashlib.md5(data).hexdigest(), executable=False)
+        assert writer.handle(close) == [FileClosed(file_id=7, ok=True, reason="")]
+        assert final.read_bytes() == data
+        for record in (Stop(), Fetch(task_id=1, attempt=0, url="u", offset=0, length=1,
+                                     ranged=False, exact=True, compression=None, size=1,
+                                     checks=(), slot=0)):
+            with pytest.raises(UnknownRecord, match="writer got an unknown record"):
+                writer.handle(record)
+    finally:
+        writer.close_all()
+        ring.close()

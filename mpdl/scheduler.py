@@ -1,0 +1,602 @@
+"""The scheduler: every decision of a run, and no I/O (modelled on h11's ``Connection``).
+
+Events come in as method calls: records from workers and from the writer, a child's death, a
+fresh URL from the caller's hook, and the time, passed in as ``now``. Out come records to send
+(to each worker, to the writer) and effects for the supervisor to carry out (journal writes,
+"ask the caller for a fresh URL", "this file ended"), collected by ``take``. ``next_wakeup``
+says when time alone will next change something. Nothing here waits, sends, reads the clock
+or touches a file, so every decision can be tested by feeding it events (tests/test_scheduler).
+
+Rules it keeps:
+- a task's and a file's state change only through ``_move`` and ``_move_file`` (states.py has
+  the tables); the queues are orderings whose stale entries are skipped, and every count
+  (tasks per worker and per object, live tasks per file, unfinished files) follows the moves;
+- slots belong to ``SlotPool``: a task gets one to start and one per Grant, and a slot
+  comes back when the writer wrote it, when its attempt failed, or when its holder died;
+- files open with their first bytes and close right behind their last task's last slot, so
+  the writer, which keeps the order of what it is sent, can verify and rename at once;
+- a decision after a failure is the retry policy's (retry.py); the scheduler carries it out.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+from collections import Counter, deque
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from .checkpoints import Checkpoints, JournalSynced
+from .errors import DiskError
+from .layout import Layout
+from .manifest import FileEntry
+from .messages import (Alive, Cancel, CloseFile, Failed, Fetch, FileClosed, Filled, FromWorker,
+                       FromWriter, Grant, OpenFile, Piece, SlotWritten, Synced, ToWorker,
+                       ToWriter, UnknownRecord, WriteFailed, WriteSlot)
+from .plan import Plan, Planner, Task, split_task, stream_task
+from .progress import Counts
+from .ranges import RangeSet
+from .retry import Failure, GiveUp, Refresh, Retry, RetryPolicy, Split, Stream
+from .slots import SlotPool
+from .states import (ENDED, LIVE, ON_WORKER, STAGED, FileRun, FileState, TaskRun, TaskState)
+
+log = logging.getLogger("mpdl")
+
+T, F = TaskState, FileState
+
+
+# -- effects: what the supervisor carries out, in order, before it sends the records ----------
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetRanges:
+    """The file's staging file starts over: the journal must drop its ranges first."""
+
+    entry: FileEntry
+
+
+@dataclass(frozen=True, slots=True)
+class NeedFreshUrl:
+    """``url`` was refused (401/403): call the caller's hook, then ``url_refreshed``."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileEnded:
+    entry: FileEntry
+    ok: bool
+    reason: str
+
+
+Effect = ForgetRanges | JournalSynced | NeedFreshUrl | FileEnded
+
+
+@dataclass(slots=True)
+class Output:
+    to_workers: dict[int, list[ToWorker]] = field(default_factory=dict)
+    to_writer: list[ToWriter] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much may run at once: ring slots, requests in all workers, requests per worker."""
+
+    slots: int
+    connections: int
+    per_worker: int
+
+
+class Scheduler:
+    def __init__(self, plan: Plan, *, planner: Planner, mirrors: Callable[[str], Sequence[str]],
+                 layout: Layout, limits: Limits, policy: RetryPolicy | None = None,
+                 have: Mapping[int, RangeSet] = {}, journaling: bool = True,
+                 can_refresh: bool = False, counts: Counts | None = None,
+                 rng: random.Random | None = None) -> None:
+        # How files are cut into tasks; its ``streamed`` is the one home of the objects known
+        # to ignore Range, and grows when one is found.
+        self.planner = planner
+        self.mirrors = mirrors
+        self.layout = layout
+        self.limits = limits
+        self.policy = policy or RetryPolicy()
+        self.can_refresh = can_refresh
+        self.counts = counts if counts is not None else Counts()
+        self.rng = rng or random.Random()
+        self.slot_size = plan.slot_size
+        self.slots = SlotPool(limits.slots)
+        self.checkpoints = Checkpoints(layout, journaling)
+        self.files: dict[int, FileRun] = {}
+        for fid, entry in plan.files.items():
+            file = self.files[fid] = FileRun(entry, checked=fid in plan.verified)
+            if fid in have:
+                file.have, file.synced = have[fid].copy(), have[fid].copy()
+        self.unfinished = len(self.files)
+        self.dirty: set[int] = set()  # files whose ``have`` grew since the last checkpoint
+        self.runs: dict[int, TaskRun] = {}
+        self.next_task_id = 0
+        # Orderings of tasks in one state, as (run, run.moves): an entry made before the
+        # run's last move is stale and skipped.
+        self.queued: deque[tuple[TaskRun, int]] = deque()
+        self.delayed: list[tuple[float, int, TaskRun, int]] = []  # a heap by wake-up time
+        self.waiting_slot: deque[tuple[TaskRun, int]] = deque()
+        self.deferred: dict[str, list[TaskRun]] = {}  # object -> ranges its stream will serve
+        self.refreshing: dict[str, tuple[str, list[TaskRun]]] = {}  # refused -> (mirror, runs)
+        self._tie = itertools.count()
+        self.busy: Counter[int] = Counter()  # tasks ON_WORKER per worker id
+        self.on_source: Counter[str] = Counter()  # tasks ON_WORKER per object
+        self.fresh_urls: dict[str, str] = {}  # mirror URL refused with 401/403 -> its fresh one
+        self.stopped: DiskError | None = None  # the first disk error: the run cannot go on
+        self.out = Output()
+        self._add_tasks(plan.tasks)
+        self._close_complete(self.files)
+
+    # -- what the supervisor asks ----------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.unfinished == 0
+
+    @property
+    def syncing(self) -> bool:
+        return self.checkpoints.in_flight is not None
+
+    def take(self) -> Output:
+        """Records to send and effects to carry out, since the last call."""
+        out, self.out = self.out, Output()
+        return out
+
+    def next_wakeup(self) -> float | None:
+        """When time alone next changes something: a retry's wait ends, a checkpoint is due."""
+        times = [self.delayed[0][0]] if self.delayed else []
+        if self.checkpoints.journaling and self.checkpoints.next_due is not None:
+            times.append(self.checkpoints.next_due)
+        return min(times, default=None)
+
+    def staging_to_check(self) -> dict[int, tuple[str, int | None]]:
+        """Before ``writer_died``: unfinished files with durable bytes, whose staging files
+        (path, expected size) the supervisor should check are still whole."""
+        return {fid: (str(self.layout.staging(f.entry)), f.entry.size)
+                for fid, f in self.files.items() if f.state not in ENDED and f.synced}
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Time passed: release retries whose wait is over, start what can start, checkpoint."""
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, run, moves = heapq.heappop(self.delayed)
+            if run.moves == moves:
+                self._move(run, T.QUEUED, front=True)
+        self._start_streams()
+        self._grant_slots()
+        self._start_tasks()
+        if self._start_streams():  # ranges deferred just now, with nothing of theirs out
+            self._start_tasks()
+        if self.checkpoints.due(now):
+            self.checkpoint(now)
+
+    def checkpoint(self, now: float) -> None:
+        """Ask the writer to make new bytes durable now (if none is in flight)."""
+        sync = self.checkpoints.begin(now, self.files, self.dirty)
+        self.dirty.clear()
+        if sync is not None:
+            self.out.to_writer.append(sync)
+
+    def worker_started(self, worker: int) -> None:
+        self.busy[worker] = 0
+
+    def worker_record(self, worker: int, record: FromWorker, now: float) -> None:
+        if isinstance(record, Alive):
+            return
+        if not isinstance(record, (Filled, Failed)):
+            raise UnknownRecord("scheduler (from a worker)", record)
+        self.counts.bytes_fetched += record.fetched
+        run = self.runs[record.task_id]
+        if record.attempt != run.attempt:  # from an attempt already abandoned
+            if isinstance(record, Filled):
+                self.slots.release(record.slot)
+            else:
+                self.slots.release_filling(record.task_id, record.attempt)
+        elif isinstance(record, Filled):
+            self._filled(run, record)
+        else:
+            self._failed(run, record, now)
+
+    def writer_record(self, record: FromWriter) -> None:
+        if isinstance(record, SlotWritten):
+            holder = self.slots.holder(record.slot)
+            self.slots.release(record.slot)
+            self.counts.bytes_done += record.written
+            self.counts.bytes_written += record.written
+            run = self.runs[holder.task_id]
+            if holder.attempt == run.attempt:
+                self._maybe_done(run)
+        elif isinstance(record, FileClosed):
+            self._file_closed(record)
+        elif isinstance(record, Synced):
+            effect = self.checkpoints.synced(record, self.files)
+            if effect is not None:
+                self.out.effects.append(effect)
+        elif isinstance(record, WriteFailed):
+            if self.stopped is None:
+                file = self.files.get(record.file_id)
+                self.stopped = DiskError(record.path, record.reason,
+                                         file.entry.path if file is not None else None)
+        else:
+            raise UnknownRecord("scheduler (from the writer)", record)
+
+    def worker_died(self, worker: int) -> None:
+        """Its slots come back; its tasks go back to the front of the queue (or fail, when
+        workers keep dying on them). Feed what it sent before dying first."""
+        self.out.to_workers.pop(worker, None)  # Cancels meant for it: its attempts end here
+        self.slots.release_worker(worker)
+        for run in sorted((r for r in self.runs.values()
+                           if r.state in ON_WORKER and r.worker == worker),
+                          key=lambda r: r.task.task_id):
+            run.attempt += 1  # whatever that attempt still sends is stale
+            decision = self.policy.after_death(run.attempts)
+            if isinstance(decision, GiveUp):
+                self._give_up(run, decision.reason)
+            else:
+                run.attempts = decision.attempts
+                self._move(run, T.QUEUED, front=True)
+        del self.busy[worker]
+
+    def writer_died(self, intact: Container[int]) -> None:
+        """A new writer takes over: every unfinished file starts over from its durable bytes,
+        kept only for files in ``intact`` (their staging files are still whole; see
+        ``staging_to_check``). Feed what the dead writer sent before dying first."""
+        self.out.to_writer.clear()  # meant for the dead writer: slots in them are freed below
+        self.slots.release_writer()
+        self.checkpoints.writer_lost()
+        self._start_over([fid for fid, f in self.files.items() if f.state not in ENDED],
+                         keep=intact)
+
+    def url_refreshed(self, refused: str, fresh: str | None) -> None:
+        """The caller's hook answered for ``refused``: retry with ``fresh``, or give up."""
+        mirror, runs = self.refreshing.pop(refused)
+        ok = bool(fresh) and fresh != refused
+        if ok:
+            self.fresh_urls[mirror] = fresh
+        for run in runs:
+            if run.state is not T.REFRESHING:
+                continue
+            if ok:
+                self._move(run, T.QUEUED, front=True)
+            else:
+                self._give_up(run, run.last_failure)
+
+    def abort(self, reason: str) -> None:
+        """The run stops: unfinished files fail, their staging files stay for a re-run."""
+        for fid, file in self.files.items():
+            if file.state not in ENDED:
+                file.reason = reason
+                self._move_file(file, F.FAILED)
+                self._file_ended(fid)
+
+    # -- moving tasks ---------------------------------------------------------------------------
+
+    def _move(self, run: TaskRun, new: TaskState, *, front: bool = False,
+              at: float = 0.0) -> None:
+        """The one place a task changes state, and the counts and orderings that follow."""
+        old = run.move(new)
+        source = run.task.source
+        if old in ON_WORKER and new not in ON_WORKER:
+            self.busy[run.worker] -= 1
+            self.on_source[source] -= 1
+        elif new in ON_WORKER and old not in ON_WORKER:
+            self.busy[run.worker] += 1
+            self.on_source[source] += 1
+        if old in LIVE and new not in LIVE:
+            for fid in run.task.file_ids:
+                self.files[fid].live_tasks -= 1
+        entry = (run, run.moves)
+        if new is T.QUEUED:
+            (self.queued.appendleft if front else self.queued.append)(entry)
+        elif new is T.DELAYED:
+            heapq.heappush(self.delayed, (at, next(self._tie), run, run.moves))
+        elif new is T.WAITING_SLOT:
+            self.waiting_slot.append(entry)
+        elif new is T.DEFERRED:
+            self.deferred.setdefault(source, []).append(run)
+
+    def _add_tasks(self, tasks: Iterable[Task], front: bool = False) -> None:
+        added = []
+        for task in tasks:
+            run = self.runs[task.task_id] = TaskRun(task)
+            for fid in task.file_ids:
+                self.files[fid].live_tasks += 1
+            self.next_task_id = max(self.next_task_id, task.task_id + 1)
+            added.append((run, run.moves))
+        if front:
+            self.queued.extendleft(reversed(added))
+        else:
+            self.queued.extend(added)
+
+    def _start_tasks(self) -> None:
+        limits = self.limits
+        while self.queued and self.slots.free and sum(self.busy.values()) < limits.connections:
+            worker = min((w for w, n in self.busy.items() if n < limits.per_worker),
+                         key=self.busy.__getitem__, default=None)
+            if worker is None:
+                return
+            run, moves = self.queued.popleft()
+            if run.moves != moves:
+                continue
+            task = run.task
+            if all(self.files[f].state is F.FAILED for f in task.file_ids):
+                self._move(run, T.CANCELLED)
+            elif task.ranged and task.offset > 0 and task.source in self.planner.streamed:
+                self._defer(run)
+            else:
+                self._dispatch(run, worker)
+
+    def _dispatch(self, run: TaskRun, worker: int) -> None:
+        task = run.task
+        mirror = self.mirrors(task.source)[run.attempts.mirror]
+        run.attempt += 1
+        run.worker = worker
+        run.url = self.fresh_urls.get(mirror, mirror)
+        slot = self.slots.acquire(task.task_id, run.attempt, worker)
+        self._move(run, T.RUNNING)
+        self._to_worker(worker, Fetch(
+            task_id=task.task_id, attempt=run.attempt, url=run.url, offset=task.offset,
+            length=task.length, ranged=task.ranged, exact=task.exact,
+            compression=task.compression, size=task.size, checks=task.checks, slot=slot))
+
+    def _grant_slots(self) -> None:
+        """Free slots go first to responses already running, then to new tasks."""
+        while self.waiting_slot and self.slots.free:
+            run, moves = self.waiting_slot.popleft()
+            if run.moves != moves:
+                continue
+            slot = self.slots.acquire(run.task.task_id, run.attempt, run.worker)
+            self._move(run, T.RUNNING)
+            self._to_worker(run.worker, Grant(task_id=run.task.task_id, attempt=run.attempt,
+                                              slot=slot))
+
+    def _to_worker(self, worker: int, record: ToWorker) -> None:
+        self.out.to_workers.setdefault(worker, []).append(record)
+
+    def _filled(self, run: TaskRun, record: Filled) -> None:
+        """Route a filled slot to the writer. Files open with their first bytes, and a file
+        whose last task this was closes right behind them: the writer keeps the order, so a
+        small file costs it one batch (open, write, close) instead of three."""
+        pieces = []
+        for fid, file_offset, slot_offset, length in run.task.map(record.offset, record.length):
+            self._open(fid)
+            if self.files[fid].state is F.OPEN:
+                pieces.append(Piece(file_id=fid, file_offset=file_offset,
+                                    slot_offset=slot_offset, length=length))
+        if pieces:
+            self.out.to_writer.append(WriteSlot(slot=record.slot, pieces=tuple(pieces)))
+            self.slots.to_writer(record.slot)
+        else:
+            self.slots.release(record.slot)
+        if not record.last:
+            self._move(run, T.WAITING_SLOT)
+            return
+        self._move(run, T.DRAINING)
+        for fid in run.task.file_ids:
+            file = self.files[fid]
+            if file.live_tasks == 1 and file.state is F.OPEN:
+                self._close(fid, keep=True)
+        self._maybe_done(run)
+
+    def _maybe_done(self, run: TaskRun) -> None:
+        if run.state is T.DRAINING and not self.slots.writing(run.task.task_id, run.attempt):
+            self._task_done(run)
+
+    def _task_done(self, run: TaskRun) -> None:
+        """Its bytes are in their files: record them, and close the files it completes."""
+        self._move(run, T.DONE)
+        for span in run.task.spans:
+            file = self.files[span.file_id]
+            if span.length is not None and file.state in STAGED:
+                if file.have is None:
+                    file.have = RangeSet()
+                file.have.add(span.file_offset, span.file_offset + span.length)
+                self.dirty.add(span.file_id)
+        for fid in run.task.file_ids:
+            if self.files[fid].live_tasks == 0:
+                self._open(fid)  # an output of no bytes opened nothing yet
+                if self.files[fid].state is F.OPEN:
+                    self._close(fid, keep=True)
+
+    def _failed(self, run: TaskRun, record: Failed, now: float) -> None:
+        self.slots.release_filling(record.task_id, record.attempt)
+        task = run.task
+        log.info("task %d (%s): %s", task.task_id, record.kind.value, record.reason)
+        run.last_failure = record.reason
+        decision = self.policy.decide(
+            run.attempts, Failure(record.kind, record.reason, record.retry_after),
+            mirrors=len(self.mirrors(task.source)), can_refresh=self.can_refresh,
+            splittable=len(task.spans) > 1 and task.ranged and task.compression is None,
+            jitter=self.rng.random())
+        if isinstance(decision, Retry):
+            run.attempts = decision.attempts
+            if decision.delay > 0:
+                self._move(run, T.DELAYED, at=now + decision.delay)
+            else:
+                self._move(run, T.QUEUED, front=True)
+        elif isinstance(decision, Refresh):
+            run.attempts = decision.attempts
+            self._ask_fresh_url(run)
+        elif isinstance(decision, Stream):
+            self.planner = replace(self.planner, streamed=self.planner.streamed | {task.source})
+            self._defer(run)
+        elif isinstance(decision, Split):
+            log.info("task %d: trying its %d files one by one", task.task_id, len(task.spans))
+            self._add_tasks(split_task(task, self.next_task_id))
+            self._move(run, T.CANCELLED)
+        else:
+            self._give_up(run, decision.reason)
+
+    def _ask_fresh_url(self, run: TaskRun) -> None:
+        mirror = self.mirrors(run.task.source)[run.attempts.mirror]
+        current = self.fresh_urls.get(mirror, mirror)
+        if current != run.url:  # another task got a fresh one since this attempt began
+            self._move(run, T.QUEUED, front=True)
+            return
+        self._move(run, T.REFRESHING)
+        if current not in self.refreshing:
+            self.refreshing[current] = (mirror, [])
+            self.out.effects.append(NeedFreshUrl(current))
+        self.refreshing[current][1].append(run)
+
+    def _defer(self, run: TaskRun) -> None:
+        """Keep a range of an object that ignores Range for the one stream that will serve all;
+        the first one deferred takes the object's other queued ranges along."""
+        task = run.task
+        if task.compression is not None:
+            self._give_up(run, f"{task.source}: the server ignores Range requests, and a "
+                               "compressed part inside a larger object needs them")
+            return
+        first = not self.deferred.get(task.source)
+        self._move(run, T.DEFERRED)
+        if first:
+            for other, moves in list(self.queued):
+                if (other.moves == moves and other.task.source == task.source
+                        and other.task.compression is None):
+                    self._move(other, T.DEFERRED)
+
+    def _start_streams(self) -> bool:
+        """Once no request of an object that ignores Range is out, stream it once. Returns
+        whether a stream was queued."""
+        started = False
+        for source in [s for s in self.deferred if not self.on_source[s]]:
+            runs = [run for run in self.deferred.pop(source) if run.state is T.DEFERRED]
+            if not runs:
+                continue
+            task = stream_task(self.next_task_id, source, [run.task for run in runs])
+            log.info("%s ignores Range: one stream of %d bytes serves %d ranges", source,
+                     task.length, len(runs))
+            self._add_tasks([task], front=True)
+            for run in runs:
+                self._move(run, T.CANCELLED)
+            started = True
+        return started
+
+    def _give_up(self, run: TaskRun, reason: str) -> None:
+        self._move(run, T.FAILED)
+        for fid in run.task.file_ids:
+            self._fail_file(fid, reason)
+
+    def _cancel(self, run: TaskRun) -> None:
+        """This attempt's bytes are no longer wanted: whatever it still sends is stale, and
+        the slot it fills comes back with its stale Filled or Failed (or its worker's death)."""
+        if run.state in ON_WORKER:
+            self._to_worker(run.worker, Cancel(task_id=run.task.task_id, attempt=run.attempt))
+        run.attempt += 1
+        self._move(run, T.CANCELLED)
+
+    # -- moving files ----------------------------------------------------------------------------
+
+    def _move_file(self, file: FileRun, new: FileState) -> None:
+        file.move(new, file.entry.path)
+        if new in ENDED:
+            self.unfinished -= 1
+
+    def _file_ended(self, fid: int) -> None:
+        file = self.files[fid]
+        ok = file.state is F.DONE
+        self.counts.files_done += 1
+        if ok:
+            self.checkpoints.file_done(fid)
+        self.out.effects.append(FileEnded(file.entry, ok, file.reason))
+
+    def _open(self, fid: int) -> None:
+        file = self.files[fid]
+        if file.state is not F.PENDING:
+            return
+        self._move_file(file, F.OPEN)
+        entry = file.entry
+        if not file.have and self.checkpoints.journaling:
+            self.out.effects.append(ForgetRanges(entry))  # before the writer empties the file
+        stream_hash = entry.hash is not None and not file.have and not file.checked
+        self.out.to_writer.append(OpenFile(
+            file_id=fid, staging=str(self.layout.staging(entry)), size=entry.size,
+            fresh=not file.have, algo=entry.hash.algo if stream_hash else None))
+
+    def _close(self, fid: int, keep: bool) -> None:
+        file = self.files[fid]
+        entry = file.entry
+        self._move_file(file, F.CLOSING if keep else F.FAILED)
+        verify = entry.hash is not None and not file.checked
+        self.out.to_writer.append(CloseFile(
+            file_id=fid, keep=keep, destination=str(self.layout.final(entry.path)),
+            hash=str(entry.hash) if verify else None, executable=entry.executable))
+
+    def _close_complete(self, fids: Iterable[int]) -> None:
+        """Files with nothing left to fetch (empty, or all resumed) are still verified."""
+        for fid in fids:
+            file = self.files[fid]
+            if file.live_tasks == 0 and file.state is F.PENDING:
+                self._open(fid)
+                self._close(fid, keep=True)
+
+    def _fail_file(self, fid: int, reason: str) -> None:
+        file = self.files[fid]
+        if file.state in ENDED:
+            return
+        file.reason = reason
+        if file.state in STAGED:
+            self._close(fid, keep=False)
+        else:
+            self._move_file(file, F.FAILED)
+        self._file_ended(fid)
+
+    def _file_closed(self, record: FileClosed) -> None:
+        fid = record.file_id
+        file = self.files[fid]
+        if file.state is F.OPEN and not record.ok:  # the writer could not create or write it
+            file.reason = record.reason
+            self._move_file(file, F.FAILED)
+            self._file_ended(fid)
+        elif file.state is F.CLOSING:
+            if record.ok:
+                self._move_file(file, F.DONE)
+                self._file_ended(fid)
+            elif record.mismatch and not file.refetched:
+                log.warning("%s: %s; fetching it once more", file.entry.path, record.reason)
+                file.refetched = True
+                self._start_over([fid], keep=())
+            else:
+                file.reason = record.reason
+                self._move_file(file, F.FAILED)
+                self._file_ended(fid)
+
+    def _start_over(self, fids: Iterable[int], keep: Container[int]) -> None:
+        """Drop every task touching these files and plan them again, each from its durable
+        bytes if it is in ``keep``, else from nothing."""
+        redo = set(fids)
+        cancelled = True
+        while cancelled:  # a cancelled request may carry other files: they start over too
+            cancelled = False
+            for run in self.runs.values():
+                if run.state in LIVE and not redo.isdisjoint(run.task.file_ids):
+                    self._cancel(run)
+                    redo |= {f for f in run.task.file_ids if self.files[f].state not in ENDED}
+                    cancelled = True
+        ordered = sorted(redo)
+        for fid in ordered:
+            file = self.files[fid]
+            kept = file.synced if fid in keep and file.synced else RangeSet()
+            self.counts.bytes_done -= (file.have.total() if file.have else 0) - kept.total()
+            file.have, file.synced = (kept.copy(), kept.copy()) if kept else (None, None)
+            if file.state is not F.PENDING:
+                self._move_file(file, F.PENDING)
+            file.generation += 1
+            self.dirty.discard(fid)
+        plan = self.planner.plan([(fid, self.files[fid].entry) for fid in ordered],
+                                 have={fid: self.files[fid].have for fid in ordered
+                                       if self.files[fid].have},
+                                 first_task_id=self.next_task_id)
+        assert plan.slot_size <= self.slot_size, "a plan for these files was made before"
+        for fid in ordered:
+            self.files[fid].checked = fid in plan.verified
+        self._add_tasks(plan.tasks)
+        self._close_complete(ordered)

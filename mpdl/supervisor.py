@@ -1,0 +1,368 @@
+"""The supervisor: the processes of a run, driven by the scheduler's decisions.
+
+It owns everything the scheduler must not touch: child processes and their pipes, the clock,
+the journal, and the caller's hooks. Its loop reads as named steps (the pattern of CPython's
+``concurrent/futures/process.py``): tell the scheduler the time, carry out its effects and
+send its records, wait on every pipe and process sentinel in one place, feed what arrived back
+in. A child that dies is retired the same way as at shutdown (drain its last records, reap it,
+close its handles), and replaced within a budget; the caller's hooks run between steps, never
+while records are being handled, so a slow hook cannot make healthy workers look silent.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing
+import multiprocessing.queues
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+from .checkpoints import JournalSynced
+from .errors import ChildrenKeepDying, MpdlError, RingTooSmall, RunStopped
+from .journal import Journal
+from .layout import Layout
+from .manifest import FileEntry
+from .messages import Stop
+from .options import Options
+from .progress import Tracker
+from .ring import SHM_FOLDER, Ring, slots_that_fit
+from .scheduler import FileEnded, ForgetRanges, NeedFreshUrl, Output, Scheduler
+from .worker import worker_main
+from .writer import writer_main
+
+log = logging.getLogger("mpdl")
+
+POLL_SECONDS = 0.25  # the longest wait: progress, and the silence check, need a beat
+STOP_GRACE_SECONDS = 3.0  # children get this long to exit after Stop
+FINAL_SYNC_SECONDS = 60.0  # the last checkpoint of a finished run: its files are all there
+STOP_SYNC_SECONDS = 3.0  # the last checkpoint of an interrupted run: keep the stop prompt
+SILENT_WORKER_SECONDS = 5.0  # at least; --timeout if longer (workers say Alive every second)
+WRITER_RESPAWNS = 2
+# From this many files on, children are not forked from the coordinator (see below).
+LEAN_CHILDREN_FROM = 10_000
+
+# refresh_url(url) -> a fresh URL for the same bytes after a 401/403, or None to give up.
+RefreshUrl = Callable[[str], str | None]
+FileDone = Callable[[FileEntry, bool, str], None]
+
+
+def default_start_method(files: int) -> str | None:
+    """fork where it exists: children start in milliseconds. But a forked child shares the
+    coordinator's pages only until either side touches them, so with a large manifest every
+    process ends up with its own copy; from LEAN_CHILDREN_FROM files on, children come from a
+    fork server, which holds no manifest. None: the platform's default (spawn on macOS and
+    Windows)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" not in methods:
+        return None
+    return "forkserver" if files >= LEAN_CHILDREN_FROM and "forkserver" in methods else "fork"
+
+
+def open_ring(slot_size: int, memory: int) -> Ring:
+    """The ring for ``memory`` bytes of slots, fitted to what /dev/shm can hold."""
+    wanted = max(2, memory // slot_size)
+    slots = slots_that_fit(slot_size, wanted)
+    if slots < 2:
+        raise RingTooSmall(SHM_FOLDER, slot_size)
+    if slots < wanted:
+        log.warning("%s has room for %d slots of %d KiB only; the ring is smaller than "
+                    "--memory asks", SHM_FOLDER, slots, slot_size // 1024)
+    return Ring.create(slot_size, slots)
+
+
+class Inbox(multiprocessing.queues.Queue):
+    """The supervisor's channel to one child. A Queue, not a pipe: put() never blocks (its
+    feeder thread sends), so the supervisor cannot deadlock with a child that is itself
+    blocked sending a large batch back."""
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx=ctx)
+
+    @staticmethod
+    def _on_queue_feeder_error(e, obj) -> None:
+        pass  # the child is dead; its sentinel tells the loop
+
+
+@dataclass
+class Child:
+    process: multiprocessing.process.BaseProcess
+    inbox: Inbox  # the supervisor sends
+    outbox: Connection  # the supervisor receives
+    heard: float = field(default_factory=time.monotonic)  # when it last sent anything
+
+
+class Supervisor:
+    def __init__(self, scheduler: Scheduler, *, ring: Ring, layout: Layout, options: Options,
+                 tracker: Tracker, on_file_done: FileDone, journal: Journal,
+                 refresh_url: RefreshUrl | None = None, sync_at_end: bool = True) -> None:
+        self.scheduler = scheduler
+        self.ring = ring
+        self.layout = layout
+        self.options = options
+        self.tracker = tracker
+        self.on_file_done = on_file_done
+        self.journal = journal
+        self.refresh_url = refresh_url
+        self.sync_at_end = sync_at_end  # False: the state is deleted after success anyway
+        self.ctx = multiprocessing.get_context(
+            options.start_method or default_start_method(len(scheduler.files)))
+        self.threads = scheduler.limits.per_worker
+        self.workers: dict[int, Child] = {}
+        self.writer: Child | None = None
+        self.worker_respawns = 2 * options.workers
+        self.writer_respawns = WRITER_RESPAWNS
+        self.any_failed = False
+        self.error: str | None = None
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run to the end; ``self.error`` is set when the run had to stop early."""
+        try:
+            self.writer = self._start_writer()
+            for worker_id in range(self.options.workers):
+                self._start_worker(worker_id)
+            while not self.scheduler.finished:
+                self.scheduler.tick(time.monotonic())
+                hooks_ran = self._carry_out()
+                self._wait_and_feed(0.0 if hooks_ran else self._timeout())
+                self._kill_silent_workers()
+                self.tracker.tick()
+            self._carry_out()  # the last CloseFile of a failed file must still reach the writer
+            if self.sync_at_end or self.any_failed:
+                self._last_checkpoint(FINAL_SYNC_SECONDS)
+        except RunStopped as exc:
+            self.error = str(exc)
+            self._last_checkpoint(STOP_SYNC_SECONDS)  # files already closing may still finish
+            self.scheduler.abort("not finished: the run stopped")  # staging files stay
+            self._carry_out()
+        except BaseException:  # Ctrl-C, SIGTERM: keep what is done, then stop
+            self._last_checkpoint(STOP_SYNC_SECONDS)
+            raise
+        finally:
+            self._stop_children()
+
+    def _timeout(self) -> float:
+        wakeup = self.scheduler.next_wakeup()
+        if wakeup is None:
+            return POLL_SECONDS
+        return min(POLL_SECONDS, max(0.0, wakeup - time.monotonic()))
+
+    def _carry_out(self) -> bool:
+        """Effects first (the journal must forget ranges before the writer empties a file),
+        then the records, then the caller's hooks. Returns whether a hook ran."""
+        out = self.scheduler.take()
+        refused = []
+        for effect in out.effects:
+            if isinstance(effect, FileEnded):
+                self.any_failed |= not effect.ok
+                self.on_file_done(effect.entry, effect.ok, effect.reason)
+            elif isinstance(effect, ForgetRanges):
+                self.journal.forget(effect.entry, self.layout.staging(effect.entry))
+            elif isinstance(effect, JournalSynced):
+                self._journal(effect)
+            elif isinstance(effect, NeedFreshUrl):
+                refused.append(effect.url)
+            else:
+                raise TypeError(f"unknown effect {effect!r}")
+        self._send(out)
+        for url in refused:
+            self.scheduler.url_refreshed(url, self._fresh_url(url))
+        return bool(refused)
+
+    def _send(self, out: Output) -> None:
+        for worker_id, records in out.to_workers.items():
+            self.workers[worker_id].inbox.put(records)  # a dead worker's were dropped
+        if out.to_writer and self.writer is not None:
+            self.writer.inbox.put(out.to_writer)
+
+    def _journal(self, synced: JournalSynced) -> None:
+        for entry, have in synced.partial:
+            self.journal.record_partial(entry, self.layout.staging(entry), have)
+        for entry in synced.finished:
+            try:
+                self.journal.record(entry, self.layout.final(entry.path))
+            except OSError:
+                pass  # gone since (replaced by a link?): the next run checks it again
+        self.journal.flush()
+
+    def _fresh_url(self, url: str) -> str | None:
+        try:
+            return self.refresh_url(url)
+        except Exception as exc:  # the caller's code: its failure fails the file, clearly
+            log.warning("refresh_url(%s) raised %r", url, exc)
+            return None
+
+    def _wait_and_feed(self, timeout: float) -> None:
+        """The one place that waits: on every child's pipe and sentinel."""
+        workers = dict(self.workers)
+        writer = self.writer
+        by_outbox = {c.outbox: (wid, c) for wid, c in workers.items()}
+        handles = list(by_outbox) + [c.process.sentinel for c in workers.values()]
+        if writer is not None:
+            handles += [writer.outbox, writer.process.sentinel]
+        ready = set(wait(handles, timeout=timeout))
+        now = time.monotonic()
+        for handle in ready:
+            if writer is not None and handle is writer.outbox:
+                for record in _receive(writer.outbox) or ():
+                    self.scheduler.writer_record(record)
+            elif handle in by_outbox:
+                worker_id, child = by_outbox[handle]
+                child.heard = now
+                for record in _receive(child.outbox) or ():
+                    self.scheduler.worker_record(worker_id, record, now)
+        if self.scheduler.stopped is not None and self.error is None:
+            raise self.scheduler.stopped  # after the whole batch: what else it said counts
+        if writer is not None and writer.process.sentinel in ready:
+            self._writer_died()
+        for worker_id, child in workers.items():
+            if child.process.sentinel in ready:
+                self._worker_died(worker_id, child)
+
+    def _kill_silent_workers(self) -> None:
+        """A worker process that says nothing for long is stuck (stopped, deadlocked): kill
+        it, and the sentinel brings its tasks back like any dead worker's. Alive records keep
+        a healthy one from looking silent, whatever its connections are doing."""
+        silence = max(SILENT_WORKER_SECONDS, self.options.timeout)
+        now = time.monotonic()
+        for worker_id, child in self.workers.items():
+            if (now - child.heard > silence and not child.outbox.poll()
+                    and child.process.is_alive()):
+                log.warning("worker %d said nothing for %.0f s; stopping it", worker_id,
+                            now - child.heard)
+                child.process.kill()
+                child.heard = now  # once: its sentinel answers next
+
+    def _last_checkpoint(self, seconds: float) -> None:
+        """One more checkpoint before stopping, waiting for it at most ``seconds``."""
+        if (not self.scheduler.checkpoints.journaling or self.writer is None
+                or not self.writer.process.is_alive()):
+            return
+        deadline = time.monotonic() + seconds
+        try:
+            for _ in range(2):  # one may be in flight already: wait for it, then send the last
+                self.scheduler.checkpoint(time.monotonic())
+                self._carry_out()
+                while self.scheduler.syncing and time.monotonic() < deadline:
+                    self._wait_and_feed(min(POLL_SECONDS, deadline - time.monotonic()))
+                    self._carry_out()
+        except MpdlError as exc:
+            log.info("the last checkpoint did not complete: %s", exc)
+
+    # -- children ----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, target, args: tuple) -> Child:
+        inbox = Inbox(self.ctx)
+        outbox_recv, outbox_send = self.ctx.Pipe(duplex=False)
+        process = self.ctx.Process(target=target, name=name, daemon=True,
+                                   args=(inbox, outbox_send) + args)
+        # A forked child shares the manifest's pages with us until something writes to them.
+        # Its garbage collector would (it touches every object): frozen objects it leaves alone.
+        gc.freeze()
+        try:
+            process.start()
+        finally:
+            gc.unfreeze()
+        outbox_send.close()
+        return Child(process, inbox, outbox_recv)
+
+    def _start_worker(self, worker_id: int) -> None:
+        o = self.options
+        self.workers[worker_id] = self._spawn(
+            f"mpdl-worker-{worker_id}", worker_main,
+            (worker_id, self.ring.spec, self.threads, o.timeout, o.verify_tls,
+             logging.getLogger("mpdl").getEffectiveLevel()))
+        self.scheduler.worker_started(worker_id)
+
+    def _start_writer(self) -> Child:
+        return self._spawn("mpdl-writer", writer_main,
+                           (self.ring.spec, str(self.layout.dest),
+                            logging.getLogger("mpdl").getEffectiveLevel()))
+
+    def _worker_died(self, worker_id: int, child: Child) -> None:
+        code = self._retire(child, lambda record: self.scheduler.worker_record(
+            worker_id, record, time.monotonic()))
+        log.warning("worker %d died (exit code %s); its %d tasks go back to the queue",
+                    worker_id, code, self.scheduler.busy[worker_id])
+        del self.workers[worker_id]
+        self.scheduler.worker_died(worker_id)
+        if self.worker_respawns <= 0:
+            raise ChildrenKeepDying("worker", code)
+        self.worker_respawns -= 1
+        self._start_worker(worker_id)
+
+    def _writer_died(self) -> None:
+        """Start a new writer; every unfinished file starts over from its durable bytes."""
+        code = self._retire(self.writer, self.scheduler.writer_record)
+        self.writer = None
+        if self.writer_respawns <= 0:
+            raise ChildrenKeepDying("writer", code)
+        self.writer_respawns -= 1
+        log.warning("the writer died (exit code %s); a new one redoes what was not durable", code)
+        intact = {fid for fid, (path, size) in self.scheduler.staging_to_check().items()
+                  if _has_size(path, size)}
+        self.scheduler.writer_died(intact)
+        self.writer = self._start_writer()
+
+    def _retire(self, child: Child, on_record: Callable | None = None) -> int | None:
+        """Drain what the child said (to ``on_record``, or nowhere), reap it, close its
+        handles; returns its exit code. For a dead child and at shutdown alike."""
+        try:
+            while not child.outbox.closed and child.outbox.poll():
+                for record in child.outbox.recv():
+                    if on_record is not None:
+                        on_record(record)
+        except (EOFError, OSError):
+            pass
+        child.process.join(0.1)
+        if child.process.is_alive():
+            child.process.terminate()
+            child.process.join(1.0)
+        if child.process.is_alive():
+            child.process.kill()
+            child.process.join(1.0)
+        child.inbox.cancel_join_thread()  # a dead reader must not hold our exit
+        child.inbox.close()
+        child.outbox.close()
+        return child.process.exitcode
+
+    def _stop_children(self) -> None:
+        """Stop, a grace period to exit on their own, then retire each (terminate if need be)."""
+        children = list(self.workers.values()) + ([self.writer] if self.writer else [])
+        for child in children:
+            child.inbox.put([Stop()])
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        running = {c.process.sentinel: c for c in children}
+        while running and time.monotonic() < deadline:
+            outboxes = {c.outbox: c for c in running.values() if not c.outbox.closed}
+            for ready in wait(list(running) + list(outboxes), deadline - time.monotonic()):
+                if ready in outboxes:  # a child blocked sending to us could not see Stop
+                    if _receive(ready) is None:
+                        ready.close()
+                else:
+                    del running[ready]
+        for child in children:
+            self._retire(child)
+        self.workers.clear()
+        self.writer = None
+
+
+def _receive(outbox: Connection) -> list | None:
+    """One batch from a child; None if it is gone (its sentinel tells the loop)."""
+    try:
+        return outbox.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def _has_size(path: str, size: int | None) -> bool:
+    """Whether a staging file is still there, whole (a dead writer may have left it short)."""
+    try:
+        return os.stat(path).st_size == size
+    except OSError:
+        return False
