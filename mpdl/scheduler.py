@@ -8,9 +8,10 @@ says when time alone will next change something. Nothing here waits, sends, read
 or touches a file, so every decision can be tested by feeding it events (tests/test_scheduler).
 
 Rules it keeps:
-- a task's and a file's state change only through ``_move`` and ``_move_file`` (states.py has
-  the tables); the queues are orderings whose stale entries are skipped, and every count
-  (tasks per worker and per object, live tasks per file, unfinished files) follows the moves;
+- a task's state changes only through ``_move`` (states.py has the tables); the queues are
+  orderings whose stale entries are skipped, and every count (tasks per worker and per
+  object, live tasks per file) follows the moves. Files are the file book's (filebook.py):
+  it opens, closes, fails and restarts them, and keeps the checkpoints;
 - slots belong to ``SlotPool``: a task gets one to start and one per Grant, and a slot
   comes back when the writer wrote it, when its attempt failed, or when its holder died;
 - files open with their first bytes and close right behind their last task's last slot, so
@@ -28,19 +29,19 @@ from collections import Counter, deque
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from .checkpoints import Checkpoints, JournalSynced
+from .checkpoints import JournalSynced
 from .errors import DiskError
+from .filebook import FileBook, FileEnded, ForgetRanges
 from .layout import Layout
-from .manifest import FileEntry
-from .messages import (Alive, Cancel, CloseFile, Failed, Fetch, FileClosed, Filled, FromWorker,
-                       FromWriter, Grant, OpenFile, Piece, SlotWritten, Synced, ToWorker,
-                       ToWriter, UnknownRecord, WriteFailed, WriteSlot)
+from .messages import (Alive, Cancel, Failed, Fetch, FileClosed, Filled, FromWorker, FromWriter,
+                       Grant, Piece, SlotWritten, Synced, ToWorker, ToWriter, UnknownRecord,
+                       WriteFailed, WriteSlot)
 from .plan import Plan, Planner, Task, split_task, stream_task
 from .progress import Counts
 from .ranges import RangeSet
 from .retry import Failure, GiveUp, Refresh, Retry, RetryPolicy, Split, Stream
 from .slots import SlotPool
-from .states import (ENDED, LIVE, ON_WORKER, STAGED, FileRun, FileState, TaskRun, TaskState)
+from .states import ENDED, LIVE, ON_WORKER, FileRun, FileState, TaskRun, TaskState
 
 log = logging.getLogger("mpdl")
 
@@ -51,24 +52,10 @@ T, F = TaskState, FileState
 
 
 @dataclass(frozen=True, slots=True)
-class ForgetRanges:
-    """The file's staging file starts over: the journal must drop its ranges first."""
-
-    entry: FileEntry
-
-
-@dataclass(frozen=True, slots=True)
 class NeedFreshUrl:
     """``url`` was refused (401/403): call the caller's hook, then ``url_refreshed``."""
 
     url: str
-
-
-@dataclass(frozen=True, slots=True)
-class FileEnded:
-    entry: FileEntry
-    ok: bool
-    reason: str
 
 
 Effect = ForgetRanges | JournalSynced | NeedFreshUrl | FileEnded
@@ -108,14 +95,11 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.slot_size = plan.slot_size
         self.slots = SlotPool(limits.slots)
-        self.checkpoints = Checkpoints(layout, journaling)
-        self.files: dict[int, FileRun] = {}
-        for fid, entry in plan.files.items():
-            file = self.files[fid] = FileRun(entry, checked=fid in plan.verified)
-            if fid in have:
-                file.have, file.synced = have[fid].copy(), have[fid].copy()
-        self.unfinished = len(self.files)
-        self.dirty: set[int] = set()  # files whose ``have`` grew since the last checkpoint
+        self.out = Output()
+        self.book = FileBook(plan, layout=layout, have=have, journaling=journaling,
+                             counts=self.counts, to_writer=self.out.to_writer.append,
+                             effect=self.out.effects.append)
+        self.files: Mapping[int, FileRun] = self.book.files
         self.runs: dict[int, TaskRun] = {}
         self.next_task_id = 0
         # Orderings of tasks in one state, as (run, run.moves): an entry made before the
@@ -130,37 +114,43 @@ class Scheduler:
         self.on_source: Counter[str] = Counter()  # tasks ON_WORKER per object
         self.fresh_urls: dict[str, str] = {}  # mirror URL refused with 401/403 -> its fresh one
         self.stopped: DiskError | None = None  # the first disk error: the run cannot go on
-        self.out = Output()
         self._add_tasks(plan.tasks)
-        self._close_complete(self.files)
+        self.book.close_if_complete(self.files)
 
     # -- what the supervisor asks ----------------------------------------------------------------
 
     @property
     def finished(self) -> bool:
-        return self.unfinished == 0
+        return self.book.unfinished == 0
+
+    @property
+    def journaling(self) -> bool:
+        return self.book.checkpoints.journaling
 
     @property
     def syncing(self) -> bool:
-        return self.checkpoints.in_flight is not None
+        return self.book.checkpoints.in_flight is not None
 
     def take(self) -> Output:
         """Records to send and effects to carry out, since the last call."""
-        out, self.out = self.out, Output()
+        out = Output(self.out.to_workers, list(self.out.to_writer), list(self.out.effects))
+        self.out.to_workers = {}
+        self.out.to_writer.clear()
+        self.out.effects.clear()
         return out
 
     def next_wakeup(self) -> float | None:
         """When time alone next changes something: a retry's wait ends, a checkpoint is due."""
         times = [self.delayed[0][0]] if self.delayed else []
-        if self.checkpoints.journaling and self.checkpoints.next_due is not None:
-            times.append(self.checkpoints.next_due)
+        checkpoints = self.book.checkpoints
+        if checkpoints.journaling and checkpoints.next_due is not None:
+            times.append(checkpoints.next_due)
         return min(times, default=None)
 
     def staging_to_check(self) -> dict[int, tuple[str, int | None]]:
         """Before ``writer_died``: unfinished files with durable bytes, whose staging files
         (path, expected size) the supervisor should check are still whole."""
-        return {fid: (str(self.layout.staging(f.entry)), f.entry.size)
-                for fid, f in self.files.items() if f.state not in ENDED and f.synced}
+        return self.book.staging_to_check()
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -175,15 +165,12 @@ class Scheduler:
         self._start_tasks()
         if self._start_streams():  # ranges deferred just now, with nothing of theirs out
             self._start_tasks()
-        if self.checkpoints.due(now):
+        if self.book.checkpoints.due(now):
             self.checkpoint(now)
 
     def checkpoint(self, now: float) -> None:
         """Ask the writer to make new bytes durable now (if none is in flight)."""
-        sync = self.checkpoints.begin(now, self.files, self.dirty)
-        self.dirty.clear()
-        if sync is not None:
-            self.out.to_writer.append(sync)
+        self.book.checkpoint(now)
 
     def worker_started(self, worker: int) -> None:
         self.busy[worker] = 0
@@ -215,11 +202,10 @@ class Scheduler:
             if holder.attempt == run.attempt:
                 self._maybe_done(run)
         elif isinstance(record, FileClosed):
-            self._file_closed(record)
+            if self.book.closed(record):
+                self._start_over([record.file_id], keep=())
         elif isinstance(record, Synced):
-            effect = self.checkpoints.synced(record, self.files)
-            if effect is not None:
-                self.out.effects.append(effect)
+            self.book.synced(record)
         elif isinstance(record, WriteFailed):
             if self.stopped is None:
                 file = self.files.get(record.file_id)
@@ -251,9 +237,8 @@ class Scheduler:
         ``staging_to_check``). Feed what the dead writer sent before dying first."""
         self.out.to_writer.clear()  # meant for the dead writer: slots in them are freed below
         self.slots.release_writer()
-        self.checkpoints.writer_lost()
-        self._start_over([fid for fid, f in self.files.items() if f.state not in ENDED],
-                         keep=intact)
+        self.book.checkpoints.writer_lost()
+        self._start_over(self.book.unended(), keep=intact)
 
     def url_refreshed(self, refused: str, fresh: str | None) -> None:
         """The caller's hook answered for ``refused``: retry with ``fresh``, or give up."""
@@ -271,11 +256,7 @@ class Scheduler:
 
     def abort(self, reason: str) -> None:
         """The run stops: unfinished files fail, their staging files stay for a re-run."""
-        for fid, file in self.files.items():
-            if file.state not in ENDED:
-                file.reason = reason
-                self._move_file(file, F.FAILED)
-                self._file_ended(fid)
+        self.book.abort(reason)
 
     # -- moving tasks ---------------------------------------------------------------------------
 
@@ -367,7 +348,7 @@ class Scheduler:
         small file costs it one batch (open, write, close) instead of three."""
         pieces = []
         for fid, file_offset, slot_offset, length in run.task.map(record.offset, record.length):
-            self._open(fid)
+            self.book.open(fid)
             if self.files[fid].state is F.OPEN:
                 pieces.append(Piece(file_id=fid, file_offset=file_offset,
                                     slot_offset=slot_offset, length=length))
@@ -383,7 +364,7 @@ class Scheduler:
         for fid in run.task.file_ids:
             file = self.files[fid]
             if file.live_tasks == 1 and file.state is F.OPEN:
-                self._close(fid, keep=True)
+                self.book.close(fid)
         self._maybe_done(run)
 
     def _maybe_done(self, run: TaskRun) -> None:
@@ -393,18 +374,8 @@ class Scheduler:
     def _task_done(self, run: TaskRun) -> None:
         """Its bytes are in their files: record them, and close the files it completes."""
         self._move(run, T.DONE)
-        for span in run.task.spans:
-            file = self.files[span.file_id]
-            if span.length is not None and file.state in STAGED:
-                if file.have is None:
-                    file.have = RangeSet()
-                file.have.add(span.file_offset, span.file_offset + span.length)
-                self.dirty.add(span.file_id)
-        for fid in run.task.file_ids:
-            if self.files[fid].live_tasks == 0:
-                self._open(fid)  # an output of no bytes opened nothing yet
-                if self.files[fid].state is F.OPEN:
-                    self._close(fid, keep=True)
+        self.book.wrote(run.task)
+        self.book.close_if_complete(run.task.file_ids)
 
     def _failed(self, run: TaskRun, record: Failed, now: float) -> None:
         self.slots.release_filling(record.task_id, record.attempt)
@@ -483,7 +454,7 @@ class Scheduler:
     def _give_up(self, run: TaskRun, reason: str) -> None:
         self._move(run, T.FAILED)
         for fid in run.task.file_ids:
-            self._fail_file(fid, reason)
+            self.book.fail(fid, reason)
 
     def _cancel(self, run: TaskRun) -> None:
         """This attempt's bytes are no longer wanted: whatever it still sends is stale, and
@@ -492,82 +463,6 @@ class Scheduler:
             self._to_worker(run.worker, Cancel(task_id=run.task.task_id, attempt=run.attempt))
         run.attempt += 1
         self._move(run, T.CANCELLED)
-
-    # -- moving files ----------------------------------------------------------------------------
-
-    def _move_file(self, file: FileRun, new: FileState) -> None:
-        file.move(new, file.entry.path)
-        if new in ENDED:
-            self.unfinished -= 1
-
-    def _file_ended(self, fid: int) -> None:
-        file = self.files[fid]
-        ok = file.state is F.DONE
-        self.counts.files_done += 1
-        if ok:
-            self.checkpoints.file_done(fid)
-        self.out.effects.append(FileEnded(file.entry, ok, file.reason))
-
-    def _open(self, fid: int) -> None:
-        file = self.files[fid]
-        if file.state is not F.PENDING:
-            return
-        self._move_file(file, F.OPEN)
-        entry = file.entry
-        if not file.have and self.checkpoints.journaling:
-            self.out.effects.append(ForgetRanges(entry))  # before the writer empties the file
-        stream_hash = entry.hash is not None and not file.have and not file.checked
-        self.out.to_writer.append(OpenFile(
-            file_id=fid, staging=str(self.layout.staging(entry)), size=entry.size,
-            fresh=not file.have, algo=entry.hash.algo if stream_hash else None))
-
-    def _close(self, fid: int, keep: bool) -> None:
-        file = self.files[fid]
-        entry = file.entry
-        self._move_file(file, F.CLOSING if keep else F.FAILED)
-        verify = entry.hash is not None and not file.checked
-        self.out.to_writer.append(CloseFile(
-            file_id=fid, keep=keep, destination=str(self.layout.final(entry.path)),
-            hash=str(entry.hash) if verify else None, executable=entry.executable))
-
-    def _close_complete(self, fids: Iterable[int]) -> None:
-        """Files with nothing left to fetch (empty, or all resumed) are still verified."""
-        for fid in fids:
-            file = self.files[fid]
-            if file.live_tasks == 0 and file.state is F.PENDING:
-                self._open(fid)
-                self._close(fid, keep=True)
-
-    def _fail_file(self, fid: int, reason: str) -> None:
-        file = self.files[fid]
-        if file.state in ENDED:
-            return
-        file.reason = reason
-        if file.state in STAGED:
-            self._close(fid, keep=False)
-        else:
-            self._move_file(file, F.FAILED)
-        self._file_ended(fid)
-
-    def _file_closed(self, record: FileClosed) -> None:
-        fid = record.file_id
-        file = self.files[fid]
-        if file.state is F.OPEN and not record.ok:  # the writer could not create or write it
-            file.reason = record.reason
-            self._move_file(file, F.FAILED)
-            self._file_ended(fid)
-        elif file.state is F.CLOSING:
-            if record.ok:
-                self._move_file(file, F.DONE)
-                self._file_ended(fid)
-            elif record.mismatch and not file.refetched:
-                log.warning("%s: %s; fetching it once more", file.entry.path, record.reason)
-                file.refetched = True
-                self._start_over([fid], keep=())
-            else:
-                file.reason = record.reason
-                self._move_file(file, F.FAILED)
-                self._file_ended(fid)
 
     def _start_over(self, fids: Iterable[int], keep: Container[int]) -> None:
         """Drop every task touching these files and plan them again, each from its durable
@@ -583,14 +478,7 @@ class Scheduler:
                     cancelled = True
         ordered = sorted(redo)
         for fid in ordered:
-            file = self.files[fid]
-            kept = file.synced if fid in keep and file.synced else RangeSet()
-            self.counts.bytes_done -= (file.have.total() if file.have else 0) - kept.total()
-            file.have, file.synced = (kept.copy(), kept.copy()) if kept else (None, None)
-            if file.state is not F.PENDING:
-                self._move_file(file, F.PENDING)
-            file.generation += 1
-            self.dirty.discard(fid)
+            self.book.restart(fid, keep=fid in keep)
         plan = self.planner.plan([(fid, self.files[fid].entry) for fid in ordered],
                                  have={fid: self.files[fid].have for fid in ordered
                                        if self.files[fid].have},
@@ -599,4 +487,4 @@ class Scheduler:
         for fid in ordered:
             self.files[fid].checked = fid in plan.verified
         self._add_tasks(plan.tasks)
-        self._close_complete(ordered)
+        self.book.close_if_complete(ordered)

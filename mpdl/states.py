@@ -2,9 +2,10 @@
 
 Modelled on h11's ``_state.py``: states are enums, the allowed moves are tables, and a move
 not in its table raises IllegalMove at once instead of leaving a task or a file half in one
-state and half in another. The scheduler changes a state only through ``move`` on a TaskRun
-or a FileRun; everything else it knows about them (which queue holds a task, how many tasks
-a worker runs, how many files are unfinished) is derived from these states.
+state and half in another. States change only through ``move``, called in one place each:
+``Scheduler._move`` for tasks, ``FileBook._move`` for files. Everything else known about them
+(which queue holds a task, how many tasks a worker runs, how many files are unfinished)
+follows from these states.
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ class Supervisor:
 
     def _last_checkpoint(self, seconds: float) -> None:
         """One more checkpoint before stopping, waiting for it at most ``seconds``."""
-        if (not self.scheduler.checkpoints.journaling or self.writer is None
+        if (not self.scheduler.journaling or self.writer is None
                 or not self.writer.process.is_alive()):
             return
         deadline = time.monotonic() + seconds

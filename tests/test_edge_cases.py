@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from faultserver import Fault, FaultServer
+from helpers import TOOL, Watchdog, entry, gets, with_bases
 
 import mpdl
 from mpdl.manifest import Manifest
@@ -96,7 +97,7 @@ def test_interrupted_fresh_start_does_not_resume_from_stale_journal_ranges(
 ) -> None:
     import os
 
-    import mpdl.coordinator
+    import mpdl.checkpoints
 
     root, server = served
     data = os.urandom(512 * KiB)
@@ -108,7 +109,7 @@ def test_interrupted_fresh_start_does_not_resume_from_stale_journal_ranges(
 
     # Run 1: some chunks become durable and journaled, then the object goes missing: f fails,
     # and its staging file is removed, but the journal keeps the ranges.
-    monkeypatch.setattr(mpdl.coordinator, "CHECKPOINT_SECONDS", 0.1)
+    monkeypatch.setattr(mpdl.checkpoints, "CHECKPOINT_SECONDS", 0.1)
     server.set_fault("obj", Fault(delay=0.3))
 
     def switch_to_404(event: ProgressEvent) -> None:
@@ -148,8 +149,6 @@ def test_interrupted_fresh_start_does_not_resume_from_stale_journal_ranges(
 def test_a_destination_problem_is_not_a_hash_mismatch(
     depot, fault_server: FaultServer, tmp_path: Path
 ) -> None:
-    from test_run import TOOL, entry, gets, with_bases
-
     item = entry(depot.manifest, TOOL)
     manifest = with_bases({"format": "mpdl/1", "files": [item]}, fault_server.url)
     dest = tmp_path / "out"
@@ -168,8 +167,6 @@ def test_progress_after_a_refetch_ends_at_the_total(
     depot, fault_server: FaultServer, tmp_path: Path
 ) -> None:
     import logging
-
-    from test_run import TOOL, Watchdog, entry, with_bases
 
     item = entry(depot.manifest, TOOL)
     manifest = with_bases({"format": "mpdl/1", "files": [item]}, fault_server.url)
@@ -270,8 +267,7 @@ def test_a_slow_refresh_hook_does_not_kill_healthy_workers(
     sit unread in their pipes."""
     import logging
 
-    from mpdl.coordinator import SILENT_WORKER_SECONDS
-    from test_run import TOOL, entry, with_bases
+    from mpdl.supervisor import SILENT_WORKER_SECONDS
 
     item = entry(depot.manifest, TOOL)
     manifest = with_bases({"format": "mpdl/1", "files": [item]}, fault_server.url)
