@@ -1,8 +1,8 @@
 """A depot to try mpdl on with nothing but this machine: built, served on 127.0.0.1, downloaded.
 
-``python -m mpdl.demo [DEST] [mpdl options...]`` runs the real CLI against a local server. The
-range server and the depot builder are also what the test suite stands on, hence small and
-subclassable.
+``python -m mpdl.demo [DEST] [mpdl options...]`` runs the real CLI against a local server: a
+small range server (one byte range per request, keep-alive) over the folder the depot is
+built in.
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import xxhash
 
 KiB = 1024
 MiB = 1024 * KiB
-BLOCK = MiB  # copy size where os.sendfile is unavailable
 CHUNK = MiB  # largest uncompressed V2 chunk, as in GOG's depots
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII | re.IGNORECASE)
@@ -53,21 +52,8 @@ def parse_range(value: str | None, size: int) -> range | None:
     return range(start, min(size, int(last) + 1) if last else size)
 
 
-@dataclass
-class Reply:
-    """What to answer: status and headers, and which bytes of which file make the body."""
-
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    path: Path | None = None
-    span: range = range(0)
-
-
-class RangeRequestHandler(BaseHTTPRequestHandler):
-    """Serves the files under ``root`` with single byte ranges and keep-alive, quietly.
-
-    ``reply`` decides what to answer and ``send_body`` sends the bytes: subclasses override either.
-    """
+class RangeHandler(BaseHTTPRequestHandler):
+    """Serves the files under ``root`` with single byte ranges and keep-alive, quietly."""
 
     protocol_version = "HTTP/1.1"
     server_version = "mpdl-demo"
@@ -77,9 +63,35 @@ class RangeRequestHandler(BaseHTTPRequestHandler):
         super().__init__(*args, **kwargs)
 
     def do_GET(self) -> None:
-        self.send_reply(self.reply(self.headers.get("Range")))
+        """200 for the whole file, 206 for one range, 416 past the end, 404 for anything else."""
+        path = self.resolve()
+        if path is None:
+            self.answer(404, {"Content-Length": "0"})
+            return
+        size = path.stat().st_size
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        wanted = parse_range(self.headers.get("Range"), size)
+        if wanted is None:
+            self.answer(200, headers | {"Content-Length": str(size)}, path, range(size))
+        elif not wanted:
+            self.answer(416, headers | {"Content-Range": f"bytes */{size}", "Content-Length": "0"})
+        else:
+            self.answer(206, headers | {
+                "Content-Range": f"bytes {wanted.start}-{wanted.stop - 1}/{size}",
+                "Content-Length": str(len(wanted))}, path, wanted)
 
-    do_HEAD = do_GET  # send_reply leaves the body out for HEAD
+    do_HEAD = do_GET  # answer leaves the body out for HEAD
+
+    def answer(self, status: int, headers: dict[str, str], path: Path | None = None,
+               span: range = range(0)) -> None:
+        """Status line and headers, then bytes ``span`` of ``path`` unless this is a HEAD."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD" and path is not None and span:  # a count of 0 means "to EOF"
+            with path.open("rb") as file:  # os.sendfile where there is one, else send()
+                self.connection.sendfile(file, span.start, len(span))
 
     def handle_one_request(self) -> None:
         try:
@@ -88,7 +100,7 @@ class RangeRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: a server inside a test or the demo must not scribble on stderr."""
+        """Quiet: the demo's server must not scribble over mpdl's progress on stderr."""
 
     def target(self) -> str:
         """The request's path relative to the root, e.g. ``chunks/ab12`` (no query, unquoted)."""
@@ -101,55 +113,6 @@ class RangeRequestHandler(BaseHTTPRequestHandler):
             return path if path.is_relative_to(self.root) and path.is_file() else None
         except (OSError, ValueError):  # ValueError: a NUL byte in the path
             return None
-
-    def reply(self, range_header: str | None) -> Reply:
-        """200 for the whole file, 206 for one range, 416 past the end, 404 for anything else."""
-        path = self.resolve()
-        if path is None:
-            return Reply(404, {"Content-Length": "0"})
-        size = path.stat().st_size
-        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
-        wanted = parse_range(range_header, size)
-        if wanted is None:
-            return Reply(200, headers | {"Content-Length": str(size)}, path, range(size))
-        if not wanted:
-            headers |= {"Content-Range": f"bytes */{size}", "Content-Length": "0"}
-            return Reply(416, headers)
-        headers["Content-Range"] = f"bytes {wanted.start}-{wanted.stop - 1}/{size}"
-        headers["Content-Length"] = str(len(wanted))
-        return Reply(206, headers, path, wanted)
-
-    def send_reply(self, reply: Reply) -> None:
-        """Status line and headers, then the body unless this is a HEAD request."""
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD" and reply.path is not None:
-            self.send_body(reply.path, reply.span)
-
-    def send_body(self, path: Path, span: range) -> None:
-        """Bytes ``span`` of ``path``: by os.sendfile (no copy through Python) where it exists."""
-        if not span:
-            return  # socket.sendfile reads a count of 0 as "to the end of the file"
-        with path.open("rb") as file:
-            if hasattr(os, "sendfile"):
-                self.connection.sendfile(file, span.start, len(span))
-            else:
-                for block in read_blocks(file, span):
-                    self.wfile.write(block)
-
-
-def read_blocks(file: BinaryIO, span: range, size: int = BLOCK) -> Iterator[bytes]:
-    """Bytes ``span`` of an open file, ``size`` at a time, so a big body never sits in memory."""
-    file.seek(span.start)
-    left = len(span)
-    while left > 0:
-        block = file.read(min(size, left))
-        if not block:
-            raise EOFError(f"{file.name} ended {left} bytes early")
-        left -= len(block)
-        yield block
 
 
 @dataclass(frozen=True)
@@ -168,15 +131,13 @@ class _Server(ThreadingHTTPServer):
 
 @contextmanager
 def serve(
-    root: str | os.PathLike[str],
-    host: str = "127.0.0.1",
-    port: int = 0,
-    handler: Callable[..., RangeRequestHandler] = RangeRequestHandler,
+    root: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0,
+    handler: Callable[..., RangeHandler] = RangeHandler,
 ) -> Iterator[Served]:
     """Serve ``root`` from a background thread (a daemon thread per connection) inside the block.
 
-    ``handler`` is called like a request handler class with an extra ``root=`` keyword, so a
-    functools.partial of a subclass can carry more keywords.
+    ``handler`` is called like a request handler class with an extra ``root=`` keyword (the
+    tests pass subclasses that misbehave on purpose).
     """
     server = _Server((host, port), functools.partial(handler, root=Path(root)))
     thread = threading.Thread(

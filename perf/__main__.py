@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{tool}: {a.detail if a.available else 'missing (' + a.detail + ')'}")
     nginx = servers.find_nginx()
     if nginx is None:
-        _log("perf: nginx not found (apt-get install nginx-light)")
+        _log(f"perf: {servers.NGINX_MISSING}")
         return 2
     root = scenarios.profile_root(cache, args.quick)
     specs = [s for s in scenarios.specs(args.quick) if s.name in args.scenarios]

@@ -1,8 +1,10 @@
 """The servers the tools download from: nginx, and a front that delays every request.
 
 nginx runs with its own prefix and config in a temp folder (never /etc/nginx) on a free
-127.0.0.1 port. The delaying front is a separate Python process, so its CPU and its event loop
-compete with no tool's measurement and hold no lock of the harness.
+127.0.0.1 port. This is the one nginx starter of the repo: the tests start theirs through it
+too (tests/helpers.py), with one worker and no open-file cache. The delaying front is a separate
+Python process, so its CPU and its event loop compete with no tool's measurement and hold no
+lock of the harness.
 
 ``python -m perf.servers delay --upstream PORT --delay S`` runs the front by itself; it prints
 its port on the first line of stdout once it listens.
@@ -32,7 +34,8 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
 
 NGINX_CONF = """\
-# Written by perf/servers.py for one benchmark run; nginx -p {tmp} -c this file.
+# Written by perf/servers.py for one run (of the benchmark, or of the tests); nginx -p {tmp} -c
+# this file.
 worker_processes {workers};
 user {user} {group};
 pid "{tmp}/nginx.pid";
@@ -49,10 +52,10 @@ http {{
     tcp_nodelay on;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
-    open_file_cache max=20000 inactive=60s;
-    types {{ }}
+{file_cache}    types {{ }}
     default_type application/octet-stream;
 
+    # Every temp path in the tmp folder: the compiled-in ones need root.
     client_body_temp_path "{tmp}/client_body";
     proxy_temp_path "{tmp}/proxy";
     fastcgi_temp_path "{tmp}/fastcgi";
@@ -63,8 +66,9 @@ http {{
         listen {host}:{port};
         root "{root}";
 
-        # 10 MiB/s per response. Without sendfile_max_chunk nginx hands the kernel 2 MiB at a
-        # time and throttles only between those pieces, so ranges of a few MiB escape the cap.
+        # 10 MiB/s per response, for the capped scenario. Without sendfile_max_chunk nginx hands
+        # the kernel 2 MiB at a time and throttles only between those pieces, so ranges of a few
+        # MiB escape the cap.
         location /capped/ {{
             limit_rate 10m;
             sendfile_max_chunk 64k;
@@ -72,6 +76,11 @@ http {{
     }}
 }}
 """
+#: Descriptors, sizes and mtimes of up to 20,000 files kept for 60 s: nginx then opens a small
+#: file once, not once per request. A file rewritten while cached is served with stale sizes.
+FILE_CACHE = "    open_file_cache max=20000 inactive=60s;\n"
+#: What ``nginx`` says when there is none, and how to get it.
+NGINX_MISSING = "nginx not found (sh tests/install.sh, or apt-get install nginx-light)"
 
 
 @dataclass(frozen=True)
@@ -99,16 +108,24 @@ def nginx_version(binary: str) -> str:
 
 
 @contextlib.contextmanager
-def nginx(root: Path, tmp: Path, workers: int = 2) -> Iterator[Server]:
-    """nginx serving ``root`` until the block ends; its config, pid and logs live in ``tmp``."""
+def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True) -> Iterator[Server]:
+    """nginx serving ``root`` until the block ends; its config, pid and logs live in ``tmp``.
+
+    ``workers`` worker processes: a single one is running once the port answers (it is what
+    answers); with more, the port may answer while the last is still being forked.
+    ``file_cache`` turns FILE_CACHE on. ``/capped/`` is served at 10 MiB/s per response (the
+    capped scenario). Raises RuntimeError without nginx (NGINX_MISSING), or with nginx's logs
+    when it does not answer.
+    """
     binary = find_nginx()
     if binary is None:
-        raise RuntimeError("nginx not found (apt-get install nginx-light)")
+        raise RuntimeError(NGINX_MISSING)
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(
         tmp=tmp, port=port, root=root, host=HOST, workers=workers,
+        file_cache=FILE_CACHE if file_cache else "",
         user=pwd.getpwuid(os.geteuid()).pw_name, group=grp.getgrgid(os.getegid()).gr_name))
     command = [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
                "-g", "daemon off;"]
@@ -167,7 +184,8 @@ def _wait_for_http(proc: subprocess.Popen[bytes], port: int, logs: Path) -> None
         finally:
             conn.close()
     _stop(proc)
-    log = "".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.log")))
+    found = sorted(p for p in logs.iterdir() if p.suffix in (".log", ".out", ".err"))
+    log = "".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in found)
     raise RuntimeError(f"server did not answer on port {port} (exit {proc.returncode}):\n{log}")
 
 

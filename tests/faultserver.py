@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpdl.demo import RangeRequestHandler, Reply, serve
+from rangeserver import RangeRequestHandler, Reply, serve
 
 #: Longest a delay or a stall may last, so that a test can never hang on one.
 MAX_WAIT = 5.0
@@ -71,7 +71,7 @@ class Request:
 
 
 class FaultHandler(RangeRequestHandler):
-    """The demo handler, bent by the fault that the server holds for the request's path."""
+    """The tests' range handler, bent by the fault that the server holds for the request's path."""
 
     def __init__(self, *args: Any, faults: FaultServer, **kwargs: Any) -> None:
         self.faults = faults

@@ -14,48 +14,28 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-from conftest import SHM, Depot, write_manifest
 from faultserver import Fault, FaultServer
-from test_run import (
+from helpers import (
+    CLI_TIMEOUT,
     LEVEL,
+    SHM,
     SMALL_CHUNK,
     TOOL,
+    Depot,
     assert_installed,
+    assert_one_error_line,
     byte_range,
     entry,
+    env_with,
     files_of,
     gets,
+    mpdl_cli,
     with_bases,
+    write_manifest,
 )
-
-#: Longest a CLI run may take here before the test gives up on it (a bound, not a measure).
-RUN_TIMEOUT = 45
-
-
-def mpdl_cli(*args: Any, cwd: Path, env: dict[str, str] | None = None,
-             timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mpdl", *map(str, args)], cwd=cwd, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-def env_with(**changes: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MPDL_")
-           or k == "MPDL_START_METHOD"}
-    env.update(changes)
-    return env
-
-
-def assert_one_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("mpdl: error:"), stderr
-    assert "Traceback" not in stderr
-    return lines[0]
 
 
 def test_cli_downloads_the_depot_with_json_progress(
@@ -239,7 +219,7 @@ def _wait_until_fetching(proc: subprocess.Popen[str], server: FaultServer,
                          children: int) -> list[psutil.Process]:
     """Wait until the CLI has its children and bodies are on the way; return its descendants."""
     me = psutil.Process(proc.pid)
-    deadline = time.monotonic() + RUN_TIMEOUT
+    deadline = time.monotonic() + CLI_TIMEOUT
     while True:
         if proc.poll() is not None:
             _, err = proc.communicate()
@@ -287,7 +267,7 @@ def test_signal_stops_cleanly_and_a_rerun_completes(
         segments = _shared_memory_of(kids)
         assert segments, "the children map no shared memory: no ring to check for"
         proc.send_signal(signum)
-        _, err = proc.communicate(timeout=RUN_TIMEOUT)
+        _, err = proc.communicate(timeout=CLI_TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -328,7 +308,7 @@ def test_on_a_terminal_one_live_progress_line_is_drawn(
     try:
         done = subprocess.run([sys.executable, "-m", "mpdl", str(manifest), "-o",
                                str(tmp_path / "game")], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=secondary, timeout=RUN_TIMEOUT,
+                              stdout=subprocess.PIPE, stderr=secondary, timeout=CLI_TIMEOUT,
                               check=False)
         os.close(secondary)
         screen = b""

@@ -29,17 +29,21 @@ from typing import Any, NamedTuple
 import psutil
 import pytest
 import xxhash
-from conftest import Depot, run_nginx, write_manifest
 from faultserver import Fault, FaultServer
-from test_cli import assert_one_error_line, mpdl_cli
-from test_process_faults import (
+from helpers import (
     Cli,
+    Depot,
+    Nginx,
     assert_clean,
     assert_no_traceback,
-    cli_runs,
+    assert_one_error_line,
+    files_of,
     journal_paths,
+    mpdl_cli,
+    nginx_serving,
+    skip_or_fail,
+    write_manifest,
 )
-from test_run import files_of
 
 from mpdl.progress import human_bytes
 
@@ -51,20 +55,7 @@ MS_RDONLY, MS_REMOUNT, MNT_DETACH = 1, 32, 2
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
 
 
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Callable[..., Cli]]:
-    """Start ``python -m mpdl`` runs (see test_process_faults.Cli)."""
-    yield from cli_runs(tmp_path)
-
-
 # --- mounts --------------------------------------------------------------------------------
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip, unless under CI=true, where a skipped test is a defect."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (under CI=true this test must run)")
-    pytest.skip(f"{reason} (CI=true makes this a failure)")
 
 
 def _mount(target: Path, options: str, flags: int = 0) -> int:
@@ -414,20 +405,15 @@ class PeakPss:
         return f"peak PSS {self.peak / MiB:.0f} MiB ({parts}) over {self.samples} samples"
 
 
-class OwnNginx(NamedTuple):
-    url: str
-    root: Path
-
-
 @pytest.fixture(scope="module")
-def own_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnNginx]:
-    """nginx (tests/nginx.conf.in) over an empty folder the memory tests fill."""
+def own_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    """nginx over an empty folder the memory tests fill."""
     tmp = tmp_path_factory.mktemp("own-nginx")
     root = tmp / "root"
     root.mkdir()
     try:
-        with run_nginx(root, tmp) as (url, _port):
-            yield OwnNginx(url, root)
+        with nginx_serving(root, tmp) as running:
+            yield running
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -440,7 +426,7 @@ def _fast_dest(tmpfs: Tmpfs, tmp_path: Path, size: str) -> Path:
 
 
 def test_memory_stays_bounded_with_100000_small_files(
-    own_nginx: OwnNginx, tmpfs: Tmpfs, tmp_path: Path, cli: Callable[..., Cli]
+    own_nginx: Nginx, tmpfs: Tmpfs, tmp_path: Path, cli: Callable[..., Cli]
 ) -> None:
     blob = random.Random(11).randbytes(MANY * TINY)
     (own_nginx.root / "main.bin").write_bytes(blob)
@@ -469,7 +455,7 @@ def test_memory_stays_bounded_with_100000_small_files(
 
 
 def test_memory_stays_bounded_by_the_ring_with_one_huge_file(
-    own_nginx: OwnNginx, tmpfs: Tmpfs, tmp_path: Path, cli: Callable[..., Cli]
+    own_nginx: Nginx, tmpfs: Tmpfs, tmp_path: Path, cli: Callable[..., Cli]
 ) -> None:
     served = own_nginx.root / "huge.bin"
     block = bytearray(random.Random(12).randbytes(MiB))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,23 +17,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO, skip_or_fail  # REPO is on sys.path: perf/ is not installed with mpdl
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # perf/ is not installed with mpdl; it lives beside it
-    sys.path.insert(0, str(REPO))
-
-from perf import peers, report, runner, scenarios  # noqa: E402
+from perf import peers, report, runner, scenarios, servers
 
 TIMEOUT = 120
 SCENARIOS = ["big", "capped", "depot", "v2", "small", "latency"]
 
 
 def _require(what: str, present: object) -> None:
-    if present:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is required under CI=true")
-    pytest.skip(f"{what} not installed (CI=true makes this a failure)")
+    if not present:
+        skip_or_fail(f"{what} not installed")
 
 
 def _installed(peer: str) -> bool:
@@ -68,7 +61,7 @@ def _run_quick(out: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_quick_benchmark_runs_every_scenario_and_peer(tmp_path: Path) -> None:
-    _require("nginx", shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin"))
+    _require("nginx", servers.find_nginx())
     _require("matplotlib", importlib.util.find_spec("matplotlib"))
     out = tmp_path / "results"
     done = _run_quick(out)

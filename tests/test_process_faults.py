@@ -10,13 +10,10 @@ segment outlived the run. Every wait is bounded; all traffic stays on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,16 +22,29 @@ from typing import Any
 import psutil
 import pytest
 import xxhash
-from conftest import SHM, Depot, write_manifest
 from faultserver import Fault, FaultServer
-from test_cli import env_with, mpdl_cli
-from test_run import assert_installed, byte_range, files_of
+from helpers import (
+    CHILD_GRACE,
+    SHM,
+    Cli,
+    Depot,
+    assert_clean,
+    assert_installed,
+    assert_no_traceback,
+    byte_range,
+    describe,
+    env_with,
+    files_of,
+    journal_paths,
+    journal_state,
+    mpdl_cli,
+    wait_gone,
+    write_manifest,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
 
-#: Longest any one CLI run may take here (a bound, not a measure).
-RUN_TIMEOUT = 60.0
 #: How long a run may take to stop after SIGINT or SIGTERM: "a couple of seconds", several
 #: times what it takes, and below the 3 s the coordinator grants children that ignore Stop
 #: before it terminates them (so a stop that only ends by that deadline is caught).
@@ -42,222 +52,12 @@ STOP_BOUND = 2.5
 #: How long the children and the ring may outlive a SIGKILLed coordinator. Children check on
 #: it every half second, then give their fetch threads half a second.
 ORPHAN_BOUND = 5.0
-#: How long processes may take to go after their run ended normally.
-CHILD_GRACE = 3.0
-POLL = 0.02
 
 WORKER_NAMES = ("mpdl-worker-0", "mpdl-worker-1")
 WRITER_NAME = "mpdl-writer"
 
-_runs = itertools.count()
-
 
 # --- watching a CLI run ------------------------------------------------------------------
-
-
-def _alive(proc: psutil.Process) -> bool:
-    """Running and not a zombie (an orphan nobody reaped yet has still exited)."""
-    try:
-        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
-
-
-def _is_helper(proc: psutil.Process) -> bool:
-    """multiprocessing's resource tracker (or forkserver), not one of mpdl's children."""
-    try:
-        return "multiprocessing." in " ".join(proc.cmdline())
-    except psutil.Error:
-        return False
-
-
-def _describe(procs: list[psutil.Process]) -> str:
-    out = []
-    for proc in procs:
-        try:
-            out.append(f"{proc.pid} {proc.name()} ({' '.join(proc.cmdline())[:80]})")
-        except psutil.Error:
-            out.append(str(proc.pid))
-    return ", ".join(out)
-
-
-class Cli:
-    """``python -m mpdl ARGS`` in a subprocess; remembers every descendant it ever saw.
-
-    Output goes to files (no pipe to fill up). ``tick``, if given, is called with the CLI's
-    process and its live descendants on every poll (the memory tests sample PSS with it).
-    """
-
-    def __init__(self, args: tuple[Any, ...], *, cwd: Path, env: dict[str, str] | None,
-                 preexec_fn: Callable[[], None] | None,
-                 tick: Callable[[list[psutil.Process]], None] | None) -> None:
-        n = next(_runs)
-        self._out_path, self._err_path = cwd / f"cli{n}.out", cwd / f"cli{n}.err"
-        self.tick = tick
-        self.seen: dict[tuple[int, float], psutil.Process] = {}
-        with self._out_path.open("wb") as out, self._err_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mpdl", *map(str, args)], cwd=cwd,
-                env=env_with() if env is None else env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=err, preexec_fn=preexec_fn)
-        self.me = psutil.Process(self.proc.pid)
-        self.ended: float | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def stdout(self) -> str:
-        return self._out_path.read_text(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self._err_path.read_text(errors="replace")
-
-    def descendants(self) -> list[psutil.Process]:
-        """The live descendants now (each also remembered in ``seen``)."""
-        try:
-            kids = self.me.children(recursive=True)
-        except psutil.Error:
-            return []
-        out = []
-        for proc in kids:
-            try:
-                key = (proc.pid, proc.create_time())
-            except psutil.Error:
-                continue
-            out.append(self.seen.setdefault(key, proc))
-        return out
-
-    def named(self, name: str) -> list[psutil.Process]:
-        """Live descendants whose process name is ``name``."""
-        found = []
-        for proc in self.descendants():
-            with contextlib.suppress(psutil.Error):
-                if proc.name() == name and _alive(proc):
-                    found.append(proc)
-        return found
-
-    def _poll(self) -> None:
-        kids = self.descendants()
-        if self.tick is not None and self.proc.poll() is None:
-            self.tick([self.me, *kids])
-
-    def wait_for(self, what: str, condition: Callable[[], Any],
-                 timeout: float = RUN_TIMEOUT) -> Any:
-        """Poll until ``condition()`` is true while the run goes on; return its value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self._poll()
-            value = condition()
-            if value:
-                return value
-            if self.proc.poll() is not None:
-                pytest.fail(f"mpdl exited ({self.proc.returncode}) before {what}:\n{self.stderr}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"gave up waiting {timeout:.0f} s for {what}:\n{self.stderr}")
-            time.sleep(POLL)
-
-    def finish(self, timeout: float = RUN_TIMEOUT) -> int:
-        """Wait for the exit (bounded), still watching; return the exit code."""
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            self._poll()
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                self.proc.wait()
-                pytest.fail(f"mpdl did not exit within {timeout:.0f} s:\n{self.stderr}")
-            time.sleep(POLL)
-        self.ended = time.monotonic()
-        return self.proc.returncode
-
-    def leftovers(self, grace: float = CHILD_GRACE) -> list[psutil.Process]:
-        """Descendants ever seen that still run after ``grace`` seconds."""
-        deadline = time.monotonic() + grace
-        while (alive := [p for p in self.seen.values() if _alive(p)]) and (
-                time.monotonic() < deadline):
-            time.sleep(0.05)
-        return alive
-
-    def segments(self) -> list[str]:
-        """The /dev/shm entries named after this coordinator: its ring."""
-        return sorted(n for n in os.listdir(SHM) if n.startswith(f"mpdl_{self.pid}_"))
-
-    def close(self) -> None:
-        """Test teardown: nothing of this run may outlive the test, whatever happened."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        # mpdl's own children first: multiprocessing's resource tracker then sees its pipe
-        # close and unlinks what was left (the ring, named semaphores) before it exits.
-        left = [p for p in self.seen.values() if _alive(p)]
-        helpers = [p for p in left if _is_helper(p)]
-        for proc in [p for p in left if p not in helpers]:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        for proc in wait_gone(helpers, CHILD_GRACE):
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-
-
-def cli_runs(tmp_path: Path) -> Iterator[Callable[..., Cli]]:
-    """The ``cli`` fixture's body (test_disk_faults has one too)."""
-    runs: list[Cli] = []
-
-    def start(*args: Any, env: dict[str, str] | None = None,
-              preexec_fn: Callable[[], None] | None = None,
-              tick: Callable[[list[psutil.Process]], None] | None = None,
-              cwd: Path | None = None) -> Cli:
-        run = Cli(args, cwd=cwd or tmp_path, env=env, preexec_fn=preexec_fn, tick=tick)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        run.close()
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Callable[..., Cli]]:
-    """Start ``python -m mpdl`` runs: ``cli(*args, env=, preexec_fn=, tick=)``; whatever they
-    leave running is killed when the test ends."""
-    yield from cli_runs(tmp_path)
-
-
-def assert_clean(run: Cli) -> None:
-    """No process of the run left, no /dev/shm segment named after its coordinator."""
-    left = run.leftovers()
-    assert not left, f"processes outlived mpdl: {_describe(left)}"
-    deadline = time.monotonic() + CHILD_GRACE
-    while run.segments() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not run.segments(), f"left in {SHM}: {run.segments()}"
-
-
-def assert_no_traceback(run: Cli) -> None:
-    assert "Traceback" not in run.stderr, run.stderr
-
-
-def journal_state(dest: Path) -> dict[str, dict[str, Any]]:
-    """DEST/.mpdl/journal.jsonl as mpdl reads it: the last record of each path wins, a torn
-    line is skipped. A record with "ranges" is a file in progress; one without, a finished
-    file."""
-    path = dest / ".mpdl" / "journal.jsonl"
-    state: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return state
-    for line in path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if isinstance(record, dict) and isinstance(record.get("path"), str):
-                state[record["path"]] = record
-    return state
-
-
-def journal_paths(dest: Path) -> set[str]:
-    """The files the journal holds as finished."""
-    return {path for path, record in journal_state(dest).items() if "ranges" not in record}
 
 
 def get_requests(server: FaultServer) -> list[Any]:
@@ -301,13 +101,6 @@ def depot_args(manifest: Path, dest: Path, *more: Any) -> tuple[Any, ...]:
 def main_bin_members(depot: Depot) -> set[str]:
     return {f["path"] for f in files_of(depot.manifest)
             if f.get("parts") and all(p["url"] == "main.bin" for p in f["parts"])}
-
-
-def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout
-    while (alive := [p for p in procs if _alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return alive
 
 
 # --- 1. a worker killed ------------------------------------------------------------------
@@ -445,7 +238,7 @@ def test_a_killed_coordinator_leaves_no_orphans_and_no_ring(
 
     orphans = wait_gone(children, ORPHAN_BOUND)
     assert not orphans, f"orphans {ORPHAN_BOUND:.0f} s after the coordinator died: " + (
-        _describe(orphans))
+        describe(orphans))
     deadline = time.monotonic() + ORPHAN_BOUND
     while run.segments() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -507,7 +300,7 @@ def test_a_signal_stops_promptly_and_the_rerun_fetches_only_what_is_missing(
         f"took {run.ended - signalled:.1f} s to stop")
     assert_no_traceback(run)
     left = wait_gone(children, CHILD_GRACE)
-    assert not left, f"children outlived the stop: {_describe(left)}"
+    assert not left, f"children outlived the stop: {describe(left)}"
     assert_clean(run)
 
     assert (dest / ".mpdl" / "journal.jsonl").is_file()

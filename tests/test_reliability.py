@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Depot
 from faultserver import Fault, FaultServer
-from test_run import (LEVEL, TOOL, assert_file_right, entry, files_of, gets, run, with_bases)
+from helpers import LEVEL, TOOL, Depot, assert_file_right, entry, files_of, gets, run, with_bases
 
-from mpdl.coordinator import BACKOFF_BASE
 from mpdl.progress import ProgressEvent
+from mpdl.retry import BACKOFF_BASE
 
 KiB = 1024
 

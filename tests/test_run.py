@@ -7,179 +7,34 @@ the fault server's request log.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import socket
-import stat
-import time
-import zlib
-from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import xxhash
-from conftest import Depot, Nginx, write_manifest
-from faultserver import Fault, FaultServer, Request
+from faultserver import Fault, FaultServer
+from helpers import (
+    LEVEL,
+    SMALL_CHUNK,
+    TOOL,
+    Depot,
+    Nginx,
+    Watchdog,
+    assert_file_right,
+    assert_installed,
+    byte_range,
+    entry,
+    files_of,
+    gets,
+    run,
+    with_bases,
+    write_manifest,
+)
 
 import mpdl
 from mpdl.progress import ProgressEvent
-
-KiB = 1024
-SMALL_CHUNK = 64 * KiB  # the smallest chunk size mpdl takes: splits every object it can
-WORKERS = 2
-
-# --- what the depot should look like once installed ----------------------------------------
-
-
-def with_bases(manifest: Mapping[str, Any], bases: str | Sequence[str]) -> dict[str, Any]:
-    """A deep copy of ``manifest`` with its mirrors: the session's depot manifest stays as is."""
-    urls = [bases] if isinstance(bases, str) else list(bases)
-    return {**copy.deepcopy(dict(manifest)), "base_urls": urls}
-
-
-def files_of(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [f for f in manifest["files"] if f.get("link") is None]
-
-
-def links_of(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [f for f in manifest["files"] if f.get("link") is not None]
-
-
-def entry(manifest: Mapping[str, Any], path: str) -> dict[str, Any]:
-    return next(f for f in manifest["files"] if f["path"] == path)
-
-
-def digest(algo: str, data: bytes) -> str:
-    if algo.startswith("xxh"):
-        return getattr(xxhash, f"{algo}_hexdigest")(data)
-    return hashlib.new(algo, data).hexdigest()
-
-
-def expected_bytes(root: Path, item: Mapping[str, Any]) -> bytes:
-    """A file's bytes, put together from the served files the way the manifest describes."""
-    if item.get("url") is not None:
-        data = (root / item["url"]).read_bytes()
-    else:
-        out = bytearray()
-        for part in item.get("parts", ()):
-            with (root / part["url"]).open("rb") as served:
-                served.seek(part.get("offset", 0))
-                raw = served.read(part["length"])
-            out += zlib.decompress(raw) if part.get("compression") == "zlib" else raw
-        data = bytes(out)
-    assert len(data) == item["size"], f"{item['path']}: the depot itself is inconsistent"
-    if item.get("hash"):
-        algo, _, hexdigest = item["hash"].partition(":")
-        assert digest(algo, data) == hexdigest, f"{item['path']}: the depot itself is inconsistent"
-    return data
-
-
-def expected_tree(manifest: Mapping[str, Any], skip: Iterable[str] = ()) -> set[str]:
-    """Every path DEST should hold (entries and the folders leading to them), besides .mpdl."""
-    skipped = set(skip)
-    tree = set()
-    for item in manifest["files"]:
-        names = item["path"].split("/")
-        tree.update("/".join(names[:n]) for n in range(1, len(names)))
-        if item["path"] not in skipped:
-            tree.add(item["path"])
-    return tree
-
-
-def actual_tree(dest: Path) -> set[str]:
-    """Every path under DEST except what is inside .mpdl (links not followed)."""
-    found = set()
-    for top, dirs, names in os.walk(dest):
-        rel = Path(top).relative_to(dest)
-        if rel.parts[:1] == (".mpdl",):
-            continue
-        for name in dirs + names:
-            found.add((rel / name).as_posix())
-    return found
-
-
-def assert_file_right(dest: Path, root: Path, item: Mapping[str, Any]) -> None:
-    final = dest / item["path"]
-    assert final.is_file() and not final.is_symlink(), f"{item['path']} is not a regular file"
-    assert final.read_bytes() == expected_bytes(root, item), f"{item['path']}: wrong bytes"
-    executable = bool(final.stat().st_mode & stat.S_IXUSR)
-    assert executable == bool(item.get("executable")), f"{item['path']}: executable bit"
-
-
-def assert_installed(dest: Path, depot: Depot, *, missing: Iterable[str] = (),
-                     state: bool = True) -> None:
-    """DEST holds the depot exactly: every file's bytes, modes, links, and nothing else."""
-    missing = set(missing)
-    for item in files_of(depot.manifest):
-        if item["path"] in missing:
-            assert not os.path.lexists(dest / item["path"]), f"{item['path']} should be absent"
-        else:
-            assert_file_right(dest, depot.root, item)
-    for link in links_of(depot.manifest):
-        where = dest / link["path"]
-        assert where.is_symlink(), f"{link['path']} is not a symbolic link"
-        assert os.readlink(where) == link["link"]
-    for item in files_of(depot.manifest):
-        if item["size"] == 0 and item["path"] not in missing:
-            assert (dest / item["path"]).stat().st_size == 0
-    assert actual_tree(dest) == expected_tree(depot.manifest, missing) | (
-        {".mpdl"} if state else set())
-    assert not (dest / ".mpdl" / "staging").exists(), "the staging folder was left behind"
-
-
-class Stalled(Exception):
-    """A run made no progress at all for STALL_LIMIT seconds: it hangs."""
-
-
-#: Every server here answers at once (or within faultserver.MAX_WAIT): a run that neither
-#: fetches nor writes a byte nor finishes a file for this long is hung, not slow.
-STALL_LIMIT = 10.0
-
-
-class Watchdog:
-    """A progress callback that records the events and ends a hung run with Stalled.
-
-    The coordinator calls it from its loop, so raising here unwinds the run the way Ctrl-C
-    would (children stopped, ring unlinked) instead of leaving the test to pytest-timeout.
-    """
-
-    def __init__(self) -> None:
-        self.events: list[ProgressEvent] = []
-        self._seen: tuple[int, ...] = ()
-        self._since = time.monotonic()
-
-    def __call__(self, event: ProgressEvent) -> None:
-        self.events.append(event)
-        seen = (event.bytes_done, event.files_done, event.bytes_fetched)
-        now = time.monotonic()
-        if seen != self._seen:
-            self._seen, self._since = seen, now
-        elif now - self._since > STALL_LIMIT:
-            raise Stalled(f"no progress for {STALL_LIMIT:.0f} s at {event}")
-
-
-def run(manifest: Any, dest: Path, **options: Any) -> mpdl.Result:
-    options.setdefault("workers", WORKERS)
-    options.setdefault("progress", Watchdog())
-    return mpdl.run(manifest, dest, **options)
-
-
-def gets(server: FaultServer, path: str) -> list[Request]:
-    return [r for r in server.requests if r.method == "GET" and r.path == path]
-
-
-def byte_range(value: str) -> range:
-    """'bytes=A-B' as the range of byte offsets it names."""
-    unit, _, span = value.partition("=")
-    assert unit.strip() == "bytes", value
-    first, _, last = span.partition("-")
-    return range(int(first), int(last) + 1)
-
-
-TOOL = "bin/tool"
-LEVEL = "data/level1.pak"
 
 
 @pytest.fixture

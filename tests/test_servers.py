@@ -1,7 +1,10 @@
-"""The test servers and the example depot, checked on their own against real sockets.
+"""The test servers, the demo's server and the example depot, checked on their own against real
+sockets.
 
 Every other test trusts these: a range server off by one byte, or a fault that does not fire,
-would make mpdl's tests pass or fail for the wrong reason.
+would make mpdl's tests pass or fail for the wrong reason. The demo's range server (mpdl.demo)
+and the tests' (rangeserver, which the fault server extends) must answer alike: each HTTP check
+of a range server runs against both.
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rangeserver
 import urllib3
 import xxhash
-from conftest import Depot, Nginx
 from faultserver import Fault, FaultServer, Request
+from helpers import Depot, Nginx
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from mpdl import demo
-from mpdl.demo import MiB, build_example, parse_range, serve
+from mpdl.demo import MiB, build_example, parse_range
 
 TIMEOUT = urllib3.Timeout(connect=2, read=10)
+#: The range servers, each ``serve(root)`` -> a context manager of a demo.Served.
+SERVERS = pytest.mark.parametrize("serve", [demo.serve, rangeserver.serve], ids=["demo", "tests"])
 
 
 @pytest.fixture
@@ -40,9 +46,10 @@ def client() -> Iterator[urllib3.PoolManager]:
         yield pool
 
 
-@pytest.fixture(scope="module")
-def served(depot: Depot) -> Iterator[demo.Served]:
-    with serve(depot.root) as running:
+@pytest.fixture(scope="module", params=[demo.serve, rangeserver.serve], ids=["demo", "tests"])
+def served(request: pytest.FixtureRequest, depot: Depot) -> Iterator[demo.Served]:
+    """The depot from each range server in turn."""
+    with request.param(depot.root) as running:
         yield running
 
 
@@ -55,7 +62,7 @@ def get(client: urllib3.PoolManager, url: str, rng: str | None = None, **kw: Any
     return client.request("GET", url, headers={"Range": rng} if rng else {}, **kw)
 
 
-# --- the demo range server ---------------------------------------------------------------
+# --- the range servers: the demo's and the tests' ------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -127,7 +134,8 @@ def test_unsatisfiable_range_is_416(
     assert r.data == b""
 
 
-@pytest.mark.parametrize("make", [serve, FaultServer])
+@pytest.mark.parametrize("make", [demo.serve, rangeserver.serve, FaultServer],
+                         ids=["demo", "tests", "fault"])
 def test_empty_object_keeps_the_connection_usable(tmp_path: Path, make: Any) -> None:
     (tmp_path / "empty").touch()
     with make(tmp_path) as running:
@@ -160,7 +168,8 @@ def test_keep_alive_reuses_one_connection(served: demo.Served) -> None:
         assert pool.num_connections == 1
 
 
-def test_refuses_what_is_not_a_file_under_the_root(tmp_path: Path) -> None:
+@SERVERS
+def test_refuses_what_is_not_a_file_under_the_root(tmp_path: Path, serve: Any) -> None:
     root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)
     (root / "ok.txt").write_bytes(b"ok")
@@ -178,14 +187,18 @@ def test_refuses_what_is_not_a_file_under_the_root(tmp_path: Path) -> None:
 
 
 def test_copies_in_blocks_without_sendfile(
-    monkeypatch: pytest.MonkeyPatch, client: urllib3.PoolManager, served: demo.Served, blob: bytes
+    monkeypatch: pytest.MonkeyPatch, client: urllib3.PoolManager, depot: Depot, blob: bytes
 ) -> None:
+    """The tests' server only: the demo's leaves that to socket.sendfile, which falls back to
+    send() by itself where os.sendfile never existed (it fails where a test deleted it)."""
     monkeypatch.delattr(os, "sendfile")
-    assert get(client, served.url + "main.bin").data == blob
-    assert get(client, served.url + "main.bin", "bytes=3-1000000").data == blob[3:1000001]
+    with rangeserver.serve(depot.root) as served:
+        assert get(client, served.url + "main.bin").data == blob
+        assert get(client, served.url + "main.bin", "bytes=3-1000000").data == blob[3:1000001]
 
 
-def test_server_is_quiet(capfd: pytest.CaptureFixture[str], depot: Depot) -> None:
+@SERVERS
+def test_server_is_quiet(capfd: pytest.CaptureFixture[str], depot: Depot, serve: Any) -> None:
     with serve(depot.root) as running:
         conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=5)
         conn.request("GET", "/missing")

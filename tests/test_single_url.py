@@ -9,10 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Depot
 from faultserver import Fault, FaultServer
-from test_cli import assert_one_error_line, mpdl_cli
-from test_run import SMALL_CHUNK, TOOL, byte_range, entry
+from helpers import SMALL_CHUNK, TOOL, Depot, assert_one_error_line, byte_range, entry, mpdl_cli
 
 
 @pytest.fixture

@@ -1,0 +1,42 @@
+#!/bin/sh
+# Installs everything the tests need: mpdl in editable mode with its test and perf extras, and the
+# programs the tests run (nginx; aria2c and axel for the benchmark's smoke test). The programs
+# come from apt-get when missing, as root on Debian; otherwise one line says what to install (the
+# tests that need them skip; under CI=true they fail). Quiet, and safe to run again:
+#
+#     sh tests/install.sh && python3 -m pytest -q
+#
+# PYTHON picks the interpreter (default python3: the one that runs pytest above).
+set -eu
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+
+have() {  # on PATH, or in an sbin folder a non-root PATH often lacks
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/local/sbin/$1" ]
+}
+
+missing=""
+have nginx || missing="$missing nginx-light"
+have aria2c || missing="$missing aria2"
+have axel || missing="$missing axel"
+
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        # shellcheck disable=SC2086  # one word per package
+        apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    else
+        case $missing in
+            *nginx*) effect="the tests that need nginx skip (under CI=true they fail)" ;;
+            *) effect="the benchmark's smoke test reports them missing" ;;
+        esac
+        echo "tests/install.sh: not installed:$missing (as root on Debian:" \
+             "apt-get install --no-install-recommends$missing); without them $effect" >&2
+    fi
+fi
+
+if [ "$(id -u)" = 0 ]; then
+    export PIP_ROOT_USER_ACTION=ignore  # pip's warning about root: a container's normal case
+fi
+PIP_DISABLE_PIP_VERSION_CHECK=1 "$python" -m pip install -q -e '.[test,perf]'
