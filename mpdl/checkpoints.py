@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .layout import Layout
@@ -51,6 +51,7 @@ class Checkpoints:
         self.next_due: float | None = None
         self.in_flight: _InFlight | None = None
         self.unjournaled: list[int] = []  # files done since the last checkpoint
+        self.dirty: set[int] = set()  # files whose ``have`` grew since the last checkpoint
         self._tokens = itertools.count(1)
 
     def file_done(self, file_id: int) -> None:
@@ -64,14 +65,15 @@ class Checkpoints:
             self.next_due = now + self.every
         return now >= self.next_due
 
-    def begin(self, now: float, files: Mapping[int, FileRun], dirty: Iterable[int]) -> Sync | None:
-        """The Sync of a new checkpoint, or None when there is nothing new to make durable.
-        ``dirty``: files whose ``have`` grew since the last checkpoint."""
+    def begin(self, now: float, files: Mapping[int, FileRun]) -> Sync | None:
+        """The Sync of a new checkpoint, or None when one is in flight or there is nothing
+        new to make durable."""
         if not self.journaling or self.in_flight is not None:
             return None
         self.next_due = now + self.every
-        partial = {fid: (files[fid].generation, files[fid].have.copy()) for fid in dirty
+        partial = {fid: (files[fid].generation, files[fid].have.copy()) for fid in self.dirty
                    if files[fid].state is FileState.OPEN and files[fid].have}
+        self.dirty.clear()
         finished, self.unjournaled = self.unjournaled, []
         if not partial and not finished:
             return None
@@ -90,6 +92,7 @@ class Checkpoints:
             log.warning("could not make the written bytes durable (%s); the journal keeps "
                         "what it had", record.error)
             self.unjournaled += flight.finished
+            self.dirty.update(flight.partial)  # tried again at the next checkpoint
             return None
         partial = []
         for fid, (generation, have) in flight.partial.items():

@@ -59,7 +59,6 @@ class FileBook:
             if fid in have:
                 file.have, file.synced = have[fid].copy(), have[fid].copy()
         self.unfinished = len(self.files)
-        self.dirty: set[int] = set()  # files whose ``have`` grew since the last checkpoint
 
     def unended(self) -> list[int]:
         return [fid for fid, file in self.files.items() if file.state not in ENDED]
@@ -114,7 +113,7 @@ class FileBook:
                 if file.have is None:
                     file.have = RangeSet()
                 file.have.add(span.file_offset, span.file_offset + span.length)
-                self.dirty.add(span.file_id)
+                self.checkpoints.dirty.add(span.file_id)
 
     def closed(self, record: FileClosed) -> bool:
         """The writer's verdict; returns True when the file should be fetched once more (its
@@ -145,7 +144,7 @@ class FileBook:
         if file.state is not F.PENDING:
             self._move(file, F.PENDING)
         file.generation += 1
-        self.dirty.discard(fid)
+        self.checkpoints.dirty.discard(fid)
 
     def abort(self, reason: str) -> None:
         """The run stops: unfinished files fail, their staging files stay for a re-run."""
@@ -155,8 +154,7 @@ class FileBook:
     # -- durability ------------------------------------------------------------------------------
 
     def checkpoint(self, now: float) -> None:
-        sync = self.checkpoints.begin(now, self.files, self.dirty)
-        self.dirty.clear()
+        sync = self.checkpoints.begin(now, self.files)
         if sync is not None:
             self._to_writer(sync)
 

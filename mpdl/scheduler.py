@@ -41,7 +41,7 @@ from .progress import Counts
 from .ranges import RangeSet
 from .retry import Failure, GiveUp, Refresh, Retry, RetryPolicy, Split, Stream
 from .slots import SlotPool
-from .states import ENDED, LIVE, ON_WORKER, FileRun, FileState, TaskRun, TaskState
+from .states import ENDED, IN_FLIGHT, LIVE, ON_WORKER, FileRun, FileState, TaskRun, TaskState
 
 log = logging.getLogger("mpdl")
 
@@ -143,7 +143,8 @@ class Scheduler:
         """When time alone next changes something: a retry's wait ends, a checkpoint is due."""
         times = [self.delayed[0][0]] if self.delayed else []
         checkpoints = self.book.checkpoints
-        if checkpoints.journaling and checkpoints.next_due is not None:
+        if (checkpoints.journaling and checkpoints.next_due is not None
+                and checkpoints.in_flight is None):  # while one is out, its Synced wakes us
             times.append(checkpoints.next_due)
         return min(times, default=None)
 
@@ -184,7 +185,10 @@ class Scheduler:
         run = self.runs[record.task_id]
         if record.attempt != run.attempt:  # from an attempt already abandoned
             if isinstance(record, Filled):
-                self.slots.release(record.slot)
+                holder = self.slots.holder(record.slot)
+                if holder is not None and (holder.task_id, holder.attempt) == (
+                        record.task_id, record.attempt):  # not freed already by a death
+                    self.slots.release(record.slot)
             else:
                 self.slots.release_filling(record.task_id, record.attempt)
         elif isinstance(record, Filled):
@@ -196,10 +200,11 @@ class Scheduler:
         if isinstance(record, SlotWritten):
             holder = self.slots.holder(record.slot)
             self.slots.release(record.slot)
-            self.counts.bytes_done += record.written
             self.counts.bytes_written += record.written
             run = self.runs[holder.task_id]
-            if holder.attempt == run.attempt:
+            if holder.attempt == run.attempt and run.state in IN_FLIGHT:
+                run.credited += record.written
+                self.counts.bytes_done += record.written
                 self._maybe_done(run)
         elif isinstance(record, FileClosed):
             if self.book.closed(record):
@@ -274,6 +279,10 @@ class Scheduler:
         if old in LIVE and new not in LIVE:
             for fid in run.task.file_ids:
                 self.files[fid].live_tasks -= 1
+        if old in IN_FLIGHT and new not in IN_FLIGHT:
+            if new is not T.DONE:  # its bytes were for nothing: progress takes them back
+                self.counts.bytes_done -= run.credited
+            run.credited = 0
         entry = (run, run.moves)
         if new is T.QUEUED:
             (self.queued.appendleft if front else self.queued.append)(entry)
@@ -420,7 +429,7 @@ class Scheduler:
 
     def _defer(self, run: TaskRun) -> None:
         """Keep a range of an object that ignores Range for the one stream that will serve all;
-        the first one deferred takes the object's other queued ranges along."""
+        the first one deferred takes the object's other waiting ranges along."""
         task = run.task
         if task.compression is not None:
             self._give_up(run, f"{task.source}: the server ignores Range requests, and a "
@@ -428,9 +437,9 @@ class Scheduler:
             return
         first = not self.deferred.get(task.source)
         self._move(run, T.DEFERRED)
-        if first:
-            for other, moves in list(self.queued):
-                if (other.moves == moves and other.task.source == task.source
+        if first:  # the object's other ranges waiting to start, or backing off, come along
+            for other in self.runs.values():
+                if (other.state in (T.QUEUED, T.DELAYED) and other.task.source == task.source
                         and other.task.compression is None):
                     self._move(other, T.DEFERRED)
 

@@ -43,7 +43,7 @@ class TaskState(Enum):
 T = TaskState
 TASK_MOVES: dict[TaskState, frozenset[TaskState]] = {
     T.QUEUED: frozenset({T.RUNNING, T.DEFERRED, T.CANCELLED, T.FAILED}),
-    T.DELAYED: frozenset({T.QUEUED, T.CANCELLED, T.FAILED}),
+    T.DELAYED: frozenset({T.QUEUED, T.DEFERRED, T.CANCELLED, T.FAILED}),
     T.REFRESHING: frozenset({T.QUEUED, T.CANCELLED, T.FAILED}),
     T.DEFERRED: frozenset({T.CANCELLED, T.FAILED}),
     T.RUNNING: frozenset({T.WAITING_SLOT, T.DRAINING, T.QUEUED, T.DELAYED, T.REFRESHING,
@@ -56,6 +56,8 @@ TASK_MOVES: dict[TaskState, frozenset[TaskState]] = {
 }
 #: A worker is busy with the task: it holds one of the worker's connections.
 ON_WORKER = frozenset({T.RUNNING, T.WAITING_SLOT})
+#: An attempt is bringing bytes: what the writer writes of it counts as done, until it ends.
+IN_FLIGHT = ON_WORKER | {T.DRAINING}
 #: The task may still bring bytes its files wait for.
 LIVE = frozenset(TASK_MOVES) - {T.DONE, T.CANCELLED, T.FAILED}
 
@@ -73,6 +75,7 @@ class TaskRun:
     url: str = ""  # what the current (or last) attempt asked
     worker: int | None = None
     last_failure: str = ""  # why the last attempt failed, for a give-up after a refresh
+    credited: int = 0  # bytes of this attempt written and counted as done (taken back if it fails)
     moves: int = 0  # grows on each move: queue entries made before the last move are stale
 
     def move(self, new: TaskState) -> TaskState:
@@ -120,7 +123,6 @@ class FileRun:
     live_tasks: int = 0
     have: RangeSet | None = None
     synced: RangeSet | None = None
-    dirty: bool = False  # ``have`` grew since the last checkpoint
     generation: int = 0
     refetched: bool = False  # fetched a second time after its hash did not match
     checked: bool = False  # workers verify every byte (file or part hashes): the writer need not
