@@ -77,7 +77,8 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         have = _resumable(todo, layout, journal)
         _check_free_space(layout.dest, sum((entry.size or 0) - (have[fid].total() if fid in have
                                                                  else 0) for fid, entry in todo))
-        planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed)
+        planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
+                          spread=opts.connections)
         plan = planner.plan(todo, have=have)
         log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
                  len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),

@@ -8,6 +8,7 @@ what the worker reports as read for nothing.
 
 from __future__ import annotations
 
+import socket
 import zlib
 from collections.abc import Callable
 
@@ -47,25 +48,60 @@ class Meter:
         return taken
 
 
+class Cursor:
+    """Where one attempt stands, shared by its fetch thread and the worker's main thread.
+
+    The fetch thread moves ``position`` (output bytes read) as it reads and honours ``end``
+    (where the output stops: the task's length, until a Cut moves it back, when another task
+    took the rest). ``response`` lets the main thread shut the socket of an attempt cut behind
+    where it stands, whose read may otherwise wait for bytes that never come (a stall).
+    """
+
+    __slots__ = ("end", "position", "response")
+
+    def __init__(self, end: int | None) -> None:
+        self.end = end
+        self.position = 0
+        self.response: urllib3.BaseHTTPResponse | None = None
+
+    def cut(self, at: int) -> bool:
+        """The output now ends at ``at``; returns whether the attempt is already past it."""
+        self.end = at if self.end is None else min(self.end, at)
+        return self.position >= at
+
+    def abort(self) -> None:
+        """Wake a read blocked on the socket: it fails at once (the bytes are not wanted)."""
+        response = self.response
+        sock = getattr(getattr(response, "connection", None), "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already
+
+
 NextSlot = Callable[[], int | None]
 Report = Callable[[Filled], None]
 
 
 def fetch(job: Fetch, pool: urllib3.PoolManager, ring: Ring, next_slot: NextSlot,
-          report: Report, scratch: bytearray, meter: Meter) -> None:
+          report: Report, scratch: bytearray, meter: Meter, cursor: Cursor) -> None:
     """Run ``job``; ``scratch`` is this thread's buffer for compressed bodies, ``meter`` the
-    attempt's count of bytes read and not reported."""
+    attempt's count of bytes read and not reported, ``cursor`` where it stands."""
     headers = {"Range": range_header(job.offset, job.length)} if job.ranged else {}
     response = open_response(pool, job.url, headers)
+    cursor.response = response
     try:
         known_length = _check_status(job, response)
         if job.compression:
             _fill_decoded(job, response, ring, report, scratch, meter)
         else:
-            _fill_plain(job, response, known_length, ring, next_slot, report, meter)
+            _fill_plain(job, response, known_length, ring, next_slot, report, meter, cursor)
     except BaseException:
+        cursor.response = None
         discard(response)
         raise
+    cursor.response = None
     if response._fp is not None and response._fp.isclosed():
         response.release_conn()  # body read to its end: the connection goes back to the pool
     else:
@@ -107,15 +143,20 @@ def _read_into(raw, view: memoryview) -> int:
 
 
 def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
-                next_slot: NextSlot, report: Report, meter: Meter) -> None:
+                next_slot: NextSlot, report: Report, meter: Meter, cursor: Cursor) -> None:
+    """Read the body into slots, each full but the last, up to ``cursor.end``: a Cut can
+    move it back while the body is read (it stays on the slot grid, so no slot straddles it)."""
     raw = response._fp  # http.client.HTTPResponse: readinto without a copy
     slot_size = ring.spec.slot_size
     slot, slot_start, filled = job.slot, 0, 0
     checker = Checker(job.url, job.checks)
-    remaining = job.length
     view = ring.view(slot)
     try:
-        while remaining != 0:
+        while True:
+            end = cursor.end
+            if end is not None and slot_start + filled >= end:
+                filled = max(0, end - slot_start)  # cut behind this slot: none of it is wanted
+                break
             if filled == slot_size:  # full, and more to come: hand it over, wait for the next
                 checker.feed(view, slot_start, filled)
                 view.release()
@@ -128,23 +169,23 @@ def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
                 slot, slot_start, filled = granted, slot_start + filled, 0
                 view = ring.view(slot)
             want = min(slot_size - filled, READ_SIZE)
-            if remaining is not None:
-                want = min(want, remaining)
+            if end is not None:
+                want = min(want, end - slot_start - filled)
             n = _read_into(raw, view[filled:filled + want])
             if not n:
-                if remaining is None:
+                if end is None:
                     break
-                raise TransientError(f"{job.url}: the body ended {remaining} bytes short")
+                raise TransientError(f"{job.url}: the body ended "
+                                     f"{end - slot_start - filled} bytes short")
             filled += n
             meter.unreported += n
-            if remaining is not None:
-                remaining -= n
+            cursor.position = slot_start + filled
         if (job.exact and not job.ranged and job.length is not None and known_length is None
-                and _has_more(raw)):
+                and cursor.end == job.length and _has_more(raw)):
             raise NotOnMirror(f"{job.url}: the body is longer than the {job.length} bytes "
                               f"the manifest says")
         checker.feed(view, slot_start, filled)
-        checker.finish()
+        checker.finish(slot_start + filled)
     finally:
         view.release()
     report(Filled(task_id=job.task_id, attempt=job.attempt, slot=slot, offset=slot_start,
@@ -221,6 +262,8 @@ class Checker:
                                      f"{spec.algo} {actual}, the manifest says {spec.hexdigest}")
         self.open = still
 
-    def finish(self) -> None:
-        if self.open:  # the output ended before a checked part did
+    def finish(self, end: int | None = None) -> None:
+        """The output ended at ``end``: a check that starts there or later is another task's
+        (the output was cut, never inside a check); one that began before ended unchecked."""
+        if any(end is None or check.offset < end for check, _ in self.open):
             raise IntegrityError(f"{self.url}: the output ended inside a checked part")

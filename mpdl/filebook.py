@@ -18,7 +18,7 @@ from .checkpoints import Checkpoints, JournalSynced
 from .layout import Layout
 from .manifest import FileEntry
 from .messages import CloseFile, FileClosed, OpenFile, Synced, ToWriter
-from .plan import Plan, Task
+from .plan import Plan
 from .progress import Counts
 from .ranges import RangeSet
 from .states import ENDED, STAGED, FileRun, FileState
@@ -104,16 +104,16 @@ class FileBook:
             self._move(file, F.FAILED)
         self._ended(fid)
 
-    def wrote(self, task: Task) -> None:
-        """A task's bytes are in their files: they count as had, and the next checkpoint
-        makes them durable."""
-        for span in task.spans:
-            file = self.files[span.file_id]
-            if span.length is not None and file.state in STAGED:
+    def wrote(self, pieces: Iterable[tuple[int, int, int]]) -> None:
+        """These (file id, file offset, length) bytes are in their files, and right: they
+        count as had, and the next checkpoint makes them durable."""
+        for fid, offset, length in pieces:
+            file = self.files[fid]
+            if file.state in STAGED:
                 if file.have is None:
                     file.have = RangeSet()
-                file.have.add(span.file_offset, span.file_offset + span.length)
-                self.checkpoints.dirty.add(span.file_id)
+                file.have.add(offset, offset + length)
+                self.checkpoints.dirty.add(fid)
 
     def closed(self, record: FileClosed) -> bool:
         """The writer's verdict; returns True when the file should be fetched once more (its

@@ -5,7 +5,8 @@ carries a list of records: the coordinator and the writer batch theirs, so one p
 syscall move many; a worker's fetch threads send as they go. The coordinator sends through
 queues (never blocking), children answer through pipes.
 
-    supervisor --ToWorker: Fetch/Grant/Cancel/Stop--> worker --FromWorker: Filled/Failed/Alive-->
+    supervisor --ToWorker: Fetch/Grant/Cut/Cancel/Stop--> worker
+                  worker --FromWorker: Filled/Failed/Alive--> supervisor
     supervisor --ToWriter: OpenFile/WriteSlot/CloseFile/Sync/Stop--> writer
                   writer --FromWriter: SlotWritten/FileClosed/Synced/WriteFailed--> supervisor
 
@@ -58,6 +59,18 @@ class Grant(NamedTuple):
     task_id: int
     attempt: int
     slot: int
+
+
+class Cut(NamedTuple):
+    """The attempt's output now ends at output offset ``at`` (another task took the rest).
+
+    ``at`` is on the attempt's grid of slots. Read up to it and end there with a last Filled;
+    if the attempt is already past it, stop at once: what it reports from ``at`` on is
+    dropped by the coordinator."""
+
+    task_id: int
+    attempt: int
+    at: int
 
 
 class Cancel(NamedTuple):
@@ -211,7 +224,7 @@ class WriteFailed(NamedTuple):
     reason: str
 
 
-ToWorker = Fetch | Grant | Cancel | Stop
+ToWorker = Fetch | Grant | Cut | Cancel | Stop
 FromWorker = Filled | Failed | Alive
 ToWriter = OpenFile | WriteSlot | CloseFile | Sync | Stop
 FromWriter = SlotWritten | FileClosed | Synced | WriteFailed

@@ -4,8 +4,11 @@ Rules, so that every byte can be verified in a worker before it reaches the disk
 - a compressed or hashed part is one task of its own (its output must fit one slot);
 - a file whose bytes one task carries gets its whole-file hash checked by that task, and a file
   whose every part has a hash is verified by those: the writer hashes only the other files;
-- other ranges are cut at ``chunk_size`` and adjacent ranges of one object (GOG V1 files
-  inside ``main.bin``) are merged into one request up to ``chunk_size``;
+- other ranges start large: an object (or a raw part) is cut into about ``spread`` ranges,
+  each a whole number of chunks (at most MAX_RANGE), because the scheduler bisects running
+  ranges as the work runs out (tail.py): fewer requests, and still a short last wave;
+- adjacent ranges of one object (GOG V1 files inside ``main.bin``) are merged into one request
+  up to ``chunk_size``;
 - a whole object that fits one chunk, or any object when not parallel, is one plain GET;
 - not parallel, a run of adjacent ranges of one object is one request, however long.
 Tasks come out in file order, so files finish early instead of all at the end.
@@ -17,7 +20,7 @@ planned, and a verified part (compressed or hashed) is fetched whole unless it i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from .errors import ManifestError
@@ -33,6 +36,8 @@ MERGE_GAP = 64 * 1024
 MAX_SPANS = 256
 # A part that must be verified whole cannot be larger than this.
 MAX_SLOT = 256 * MiB
+# The largest range planned at the start: a range is bisected later, never merged.
+MAX_RANGE = 64 * MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,15 @@ class Planner:
     chunk_size: int
     parallel: bool = True
     streamed: frozenset[str] = frozenset()
+    spread: int | None = None  # about this many ranges per object; None: one chunk each
+
+    def range_size(self, size: int) -> int:
+        """The length of the ranges ``size`` bytes are cut into at the start: about
+        ``size / spread``, a whole number of chunks (so ranges stay on the chunk grid)."""
+        if self.spread is None:
+            return self.chunk_size
+        chunks = -(-size // (self.chunk_size * max(1, self.spread)))
+        return max(1, min(chunks, MAX_RANGE // self.chunk_size)) * self.chunk_size
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "streamed", frozenset(self.streamed))
@@ -160,8 +174,9 @@ class Planner:
                 spans=(Span(offset=0, length=size, file_id=file_id, file_offset=0),),
                 checks=checks))
             return
-        for offset in range(0, size, self.chunk_size):
-            length = min(self.chunk_size, size - offset)
+        step = self.range_size(size)
+        for offset in range(0, size, step):
+            length = min(step, size - offset)
             draft.tasks.append(Task(
                 task_id=draft.next_task_id, source=url, offset=offset, length=length,
                 ranged=True, compression=None, size=length,
@@ -207,7 +222,7 @@ class Planner:
                 gaps = present.gaps(file_offset, file_offset + part.size) if present else \
                     [(file_offset, file_offset + part.size)]
                 for lo, hi in gaps:
-                    step = self.chunk_size if self.parallel else hi - lo
+                    step = self.range_size(part.size) if self.parallel else hi - lo
                     for at in range(lo, hi, step):
                         self._add_range(draft, part.url, part.offset + at - file_offset,
                                         min(step, hi - at), file_id, at, None)
@@ -304,6 +319,45 @@ def split_task(task: Task, first_task_id: int) -> list[Task]:
                                     file_offset=span.file_offset),),
                         checks=checks))
     return out
+
+
+def cut_points(task: Task, delivered: int, slot_size: int) -> list[int]:
+    """Where ``task``'s output may be cut in two once its attempt has delivered ``delivered``
+    bytes: on its grid of slots (every slot but the last is full, so a worker's slots never
+    straddle a cut), and not inside a checked part (a check must see all of its bytes in one
+    attempt). Only at 0 for a compressed task or a plain GET: those cannot start in the
+    middle. None at all for a task of unknown length or a stream that may read past it."""
+    if task.size is None or task.length is None or not task.exact:
+        return []
+    if task.compression is not None or not task.ranged:
+        return [0] if delivered == 0 else []
+    return [at for at in range(delivered, task.size, slot_size)
+            if not any(c.offset < at < c.offset + c.length for c in task.checks)]
+
+
+def cut_task(task: Task, at: int, tail_id: int) -> tuple[Task, Task]:
+    """``task`` cut at output offset ``at`` (one of ``cut_points``): the head keeps its id and
+    output [0, at), the tail is the new task ``tail_id`` for [at, end). At 0 the tail is the
+    whole task again (a second attempt to race the first) and the head is empty."""
+    assert task.length is not None and task.size is not None and 0 <= at < task.size
+    if at == 0:
+        head = replace(task, offset=task.offset, length=0, size=0, spans=(), checks=(),
+                       compression=None)
+        return head, replace(task, task_id=tail_id)
+    assert task.compression is None and task.ranged
+
+    def part(lo: int, hi: int, task_id: int) -> Task:
+        spans = tuple(Span(offset=max(s.offset, lo) - lo,
+                           length=min(s.offset + s.length, hi) - max(s.offset, lo),
+                           file_id=s.file_id, file_offset=s.file_offset + max(0, lo - s.offset))
+                      for s in task.spans
+                      if s.length is not None and max(s.offset, lo) < min(s.offset + s.length, hi))
+        checks = tuple(Check(offset=c.offset - lo, length=c.length, hash=c.hash)
+                       for c in task.checks if lo <= c.offset and c.offset + c.length <= hi)
+        return replace(task, task_id=task_id, offset=task.offset + lo, length=hi - lo,
+                       size=hi - lo, spans=spans, checks=checks)
+
+    return part(0, at, task.task_id), part(at, task.size, tail_id)
 
 
 def stream_task(task_id: int, source: str, tasks: Sequence[Task]) -> Task:

@@ -16,7 +16,10 @@ Rules it keeps:
   comes back when the writer wrote it, when its attempt failed, or when its holder died;
 - files open with their first bytes and close right behind their last task's last slot, so
   the writer, which keeps the order of what it is sent, can verify and rename at once;
-- a decision after a failure is the retry policy's (retry.py); the scheduler carries it out.
+- a decision after a failure is the retry policy's (retry.py), and what an idle connection
+  takes when nothing waits (a stolen half, a race against a stalled range) is the tail
+  policy's (tail.py); the scheduler carries them out. A contest's loser is cancelled or cut
+  short before any of its bytes past the cut reach the writer.
 """
 
 from __future__ import annotations
@@ -33,15 +36,17 @@ from .checkpoints import JournalSynced
 from .errors import DiskError
 from .filebook import FileBook, FileEnded, ForgetRanges
 from .layout import Layout
-from .messages import (Alive, Cancel, Failed, Fetch, FileClosed, Filled, FromWorker, FromWriter,
-                       Grant, Piece, SlotWritten, Synced, ToWorker, ToWriter, UnknownRecord,
-                       WriteFailed, WriteSlot)
-from .plan import Plan, Planner, Task, split_task, stream_task
+from .messages import (Alive, Cancel, Cut, Failed, Fetch, FileClosed, Filled, FromWorker,
+                       FromWriter, Grant, Piece, SlotWritten, Synced, ToWorker, ToWriter,
+                       UnknownRecord, WriteFailed, WriteSlot)
+from .plan import Plan, Planner, Task, cut_points, cut_task, split_task, stream_task
 from .progress import Counts
 from .ranges import RangeSet
 from .retry import Failure, GiveUp, Refresh, Retry, RetryPolicy, Split, Stream
 from .slots import SlotPool
-from .states import ENDED, IN_FLIGHT, LIVE, ON_WORKER, FileRun, FileState, TaskRun, TaskState
+from .states import (ENDED, IN_FLIGHT, LIVE, ON_WORKER, Contest, FileRun, FileState, TaskRun,
+                     TaskState)
+from .tail import Candidate, Race, Steal, TailPolicy, slot_time
 
 log = logging.getLogger("mpdl")
 
@@ -80,6 +85,7 @@ class Limits:
 class Scheduler:
     def __init__(self, plan: Plan, *, planner: Planner, mirrors: Callable[[str], Sequence[str]],
                  layout: Layout, limits: Limits, policy: RetryPolicy | None = None,
+                 tail: TailPolicy | None = None,
                  have: Mapping[int, RangeSet] = {}, journaling: bool = True,
                  can_refresh: bool = False, counts: Counts | None = None,
                  rng: random.Random | None = None) -> None:
@@ -90,6 +96,7 @@ class Scheduler:
         self.layout = layout
         self.limits = limits
         self.policy = policy or RetryPolicy()
+        self.tail = tail or TailPolicy()
         self.can_refresh = can_refresh
         self.counts = counts if counts is not None else Counts()
         self.rng = rng or random.Random()
@@ -114,6 +121,11 @@ class Scheduler:
         self.on_source: Counter[str] = Counter()  # tasks ON_WORKER per object
         self.fresh_urls: dict[str, str] = {}  # mirror URL refused with 401/403 -> its fresh one
         self.stopped: DiskError | None = None  # the first disk error: the run cannot go on
+        self.now = 0.0  # the time of the latest event
+        self.slot_seconds: float | None = None  # how long a full slot takes, on average
+        # When each worker was first heard from: a range is never slow before its worker
+        # has even started (a fork server or spawn can take a second).
+        self.heard_at: dict[int, float] = {}
         self._add_tasks(plan.tasks)
         self.book.close_if_complete(self.files)
 
@@ -142,6 +154,10 @@ class Scheduler:
     def next_wakeup(self) -> float | None:
         """When time alone next changes something: a retry's wait ends, a checkpoint is due."""
         times = [self.delayed[0][0]] if self.delayed else []
+        if self._idle_connection():  # a running range may become slow enough to race
+            patience = self.tail.race_after(self.slot_seconds)
+            times += [self.now - c.idle + patience for c in self._candidates()
+                      if c.delivered in c.cuts]
         checkpoints = self.book.checkpoints
         if (checkpoints.journaling and checkpoints.next_due is not None
                 and checkpoints.in_flight is None):  # while one is out, its Synced wakes us
@@ -157,6 +173,7 @@ class Scheduler:
 
     def tick(self, now: float) -> None:
         """Time passed: release retries whose wait is over, start what can start, checkpoint."""
+        self.now = now
         while self.delayed and self.delayed[0][0] <= now:
             _, _, run, moves = heapq.heappop(self.delayed)
             if run.moves == moves:
@@ -166,6 +183,7 @@ class Scheduler:
         self._start_tasks()
         if self._start_streams():  # ranges deferred just now, with nothing of theirs out
             self._start_tasks()
+        self._share_the_tail()
         if self.book.checkpoints.due(now):
             self.checkpoint(now)
 
@@ -177,13 +195,17 @@ class Scheduler:
         self.busy[worker] = 0
 
     def worker_record(self, worker: int, record: FromWorker, now: float) -> None:
+        self.heard_at.setdefault(worker, now)
         if isinstance(record, Alive):
             return
         if not isinstance(record, (Filled, Failed)):
             raise UnknownRecord("scheduler (from a worker)", record)
+        self.now = now
         self.counts.bytes_fetched += record.fetched
         run = self.runs[record.task_id]
-        if record.attempt != run.attempt:  # from an attempt already abandoned
+        if record.attempt != run.attempt or run.state not in ON_WORKER:
+            # From an attempt abandoned, or one whose output was cut where it stood (a race
+            # its thief won): nothing it still sends is wanted.
             if isinstance(record, Filled):
                 holder = self.slots.holder(record.slot)
                 if holder is not None and (holder.task_id, holder.attempt) == (
@@ -205,6 +227,11 @@ class Scheduler:
             if holder.attempt == run.attempt and run.state in IN_FLIGHT:
                 run.credited += record.written
                 self.counts.bytes_done += record.written
+                task = run.task
+                if task.ranged and not task.checks and task.compression is None:
+                    # Nothing checks these bytes later in the attempt: they count as had
+                    # now, so a long range interrupted keeps what it wrote (resume).
+                    self.book.wrote((p.file_id, p.file_offset, p.length) for p in holder.pieces)
                 self._maybe_done(run)
         elif isinstance(record, FileClosed):
             if self.book.closed(record):
@@ -227,6 +254,15 @@ class Scheduler:
         for run in sorted((r for r in self.runs.values()
                            if r.state in ON_WORKER and r.worker == worker),
                           key=lambda r: r.task.task_id):
+            if run.state not in ON_WORKER:  # a thief called off just now, with its victim
+                continue
+            if run.contest is not None:  # the other one of a contest goes on alone
+                if run is run.contest.thief:
+                    self._call_off(run.contest, dead=worker)
+                    continue
+                self._decide(run.contest, thief_won=True, notify=False)
+                if run.state not in ON_WORKER:  # it had delivered all that is left to it
+                    continue
             run.attempt += 1  # whatever that attempt still sends is stale
             decision = self.policy.after_death(run.attempts)
             if isinstance(decision, GiveUp):
@@ -235,6 +271,7 @@ class Scheduler:
                 run.attempts = decision.attempts
                 self._move(run, T.QUEUED, front=True)
         del self.busy[worker]
+        self.heard_at.pop(worker, None)
 
     def writer_died(self, intact: Container[int]) -> None:
         """A new writer takes over: every unfinished file starts over from its durable bytes,
@@ -293,13 +330,17 @@ class Scheduler:
         elif new is T.DEFERRED:
             self.deferred.setdefault(source, []).append(run)
 
+    def _add_run(self, task: Task) -> TaskRun:
+        run = self.runs[task.task_id] = TaskRun(task)
+        for fid in task.file_ids:
+            self.files[fid].live_tasks += 1
+        self.next_task_id = max(self.next_task_id, task.task_id + 1)
+        return run
+
     def _add_tasks(self, tasks: Iterable[Task], front: bool = False) -> None:
         added = []
         for task in tasks:
-            run = self.runs[task.task_id] = TaskRun(task)
-            for fid in task.file_ids:
-                self.files[fid].live_tasks += 1
-            self.next_task_id = max(self.next_task_id, task.task_id + 1)
+            run = self._add_run(task)
             added.append((run, run.moves))
         if front:
             self.queued.extendleft(reversed(added))
@@ -330,6 +371,7 @@ class Scheduler:
         run.attempt += 1
         run.worker = worker
         run.url = self.fresh_urls.get(mirror, mirror)
+        run.delivered, run.progress_at = 0, self.now
         slot = self.slots.acquire(task.task_id, run.attempt, worker)
         self._move(run, T.RUNNING)
         self._to_worker(worker, Fetch(
@@ -344,6 +386,7 @@ class Scheduler:
             if run.moves != moves:
                 continue
             slot = self.slots.acquire(run.task.task_id, run.attempt, run.worker)
+            run.progress_at = self.now  # the wait for a slot is not the connection's
             self._move(run, T.RUNNING)
             self._to_worker(run.worker, Grant(task_id=run.task.task_id, attempt=run.attempt,
                                               slot=slot))
@@ -355,6 +398,12 @@ class Scheduler:
         """Route a filled slot to the writer. Files open with their first bytes, and a file
         whose last task this was closes right behind them: the writer keeps the order, so a
         small file costs it one batch (open, write, close) instead of three."""
+        contest = run.contest
+        if contest is not None and (run is contest.thief or record.offset >= contest.at):
+            self._decide(contest, thief_won=run is contest.thief)
+        if record.length == self.slot_size and run.delivered:  # a whole slot, not the first
+            self.slot_seconds = slot_time(self.slot_seconds, self.now - run.progress_at)
+        run.delivered, run.progress_at = record.offset + record.length, self.now
         pieces = []
         for fid, file_offset, slot_offset, length in run.task.map(record.offset, record.length):
             self.book.open(fid)
@@ -363,12 +412,17 @@ class Scheduler:
                                     slot_offset=slot_offset, length=length))
         if pieces:
             self.out.to_writer.append(WriteSlot(slot=record.slot, pieces=tuple(pieces)))
-            self.slots.to_writer(record.slot)
+            self.slots.to_writer(record.slot, tuple(pieces))
         else:
             self.slots.release(record.slot)
-        if not record.last:
+        if not record.last and (run.task.size is None or run.delivered < run.task.size):
             self._move(run, T.WAITING_SLOT)
             return
+        self._output_ended(run)
+
+    def _output_ended(self, run: TaskRun) -> None:
+        """All of the task's output is in slots: it drains, and the files it was the last
+        live task of close right behind."""
         self._move(run, T.DRAINING)
         for fid in run.task.file_ids:
             file = self.files[fid]
@@ -383,11 +437,19 @@ class Scheduler:
     def _task_done(self, run: TaskRun) -> None:
         """Its bytes are in their files: record them, and close the files it completes."""
         self._move(run, T.DONE)
-        self.book.wrote(run.task)
+        self.book.wrote((s.file_id, s.file_offset, s.length) for s in run.task.spans
+                        if s.length is not None)
         self.book.close_if_complete(run.task.file_ids)
 
     def _failed(self, run: TaskRun, record: Failed, now: float) -> None:
         self.slots.release_filling(record.task_id, record.attempt)
+        if run.contest is not None:  # the other one of a contest goes on alone
+            if run is run.contest.thief:
+                self._call_off(run.contest, dead=run.worker)
+                return
+            self._decide(run.contest, thief_won=True, notify=False)
+            if run.state not in ON_WORKER:  # it had delivered all that is left to it
+                return
         task = run.task
         log.info("task %d (%s): %s", task.task_id, record.kind.value, record.reason)
         run.last_failure = record.reason
@@ -468,10 +530,84 @@ class Scheduler:
     def _cancel(self, run: TaskRun) -> None:
         """This attempt's bytes are no longer wanted: whatever it still sends is stale, and
         the slot it fills comes back with its stale Filled or Failed (or its worker's death)."""
+        if run.contest is not None:
+            if run is run.contest.victim:
+                self._call_off(run.contest)
+            else:
+                run.contest.victim.contest = run.contest = None
         if run.state in ON_WORKER:
             self._to_worker(run.worker, Cancel(task_id=run.task.task_id, attempt=run.attempt))
         run.attempt += 1
         self._move(run, T.CANCELLED)
+
+    # -- the tail: stealing and racing (tail.py decides) ----------------------------------------
+
+    def _idle_connection(self) -> bool:
+        """Whether a connection and a slot are free with nothing waiting to start."""
+        return (not self.queued and self.slots.free > 0
+                and sum(self.busy.values()) < self.limits.connections
+                and any(n < self.limits.per_worker for n in self.busy.values()))
+
+    def _candidates(self) -> list[Candidate]:
+        """The running ranges an idle connection could steal from or race."""
+        return [Candidate(task_id=run.task.task_id, size=run.task.size, delivered=run.delivered,
+                          idle=self.now - max(run.progress_at, self.heard_at[run.worker]),
+                          cuts=cut_points(run.task, run.delivered, self.slot_size))
+                for run in self.runs.values()
+                if run.state in ON_WORKER and run.contest is None and run.task.size
+                and run.worker in self.heard_at and run.task.source not in self.planner.streamed]
+
+    def _share_the_tail(self) -> None:
+        """Each idle connection takes half of the largest remainder, or races a stalled one."""
+        while self._idle_connection():
+            choice = self.tail.choose(self._candidates(), self.slot_size, self.slot_seconds)
+            if choice is None:
+                return
+            self._start_contest(self.runs[choice.task_id], choice)
+
+    def _start_contest(self, victim: TaskRun, choice: Steal | Race) -> None:
+        _, tail = cut_task(victim.task, choice.at, self.next_task_id)
+        log.info("task %d: %s from output byte %d on task %d", victim.task.task_id,
+                 "stealing its remainder" if isinstance(choice, Steal) else "racing its rest",
+                 choice.at, tail.task_id)
+        thief = self._add_run(tail)  # dispatched now, never queued: it is in the contest
+        thief.attempts = victim.attempts  # the same bytes: the same mirror, the same budget
+        thief.contest = victim.contest = Contest(victim=victim, thief=thief, at=choice.at)
+        worker = min((w for w, n in self.busy.items() if n < self.limits.per_worker),
+                     key=self.busy.__getitem__)
+        self._dispatch(thief, worker)
+
+    def _decide(self, contest: Contest, *, thief_won: bool, notify: bool = True) -> None:
+        """The first to report a slot past the cut has won: a thief cuts its victim short
+        at the cut (ending it now if it stands there), a victim cancels its thief. A thief
+        also wins when its victim's attempt failed or died (not ``notify``: no Cut to send)."""
+        victim, thief, at = contest.victim, contest.thief, contest.at
+        victim.contest = thief.contest = None
+        if not thief_won:
+            self._cancel(thief)
+            return
+        head, _ = cut_task(victim.task, at, thief.task.task_id)
+        for fid in victim.task.file_ids - head.file_ids:
+            self.files[fid].live_tasks -= 1
+        victim.task = head
+        if notify:
+            self._to_worker(victim.worker, Cut(task_id=head.task_id, attempt=victim.attempt,
+                                               at=at))
+        if victim.delivered >= at:
+            self._output_ended(victim)
+
+    def _call_off(self, contest: Contest, dead: int | None = None) -> None:
+        """A contest ends without a winner (its victim failed, died or was cancelled, or its
+        thief did): the victim keeps all of its output, the thief is cancelled. ``dead``: the
+        worker whose attempts are over already (it died, or the thief's attempt failed)."""
+        victim, thief = contest.victim, contest.thief
+        victim.contest = thief.contest = None
+        if thief.state in LIVE:
+            if thief.state in ON_WORKER and thief.worker == dead:
+                thief.attempt += 1  # no Cancel to send: whatever it still sends is stale
+                self._move(thief, T.CANCELLED)
+            else:
+                self._cancel(thief)
 
     def _start_over(self, fids: Iterable[int], keep: Container[int]) -> None:
         """Drop every task touching these files and plan them again, each from its durable

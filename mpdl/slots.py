@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from .messages import Piece
+
 
 class Phase(Enum):
     FILLING = "filling"  # a worker reads a response into it
@@ -24,6 +26,7 @@ class Holder:
     attempt: int
     worker: int
     phase: Phase = Phase.FILLING
+    pieces: tuple[Piece, ...] = ()  # where the writer was told to write it
 
 
 class SlotPool:
@@ -49,10 +52,11 @@ class SlotPool:
     def holder(self, slot: int) -> Holder | None:
         return self._held.get(slot)
 
-    def to_writer(self, slot: int) -> None:
+    def to_writer(self, slot: int, pieces: tuple[Piece, ...]) -> None:
         holder = self._held[slot]
         assert holder.phase is Phase.FILLING, f"slot {slot} is already with the writer"
         holder.phase = Phase.WRITING
+        holder.pieces = pieces
 
     def release(self, slot: int) -> None:
         del self._held[slot]

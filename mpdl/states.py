@@ -48,7 +48,7 @@ TASK_MOVES: dict[TaskState, frozenset[TaskState]] = {
     T.DEFERRED: frozenset({T.CANCELLED, T.FAILED}),
     T.RUNNING: frozenset({T.WAITING_SLOT, T.DRAINING, T.QUEUED, T.DELAYED, T.REFRESHING,
                           T.DEFERRED, T.CANCELLED, T.FAILED}),
-    T.WAITING_SLOT: frozenset({T.RUNNING, T.QUEUED, T.CANCELLED, T.FAILED}),
+    T.WAITING_SLOT: frozenset({T.RUNNING, T.DRAINING, T.QUEUED, T.CANCELLED, T.FAILED}),
     T.DRAINING: frozenset({T.DONE, T.CANCELLED}),
     T.DONE: frozenset(),
     T.CANCELLED: frozenset(),
@@ -77,6 +77,9 @@ class TaskRun:
     last_failure: str = ""  # why the last attempt failed, for a give-up after a refresh
     credited: int = 0  # bytes of this attempt written and counted as done (taken back if it fails)
     moves: int = 0  # grows on each move: queue entries made before the last move are stale
+    delivered: int = 0  # output bytes the current attempt has reported filled
+    progress_at: float = 0.0  # when the current attempt started or last reported a slot
+    contest: Contest | None = None  # racing a thief for its remainder (tail.py)
 
     def move(self, new: TaskState) -> TaskState:
         """Change state, or raise IllegalMove; returns the old state."""
@@ -86,6 +89,18 @@ class TaskRun:
         self.state = new
         self.moves += 1
         return old
+
+
+@dataclass(slots=True, eq=False)
+class Contest:
+    """Two attempts at the same bytes: ``victim``'s output from ``at`` on, and ``thief``, a
+    task for exactly that output (tail.py). The first to report a slot past the cut wins: a
+    thief that wins cuts the victim short at ``at``; a victim that wins cancels the thief. Both
+    runs point here until it is decided, and neither is raced again meanwhile."""
+
+    victim: TaskRun
+    thief: TaskRun
+    at: int
 
 
 class FileState(Enum):

@@ -25,9 +25,9 @@ import urllib3
 
 from .child import batches, child_setup
 from .errors import FetchError, TransientError
-from .fetch import Cancelled, Meter, fetch
+from .fetch import Cancelled, Cursor, Meter, fetch
 from .http import make_pool
-from .messages import (Alive, Cancel, Failed, FailKind, Fetch, FromWorker, Grant, Stop,
+from .messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FromWorker, Grant, Stop,
                        ToWorker, UnknownRecord)
 from .ring import Ring, RingSpec
 
@@ -45,7 +45,7 @@ Attempt = tuple[int, int]  # (task_id, attempt): what the coordinator's records 
 
 class Worker:
     """A worker's state: the fetch threads, the jobs waiting for them, and per attempt the
-    slots granted to it and whether it was cancelled.
+    slots granted to it, where it stands (its Cursor) and whether it was cancelled.
 
     ``handle`` runs in the main thread and only routes; the fetch threads do the rest.
     """
@@ -62,6 +62,7 @@ class Worker:
         # Keyed by attempt too: a retry of a task can reach this worker while the thread that
         # ran the failed attempt has not yet forgotten its own queue.
         self.grants: dict[Attempt, queue.SimpleQueue[int | None]] = {}
+        self.cursors: dict[Attempt, Cursor] = {}
         self.cancelled: set[Attempt] = set()
         self.stopping = threading.Event()
         self.fetchers = [threading.Thread(target=self.fetch_loop, name=f"fetch-{i}", daemon=True)
@@ -85,19 +86,31 @@ class Worker:
         """Route one record (Stop is the caller's: it ends the loop, not a record to route)."""
         if isinstance(record, Fetch):
             self.grants[record.task_id, record.attempt] = queue.SimpleQueue()
+            self.cursors[record.task_id, record.attempt] = Cursor(record.length)
             self.jobs.put(record)
         elif isinstance(record, Grant):
             waiting = self.grants.get((record.task_id, record.attempt))
             if waiting is not None:
                 waiting.put(record.slot)
+        elif isinstance(record, Cut):
+            key = (record.task_id, record.attempt)
+            cursor = self.cursors.get(key)
+            if cursor is not None and cursor.cut(record.at):  # past the cut: stop at once
+                self._wake(key)
+                cursor.abort()
         elif isinstance(record, Cancel):
             key = (record.task_id, record.attempt)
-            self.cancelled.add(key)
-            waiting = self.grants.get(key)
-            if waiting is not None:
-                waiting.put(None)  # wakes the thread waiting for a slot: it gives the task up
+            if key in self.grants:  # not over already
+                self.cancelled.add(key)
+                self._wake(key)
         else:
             raise UnknownRecord("worker", record)
+
+    def _wake(self, key: Attempt) -> None:
+        """Wake the attempt's thread if it waits for a slot: it gives the attempt up."""
+        waiting = self.grants.get(key)
+        if waiting is not None:
+            waiting.put(None)
 
     def fetch_loop(self) -> None:
         """One fetch thread: jobs one after the other over its connection, each answered."""
@@ -111,7 +124,8 @@ class Worker:
             try:
                 if key in self.cancelled:
                     raise Cancelled()
-                fetch(job, self.pool, self.ring, self.grants[key].get, self.send, scratch, meter)
+                fetch(job, self.pool, self.ring, self.grants[key].get, self.send, scratch, meter,
+                      self.cursors[key])
             except FetchError as exc:
                 retry_after = exc.retry_after if isinstance(exc, TransientError) else None
                 self._failed(job, type(exc).kind, str(exc), meter, retry_after)
@@ -126,6 +140,7 @@ class Worker:
                 self._failed(job, FailKind.FATAL, f"internal error: {exc!r}", meter)
             finally:
                 self.grants.pop(key, None)
+                self.cursors.pop(key, None)
                 self.cancelled.discard(key)
 
     def _failed(self, job: Fetch, kind: FailKind, reason: str, meter: Meter,

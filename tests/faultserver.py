@@ -44,12 +44,14 @@ class Fault:
     wrong_content_range: bool = False  # a 206 answers a range next to the one asked
     short_body: int | None = None  # withhold the last N body bytes, then close
     delay: float = 0.0  # seconds to wait before answering
+    rate: int | None = None  # send the body at most this many bytes per second
     unless_query: str | None = None  # behave when the query string holds this (a fresh token)
+    starting_below: int | None = None  # behave for a Range that starts at this byte or later
 
     @property
     def shapes_body(self) -> bool:
         """Whether the body must go through Python rather than os.sendfile."""
-        cuts = (self.reset_after, self.stall_after, self.corrupt, self.short_body)
+        cuts = (self.reset_after, self.stall_after, self.corrupt, self.short_body, self.rate)
         return self.chunked or any(n is not None for n in cuts)
 
 
@@ -99,6 +101,8 @@ class FaultHandler(RangeRequestHandler):
         fault = self.fault = self.faults._fault_for(self.target())
         if fault.unless_query and fault.unless_query in urllib.parse.urlsplit(self.path).query:
             fault = self.fault = BEHAVE
+        if fault.starting_below is not None and _range_start(range_header) >= fault.starting_below:
+            fault = self.fault = BEHAVE
         if fault.delay:
             self.faults._pause(fault.delay)
         if fault.no_head and self.command == "HEAD":
@@ -134,6 +138,13 @@ class FaultHandler(RangeRequestHandler):
             super().send_body(path, span)
             self.faults._count(len(span))
             return
+        self.faults._shaping(+1)
+        try:
+            self._send_shaped(path, span, fault)
+        finally:
+            self.faults._shaping(-1)
+
+    def _send_shaped(self, path: Path, span: range, fault: Fault) -> None:
         with path.open("rb") as file:  # test objects are small: the whole body fits in memory
             file.seek(span.start)
             body = bytearray(file.read(len(span)))
@@ -157,14 +168,26 @@ class FaultHandler(RangeRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
     def _write(self, data: bytes | bytearray) -> None:
-        """Body bytes, framed as one chunk under ``chunked``, and counted."""
-        if not data:
-            return
-        if self.fault.chunked:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            self.wfile.write(data)
-        self.faults._count(len(data))
+        """Body bytes, framed as one chunk under ``chunked``, paced under ``rate``, counted."""
+        step = max(1, len(data) if self.fault.rate is None else self.fault.rate // 16)
+        for at in range(0, len(data), step):
+            piece = data[at:at + step]
+            if self.fault.chunked:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            else:
+                self.wfile.write(piece)
+            self.faults._count(len(piece))
+            if self.fault.rate is not None:
+                self.wfile.flush()
+                self.faults._pause(len(piece) / self.fault.rate)
+
+
+def _range_start(header: str | None) -> int:
+    """The first byte a Range header asks for (0 without one)."""
+    if not header or not header.startswith("bytes="):
+        return 0
+    first = header[len("bytes="):].split("-", 1)[0]
+    return int(first) if first.isdigit() else 0
 
 
 def _neighbour(span: range, size: int) -> range:
@@ -191,6 +214,7 @@ class FaultServer:
         self._hits: dict[str, int] = {}
         self._requests: list[Request] = []
         self._bytes_sent = 0
+        self._shaped = 0
         self._connections: set[socket.socket] = set()
         self._running = ExitStack()
         self.url = ""
@@ -246,6 +270,17 @@ class FaultServer:
         """Body bytes written to clients so far (headers not counted)."""
         with self._lock:
             return self._bytes_sent
+
+    @property
+    def shaped_in_flight(self) -> int:
+        """Misbehaving bodies (stalled, slowed, cut...) still being sent: a client that
+        returned while one is, did not wait for it."""
+        with self._lock:
+            return self._shaped
+
+    def _shaping(self, change: int) -> None:
+        with self._lock:
+            self._shaped += change
 
     def _fault_for(self, path: str) -> Fault:
         with self._lock:

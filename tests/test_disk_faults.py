@@ -238,7 +238,7 @@ def test_a_full_disk_stops_the_run_naming_the_file(
     total = sum(f["size"] for f in files_of(served.manifest))
     assert total < shutil.disk_usage(mnt).free, "the up-front check would refuse: not this test"
     with FaultServer(served.root) as server:
-        server.set_fault("big/", Fault(delay=0.25))  # the big file comes slowly
+        server.set_fault("big/", Fault(rate=512 * KiB))  # the big file comes slowly
         manifest = write_manifest(tmp_path, served.manifest, server.url)
         run = cli(manifest, "-o", dest, "--workers", "2", "--connections", "2",
                   "--chunk-size", "64K", "--progress", "none")

@@ -110,14 +110,16 @@ def test_interrupted_fresh_start_does_not_resume_from_stale_journal_ranges(
     # Run 1: some chunks become durable and journaled, then the object goes missing: f fails,
     # and its staging file is removed, but the journal keeps the ranges.
     monkeypatch.setattr(mpdl.checkpoints, "CHECKPOINT_SECONDS", 0.1)
-    server.set_fault("obj", Fault(delay=0.3))
+    # One request for all of it, stalled half-way until it times out; then every request is
+    # a 404 (the race against the stall, and the retry).
+    server.set_fault("obj", Fault(stall_after=256 * KiB, stall_seconds=3))
 
     def switch_to_404(event: ProgressEvent) -> None:
         if sum(b - a for a, b in _journal_ranges(state)) >= 192 * KiB:
             server.set_fault("obj", Fault(status=404))
 
     first = mpdl.run(manifest, dest, workers=2, connections=1, chunk_size=64 * KiB,
-                     progress=switch_to_404)
+                     timeout=1, progress=switch_to_404)
     assert "f.bin" in first.failed
     claimed = _journal_ranges(state)
     assert sum(b - a for a, b in claimed) >= 192 * KiB, claimed

@@ -62,7 +62,7 @@ def test_slot_pool_tracks_owners_and_reuses_the_last_freed_slot():
 def test_slot_pool_frees_what_a_dead_child_held():
     pool = SlotPool(4)
     writing = pool.acquire(1, 1, 0)
-    pool.to_writer(writing)
+    pool.to_writer(writing, ())
     filling_0, filling_1 = pool.acquire(2, 1, 0), pool.acquire(3, 1, 1)
     assert pool.writing(1, 1) == 1 and pool.writing(1, 2) == 0
     pool.release_worker(0)  # its FILLING slot only: the writer still has task 1's

@@ -171,12 +171,12 @@ def test_a_killed_writer_is_replaced_and_the_run_completes(
     cli: Callable[..., Cli]
 ) -> None:
     # main.bin answers at once: its files finish and are journaled early. The tool's first
-    # ranges stall and the rest do not, so part of the tool is durable (journaled at a
-    # checkpoint) when the writer dies; the V2 chunks are slow the first time. What is asked
-    # again after the kill answers at once.
+    # ranges stall (so do the races against them) and the rest do not, so part of the tool
+    # is durable (journaled at a checkpoint) when the writer dies; the V2 chunks are slow the
+    # first time. What is asked again after the kill answers at once.
     tool = next(f for f in files_of(depot.manifest) if f["path"] == "bin/tool")
     fault_server.set_fault("objects/", Fault(delay=1.5, stall_after=1000, stall_seconds=5.0,
-                                             fail_times=6))
+                                             starting_below=6 * 64 * KiB))
     fault_server.set_fault("chunks/", Fault(delay=5.0, stall_after=1000, stall_seconds=1.5,
                                             fail_times=7))
     manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
@@ -196,6 +196,7 @@ def test_a_killed_writer_is_replaced_and_the_run_completes(
     assert done_before != {f["path"] for f in files_of(depot.manifest)}, "killed too late"
     requests_at_kill = len(fault_server.requests)
     victim.kill()  # SIGKILL
+    fault_server.clear_faults()
     # No wait for the new writer to show: the rest answers at once, and the run may be over
     # before a poll would see it. Only a new writer can have written what follows.
     code = run.finish()
@@ -386,7 +387,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigFiles]:
 def interrupt_half_way(cli: Callable[..., Cli], server: FaultServer, manifest: Path,
                        dest: Path, chunk: str) -> int:
     """Run until about half of the big file was served, then SIGINT; return the bytes served."""
-    server.set_fault("", Fault(delay=0.15))  # 2 connections: about 13 MiB/s
+    server.set_fault("", Fault(rate=6 * MiB))  # 2 connections: about 12 MiB/s
     run = cli(manifest, "-o", dest, "--workers", "2", "--connections", "2", "--chunk-size",
               chunk, "--progress", "none")
     run.wait_for("half of the file served", lambda: server.bytes_sent >= BIG // 2)
@@ -427,7 +428,7 @@ def test_a_rerun_resumes_inside_a_large_file(
         manifest = write_manifest(tmp_path, big.manifest(), server.url + "a/")
         served = interrupt_half_way(cli, server, manifest, dest, "1M")
         again = cli(manifest, "-o", dest, "--workers", "2", "--chunk-size", "1M",
-                    "--progress", "none")
+                    "--connections", "1", "--progress", "none")
         assert again.finish() == 0, again.stderr
         assert_no_traceback(again)
         assert_resumed(server, served)
@@ -445,7 +446,7 @@ def test_a_resume_holds_across_mirrors_and_chunk_sizes(
         # Another port and another path prefix serve the same bytes; another chunk size.
         moved = write_manifest(tmp_path, big.manifest(), second.url + "b/", name="moved.json")
         again = cli(moved, "-o", dest, "--workers", "2", "--chunk-size", "2M",
-                    "--progress", "none")
+                    "--connections", "1", "--progress", "none")
         assert again.finish() == 0, again.stderr
         assert_no_traceback(again)
         assert first.requests == []
@@ -468,7 +469,7 @@ def test_a_journal_for_other_content_is_not_applied(
         changed = write_manifest(tmp_path, big.manifest(other), server.url + "a/",
                                  name="changed.json")
         again = cli(changed, "-o", dest, "--workers", "2", "--chunk-size", "1M",
-                    "--progress", "none")
+                    "--connections", "1", "--progress", "none")
         assert again.finish() == 0, again.stderr
         assert_no_traceback(again)
         size = (big.root / "a" / other).stat().st_size

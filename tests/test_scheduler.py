@@ -23,18 +23,20 @@ import mpdl.retry
 import mpdl.scheduler
 import mpdl.slots
 import mpdl.states
+import mpdl.tail
 from mpdl.checkpoints import CHECKPOINT_SECONDS, JournalSynced
 from mpdl.errors import DiskError
 from mpdl.layout import Layout
 from mpdl.manifest import Manifest, parse_manifest
-from mpdl.messages import (Alive, Cancel, CloseFile, Failed, FailKind, Fetch, FileClosed, Filled,
-                           Grant, OpenFile, SlotWritten, Sync, Synced, UnknownRecord,
+from mpdl.messages import (Alive, Cancel, CloseFile, Cut, Failed, FailKind, Fetch, FileClosed,
+                           Filled, Grant, OpenFile, SlotWritten, Sync, Synced, UnknownRecord,
                            WriteFailed, WriteSlot)
 from mpdl.plan import Planner
 from mpdl.ranges import RangeSet
 from mpdl.retry import RETRY_AFTER_MAX, RetryPolicy, backoff
 from mpdl.scheduler import FileEnded, ForgetRanges, Limits, NeedFreshUrl, Scheduler
 from mpdl.states import LIVE, ON_WORKER, FileRun, FileState, IllegalMove, TaskRun, TaskState
+from mpdl.tail import TailPolicy
 
 T, F = TaskState, FileState
 CHUNK = 100  # bytes: the chunk and slot size of every Sim, so sizes stay readable
@@ -73,11 +75,13 @@ class Job:
     slot: int | None
     done: int = 0
     cancelled: bool = False
+    end: int | None = None  # where a Cut ended its output
 
     @property
     def output(self) -> int:
         size = self.fetch.size if self.fetch.size is not None else self.fetch.length
-        return size or 0  # unknown size: the Sims serve such objects empty
+        size = size or 0  # unknown size: the Sims serve such objects empty
+        return size if self.end is None else min(size, self.end)
 
 
 class Sim:
@@ -87,17 +91,20 @@ class Sim:
                  chunk: int = CHUNK, slots: int = 8, connections: int = 8, per_worker: int = 8,
                  workers: int = 1, have: dict[int, RangeSet] | None = None,
                  journaling: bool = True, can_refresh: bool = False,
-                 policy: RetryPolicy | None = None, streamed=(), parallel: bool = True) -> None:
+                 policy: RetryPolicy | None = None, streamed=(), parallel: bool = True,
+                 tail: TailPolicy | None = None, spread: int | None = None) -> None:
         self.manifest = manifest or parse_manifest(
             {"format": "mpdl/1", "base_urls": list(bases), "files": list(files)})
-        self.planner = Planner(chunk_size=chunk, parallel=parallel, streamed=streamed)
+        self.planner = Planner(chunk_size=chunk, parallel=parallel, streamed=streamed,
+                               spread=spread)
         have = have or {}
         self.plan = self.planner.plan(list(enumerate(self.manifest.files)), have=have)
         self.layout = Layout(Path("/nonexistent/mpdl-scheduler-test"))  # paths only, never used
         self.limits = Limits(slots=slots, connections=connections, per_worker=per_worker)
         self.s = Scheduler(self.plan, planner=self.planner, mirrors=self.manifest.mirrors,
-                           layout=self.layout, limits=self.limits, policy=policy, have=have,
-                           journaling=journaling, can_refresh=can_refresh, rng=NoJitter())
+                           layout=self.layout, limits=self.limits, policy=policy, tail=tail,
+                           have=have, journaling=journaling, can_refresh=can_refresh,
+                           rng=NoJitter())
         self.now = 0.0
         self.jobs: dict[tuple[int, int], Job] = {}
         self.worker_log: list[tuple[int, object]] = []  # everything sent to workers
@@ -133,6 +140,11 @@ class Sim:
                     self.jobs[key].slot = record.slot
                 elif isinstance(record, Cancel) and key in self.jobs:
                     self.jobs[key].cancelled = True
+                elif isinstance(record, Cut) and key in self.jobs:
+                    job = self.jobs[key]
+                    job.end = record.at
+                    if job.done >= record.at:  # past the cut: the worker gives it up
+                        job.cancelled = True
         self.writer_log += out.to_writer
         for record in out.to_writer:
             (self.syncs if isinstance(record, Sync) else self.pending).append(record)
@@ -1069,7 +1081,9 @@ def test_unknown_records_raise():
 
 
 def test_next_wakeup_is_the_earliest_delayed_retry_or_checkpoint():
-    sim = Sim(obj("f", 50), obj("g", 50), journaling=False)
+    # No racing here (the tail tests have its wake-ups).
+    sim = Sim(obj("f", 50), obj("g", 50), journaling=False, connections=2,
+              tail=TailPolicy(race_floor=1e9))
     assert sim.s.next_wakeup() is None
     f, g = sim.fetches()
     sim.fail(f, retry_after=2.0)
@@ -1078,7 +1092,7 @@ def test_next_wakeup_is_the_earliest_delayed_retry_or_checkpoint():
     sim.tick_to(0.125)
     assert sim.s.next_wakeup() == 2.0
 
-    sim = Sim(obj("f", 50))
+    sim = Sim(obj("f", 50), connections=1)
     assert sim.s.next_wakeup() == CHECKPOINT_SECONDS
     [fetch] = sim.fetches()
     sim.tick_to(1.0)
@@ -1118,7 +1132,7 @@ def test_abort_fails_every_unfinished_file():
 
 
 @pytest.mark.parametrize("module", [mpdl.scheduler, mpdl.filebook, mpdl.states, mpdl.retry,
-                                    mpdl.checkpoints, mpdl.slots])
+                                    mpdl.checkpoints, mpdl.slots, mpdl.tail])
 def test_the_decision_modules_do_no_io(module):
     tree = ast.parse(inspect.getsource(module))
     imported = set()
@@ -1128,3 +1142,173 @@ def test_the_decision_modules_do_no_io(module):
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"multiprocessing", "os", "time", "socket", "threading"}, imported
+
+
+# -- the tail: stealing and racing (tail.py decides, the scheduler carries it out) ----------------
+
+
+def assert_written_once(sim: Sim, sizes: dict[int, int]) -> None:
+    """Every byte of each file went to the writer exactly once: no gap, no overlap."""
+    pieces: dict[int, list[tuple[int, int]]] = {fid: [] for fid in sizes}
+    for record in sim.writer_log:
+        if isinstance(record, WriteSlot):
+            for piece in record.pieces:
+                pieces[piece.file_id].append((piece.file_offset, piece.file_offset + piece.length))
+    for fid, size in sizes.items():
+        at = 0
+        for start, end in sorted(pieces[fid]):
+            assert start == at, f"file {fid}: bytes {min(start, at)}-{max(start, at)} " + (
+                "written twice" if start < at else "never written")
+            at = end
+        assert at == size, f"file {fid}: {at} of {size} bytes written"
+
+
+def test_an_idle_connection_steals_the_upper_half_of_the_largest_remainder():
+    sim = Sim(obj("big", 1000), spread=1, connections=2)
+    [victim] = sim.fetches()
+    assert (victim.offset, victim.length) == (0, 1000)  # ranges start large
+    out = sim.fill(victim, 100, last=False)
+    [thief] = sim.fetches(out)
+    assert (thief.offset, thief.length) == (600, 400)  # the upper half, on the slot grid
+    out = sim.fill(thief, 100, last=False)  # the thief reports first: it wins
+    assert sim.sent(Cut, out) == [Cut(task_id=victim.task_id, attempt=victim.attempt, at=600)]
+    assert sim.run(victim).task.length == 600
+    sim.serve()
+    assert sim.ended() == {"big": (True, "")}
+    assert_written_once(sim, {0: 1000})
+    assert sim.s.counts.bytes_done == 1000
+
+
+def test_a_victim_that_reaches_the_cut_first_keeps_its_range_and_its_thief_is_cancelled():
+    sim = Sim(obj("big", 1000), spread=1, connections=2)
+    [victim] = sim.fetches()
+    [thief] = sim.fetches(sim.fill(victim, 100, last=False))
+    for _ in range(5):
+        sim.fill(victim, 100, last=False)  # up to the cut at 600
+    out = sim.fill(victim, 100, last=False)  # past it, before the thief said anything
+    assert sim.sent(Cancel, out) == [Cancel(task_id=thief.task_id, attempt=thief.attempt)]
+    assert sim.run(thief).state is T.CANCELLED
+    assert sim.run(victim).task.length == 1000
+    sim.fill(thief, 100, last=False)  # too late: stale, its slot comes back unwritten
+    sim.serve()
+    assert sim.ended() == {"big": (True, "")}
+    assert_written_once(sim, {0: 1000})
+
+
+def test_a_stalled_range_is_raced_from_where_it_stands_and_the_run_does_not_wait_for_it():
+    sim = Sim(obj("big", 200), spread=1, connections=2)
+    [victim] = sim.fetches()
+    sim.fill(victim, 100, last=False)  # then its bytes stop, its socket open
+    assert sim.fetches() == []  # one slot left: nothing worth stealing
+    assert sim.s.next_wakeup() == 0.5  # when it will have been idle long enough to race
+    out = sim.tick_to(0.5)
+    [thief] = sim.fetches(out)
+    assert (thief.offset, thief.length) == (100, 100)
+    out = sim.fill(thief)
+    # The victim stands at the cut: it ends now, told to stop; the file need not wait for it.
+    assert sim.sent(Cut, out) == [Cut(task_id=victim.task_id, attempt=victim.attempt, at=100)]
+    assert sim.run(victim).state in (T.DRAINING, T.DONE)
+    sim.serve()  # the victim's late answer (it gives up at the cut) is dropped
+    assert sim.ended() == {"big": (True, "")}
+    assert_written_once(sim, {0: 200})
+    assert sim.s.counts.bytes_done == 200
+
+
+def test_a_stalled_checked_file_is_raced_whole_so_its_hash_still_checks_every_byte():
+    sim = Sim(v1("a", 0, 80), connections=2)
+    [victim] = sim.fetches()
+    sim.feed(0, Alive())  # its worker runs, but no byte comes
+    [thief] = sim.fetches(sim.tick_to(0.5))
+    assert (thief.offset, thief.length, thief.checks) == (
+        victim.offset, victim.length, victim.checks)
+    sim.fill(thief)
+    assert sim.run(victim).state in (T.DRAINING, T.DONE)
+    sim.serve()
+    assert sim.ended() == {"a": (True, "")}
+    assert_written_once(sim, {0: 80})
+
+
+def test_no_range_is_raced_before_its_worker_was_heard_from():
+    """A worker that is still starting (spawn, a fork server) is not a stalled connection."""
+    sim = Sim(obj("big", 100), spread=1, connections=2)
+    assert sim.fetches()
+    assert sim.tick_to(5.0).to_workers == {}
+    sim.feed(0, Alive())
+    assert sim.s.next_wakeup() == 5.5
+
+
+def test_a_thief_that_fails_is_not_retried_and_its_victim_keeps_its_range():
+    sim = Sim(obj("big", 1000), spread=1, connections=2)
+    [victim] = sim.fetches()
+    [thief] = sim.fetches(sim.fill(victim, 100, last=False))
+    sim.fail(thief)
+    assert sim.run(thief).state is T.CANCELLED
+    assert sim.run(victim).task.length == 1000
+    sim.serve()
+    assert thief.task_id not in {f.task_id for _, f in sim.worker_log
+                                 if isinstance(f, Fetch) and f.attempt > thief.attempt}
+    assert sim.ended() == {"big": (True, "")}
+    assert_written_once(sim, {0: 1000})
+
+
+def test_when_a_victim_fails_its_thief_goes_on_and_the_retry_fetches_only_the_rest():
+    # No more stealing once the first thief runs: the retry finds a free connection.
+    sim = Sim(obj("big", 1000), spread=1, connections=2, tail=TailPolicy(min_steal_slots=6))
+    [victim] = sim.fetches()
+    [thief] = sim.fetches(sim.feed(0, Alive()))  # no byte yet: the thief takes 500 on
+    sim.fail(victim)  # a reset: it backs off
+    assert sim.run(victim).task.length == 500 and sim.run(victim).state is T.DELAYED
+    assert sim.run(thief).state in ON_WORKER
+    out = sim.tick_to(1.0)
+    [retry] = [f for f in sim.fetches(out) if f.task_id == victim.task_id]
+    assert (retry.offset, retry.length) == (0, 500)
+    sim.serve()
+    assert sim.ended() == {"big": (True, "")}
+    assert_written_once(sim, {0: 1000})
+    assert sim.s.counts.bytes_done == 1000
+
+
+def test_when_a_victims_worker_dies_its_thief_goes_on():
+    sim = Sim(obj("big", 1000), spread=1, connections=2, per_worker=1, workers=2)
+    [victim] = sim.fetches()
+    [thief] = sim.fetches(sim.feed(0, Alive()))
+    assert sim.job(thief).worker != sim.job(victim).worker
+    sim.worker_died(sim.job(victim).worker)
+    assert sim.run(victim).task.length == 500
+    sim.serve()
+    assert sim.ended() == {"big": (True, "")}
+    assert_written_once(sim, {0: 1000})
+
+
+def test_when_a_thiefs_worker_dies_its_victim_keeps_its_range():
+    sim = Sim(obj("big", 1000), spread=1, connections=2, per_worker=1, workers=2)
+    [victim] = sim.fetches()
+    [thief] = sim.fetches(sim.fill(victim, 100, last=False))
+    sim.worker_died(sim.job(thief).worker)
+    assert sim.run(thief).state is T.CANCELLED
+    assert sim.run(victim).task.length == 1000
+    sim.serve()
+    assert sim.ended() == {"big": (True, "")}
+    assert_written_once(sim, {0: 1000})
+
+
+def test_a_contested_file_that_starts_over_cancels_both_and_is_planned_again():
+    sim = Sim(obj("big", 1000, hash=MD5), spread=1, connections=2)
+    [victim] = sim.fetches()
+    [thief] = sim.fetches(sim.fill(victim, 100, last=False))
+    sim.writer_died()  # every unfinished file starts over from nothing
+    assert sim.run(victim).state is T.CANCELLED and sim.run(thief).state is T.CANCELLED
+    assert sim.run(victim).contest is None and sim.run(thief).contest is None
+    sim.serve()
+    assert sim.ended() == {"big": (True, "")}
+
+
+def test_the_written_slots_of_a_long_unchecked_range_count_as_had_before_it_ends():
+    """Ranges start large, so a range interrupted half-way must still leave its written
+    bytes to the journal."""
+    sim = Sim(obj("big", 1000), spread=1, tail=TailPolicy(min_steal_slots=100))
+    [big] = sim.fetches()
+    sim.fill(big, 100, last=False)
+    sim.written(sim.to_writer(WriteSlot)[0].slot)
+    assert sim.run(big).state in ON_WORKER
+    assert sim.file(0).have is not None and sim.file(0).have.covers(0, 100)

@@ -1,0 +1,248 @@
+"""The tail: ranges bisected as the work runs out, and slow or stalled connections raced.
+
+The policy (mpdl/tail.py) and the cutting of tasks (plan.cut_points, cut_task) are tested
+directly; then whole runs against the fault server with one connection that stalls (bytes
+stop, socket open) or crawls: each must end byte-exact, with no byte written twice, and
+without waiting for that connection (the run returns while its response is still being sent).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import xxhash
+from faultserver import Fault, FaultServer
+from helpers import run
+
+from mpdl.http import make_pool
+from mpdl.messages import Check, Cut, Failed, Fetch, Filled, Grant
+from mpdl.plan import Span, Task, cut_points, cut_task
+from mpdl.ring import Ring
+from mpdl.tail import Candidate, Race, Steal, TailPolicy
+from mpdl.worker import Worker
+
+KiB = 1024
+MiB = 1024 * KiB
+SLOT = 100
+
+
+def task(size: int, checks: tuple[Check, ...] = (), *, ranged: bool = True,
+         compression: str | None = None, spans: tuple[Span, ...] | None = None) -> Task:
+    return Task(task_id=7, source="o", offset=1000, length=size, ranged=ranged,
+                compression=compression, size=size, checks=checks,
+                spans=spans or (Span(offset=0, length=size, file_id=0, file_offset=0),))
+
+
+# -- where a task may be cut ----------------------------------------------------------------------
+
+
+def test_a_plain_range_may_be_cut_on_its_slot_grid_from_where_it_stands():
+    assert cut_points(task(1000), 300, SLOT) == [300, 400, 500, 600, 700, 800, 900]
+
+
+def test_never_inside_a_checked_part():
+    checked = task(1000, (Check(offset=200, length=500, hash="md5:" + "0" * 32),))
+    assert cut_points(checked, 0, SLOT) == [0, 100, 200, 700, 800, 900]
+
+
+def test_a_compressed_part_or_a_plain_get_only_as_a_whole():
+    assert cut_points(task(1000, compression="zlib"), 0, SLOT) == [0]
+    assert cut_points(task(1000, compression="zlib"), 100, SLOT) == []
+    assert cut_points(task(1000, ranged=False), 0, SLOT) == [0]
+
+
+def test_cutting_keeps_every_byte_in_exactly_one_half_with_its_checks():
+    spans = (Span(offset=0, length=600, file_id=0, file_offset=50),
+             Span(offset=600, length=400, file_id=1, file_offset=0))
+    check = Check(offset=600, length=400, hash="md5:" + "0" * 32)
+    head, tail = cut_task(task(1000, (check,), spans=spans), 300, 9)
+    assert (head.task_id, head.offset, head.length) == (7, 1000, 300)
+    assert head.spans == (Span(offset=0, length=300, file_id=0, file_offset=50),)
+    assert (tail.task_id, tail.offset, tail.length) == (9, 1300, 700)
+    assert tail.spans == (Span(offset=0, length=300, file_id=0, file_offset=350),
+                          Span(offset=300, length=400, file_id=1, file_offset=0))
+    assert head.checks == () and tail.checks == (Check(offset=300, length=400, hash=check.hash),)
+
+
+def test_cutting_at_zero_makes_a_second_attempt_at_the_whole_task():
+    whole = task(1000, compression="zlib")
+    head, tail = cut_task(whole, 0, 9)
+    assert head.length == 0 and head.spans == () and head.file_ids == frozenset()
+    assert tail == Task(**{**whole.__dict__, "task_id": 9})
+
+
+# -- what an idle connection takes ----------------------------------------------------------------
+
+
+def running(task_id: int, size: int, delivered: int = 0, idle: float = 0.0,
+            cuts: list[int] | None = None) -> Candidate:
+    return Candidate(task_id=task_id, size=size, delivered=delivered, idle=idle,
+                     cuts=cuts if cuts is not None else list(range(delivered, size, SLOT)))
+
+
+def test_the_upper_half_of_the_largest_remainder_is_stolen():
+    choice = TailPolicy().choose([running(1, 1000, 800), running(2, 1000, 100),
+                                  running(3, 600)], SLOT, None)
+    assert choice == Steal(2, 600)  # 900 left: the thief takes 400 of them, on the grid
+
+
+def test_a_remainder_too_short_to_halve_is_left_alone_until_it_stalls():
+    policy = TailPolicy()
+    assert policy.choose([running(1, 1000, 900, idle=0.2)], SLOT, None) is None
+    assert policy.choose([running(1, 1000, 900, idle=0.5)], SLOT, None) == Race(1, 900)
+
+
+def test_the_longest_stalled_is_raced_first_even_with_more_to_steal():
+    choice = TailPolicy().choose([running(1, 1000, 0, idle=0.1), running(2, 300, 100, idle=2),
+                                  running(3, 300, 100, idle=1)], SLOT, None)
+    assert choice == Race(2, 100)
+
+
+def test_patience_grows_with_the_time_a_slot_takes():
+    policy = TailPolicy()
+    assert policy.race_after(None) == policy.race_floor
+    assert policy.race_after(1.0) == 4.0  # a slow but steady link is not a stall
+    assert policy.choose([running(1, 200, 100, idle=3.0)], SLOT, 1.0) is None
+
+
+def test_a_range_that_cannot_be_cut_where_it_stands_is_not_raced():
+    stuck = running(1, 1000, 100, idle=9.0, cuts=[])  # e.g. a compressed part half decoded
+    assert TailPolicy().choose([stuck], SLOT, None) is None
+
+
+# -- whole runs: a real server with one bad connection --------------------------------------------
+
+
+@pytest.fixture
+def big(tmp_path: Path) -> tuple[Path, bytes, dict]:
+    root = tmp_path / "srv"
+    root.mkdir()
+    data = os.urandom(4 * MiB)
+    (root / "big.bin").write_bytes(data)
+    item = {"path": "big.bin", "size": len(data), "url": "big.bin",
+            "hash": f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}"}
+    return root, data, item
+
+
+def _run_with(root: Path, item: dict, fault: Fault, dest: Path, **options):
+    with FaultServer(root) as server:
+        server.set_fault("big.bin", fault)
+        manifest = {"format": "mpdl/1", "base_urls": [server.url], "files": [item]}
+        result = run(manifest, dest, **options)
+        still_sending = server.shaped_in_flight
+        requests = [r for r in server.requests if r.method == "GET"]
+    return result, still_sending, requests
+
+
+@pytest.mark.parametrize("fault", [
+    Fault(stall_after=200 * KiB, stall_seconds=60, fail_times=1),  # bytes stop, socket open
+    Fault(rate=32 * KiB, fail_times=1),  # a crawl: 256 KiB take 8 s
+], ids=["stalled", "crawling"])
+def test_one_bad_connection_does_not_hold_the_run_and_no_byte_is_written_twice(
+    big: tuple[Path, bytes, dict], tmp_path: Path, fault: Fault
+) -> None:
+    root, data, item = big
+    dest = tmp_path / "d"
+    result, still_sending, requests = _run_with(root, item, fault, dest, chunk_size=64 * KiB,
+                                                connections=4, timeout=60)
+    assert result.ok, result.failed
+    assert (dest / "big.bin").read_bytes() == data
+    assert result.bytes_written == len(data), "a byte was written twice"
+    assert still_sending == 1, "the run waited for the bad connection"
+    assert len(requests) > 4  # the four first ranges, then thieves
+
+
+def test_ranges_start_large_and_idle_connections_take_halves_of_what_is_left(
+    big: tuple[Path, bytes, dict], tmp_path: Path
+) -> None:
+    root, data, item = big
+    dest = tmp_path / "d"
+    result, _, requests = _run_with(root, item, Fault(rate=4 * MiB), dest,
+                                    chunk_size=64 * KiB, connections=4)
+    assert result.ok, result.failed
+    assert (dest / "big.bin").read_bytes() == data
+    assert result.bytes_written == len(data)
+    starts = [int(r.range.split("=")[1].split("-")[0]) for r in requests]
+    assert sorted(starts[:4]) == [0, MiB, 2 * MiB, 3 * MiB]  # four large ranges at the start
+    assert len(starts) > 4  # then halves of what was left, as connections went idle
+    assert all(start % (64 * KiB) == 0 for start in starts)  # on the grid of chunks
+
+
+# -- a worker told to cut: real threads, a real socket, a real ring -----------------------------
+
+
+class _WorkerUnderTest:
+    """A Worker in this process, fed records by hand; its fetch threads answer on a pipe."""
+
+    def __init__(self) -> None:
+        self.ring = Ring.create(64 * KiB, 8)
+        self.inbox, outbox = multiprocessing.Pipe(duplex=False)
+        self.pool = make_pool(connections=2, timeout=30, verify_tls=True)
+        self.worker = Worker(outbox, 0, self.ring, self.pool, threads=2)
+        self.worker.start()
+
+    def next_record(self):
+        assert self.inbox.poll(30), "the worker said nothing"
+        [record] = self.inbox.recv()
+        return record
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.pool.clear()
+        self.ring.close()
+
+
+@pytest.fixture
+def worker() -> Iterator[_WorkerUnderTest]:
+    under_test = _WorkerUnderTest()
+    yield under_test
+    under_test.close()
+
+
+def _fetch(url: str, length: int) -> Fetch:
+    return Fetch(task_id=1, attempt=1, url=url, offset=0, length=length, ranged=True,
+                 exact=True, compression=None, size=length, checks=(), slot=0)
+
+
+def test_a_worker_cut_ahead_of_where_it_reads_ends_its_output_exactly_at_the_cut(
+    big: tuple[Path, bytes, dict], worker: _WorkerUnderTest
+) -> None:
+    root, data, _ = big
+    with FaultServer(root) as server:
+        server.set_fault("big.bin", Fault(rate=512 * KiB))
+        worker.worker.handle(_fetch(server.url + "big.bin", len(data)))
+        first = worker.next_record()
+        worker.worker.handle(Cut(task_id=1, attempt=1, at=256 * KiB))
+        filled = [first]
+        while not filled[-1].last:
+            worker.worker.handle(Grant(task_id=1, attempt=1, slot=len(filled)))
+            filled.append(worker.next_record())
+    assert all(isinstance(r, Filled) for r in filled)
+    assert [(r.offset, r.length) for r in filled] == [
+        (at, 64 * KiB) for at in range(0, 256 * KiB, 64 * KiB)]
+    for record in filled:
+        with worker.ring.view(record.slot) as view:
+            assert view[:record.length] == data[record.offset:record.offset + record.length]
+
+
+def test_a_worker_cut_behind_a_stalled_read_gives_it_up_at_once(
+    big: tuple[Path, bytes, dict], worker: _WorkerUnderTest
+) -> None:
+    root, data, _ = big
+    with FaultServer(root) as server:
+        server.set_fault("big.bin", Fault(stall_after=100 * KiB, stall_seconds=60))
+        worker.worker.handle(_fetch(server.url + "big.bin", len(data)))
+        first = worker.next_record()
+        worker.worker.handle(Grant(task_id=1, attempt=1, slot=1))
+        while server.bytes_sent < 100 * KiB:  # the second slot's read now waits on the stall
+            time.sleep(0.01)
+        worker.worker.handle(Cut(task_id=1, attempt=1, at=64 * KiB))
+        end = worker.next_record()
+        assert server.shaped_in_flight == 1, "the worker waited for the stall to end"
+    assert (first.offset, first.length, first.last) == (0, 64 * KiB, False)
+    assert isinstance(end, Failed) or (end.last and end.length == 0)  # nothing past the cut
