@@ -1,6 +1,6 @@
 """Planning: turn the files still to fetch into range tasks, each one HTTP request.
 
-Rules, so that every byte can be verified in a worker before it reaches the disk:
+Rules, so that every byte can be verified in a worker as it is fetched:
 - a compressed or hashed part is one task of its own, whatever its size: its output fills as
   many slots as it needs, and its hash is checked as the slots fill;
 - a file whose bytes one task carries gets its whole-file hash checked by that task, and a file
