@@ -94,7 +94,7 @@ def fetch(job: Fetch, pool: urllib3.PoolManager, ring: Ring, next_slot: NextSlot
     try:
         known_length = _check_status(job, response)
         if job.compression:
-            _fill_decoded(job, response, ring, report, scratch, meter)
+            _fill_decoded(job, response, ring, next_slot, report, scratch, meter)
         else:
             _fill_plain(job, response, known_length, ring, next_slot, report, meter, cursor)
     except BaseException:
@@ -197,44 +197,69 @@ def _has_more(raw) -> bool:
     return _read_into(raw, memoryview(probe)) > 0
 
 
-def _fill_decoded(job: Fetch, response, ring: Ring, report: Report, scratch: bytearray,
-                  meter: Meter) -> None:
-    """Decode the part into its slot as it arrives, through ``scratch``, never past ``size``.
+def _fill_decoded(job: Fetch, response, ring: Ring, next_slot: NextSlot, report: Report,
+                  scratch: bytearray, meter: Meter) -> None:
+    """Decode the part as it arrives, through ``scratch``, into as many slots as its output
+    needs, never past ``size``.
 
-    Memory stays at one scratch buffer per thread whatever the part's length, and a zlib
-    bomb stops one byte past the declared size.
+    Slots are handed over as ``_fill_plain`` hands them: each full but the last, so the output
+    lies on the scheduler's grid of slots. The part hash is fed slot by slot and decided with
+    the last one; a part that fails it after some of its slots went to the writer fails as an
+    attempt, and those bytes are rewritten by the next (nothing is recorded before a task is
+    done). Memory stays at one scratch buffer per thread and the slots the ring lends, whatever
+    the part's size, and a zlib bomb stops one byte past the declared size.
     """
     assert job.length is not None and job.size is not None and job.compression == "zlib"
-    raw, size = response._fp, job.size
+    raw, size, slot_size = response._fp, job.size, ring.spec.slot_size
     decoder = zlib.decompressobj()
-    left, out = job.length, 0
-    with ring.view(job.slot) as view, memoryview(scratch) as buffer:
-        while left and not decoder.eof:
-            n = _read_into(raw, buffer[:min(len(buffer), left)])
-            if not n:
-                raise TransientError(f"{job.url}: the body ended {left} bytes short")
-            left -= n
-            meter.unreported += n
-            data = buffer[:n]
-            while data and not decoder.eof:
-                try:
-                    chunk = decoder.decompress(data, size - out + 1)  # max_length is >= 1
-                except zlib.error as exc:
-                    raise IntegrityError(f"{job.url}: bad zlib data ({exc})") from None
-                if out + len(chunk) > size:
-                    raise IntegrityError(f"{job.url}: decompresses to more than the "
-                                         f"declared {size} bytes")
-                view[out:out + len(chunk)] = chunk
-                out += len(chunk)
-                data = decoder.unconsumed_tail
+    checker = Checker(job.url, job.checks)
+    left = job.length
+    slot, slot_start, filled = job.slot, 0, 0
+    view = ring.view(slot)
+    try:
+        with memoryview(scratch) as buffer:
+            while left and not decoder.eof:
+                n = _read_into(raw, buffer[:min(len(buffer), left)])
+                if not n:
+                    raise TransientError(f"{job.url}: the body ended {left} bytes short")
+                left -= n
+                meter.unreported += n
+                data = buffer[:n]
+                # Output held back by the limit leaves input unconsumed (the stream's check
+                # value at least), so no output is left behind when the input runs out.
+                while data and not decoder.eof:
+                    if filled == slot_size and slot_start + filled < size:  # more is declared
+                        checker.feed(view, slot_start, filled)
+                        view.release()
+                        report(Filled(task_id=job.task_id, attempt=job.attempt, slot=slot,
+                                      offset=slot_start, length=filled, fetched=meter.take(),
+                                      last=False))
+                        granted = next_slot()
+                        if granted is None:
+                            raise Cancelled()
+                        slot, slot_start, filled = granted, slot_start + filled, 0
+                        view = ring.view(slot)
+                    room = min(slot_size - filled, size - slot_start - filled)
+                    try:  # with every declared byte out, one more can only be a bomb's
+                        chunk = decoder.decompress(data, room or 1)
+                    except zlib.error as exc:
+                        raise IntegrityError(f"{job.url}: bad zlib data ({exc})") from None
+                    if len(chunk) > room:
+                        raise IntegrityError(f"{job.url}: decompresses to more than the "
+                                             f"declared {size} bytes")
+                    view[filled:filled + len(chunk)] = chunk
+                    filled += len(chunk)
+                    data = decoder.unconsumed_tail
+        out = slot_start + filled
         if left or decoder.unused_data or not decoder.eof or out != size:
             raise IntegrityError(f"{job.url}: the zlib stream does not match its part "
                                  f"({out} of {size} bytes decoded, {left} bytes unread)")
-        checker = Checker(job.url, job.checks)
-        checker.feed(view, 0, size)
+        checker.feed(view, slot_start, filled)
         checker.finish()
-    report(Filled(task_id=job.task_id, attempt=job.attempt, slot=job.slot, offset=0, length=size,
-                  fetched=meter.take(), last=True))
+    finally:
+        view.release()
+    report(Filled(task_id=job.task_id, attempt=job.attempt, slot=slot, offset=slot_start,
+                  length=filled, fetched=meter.take(), last=True))
 
 
 class Checker:

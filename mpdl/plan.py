@@ -1,7 +1,8 @@
 """Planning: turn the files still to fetch into range tasks, each one HTTP request.
 
-Rules, so that every byte can be verified in a worker before it reaches the disk:
-- a compressed or hashed part is one task of its own (its output must fit one slot);
+Rules, so that every byte can be verified in a worker as it is fetched:
+- a compressed or hashed part is one task of its own, whatever its size: its output fills as
+  many slots as it needs, and its hash is checked as the slots fill;
 - a file whose bytes one task carries gets its whole-file hash checked by that task, and a file
   whose every part has a hash is verified by those: the writer hashes only the other files;
 - other ranges start large: an object (or a raw part) is cut into about ``spread`` ranges,
@@ -34,8 +35,11 @@ MERGE_GAP = 64 * 1024
 # At most this many files' ranges in one merged request: each is a record for the writer and a
 # file it holds open, so a request of 8 MiB of tiny V1 files must not carry 100,000 of them.
 MAX_SPANS = 256
-# A part that must be verified whole cannot be larger than this.
-MAX_SLOT = 256 * MiB
+# Bytes deflate can produce per byte of input at most (258 bytes per 2-bit match code). A zlib
+# part declared to decode to more than this many times its length is a lie, refused before
+# anything is fetched; the decoder stops one byte past the declared size anyway, so a part's
+# size needs no other bound (its file's size is checked against the free disk space).
+ZLIB_MAX_RATIO = 1032
 # The largest range planned at the start: a range is bisected later, never merged.
 MAX_RANGE = 64 * MiB
 
@@ -93,9 +97,10 @@ class Task:
 
 @dataclass
 class Plan:
-    """``verified``: files whose every byte a worker checks, against the whole-file hash (one
-    task carries all of it: a small object, a V1 file) or against part hashes (a V2 file):
-    the writer need not hash them again."""
+    """``slot_size``: the ring's slot size, the chunk size whatever the parts (a task's output
+    fills as many slots as it needs). ``verified``: files whose every byte a worker checks,
+    against the whole-file hash (one task carries all of it: a small object, a V1 file) or
+    against part hashes (a V2 file): the writer need not hash them again."""
 
     tasks: list[Task]
     slot_size: int
@@ -143,7 +148,7 @@ class Planner:
         """Tasks for ``files`` (file_id, entry). ``have`` holds the bytes each file already has
         on disk (resume); task ids start at ``first_task_id``, so a coordinator can plan again
         in the middle of a run."""
-        draft = _Draft(first_task_id=first_task_id, slot_size=self.chunk_size)
+        draft = _Draft(first_task_id=first_task_id)
         for file_id, entry in files:
             present = have.get(file_id)
             if present and entry.url is not None and entry.size:  # resume: the gaps, as ranges
@@ -154,7 +159,7 @@ class Planner:
                 self._plan_parts(draft, file_id, entry, present)
         for source in list(draft.growing):
             draft.flush(source)
-        return Plan(tasks=draft.tasks, slot_size=draft.slot_size, files=dict(files),
+        return Plan(tasks=draft.tasks, slot_size=self.chunk_size, files=dict(files),
                     verified=draft.verified)
 
     def _plan_object(self, draft: _Draft, file_id: int, entry: FileEntry, url: str) -> None:
@@ -195,13 +200,11 @@ class Planner:
             if present and present.covers(file_offset, file_offset + part.size):
                 file_offset += part.size
                 continue
-            if part.compressed or part.hash is not None:
-                if max(part.length, part.size) > MAX_SLOT:
-                    raise ManifestError(
-                        f"{entry.path}: part {index}: {max(part.length, part.size)} bytes is "
-                        f"more than the {MAX_SLOT // MiB} MiB a verified part may have")
-                draft.slot_size = max(draft.slot_size, part.size)
             if part.compressed:
+                if part.size > part.length * ZLIB_MAX_RATIO:
+                    raise ManifestError(
+                        f"{entry.path}: part {index}: {part.length} bytes of zlib cannot "
+                        f"decode to the {part.size} bytes it declares")
                 checks = (Check(offset=0, length=part.size, hash=str(part.hash)),) \
                     if part.hash else ()
                 draft.tasks.append(Task(
@@ -249,7 +252,8 @@ class Planner:
     def _joins(self, request: _GrowingRequest, offset: int, length: int,
                check: str | None) -> bool:
         """Parallel: merged requests stay within a chunk. Not parallel: one stream per run of
-        adjacent ranges, but a checked part stays alone (its check must fit one slot)."""
+        adjacent ranges, but a checked part stays alone (one failing its check is fetched again
+        alone, not with the whole stream)."""
         if (not request.end <= offset <= request.end + MERGE_GAP
                 or len(request.spans) >= MAX_SPANS):
             return False
@@ -274,7 +278,6 @@ class _Draft:
     one per object: a range that does not join it ends it)."""
 
     first_task_id: int
-    slot_size: int
     tasks: list[Task] = field(default_factory=list)
     verified: set[int] = field(default_factory=set)
     growing: dict[str, _GrowingRequest] = field(default_factory=dict)

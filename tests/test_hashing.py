@@ -1,4 +1,5 @@
-"""Hash algorithms by name: digests agree with hashlib and xxhash, specs parse strictly."""
+"""Hash algorithms by name: digests agree with hashlib and xxhash, specs parse strictly; a
+part hash is checked over the slots its output fills."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import os
 import pytest
 import xxhash
 
+from mpdl.errors import IntegrityError
+from mpdl.fetch import Checker
 from mpdl.hashing import ALGORITHMS, HashSpec, hash_file, new_hasher, parse_hash
+from mpdl.messages import Check
 
 REFERENCES = {
     "xxh3_64": xxhash.xxh3_64,
@@ -157,3 +161,32 @@ def test_hash_spec_is_frozen() -> None:
 def test_new_hasher_unknown() -> None:
     with pytest.raises(ValueError, match="unknown hash algorithm 'whirlpool'"):
         new_hasher("whirlpool")
+
+
+def _fed(checks: tuple[Check, ...], data: bytes, slot: int) -> Checker:
+    """A Checker fed ``data`` as a worker hands it over, one slot of ``slot`` bytes at a time."""
+    checker = Checker("http://x/part", checks)
+    for start in range(0, len(data), slot):
+        filled = min(slot, len(data) - start)
+        with memoryview(data[start:start + filled]) as view:
+            checker.feed(view, start, filled)
+    return checker
+
+
+def test_a_part_hash_spans_slots_and_is_decided_by_its_last_byte() -> None:
+    """A 10 MiB-style part over slots of a fifth of it, with a small part straddling two."""
+    whole = Check(offset=0, length=len(DATA), hash=f"md5:{reference('md5', DATA)}")
+    middle = Check(offset=1000, length=3000, hash=f"sha1:{reference('sha1', DATA[1000:4000])}")
+    _fed((whole, middle), DATA, slot=len(DATA) // 5 + 1).finish()
+    wrong = DATA[:-1] + bytes([DATA[-1] ^ 1])
+    checker = Checker("http://x/part", (whole,))
+    with memoryview(wrong) as view:
+        checker.feed(view, 0, len(wrong) - 1)  # all but the last byte: not decided yet
+        with pytest.raises(IntegrityError, match="output offset 0 has md5"):
+            checker.feed(view[len(wrong) - 1:], len(wrong) - 1, 1)
+
+
+def test_an_output_that_ends_inside_a_checked_part_fails() -> None:
+    check = Check(offset=0, length=len(DATA), hash=f"md5:{reference('md5', DATA)}")
+    with pytest.raises(IntegrityError, match="ended inside a checked part"):
+        _fed((check,), DATA[:-10], slot=4096).finish()

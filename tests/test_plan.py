@@ -8,7 +8,7 @@ import pytest
 
 from mpdl.errors import ManifestError
 from mpdl.manifest import parse_manifest
-from mpdl.plan import MAX_SLOT, MERGE_GAP, Planner, stream_task
+from mpdl.plan import MERGE_GAP, ZLIB_MAX_RATIO, Planner, stream_task
 from mpdl.ranges import RangeSet
 
 KiB, MiB = 1024, 1024 * 1024
@@ -102,27 +102,56 @@ def test_far_apart_ranges_do_not_merge():
 
 def test_compressed_parts_are_tasks_of_their_own_with_their_check():
     m = manifest({"path": "v2", "size": 2 * MiB, "parts": [
-        {"url": "c1", "length": 1000, "size": MiB, "compression": "zlib", "hash": MD5},
-        {"url": "c2", "length": 900, "size": MiB, "compression": "zlib"}]})
+        {"url": "c1", "length": 2000, "size": MiB, "compression": "zlib", "hash": MD5},
+        {"url": "c2", "length": 1900, "size": MiB, "compression": "zlib"}]})
     plan = planned(m)
     assert [(t.source, t.compression, t.size, len(t.checks)) for t in plan.tasks] == [
         ("c1", "zlib", MiB, 1), ("c2", "zlib", MiB, 0)]
 
 
-def test_a_hashed_part_larger_than_a_chunk_is_not_split_and_widens_the_slot():
+def test_a_hashed_part_larger_than_a_chunk_is_one_task_over_slots_of_the_chunk_size():
     m = manifest({"path": "h", "size": 3 * MiB,
                   "parts": [{"url": "m", "length": 3 * MiB, "hash": MD5}]})
     plan = planned(m)
     [task] = plan.tasks
     assert task.length == 3 * MiB and task.checks[0].length == 3 * MiB
-    assert plan.slot_size >= 3 * MiB
+    assert plan.slot_size == MiB  # the worker hands its output over in three slots
 
 
-def test_a_verified_part_over_the_limit_is_refused():
-    m = manifest({"path": "h", "size": MAX_SLOT + 1,
-                  "parts": [{"url": "m", "length": MAX_SLOT + 1, "hash": MD5}]})
-    with pytest.raises(ManifestError, match="h: part 0"):
-        Planner(chunk_size=MiB).plan(list(enumerate(m.files)))
+def test_gog_v2_chunks_of_10_mib_keep_slots_of_the_chunk_size():
+    """GOG's real V2 chunks decode to 10 MiB each: one task per chunk, decoded across slots,
+    so the ring keeps --memory / --chunk-size slots instead of a few slots of 10 MiB."""
+    chunk = 10 * MiB
+    m = manifest({"path": "game.pak", "size": 3 * chunk - 5, "hash": MD5, "parts": [
+        {"url": f"chunks/{i}", "length": 9 * MiB, "size": chunk - (5 if i == 2 else 0),
+         "compression": "zlib", "hash": MD5} for i in range(3)]})
+    plan = planned(m, chunk_size=2 * MiB)
+    assert plan.slot_size == 2 * MiB
+    assert [(t.source, t.length, t.size, [(c.offset, c.length) for c in t.checks])
+            for t in plan.tasks] == [
+        (f"chunks/{i}", 9 * MiB, chunk - (5 if i == 2 else 0),
+         [(0, chunk - (5 if i == 2 else 0))]) for i in range(3)]
+    assert plan.verified == {0}
+
+
+def test_a_verified_part_of_any_size_is_planned():
+    """Nothing about a part's size is held in memory at once: 256 MiB and more is planned."""
+    huge = 300 * MiB
+    m = manifest({"path": "h", "size": 2 * huge, "parts": [
+        {"url": "m", "length": huge, "hash": MD5},
+        {"url": "z", "length": MiB, "size": huge, "compression": "zlib", "hash": MD5}]})
+    plan = planned(m)
+    assert sorted((t.source, t.length, t.size) for t in plan.tasks) == [
+        ("m", huge, huge), ("z", MiB, huge)]
+    assert plan.slot_size == MiB
+
+
+def test_a_zlib_part_declaring_more_than_deflate_can_give_is_refused():
+    ok = {"url": "z", "length": 1000, "size": 1000 * ZLIB_MAX_RATIO, "compression": "zlib"}
+    planned(manifest({"path": "z", "size": ok["size"], "parts": [ok]}))
+    lie = manifest({"path": "z", "size": ok["size"] + 1, "parts": [{**ok, "size": ok["size"] + 1}]})
+    with pytest.raises(ManifestError, match="z: part 0: 1000 bytes of zlib cannot decode"):
+        Planner(chunk_size=MiB).plan(list(enumerate(lie.files)))
 
 
 def test_empty_files_have_no_tasks():
