@@ -14,40 +14,52 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import measure, peers, report, runner, scenarios, servers
+from . import measure, peers, report, runner, scenarios, servers, tls
 
 DESCRIPTION = """\
 Benchmark mpdl against its peers (the thread-pool baseline in perf/baseline.py, curl, aria2c,
 axel, hf_transfer) on generated scenarios served by nginx on 127.0.0.1. Each tool runs --runs
 times per scenario, interleaved with mpdl; every run's output is checked (sizes and hashes), and
 a wrong one is reported FAILED, never timed. Reports medians of wall time, the ratio to mpdl,
-MB/s, CPU seconds and peak PSS of the whole process tree, as results.md, results.json and
-results.png.
+MB/s, CPU seconds (and per GiB) and peak PSS of the whole process tree, and whether mpdl met
+each of its targets, as results.md, results.json and results.png.
 """
 
 EPILOG = f"""\
 scenarios (--scenarios, default all):
-{chr(10).join(f"  {s.name:<9}{s.description}" for s in scenarios.specs(False))}
+{chr(10).join(f"  {s.name:<11}{s.description}" for s in scenarios.specs(False))}
 
 peers (--peers, default all; mpdl always runs):
   baseline   ThreadPoolExecutor, 6 workers, 8 MiB ranges, urllib3 (perf/baseline.py)
-  curl       one stream per URL; --parallel --parallel-max 16 -K config for many URLs
-  aria2c     -x16 -s16 -k8M for one URL; -j16 -i list for many
+  curl       one stream per URL; --parallel --parallel-max 16 -K config for many URLs;
+             n/a on tail and tail-stall (one stream) and v1-100k (no range per URL)
+  aria2c     -x16 -s16 -k8M for one URL; -j16 -i list for many; n/a on v1-100k
   axel       -n 16 for one URL; single URLs only
   hf_transfer  max_files=16, chunk_size=8 MiB, in its own Python process; single URLs only
 A peer that is not installed is reported as "missing"; one that cannot do a scenario as "n/a".
+v1-100k adds two rows: write-loop (perf/writeloop.py, a plain Python loop writing the same files
+from memory onto the same disk) and mpdl-rerun (mpdl again over the complete install: a no-op).
+
+TLS (big-tls): nginx serves HTTPS with a certificate from a CA made for the run (openssl, in
+the temp folder). Every tool verifies it: curl --cacert, aria2c --ca-certificate, baseline
+--cacert; axel, hf_transfer and mpdl through SSL_CERT_FILE (they have no CA option).
+
+Tail (tail, tail-stall): nginx limit_rate from a map on $connection slows the connections whose
+number ends in 7; mpdl's time there is also given as a multiple of its tail-ref time.
 
 Scenario data is generated once (seeded, incompressible) and cached in --cache
-(default {scenarios.default_cache()}). Needs nginx (Debian nginx-light).
+(default {scenarios.default_cache()}). Needs nginx (Debian nginx-light) and, for big-tls,
+openssl.
 
 examples:
-  python -m perf                          full run, 3 runs each (~15 minutes on 2 cores)
+  python -m perf                          full run, 3 runs each (~40 minutes on 2 cores)
   python -m perf --quick                  tiny scenarios, one run each: a smoke test
   python -m perf --scenarios big,depot --peers curl,aria2c --runs 5
+  python -m perf --scenarios tail-ref,tail,tail-stall --runs 1
 """
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -89,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "destination (default: the system's, e.g. /tmp; /dev/shm takes "
                              "the disk out of the measurement)")
     parser.add_argument("--timeout", type=float, metavar="S",
-                        help="seconds before a run is killed and FAILED (default 600; 60 quick)")
+                        help="seconds before a run is killed and FAILED (default 600, tail-stall "
+                             f"{scenarios.STALL_TIMEOUT:g}; 60 quick)")
     return parser
 
 
@@ -119,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs is not None and args.runs < 1:
         build_parser().error("--runs must be at least 1")
     runs = args.runs or (1 if args.quick else 3)
-    timeout = args.timeout or (60.0 if args.quick else 600.0)
     cache = args.cache or scenarios.default_cache()
-    tools = ["mpdl", *[p for p in peers.PEERS if p in args.peers]]
+    specs = [s for s in scenarios.specs(args.quick) if s.name in args.scenarios]
+    extras = [e for e in peers.EXTRAS if any(e in spec.extras for spec in specs)]
+    tools = ["mpdl", *[p for p in peers.PEERS if p in args.peers], *extras]
     available = {tool: peers.availability(tool) for tool in tools}
     for tool, a in available.items():
         _log(f"{tool}: {a.detail if a.available else 'missing (' + a.detail + ')'}")
@@ -129,13 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     if nginx is None:
         _log(f"perf: {servers.NGINX_MISSING}")
         return 2
+    if any(spec.tls for spec in specs) and tls.find_openssl() is None:
+        _log(f"perf: {tls.OPENSSL_MISSING}")
+        return 2
     root = scenarios.profile_root(cache, args.quick)
-    specs = [s for s in scenarios.specs(args.quick) if s.name in args.scenarios]
+
+    def timeout(spec: scenarios.Spec) -> float:
+        return args.timeout or (60.0 if args.quick else spec.timeout or 600.0)
+
     try:
         with _sigterm_unwinds(), \
                 tempfile.TemporaryDirectory(prefix="mpdl-perf-", dir=args.tmp) as tmp:
             loaded = [scenarios.load(spec, root, _log) for spec in specs]
-            for s in loaded:
+            for s in {s.root: s for s in loaded}.values():  # shared data is warmed once
                 scenarios.warm(s)
             results = _run(loaded, tools, available, runs, Path(tmp), root, timeout)
     except (KeyboardInterrupt, _Terminated):
@@ -149,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": [s.name for s in specs], "tools": tools,
         "destination": str(args.tmp or tempfile.gettempdir()),
         "cap_bytes_per_s": scenarios.CAP_BYTES_PER_S, "delay_s": DELAY,
+        "throttles": {s.name: s.throttle.rate for s in specs if s.throttle},
         "sampler": {"interval_s": measure.INTERVAL, "nice": measure.NICE},
     }
     paths = report.write(args.out, results, available, meta)
@@ -159,21 +180,38 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(loaded: list[scenarios.Scenario], tools: list[str],
          available: dict[str, peers.Availability], runs: int, tmp: Path, root: Path,
-         timeout: float) -> list[runner.ScenarioResult]:
-    """Start the servers, run every scenario, stop the servers."""
+         timeout: Callable[[scenarios.Spec], float]) -> list[runner.ScenarioResult]:
+    """Start the servers (and the run's CA, for HTTPS), run every scenario, stop the servers."""
     results = []
+    authority = tls.make_authority(tmp / "tls") if any(s.spec.tls for s in loaded) else None
+    throttled = [servers.Throttled(s.name, s.spec.folder, s.spec.throttle.rate)
+                 for s in loaded if s.spec.throttle]
     with contextlib.ExitStack() as stack:
-        web = stack.enter_context(servers.nginx(root, tmp / "nginx"))
+        web = stack.enter_context(servers.nginx(
+            root, tmp / "nginx", throttled=throttled,
+            tls=authority.server if authority else None))
         front = None
         if any(s.spec.delayed for s in loaded):
             front = stack.enter_context(servers.delaying_front(web.port, DELAY, tmp / "front"))
         for s in loaded:
-            base = (front.url if s.spec.delayed and front else web.url) + s.name + "/"
+            base = _base_url(s.spec, web, front)
             _log(f"[{s.name}] {s.spec.description}: {s.files} file(s), "
                  f"{s.bytes / 2**20:.1f} MiB at {base}")
-            results.append(runner.run_scenario(s, base, tools, available, runs, tmp / "work",
-                                               timeout, _log))
+            results.append(runner.run_scenario(
+                s, base, tools, available, runs, tmp / "work", timeout(s.spec), _log,
+                ca=authority.ca if authority and s.spec.tls else None))
     return results
+
+
+def _base_url(spec: scenarios.Spec, web: servers.Server, front: servers.Server | None) -> str:
+    """Where a scenario's files are served: by nginx (over HTTPS, or throttled), or the front."""
+    if spec.delayed and front:
+        return front.url + spec.folder + "/"
+    if spec.tls and web.tls_url:
+        return web.tls_url + spec.folder + "/"
+    if spec.throttle:
+        return web.url + f"throttled/{spec.name}/"
+    return web.url + spec.folder + "/"
 
 
 if __name__ == "__main__":

@@ -53,11 +53,13 @@ class Task:
 class Downloader:
     """A pool of worker threads sharing one urllib3 pool and one write lock."""
 
-    def __init__(self, workers: int = WORKERS, chunk: int = CHUNK) -> None:
+    def __init__(self, workers: int = WORKERS, chunk: int = CHUNK,
+                 cacert: str | None = None) -> None:
         self.workers = workers
         self.chunk = chunk
         self.http = urllib3.PoolManager(maxsize=workers, retries=False,
-                                        timeout=urllib3.Timeout(connect=10, read=30))
+                                        timeout=urllib3.Timeout(connect=10, read=30),
+                                        cert_reqs="CERT_REQUIRED", ca_certs=cacert)
         self.lock = threading.Lock()
 
     def get(self, url: str, offset: int | None, length: int) -> bytes:
@@ -197,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", required=True, help="FILE for a URL, DEST for a manifest")
     parser.add_argument("--workers", type=int, default=WORKERS)
     parser.add_argument("--chunk-size", type=int, default=CHUNK, help="bytes")
+    parser.add_argument("--cacert", metavar="PEM",
+                        help="CA certificates to verify HTTPS servers with (default: the system's)")
     args = parser.parse_args(argv)
-    dl = Downloader(args.workers, args.chunk_size)
+    dl = Downloader(args.workers, args.chunk_size, args.cacert)
     if urlsplit(args.source).scheme in ("http", "https"):
         errors = download_url(dl, args.source, Path(args.output))
     else:

@@ -2,8 +2,16 @@
 
 A peer whose program is not installed is *missing*; a peer that cannot do a scenario at all is
 *n/a* with the reason. Either way it keeps its row in the report. The binaries can be pointed
-elsewhere with ``MPDL_PERF_CURL`` and ``MPDL_PERF_ARIA2C`` (an unusable path makes the peer
-missing).
+elsewhere with ``MPDL_PERF_CURL``, ``MPDL_PERF_ARIA2C`` and ``MPDL_PERF_AXEL`` (an unusable path
+makes the peer missing).
+
+Over HTTPS every tool verifies the server against the run's CA, each the way it can: curl
+``--cacert``, aria2c ``--ca-certificate``, the baseline ``--cacert`` (urllib3's ca_certs); axel,
+hf_transfer and mpdl read ``SSL_CERT_FILE`` (OpenSSL's default verify paths; none has an option).
+
+Some scenarios add rows that are not peers (``Spec.extras``): ``write-loop``, the plain Python
+loop of perf/writeloop.py, and ``mpdl-rerun``, mpdl run again over the complete install its own
+run just left.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ CHUNK = 8 * 1024 * 1024
 #: Every tool in report order; mpdl always runs, the rest are peers to pick from.
 TOOLS = ["mpdl", "baseline", "curl", "aria2c", "axel", "hf_transfer"]
 PEERS = TOOLS[1:]
+#: Rows a scenario may add after the peers (Spec.extras); they run with that scenario only.
+EXTRAS = ["write-loop", "mpdl-rerun"]
 
 _HF_SCRIPT = ("import sys, hf_transfer; hf_transfer.download(url=sys.argv[1], "
               "filename=sys.argv[2], max_files=16, chunk_size=8 * 1024 * 1024)")
@@ -44,6 +54,7 @@ class Context:
     base_url: str  # ends with "/": the scenario's folder on the server
     dest: Path  # emptied before each run
     work: Path  # manifests, configs and logs for this scenario
+    ca: Path | None = None  # over HTTPS: the CA every tool must verify the server with
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,7 @@ class Job:
     note: str = ""
     env: dict[str, str] = field(default_factory=dict)
     partial: bool = False  # does less than the scenario asks (v2 chunks, not inflated)
+    after: str | None = None  # runs right after this tool, over what it left in dest
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,11 @@ def _version(binary: str, words: int) -> Availability:
 
 def availability(tool: str) -> Availability:
     """Whether ``tool`` can run here, with its version (or why not)."""
+    if tool == "write-loop":
+        return Availability(True, "perf/writeloop.py: one Python loop writing the files from "
+                                  "memory (no network, no hashes)")
+    if tool == "mpdl-rerun":
+        return Availability(True, "mpdl again, over the complete install mpdl's run left")
     if tool == "mpdl":
         try:
             return Availability(True, importlib.metadata.version("mpdl") + _git_rev())
@@ -143,12 +160,29 @@ def _git_rev() -> str:
     return f" (git {rev.stdout.strip()}{' + uncommitted changes' if dirty.stdout.strip() else ''})"
 
 
+def _ranges_of_objects(scenario: Scenario) -> bool:
+    """Whether files are ranges of shared objects (GOG V1: parts with an offset)."""
+    return any("offset" in part for entry in (scenario.manifest or {}).get("files", ())
+               for part in entry.get("parts", ()))
+
+
 def not_applicable(tool: str, scenario: Scenario) -> str | None:
     """Why ``tool`` cannot do ``scenario`` at all (installed or not), or None when it can."""
-    if tool == "hf_transfer" and scenario.spec.kind != "single":
+    spec = scenario.spec
+    if tool in EXTRAS and tool not in spec.extras:
+        return f"{tool} belongs to other scenarios"
+    if tool == "hf_transfer" and spec.kind != "single":
         return "single URLs only: hf_transfer.download fetches one file per call"
-    if tool == "axel" and scenario.spec.kind != "single":
+    if tool == "axel" and spec.kind != "single":
         return "single URLs only: axel fetches one URL per call"
+    if tool == "curl" and spec.throttle is not None:
+        return ("one stream: its time is tail-ref's, or, when its one connection is a slow "
+                "one (1 in 10), the slow rate's; a lottery, not a measure")
+    if tool == "curl" and _ranges_of_objects(scenario):
+        return ("a range per file needs a --next group per URL in -K; curl 7.88 took 79 s "
+                "for 2,000 such groups and got nowhere with 100,000 in 10 minutes")
+    if tool == "aria2c" and _ranges_of_objects(scenario):
+        return "no range per URL: aria2c fetches whole objects"
     return None
 
 
@@ -178,9 +212,16 @@ def _single_target(ctx: Context) -> tuple[str, Path]:
     return ctx.base_url + s.url, ctx.dest / s.expected[0].path
 
 
+def _mpdl_trust(ca: Path | None) -> tuple[list[str], dict[str, str]]:
+    """mpdl's arguments and environment to trust ``ca``. mpdl has no --cacert yet; once it
+    has, this becomes ``return (["--cacert", str(ca)] if ca else []), {}``."""
+    return [], ({"SSL_CERT_FILE": str(ca)} if ca else {})
+
+
 def _mpdl(ctx: Context) -> Job:
-    python = [sys.executable, "-m", "mpdl"]
-    env = {"PYTHONPATH": _pythonpath()}
+    trust, trust_env = _mpdl_trust(ctx.ca)
+    python = [sys.executable, "-m", "mpdl", *trust]
+    env = {"PYTHONPATH": _pythonpath(), **trust_env}
     if ctx.scenario.spec.kind == "single":
         url, out = _single_target(ctx)
         return _full(ctx, [*python, url, "-o", str(out), "--progress", "none"], CONNECTIONS,
@@ -189,15 +230,31 @@ def _mpdl(ctx: Context) -> Job:
     return _full(ctx, argv, CONNECTIONS, env=env)
 
 
+def _mpdl_rerun(ctx: Context) -> Job:
+    """mpdl's own command again, right after its run, into the install that run completed."""
+    first = _mpdl(ctx)
+    return Job(first.argv, first.expected, first.payload, first.connections,
+               "no-op: the same command again over the complete install", first.env,
+               after="mpdl")
+
+
+def _write_loop(ctx: Context) -> Job:
+    argv = [sys.executable, "-m", "perf.writeloop", str(_write_manifest(ctx)),
+            "--served", str(ctx.scenario.root), "-o", str(ctx.dest)]
+    return _full(ctx, argv, 1, "writes the files from memory: no network, no hashes",
+                 env={"PYTHONPATH": _pythonpath()})
+
+
 def _baseline(ctx: Context) -> Job:
-    python = [sys.executable, "-m", "perf.baseline"]
+    python = [sys.executable, "-m", "perf.baseline",
+              *(["--cacert", str(ctx.ca)] if ctx.ca else [])]
     env = {"PYTHONPATH": _pythonpath()}
     if ctx.scenario.spec.kind == "single":
         url, out = _single_target(ctx)
         return _full(ctx, [*python, url, "-o", str(out)], BASELINE_WORKERS, env=env)
     argv = [*python, str(_write_manifest(ctx)), "-o", str(ctx.dest)]
-    note = "checks md5 after download" if ctx.scenario.spec.name != "v2" \
-        else "inflates zlib, checks md5 per chunk and per file"
+    note = "inflates zlib, checks md5 per chunk and per file" \
+        if ctx.scenario.raw_expected is not None else "checks md5 after download"
     return _full(ctx, argv, BASELINE_WORKERS, note, env=env)
 
 
@@ -214,31 +271,33 @@ def _raw(ctx: Context, argv: list[str], connections: int, tool: str) -> Job:
 def _curl(ctx: Context) -> Job:
     curl = _binary("MPDL_PERF_CURL", "curl")
     assert curl is not None
+    trust = ["--cacert", str(ctx.ca)] if ctx.ca else []
     if ctx.scenario.spec.kind == "single":
         url, out = _single_target(ctx)
-        return _full(ctx, [curl, "-sS", "--fail", "-o", str(out), url], 1,
+        return _full(ctx, [curl, "-sS", "--fail", *trust, "-o", str(out), url], 1,
                      "one stream, no hash check")
     config = ctx.work / "curl.cfg"
     if not config.exists():
         with config.open("w") as f:
             for url, path in ctx.scenario.downloads:
                 f.write(f'url = "{ctx.base_url}{url}"\noutput = "{ctx.dest / path}"\n')
-    argv = [curl, "-sS", "--fail", "--create-dirs", "--parallel", "--parallel-max",
+    argv = [curl, "-sS", "--fail", *trust, "--create-dirs", "--parallel", "--parallel-max",
             str(CONNECTIONS), "-K", str(config)]
     return _raw(ctx, argv, CONNECTIONS, "curl")
 
 
 _ARIA2_COMMON = ["-q", "--console-log-level=error", "--summary-interval=0",
                  "--allow-overwrite=true", "--auto-file-renaming=false",
-                 "--file-allocation=falloc", "--check-certificate=false"]
+                 "--file-allocation=falloc"]
 
 
 def _aria2c(ctx: Context) -> Job:
     aria2c = _binary("MPDL_PERF_ARIA2C", "aria2c")
     assert aria2c is not None
+    trust = [f"--ca-certificate={ctx.ca}"] if ctx.ca else []
     if ctx.scenario.spec.kind == "single":
         url, out = _single_target(ctx)
-        argv = [aria2c, "-x16", "-s16", "-k8M", *_ARIA2_COMMON, "-d", str(out.parent),
+        argv = [aria2c, "-x16", "-s16", "-k8M", *_ARIA2_COMMON, *trust, "-d", str(out.parent),
                 "-o", out.name, url]
         return _full(ctx, argv, CONNECTIONS, "no hash check")
     listing = ctx.work / "aria2.list"
@@ -246,7 +305,8 @@ def _aria2c(ctx: Context) -> Job:
         with listing.open("w") as f:
             for url, path in ctx.scenario.downloads:
                 f.write(f"{ctx.base_url}{url}\n  out={path}\n")
-    argv = [aria2c, f"-j{CONNECTIONS}", "-i", str(listing), *_ARIA2_COMMON, "-d", str(ctx.dest)]
+    argv = [aria2c, f"-j{CONNECTIONS}", "-i", str(listing), *_ARIA2_COMMON, *trust,
+            "-d", str(ctx.dest)]
     return _raw(ctx, argv, CONNECTIONS, "aria2c")
 
 
@@ -255,14 +315,21 @@ def _axel(ctx: Context) -> Job:
     assert axel is not None
     url, out = _single_target(ctx)
     return _full(ctx, [axel, "-q", "-n", str(CONNECTIONS), "-o", str(out), url], CONNECTIONS,
-                 "no hash check")
+                 "no hash check", env=_openssl_trust(ctx.ca))
 
 
 def _hf_transfer(ctx: Context) -> Job:
     url, out = _single_target(ctx)
     return _full(ctx, [sys.executable, "-c", _HF_SCRIPT, url, str(out)], CONNECTIONS,
-                 "no hash check")
+                 "no hash check", env=_openssl_trust(ctx.ca))
+
+
+def _openssl_trust(ca: Path | None) -> dict[str, str]:
+    """For tools with no CA option that verify with OpenSSL's default paths (axel;
+    hf_transfer's native-tls): SSL_CERT_FILE names the CA bundle instead of the system's."""
+    return {"SSL_CERT_FILE": str(ca)} if ca else {}
 
 
 _JOBS = {"mpdl": _mpdl, "baseline": _baseline, "curl": _curl, "aria2c": _aria2c,
-         "axel": _axel, "hf_transfer": _hf_transfer}
+         "axel": _axel, "hf_transfer": _hf_transfer, "write-loop": _write_loop,
+         "mpdl-rerun": _mpdl_rerun}

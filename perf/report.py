@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import targets
 from .peers import Availability
 from .runner import ScenarioResult, ToolResult
 from .scenarios import CAP_BYTES_PER_S
@@ -33,6 +34,14 @@ def _pct_ideal(s: ScenarioResult, tool: str) -> float | None:
     return 100 * ideal / wall if ideal and wall else None
 
 
+def _to_reference(s: ScenarioResult, results: Sequence[ScenarioResult]) -> float | None:
+    """mpdl's median time here over its time in the scenario this one is measured against."""
+    ref = next((r for r in results if r.scenario.name == s.scenario.spec.reference), None)
+    mine = s.results["mpdl"].median("wall")
+    theirs = ref.results["mpdl"].median("wall") if ref else None
+    return mine / theirs if mine is not None and theirs else None
+
+
 def _summary(s: ScenarioResult, tool: str) -> dict[str, Any]:
     r = s.results[tool]
     pss = r.median("peak_pss")
@@ -40,7 +49,8 @@ def _summary(s: ScenarioResult, tool: str) -> dict[str, Any]:
         "status": r.status, "reason": r.reason, "note": r.note, "partial": r.partial,
         "connections": r.connections or None, "payload_bytes": r.payload or None,
         "median_wall_s": r.median("wall"), "ratio_to_mpdl": s.ratio(tool), "mb_per_s": _mbps(r),
-        "median_cpu_s": r.median("cpu"), "median_peak_pss_mib": pss / MiB if pss else None,
+        "median_cpu_s": r.median("cpu"), "cpu_s_per_gib": r.cpu_per_gib(),
+        "median_peak_pss_mib": pss / MiB if pss else None,
         "ideal_s": s.ideal(tool), "pct_of_ideal": _pct_ideal(s, tool),
         "runs": [{"wall_s": run.wall, "cpu_s": run.cpu, "peak_pss_mib": run.peak_pss / MiB,
                   "ok": run.ok, "reason": run.reason} for run in r.runs],
@@ -58,9 +68,15 @@ def to_json(results: Sequence[ScenarioResult], tools: dict[str, Availability],
             s.scenario.name: {
                 "description": s.scenario.spec.description, "bytes": s.scenario.bytes,
                 "files": s.scenario.files, "capped": s.scenario.spec.capped,
-                "delayed": s.scenario.spec.delayed,
+                "delayed": s.scenario.spec.delayed, "tls": s.scenario.spec.tls,
+                "throttle_bytes_per_s": s.scenario.spec.throttle.rate
+                if s.scenario.spec.throttle else None,
+                "reference": s.scenario.spec.reference or None,
+                "mpdl_to_reference": _to_reference(s, results),
                 "results": {tool: _summary(s, tool) for tool in s.results},
             } for s in results},
+        "targets": [{"target": v.target, "status": v.status, "detail": v.detail}
+                    for v in targets.evaluate(results)],
     }
 
 
@@ -74,19 +90,23 @@ def to_markdown(results: Sequence[ScenarioResult], tools: dict[str, Availability
         f"{meta['server']} on 127.0.0.1; the tools write to {meta.get('destination', '/tmp')}."
         f"{' Quick mode: tiny scenarios.' if meta['quick'] else ''}",
         "",
-        "| scenario | tool | result | wall s | × mpdl | MB/s | CPU s | peak PSS MiB | % ideal "
-        "| notes |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | tool | result | wall s | × mpdl | MB/s | CPU s | CPU s/GiB | peak PSS MiB "
+        "| % ideal | notes |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in results:
+        to_ref = _to_reference(s, results)
         for tool, r in s.results.items():
             pss = r.median("peak_pss")
+            own = f"{to_ref:.2f} × mpdl's {s.scenario.spec.reference} time" \
+                if tool == "mpdl" and to_ref else ""
             notes = r.reason if r.status != "ok" else "; ".join(
-                x for x in (r.note, *sorted({run.reason for run in r.runs if run.reason})) if x)
+                x for x in (own, r.note, *sorted({run.reason for run in r.runs if run.reason}))
+                if x)
             lines.append(
                 f"| {s.scenario.name} | {tool} | {r.status} | {_num(r.median('wall'))} | "
                 f"{_num(s.ratio(tool))}{'*' if r.partial else ''} | {_num(_mbps(r), 0)} | "
-                f"{_num(r.median('cpu'))} | "
+                f"{_num(r.median('cpu'))} | {_num(r.cpu_per_gib())} | "
                 f"{_num(pss / MiB if pss else None, 0)} | "
                 f"{_num(_pct_ideal(s, tool), 0) if s.scenario.spec.capped else ''} | "
                 f"{notes.replace('|', '/')} |")
@@ -96,7 +116,8 @@ def to_markdown(results: Sequence[ScenarioResult], tools: dict[str, Availability
         "\\* marks a tool timed on less work than mpdl (see its notes).",
         "- **MB/s**: bytes the tool's output holds (10^6 bytes) per second of median wall time.",
         "- **CPU s**: user + system time of all the tool's processes (os.wait4 rusage; the "
-        "harness is a child subreaper, so orphans such as forkserver children count too).",
+        "harness is a child subreaper, so orphans such as forkserver children count too). "
+        "**CPU s/GiB**: that per GiB of the tool's output (for \\* rows, of what it fetched).",
         "- **peak PSS**: the largest sum of PSS over the tool's process and all descendants, "
         "sampled every 20 ms (by a thread at nice 19, so reading smaps does not slow the tool); "
         "shared memory is counted once.",
@@ -104,8 +125,13 @@ def to_markdown(results: Sequence[ScenarioResult], tools: dict[str, Availability
         "the median wall time, each tool at its own connection count (mpdl: its default 16).",
         "- Every run's output is checked (sizes and xxh3 of each file); any wrong run makes the "
         "row FAILED, and it gets no time.",
-        "", "## Scenarios", "",
+        "", "## Targets", "",
+        "Judged on this run's medians; a target whose tools have no time says \"no data\".", "",
+        "| target | result | numbers |", "|---|---|---|",
     ]
+    lines += [f"| {v.target} | {'**' + v.status + '**' if v.status == targets.MISSED else v.status}"
+              f" | {v.detail.replace('|', '/')} |" for v in targets.evaluate(results)]
+    lines += ["", "## Scenarios", ""]
     for s in results:
         sc = s.scenario
         lines.append(f"- **{sc.name}**: {sc.spec.description}; {sc.files} file(s), "

@@ -5,7 +5,8 @@ thermal, page cache) lands on every tool alike. Each round starts one tool later
 ...): the first run after a pause is often slower (on this Firecracker VM, memory that was free
 for ~2 s goes back to the host and costs a host fault on first touch), and that must not always
 be mpdl's. Before each run the destination is emptied and the disk synced, so no run pays for
-another's write-back.
+another's write-back. A job that runs ``after`` another (mpdl's no-op re-run) comes right
+behind it in every round and finds its destination as that run left it, synced.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import check, measure, peers
-from .scenarios import CAP_BYTES_PER_S, Scenario
+from .scenarios import CAP_BYTES_PER_S, GiB, Scenario
+
+#: How the reason of a run killed at its timeout begins.
+TIMED_OUT = "timed out"
 
 
 @dataclass
@@ -55,6 +59,17 @@ class ToolResult:
         values = [getattr(run, attr) for run in self.timed]
         return statistics.median(values) if values else None
 
+    def cpu_per_gib(self) -> float | None:
+        """Median CPU seconds per GiB of the tool's output (its payload)."""
+        cpu = self.median("cpu")
+        return cpu / (self.payload / GiB) if cpu is not None and self.payload else None
+
+    @property
+    def timed_out(self) -> bool:
+        """FAILED only because runs ran out of time (slow, not wrong)."""
+        failed = [run for run in self.runs if not run.ok]
+        return bool(failed) and all(run.reason.startswith(TIMED_OUT) for run in failed)
+
 
 @dataclass
 class ScenarioResult:
@@ -77,15 +92,19 @@ class ScenarioResult:
 
 def run_scenario(scenario: Scenario, base_url: str, tools: list[str],
                  available: dict[str, peers.Availability], runs: int, work: Path,
-                 timeout: float, log: Callable[[str], None]) -> ScenarioResult:
-    """Every tool in ``tools`` ``runs`` times on ``scenario``, interleaved."""
+                 timeout: float, log: Callable[[str], None],
+                 ca: Path | None = None) -> ScenarioResult:
+    """Every tool in ``tools`` ``runs`` times on ``scenario``, interleaved. Extras
+    (peers.EXTRAS) get a row only in the scenarios that ask for them."""
     folder = work / scenario.name
     folder.mkdir(parents=True, exist_ok=True)
     dest = work / "dest"
-    ctx = peers.Context(scenario, base_url, dest, folder)
+    ctx = peers.Context(scenario, base_url, dest, folder, ca)
     results: dict[str, ToolResult] = {}
     jobs: dict[str, peers.Job] = {}
     for tool in tools:
+        if tool in peers.EXTRAS and tool not in scenario.spec.extras:
+            continue
         reason = peers.not_applicable(tool, scenario)
         if reason is not None:
             results[tool] = ToolResult(tool, "n/a", reason)
@@ -95,12 +114,19 @@ def run_scenario(scenario: Scenario, base_url: str, tools: list[str],
             jobs[tool] = job = peers.job(tool, ctx)
             results[tool] = ToolResult(tool, "ok", note=job.note, connections=job.connections,
                                        payload=job.payload, partial=job.partial)
-    order = list(jobs)
+    order = [tool for tool, job in jobs.items() if job.after is None]
     for round_ in range(runs):
         shift = round_ % len(order) if order else 0
-        for tool in order[shift:] + order[:shift]:
+        for tool in _with_followers(order[shift:] + order[:shift], jobs):
             job = jobs[tool]
-            run = _run_once(tool, job, dest, folder, timeout)
+            if job.after is None:
+                run = _run_once(tool, job, dest, folder, timeout)
+            elif results[job.after].runs and results[job.after].runs[-1].ok:
+                os.sync()
+                run = _run_once(tool, job, dest, folder, timeout, fresh=False)
+            else:
+                run = Run(0.0, 0.0, 0, ok=False,
+                          reason=f"nothing to re-run over: {job.after}'s run failed")
             results[tool].runs.append(run)
             status = "ok" if run.ok else f"FAILED: {run.reason}"
             log(f"[{scenario.name}] {round_ + 1}/{runs} {tool:<11} {run.wall:7.2f} s "
@@ -114,14 +140,26 @@ def run_scenario(scenario: Scenario, base_url: str, tools: list[str],
     return ScenarioResult(scenario, base_url, results)
 
 
-def _run_once(tool: str, job: peers.Job, dest: Path, folder: Path, timeout: float) -> Run:
-    _empty(dest)
+def _with_followers(order: list[str], jobs: dict[str, peers.Job]) -> list[str]:
+    """``order`` with each job that runs ``after`` a tool placed right behind that tool."""
+    out = []
+    for tool in order:
+        out.append(tool)
+        out += [other for other, job in jobs.items() if job.after == tool]
+    return out
+
+
+def _run_once(tool: str, job: peers.Job, dest: Path, folder: Path, timeout: float,
+              fresh: bool = True) -> Run:
+    """One timed run; ``fresh``: into an empty destination (else into what is there)."""
+    if fresh:
+        _empty(dest)
     logfile = folder / f"{tool}.log"
     m = measure.run(job.argv, log=logfile, timeout=timeout, cwd=folder,
                     env={**os.environ, **job.env})
     reason = ""
     if m.timed_out:
-        reason = f"timed out after {timeout:g} s"
+        reason = f"{TIMED_OUT} after {timeout:g} s"
     elif m.returncode != 0:
         reason = f"exit {m.returncode}: {_tail(logfile)}"
     else:

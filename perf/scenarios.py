@@ -1,9 +1,11 @@
 """The benchmark's workloads: generated deterministically from a seed, cached between runs.
 
 Every byte is seeded pseudo-random (SHAKE-128 output), so no tool can win by compression or
-deduplication, and two machines generate identical data. Generating ~2.7 GiB takes a minute,
-so each scenario is written once under the cache folder and reused while its parameters (and
-``VERSION``) are unchanged: ``scenario.json`` is written last and marks a complete folder.
+deduplication, and two machines generate identical data. Generating ~3.7 GiB takes a few
+minutes, so each data folder is written once under the cache folder and reused while its
+parameters (and ``VERSION``) are unchanged: ``scenario.json`` is written last and marks a
+complete folder. Scenarios that differ only in how they are served (big and big-tls; tail-ref,
+tail and tail-stall) share one data folder, named by ``Spec.data``, and so share parameters.
 """
 
 from __future__ import annotations
@@ -32,8 +34,21 @@ VERSION = 2
 BLOCK = 64 * MiB
 #: GOG V2 chunks hold at most this many uncompressed bytes.
 V2_CHUNK = MiB
+#: GOG's real V2 chunks: each inflates to 10 MiB (the gog scenario).
+GOG_CHUNK = 10 * MiB
 #: nginx throttles each response of the capped location to this (limit_rate 10m).
 CAP_BYTES_PER_S = 10 * MiB
+#: Timeout of each tail-stall run (full size): the stalled connections deliver 16 KiB/s, so a
+#: tool left waiting on one of its ranges runs for minutes; this bounds the scenario.
+STALL_TIMEOUT = 240.0
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """Served so that about one connection in ten is slow: nginx ``limit_rate`` from a ``map``
+    on ``$connection`` (connections whose serial number ends in 7 get ``rate`` bytes/s)."""
+
+    rate: int
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,16 @@ class Spec:
     build: Callable[[Path, dict[str, Any]], dict[str, Any]]
     capped: bool = False  # served through nginx's limit_rate location
     delayed: bool = False  # served through the delaying front
+    data: str = ""  # the data folder, when shared with another scenario (else ``name``)
+    throttle: Throttle | None = None  # some connections slow (the tail scenarios)
+    tls: bool = False  # over HTTPS, with a certificate from a CA made for the run
+    reference: str = ""  # the scenario whose mpdl time this one is measured against
+    extras: tuple[str, ...] = ()  # rows beyond the peers: "write-loop", "mpdl-rerun"
+    timeout: float | None = None  # seconds per run, unless --timeout says otherwise
+
+    @property
+    def folder(self) -> str:
+        return self.data or self.name
 
 
 @dataclass
@@ -144,21 +169,22 @@ def _objects(root: Path, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v2(root: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """GOG V2 style: files of 1 MiB zlib chunks, each chunk an object named by the md5 of its
-    compressed bytes (``chunks/ab/cd/<md5>``), md5 of the uncompressed bytes per part, and a
-    whole-file md5."""
+    """GOG V2 style: files of zlib chunks (``chunk`` bytes inflated, the last of a file less;
+    default 1 MiB), each chunk an object named by the md5 of its compressed bytes
+    (``chunks/ab/cd/<md5>``), md5 of the uncompressed bytes per part, and a whole-file md5."""
     seed, target = params["seed"], params["size"]
+    chunk = params.get("chunk", V2_CHUNK)
     counts = _sizes(f"{seed}:chunks", 10_000, 1, params["max_chunks"])
-    tails = _sizes(f"{seed}:tails", 10_000, 4 * KiB, V2_CHUNK)
+    tails = _sizes(f"{seed}:tails", 10_000, 4 * KiB, chunk)
     files: list[dict[str, Any]] = []
     expected, raw, downloads = [], [], []
     total = index = 0
     while total < target:
         path = f"game/data{index // 50}/file{index:04d}.dat"
-        size = min((counts[index] - 1) * V2_CHUNK + tails[index], target - total)
+        size = min((counts[index] - 1) * chunk + tails[index], target - total)
         whole, digest, parts = hashlib.md5(), xxhash.xxh3_128(), []
-        for start in range(0, size, V2_CHUNK):
-            data = _random(f"{seed}:{path}:{start}", min(V2_CHUNK, size - start))
+        for start in range(0, size, chunk):
+            data = _random(f"{seed}:{path}:{start}", min(chunk, size - start))
             packed = zlib.compress(data, 6)
             name = hashlib.md5(packed).hexdigest()
             url = f"chunks/{name[:2]}/{name[2:4]}/{name}"
@@ -179,6 +205,28 @@ def _v2(root: Path, params: dict[str, Any]) -> dict[str, Any]:
             "raw_expected": raw, "raw_bytes": sum(r[1] for r in raw)}
 
 
+def _v1(root: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """GOG V1 style: many small files, each a range of one blob (``main.bin``), md5 each, in
+    ``folders`` folders of consecutive files."""
+    seed, count, folders = params["seed"], params["count"], params["folders"]
+    sizes = _sizes(f"{seed}:sizes", count, params["min"], params["max"])
+    blob = _random(f"{seed}:main", sum(sizes))
+    _write(root / "main.bin", blob)
+    view = memoryview(blob)
+    files: list[dict[str, Any]] = []
+    expected = []
+    offset = 0
+    for i, size in enumerate(sizes):
+        data = view[offset:offset + size]
+        path = f"game/d{i * folders // count:04d}/f{i:06d}.dat"
+        files.append({"path": path, "size": size, "hash": f"md5:{hashlib.md5(data).hexdigest()}",
+                      "parts": [{"url": "main.bin", "offset": offset, "length": size}]})
+        expected.append([path, size, xxhash.xxh3_128_hexdigest(data)])
+        offset += size
+    return {"manifest": {"format": "mpdl/1", "files": files}, "bytes": offset,
+            "files": count, "expected": expected, "downloads": [["main.bin", "main.bin"]]}
+
+
 # The scenarios, full size and --quick.
 
 
@@ -191,18 +239,38 @@ def _depot_groups(big: int, big_n: int, mid: int, mid_n: int, small_n: int) -> l
     ]
 
 
+def _rate(rate: int) -> str:
+    return f"{rate // MiB} MiB/s" if rate % MiB == 0 else f"{rate // KiB} KiB/s"
+
+
 def specs(quick: bool) -> list[Spec]:
     """Every scenario, in report order; ``quick`` shrinks each to a second or so per tool."""
     q = quick
+    big = {"seed": "big", "file": "big.bin", "size": 16 * MiB if q else GiB}
+    tail = {"seed": "tail", "file": "tail.bin", "size": 16 * MiB if q else 512 * MiB}
+    tail_size = "16 MiB" if q else "512 MiB"
+    # Quick mode keeps the slow connections slower, but short: an 8 MiB range takes 1 s or 4 s.
+    slow, stall = (8 * MiB, 2 * MiB) if q else (MiB, 16 * KiB)
     return [
-        Spec("big", "single",
-             f"{'16 MiB' if q else '1 GiB'} single URL",
-             {"seed": "big", "file": "big.bin", "size": 16 * MiB if q else GiB}, _single),
+        Spec("big", "single", f"{'16 MiB' if q else '1 GiB'} single URL", big, _single),
+        Spec("big-tls", "single",
+             f"big's {'16 MiB' if q else '1 GiB'} over HTTPS (a CA made for the run; every "
+             "tool verifies)", big, _single, data="big", tls=True),
         Spec("capped", "single",
              f"{'16 MiB' if q else '512 MiB'} single URL, nginx limit_rate 10m per connection "
              "(sendfile_max_chunk 64k)",
              {"seed": "capped", "file": "capped.bin", "size": 16 * MiB if q else 512 * MiB},
              _single, capped=True),
+        Spec("tail-ref", "single", f"{tail_size} single URL, no slow connection: tail's "
+             "reference", tail, _single, data="tail"),
+        Spec("tail", "single",
+             f"tail-ref's {tail_size}, but 1 connection in 10 slow ({_rate(slow)})",
+             tail, _single, data="tail", throttle=Throttle(slow), reference="tail-ref"),
+        Spec("tail-stall", "single",
+             f"tail-ref's {tail_size}, but 1 connection in 10 nearly stalled ({_rate(stall)})"
+             + ("" if q else f"; runs time out at {STALL_TIMEOUT:g} s"),
+             tail, _single, data="tail", throttle=Throttle(stall), reference="tail-ref",
+             timeout=None if q else STALL_TIMEOUT),
         Spec("depot", "manifest",
              "2 x 4 MiB, 4 x 1 MiB, 100 files of 1-64 KiB" if q else
              "545 MiB: 2 x 150 MiB, 40 x 5 MiB, 3000 files of 1-64 KiB, each its own URL, md5",
@@ -213,6 +281,11 @@ def specs(quick: bool) -> list[Spec]:
              "per file, each chunk its own URL",
              {"seed": "v2", "size": 8 * MiB if q else 512 * MiB,
               "max_chunks": 4 if q else 32}, _v2),
+        Spec("gog", "manifest",
+             f"{'24 MiB' if q else '384 MiB'} of 10 MiB zlib chunks (GOG's real size), files "
+             f"of up to {3 if q else 8} chunks, md5 per chunk and per file",
+             {"seed": "gog", "size": 24 * MiB if q else 384 * MiB, "chunk": GOG_CHUNK,
+              "max_chunks": 3 if q else 8}, _v2),
         Spec("small", "manifest",
              f"{'200' if q else '10,000'} files of 1-16 KiB, each its own URL",
              {"seed": "small", "groups": [{"name": "small", "count": 200 if q else 10_000,
@@ -225,6 +298,11 @@ def specs(quick: bool) -> list[Spec]:
                                              "min": KiB, "max": 64 * KiB,
                                              "path": "assets/d{d:02d}/f{i:04d}.dat"}]},
              _objects, delayed=True),
+        Spec("v1-100k", "manifest",
+             f"{'2,000' if q else '100,000'} files of 1-2 KiB in {'26' if q else '1,261'} "
+             "folders, each a range of one main.bin (GOG V1), md5 each",
+             {"seed": "v1", "count": 2000 if q else 100_000, "folders": 26 if q else 1261,
+              "min": KiB, "max": 2 * KiB}, _v1, extras=("write-loop", "mpdl-rerun")),
     ]
 
 
@@ -247,12 +325,12 @@ def profile_root(cache: Path, quick: bool) -> Path:
 
 def load(spec: Spec, root: Path, log: Callable[[str], None] = lambda _: None) -> Scenario:
     """The scenario under ``root/<name>``, generated first unless a matching one is cached."""
-    folder = root / spec.name
+    folder = root / spec.folder
     meta_path = folder / "scenario.json"
     wanted = {"version": VERSION, "params": spec.params}
     meta = _read_meta(meta_path)
     if meta is None or {k: meta.get(k) for k in wanted} != wanted:
-        log(f"generating {spec.name}: {spec.description} (cached in {folder})")
+        log(f"generating {spec.folder}: {spec.description} (cached in {folder})")
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         meta = {**wanted, **spec.build(folder, spec.params)}
@@ -292,6 +370,6 @@ def warm(scenario: Scenario) -> None:
 
 if __name__ == "__main__":  # python -m perf.scenarios [--quick]: generate only
     quick = "--quick" in sys.argv
-    for spec in specs(quick):
+    for spec in {spec.folder: spec for spec in specs(quick)}.values():
         s = load(spec, profile_root(default_cache(), quick), print)
         print(f"{s.name}: {s.files} files, {s.bytes / MiB:.1f} MiB")

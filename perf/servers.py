@@ -1,8 +1,9 @@
 """The servers the tools download from: nginx, and a front that delays every request.
 
 nginx runs with its own prefix and config in a temp folder (never /etc/nginx) on a free
-127.0.0.1 port. This is the one nginx starter of the repo: the tests start theirs through it
-too (tests/helpers.py), with one worker and no open-file cache. The delaying front is a separate
+127.0.0.1 port (and, given a certificate, on a second one with TLS). This is the one nginx
+starter of the repo: the tests start theirs through it too (tests/helpers.py), with one worker
+and no open-file cache. The delaying front is a separate
 Python process, so its CPU and its event loop compete with no tool's measurement and hold no
 lock of the harness.
 
@@ -25,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ http {{
     tcp_nodelay on;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
-{file_cache}    types {{ }}
+{file_cache}{maps}    types {{ }}
     default_type application/octet-stream;
 
     # Every temp path in the tmp folder: the compiled-in ones need root.
@@ -73,8 +74,32 @@ http {{
             limit_rate 10m;
             sendfile_max_chunk 64k;
         }}
+{locations}    }}
+{tls_server}}}
+"""
+#: One throttled location: ``/throttled/<name>/`` serves the folder ``<data>`` with the rate its
+#: map gives the connection (0: no limit). nginx takes a variable in limit_rate from 1.17.
+THROTTLED_LOCATION = """\
+        location /throttled/{name}/ {{
+            alias "{root}/{data}/";
+            limit_rate ${variable};
+            sendfile_max_chunk 64k;
+        }}
+"""
+#: Connections whose serial number ends in 7 (one in ten) get ``rate`` bytes/s.
+THROTTLE_MAP = """\
+    map $connection ${variable} {{
+        "~7$" {rate};
+        default 0;
     }}
-}}
+"""
+TLS_SERVER = """\
+    server {{
+        listen {host}:{port} ssl;
+        ssl_certificate "{cert}";
+        ssl_certificate_key "{key}";
+        root "{root}";
+    }}
 """
 #: Descriptors, sizes and mtimes of up to 20,000 files kept for 60 s: nginx then opens a small
 #: file once, not once per request. A file rewritten while cached is served with stale sizes.
@@ -85,10 +110,29 @@ NGINX_MISSING = "nginx not found (sh tests/install.sh, or apt-get install nginx-
 
 @dataclass(frozen=True)
 class Server:
-    """A running server: ``url`` ends with "/"."""
+    """A running server: ``url`` ends with "/"; ``tls_url`` too, when it also serves HTTPS."""
 
     url: str
     port: int
+    tls_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Throttled:
+    """A folder of the served root (``data``), served again at ``/throttled/<name>/`` with
+    connections whose serial number ends in 7 limited to ``rate`` bytes/s."""
+
+    name: str
+    data: str
+    rate: int
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A server certificate and its key (PEM files), for nginx's TLS listener."""
+
+    cert: Path
+    key: Path
 
 
 def free_port() -> int:
@@ -107,25 +151,39 @@ def nginx_version(binary: str) -> str:
     return (out.stderr or out.stdout).strip().replace("nginx version: ", "")
 
 
+def _variable(name: str) -> str:
+    return "perf_rate_" + "".join(c if c.isalnum() else "_" for c in name)
+
+
 @contextlib.contextmanager
-def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True) -> Iterator[Server]:
+def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
+          throttled: Sequence[Throttled] = (), tls: Certificate | None = None) -> Iterator[Server]:
     """nginx serving ``root`` until the block ends; its config, pid and logs live in ``tmp``.
 
     ``workers`` worker processes: a single one is running once the port answers (it is what
     answers); with more, the port may answer while the last is still being forked.
     ``file_cache`` turns FILE_CACHE on. ``/capped/`` is served at 10 MiB/s per response (the
-    capped scenario). Raises RuntimeError without nginx (NGINX_MISSING), or with nginx's logs
-    when it does not answer.
+    capped scenario), each of ``throttled`` at ``/throttled/<name>/``; with ``tls``, ``root`` is
+    also served over HTTPS on a second port (``Server.tls_url``). Raises RuntimeError without
+    nginx (NGINX_MISSING), or with nginx's logs when it does not answer.
     """
     binary = find_nginx()
     if binary is None:
         raise RuntimeError(NGINX_MISSING)
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    tls_port = free_port() if tls else None
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(
         tmp=tmp, port=port, root=root, host=HOST, workers=workers,
         file_cache=FILE_CACHE if file_cache else "",
+        maps="".join(THROTTLE_MAP.format(variable=_variable(t.name), rate=t.rate)
+                     for t in throttled),
+        locations="".join(THROTTLED_LOCATION.format(name=t.name, data=t.data, root=root,
+                                                    variable=_variable(t.name))
+                          for t in throttled),
+        tls_server=TLS_SERVER.format(host=HOST, port=tls_port, cert=tls.cert, key=tls.key,
+                                     root=root) if tls else "",
         user=pwd.getpwuid(os.geteuid()).pw_name, group=grp.getgrgid(os.getegid()).gr_name))
     command = [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
                "-g", "daemon off;"]
@@ -134,7 +192,8 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True) -
                                 start_new_session=True)
     try:
         _wait_for_http(proc, port, tmp)
-        yield Server(f"http://{HOST}:{port}/", port)
+        yield Server(f"http://{HOST}:{port}/", port,
+                     f"https://{HOST}:{tls_port}/" if tls_port else None)
     finally:
         _stop(proc)
 

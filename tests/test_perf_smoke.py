@@ -2,8 +2,10 @@
 
 No timing is asserted (CI machines are noisy); what must hold is that the harness runs every
 scenario and every peer, checks mpdl's output and finds it right, reports missing peers as
-missing, writes its three reports, and leaves no process or shared memory behind (the autouse
-``no_leaks`` fixture). Under CI=true a missing prerequisite fails the test instead of skipping.
+missing, writes its three reports with a verdict on every target, and leaves no process or
+shared memory behind (the autouse ``no_leaks`` fixture). Over HTTPS every installed peer must
+succeed, which it can only do if it was given the run's CA, since every tool verifies. Under
+CI=true a missing prerequisite fails the test instead of skipping.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import urllib3
 from helpers import REPO, skip_or_fail  # REPO is on sys.path: perf/ is not installed with mpdl
 
-from perf import peers, report, runner, scenarios, servers
+from perf import peers, report, runner, scenarios, servers, targets, tls
 
-TIMEOUT = 120
-SCENARIOS = ["big", "capped", "depot", "v2", "small", "latency"]
+TIMEOUT = 180
+SCENARIOS = ["big", "big-tls", "capped", "tail-ref", "tail", "tail-stall", "depot", "v2", "gog",
+             "small", "latency", "v1-100k"]
 
 
 def _require(what: str, present: object) -> None:
@@ -62,6 +66,7 @@ def _run_quick(out: Path) -> subprocess.CompletedProcess[str]:
 
 def test_quick_benchmark_runs_every_scenario_and_peer(tmp_path: Path) -> None:
     _require("nginx", servers.find_nginx())
+    _require("openssl", tls.find_openssl())
     _require("matplotlib", importlib.util.find_spec("matplotlib"))
     out = tmp_path / "results"
     done = _run_quick(out)
@@ -73,13 +78,25 @@ def test_quick_benchmark_runs_every_scenario_and_peer(tmp_path: Path) -> None:
     data = json.loads((out / "results.json").read_text())
     markdown = (out / "results.md").read_text()
 
-    assert list(data["scenarios"]) == SCENARIOS
+    assert list(data["scenarios"]) == SCENARIOS == scenarios.NAMES
+    extras = {spec.name: spec.extras for spec in scenarios.specs(quick=True)}
     for name, scenario in data["scenarios"].items():
         mpdl = scenario["results"]["mpdl"]
         assert mpdl["status"] == "ok", (name, mpdl["reason"])
         assert mpdl["runs"] and all(run["ok"] for run in mpdl["runs"]), name
         assert mpdl["median_wall_s"] > 0 and mpdl["ratio_to_mpdl"] == pytest.approx(1.0)
-        assert set(scenario["results"]) == {"mpdl", *peers.PEERS}, name
+        assert mpdl["cpu_s_per_gib"] > 0, name
+        assert set(scenario["results"]) == {"mpdl", *peers.PEERS, *extras[name]}, name
+    for extra in ("write-loop", "mpdl-rerun"):  # v1-100k's reference rows ran, and were right
+        assert data["scenarios"]["v1-100k"]["results"][extra]["status"] == "ok", extra
+    for name in ("tail", "tail-stall"):  # measured against mpdl's own no-slow time
+        assert data["scenarios"][name]["mpdl_to_reference"] > 0, name
+        assert "× mpdl's tail-ref time" in markdown
+
+    verdicts = data["targets"]
+    assert {v["status"] for v in verdicts} <= {targets.MET, targets.MISSED, targets.NO_DATA}
+    assert len(verdicts) == len(targets.TARGETS), [v["target"] for v in verdicts]
+    assert "## Targets" in markdown and all(v["target"] in markdown for v in verdicts)
 
     for peer in peers.PEERS:
         installed = _installed(peer)
@@ -97,6 +114,10 @@ def test_quick_benchmark_runs_every_scenario_and_peer(tmp_path: Path) -> None:
     # The baseline is ours and does everything: it must be right everywhere.
     for name, scenario in data["scenarios"].items():
         assert scenario["results"]["baseline"]["status"] == "ok", (name, scenario["results"])
+    # Over HTTPS, every tool verifies: one not given the run's CA fails.
+    for peer, result in data["scenarios"]["big-tls"]["results"].items():
+        if _installed(peer):
+            assert result["status"] == "ok", (peer, result["reason"])
 
 
 def test_a_missing_peer_is_reported_as_missing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,3 +138,85 @@ def test_a_missing_peer_is_reported_as_missing(monkeypatch: pytest.MonkeyPatch) 
     data = report.to_json(results, tools, meta)
     assert data["peers"]["aria2c"]["status"] == "missing"
     assert data["scenarios"][spec.name]["results"]["aria2c"]["status"] == "missing"
+
+
+def _big_tls_context(tmp_path: Path) -> peers.Context:
+    spec = next(s for s in scenarios.specs(quick=True) if s.name == "big-tls")
+    scenario = scenarios.Scenario(spec=spec, root=tmp_path, bytes=1, files=1, url="big.bin",
+                                  expected=[scenarios.Expect("big.bin", 1, "")])
+    return peers.Context(scenario, "https://127.0.0.1:1/big/", tmp_path / "dest", tmp_path,
+                         ca=tmp_path / "ca.pem")
+
+
+INSECURE = {"-k", "--insecure", "--check-certificate=false", "--no-check-certificate"}
+
+
+def test_every_tool_is_given_the_ca_and_none_is_told_not_to_verify(tmp_path: Path) -> None:
+    """Without running anything: each tool's command for big-tls names the run's CA (in its
+    arguments or as SSL_CERT_FILE), and no command turns verification off."""
+    ctx = _big_tls_context(tmp_path)
+    for tool in peers.TOOLS:
+        if not peers.availability(tool).available:
+            continue
+        job = peers.job(tool, ctx)
+        ca = str(ctx.ca)
+        named = any(ca in arg for arg in job.argv) or job.env.get("SSL_CERT_FILE") == ca
+        assert named, (tool, job.argv, job.env)
+        assert not INSECURE & set(job.argv), (tool, job.argv)
+
+
+def test_nginx_throttles_and_serves_https_the_run_ca_verifies(tmp_path: Path) -> None:
+    """The servers the new scenarios need: a throttled alias of a folder, and HTTPS whose
+    certificate verifies against the run's CA (and against nothing else)."""
+    _require("nginx", servers.find_nginx())
+    _require("openssl", tls.find_openssl())
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "f.bin").write_bytes(b"x" * 100_000)
+    authority = tls.make_authority(tmp_path / "tls")
+    throttled = [servers.Throttled("slow", "data", 1024)]
+    with servers.nginx(root, tmp_path / "nginx", throttled=throttled,
+                       tls=authority.server) as web:
+        assert web.tls_url is not None
+        plain = urllib3.PoolManager(retries=False)
+        assert plain.request("GET", web.url + "throttled/slow/f.bin").data == b"x" * 100_000
+        trusting = urllib3.PoolManager(ca_certs=str(authority.ca), retries=False)
+        assert trusting.request("GET", web.tls_url + "data/f.bin").status == 200
+        with pytest.raises(urllib3.exceptions.SSLError):
+            urllib3.PoolManager(retries=False).request("GET", web.tls_url + "data/f.bin")
+    assert "perf_rate_slow" in (tmp_path / "nginx" / "nginx.conf").read_text()
+    assert not (tmp_path / "tls" / "ca.key").exists(), "the CA's key outlived its one use"
+
+
+def _tool(tool: str, wall: float | None, status: str = "ok", reason: str = "") -> runner.ToolResult:
+    runs = [] if wall is None and status != "FAILED" else \
+        [runner.Run(wall=wall or 1.0, cpu=1.0, peak_pss=100 * 2**20, ok=status == "ok",
+                    reason=reason)]
+    return runner.ToolResult(tool, status, reason, connections=16, payload=2**30, runs=runs)
+
+
+def _scenario(name: str, **tools: runner.ToolResult) -> runner.ScenarioResult:
+    spec = next(s for s in scenarios.specs(quick=True) if s.name == name)
+    scenario = scenarios.Scenario(spec=spec, root=Path("/nonexistent"), bytes=2**30, files=1)
+    return runner.ScenarioResult(scenario, f"http://127.0.0.1:1/{name}/", tools)
+
+
+def test_targets_are_judged_on_timed_runs_only() -> None:
+    """Pure logic: a timed-out peer counts as slower, a missing one gives no data, and the
+    tail target compares mpdl with its own time on tail-ref."""
+    results = [
+        _scenario("big", mpdl=_tool("mpdl", 1.0), hf_transfer=_tool("hf_transfer", 2.0),
+                  baseline=_tool("baseline", None, "missing", "not installed")),
+        _scenario("tail-ref", mpdl=_tool("mpdl", 1.0)),
+        _scenario("tail-stall", mpdl=_tool("mpdl", 1.2),
+                  axel=_tool("axel", None, "FAILED", "timed out after 240 s"),
+                  hf_transfer=_tool("hf_transfer", 5.0)),
+    ]
+    verdicts = {v.target: v for v in targets.evaluate(results)}
+    assert verdicts["big: at most 0.8 × hf_transfer's time"].status == targets.MET
+    assert verdicts["big: at most baseline's time"].status == targets.NO_DATA
+    own = verdicts["tail-stall: at most 1.3 × mpdl's own time without slow connections"]
+    assert own.status == targets.MET and "1.20×" in own.detail
+    fastest = verdicts["tail-stall: faster than every peer"]
+    assert fastest.status == targets.MET and "axel timed out" in fastest.detail
+    assert not any(t.startswith("gog") for t in verdicts)  # gog did not run: not judged
