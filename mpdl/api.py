@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -131,7 +132,9 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
         log.info("%d tasks, %d files, %d workers, %d connections, ring %d x %d KiB",
                  len(plan.tasks), len(plan.files), opts.workers, min(opts.connections, slots),
                  slots, plan.slot_size // 1024)
-        scheduler = Scheduler(plan, planner=planner, mirrors=manifest.mirrors, layout=layout,
+        # Mirrors are asked at every dispatch: resolve each object's once.
+        mirrors = functools.cache(manifest.mirrors)
+        scheduler = Scheduler(plan, planner=planner, mirrors=mirrors, layout=layout,
                               limits=limits, policy=RetryPolicy(max_attempts=opts.max_attempts),
                               have=have, journaling=True, can_refresh=refresh_url is not None,
                               counts=tracker.counts)

@@ -384,6 +384,8 @@ def _path(value: object, where: str) -> str:
 
 def _utf8(value: str, where: str) -> None:
     """JSON can carry lone surrogates ("\\ud800"); no file system or URL can."""
+    if value.isascii():  # the common case, and much cheaper than encoding
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
