@@ -74,14 +74,14 @@ def test_records_in_replies_out_and_an_unknown_record_is_refused(tmp_path: Path)
         with ring.view(0) as view:
             view[100:100 + len(data)] = data
         staging, final = tmp_path / "s" / "f.part", tmp_path / "f"
-        assert writer.handle(OpenFile(file_id=7, staging=str(staging), size=len(data),
-                                      algo="md5")) == []
         pieces = (Piece(file_id=7, file_offset=0, slot_offset=100, length=len(data)),)
-        assert writer.handle(WriteSlot(slot=0, pieces=pieces)) == [
-            SlotWritten(slot=0, written=len(data))]
         close = CloseFile(file_id=7, keep=True, destination=str(final),
                           hash="md5:" + hashlib.md5(data).hexdigest(), executable=False)
-        assert writer.handle(close) == [FileClosed(file_id=7, ok=True, reason="")]
+        for record in (OpenFile(file_id=7, staging=str(staging), size=len(data), algo="md5"),
+                       WriteSlot(slot=0, pieces=pieces), close):
+            assert writer.handle(record) == []  # the replies come from the jobs
+        assert replies(writer) == [SlotWritten(slot=0, written=len(data)),
+                                   FileClosed(file_id=7, ok=True, reason="")]
         assert final.read_bytes() == data
         for record in (Stop(), Fetch(task_id=1, attempt=0, url="u", offset=0, length=1,
                                      ranged=False, exact=True, compression=None, size=1,
@@ -91,3 +91,12 @@ def test_records_in_replies_out_and_an_unknown_record_is_refused(tmp_path: Path)
     finally:
         writer.close_all()
         ring.close()
+
+
+def replies(writer: Writer) -> list:
+    """Every reply of the jobs submitted so far, in the order they were queued."""
+    writer.drain()
+    out = []
+    while not writer.replies.empty():
+        out += writer.replies.get()
+    return out
