@@ -42,6 +42,9 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 READ_BACK = 1024 * 1024
 # A Sync of more files than this is one syncfs(2) of the whole filesystem.
 SYNCFS_OVER = 16
+# A fresh file this small is not given its size up front: its bytes come in a piece or two,
+# and a file left short by a crash is only fetched again (resuming needs the full size).
+NO_TRUNCATE_UP_TO = 64 * 1024
 # Threads doing the writer's system calls: on 2 cores, 4 keep both busy while some wait on
 # a directory's lock or on memory.
 WRITER_THREADS = 4
@@ -294,8 +297,11 @@ class Writer:
             fd = os.open(record.staging, flags, 0o644)
             self.fds.use(staged, fd)
             try:
-                if record.size and (record.fresh or os.fstat(fd).st_size != record.size):
-                    os.ftruncate(fd, record.size)  # sparse: no zero-filling pass over the disk
+                if record.fresh:
+                    if record.size and record.size > NO_TRUNCATE_UP_TO:
+                        os.ftruncate(fd, record.size)  # sparse: no zero-filling pass
+                elif record.size and os.fstat(fd).st_size != record.size:
+                    os.ftruncate(fd, record.size)
             finally:
                 self.fds.release(staged)
             if record.algo and record.size and record.fresh and hasattr(os, "preadv"):
