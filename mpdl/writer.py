@@ -1,9 +1,16 @@
 """The writer process: ring slots to file offsets, then verification and the final rename.
 
-One process owns every file descriptor, so writes need no locks and land with ``pwrite``
-at their offsets in any order. A file gets its final name only after its hash matched.
-``Writer.handle`` applies one record and returns the replies; ``writer_main`` is the loop
-that feeds it, and ends on Stop. A record that is not a ToWriter is a bug: UnknownRecord.
+One process owns every file descriptor. Inside it a few threads do the system calls, since
+the kernel's work (copying into the page cache, allocating inodes, renaming) is what the
+workers would otherwise wait on, and the calls release the GIL. ``Writer.handle`` turns each
+record into a job for them and returns at once; a job's replies reach the coordinator through
+``Writer.replies``, which ``writer_main``'s sender thread drains. The rules of a single
+writer still hold, through the jobs each job waits for (only jobs submitted earlier, so the
+pool never deadlocks): a file's writes wait for its OpenFile, its CloseFile waits for its
+writes, and a Sync waits for every job before it. So a SlotWritten goes out only after its
+bytes are written, a file gets its final name only after its hash matched, and Synced only
+after fsync/syncfs covered every write sent before the Sync. A record that is not a ToWriter
+is a bug: UnknownRecord.
 """
 
 from __future__ import annotations
@@ -13,15 +20,19 @@ import errno
 import functools
 import logging
 import os
+import queue
+import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 
 from .child import batches, child_setup
 from .hashing import hash_file, new_hasher, parse_hash
 from .layout import make_folder_inside
-from .messages import (CloseFile, FileClosed, FromWriter, OpenFile, SlotWritten, Stop, Sync,
-                       Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
+from .messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotWritten, Stop,
+                       Sync, Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
 from .ranges import RangeSet
 from .ring import Ring, RingSpec
 
@@ -31,6 +42,15 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 READ_BACK = 1024 * 1024
 # A Sync of more files than this is one syncfs(2) of the whole filesystem.
 SYNCFS_OVER = 16
+# A fresh file this small is not given its size up front: its bytes come in a piece or two,
+# and a file left short by a crash is only fetched again (resuming needs the full size).
+NO_TRUNCATE_UP_TO = 64 * 1024
+# Threads doing the writer's system calls: on 2 cores, 4 keep both busy while some wait on
+# a directory's lock or on memory.
+WRITER_THREADS = 4
+# Jobs submitted and not done, at most: beyond, the record loop waits, so the writer's memory
+# stays bounded however far the coordinator runs ahead (100,000 small files come fast).
+MAX_JOBS = 2048
 # Errors that say something about one path (a file where a folder must go, a name too long),
 # not about the disk: they fail that file and the run goes on.
 PER_FILE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP,
@@ -95,73 +115,179 @@ class StreamHash:
         return self.hasher.hexdigest() if self.done == self.size else None
 
 
-class Writer:
-    """The writer's state: staging files by file id, and a bounded set of open descriptors.
+class Staged:
+    """One staging file as the jobs share it: its descriptor (opened on demand, see FdCache),
+    its streamed hash, and whether a job dropped it after an error that fails this file."""
+
+    __slots__ = ("file_id", "path", "fd", "users", "stream", "lock", "opened", "writes",
+                 "dropped")
+
+    def __init__(self, file_id: int, path: str) -> None:
+        self.file_id = file_id
+        self.path = path
+        self.fd: int | None = None
+        self.users = 0  # jobs using ``fd`` now: it is not closed under them
+        self.stream: StreamHash | None = None
+        self.lock = threading.Lock()  # the streamed hash takes the file's bytes in order
+        self.opened: Future | None = None  # the job that creates it
+        self.writes: list[Future] = []  # its write jobs not known to be done
+        self.dropped = False
+
+
+class FdCache:
+    """The descriptors of staging files, at most ``limit`` of them open when none is in use.
 
     One merged request can carry thousands of small files, so descriptors are kept for the
-    files written most recently only, and reopened when needed.
+    files used most recently only, and reopened when needed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.open: OrderedDict[Staged, None] = OrderedDict()
+
+    def use(self, staged: Staged, fd: int | None = None) -> int:
+        """``staged``'s descriptor, held until ``release`` (``fd``: the one just created)."""
+        with self.lock:
+            if fd is not None:
+                staged.fd = fd
+            elif staged.fd is None:
+                staged.fd = os.open(staged.path, os.O_RDWR | _O_BINARY)
+            staged.users += 1
+            self.open[staged] = None
+            self.open.move_to_end(staged)
+            if len(self.open) > self.limit:
+                self._evict()
+            return staged.fd
+
+    def release(self, staged: Staged) -> None:
+        with self.lock:
+            staged.users -= 1
+
+    def close(self, staged: Staged) -> None:
+        with self.lock:
+            self.open.pop(staged, None)
+            if staged.fd is not None:
+                os.close(staged.fd)
+                staged.fd = None
+
+    def close_all(self) -> None:
+        with self.lock:
+            for staged in self.open:
+                if staged.fd is not None:
+                    os.close(staged.fd)
+                    staged.fd = None
+            self.open.clear()
+
+    def _evict(self) -> None:
+        for staged in list(self.open):
+            if len(self.open) <= self.limit:
+                return
+            if staged.users == 0:
+                del self.open[staged]
+                os.close(staged.fd)
+                staged.fd = None
+
+
+class Writer:
+    """The writer's state: staging files by file id, the jobs in flight, and their replies.
+
+    ``handle`` runs in one thread (the record loop's); jobs run in the pool. ``files`` is the
+    loop's own: it says which staging file a record means when the record comes.
     """
 
     MAX_OPEN = 128
 
-    def __init__(self, ring: Ring, dest: str) -> None:
+    def __init__(self, ring: Ring, dest: str, threads: int = WRITER_THREADS) -> None:
         self.ring = ring
         self.dest = dest
-        self.fds: OrderedDict[int, int] = OrderedDict()
-        self.staging: dict[int, str] = {}
-        self.hashes: dict[int, StreamHash] = {}
+        self.files: dict[int, Staged] = {}
+        self.fds = FdCache(self.MAX_OPEN)
         self.made: set[str] = set()  # staging folders known to exist
-        self.buffer = memoryview(bytearray(READ_BACK))
         self.folders: dict[str, bool] = {}
+        self.replies: queue.SimpleQueue[list[FromWriter]] = queue.SimpleQueue()
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mpdl-writer")
+        self.jobs: set[Future] = set()  # submitted, not done: what a Sync waits for
+        self.jobs_lock = threading.Lock()
+        self.room = threading.BoundedSemaphore(MAX_JOBS)
+        self.local = threading.local()  # each thread's read-back buffer
 
-    def _fd(self, file_id: int) -> int:
-        fd = self.fds.get(file_id)
-        if fd is not None:
-            self.fds.move_to_end(file_id)
-            return fd
-        return self._keep_open(file_id, os.open(self.staging[file_id], os.O_RDWR | _O_BINARY))
-
-    def _keep_open(self, file_id: int, fd: int) -> int:
-        if len(self.fds) >= self.MAX_OPEN:
-            os.close(self.fds.popitem(last=False)[1])
-        self.fds[file_id] = fd
-        return fd
-
-    def _checked_folder(self, folder: str) -> bool:
-        """Create ``folder`` unless a link on its way leads out of DEST (cached per folder)."""
-        if folder not in self.folders:
-            self.folders[folder] = make_folder_inside(folder, self.dest)
-        return self.folders[folder]
-
-    def _file_error(self, file_id: int, path: str, exc: OSError) -> FileClosed | WriteFailed:
-        """A disk-wide error stops the run; a problem with this one path fails this file."""
-        if exc.errno in PER_FILE_ERRORS:
-            self._drop(file_id)
-            return FileClosed(file_id=file_id, ok=False, reason=f"{path}: {_why(exc)}")
-        return WriteFailed(file_id=file_id, path=path, reason=_why(exc))
-
-    def _drop(self, file_id: int) -> None:
-        self.hashes.pop(file_id, None)
-        fd = self.fds.pop(file_id, None)
-        if fd is not None:
-            os.close(fd)
-        staging = self.staging.pop(file_id, None)
-        if staging is not None:
-            _remove(staging)
+    # -- records in ------------------------------------------------------------------------------
 
     def handle(self, record: ToWriter) -> list[FromWriter]:
-        """Apply one record; Stop is writer_main's to act on, not a record to apply."""
+        """Submit the job for one record; returns the replies that need no job (most come
+        later, through ``replies``). Stop is writer_main's to act on, not a record to apply."""
         if isinstance(record, WriteSlot):
             return self.write(record)
         if isinstance(record, OpenFile):
             return self.open(record)
         if isinstance(record, CloseFile):
-            return [self.close(record)]
+            return self.close(record)
         if isinstance(record, Sync):
-            return [self.sync(record)]
+            return self.sync(record)
         raise UnknownRecord("writer", record)
 
     def open(self, record: OpenFile) -> list[FromWriter]:
+        staged = self.files[record.file_id] = Staged(record.file_id, record.staging)
+        staged.opened = self._submit(self._open, (), staged, record)
+        return []
+
+    def write(self, record: WriteSlot) -> list[FromWriter]:
+        pieces = [(self.files[p.file_id], p) for p in record.pieces if p.file_id in self.files]
+        after = {staged.opened for staged, _ in pieces}
+        job = self._submit(self._write, after, record.slot, pieces)
+        for staged in {staged for staged, _ in pieces}:
+            if len(staged.writes) >= 64:
+                staged.writes = [w for w in staged.writes if not w.done()]
+            staged.writes.append(job)
+        return []
+
+    def close(self, record: CloseFile) -> list[FromWriter]:
+        staged = self.files.pop(record.file_id, None)
+        if staged is None:
+            return [FileClosed(file_id=record.file_id, ok=False, reason="never opened")]
+        self._submit(self._close, [staged.opened, *staged.writes], staged, record)
+        return []
+
+    def sync(self, record: Sync) -> list[FromWriter]:
+        with self.jobs_lock:
+            before = set(self.jobs)
+        self._submit(self._sync, before, record)
+        return []
+
+    def _submit(self, job: Callable[..., list[FromWriter]], after: Iterable[Future | None],
+                *args: object) -> Future:
+        self.room.acquire()
+        future = self.pool.submit(self._run, job, [f for f in after if f is not None], args)
+        with self.jobs_lock:
+            self.jobs.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: Future) -> None:
+        with self.jobs_lock:
+            self.jobs.discard(future)
+        self.room.release()
+
+    def _run(self, job: Callable[..., list[FromWriter]], after: list[Future],
+             args: tuple) -> None:
+        """Wait for the jobs this one comes after, run it, queue its replies before it counts
+        as done (so the replies of the jobs that wait for it come after its own). A bug in a
+        job must not leave the run waiting for replies that never come: the writer exits, and
+        the coordinator starts a new one that redoes what was not durable."""
+        try:
+            if after and any(f.cancelled() for f in wait(after).done):
+                return  # stopping: what it comes after never ran, so neither does it
+            replies = job(*args)
+            if replies:
+                self.replies.put(replies)
+        except BaseException:
+            log.exception("the writer's job %s failed", getattr(job, "__name__", job))
+            os._exit(70)
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def _open(self, staged: Staged, record: OpenFile) -> list[FromWriter]:
         try:
             folder = os.path.dirname(record.staging)
             if folder not in self.made:
@@ -169,80 +295,86 @@ class Writer:
                 self.made.add(folder)
             flags = os.O_RDWR | os.O_CREAT | _O_BINARY | (os.O_TRUNC if record.fresh else 0)
             fd = os.open(record.staging, flags, 0o644)
-            self.staging[record.file_id] = record.staging
-            self._keep_open(record.file_id, fd)
-            if record.size and (record.fresh or os.fstat(fd).st_size != record.size):
-                os.ftruncate(fd, record.size)  # sparse: no zero-filling pass over the disk
+            self.fds.use(staged, fd)
+            try:
+                if record.fresh:
+                    if record.size and record.size > NO_TRUNCATE_UP_TO:
+                        os.ftruncate(fd, record.size)  # sparse: no zero-filling pass
+                elif record.size and os.fstat(fd).st_size != record.size:
+                    os.ftruncate(fd, record.size)
+            finally:
+                self.fds.release(staged)
             if record.algo and record.size and record.fresh and hasattr(os, "preadv"):
-                self.hashes[record.file_id] = StreamHash(record.algo, record.size)
+                staged.stream = StreamHash(record.algo, record.size)
         except OSError as exc:
-            return [self._file_error(record.file_id, record.staging, exc)]
+            return [self._file_error(staged, exc)]
         return []
 
-    def write(self, record: WriteSlot) -> list[FromWriter]:
+    def _write(self, slot: int, pieces: list[tuple[Staged, Piece]]) -> list[FromWriter]:
         replies: list[FromWriter] = []
         written = 0
-        with self.ring.view(record.slot) as view:
-            for piece in record.pieces:
-                if piece.file_id not in self.staging:
+        with self.ring.view(slot) as view:
+            for staged, piece in pieces:
+                if staged.dropped:
                     continue
                 try:
-                    fd = self._fd(piece.file_id)
-                    data = view[piece.slot_offset:piece.slot_offset + piece.length]
-                    write_at(fd, data, piece.file_offset)
-                    written += piece.length
-                    stream = self.hashes.get(piece.file_id)
-                    if stream is not None:
-                        stream.wrote(fd, piece.file_offset, data, self.buffer)
+                    fd = self.fds.use(staged)
+                    try:
+                        data = view[piece.slot_offset:piece.slot_offset + piece.length]
+                        write_at(fd, data, piece.file_offset)
+                        written += piece.length
+                        if staged.stream is not None:
+                            with staged.lock:
+                                staged.stream.wrote(fd, piece.file_offset, data, self._buffer())
+                    finally:
+                        self.fds.release(staged)
                 except OSError as exc:
-                    staging = self.staging[piece.file_id]
-                    replies.append(self._file_error(piece.file_id, staging, exc))
-        replies.append(SlotWritten(slot=record.slot, written=written))
+                    if not staged.dropped:  # else a job failed it meanwhile, and said so
+                        replies.append(self._file_error(staged, exc))
+        replies.append(SlotWritten(slot=slot, written=written))
         return replies
 
-    def close(self, record: CloseFile) -> FileClosed | WriteFailed:
-        fd = self.fds.pop(record.file_id, None)
-        staging = self.staging.pop(record.file_id, None)
-        stream = self.hashes.pop(record.file_id, None)
-        if fd is not None:
-            os.close(fd)
-        if staging is None:
-            return FileClosed(file_id=record.file_id, ok=False, reason="never opened")
+    def _close(self, staged: Staged, record: CloseFile) -> list[FromWriter]:
+        self.fds.close(staged)
+        if staged.dropped:
+            return [FileClosed(file_id=record.file_id, ok=False, reason="never opened")]
+        path = staged.path
         if not record.keep:
-            _remove(staging)
-            return FileClosed(file_id=record.file_id, ok=False, reason="discarded")
+            _remove(path)
+            return [FileClosed(file_id=record.file_id, ok=False, reason="discarded")]
         try:
             if record.hash:
                 spec = parse_hash(record.hash)
-                actual = stream.digest() if stream is not None else None
+                actual = staged.stream.digest() if staged.stream is not None else None
                 if actual is None:
-                    actual = hash_file(staging, spec.algo)
+                    actual = hash_file(path, spec.algo)
                 if not spec.matches(actual):
-                    _remove(staging)
-                    return FileClosed(file_id=record.file_id, ok=False,
-                                      reason=f"{spec.algo} is {actual}, the manifest says "
-                                             f"{spec.hexdigest}", mismatch=True)
+                    _remove(path)
+                    return [FileClosed(file_id=record.file_id, ok=False,
+                                       reason=f"{spec.algo} is {actual}, the manifest says "
+                                              f"{spec.hexdigest}", mismatch=True)]
             if record.executable:
-                mode = os.stat(staging).st_mode
-                os.chmod(staging, mode | ((mode & 0o444) >> 2))  # x wherever r is set
+                mode = os.stat(path).st_mode
+                os.chmod(path, mode | ((mode & 0o444) >> 2))  # x wherever r is set
             if not self._checked_folder(os.path.dirname(record.destination)):
-                _remove(staging)
-                return FileClosed(file_id=record.file_id, ok=False,
-                                  reason="its folder leads out of the destination")
-            os.replace(staging, record.destination)
+                _remove(path)
+                return [FileClosed(file_id=record.file_id, ok=False,
+                                   reason="its folder leads out of the destination")]
+            os.replace(path, record.destination)
         except OSError as exc:
             if exc.errno in PER_FILE_ERRORS:
-                _remove(staging)
-                return FileClosed(file_id=record.file_id, ok=False,
-                                  reason=f"{record.destination}: {_why(exc)}")
-            return WriteFailed(file_id=record.file_id, path=record.destination, reason=_why(exc))
-        return FileClosed(file_id=record.file_id, ok=True, reason="")
+                _remove(path)
+                return [FileClosed(file_id=record.file_id, ok=False,
+                                   reason=f"{record.destination}: {_why(exc)}")]
+            return [WriteFailed(file_id=record.file_id, path=record.destination,
+                                reason=_why(exc))]
+        return [FileClosed(file_id=record.file_id, ok=True, reason="")]
 
-    def sync(self, record: Sync) -> Synced:
+    def _sync(self, record: Sync) -> list[FromWriter]:
         """fsync each file, or the whole filesystem at once when there are many."""
         try:
             if len(record.paths) > SYNCFS_OVER and sync_filesystem(self.dest):
-                return Synced(token=record.token)
+                return [Synced(token=record.token)]
             for path in record.paths:
                 try:
                     fd = os.open(path, os.O_RDONLY | _O_BINARY)
@@ -253,13 +385,45 @@ class Writer:
                 finally:
                     os.close(fd)
         except OSError as exc:
-            return Synced(token=record.token, error=f"{exc.filename or self.dest}: {_why(exc)}")
-        return Synced(token=record.token)
+            return [Synced(token=record.token,
+                           error=f"{exc.filename or self.dest}: {_why(exc)}")]
+        return [Synced(token=record.token)]
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _buffer(self) -> memoryview:
+        buffer = getattr(self.local, "buffer", None)
+        if buffer is None:
+            buffer = self.local.buffer = memoryview(bytearray(READ_BACK))
+        return buffer
+
+    def _checked_folder(self, folder: str) -> bool:
+        """Create ``folder`` unless a link on its way leads out of DEST (cached per folder)."""
+        known = self.folders.get(folder)
+        if known is None:
+            known = self.folders[folder] = make_folder_inside(folder, self.dest)
+        return known
+
+    def _file_error(self, staged: Staged, exc: OSError) -> FileClosed | WriteFailed:
+        """A disk-wide error stops the run; a problem with this one path fails this file."""
+        if exc.errno in PER_FILE_ERRORS:
+            staged.dropped = True
+            self.fds.close(staged)
+            _remove(staged.path)
+            return FileClosed(file_id=staged.file_id, ok=False, reason=f"{staged.path}: "
+                                                                       f"{_why(exc)}")
+        return WriteFailed(file_id=staged.file_id, path=staged.path, reason=_why(exc))
+
+    def drain(self) -> None:
+        """Wait until every job submitted so far is done (their replies are queued)."""
+        with self.jobs_lock:
+            jobs = set(self.jobs)
+        wait(jobs)
 
     def close_all(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
+        """Stop: jobs not started are dropped, running ones finish, then descriptors close."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.fds.close_all()
 
 
 def sync_filesystem(path: str) -> bool:
@@ -297,23 +461,48 @@ def _remove(path: str) -> None:
         pass
 
 
+def send_replies(replies: queue.SimpleQueue[list[FromWriter] | None],
+                 outbox: Connection) -> None:
+    """The sender thread: whatever the jobs queued since the last send, as one batch, until
+    None (or until the coordinator is gone)."""
+    while True:
+        batch = replies.get()
+        if batch is None:
+            return
+        while True:
+            try:
+                more = replies.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                replies.put(None)
+                break
+            batch += more
+        try:
+            outbox.send(batch)
+        except (OSError, EOFError):
+            return  # the coordinator is gone
+
+
 def writer_main(inbox: Queue, outbox: Connection, spec: RingSpec, dest: str,
                 log_level: int) -> None:
-    """Process entry point: apply each batch of records, answer with one batch."""
+    """Process entry point: submit each record of each batch; the sender thread answers."""
     child_setup("mpdl-writer", log_level)
     ring = Ring.attach(spec)
     writer = Writer(ring, dest)
+    sender = threading.Thread(target=send_replies, args=(writer.replies, outbox),
+                              name="mpdl-writer-send", daemon=True)
+    sender.start()
     try:
         for batch in batches(inbox):
-            replies: list[FromWriter] = []
             for record in batch:
                 if isinstance(record, Stop):
                     return
-                replies += writer.handle(record)
-            if replies:
-                outbox.send(replies)
-    except (EOFError, BrokenPipeError):
-        pass  # the coordinator is gone
+                replies = writer.handle(record)
+                if replies:
+                    writer.replies.put(replies)
     finally:
         writer.close_all()
+        writer.replies.put(None)
+        sender.join()
         ring.close()

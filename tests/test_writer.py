@@ -74,20 +74,56 @@ def test_records_in_replies_out_and_an_unknown_record_is_refused(tmp_path: Path)
         with ring.view(0) as view:
             view[100:100 + len(data)] = data
         staging, final = tmp_path / "s" / "f.part", tmp_path / "f"
-        assert writer.handle(OpenFile(file_id=7, staging=str(staging), size=len(data),
-                                      algo="md5")) == []
         pieces = (Piece(file_id=7, file_offset=0, slot_offset=100, length=len(data)),)
-        assert writer.handle(WriteSlot(slot=0, pieces=pieces)) == [
-            SlotWritten(slot=0, written=len(data))]
         close = CloseFile(file_id=7, keep=True, destination=str(final),
                           hash="md5:" + hashlib.md5(data).hexdigest(), executable=False)
-        assert writer.handle(close) == [FileClosed(file_id=7, ok=True, reason="")]
+        for record in (OpenFile(file_id=7, staging=str(staging), size=len(data), algo="md5"),
+                       WriteSlot(slot=0, pieces=pieces), close):
+            assert writer.handle(record) == []  # the replies come from the jobs
+        assert replies(writer) == [SlotWritten(slot=0, written=len(data)),
+                                   FileClosed(file_id=7, ok=True, reason="")]
         assert final.read_bytes() == data
         for record in (Stop(), Fetch(task_id=1, attempt=0, url="u", offset=0, length=1,
                                      ranged=False, exact=True, compression=None, size=1,
                                      checks=(), slot=0)):
             with pytest.raises(UnknownRecord, match="writer got an unknown record"):
                 writer.handle(record)
+    finally:
+        writer.close_all()
+        ring.close()
+
+
+def replies(writer: Writer) -> list:
+    """Every reply of the jobs submitted so far, in the order they were queued."""
+    writer.drain()
+    out = []
+    while not writer.replies.empty():
+        out += writer.replies.get()
+    return out
+
+
+def test_a_file_closes_only_after_every_write_sent_before_its_close(tmp_path: Path) -> None:
+    """Slots of one file are written by several threads at once; its CloseFile (hash check and
+    rename) waits for them all, and each SlotWritten is queued before the FileClosed."""
+    slot_size, slots = 65536, 16
+    data = os.urandom(slot_size * slots)
+    ring = Ring.create(slot_size=slot_size, slots=slots)
+    writer = Writer(ring, str(tmp_path), threads=4)
+    try:
+        staging, final = tmp_path / "s" / "f.part", tmp_path / "f"
+        writer.handle(OpenFile(file_id=1, staging=str(staging), size=len(data), algo="md5"))
+        for slot in reversed(range(slots)):  # the hash must read early pieces back
+            with ring.view(slot) as view:
+                view[:] = data[slot * slot_size:(slot + 1) * slot_size]
+            writer.handle(WriteSlot(slot=slot, pieces=(
+                Piece(file_id=1, file_offset=slot * slot_size, slot_offset=0,
+                      length=slot_size),)))
+        writer.handle(CloseFile(file_id=1, keep=True, destination=str(final),
+                                hash="md5:" + hashlib.md5(data).hexdigest(), executable=False))
+        out = replies(writer)
+        assert out[-1] == FileClosed(file_id=1, ok=True, reason="")
+        assert sorted(out[:-1]) == [SlotWritten(slot=s, written=slot_size) for s in range(slots)]
+        assert final.read_bytes() == data
     finally:
         writer.close_all()
         ring.close()
