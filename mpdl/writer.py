@@ -48,6 +48,12 @@ NO_TRUNCATE_UP_TO = 64 * 1024
 # Threads doing the writer's system calls: on 2 cores, 4 keep both busy while some wait on
 # a directory's lock or on memory.
 WRITER_THREADS = 4
+# A slot carrying fewer bytes than this is written by the record loop itself, as are opens,
+# closes and syncs with nothing left to wait for: a pool job costs more Python than the
+# system calls of a small file, and creating files in one folder does not go faster in
+# parallel (the kernel locks the folder). What the pool is for is copying large slots into
+# the page cache, in parallel.
+POOL_FROM = 256 * 1024
 # Jobs submitted and not done, at most: beyond, the record loop waits, so the writer's memory
 # stays bounded however far the coordinator runs ahead (100,000 small files come fast).
 MAX_JOBS = 2048
@@ -132,6 +138,10 @@ class Staged:
         self.opened: Future | None = None  # the job that creates it
         self.writes: list[Future] = []  # its write jobs not known to be done
         self.dropped = False
+
+
+_DONE: Future = Future()  # what an inline job returns: done at once
+_DONE.set_result(None)
 
 
 class FdCache:
@@ -229,13 +239,14 @@ class Writer:
 
     def open(self, record: OpenFile) -> list[FromWriter]:
         staged = self.files[record.file_id] = Staged(record.file_id, record.staging)
-        staged.opened = self._submit(self._open, (), staged, record)
+        staged.opened = self._submit(self._open, (), staged, record, inline=True)
         return []
 
     def write(self, record: WriteSlot) -> list[FromWriter]:
         pieces = [(self.files[p.file_id], p) for p in record.pieces if p.file_id in self.files]
         after = {staged.opened for staged, _ in pieces}
-        job = self._submit(self._write, after, record.slot, pieces)
+        small = sum(piece.length for _, piece in pieces) < POOL_FROM
+        job = self._submit(self._write, after, record.slot, pieces, inline=small)
         for staged in {staged for staged, _ in pieces}:
             if len(staged.writes) >= 64:
                 staged.writes = [w for w in staged.writes if not w.done()]
@@ -246,19 +257,25 @@ class Writer:
         staged = self.files.pop(record.file_id, None)
         if staged is None:
             return [FileClosed(file_id=record.file_id, ok=False, reason="never opened")]
-        self._submit(self._close, [staged.opened, *staged.writes], staged, record)
+        self._submit(self._close, [staged.opened, *staged.writes], staged, record, inline=True)
         return []
 
     def sync(self, record: Sync) -> list[FromWriter]:
         with self.jobs_lock:
             before = set(self.jobs)
-        self._submit(self._sync, before, record)
+        self._submit(self._sync, before, record, inline=True)
         return []
 
     def _submit(self, job: Callable[..., list[FromWriter]], after: Iterable[Future | None],
-                *args: object) -> Future:
+                *args: object, inline: bool = False) -> Future:
+        """Run ``job`` once the jobs it comes after are done: in the pool, or at once in this
+        thread when ``inline`` and nothing it comes after is still running."""
+        after = [f for f in after if f is not None]
+        if inline and all(f.done() for f in after):
+            self._run(job, [], args)
+            return _DONE
         self.room.acquire()
-        future = self.pool.submit(self._run, job, [f for f in after if f is not None], args)
+        future = self.pool.submit(self._run, job, after, args)
         with self.jobs_lock:
             self.jobs.add(future)
         future.add_done_callback(self._done)
