@@ -56,7 +56,8 @@ Scenario data is generated once (seeded, incompressible) and cached in --cache
 openssl.
 
 examples:
-  python -m perf                          full run, 3 runs each (~40 minutes on 2 cores)
+  python -m perf                          full run, 3 runs each (~1 hour on 2 cores, half
+                                          of it tail-stall, whose runs wait out timeouts)
   python -m perf --quick                  tiny scenarios, one run each: a smoke test
   python -m perf --scenarios big,depot --peers curl,aria2c --runs 5
   python -m perf --scenarios tail-ref,tail,tail-stall --runs 1
