@@ -123,6 +123,7 @@ class Scheduler:
         self.stopped: DiskError | None = None  # the first disk error: the run cannot go on
         self.now = 0.0  # the time of the latest event
         self.slot_seconds: float | None = None  # how long a full slot takes, on average
+        self.first_seconds: float | None = None  # how long a first slot takes, from dispatch
         # When each worker was first heard from: a range is never slow before its worker
         # has even started (a fork server or spawn can take a second).
         self.heard_at: dict[int, float] = {}
@@ -155,9 +156,9 @@ class Scheduler:
         """When time alone next changes something: a retry's wait ends, a checkpoint is due."""
         times = [self.delayed[0][0]] if self.delayed else []
         if self._idle_connection():  # a running range may become slow enough to race
-            patience = self.tail.race_after(self.slot_seconds)
-            times += [self.now - c.idle + patience for c in self._candidates()
-                      if c.delivered in c.cuts]
+            times += [self.now - c.idle
+                      + self.tail.patience(c, self.slot_seconds, self.first_seconds)
+                      for c in self._candidates() if c.delivered in c.cuts]
         checkpoints = self.book.checkpoints
         if (checkpoints.journaling and checkpoints.next_due is not None
                 and checkpoints.in_flight is None):  # while one is out, its Synced wakes us
@@ -401,8 +402,11 @@ class Scheduler:
         contest = run.contest
         if contest is not None and (run is contest.thief or record.offset >= contest.at):
             self._decide(contest, thief_won=run is contest.thief)
-        if record.length == self.slot_size and run.delivered:  # a whole slot, not the first
-            self.slot_seconds = slot_time(self.slot_seconds, self.now - run.progress_at)
+        took = self.now - run.progress_at
+        if not run.delivered:
+            self.first_seconds = slot_time(self.first_seconds, took)
+        elif record.length == self.slot_size:
+            self.slot_seconds = slot_time(self.slot_seconds, took)
         run.delivered, run.progress_at = record.offset + record.length, self.now
         pieces = []
         for fid, file_offset, slot_offset, length in run.task.map(record.offset, record.length):
@@ -560,7 +564,8 @@ class Scheduler:
     def _share_the_tail(self) -> None:
         """Each idle connection takes half of the largest remainder, or races a stalled one."""
         while self._idle_connection():
-            choice = self.tail.choose(self._candidates(), self.slot_size, self.slot_seconds)
+            choice = self.tail.choose(self._candidates(), self.slot_size, self.slot_seconds,
+                                      self.first_seconds)
             if choice is None:
                 return
             self._start_contest(self.runs[choice.task_id], choice)

@@ -10,7 +10,9 @@ wins: the loser is cancelled, or cut short, so no byte is written or counted twi
 
 Rules:
 - a stalled range is raced first: the one idle longest, once idle ``race_after`` seconds
-  without delivering a slot (several times a typical slot's time, never less than a floor);
+  without delivering a slot: several times what a slot typically takes (its first slot, which
+  waits for the response to begin, against first slots; a later one against later ones),
+  never less than a floor;
 - otherwise the largest remainder of at least ``min_steal_slots`` slots is bisected: the thief
   takes its upper half, from a cut on the victim's slot grid;
 - a cut is only where ``plan.cut_points`` allows it (never inside a checked part), and a range
@@ -25,8 +27,8 @@ from dataclasses import dataclass
 
 # A range idle this many times the typical slot's time is slow enough to race...
 RACE_FACTOR = 4.0
-# ...and never sooner than this: a fresh request's first slot takes a round trip or two.
-RACE_FLOOR_SECONDS = 0.5
+# ...and never sooner than this: a moment of CPU contention is not a slow connection.
+RACE_FLOOR_SECONDS = 0.2
 # Weight of the newest slot's time in the running average of slot times.
 SLOT_TIME_WEIGHT = 0.2
 
@@ -69,12 +71,19 @@ class TailPolicy:
         """How long a range may go without delivering a slot before it is raced."""
         return max(self.race_floor, self.race_factor * (slot_seconds or 0.0))
 
-    def choose(self, running: Iterable[Candidate], slot_size: int,
-               slot_seconds: float | None) -> Steal | Race | None:
-        """What one idle connection should take, if anything."""
+    def patience(self, candidate: Candidate, slot_seconds: float | None,
+                 first_seconds: float | None) -> float:
+        """How long ``candidate`` may stay idle: a range that has not delivered its first slot
+        is judged against first slots, which include the wait for the response to begin."""
+        return self.race_after(first_seconds if candidate.delivered == 0 else slot_seconds)
+
+    def choose(self, running: Iterable[Candidate], slot_size: int, slot_seconds: float | None,
+               first_seconds: float | None = None) -> Steal | Race | None:
+        """What one idle connection should take, if anything. ``slot_seconds`` and
+        ``first_seconds``: how long a full slot and a first slot typically take."""
         candidates = list(running)
-        patience = self.race_after(slot_seconds)
-        stalled = [c for c in candidates if c.idle >= patience and c.delivered in c.cuts]
+        stalled = [c for c in candidates if c.delivered in c.cuts
+                   and c.idle >= self.patience(c, slot_seconds, first_seconds)]
         if stalled:
             worst = max(stalled, key=lambda c: (c.idle, -c.task_id))
             return Race(worst.task_id, worst.delivered)

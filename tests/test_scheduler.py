@@ -1200,8 +1200,10 @@ def test_a_stalled_range_is_raced_from_where_it_stands_and_the_run_does_not_wait
     [victim] = sim.fetches()
     sim.fill(victim, 100, last=False)  # then its bytes stop, its socket open
     assert sim.fetches() == []  # one slot left: nothing worth stealing
-    assert sim.s.next_wakeup() == 0.5  # when it will have been idle long enough to race
-    out = sim.tick_to(0.5)
+    # When it will have been idle long enough to race: 4 times the first slot's time (0 in a
+    # Sim), but at least the floor.
+    assert sim.s.next_wakeup() == TailPolicy().race_floor
+    out = sim.tick_to(TailPolicy().race_floor)
     [thief] = sim.fetches(out)
     assert (thief.offset, thief.length) == (100, 100)
     out = sim.fill(thief)
@@ -1218,7 +1220,7 @@ def test_a_stalled_checked_file_is_raced_whole_so_its_hash_still_checks_every_by
     sim = Sim(v1("a", 0, 80), connections=2)
     [victim] = sim.fetches()
     sim.feed(0, Alive())  # its worker runs, but no byte comes
-    [thief] = sim.fetches(sim.tick_to(0.5))
+    [thief] = sim.fetches(sim.tick_to(TailPolicy().race_floor))
     assert (thief.offset, thief.length, thief.checks) == (
         victim.offset, victim.length, victim.checks)
     sim.fill(thief)
@@ -1234,7 +1236,7 @@ def test_no_range_is_raced_before_its_worker_was_heard_from():
     assert sim.fetches()
     assert sim.tick_to(5.0).to_workers == {}
     sim.feed(0, Alive())
-    assert sim.s.next_wakeup() == 5.5
+    assert sim.s.next_wakeup() == 5.0 + TailPolicy().race_floor
 
 
 def test_a_thief_that_fails_is_not_retried_and_its_victim_keeps_its_range():

@@ -93,8 +93,8 @@ def test_the_upper_half_of_the_largest_remainder_is_stolen():
 
 def test_a_remainder_too_short_to_halve_is_left_alone_until_it_stalls():
     policy = TailPolicy()
-    assert policy.choose([running(1, 1000, 900, idle=0.2)], SLOT, None) is None
-    assert policy.choose([running(1, 1000, 900, idle=0.5)], SLOT, None) == Race(1, 900)
+    assert policy.choose([running(1, 1000, 900, idle=0.1)], SLOT, None) is None
+    assert policy.choose([running(1, 1000, 900, idle=0.2)], SLOT, None) == Race(1, 900)
 
 
 def test_the_longest_stalled_is_raced_first_even_with_more_to_steal():
@@ -108,6 +108,14 @@ def test_patience_grows_with_the_time_a_slot_takes():
     assert policy.race_after(None) == policy.race_floor
     assert policy.race_after(1.0) == 4.0  # a slow but steady link is not a stall
     assert policy.choose([running(1, 200, 100, idle=3.0)], SLOT, 1.0) is None
+
+
+def test_a_first_slot_is_judged_against_first_slots():
+    """A first slot waits for the response to begin (a round trip, a TLS handshake)."""
+    policy = TailPolicy()
+    waiting = running(1, 100, 0, idle=1.0)  # one slot: nothing to steal
+    assert policy.choose([waiting], SLOT, slot_seconds=0.01, first_seconds=0.5) is None
+    assert policy.choose([waiting], SLOT, slot_seconds=0.5, first_seconds=0.1) == Race(1, 0)
 
 
 def test_a_range_that_cannot_be_cut_where_it_stands_is_not_raced():
