@@ -142,54 +142,93 @@ def _read_into(raw, view: memoryview) -> int:
         raise TransientError(f"read failed: {exc!r}") from None
 
 
+class OutputSlots:
+    """A task's output as it fills ring slots, each full but the last (the scheduler cuts and
+    routes outputs on that grid): the slot being filled, where it starts in the output and how
+    much it holds. It feeds the part hashes slot by slot and reports each slot it hands over."""
+
+    def __init__(self, job: Fetch, ring: Ring, next_slot: NextSlot, report: Report,
+                 meter: Meter) -> None:
+        self.job, self.ring, self.next_slot, self.report, self.meter = (
+            job, ring, next_slot, report, meter)
+        self.checker = Checker(job.url, job.checks)
+        self.slot_size = ring.spec.slot_size
+        self.slot, self.start, self.filled = job.slot, 0, 0
+        self.view = ring.view(job.slot)
+
+    @property
+    def position(self) -> int:
+        """Output bytes so far."""
+        return self.start + self.filled
+
+    @property
+    def room(self) -> int:
+        return self.slot_size - self.filled
+
+    def hand_over(self) -> None:
+        """The slot is full and more output comes: report it, and go on in the next slot
+        granted (Cancelled when none will come)."""
+        self.checker.feed(self.view, self.start, self.filled)
+        self.view.release()
+        self._report(last=False)
+        granted = self.next_slot()
+        if granted is None:
+            raise Cancelled()
+        self.slot, self.start, self.filled = granted, self.start + self.filled, 0
+        self.view = self.ring.view(granted)
+
+    def finish(self, end: int | None = None) -> None:
+        """The output is complete (at ``end``, where it was cut): the last slot's hashes."""
+        self.checker.feed(self.view, self.start, self.filled)
+        self.checker.finish(end)
+
+    def close(self) -> None:
+        self.view.release()
+
+    def report_last(self) -> None:
+        self._report(last=True)
+
+    def _report(self, last: bool) -> None:
+        job = self.job
+        self.report(Filled(task_id=job.task_id, attempt=job.attempt, slot=self.slot,
+                           offset=self.start, length=self.filled, fetched=self.meter.take(),
+                           last=last))
+
+
 def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
                 next_slot: NextSlot, report: Report, meter: Meter, cursor: Cursor) -> None:
-    """Read the body into slots, each full but the last, up to ``cursor.end``: a Cut can
-    move it back while the body is read (it stays on the slot grid, so no slot straddles it)."""
+    """Read the body into slots up to ``cursor.end``: a Cut can move it back while the body
+    is read (it stays on the slot grid, so no slot straddles it)."""
     raw = response._fp  # http.client.HTTPResponse: readinto without a copy
-    slot_size = ring.spec.slot_size
-    slot, slot_start, filled = job.slot, 0, 0
-    checker = Checker(job.url, job.checks)
-    view = ring.view(slot)
+    out = OutputSlots(job, ring, next_slot, report, meter)
     try:
         while True:
             end = cursor.end
-            if end is not None and slot_start + filled >= end:
-                filled = max(0, end - slot_start)  # cut behind this slot: none of it is wanted
+            if end is not None and out.position >= end:
+                out.filled = max(0, end - out.start)  # cut behind this slot: none is wanted
                 break
-            if filled == slot_size:  # full, and more to come: hand it over, wait for the next
-                checker.feed(view, slot_start, filled)
-                view.release()
-                report(Filled(task_id=job.task_id, attempt=job.attempt, slot=slot,
-                              offset=slot_start, length=filled, fetched=meter.take(),
-                              last=False))
-                granted = next_slot()
-                if granted is None:
-                    raise Cancelled()
-                slot, slot_start, filled = granted, slot_start + filled, 0
-                view = ring.view(slot)
-            want = min(slot_size - filled, READ_SIZE)
+            if not out.room:  # full, and more to come
+                out.hand_over()
+            want = min(out.room, READ_SIZE)
             if end is not None:
-                want = min(want, end - slot_start - filled)
-            n = _read_into(raw, view[filled:filled + want])
+                want = min(want, end - out.position)
+            n = _read_into(raw, out.view[out.filled:out.filled + want])
             if not n:
                 if end is None:
                     break
-                raise TransientError(f"{job.url}: the body ended "
-                                     f"{end - slot_start - filled} bytes short")
-            filled += n
+                raise TransientError(f"{job.url}: the body ended {end - out.position} bytes "
+                                     "short")
+            out.filled += n
             meter.unreported += n
-            cursor.position = slot_start + filled
+            cursor.position = out.position
         if (job.exact and not job.ranged and job.length is not None and known_length is None
                 and cursor.end == job.length and _has_more(raw)):
             raise NotOnMirror(f"{job.url}: the body is longer than the {job.length} bytes "
                               f"the manifest says")
-        checker.feed(view, slot_start, filled)
-        checker.finish(slot_start + filled)
+        out.finish(out.position)
     finally:
-        view.release()
-    report(Filled(task_id=job.task_id, attempt=job.attempt, slot=slot, offset=slot_start,
-                  length=filled, fetched=meter.take(), last=True))
+        out.close()
+    out.report_last()
 
 
 def _has_more(raw) -> bool:
@@ -202,20 +241,18 @@ def _fill_decoded(job: Fetch, response, ring: Ring, next_slot: NextSlot, report:
     """Decode the part as it arrives, through ``scratch``, into as many slots as its output
     needs, never past ``size``.
 
-    Slots are handed over as ``_fill_plain`` hands them: each full but the last, so the output
-    lies on the scheduler's grid of slots. The part hash is fed slot by slot and decided with
+    Slots are handed over as for a plain body (OutputSlots): each full but the last, so the
+    output lies on the scheduler's grid of slots. The part hash is fed slot by slot and decided with
     the last one; a part that fails it after some of its slots went to the writer fails as an
     attempt, and those bytes are rewritten by the next (nothing is recorded before a task is
     done). Memory stays at one scratch buffer per thread and the slots the ring lends, whatever
     the part's size, and a zlib bomb stops one byte past the declared size.
     """
     assert job.length is not None and job.size is not None and job.compression == "zlib"
-    raw, size, slot_size = response._fp, job.size, ring.spec.slot_size
+    raw, size = response._fp, job.size
     decoder = zlib.decompressobj()
-    checker = Checker(job.url, job.checks)
     left = job.length
-    slot, slot_start, filled = job.slot, 0, 0
-    view = ring.view(slot)
+    out = OutputSlots(job, ring, next_slot, report, meter)
     try:
         with memoryview(scratch) as buffer:
             while left and not decoder.eof:
@@ -228,18 +265,9 @@ def _fill_decoded(job: Fetch, response, ring: Ring, next_slot: NextSlot, report:
                 # Output held back by the limit leaves input unconsumed (the stream's check
                 # value at least), so no output is left behind when the input runs out.
                 while data and not decoder.eof:
-                    if filled == slot_size and slot_start + filled < size:  # more is declared
-                        checker.feed(view, slot_start, filled)
-                        view.release()
-                        report(Filled(task_id=job.task_id, attempt=job.attempt, slot=slot,
-                                      offset=slot_start, length=filled, fetched=meter.take(),
-                                      last=False))
-                        granted = next_slot()
-                        if granted is None:
-                            raise Cancelled()
-                        slot, slot_start, filled = granted, slot_start + filled, 0
-                        view = ring.view(slot)
-                    room = min(slot_size - filled, size - slot_start - filled)
+                    if not out.room and out.position < size:  # more is declared
+                        out.hand_over()
+                    room = min(out.room, size - out.position)
                     try:  # with every declared byte out, one more can only be a bomb's
                         chunk = decoder.decompress(data, room or 1)
                     except zlib.error as exc:
@@ -247,19 +275,17 @@ def _fill_decoded(job: Fetch, response, ring: Ring, next_slot: NextSlot, report:
                     if len(chunk) > room:
                         raise IntegrityError(f"{job.url}: decompresses to more than the "
                                              f"declared {size} bytes")
-                    view[filled:filled + len(chunk)] = chunk
-                    filled += len(chunk)
+                    out.view[out.filled:out.filled + len(chunk)] = chunk
+                    out.filled += len(chunk)
                     data = decoder.unconsumed_tail
-        out = slot_start + filled
-        if left or decoder.unused_data or not decoder.eof or out != size:
+        if left or decoder.unused_data or not decoder.eof or out.position != size:
             raise IntegrityError(f"{job.url}: the zlib stream does not match its part "
-                                 f"({out} of {size} bytes decoded, {left} bytes unread)")
-        checker.feed(view, slot_start, filled)
-        checker.finish()
+                                 f"({out.position} of {size} bytes decoded, {left} bytes "
+                                 "unread)")
+        out.finish()
     finally:
-        view.release()
-    report(Filled(task_id=job.task_id, attempt=job.attempt, slot=slot, offset=slot_start,
-                  length=filled, fetched=meter.take(), last=True))
+        out.close()
+    out.report_last()
 
 
 class Checker:
