@@ -124,8 +124,8 @@ class Scheduler:
         self.now = 0.0  # the time of the latest event
         self.slot_seconds: float | None = None  # how long a full slot takes, on average
         self.first_seconds: float | None = None  # how long a first slot takes, from dispatch
-        # When each worker was first heard from: a range is never slow before its worker
-        # has even started (a fork server or spawn can take a second).
+        # When each worker was first heard from (it says Alive once it runs): a range is never
+        # slow before its worker has even started (a fork server or spawn can take a second).
         self.heard_at: dict[int, float] = {}
         self._add_tasks(plan.tasks)
         self.book.close_if_complete(self.files)
@@ -402,8 +402,8 @@ class Scheduler:
         contest = run.contest
         if contest is not None and (run is contest.thief or record.offset >= contest.at):
             self._decide(contest, thief_won=run is contest.thief)
-        took = self.now - run.progress_at
-        if not run.delivered:
+        took = self.now - max(run.progress_at, self.heard_at.get(run.worker, run.progress_at))
+        if not run.delivered:  # timed from when its worker ran, as idleness is (_candidates)
             self.first_seconds = slot_time(self.first_seconds, took)
         elif record.length == self.slot_size:
             self.slot_seconds = slot_time(self.slot_seconds, took)

@@ -172,6 +172,7 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
     pool = make_pool(connections=threads, timeout=timeout, verify_tls=verify_tls)
     worker = Worker(outbox, worker_id, ring, pool, threads)
     worker.start()
+    worker.send(Alive())  # running: from now on its tasks' silence is the network's
     try:
         for batch in batches(inbox, worker.idle):
             worker.idle()
