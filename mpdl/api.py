@@ -92,6 +92,8 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         sizes = [entry.size for entry in parsed.files]
         tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
                           progress)
+        asked = [task.length for task in plan.tasks]
+        tracker.bytes_to_fetch = None if None in asked else sum(asked)
 
         def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
             if ok:

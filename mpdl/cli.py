@@ -21,7 +21,7 @@ from .errors import ManifestError, MpdlError, UsageError
 from .http import make_pool, probe
 from .manifest import Manifest
 from .options import Options, parse_size
-from .progress import JsonLines, ProgressCallback, TerminalLine
+from .progress import GogdlLines, JsonLines, LegendaryLines, ProgressCallback, TerminalLine
 
 log = logging.getLogger("mpdl")
 
@@ -109,9 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--insecure", action="store_true",
                         help="do not verify TLS certificates (only for hosts you trust)")
     out = parser.add_argument_group("output")
-    out.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
+    out.add_argument("--progress", choices=("auto", "bar", "json", "gogdl", "legendary", "none"),
+                     default="auto",
                      help="auto: a live line on stderr when it is a terminal; json: JSON lines "
-                          "on stdout ({\"event\": \"progress\", ...}, then one \"result\")")
+                          "on stdout ({\"event\": \"progress\", ...}, then one \"result\"); "
+                          "gogdl, legendary: the progress lines those downloaders print on "
+                          "stderr, once a second, which launchers such as Heroic parse")
     out.add_argument("-q", "--quiet", action="store_true", help="only errors")
     out.add_argument("-v", "--verbose", action="count", default=0,
                      help="say what was found and chosen (-vv: debug)")
@@ -125,6 +128,10 @@ def _is_url(source: str) -> bool:
 def _progress(choice: str, quiet: bool) -> ProgressCallback | None:
     if choice == "json":
         return JsonLines(sys.stdout)
+    if choice == "gogdl":
+        return GogdlLines(sys.stderr)
+    if choice == "legendary":
+        return LegendaryLines(sys.stderr)
     if quiet or choice == "none":
         return None
     if choice == "bar" or sys.stderr.isatty():

@@ -1,4 +1,9 @@
-"""Progress: counting bytes and files, estimating speed, and showing it to people or launchers."""
+"""Progress: counting bytes and files, estimating speed, and showing it to people or launchers.
+
+The shows are progress callbacks: a live terminal line, JSON lines, and the lines two
+launchers' downloaders print (heroic-gogdl's and legendary's), so a launcher that parses those
+(Heroic) can run mpdl in their place and keep its progress bar.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,10 @@ class ProgressEvent:
     eta: float | None
     elapsed: float
     final: bool = False
+    bytes_written: int = 0  # to files, in this run
+    fetch_speed: float = 0.0  # network bytes/s, over the same window as ``speed``
+    write_speed: float = 0.0  # bytes/s written to files
+    bytes_to_fetch: int | None = None  # what this run's plan asks of the network, once known
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -53,22 +62,31 @@ class Tracker:
         self._interval = interval
         self._start = time.monotonic()
         self._last = 0.0
-        self._history: deque[tuple[float, int]] = deque([(self._start, counts.bytes_done)])
+        self.bytes_to_fetch: int | None = None  # set once the run is planned
+        self._history: deque[tuple[float, int, int, int]] = deque([self._sample(self._start)])
+
+    def _sample(self, now: float) -> tuple[float, int, int, int]:
+        c = self.counts
+        return now, c.bytes_done, c.bytes_fetched, c.bytes_written
 
     def snapshot(self, final: bool = False) -> ProgressEvent:
         now, counts = time.monotonic(), self.counts
-        self._history.append((now, counts.bytes_done))
+        self._history.append(self._sample(now))
         while len(self._history) > 2 and now - self._history[1][0] > self.WINDOW:
             self._history.popleft()
-        then, done_then = self._history[0]
-        speed = (counts.bytes_done - done_then) / (now - then) if now > then else 0.0
+        then = self._history[0]
+        span = now - then[0]
+        done, fetched, written = ((new - old) / span if span > 0 else 0.0
+                                  for new, old in zip(self._history[-1][1:], then[1:], strict=True))
         eta = None
-        if self.bytes_total is not None and speed > 0:
-            eta = max(0.0, (self.bytes_total - counts.bytes_done) / speed)
+        if self.bytes_total is not None and done > 0:
+            eta = max(0.0, (self.bytes_total - counts.bytes_done) / done)
         return ProgressEvent(bytes_done=counts.bytes_done, bytes_total=self.bytes_total,
                              files_done=counts.files_done, files_total=self.files_total,
-                             bytes_fetched=counts.bytes_fetched, speed=speed, eta=eta,
-                             elapsed=now - self._start, final=final)
+                             bytes_fetched=counts.bytes_fetched, speed=done, eta=eta,
+                             elapsed=now - self._start, final=final,
+                             bytes_written=counts.bytes_written, fetch_speed=fetched,
+                             write_speed=written, bytes_to_fetch=self.bytes_to_fetch)
 
     def tick(self, final: bool = False) -> None:
         if self._callback is None:
@@ -131,3 +149,97 @@ class JsonLines:
     def __call__(self, event: ProgressEvent) -> None:
         self.stream.write(json.dumps({"event": "progress", **asdict(event)}) + "\n")
         self.stream.flush()
+
+
+class LauncherLines:
+    """The progress lines of another downloader, on ``stream``, once a second and at the end:
+    the lines a launcher already parses (Heroic's regular expressions, quoted in the tests).
+
+    Those parsers are strict: a literal TAB before the speeds, always two decimals ("0 MiB/s"
+    does not match), an ETA of exactly HH:MM:SS (so capped at 99:59:59), and percent by bytes.
+    "Downloaded" is what this run fetched from the network.
+    """
+
+    prefix = ""
+    INTERVAL = 1.0
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._last: float | None = None
+        self._announced = False
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if not self._announced and event.bytes_to_fetch is not None:
+            self._announced = True
+            self._write(self.announce(event))
+        if (not event.final and self._last is not None
+                and event.elapsed - self._last < self.INTERVAL):
+            return
+        self._last = event.elapsed
+        self._write(self.lines(event))
+
+    def _write(self, lines: list[str]) -> None:
+        if lines:
+            self.stream.write("".join(f"{self.prefix}{line}\n" for line in lines))
+            self.stream.flush()
+
+    def announce(self, event: ProgressEvent) -> list[str]:
+        return []
+
+    def lines(self, event: ProgressEvent) -> list[str]:
+        raise NotImplementedError
+
+    @staticmethod
+    def percent(event: ProgressEvent) -> float:
+        total = event.bytes_total
+        return 100.0 * event.bytes_done / total if total else (100.0 if event.final else 0.0)
+
+    @staticmethod
+    def speeds(event: ProgressEvent) -> list[str]:
+        """The two speed lines, in both tools' words; mpdl reads nothing back, so read is 0."""
+        return [f" + Download\t- {event.fetch_speed / MIB:.2f} MiB/s (raw) / "
+                f"{event.speed / MIB:.2f} MiB/s (decompressed)",
+                f" + Disk\t- {event.write_speed / MIB:.2f} MiB/s (write) / 0.00 MiB/s (read)"]
+
+
+class GogdlLines(LauncherLines):
+    """heroic-gogdl's lines: logger PROGRESS, format "[%(name)s] %(levelname)s: %(message)s"."""
+
+    prefix = "[PROGRESS] INFO: "
+
+    def lines(self, event: ProgressEvent) -> list[str]:
+        total = event.bytes_total if event.bytes_total is not None else event.bytes_done
+        return [f"= Progress: {self.percent(event):.2f} {event.bytes_done}/{total}, "
+                f"Running for: {hhmmss(event.elapsed)}, ETA: {hhmmss(event.eta)}",
+                f"= Downloaded: {event.bytes_fetched / MIB:.2f} MiB, "
+                f"Written: {event.bytes_written / MIB:.2f} MiB",
+                *self.speeds(event)]
+
+
+class LegendaryLines(LauncherLines):
+    """legendary's lines (logger DLManager): the download size first, then progress."""
+
+    prefix = "[DLManager] INFO: "
+
+    def announce(self, event: ProgressEvent) -> list[str]:
+        return [f"Download size: {(event.bytes_to_fetch or 0) / MIB:.2f} MiB"]
+
+    def lines(self, event: ProgressEvent) -> list[str]:
+        return [f"= Progress: {self.percent(event):.2f}% ({event.files_done}/"
+                f"{event.files_total}), Running for {hhmmss(event.elapsed)}, "
+                f"ETA: {hhmmss(event.eta)}",
+                f" - Downloaded: {event.bytes_fetched / MIB:.2f} MiB, "
+                f"Written: {event.bytes_written / MIB:.2f} MiB",
+                *self.speeds(event)]
+
+
+MIB = 1024 * 1024
+HHMMSS_MAX = 99 * 3600 + 59 * 60 + 59
+
+
+def hhmmss(seconds: float | None) -> str:
+    """HH:MM:SS, at most 99:59:59 (a third digit of hours matches no launcher's pattern);
+    an unknown ETA is 00:00:00, as both tools print before they know."""
+    seconds = min(HHMMSS_MAX, int(seconds or 0))
+    h, rest = divmod(seconds, 3600)
+    return f"{h:02d}:{rest // 60:02d}:{rest % 60:02d}"

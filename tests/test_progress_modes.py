@@ -1,0 +1,172 @@
+"""--progress gogdl and --progress legendary: the lines Heroic parses, from real runs.
+
+Heroic reads heroic-gogdl's and legendary's progress from their stderr with regular
+expressions; a launcher swapping in mpdl keeps its progress bar only if every line still
+matches them. The patterns below are Heroic's (and, for legendary's progress line, those of
+the launchers that parse it in full); the lines come from real runs of the CLI against the
+fault server, paced so that a run lasts a few seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from faultserver import Fault, FaultServer
+from helpers import Cli, Depot, assert_installed, write_manifest
+
+from mpdl.progress import GogdlLines, LegendaryLines, ProgressEvent, hhmmss
+
+HEROIC = {
+    "progress": re.compile(r"Progress: (\d+\.\d+) "),
+    "eta": re.compile(r"ETA: (\d\d:\d\d:\d\d)"),
+    "downloaded": re.compile(r"Downloaded: (\S+.) MiB"),
+    "download": re.compile(r"Download\t- (\S+.) MiB"),
+    "disk": re.compile(r"Disk\t- (\S+.) MiB"),
+}
+LEGENDARY_PROGRESS = re.compile(
+    r"\[DLManager\] INFO: = Progress: (\d+\.\d+)% \((\d+)/(\d+)\), Running for "
+    r"(\d\d:\d\d:\d\d), ETA: (\d\d:\d\d:\d\d)")
+DOWNLOAD_SIZE = re.compile(r"Download size: ([\d.]+) MiB")
+MiB = 1024 * 1024
+
+
+def event(**changes) -> ProgressEvent:
+    fields = dict(bytes_done=0, bytes_total=10 * MiB, files_done=0, files_total=3,
+                  bytes_fetched=0, speed=0.0, eta=None, elapsed=0.0, bytes_to_fetch=8 * MiB)
+    return ProgressEvent(**{**fields, **changes})
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def groups(text: str, prefix: str) -> list[list[str]]:
+    """The lines of each progress report, split at its "= Progress" line."""
+    out: list[list[str]] = []
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        if "= Progress" in line:
+            out.append([])
+        if out:
+            out[-1].append(line)
+    return out
+
+
+def assert_heroic_reads(group: list[str]) -> float:
+    """Every pattern finds its line in one report; returns the percent."""
+    text = "\n".join(group)
+    found = {name: pattern.search(text) for name, pattern in HEROIC.items()}
+    missing = [name for name, match in found.items() if match is None and name != "progress"]
+    assert not missing, f"Heroic finds no {missing} in:\n{text}"
+    return float(re.search(r"Progress: (\d+\.\d+)", text).group(1))
+
+
+# -- the formats -----------------------------------------------------------------------------
+
+
+def test_gogdl_lines_match_heroic_even_at_zero_and_far_from_the_end():
+    stream = Lines()
+    show = GogdlLines(stream)
+    show(event())
+    show(event(bytes_done=5 * MiB, speed=1.0, eta=10**9, elapsed=1.0, bytes_written=5 * MiB))
+    [first, second] = groups(stream.text, "[PROGRESS] INFO: ")
+    assert HEROIC["progress"].search(first[0]).group(1) == "0.00"
+    assert " + Download\t- 0.00 MiB/s (raw) / 0.00 MiB/s (decompressed)" in first[2]
+    assert assert_heroic_reads(second) == 50.0
+    assert HEROIC["eta"].search(second[0]).group(1) == "99:59:59"  # not 277777:46:40
+
+
+def test_legendary_says_its_download_size_first_then_lines_that_parse():
+    stream = Lines()
+    show = LegendaryLines(stream)
+    show(event(bytes_done=MiB, files_done=1, eta=75.0, elapsed=3723.0))
+    lines = stream.text.splitlines()
+    assert DOWNLOAD_SIZE.search(lines[0]).group(1) == "8.00"
+    match = LEGENDARY_PROGRESS.search(lines[1])
+    assert match is not None, lines[1]
+    assert match.groups() == ("10.00", "1", "3", "01:02:03", "00:01:15")
+    assert_heroic_reads(groups(stream.text, "[DLManager] INFO: ")[0])
+
+
+def test_at_most_one_report_a_second_and_always_the_last():
+    stream = Lines()
+    show = GogdlLines(stream)
+    for tick in range(8):
+        show(event(elapsed=tick * 0.25))
+    show(event(elapsed=2.1, final=True, bytes_done=10 * MiB))
+    reports = groups(stream.text, "[PROGRESS] INFO: ")
+    assert len(reports) == 3  # at 0 s and 1 s (not 0.25 s to 1.75 s), then the final one
+    assert HEROIC["progress"].search(reports[-1][0]).group(1) == "100.00"
+
+
+def test_clock_is_two_digits_each_and_capped():
+    assert hhmmss(None) == "00:00:00"
+    assert hhmmss(59.9) == "00:00:59"
+    assert hhmmss(3600 * 99 + 3599) == "99:59:59"
+    assert hhmmss(3600 * 500) == "99:59:59"
+
+
+# -- real runs ---------------------------------------------------------------------------------
+
+
+def _paced(fault_server: FaultServer) -> None:
+    for prefix in ("objects/", "chunks/", "main.bin"):
+        fault_server.set_fault(prefix, Fault(rate=256 * 1024))
+
+
+def test_a_real_run_in_each_mode_prints_lines_heroic_reads_to_the_end(
+    depot: Depot, fault_server: FaultServer, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    _paced(fault_server)
+    manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
+    for mode, prefix in (("gogdl", "[PROGRESS] INFO: "), ("legendary", "[DLManager] INFO: ")):
+        dest = tmp_path / mode
+        run = cli(manifest, "-o", dest, "--workers", "2", "--chunk-size", "64K",
+                  "--progress", mode)
+        assert run.finish() == 0, run.stderr
+        reports = groups(run.stderr, prefix)
+        assert len(reports) >= 2, run.stderr  # a paced run of a few seconds: once a second
+        percents = [assert_heroic_reads(report) for report in reports]
+        assert percents == sorted(percents) and percents[-1] == 100.0, percents
+        if mode == "legendary":
+            assert DOWNLOAD_SIZE.search(run.stderr), run.stderr
+            assert all(LEGENDARY_PROGRESS.search(report[0]) for report in reports)
+        assert_installed(dest, depot)
+
+
+def test_a_paused_run_resumes_at_its_percent_not_at_zero(
+    depot: Depot, fault_server: FaultServer, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    """Launchers pause with SIGTERM and resume by running the same command again."""
+    _paced(fault_server)
+    manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
+    dest = tmp_path / "game"
+    args = (manifest, "-o", dest, "--workers", "2", "--chunk-size", "64K", "--progress",
+            "gogdl")
+    first = cli(*args)
+
+    def percent_of(text: str) -> list[float]:
+        return [float(m.group(1)) for m in HEROIC["progress"].finditer(text)]
+
+    first.wait_for("a third done", lambda: any(p >= 33 for p in percent_of(first.stderr)))
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.finish() == 143, first.stderr
+    stopped_at = percent_of(first.stderr)[-1]
+    fault_server.clear_faults()
+    again = cli(*args)
+    assert again.finish() == 0, again.stderr
+    resumed = percent_of(again.stderr)
+    assert resumed[0] >= stopped_at > 0, (stopped_at, resumed)
+    assert resumed[-1] == 100.0
+    assert_installed(dest, depot)
