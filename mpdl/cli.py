@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from . import __version__
 from .api import Result, run
 from .errors import ManifestError, MpdlError, UsageError
 from .http import make_pool, probe
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mpdl", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mpdl {__version__}")
     parser.add_argument("source", metavar="MANIFEST|URL",
                         help="an mpdl/1 manifest (JSON file), or an http(s) URL to fetch")
     parser.add_argument("-o", "--output", metavar="DEST|FILE",

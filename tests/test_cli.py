@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+import mpdl
 from faultserver import Fault, FaultServer
 from helpers import (
     CLI_TIMEOUT,
@@ -328,3 +330,12 @@ def test_on_a_terminal_one_live_progress_line_is_drawn(
     assert "\r" in text and f"files {files}/{files}" in text and "100.0%" in text
     assert text.splitlines()[-1].startswith("mpdl: ")  # the summary starts its own line
     assert done.stdout == b""  # stdout stays clean for pipes
+
+
+def test_version_and_the_typing_marker_ship(tmp_path: Path) -> None:
+    """A launcher's developer checks the version, and their type checker reads mpdl's API."""
+    done = mpdl_cli("--version", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == f"mpdl {mpdl.__version__}"
+    assert (Path(mpdl.__file__).parent / "py.typed").is_file()
+    setup = (Path(__file__).parent.parent / "setup.cfg").read_text()
+    assert "mpdl = py.typed" in setup  # so a wheel carries it
