@@ -8,6 +8,7 @@ launchers' downloaders print (heroic-gogdl's and legendary's), so a launcher tha
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -114,10 +115,17 @@ def _clock(seconds: float | None) -> str:
 
 
 class TerminalLine:
-    """One live line on a terminal: bytes, %, speed, ETA, files."""
+    """One live line on a terminal: a bar as wide as the terminal leaves room for, then bytes,
+    %, speed, ETA and files. Narrower than ``BAR_FROM`` columns, the line goes without a bar.
+    ``columns`` is the terminal's width (None: asked of the terminal at each event, so a
+    resized window is followed)."""
 
-    def __init__(self, stream: TextIO) -> None:
+    BAR_FROM = 20  # columns left for the bar, at least, or there is none
+    BAR_MAX = 40
+
+    def __init__(self, stream: TextIO, columns: int | None = None) -> None:
         self.stream = stream
+        self.columns = columns
         self._width = 0
 
     def __call__(self, event: ProgressEvent) -> None:
@@ -127,6 +135,11 @@ class TerminalLine:
         size = f"{human_bytes(event.bytes_done)} / {of}"
         line = (f"{size}  {percent}  {human_bytes(event.speed)}/s  ETA {_clock(event.eta)}  "
                 f"files {event.files_done}/{event.files_total}")
+        columns = self.columns or shutil.get_terminal_size((80, 24)).columns
+        room = min(self.BAR_MAX, columns - 1 - len(line) - 3)  # "[" + bar + "] ", and a spare
+        if room >= self.BAR_FROM and total:
+            filled = round(room * min(1.0, event.bytes_done / total))
+            line = f"[{'#' * filled}{'.' * (room - filled)}] {line}"
         pad = max(0, self._width - len(line))
         self._width = 0 if event.final else len(line)
         self.stream.write("\r" + line + " " * pad + ("\n" if event.final else ""))

@@ -17,7 +17,7 @@ from pathlib import Path
 from faultserver import Fault, FaultServer
 from helpers import Cli, Depot, assert_installed, write_manifest
 
-from mpdl.progress import GogdlLines, LegendaryLines, ProgressEvent, hhmmss
+from mpdl.progress import GogdlLines, LegendaryLines, ProgressEvent, TerminalLine, hhmmss
 
 HEROIC = {
     "progress": re.compile(r"Progress: (\d+\.\d+) "),
@@ -170,3 +170,19 @@ def test_a_paused_run_resumes_at_its_percent_not_at_zero(
     assert resumed[0] >= stopped_at > 0, (stopped_at, resumed)
     assert resumed[-1] == 100.0
     assert_installed(dest, depot)
+
+
+# -- the live line -----------------------------------------------------------------------------
+
+
+def test_the_live_line_has_a_bar_that_fits_the_terminal_and_none_when_narrow():
+    for columns, bar in ((120, True), (100, True), (70, False)):
+        stream = Lines()
+        show = TerminalLine(stream, columns=columns)
+        show(event(bytes_done=5 * MiB, speed=MiB, eta=5.0, elapsed=1.0))
+        line = stream.text.lstrip("\r").rstrip()
+        assert len(line) < columns, (columns, line)
+        assert line.startswith("[") is bar, (columns, line)
+        if bar:
+            inside = line[1:line.index("]")]
+            assert set(inside) == {"#", "."} and inside.count("#") == len(inside) // 2
