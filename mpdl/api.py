@@ -16,7 +16,7 @@ from .errors import MpdlError, NotEnoughSpace
 from .hashing import hash_file
 from .journal import Journal
 from .layout import Layout, escaping_links, inside, place_link
-from .manifest import FileEntry, Manifest, load_manifest
+from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
 from .options import Options
 from .plan import Plan, Planner
 from .progress import Counts, ProgressCallback, Tracker, human_bytes
@@ -26,8 +26,6 @@ from .scheduler import Limits, Scheduler
 from .supervisor import RefreshUrl, Supervisor, open_ring
 
 log = logging.getLogger("mpdl")
-
-ManifestSource = str | os.PathLike | Mapping[str, Any] | Manifest
 
 
 @dataclass

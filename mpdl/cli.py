@@ -12,12 +12,15 @@ import logging
 import posixpath
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from . import __version__
 from .api import Result, run
+from .verify import Report as VerifyReport
+from .verify import verify
 from .errors import ManifestError, MpdlError, UsageError
 from .http import make_pool, probe
 from .manifest import Manifest
@@ -110,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="to connect, and to wait for each read (default: 30)")
     tuning.add_argument("--insecure", action="store_true",
                         help="do not verify TLS certificates (only for hosts you trust)")
+    parser.add_argument("--verify", action="store_true",
+                        help="fetch nothing: hash every file of the manifest in DEST again, in "
+                             "parallel, print each bad one with why (missing, wrong size, wrong "
+                             "hash, which parts); exit 0 when all are good, 1 otherwise")
     out = parser.add_argument_group("output")
     out.add_argument("--progress", choices=("auto", "bar", "json", "gogdl", "legendary", "none"),
                      default="auto",
@@ -182,6 +189,18 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
     return EXIT_OK if result.ok else EXIT_INCOMPLETE
 
 
+def _report_verify(report: VerifyReport, quiet: bool, say, elapsed: float) -> int:
+    for path, verdict in sorted(report.bad.items()):
+        say(f"mpdl: bad: {path}: {verdict.why}")
+    if not quiet:
+        total = len(report.bad) + len(report.good) + len(report.unchecked)
+        unchecked = f" ({len(report.unchecked)} without a hash: size only)" \
+            if report.unchecked else ""
+        say(f"mpdl: {total - len(report.bad)} of {total} files good{unchecked}, "
+            f"{len(report.bad)} bad; {report.bytes_read} bytes read in {elapsed:.2f} s")
+    return EXIT_OK if report.ok else EXIT_INCOMPLETE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -205,6 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         kw = dict(workers=args.workers, connections=args.connections,
                   chunk_size=args.chunk_size, memory=args.memory, timeout=args.timeout,
                   verify_tls=False if args.insecure else None, progress=progress)
+        if args.verify:
+            if _is_url(args.source) or not args.output:
+                parser.error("--verify takes a manifest and -o DEST")
+            started = time.monotonic()
+            report = verify(args.source, args.output, progress=progress, workers=args.workers)
+            return _report_verify(report, args.quiet, say, time.monotonic() - started)
         if _is_url(args.source):
             options = Options.from_env(**{k: v for k, v in kw.items() if k != "progress"})
             result = _download_url(args.source, args.output, options, **kw)

@@ -118,9 +118,11 @@ class Manifest:
         return cls(base_urls=(), files=(entry,))
 
 
-def load_manifest(
-    source: Manifest | dict[str, object] | str | os.PathLike[str],
-) -> Manifest:
+#: What a run or a verify takes as its manifest: a parsed one, a decoded dict, or a JSON file.
+ManifestSource = Manifest | dict[str, object] | str | os.PathLike[str]
+
+
+def load_manifest(source: ManifestSource) -> Manifest:
     """A manifest from a :class:`Manifest` (as is), a decoded dict or a JSON file."""
     if isinstance(source, Manifest):
         return source

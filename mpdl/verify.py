@@ -1,0 +1,141 @@
+"""Verify: hash every file of a manifest in DEST again, in parallel, and say what is wrong.
+
+Nothing is fetched or changed. Each file is checked in a process of a pool (hashing is CPU
+work, and large reads keep the disk busy): it must be a regular file inside DEST, of the
+manifest's size, and match its hashes: every part hash where the parts carry them (so a
+broken file says which parts are bad, and a repair need fetch only those), else the file's
+own hash. A file the manifest gives no hash is checked by its size alone, and says so.
+Progress counts the bytes read, like a download's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .hashing import new_hasher
+from .layout import Layout, inside
+from .manifest import FileEntry, ManifestSource, load_manifest
+from .options import Options
+from .progress import Counts, ProgressCallback, Tracker
+
+READ_SIZE = 1024 * 1024  # bytes per read: large reads, few system calls
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One file's verdict. ``why`` is empty for a good file; ``bad_parts`` lists the indexes
+    of the parts whose hash did not match; ``checked`` is False for a file without hashes."""
+
+    path: str
+    why: str = ""
+    bad_parts: tuple[int, ...] = ()
+    checked: bool = True
+    read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.why
+
+
+@dataclass
+class Report:
+    """What ``verify`` found: the bad files with why, the good ones, and the bytes read."""
+
+    bad: dict[str, Verdict] = field(default_factory=dict)
+    good: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)  # good by size, but without a hash
+    bytes_read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+
+def check(dest: str, entry: FileEntry) -> Verdict:
+    """The verdict on one file (a top-level function: it runs in the pool's processes)."""
+    final = Layout(Path(dest)).final(entry.path)
+    try:
+        st = os.lstat(final)
+    except FileNotFoundError:
+        return Verdict(entry.path, "missing")
+    if not os.path.isfile(final) or os.path.islink(final) or not inside(final.parent, dest):
+        return Verdict(entry.path, "not a regular file inside the destination")
+    if entry.size is not None and st.st_size != entry.size:
+        return Verdict(entry.path, f"{st.st_size} bytes, the manifest says {entry.size}")
+    hashed = [(i, p) for i, p in enumerate(entry.parts) if p.hash is not None]
+    with open(final, "rb", buffering=0) as file:
+        if entry.parts and len(hashed) == len(entry.parts):
+            return _check_parts(entry, file)
+        if entry.hash is not None:
+            actual, read = _digest(file, entry.hash.algo, 0, st.st_size)
+            if not entry.hash.matches(actual):
+                return Verdict(entry.path, f"{entry.hash.algo} is {actual}, the manifest says "
+                                           f"{entry.hash.hexdigest}", read=read)
+            return Verdict(entry.path, read=read)
+    return Verdict(entry.path, checked=False)
+
+
+def _check_parts(entry: FileEntry, file) -> Verdict:
+    bad, read, offset = [], 0, 0
+    for index, part in enumerate(entry.parts):
+        assert part.hash is not None
+        actual, n = _digest(file, part.hash.algo, offset, part.size)
+        read += n
+        if not part.hash.matches(actual):
+            bad.append(index)
+        offset += part.size
+    if not bad:
+        return Verdict(entry.path, read=read)
+    shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+    return Verdict(entry.path, f"{len(bad)} of {len(entry.parts)} parts do not match their "
+                               f"hashes (parts {shown})", bad_parts=tuple(bad), read=read)
+
+
+def _digest(file, algo: str, offset: int, length: int) -> tuple[str, int]:
+    hasher = new_hasher(algo)
+    buffer = memoryview(bytearray(min(READ_SIZE, max(1, length))))
+    done = 0
+    while done < length:
+        n = os.preadv(file.fileno(), [buffer[:min(len(buffer), length - done)]], offset + done)
+        if n <= 0:
+            break
+        hasher.update(buffer[:n])
+        done += n
+    return hasher.hexdigest(), done
+
+
+def verify(manifest: ManifestSource, dest: str | os.PathLike, *,
+           progress: ProgressCallback | None = None, workers: int | None = None) -> Report:
+    """Check every file of ``manifest`` in ``dest`` (see the module's docstring)."""
+    parsed = load_manifest(manifest)
+    workers = workers or Options.from_env().workers
+    sizes = [entry.size for entry in parsed.files]
+    tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), Counts(),
+                      progress)
+    report = Report()
+    for verdict in _verdicts(str(Path(dest).absolute()), parsed.files, workers):
+        tracker.counts.files_done += 1
+        tracker.counts.bytes_done += verdict.read
+        report.bytes_read += verdict.read
+        if not verdict.ok:
+            report.bad[verdict.path] = verdict
+        elif verdict.checked:
+            report.good.append(verdict.path)
+        else:
+            report.unchecked.append(verdict.path)
+        tracker.tick()
+    tracker.tick(final=True)
+    return report
+
+
+def _verdicts(dest: str, files: tuple[FileEntry, ...], workers: int) -> Iterator[Verdict]:
+    if workers <= 1 or len(files) < 2:
+        yield from (check(dest, entry) for entry in files)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(check, [dest] * len(files), files,
+                            chunksize=max(1, min(64, len(files) // (4 * workers))))
