@@ -8,9 +8,9 @@ from .errors import (ChildrenKeepDying, DiskError, FetchError, ManifestError, Mp
                      NotEnoughSpace, RingTooSmall, RunStopped, UsageError)
 from .manifest import Manifest, load_manifest
 from .progress import ProgressEvent
-from .verify import Report, Verdict, verify
+from .verify import Report, Verdict, repair, verify
 
-__all__ = ["run", "Result", "verify", "Report", "Verdict", "Manifest", "load_manifest",
+__all__ = ["run", "Result", "verify", "repair", "Report", "Verdict", "Manifest", "load_manifest",
            "ProgressEvent", "MpdlError", "ManifestError", "UsageError", "FetchError",
            "RunStopped", "DiskError", "ChildrenKeepDying", "NotEnoughSpace", "RingTooSmall"]
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 from . import __version__
 from .api import Result, run
 from .verify import Report as VerifyReport
-from .verify import verify
+from .verify import repair, verify
 from .errors import ManifestError, MpdlError, UsageError
 from .http import make_pool, probe
 from .manifest import Manifest
@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fetch nothing: hash every file of the manifest in DEST again, in "
                              "parallel, print each bad one with why (missing, wrong size, wrong "
                              "hash, which parts); exit 0 when all are good, 1 otherwise")
+    parser.add_argument("--repair", action="store_true",
+                        help="--verify, then fetch only what is bad: the bad parts of a file "
+                             "whose parts have hashes, else the whole file; exit 0 once every "
+                             "file is verified")
     out = parser.add_argument_group("output")
     out.add_argument("--progress", choices=("auto", "bar", "json", "gogdl", "legendary", "none"),
                      default="auto",
@@ -224,12 +228,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         kw = dict(workers=args.workers, connections=args.connections,
                   chunk_size=args.chunk_size, memory=args.memory, timeout=args.timeout,
                   verify_tls=False if args.insecure else None, progress=progress)
-        if args.verify:
+        if args.verify or args.repair:
             if _is_url(args.source) or not args.output:
-                parser.error("--verify takes a manifest and -o DEST")
+                parser.error("--verify and --repair take a manifest and -o DEST")
             started = time.monotonic()
-            report = verify(args.source, args.output, progress=progress, workers=args.workers)
-            return _report_verify(report, args.quiet, say, time.monotonic() - started)
+            if args.verify:
+                report = verify(args.source, args.output, progress=progress,
+                                workers=args.workers)
+                return _report_verify(report, args.quiet, say, time.monotonic() - started)
+            report, result = repair(args.source, args.output, **kw)
+            _report_verify(report, args.quiet, say, time.monotonic() - started)
+            return _report(result, args.quiet, say, args.progress == "json")
         if _is_url(args.source):
             options = Options.from_env(**{k: v for k, v in kw.items() if k != "progress"})
             result = _download_url(args.source, args.output, options, **kw)

@@ -6,6 +6,11 @@ manifest's size, and match its hashes: every part hash where the parts carry the
 broken file says which parts are bad, and a repair need fetch only those), else the file's
 own hash. A file the manifest gives no hash is checked by its size alone, and says so.
 Progress counts the bytes read, like a download's.
+
+``repair`` verifies, then fetches only what is bad: a file whose every part has a hash keeps
+its good parts (it becomes its own staging file, its good parts recorded in the journal as a
+resumed download's would be, so the run fetches the bad parts alone and verifies the whole file
+before it is renamed back); any other bad file is fetched whole.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .api import Result, run
 from .hashing import new_hasher
+from .journal import Journal
 from .layout import Layout, inside
 from .manifest import FileEntry, ManifestSource, load_manifest
 from .options import Options
 from .progress import Counts, ProgressCallback, Tracker
+from .ranges import RangeSet
 
 READ_SIZE = 1024 * 1024  # bytes per read: large reads, few system calls
 
@@ -139,3 +147,41 @@ def _verdicts(dest: str, files: tuple[FileEntry, ...], workers: int) -> Iterator
     with ProcessPoolExecutor(max_workers=workers) as pool:
         yield from pool.map(check, [dest] * len(files), files,
                             chunksize=max(1, min(64, len(files) // (4 * workers))))
+
+
+def repair(manifest: ManifestSource, dest: str | os.PathLike, *,
+           progress: ProgressCallback | None = None, workers: int | None = None,
+           **options) -> tuple[Report, Result]:
+    """Verify, then fetch what is bad (see the module's docstring): the verify's report, and
+    the run's result. ``options`` are ``mpdl.run``'s."""
+    parsed = load_manifest(manifest)
+    report = verify(parsed, dest, progress=progress, workers=workers)
+    if report.bad:
+        _prepare(parsed.files, Layout(Path(dest)), report)
+    return report, run(parsed, dest, progress=progress, workers=workers, **options)
+
+
+def _prepare(files: tuple[FileEntry, ...], layout: Layout, report: Report) -> None:
+    """Bad files with good parts become staging files the run resumes; the others go."""
+    journal = Journal(layout.state_dir)
+    try:
+        for entry in files:
+            verdict = report.bad.get(entry.path)
+            if verdict is None:
+                continue
+            final = layout.final(entry.path)
+            if verdict.bad_parts and len(verdict.bad_parts) < len(entry.parts):
+                staging = layout.staging(entry)
+                staging.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(final, staging)
+                good, offset = RangeSet(), 0
+                for index, part in enumerate(entry.parts):
+                    if index not in verdict.bad_parts:
+                        good.add(offset, offset + part.size)
+                    offset += part.size
+                journal.record_partial(entry, staging, good)
+            elif os.path.islink(final) or os.path.isfile(final):
+                os.unlink(final)  # fetched whole; a link is removed, never what it points at
+        journal.flush()
+    finally:
+        journal.close()

@@ -98,3 +98,26 @@ def test_the_cli_prints_each_bad_file_and_exits_1_then_0_once_repaired(
     good = mpdl_cli(manifest, "-o", dest, "--verify", cwd=tmp_path)
     assert good.returncode == 0, good.stderr
     assert " 0 bad;" in good.stderr
+
+
+def test_repair_fetches_only_the_bad_parts_and_the_bad_files(
+    depot: Depot, fault_server: FaultServer, installed: tuple[Path, dict], tmp_path: Path
+) -> None:
+    dest, manifest = installed
+    v2 = next(f for f in files_of(manifest) if f["path"] == V2)
+    flip(dest / V2, part_offset(manifest, V2, 2) + 5)
+    (dest / GONE).unlink()
+    with open(dest / V1, "r+b") as file:
+        file.truncate(100)
+    fault_server.clear_log()
+    cli_manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
+    done = mpdl_cli(cli_manifest, "-o", dest, "--repair", "--workers", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "3 bad;" in done.stderr
+    asked = {r.path for r in fault_server.requests if r.method == "GET"}
+    gone = next(f for f in files_of(manifest) if f["path"] == GONE)
+    expected = {v2["parts"][2]["url"]} | {p["url"] for p in gone["parts"]} | {
+        p["url"] for f in files_of(manifest) if f["path"] == V1 for p in f["parts"]}
+    assert asked == expected, asked  # the bad part, and the two bad files: nothing else
+    report = mpdl.verify(manifest, dest, workers=2)
+    assert report.ok, report.bad
