@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,7 +97,8 @@ def parse_hash(text: object) -> HashSpec:
     algo, colon, hexdigest = text.partition(":")
     if not colon:
         raise ValueError(f"expected 'algo:hex', found no ':' in {text!r}")
-    return HashSpec(algo, hexdigest.lower())
+    # A manifest names a few algorithms in 100,000 hashes: one string each, not a copy each.
+    return HashSpec(sys.intern(algo), hexdigest.lower())
 
 
 def new_hasher(algo: str) -> Hasher:

@@ -8,6 +8,7 @@ such as ``files[3].path: '..' is not allowed``.
 
 from __future__ import annotations
 
+import sys
 import json
 import os
 import posixpath
@@ -129,14 +130,19 @@ def load_manifest(source: ManifestSource) -> Manifest:
     if isinstance(source, dict):
         return parse_manifest(source)
     if isinstance(source, (str, os.PathLike)):
-        return parse_manifest(_decode(_read(source)))
+        # The decoded JSON is ours alone: each entry goes as soon as it is parsed, so the
+        # JSON and the model of a 100,000-file manifest are not both in memory at the peak.
+        return parse_manifest(_decode(_read(source)), consume=True)
     raise TypeError(
         f"expected a Manifest, a dict or a path, not {type(source).__name__}"
     )
 
 
-def parse_manifest(obj: object) -> Manifest:
-    """Validate a decoded JSON value into a :class:`Manifest`, ignoring unknown keys."""
+def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
+    """Validate a decoded JSON value into a :class:`Manifest`, ignoring unknown keys.
+
+    ``consume``: empty ``obj["files"]`` as its entries are parsed (for a value no one else
+    holds), which frees each entry's memory while the model grows."""
     if not isinstance(obj, dict):
         raise ManifestError(f"manifest: must be a JSON object, not {_kind(obj)}")
     _check_format(obj.get("format"))
@@ -161,6 +167,8 @@ def parse_manifest(obj: object) -> Manifest:
             file = _file(entry, where, base_urls)
             files.append(file)
             placed.append((file.path, where))
+        if consume:
+            entries[index] = None
     _check_overlaps(placed)
     return Manifest(base_urls=base_urls, files=tuple(files), links=tuple(links))
 
@@ -427,7 +435,7 @@ def _file_url(value: object, where: str, bases: tuple[str, ...]) -> str:
     url = _url(value, where)
     if not bases and not _is_absolute(url):
         raise ManifestError(f"{where}: relative URL {url!r} needs base_urls")
-    return url
+    return sys.intern(url)  # a GOG V1 depot names its one main.bin in every file
 
 
 def _is_absolute(url: str) -> bool:
