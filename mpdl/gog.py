@@ -45,6 +45,7 @@ from typing import Any
 
 from .errors import ManifestError
 from .manifest import FORMAT, MAX_MANIFEST_BYTES, parse_manifest
+from .plan import ZLIB_MAX_RATIO
 
 __all__ = ["SUPPORT_DIR", "convert", "decode_depot", "main"]
 
@@ -186,11 +187,16 @@ def _chunk(chunk: object, where: str) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         raise ManifestError(f"{where}: must be an object")
     stored = _hex(chunk.get("compressedMd5"), _MD5, f"{where}.compressedMd5").lower()
+    length = _size(chunk.get("compressedSize"), f"{where}.compressedSize")
+    size = _size(chunk.get("size"), f"{where}.size")
+    if size > length * ZLIB_MAX_RATIO:  # mpdl's planner refuses it too, later
+        raise ManifestError(
+            f"{where}.size: {length} bytes of deflate cannot make the {size} it declares")
     return {
         "url": galaxy_path(stored),
         "offset": 0,
-        "length": _size(chunk.get("compressedSize"), f"{where}.compressedSize"),
-        "size": _size(chunk.get("size"), f"{where}.size"),
+        "length": length,
+        "size": size,
         "compression": "zlib",
         "hash": "md5:" + _hex(chunk.get("md5"), _MD5, f"{where}.md5"),
     }
