@@ -209,17 +209,17 @@ def galaxy_path(digest: str) -> str:
 
 def _v2_link(item: dict[str, Any], where: str) -> dict[str, Any]:
     path = _path(item.get("path"), f"{where}.path")
-    target = item.get("target")
-    if not isinstance(target, str) or not target:
+    raw = item.get("target")
+    if not isinstance(raw, str) or not raw:
         raise ManifestError(f"{where}.target: must be a non-empty string")
-    target = target.replace("\\", "/")
+    target = raw.replace("\\", "/")
     if target.startswith("/"):
         raise ManifestError(f"{where}.target: absolute targets are not allowed")
     # GOG's target is relative to the install folder (see the module docstring), mpdl/1's to
     # the link's folder. The validator then refuses any target that leaves DEST.
     resolved = posixpath.normpath(target)
     if resolved == ".." or resolved.startswith("../"):
-        raise ManifestError(f"{where}.target: {target!r} points outside the destination")
+        raise ManifestError(f"{where}.target: {raw!r} points outside the destination")
     # Both under one made-up absolute root, so relpath never looks at the working folder.
     relative = posixpath.relpath(f"/r/{resolved}", posixpath.dirname(f"/r/{path}"))
     return {"path": path, "link": relative}

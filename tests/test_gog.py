@@ -252,7 +252,7 @@ HOSTILE = {
     "state dir": (v2(v2_file(".mpdl\\journal")), "reserved"),
     "duplicate": (v2(v2_file("a\\b"), v2_file("a/b")), "is also the path of"),
     "link out": (v2({"type": "DepotLink", "path": "bin\\x", "target": "..\\..\\etc"}),
-                 "points outside the destination"),
+                 "items[0].target: '..\\\\..\\\\etc' points outside the destination"),
     "link absolute": (v2({"type": "DepotLink", "path": "x", "target": "/etc/passwd"}),
                       "absolute targets are not allowed"),
     "chunk url": (v2(v2_file("a", chunks=[{**CHUNK, "compressedMd5": "../../../etc/x"}])),
@@ -297,6 +297,18 @@ def test_cli_usage_errors_are_one_line(tmp_path: Path) -> None:
         assert len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "o.json").exists()
+
+
+def test_cli_write_failure_leaves_no_temp_file(tmp_path: Path) -> None:
+    """OUT.json is written beside itself and renamed: a failed rename leaves nothing behind."""
+    (tmp_path / "depot").write_bytes(sample("gog_v1_depot_manifest.json"))
+    (tmp_path / "out.json").mkdir()  # the rename onto it fails
+    done = gog_cli("depot", "--base-url", "https://x/", "-o", "out.json", cwd=tmp_path)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["depot", "out.json"]
+    done = gog_cli("depot", "--base-url", "https://x/", "-o", "new.json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["depot", "new.json", "out.json"]
 
 
 def test_cli_help_explains() -> None:
