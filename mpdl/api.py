@@ -15,7 +15,7 @@ from typing import Any
 from .errors import MpdlError, NotEnoughSpace
 from .hashing import hash_file
 from .journal import Journal
-from .layout import Layout, escaping_links, inside, place_link
+from .layout import Layout, escaping_links, inside, make_folder_inside, place_link
 from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
 from .options import Options
 from .plan import Plan, Planner
@@ -112,6 +112,12 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
                 result.failed[link.path] = f"cannot make the link: {exc.strerror or exc}"
         for link in escaping_links(layout, parsed.links):
             result.failed[link.path] = "the link leads out of the destination through other links"
+        for directory in parsed.directories:
+            try:
+                if not make_folder_inside(str(layout.final(directory.path)), str(layout.dest)):
+                    result.failed[directory.path] = "its folder leads out of the destination"
+            except OSError as exc:
+                result.failed[directory.path] = f"cannot make the folder: {exc.strerror or exc}"
         result.elapsed = time.monotonic() - started
         tracker.tick(final=True)
     finally:

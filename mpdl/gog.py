@@ -24,8 +24,8 @@ Where files go follows heroic-gogdl (Heroic-Games-Launcher/heroic-gogdl, read at
 - A ``DepotLink`` target is relative to the install folder: gogdl/dl/workers/task_executor.py
   line 294 links to ``os.path.join(install, target)``. mpdl/1 link targets are relative to the
   link's own folder, so the target is rewritten relative to it.
-- ``DepotDirectory`` items (V2) and ``directory`` records (V1) are empty folders; mpdl/1 has no
-  entry for a folder, so they are left out (every folder that holds a file is made anyway).
+- ``DepotDirectory`` items (V2) and ``directory`` records (V1) become mpdl/1 directory entries,
+  so empty folders are made too.
   gogdl/dl/objects/v2.py lines 134-139 treat every item that is neither a file nor a link as a
   folder; this converter refuses unknown item types instead of dropping content silently.
 """
@@ -140,7 +140,10 @@ def _v2(
             raise ManifestError(f"{where}: must be an object")
         kind = item.get("type")
         if kind == "DepotDirectory":
-            continue  # mpdl/1 has no folder entries (see the module docstring)
+            path = _path(item.get("path"), f"{where}.path").rstrip("/")  # "saves\\" too
+            entries.append({"path": path, "directory": True})
+            origins.append(where)
+            continue
         if kind == "DepotLink":
             entries.append(_v2_link(item, where))
         elif kind == "DepotFile":
@@ -235,9 +238,11 @@ def _v1(records: list[Any], support_dir: str) -> tuple[list[dict[str, Any]], lis
         where = f"depot.files[{index}]"
         if not isinstance(record, dict):
             raise ManifestError(f"{where}: must be an object")
-        if record.get("directory"):
-            continue  # mpdl/1 has no folder entries (see the module docstring)
         path = _path(record.get("path"), f"{where}.path")
+        if record.get("directory"):
+            entries.append({"path": path.rstrip("/"), "directory": True})
+            origins.append(where)
+            continue
         if record.get("support"):
             path = f"{support_dir}/{path}"
         size = _size(record.get("size"), f"{where}.size")

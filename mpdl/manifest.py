@@ -95,12 +95,20 @@ class LinkEntry:
 
 
 @dataclass(frozen=True)
+class DirectoryEntry:
+    """A folder to make even when no file goes in it (a game's empty saves folder)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated manifest. Relative urls resolve against each of ``base_urls``."""
 
     base_urls: tuple[str, ...]
     files: tuple[FileEntry, ...]
     links: tuple[LinkEntry, ...] = ()
+    directories: tuple[DirectoryEntry, ...] = ()
 
     def mirrors(self, url: str) -> tuple[str, ...]:
         """Where to fetch ``url`` from, in the order to try."""
@@ -154,12 +162,18 @@ def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
         raise ManifestError(f"files: must be an array, not {_kind(entries)}")
     files: list[FileEntry] = []
     links: list[LinkEntry] = []
+    directories: list[DirectoryEntry] = []
     placed: list[tuple[str, str]] = []
+    folders: list[tuple[str, str]] = []
     for index, entry in enumerate(entries):
         where = f"files[{index}]"
         if not isinstance(entry, dict):
             raise ManifestError(f"{where}: must be an object, not {_kind(entry)}")
-        if entry.get("link") is not None:
+        if entry.get("directory") is not None:
+            directory = _directory(entry, where)
+            directories.append(directory)
+            folders.append((directory.path, where))
+        elif entry.get("link") is not None:
             link = _link(entry, where)
             links.append(link)
             placed.append((link.path, where))
@@ -169,8 +183,9 @@ def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
             placed.append((file.path, where))
         if consume:
             entries[index] = None
-    _check_overlaps(placed)
-    return Manifest(base_urls=base_urls, files=tuple(files), links=tuple(links))
+    _check_overlaps(placed, folders)
+    return Manifest(base_urls=base_urls, files=tuple(files), links=tuple(links),
+                    directories=tuple(directories))
 
 
 # Reading.
@@ -298,6 +313,18 @@ def _part(value: object, where: str, bases: tuple[str, ...]) -> Part:
     return Part(url, offset, length, size, compression, digest)
 
 
+def _directory(entry: dict[str, object], where: str) -> DirectoryEntry:
+    path = _path(_required(entry, "path", where), f"{where}.path")
+    if entry["directory"] is not True:
+        raise ManifestError(f"{where}.directory: must be true, not {_kind(entry['directory'])}")
+    for key in ("size", "url", "parts", "link"):
+        if entry.get(key) is not None:
+            raise ManifestError(
+                f"{where}.{key}: directory entries take no size, url, parts or link"
+            )
+    return DirectoryEntry(path)
+
+
 def _link(entry: dict[str, object], where: str) -> LinkEntry:
     path = _path(_required(entry, "path", where), f"{where}.path")
     for key in ("size", "url", "parts"):
@@ -328,8 +355,10 @@ class _Folder:
     children: dict[str, _Folder] = field(default_factory=dict)
 
 
-def _check_overlaps(placed: list[tuple[str, str]]) -> None:
-    """Refuse two entries at one path, or an entry inside another's path.
+def _check_overlaps(placed: list[tuple[str, str]],
+                    folders: list[tuple[str, str]] = ()) -> None:
+    """Refuse two entries at one path, or an entry inside another's path; a directory entry
+    may hold files (and repeat), but not sit at or inside a file's or a link's path.
 
     A tree rather than a set of prefixes keeps this linear in the paths' length.
     """
@@ -354,6 +383,13 @@ def _check_overlaps(placed: list[tuple[str, str]]) -> None:
                 f"{where}.path: {path!r} is a parent folder of {_any_owner(node)}"
             )
         node.owner = where
+    for path, where in folders:  # after the files: they never meet a folder-only node
+        node = root
+        for name in path.split("/"):
+            node = node.children.setdefault(name, _Folder())
+            if node.owner is not None:
+                raise ManifestError(f"{where}.path: {path!r} is at or inside the path of "
+                                    f"{node.owner}")
 
 
 def _any_owner(node: _Folder) -> str:

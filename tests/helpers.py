@@ -84,7 +84,11 @@ def with_bases(manifest: Mapping[str, Any], bases: str | Sequence[str]) -> dict[
 
 
 def files_of(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [f for f in manifest["files"] if f.get("link") is None]
+    return [f for f in manifest["files"] if f.get("link") is None and not f.get("directory")]
+
+
+def dirs_of(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [f for f in manifest["files"] if f.get("directory")]
 
 
 def links_of(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:

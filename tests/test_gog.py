@@ -164,6 +164,7 @@ def test_v2_depot_downloads_byte_exact(tmp_path: Path) -> None:
     assert not os.stat(game / "README.txt").st_mode & stat.S_IXUSR
     link = game / "bin/level.pak"
     assert link.is_symlink() and os.readlink(link) == "../data/level1.pak"
+    assert (game / "saves").is_dir()  # a DepotDirectory: made, though empty
     assert link.read_bytes() == installed["data/level1.pak"]
     # Every chunk went over the wire from its galaxy path, and nothing else was asked for.
     asked = {r.path for r in server.requests if r.method == "GET"}
@@ -222,7 +223,7 @@ def test_v1_depot_downloads_byte_exact(tmp_path: Path) -> None:
         final = game / (f"{SUPPORT_DIR}{path}" if path.startswith("/redist/") else path[1:])
         assert final.read_bytes() == data and md5(final.read_bytes()) == md5(data), path
     assert os.stat(game / "game.exe").st_mode & stat.S_IXUSR
-    assert not (game / "Saves").exists()  # mpdl/1 has no folder entries yet
+    assert (game / "Saves").is_dir() and not any((game / "Saves").iterdir())  # an empty folder
 
 
 # --- hostile and broken depots -------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -792,3 +793,29 @@ def test_load_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(manifest_module, "MAX_MANIFEST_BYTES", len(data) - 1)
     with pytest.raises(ManifestError, match=r"^manifest: larger than"):
         load_manifest(path)
+
+
+# --- directory entries --------------------------------------------------------------------------
+
+
+def test_a_directory_entry_is_a_folder_that_may_hold_files() -> None:
+    m = parse_manifest(doc({"path": "saves", "directory": True},
+                           {"path": "saves/slot1.dat", "size": 0},
+                           {"path": "saves", "directory": True},  # said twice: still one folder
+                           {"path": "a/b/c", "directory": True}))
+    assert [d.path for d in m.directories] == ["saves", "saves", "a/b/c"]
+    assert [f.path for f in m.files] == ["saves/slot1.dat"]
+
+
+@pytest.mark.parametrize("entries, says", [
+    ([{"path": "d", "directory": "yes"}], "files[0].directory: must be true"),
+    ([{"path": "d", "directory": True, "size": 0}], "files[0].size: directory entries take"),
+    ([{"path": "d", "directory": True, "link": "x"}], "files[0].link: directory entries take"),
+    ([{"path": "f", "size": 0}, {"path": "f", "directory": True}], "at or inside the path of"),
+    ([{"path": "f", "size": 0}, {"path": "f/sub", "directory": True}], "at or inside the path"),
+    ([{"path": "../out", "directory": True}], "files[0].path"),
+    ([{"path": ".mpdl/x", "directory": True}], "reserved"),
+])
+def test_a_directory_entry_that_clashes_or_escapes_is_refused(entries: list, says: str) -> None:
+    with pytest.raises(ManifestError, match=re.escape(says)):
+        parse_manifest(doc(*entries))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from faultserver import Fault, FaultServer
+from helpers import Depot
 
 import mpdl
 
@@ -147,3 +148,20 @@ def test_files_larger_than_the_free_space_stop_before_any_request(tmp_path: Path
         with pytest.raises(mpdl.MpdlError, match=r"space on .*: 4\.0 EiB to write, .* free"):
             mpdl.run(manifest, tmp_path / "dest")
         assert srv.requests == []
+
+
+def test_empty_folders_are_made_and_never_through_a_planted_link(
+    depot: Depot, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "game"
+    dest.mkdir()
+    os.symlink(outside, dest / "planted")
+    manifest = {"format": "mpdl/1", "base_urls": [fault_server.url],
+                "files": [{"path": "saves/empty", "directory": True},
+                          {"path": "planted/evil", "directory": True}]}
+    result = mpdl.run(manifest, dest)
+    assert (dest / "saves" / "empty").is_dir()
+    assert result.failed == {"planted/evil": "its folder leads out of the destination"}
+    assert not (outside / "evil").exists()
