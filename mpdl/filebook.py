@@ -104,16 +104,21 @@ class FileBook:
             self._move(file, F.FAILED)
         self._ended(fid)
 
-    def wrote(self, pieces: Iterable[tuple[int, int, int]]) -> None:
+    def wrote(self, pieces: Iterable[tuple[int, int, int]]) -> int:
         """These (file id, file offset, length) bytes are in their files, and right: they
-        count as had, and the next checkpoint makes them durable."""
+        count as had, and the next checkpoint makes them durable. Returns how many of them
+        were not had already (a retry rewrites bytes its failed attempt had written)."""
+        gained = 0
         for fid, offset, length in pieces:
             file = self.files[fid]
             if file.state in STAGED:
                 if file.have is None:
                     file.have = RangeSet()
+                before = file.have.total()
                 file.have.add(offset, offset + length)
+                gained += file.have.total() - before
                 self.checkpoints.dirty.add(fid)
+        return gained
 
     def closed(self, record: FileClosed) -> bool:
         """The writer's verdict; returns True when the file should be fetched once more (its

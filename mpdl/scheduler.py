@@ -50,6 +50,9 @@ from .tail import Candidate, Race, Steal, TailPolicy, slot_time
 
 log = logging.getLogger("mpdl")
 
+# Seconds a range is left alone after a thief of it failed (at least; or the Retry-After).
+TAIL_COOLDOWN = 1.0
+
 T, F = TaskState, FileState
 
 
@@ -159,6 +162,8 @@ class Scheduler:
             times += [self.now - c.idle
                       + self.tail.patience(c, self.slot_seconds, self.first_seconds)
                       for c in self._candidates() if c.delivered in c.cuts]
+            times += [run.contest_after for run in self.runs.values()
+                      if run.state in ON_WORKER and run.contest_after > self.now]
         checkpoints = self.book.checkpoints
         if (checkpoints.journaling and checkpoints.next_due is not None
                 and checkpoints.in_flight is None):  # while one is out, its Synced wakes us
@@ -226,13 +231,19 @@ class Scheduler:
             self.counts.bytes_written += record.written
             run = self.runs[holder.task_id]
             if holder.attempt == run.attempt and run.state in IN_FLIGHT:
-                run.credited += record.written
-                self.counts.bytes_done += record.written
                 task = run.task
-                if task.ranged and not task.checks and task.compression is None:
+                whole = record.written == sum(p.length for p in holder.pieces)
+                if not whole:  # a write failed (the writer said why): none of it is had
+                    run.short_write = True
+                if whole and task.ranged and not task.checks and task.compression is None:
                     # Nothing checks these bytes later in the attempt: they count as had
-                    # now, so a long range interrupted keeps what it wrote (resume).
-                    self.book.wrote((p.file_id, p.file_offset, p.length) for p in holder.pieces)
+                    # now, the file's and not the attempt's, so a long range interrupted
+                    # keeps what it wrote (resume), and a retry does not count them again.
+                    self.counts.bytes_done += self.book.wrote(
+                        (p.file_id, p.file_offset, p.length) for p in holder.pieces)
+                else:
+                    run.credited += record.written
+                    self.counts.bytes_done += record.written
                 self._maybe_done(run)
         elif isinstance(record, FileClosed):
             if self.book.closed(record):
@@ -372,7 +383,7 @@ class Scheduler:
         run.attempt += 1
         run.worker = worker
         run.url = self.fresh_urls.get(mirror, mirror)
-        run.delivered, run.progress_at = 0, self.now
+        run.delivered, run.progress_at, run.short_write = 0, self.now, False
         slot = self.slots.acquire(task.task_id, run.attempt, worker)
         self._move(run, T.RUNNING)
         self._to_worker(worker, Fetch(
@@ -441,14 +452,19 @@ class Scheduler:
     def _task_done(self, run: TaskRun) -> None:
         """Its bytes are in their files: record them, and close the files it completes."""
         self._move(run, T.DONE)
-        self.book.wrote((s.file_id, s.file_offset, s.length) for s in run.task.spans
-                        if s.length is not None)
+        if not run.short_write:  # else the run stops on the writer's error: record nothing
+            self.book.wrote((s.file_id, s.file_offset, s.length) for s in run.task.spans
+                            if s.length is not None)
         self.book.close_if_complete(run.task.file_ids)
 
     def _failed(self, run: TaskRun, record: Failed, now: float) -> None:
         self.slots.release_filling(record.task_id, record.attempt)
         if run.contest is not None:  # the other one of a contest goes on alone
             if run is run.contest.thief:
+                # Not raced or stolen from again at once: a server refusing one more
+                # connection (429, 503) would be asked again on every tick.
+                victim = run.contest.victim
+                victim.contest_after = now + max(TAIL_COOLDOWN, record.retry_after or 0.0)
                 self._call_off(run.contest, dead=run.worker)
                 return
             self._decide(run.contest, thief_won=True, notify=False)
@@ -559,7 +575,8 @@ class Scheduler:
                           cuts=cut_points(run.task, run.delivered, self.slot_size))
                 for run in self.runs.values()
                 if run.state in ON_WORKER and run.contest is None and run.task.size
-                and run.worker in self.heard_at and run.task.source not in self.planner.streamed]
+                and run.worker in self.heard_at and run.task.source not in self.planner.streamed
+                and run.contest_after <= self.now]
 
     def _share_the_tail(self) -> None:
         """Each idle connection takes half of the largest remainder, or races a stalled one."""

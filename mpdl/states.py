@@ -80,6 +80,8 @@ class TaskRun:
     delivered: int = 0  # output bytes the current attempt has reported filled
     progress_at: float = 0.0  # when the current attempt started or last reported a slot
     contest: Contest | None = None  # racing a thief for its remainder (tail.py)
+    short_write: bool = False  # the writer wrote less of a slot of this attempt than it held
+    contest_after: float = 0.0  # not stolen from or raced before then (a thief failed)
 
     def move(self, new: TaskState) -> TaskState:
         """Change state, or raise IllegalMove; returns the old state."""

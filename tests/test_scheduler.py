@@ -1314,3 +1314,53 @@ def test_the_written_slots_of_a_long_unchecked_range_count_as_had_before_it_ends
     sim.written(sim.to_writer(WriteSlot)[0].slot)
     assert sim.run(big).state in ON_WORKER
     assert sim.file(0).have is not None and sim.file(0).have.covers(0, 100)
+
+
+def test_a_slot_the_writer_could_not_write_whole_never_reaches_the_journal():
+    """A disk-full error mid-range: the run stops with a checkpoint, which must not claim
+    the failed bytes (a file without a hash would resume from zeros)."""
+    sim = Sim(obj("big", 1000), spread=1, tail=TailPolicy(min_steal_slots=100))
+    [big] = sim.fetches()
+    sim.fill(big, 100, last=False)
+    slot = sim.to_writer(WriteSlot)[0].slot
+    sim.from_writer(WriteFailed(file_id=0, path="x", reason="No space left on device"))
+    sim.written(slot, written=0)
+    sim.s.checkpoint(sim.now)
+    sim.take()
+    for sync in list(sim.syncs):
+        sim.synced(sync.token)
+    assert not [p for e in sim.effects if isinstance(e, JournalSynced) for p in e.partial]
+    assert sim.file(0).have is None
+
+
+def test_progress_counts_a_restarted_files_written_slots_once():
+    sim = Sim(obj("big", 1000), spread=1, tail=TailPolicy(min_steal_slots=100))
+    [big] = sim.fetches()
+    sim.fill(big, 100, last=False)
+    sim.written(sim.to_writer(WriteSlot)[0].slot)
+    assert sim.s.counts.bytes_done == 100
+    sim.writer_died()  # the file starts over from nothing
+    assert sim.s.counts.bytes_done == 0
+    sim.serve()
+    assert sim.s.counts.bytes_done == 1000 and sim.ended() == {"big": (True, "")}
+
+
+def test_a_retry_rewriting_slots_its_failed_attempt_wrote_counts_them_once():
+    sim = Sim(obj("big", 300), spread=1, tail=TailPolicy(min_steal_slots=100))
+    [big] = sim.fetches()
+    sim.fill(big, 100, last=False)
+    sim.written(sim.to_writer(WriteSlot)[0].slot)
+    sim.fail(big)  # the retry asks all 300 bytes again
+    sim.tick_to(1.0)
+    sim.serve()
+    assert sim.s.counts.bytes_done == 300 and sim.ended() == {"big": (True, "")}
+
+
+def test_a_failed_thief_is_not_replaced_until_the_server_may_take_one_more():
+    sim = Sim(obj("big", 1000), spread=1, connections=2)
+    [victim] = sim.fetches()
+    [thief] = sim.fetches(sim.fill(victim, 100, last=False))
+    out = sim.fail(thief, reason="503 too many connections", retry_after=30)
+    assert sim.fetches(out) == []
+    assert not sim.fetches(sim.tick_to(29.0))
+    assert sim.fetches(sim.tick_to(30.0)), "the victim is stolen from again after Retry-After"
