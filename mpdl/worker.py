@@ -103,6 +103,7 @@ class Worker:
             if key in self.grants:  # not over already
                 self.cancelled.add(key)
                 self._wake(key)
+                self.cursors[key].abort()  # a read that may never return frees its thread
         else:
             raise UnknownRecord("worker", record)
 

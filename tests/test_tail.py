@@ -20,7 +20,7 @@ from faultserver import Fault, FaultServer
 from helpers import run
 
 from mpdl.http import make_pool
-from mpdl.messages import Check, Cut, Failed, Fetch, Filled, Grant
+from mpdl.messages import Cancel, Check, Cut, Failed, Fetch, Filled, Grant
 from mpdl.plan import Span, Task, cut_points, cut_task
 from mpdl.ring import Ring
 from mpdl.tail import Candidate, Race, Steal, TailPolicy
@@ -254,3 +254,38 @@ def test_a_worker_cut_behind_a_stalled_read_gives_it_up_at_once(
         assert server.shaped_in_flight == 1, "the worker waited for the stall to end"
     assert (first.offset, first.length, first.last) == (0, 64 * KiB, False)
     assert isinstance(end, Failed) or (end.last and end.length == 0)  # nothing past the cut
+
+
+def test_a_cancelled_attempt_stalled_in_a_read_frees_its_thread_at_once(
+    big: tuple[Path, bytes, dict]
+) -> None:
+    """The loser of a contest is cancelled; its worker thread must not stay in the read."""
+    root, data, _ = big
+    ring = Ring.create(64 * KiB, 8)
+    inbox, outbox = multiprocessing.Pipe(duplex=False)
+    pool = make_pool(connections=1, timeout=30, verify_tls=True)
+    worker = Worker(outbox, 0, ring, pool, threads=1)  # one thread: B waits for A's
+    worker.start()
+    try:
+        with FaultServer(root) as server:
+            server.set_fault("big.bin", Fault(stall_after=100 * KiB, stall_seconds=60,
+                                              fail_times=1))
+            url = server.url + "big.bin"
+            worker.handle(_fetch(url, len(data)))
+            assert inbox.poll(30)
+            [first] = inbox.recv()
+            worker.handle(Grant(task_id=1, attempt=1, slot=1))
+            while server.bytes_sent < 100 * KiB:
+                time.sleep(0.01)
+            worker.handle(Cancel(task_id=1, attempt=1))
+            worker.handle(Fetch(**{**_fetch(url, 64 * KiB)._asdict(), "task_id": 2,
+                                   "slot": 2}))
+            records = []
+            while not any(isinstance(r, Filled) and r.task_id == 2 for r in records):
+                assert inbox.poll(30), records
+                records += inbox.recv()
+            assert server.shaped_in_flight == 1, "B waited for A's stall to end"
+    finally:
+        worker.stop()
+        pool.clear()
+        ring.close()
