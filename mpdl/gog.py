@@ -40,7 +40,7 @@ import re
 import sys
 import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .errors import ManifestError
@@ -129,15 +129,21 @@ def convert(
 # V2: chunked, zlib-compressed files.
 
 
+def _objects(items: list[Any], name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each of a depot's records with where it is, refusing one that is not a JSON object."""
+    for index, item in enumerate(items):
+        where = f"{name}[{index}]"
+        if not isinstance(item, dict):
+            raise ManifestError(f"{where}: must be an object")
+        yield where, item
+
+
 def _v2(
     items: list[Any], product_id: str | None, support_dir: str
 ) -> tuple[list[dict[str, Any]], list[str]]:
     entries: list[dict[str, Any]] = []
     origins: list[str] = []
-    for index, item in enumerate(items):
-        where = f"depot.items[{index}]"
-        if not isinstance(item, dict):
-            raise ManifestError(f"{where}: must be an object")
+    for where, item in _objects(items, "depot.items"):
         kind = item.get("type")
         if kind == "DepotDirectory":
             path = _path(item.get("path"), f"{where}.path").rstrip("/")  # "saves\\" too
@@ -234,10 +240,7 @@ def _v2_link(item: dict[str, Any], where: str) -> dict[str, Any]:
 def _v1(records: list[Any], support_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
     entries: list[dict[str, Any]] = []
     origins: list[str] = []
-    for index, record in enumerate(records):
-        where = f"depot.files[{index}]"
-        if not isinstance(record, dict):
-            raise ManifestError(f"{where}: must be an object")
+    for where, record in _objects(records, "depot.files"):
         path = _path(record.get("path"), f"{where}.path")
         if record.get("directory"):
             entries.append({"path": path.rstrip("/"), "directory": True})
