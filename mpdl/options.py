@@ -41,13 +41,14 @@ class Options:
 
     # Defaults, as measured with perf/ (README "Performance"): 16 connections hide round trips
     # and per-connection caps (nginx limit_rate, CDNs) without flooding one server; 2 MiB
-    # ranges keep the last wave of ranges short, so the slowest connection decides little,
-    # and cost one request per 2 MiB; a 64 MiB ring holds 32 such slots, enough for every
-    # connection plus as many waiting for the writer, and touches little memory (a 256 MiB
-    # ring ran no faster and cost 200 MiB more of the machine's memory).
+    # chunks are the slots and the grid ranges are cut on (objects start as about one range
+    # per connection, and idle connections bisect what is left, so the last wave is short);
+    # a 64 MiB ring holds 32 such slots, enough for every connection plus as many waiting for
+    # the writer, and touches little memory (a 256 MiB ring ran no faster and cost 200 MiB
+    # more of the machine's memory).
     workers: int | None = None  # None: from the machine
     connections: int = 16  # concurrent requests in all workers together
-    chunk_size: int = 2 * MiB  # range task size when splitting big objects; also the slot size
+    chunk_size: int = 2 * MiB  # the slot size, and the grid ranges are cut on
     memory: int = 64 * MiB  # the ring's budget: the cap on payload held in memory
     timeout: float = 30.0  # seconds to connect, and without a byte while reading
     parallel: bool = True  # False: one stream per object (MPDL_NO_PARALLEL=1)
