@@ -121,6 +121,7 @@ class Scheduler:
         self.refreshing: dict[str, tuple[str, list[TaskRun]]] = {}  # refused -> (mirror, runs)
         self._tie = itertools.count()
         self.busy: Counter[int] = Counter()  # tasks ON_WORKER per worker id
+        self.on_worker: set[TaskRun] = set()  # the tasks ON_WORKER: few, where runs are many
         self.on_source: Counter[str] = Counter()  # tasks ON_WORKER per object
         self.fresh_urls: dict[str, str] = {}  # mirror URL refused with 401/403 -> its fresh one
         self.stopped: DiskError | None = None  # the first disk error: the run cannot go on
@@ -162,8 +163,8 @@ class Scheduler:
             times += [self.now - c.idle
                       + self.tail.patience(c, self.slot_seconds, self.first_seconds)
                       for c in self._candidates() if c.delivered in c.cuts]
-            times += [run.contest_after for run in self.runs.values()
-                      if run.state in ON_WORKER and run.contest_after > self.now]
+            times += [run.contest_after for run in self.on_worker
+                      if run.contest_after > self.now]
         checkpoints = self.book.checkpoints
         if (checkpoints.journaling and checkpoints.next_due is not None
                 and checkpoints.in_flight is None):  # while one is out, its Synced wakes us
@@ -263,8 +264,7 @@ class Scheduler:
         workers keep dying on them). Feed what it sent before dying first."""
         self.out.to_workers.pop(worker, None)  # Cancels meant for it: its attempts end here
         self.slots.release_worker(worker)
-        for run in sorted((r for r in self.runs.values()
-                           if r.state in ON_WORKER and r.worker == worker),
+        for run in sorted((r for r in self.on_worker if r.worker == worker),
                           key=lambda r: r.task.task_id):
             if run.state not in ON_WORKER:  # a thief called off just now, with its victim
                 continue
@@ -322,9 +322,11 @@ class Scheduler:
         if old in ON_WORKER and new not in ON_WORKER:
             self.busy[run.worker] -= 1
             self.on_source[source] -= 1
+            self.on_worker.discard(run)
         elif new in ON_WORKER and old not in ON_WORKER:
             self.busy[run.worker] += 1
             self.on_source[source] += 1
+            self.on_worker.add(run)
         if old in LIVE and new not in LIVE:
             for fid in run.task.file_ids:
                 self.files[fid].live_tasks -= 1
@@ -573,8 +575,8 @@ class Scheduler:
         return [Candidate(task_id=run.task.task_id, size=run.task.size, delivered=run.delivered,
                           idle=self.now - max(run.progress_at, self.heard_at[run.worker]),
                           cuts=cut_points(run.task, run.delivered, self.slot_size))
-                for run in self.runs.values()
-                if run.state in ON_WORKER and run.contest is None and run.task.size
+                for run in sorted(self.on_worker, key=lambda r: r.task.task_id)
+                if run.contest is None and run.task.size
                 and run.worker in self.heard_at and run.task.source not in self.planner.streamed
                 and run.contest_after <= self.now]
 

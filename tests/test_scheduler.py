@@ -158,6 +158,7 @@ class Sim:
         assert sum(on_worker.values()) <= limits.connections
         assert all(n <= limits.per_worker for n in on_worker.values())
         assert {w: n for w, n in s.busy.items() if n} == dict(on_worker)
+        assert s.on_worker == {r for r in s.runs.values() if r.state in ON_WORKER}
         for fid, file in s.files.items():
             live = sum(1 for r in s.runs.values() if r.state in LIVE and fid in r.task.file_ids)
             assert file.live_tasks == live, f"file {fid}: live_tasks {file.live_tasks} != {live}"
