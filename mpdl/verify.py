@@ -79,7 +79,7 @@ def check(dest: str, entry: FileEntry) -> Verdict:
         if entry.parts and len(hashed) == len(entry.parts):
             return _check_parts(entry, file)
         if entry.hash is not None:
-            actual, read = _digest(file, entry.hash.algo, 0, st.st_size)
+            actual, read = _digest(file, entry.hash.algo, st.st_size)
             if not entry.hash.matches(actual):
                 return Verdict(entry.path, f"{entry.hash.algo} is {actual}, the manifest says "
                                            f"{entry.hash.hexdigest}", read=read)
@@ -88,14 +88,13 @@ def check(dest: str, entry: FileEntry) -> Verdict:
 
 
 def _check_parts(entry: FileEntry, file) -> Verdict:
-    bad, read, offset = [], 0, 0
-    for index, part in enumerate(entry.parts):
+    bad, read = [], 0
+    for index, part in enumerate(entry.parts):  # one after the other, as the file holds them
         assert part.hash is not None
-        actual, n = _digest(file, part.hash.algo, offset, part.size)
+        actual, n = _digest(file, part.hash.algo, part.size)
         read += n
         if not part.hash.matches(actual):
             bad.append(index)
-        offset += part.size
     if not bad:
         return Verdict(entry.path, read=read)
     shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
@@ -103,13 +102,14 @@ def _check_parts(entry: FileEntry, file) -> Verdict:
                                f"hashes (parts {shown})", bad_parts=tuple(bad), read=read)
 
 
-def _digest(file, algo: str, offset: int, length: int) -> tuple[str, int]:
+def _digest(file, algo: str, length: int) -> tuple[str, int]:
+    """The digest of the next ``length`` bytes of ``file``, and how many there were."""
     hasher = new_hasher(algo)
     buffer = memoryview(bytearray(min(READ_SIZE, max(1, length))))
     done = 0
     while done < length:
-        n = os.preadv(file.fileno(), [buffer[:min(len(buffer), length - done)]], offset + done)
-        if n <= 0:
+        n = file.readinto(buffer[:min(len(buffer), length - done)])
+        if not n:
             break
         hasher.update(buffer[:n])
         done += n
