@@ -164,7 +164,7 @@ def _download_url(url: str, output: str | None, options: Options, **kw) -> Resul
     target = Path(output)
     if target.is_dir():
         raise UsageError(f"{output} is a folder; -o takes the file to write for a URL")
-    pool = make_pool(connections=1, timeout=options.timeout, verify_tls=options.verify_tls)
+    pool = make_pool(options, connections=1)
     try:
         info = probe(pool, url)
     finally:

@@ -15,20 +15,24 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .errors import AccessDenied, FetchError, NotOnMirror, TransientError
+from .options import Options
 
 USER_AGENT = "mpdl/0.1"
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
 
-def make_pool(*, connections: int, timeout: float, verify_tls: bool) -> urllib3.PoolManager:
-    """One keep-alive pool per host, as many connections as this process runs requests."""
+def make_pool(options: Options, *, connections: int) -> urllib3.PoolManager:
+    """One keep-alive pool per host, as many connections as this process runs requests.
+
+    Every network setting a request depends on comes from ``options``: the one record the
+    coordinator hands each worker process."""
     return urllib3.PoolManager(
         num_pools=32,
         maxsize=connections,
         block=False,
-        timeout=urllib3.Timeout(connect=timeout, read=timeout),
+        timeout=urllib3.Timeout(connect=options.timeout, read=options.timeout),
         retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=8),
-        cert_reqs="CERT_REQUIRED" if verify_tls else "CERT_NONE",
+        cert_reqs="CERT_REQUIRED" if options.verify_tls else "CERT_NONE",
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )
 

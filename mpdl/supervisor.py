@@ -272,10 +272,9 @@ class Supervisor:
         return Child(process, inbox, outbox_recv)
 
     def _start_worker(self, worker_id: int) -> None:
-        o = self.options
         self.workers[worker_id] = self._spawn(
             f"mpdl-worker-{worker_id}", worker_main,
-            (worker_id, self.ring.spec, self.threads, o.timeout, o.verify_tls,
+            (worker_id, self.ring.spec, self.threads, self.options,
              logging.getLogger("mpdl").getEffectiveLevel()))
         self.scheduler.worker_started(worker_id)
 

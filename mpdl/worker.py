@@ -29,6 +29,7 @@ from .fetch import Cancelled, Cursor, Meter, fetch
 from .http import make_pool
 from .messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FromWorker, Grant, Stop,
                        ToWorker, UnknownRecord)
+from .options import Options
 from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.worker")
@@ -166,11 +167,11 @@ class Worker:
 
 
 def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec,
-                threads: int, timeout: float, verify_tls: bool, log_level: int) -> None:
+                threads: int, options: Options, log_level: int) -> None:
     """Process entry point (a top-level function, so it works under spawn and forkserver)."""
     child_setup(f"mpdl-worker-{worker_id}", log_level)
     ring = Ring.attach(spec)
-    pool = make_pool(connections=threads, timeout=timeout, verify_tls=verify_tls)
+    pool = make_pool(options, connections=threads)
     worker = Worker(outbox, worker_id, ring, pool, threads)
     worker.start()
     worker.send(Alive())  # running: from now on its tasks' silence is the network's

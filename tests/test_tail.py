@@ -20,6 +20,7 @@ from faultserver import Fault, FaultServer
 from helpers import run
 
 from mpdl.http import make_pool
+from mpdl.options import Options
 from mpdl.messages import Cancel, Check, Cut, Failed, Fetch, Filled, Grant
 from mpdl.plan import Span, Task, cut_points, cut_task
 from mpdl.ring import Ring
@@ -190,7 +191,7 @@ class _WorkerUnderTest:
     def __init__(self) -> None:
         self.ring = Ring.create(64 * KiB, 8)
         self.inbox, outbox = multiprocessing.Pipe(duplex=False)
-        self.pool = make_pool(connections=2, timeout=30, verify_tls=True)
+        self.pool = make_pool(Options(timeout=30), connections=2)
         self.worker = Worker(outbox, 0, self.ring, self.pool, threads=2)
         self.worker.start()
 
@@ -263,7 +264,7 @@ def test_a_cancelled_attempt_stalled_in_a_read_frees_its_thread_at_once(
     root, data, _ = big
     ring = Ring.create(64 * KiB, 8)
     inbox, outbox = multiprocessing.Pipe(duplex=False)
-    pool = make_pool(connections=1, timeout=30, verify_tls=True)
+    pool = make_pool(Options(timeout=30), connections=1)
     worker = Worker(outbox, 0, ring, pool, threads=1)  # one thread: B waits for A's
     worker.start()
     try:
