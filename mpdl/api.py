@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import MpdlError, NotEnoughSpace
-from .hashing import hash_file
+from .hashing import hash_file, hash_next
 from .journal import Journal
 from .layout import Layout, escaping_links, inside, make_folder_inside, place_link
 from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
@@ -24,6 +24,7 @@ from .ranges import RangeSet
 from .retry import RetryPolicy
 from .scheduler import Limits, Scheduler
 from .supervisor import RefreshUrl, Supervisor, open_ring
+from .update import Update
 
 log = logging.getLogger("mpdl")
 
@@ -36,7 +37,9 @@ class Result:
     skipped: list[str] = field(default_factory=list)  # already in place and verified before
     failed: dict[str, str] = field(default_factory=dict)  # path -> why
     error: str | None = None  # why the run stopped early (a disk error, dying processes)
+    removed: list[str] = field(default_factory=list)  # installed before, no longer listed
     bytes_fetched: int = 0  # from the network
+    bytes_reused: int = 0  # copied from files already in DEST (an update)
     bytes_written: int = 0  # to files
     elapsed: float = 0.0
 
@@ -48,7 +51,8 @@ class Result:
 def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         progress: ProgressCallback | None = None, state_dir: Path | None = None,
         keep_state: bool = True, streamed: tuple[str, ...] = (),
-        refresh_url: RefreshUrl | None = None, **options: Any) -> Result:
+        refresh_url: RefreshUrl | None = None, keep_removed: bool = False,
+        **options: Any) -> Result:
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
@@ -57,6 +61,11 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     the manifest is invalid. On KeyboardInterrupt the children and the shared memory are gone
     before it propagates; the journal keeps what was finished and what is durable of the rest,
     and the next run resumes from there.
+
+    Over an install of another manifest, the run is an update (mpdl.update): files that
+    changed or moved are built from the bytes already in ``dest`` where they match, only the
+    rest is fetched, and once every file is in place the files the old manifest installed and
+    this one does not list are removed (``keep_removed`` keeps them), if unchanged since.
 
     ``refresh_url(url)`` is called (in this process) when a request is refused with 401 or
     403, as signed URLs expire: it returns a fresh URL for the same bytes, or None to fail
@@ -72,10 +81,18 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     result = Result()
     journal = Journal(layout.state_dir)
     try:
+        update = Update(layout, parsed, journal)
         todo = _still_to_fetch(parsed, layout, journal, result)
         have = _resumable(todo, layout, journal)
         _check_free_space(layout.dest, sum((entry.size or 0) - (have[fid].total() if fid in have
                                                                  else 0) for fid, entry in todo))
+        if todo:
+            update.begin()
+            reused = update.reuse(todo, have, opts.workers)
+            result.bytes_reused = reused.bytes
+            placed = set(reused.placed)
+            result.completed += [entry.path for fid, entry in todo if fid in placed]
+            todo = [(fid, entry) for fid, entry in todo if fid not in placed]
         planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
                           spread=opts.connections)
         plan = planner.plan(todo, have=have)
@@ -84,7 +101,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
                  len(result.skipped), plan.describe())
         layout.dest.mkdir(parents=True, exist_ok=True)
         fetching = {entry.path for _, entry in todo}
-        counts = Counts(files_done=len(result.skipped))
+        counts = Counts(files_done=len(result.skipped) + len(result.completed))
         counts.bytes_done = sum(e.size or 0 for e in parsed.files if e.path not in fetching)
         counts.bytes_done += sum(h.total() for h in have.values())
         sizes = [entry.size for entry in parsed.files]
@@ -118,6 +135,8 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
                     result.failed[directory.path] = "its folder leads out of the destination"
             except OSError as exc:
                 result.failed[directory.path] = f"cannot make the folder: {exc.strerror or exc}"
+        if result.ok:
+            result.removed = update.finish(keep_removed)
         result.elapsed = time.monotonic() - started
         tracker.tick(final=True)
     finally:
@@ -192,13 +211,20 @@ def _resumable(todo: list[tuple[int, FileEntry]], layout: Layout,
 
 
 def _verified_on_disk(entry: FileEntry, final: Path) -> bool:
-    """A file nobody recorded is still taken when its size and its hash match (repair mode)."""
-    if entry.hash is None or entry.size is None:
+    """A file nobody recorded is still taken when its size and its hash match, or, without a
+    file hash, every part's (repair mode; a run killed after placing a file but before its
+    journal line was written)."""
+    hashed = bool(entry.parts) and all(part.hash for part in entry.parts)
+    if entry.size is None or (entry.hash is None and not hashed):
         return False
     try:
         if not final.is_file() or final.is_symlink() or final.stat().st_size != entry.size:
             return False
-        return entry.hash.matches(hash_file(final, entry.hash.algo))
+        if entry.hash is not None:
+            return entry.hash.matches(hash_file(final, entry.hash.algo))
+        with open(final, "rb", buffering=0) as file:
+            return all(part.hash.matches(hash_next(file, part.hash.algo, part.size)[0])
+                       for part in entry.parts if part.hash)
     except OSError:
         return False
 

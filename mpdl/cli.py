@@ -49,7 +49,10 @@ exit codes:
   1  some files could not be completed   130/143  interrupted (SIGINT/SIGTERM)
 
 Run the same command again to resume: finished files are skipped, and half-done files go on
-from the bytes the journal (DEST/.mpdl/journal.jsonl) records as safely on disk. Transient
+from the bytes the journal (DEST/.mpdl/journal.jsonl) records as safely on disk. Run a new
+manifest over an install to update it: unchanged files stay, changed, moved and copied files
+are built from the local bytes that match (hashes checked), only the rest is fetched, and
+files the old manifest (DEST/.mpdl/installed.json) had and the new one lacks are removed. Transient
 errors are retried with backoff (at most 5 tries per request, see --timeout), across mirrors.
 
 examples:
@@ -126,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--verify, then fetch only what is bad: the bad parts of a file "
                              "whose parts have hashes, else the whole file; exit 0 once every "
                              "file is verified")
+    parser.add_argument("--keep-removed", action="store_true",
+                        help="on an update (DEST holds an install of another manifest), keep "
+                             "the files the old manifest installed and this one no longer "
+                             "lists (default: remove them, if unchanged since mpdl wrote them)")
     out = parser.add_argument_group("output")
     out.add_argument("--progress", choices=("auto", "bar", "json", "gogdl", "legendary", "none"),
                      default="auto",
@@ -181,7 +188,9 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
     if json_events:  # the launcher's last line: the outcome, machine-readable
         print(json.dumps({"event": "result", "ok": result.ok, "error": result.error,
                           "failed": result.failed, "completed": len(result.completed),
-                          "skipped": len(result.skipped), "bytes_fetched": result.bytes_fetched,
+                          "skipped": len(result.skipped), "removed": len(result.removed),
+                          "bytes_fetched": result.bytes_fetched,
+                          "bytes_reused": result.bytes_reused,
                           "bytes_written": result.bytes_written, "elapsed": result.elapsed}),
               flush=True)
     if result.error:
@@ -192,9 +201,12 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
         say(f"mpdl: ... and {len(result.failed) - 20} more failed files")
     if not quiet:
         done = len(result.completed) + len(result.skipped)
+        reused = f", {result.bytes_reused} reused from local files" if result.bytes_reused \
+            else ""
+        removed = f"; {len(result.removed)} no longer listed removed" if result.removed else ""
         say(f"mpdl: {done} of {done + len(result.failed)} files in place "
-            f"({len(result.skipped)} already were), {result.bytes_fetched} bytes fetched in "
-            f"{result.elapsed:.2f} s")
+            f"({len(result.skipped)} already were), {result.bytes_fetched} bytes fetched"
+            f"{reused} in {result.elapsed:.2f} s{removed}")
     return EXIT_OK if result.ok else EXIT_INCOMPLETE
 
 
@@ -250,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             if not args.output:
                 parser.error("-o DEST is required with a manifest")
-            result = run(args.source, args.output, **kw)
+            result = run(args.source, args.output, keep_removed=args.keep_removed, **kw)
         return _report(result, args.quiet, say, args.progress == "json")
     except (ManifestError, UsageError) as exc:
         say(f"mpdl: error: {exc}")

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import xxhash
 
-__all__ = ["ALGORITHMS", "HashSpec", "Hasher", "hash_file", "new_hasher", "parse_hash"]
+__all__ = ["ALGORITHMS", "HashSpec", "Hasher", "hash_file", "hash_next", "new_hasher",
+           "parse_hash"]
 
 #: Algorithm name -> length of its hex digest.
 ALGORITHMS: dict[str, int] = {
@@ -128,3 +129,19 @@ def hash_file(
         while count := file.readinto(buffer):
             hasher.update(buffer[:count])
     return hasher.hexdigest()
+
+
+def hash_next(file: typing.BinaryIO, algo: str, length: int,
+              buffer_size: int = 1 << 20) -> tuple[str, int]:
+    """The digest of the next ``length`` bytes of ``file``, and how many there were (fewer
+    at the end of the file): how a file's parts are checked one after the other."""
+    hasher = new_hasher(algo)
+    buffer = memoryview(bytearray(min(buffer_size, max(1, length))))
+    done = 0
+    while done < length:
+        n = file.readinto(buffer[:min(len(buffer), length - done)])  # type: ignore[attr-defined]
+        if not n:
+            break
+        hasher.update(buffer[:n])
+        done += n
+    return hasher.hexdigest(), done

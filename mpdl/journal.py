@@ -1,13 +1,15 @@
 """The journal: what this destination already holds, so a re-run skips it or resumes it.
 
-One JSON line per event, keyed by what a file is (path, size, hash), never by the URL it came
-from, so it still applies when mirrors or signed URLs change between runs, or the chunk size:
+One JSON line per event, keyed by what a file is (its path and ``FileEntry.identity``: size and
+hash, or its parts' hashes), never by the URL it came from, so it still applies when mirrors or
+signed URLs change between runs, or the chunk size:
 
 - a finished file: ``{"path", "key", "mtime_ns"}``, tied to the file on disk by size and mtime,
   so a file changed or deleted since is fetched again;
 - a file in progress: ``{"path", "key", "staging", "ranges"}``, the byte ranges of its staging
   file that are durable (fsynced before the line is written), so a re-run fetches only the
-  rest. The staging name is derived from the same key, so other content is never resumed.
+  rest. The staging name is derived from the same key, so other content is never resumed;
+- a file an update removed: ``{"path", "removed": true}``.
 
 The last line for a path wins. A torn last line (a crash mid-write) is ignored.
 """
@@ -26,10 +28,6 @@ from .ranges import RangeSet
 JOURNAL_NAME = "journal.jsonl"
 # Rewrite the journal at start when it has this many more lines than paths it describes.
 COMPACT_SLACK = 256
-
-
-def _key(entry: FileEntry) -> str:
-    return f"{entry.size}:{entry.hash}"
 
 
 class Journal:
@@ -56,7 +54,10 @@ class Journal:
 
     def _remember(self, record: dict) -> None:
         path = record["path"]
-        if "ranges" in record:
+        if record.get("removed") is True:
+            self._done.pop(path, None)
+            self._partial.pop(path, None)
+        elif "ranges" in record:
             self._partial[path] = record
             self._done.pop(path, None)
         else:
@@ -66,7 +67,7 @@ class Journal:
     def holds(self, entry: FileEntry, final: Path) -> bool:
         """The file on disk is the one a run verified and recorded, untouched since."""
         done = self._done.get(entry.path)
-        if done is None or done[0] != _key(entry):
+        if done is None or done[0] != entry.identity:
             return False
         try:
             st = os.lstat(final)
@@ -77,7 +78,7 @@ class Journal:
     def resumable(self, entry: FileEntry, staging: Path) -> RangeSet | None:
         """The durable byte ranges of ``entry``'s staging file, if a run left some for it."""
         record = self._partial.get(entry.path)
-        if (record is None or record.get("key") != _key(entry)
+        if (record is None or record.get("key") != entry.identity
                 or record.get("staging") != staging.name or entry.size is None):
             return None
         try:
@@ -97,19 +98,23 @@ class Journal:
     def record(self, entry: FileEntry, final: Path) -> None:
         """``entry`` is finished, verified and durable at ``final``."""
         st = os.lstat(final)
-        self._write({"path": entry.path, "key": _key(entry), "mtime_ns": st.st_mtime_ns})
+        self._write({"path": entry.path, "key": entry.identity, "mtime_ns": st.st_mtime_ns})
 
     def record_partial(self, entry: FileEntry, staging: Path, have: RangeSet) -> None:
         """These byte ranges of ``entry``'s staging file are durable."""
-        self._write({"path": entry.path, "key": _key(entry), "staging": staging.name,
+        self._write({"path": entry.path, "key": entry.identity, "staging": staging.name,
                      "ranges": have.as_list()})
+
+    def removed(self, path: str) -> None:
+        """The file mpdl had installed at ``path`` is gone (an update no longer lists it)."""
+        self._write({"path": path, "removed": True})
 
     def forget(self, entry: FileEntry, staging: Path) -> None:
         """Its staging file starts over: the ranges recorded for it are no longer there.
         Written and flushed before the staging file is emptied, so no crash in between can
         leave the journal claiming bytes the file does not have."""
         if self._partial.get(entry.path, {}).get("ranges"):
-            self._write({"path": entry.path, "key": _key(entry), "staging": staging.name,
+            self._write({"path": entry.path, "key": entry.identity, "staging": staging.name,
                          "ranges": []})
             self.flush()
 

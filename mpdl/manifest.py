@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+import xxhash
+
 from .errors import ManifestError
 from .hashing import HashSpec, parse_hash
 
@@ -85,6 +87,16 @@ class FileEntry:
     url: str | None = None
     parts: tuple[Part, ...] = ()
 
+    @property
+    def identity(self) -> str:
+        """What the file is, whatever its path or URLs: its size and hash, or, without a
+        file hash, the hashes of its parts. Two entries with one identity hold the same bytes
+        (an entry with neither has only its size, so it says nothing of its bytes)."""
+        if self.hash is not None or not any(part.hash for part in self.parts):
+            return f"{self.size}:{self.hash}"
+        parts = ",".join(f"{part.size}:{part.hash}" for part in self.parts)
+        return f"{self.size}:parts:{xxhash.xxh3_128_hexdigest(parts.encode())}"
+
 
 @dataclass(frozen=True)
 class LinkEntry:
@@ -116,6 +128,27 @@ class Manifest:
             return (url,)
         return tuple(urljoin(base, url) for base in self.base_urls)
 
+    def to_json(self) -> dict[str, object]:
+        """This manifest as mpdl/1 JSON, which ``parse_manifest`` reads back as an equal one
+        (a file of unknown size has no mpdl/1 form and is left out)."""
+        entries: list[dict[str, object]] = []
+        for file in self.files:
+            if file.size is None:
+                continue
+            item: dict[str, object] = {"path": file.path, "size": file.size}
+            if file.hash is not None:
+                item["hash"] = str(file.hash)
+            if file.executable:
+                item["executable"] = True
+            if file.url is not None:
+                item["url"] = file.url
+            if file.parts:
+                item["parts"] = [_part_json(part) for part in file.parts]
+            entries.append(item)
+        entries += [{"path": link.path, "link": link.target} for link in self.links]
+        entries += [{"path": folder.path, "directory": True} for folder in self.directories]
+        return {"format": FORMAT, "base_urls": list(self.base_urls), "files": entries}
+
     @classmethod
     def single_url(cls, url: str, path: str, size: int | None = None) -> Manifest:
         """A plain one-url download as a manifest, so it takes the same pipeline."""
@@ -125,6 +158,16 @@ class Manifest:
             url=_file_url(url, "url", ()),
         )
         return cls(base_urls=(), files=(entry,))
+
+
+def _part_json(part: Part) -> dict[str, object]:
+    item: dict[str, object] = {"url": part.url, "offset": part.offset, "length": part.length}
+    if part.compression is not None:
+        item["compression"] = part.compression
+        item["size"] = part.size
+    if part.hash is not None:
+        item["hash"] = str(part.hash)
+    return item
 
 
 #: What a run or a verify takes as its manifest: a parsed one, a decoded dict, or a JSON file.

@@ -22,16 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .api import Result, run
-from .hashing import new_hasher
+from .hashing import hash_next
 from .journal import Journal
 from .layout import Layout, inside
 from .manifest import FileEntry, ManifestSource, load_manifest
 from .options import Options
 from .progress import Counts, ProgressCallback, Tracker
 from .ranges import RangeSet
-
-READ_SIZE = 1024 * 1024  # bytes per read: large reads, few system calls
-
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -79,7 +76,7 @@ def check(dest: str, entry: FileEntry) -> Verdict:
         if entry.parts and len(hashed) == len(entry.parts):
             return _check_parts(entry, file)
         if entry.hash is not None:
-            actual, read = _digest(file, entry.hash.algo, st.st_size)
+            actual, read = hash_next(file, entry.hash.algo, st.st_size)
             if not entry.hash.matches(actual):
                 return Verdict(entry.path, f"{entry.hash.algo} is {actual}, the manifest says "
                                            f"{entry.hash.hexdigest}", read=read)
@@ -91,7 +88,7 @@ def _check_parts(entry: FileEntry, file) -> Verdict:
     bad, read = [], 0
     for index, part in enumerate(entry.parts):  # one after the other, as the file holds them
         assert part.hash is not None
-        actual, n = _digest(file, part.hash.algo, part.size)
+        actual, n = hash_next(file, part.hash.algo, part.size)
         read += n
         if not part.hash.matches(actual):
             bad.append(index)
@@ -100,20 +97,6 @@ def _check_parts(entry: FileEntry, file) -> Verdict:
     shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
     return Verdict(entry.path, f"{len(bad)} of {len(entry.parts)} parts do not match their "
                                f"hashes (parts {shown})", bad_parts=tuple(bad), read=read)
-
-
-def _digest(file, algo: str, length: int) -> tuple[str, int]:
-    """The digest of the next ``length`` bytes of ``file``, and how many there were."""
-    hasher = new_hasher(algo)
-    buffer = memoryview(bytearray(min(READ_SIZE, max(1, length))))
-    done = 0
-    while done < length:
-        n = file.readinto(buffer[:min(len(buffer), length - done)])
-        if not n:
-            break
-        hasher.update(buffer[:n])
-        done += n
-    return hasher.hexdigest(), done
 
 
 def verify(manifest: ManifestSource, dest: str | os.PathLike, *,

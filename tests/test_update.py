@@ -1,0 +1,283 @@
+"""Updates: a GOG-style build 2 over an install of build 1, served by nginx. Changed, moved,
+copied, added and removed files; the server's access log must show exactly the chunks that
+exist nowhere in the old install, and every file must end byte-exact. Also the pure part
+(mpdl.update.find_builds), an update interrupted by SIGKILL and finished by a re-run, and what
+the CLI reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from faultserver import Fault, FaultServer
+from helpers import REPO, Cli, nginx_serving, run
+
+from mpdl.gog import convert, galaxy_path
+from mpdl.hashing import parse_hash
+from mpdl.manifest import FileEntry, Part, parse_manifest
+from mpdl.ranges import RangeSet
+from mpdl.update import Copy, Sources, find_builds
+
+KiB = 1024
+CHUNK = 16 * KiB
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+class Store:
+    """Chunks of GOG V2 depots at their galaxy paths; remembers what each chunk holds."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sizes: dict[str, int] = {}  # galaxy path -> compressed size
+        self.content: dict[str, str] = {}  # galaxy path -> md5 of the raw bytes
+
+    def chunks(self, data: bytes) -> list[dict[str, Any]]:
+        out = []
+        for start in range(0, len(data), CHUNK):
+            raw = data[start:start + CHUNK]
+            packed = zlib.compress(raw)
+            where = galaxy_path(md5(packed))
+            (self.root / where).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / where).write_bytes(packed)
+            self.sizes[where] = len(packed)
+            self.content[where] = md5(raw)
+            out.append({"md5": md5(raw), "size": len(raw), "compressedMd5": md5(packed),
+                        "compressedSize": len(packed)})
+        return out
+
+    def depot(self, files: dict[str, bytes], *, no_md5: tuple[str, ...] = (),
+              folders: tuple[str, ...] = (), links: dict[str, str] | None = None) -> dict:
+        items: list[dict[str, Any]] = []
+        for path, data in files.items():
+            item = {"type": "DepotFile", "path": path.replace("/", "\\"),
+                    "chunks": self.chunks(data)}
+            if path not in no_md5:
+                item["md5"] = md5(data)
+            items.append(item)
+        items += [{"type": "DepotDirectory", "path": f} for f in folders]
+        items += [{"type": "DepotLink", "path": p, "target": t} for p, t in (links or {}).items()]
+        return {"version": 2, "depot": {"items": items}}
+
+
+def builds(rng: random.Random) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """Build 1 and build 2 of a game: what each file holds."""
+    level = rng.randbytes(8 * CHUNK)
+    changed = bytearray(level)
+    changed[3 * CHUNK + 5] ^= 0xFF  # one chunk differs
+    changed += rng.randbytes(CHUNK // 2)  # and a new piece at the end
+    video = rng.randbytes(5 * CHUNK + 100)
+    shared = rng.randbytes(3 * CHUNK)
+    b1 = {
+        "data/level.pak": level,
+        "movies/intro.bik": video,  # moves to video/intro.bik
+        "data/shared.bin": shared,  # is also copied to extra/shared-copy.bin
+        "data/same.dat": rng.randbytes(2 * CHUNK + 7),  # unchanged
+        "nohash.dat": rng.randbytes(2 * CHUNK),  # changes at the same size, no file md5
+        "old/removed.txt": b"gone in build 2\n" * 100,
+        "old/deep/removed.bin": rng.randbytes(CHUNK),
+        "user.cfg": b"defaults\n" * 10,  # removed in build 2, but the user edits it first
+    }
+    nohash2 = bytearray(b1["nohash.dat"])
+    nohash2[0] ^= 1
+    b2 = {
+        "data/level.pak": bytes(changed),
+        "video/intro.bik": video,
+        "data/shared.bin": shared,
+        "extra/shared-copy.bin": shared,
+        "data/same.dat": b1["data/same.dat"],
+        "nohash.dat": bytes(nohash2),
+        "data/added.bin": rng.randbytes(2 * CHUNK + 3),
+    }
+    return b1, b2
+
+
+def game(tmp: Path, base: str) -> tuple[Store, dict, dict, dict[str, bytes], dict[str, bytes]]:
+    store = Store(tmp / "served" / "store")
+    b1, b2 = builds(random.Random(7))
+    one = convert(store.depot(b1, no_md5=("nohash.dat",), folders=("saves\\old",),
+                              links={"old\\latest": "removed.txt"}), [base])
+    two = convert(store.depot(b2, no_md5=("nohash.dat",), folders=("saves\\new",)), [base])
+    return store, one, two, b1, b2
+
+
+def new_chunks(store: Store, one: dict, two: dict) -> set[str]:
+    """The galaxy paths of build 2's chunks whose content no build 1 file holds."""
+    def contents(manifest: dict) -> dict[str, str]:
+        return {p["url"]: p["hash"].split(":")[1] for f in manifest["files"]
+                for p in f.get("parts", ())}
+    old = set(contents(one).values())
+    return {url for url, content in contents(two).items() if content not in old}
+
+
+def assert_build(dest: Path, files: dict[str, bytes]) -> None:
+    for path, data in files.items():
+        assert (dest / path).read_bytes() == data, path
+
+
+def test_update_fetches_only_what_exists_nowhere(tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    with nginx_serving(served, tmp_path / "nginx", access_log=True) as server:
+        base = server.url + "store/"
+        store, one, two, b1, b2 = game(tmp_path, base)
+        dest = tmp_path / "game"
+        first = run(one, dest)
+        assert first.ok, (first.failed, first.error)
+        assert_build(dest, b1)
+        assert (dest / "old/latest").is_symlink() and (dest / "saves/old").is_dir()
+        (dest / "user.cfg").write_bytes(b"my settings\n")  # edited: not mpdl's to remove
+        before = len(server.requests())
+
+        second = run(two, dest)
+
+        assert second.ok, (second.failed, second.error)
+        sent = [r for r in server.requests()[before:] if r.method == "GET"]
+    assert_build(dest, b2)
+    wanted = new_chunks(store, one, two)
+    assert {r.uri.removeprefix("/store/") for r in sent} == wanted
+    assert len(sent) == len(wanted) and all(r.status in (200, 206) for r in sent)
+    assert sum(r.sent for r in sent) == sum(store.sizes[w] for w in wanted) == second.bytes_fetched
+    # Everything else of build 2 came from disk, or stayed where it was.
+    unchanged = len(b2["data/shared.bin"]) + len(b2["data/same.dat"])
+    new_raw = sum(len(zlib.decompress((served / "store" / w).read_bytes())) for w in wanted)
+    assert second.bytes_reused == sum(map(len, b2.values())) - unchanged - new_raw
+    assert sorted(second.skipped) == ["data/same.dat", "data/shared.bin"]
+    # What build 1 installed and build 2 does not list is gone, with the folders it leaves
+    # empty; the edited file stays, and so does every folder build 2 names.
+    assert sorted(second.removed) == ["movies/intro.bik", "old/deep/removed.bin", "old/latest",
+                                      "old/removed.txt"]
+    assert not (dest / "old").exists() and not (dest / "movies").exists()
+    assert not (dest / "saves/old").exists() and (dest / "saves/new").is_dir()
+    assert (dest / "user.cfg").read_bytes() == b"my settings\n"
+    installed = json.loads((dest / ".mpdl/installed.json").read_text())
+    assert parse_manifest(installed) == parse_manifest(two)
+    assert not (dest / ".mpdl/pending.json").exists()
+    assert not (dest / ".mpdl/staging").exists()  # nothing half-built left behind
+
+    third = run(two, dest)  # nothing left to do: nothing read, nothing fetched
+    assert third.ok and third.bytes_fetched == 0 and third.bytes_reused == 0
+    assert len(third.skipped) == len(b2) and not third.removed
+
+
+def test_keep_removed_keeps_the_old_files(tmp_path: Path) -> None:
+    with FaultServer(tmp_path / "served") as server:
+        store, one, two, b1, b2 = game(tmp_path, server.url + "store/")
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        result = run(two, dest, keep_removed=True)
+    assert result.ok and not result.removed
+    assert_build(dest, b2)
+    assert (dest / "old/removed.txt").read_bytes() == b1["old/removed.txt"]
+    assert (dest / "movies/intro.bik").read_bytes() == b1["movies/intro.bik"]
+    del store
+
+
+def test_an_update_killed_midway_is_finished_by_a_rerun(tmp_path: Path,
+                                                        cli: Callable[..., Cli]) -> None:
+    """SIGKILL while build 2's new chunks are being fetched (one of them stalls): the re-run
+    finishes from what the first one built and journaled, and no chunk that exists locally is
+    ever fetched, by either run."""
+    with FaultServer(tmp_path / "served") as server:
+        store, one, two, b1, b2 = game(tmp_path, server.url + "store/")
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        server.clear_log()
+        wanted = new_chunks(store, one, two)
+        stalled = "store/" + sorted(wanted)[0]
+        server.set_fault(stalled, Fault(stall_after=10, stall_seconds=60))
+        (tmp_path / "two.json").write_text(json.dumps(two))
+        update = cli(tmp_path / "two.json", "-o", dest, "--progress", "none", "-q")
+        update.wait_for("the stalled chunk asked",
+                        lambda: any(r.path == stalled for r in server.requests))
+        assert (dest / ".mpdl/pending.json").exists()
+        update.proc.kill()  # SIGKILL: nothing of the coordinator runs; its children clean up
+        update.proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while update.segments() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.clear_faults()
+        result = run(two, dest)
+        asked = {r.path.removeprefix("store/") for r in server.requests if r.method == "GET"}
+    assert result.ok, (result.failed, result.error)
+    assert_build(dest, b2)
+    assert asked <= wanted  # never a chunk some local file held
+    assert not (dest / "old").exists() and not (dest / ".mpdl/pending.json").exists()
+
+
+# --- the pure part ---------------------------------------------------------------------------
+
+
+def spec(data: bytes) -> Any:
+    return parse_hash("md5:" + md5(data))
+
+
+def entry(path: str, pieces: list[bytes], *, file_hash: bool = True) -> FileEntry:
+    parts = tuple(Part(f"c/{md5(p)}", 0, len(p), len(p), None, spec(p)) for p in pieces)
+    data = b"".join(pieces)
+    return FileEntry(path, len(data), spec(data) if file_hash else None, parts=parts)
+
+
+def test_find_builds_takes_parts_from_any_file_and_whole_files_by_identity() -> None:
+    a, b, c, d = (bytes([i]) * 100 for i in range(4))
+    sources = Sources()
+    sources.add(entry("old/x", [a, b]))
+    sources.add(entry("old/y", [c]))
+    moved = entry("new/x", [a, b])
+    mixed = entry("mixed", [c, d, a])
+    out = find_builds([(0, moved), (1, mixed)], sources, {})
+    assert out[0].whole and out[0].copies == (Copy("old/x", 0, 0, 200, moved.hash),)
+    assert out[1].copies == (Copy("old/y", 0, 0, 100, spec(c)), Copy("old/x", 0, 200, 100, spec(a)))
+    assert not out[1].whole
+
+
+def test_find_builds_skips_what_the_file_has_and_what_has_no_hash() -> None:
+    a, b = b"a" * 50, b"b" * 70
+    sources = Sources()
+    sources.add(entry("old", [a, b]))
+    target = entry("new", [b, a])
+    have = {0: RangeSet([(0, 70)])}
+    assert find_builds([(0, target)], sources, have)[0].copies == (
+        Copy("old", 0, 70, 50, spec(a)),)
+    plain = FileEntry("plain", 50, None, parts=(Part("u", 0, 50, 50),))
+    assert find_builds([(1, plain)], sources, {}) == []
+
+
+def test_a_file_without_its_own_hash_is_told_apart_by_its_parts() -> None:
+    """The same size and no file hash is not the same file (heroic-gogdl's bug)."""
+    one = entry("f", [b"x" * 10, b"y" * 10], file_hash=False)
+    two = entry("f", [b"x" * 10, b"z" * 10], file_hash=False)
+    assert one.identity != two.identity
+    assert entry("g", [b"x" * 10, b"y" * 10], file_hash=False).identity == one.identity
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_cli_reports_reused_and_removed(tmp_path: Path, keep: bool) -> None:
+    with FaultServer(tmp_path / "served") as server:
+        _, one, two, _, _ = game(tmp_path, server.url + "store/")
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        (tmp_path / "two.json").write_text(json.dumps(two))
+        done = subprocess.run(
+            [sys.executable, "-m", "mpdl", str(tmp_path / "two.json"), "-o", str(dest),
+             "--progress", "json", *(["--keep-removed"] if keep else [])],
+            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+            timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["event"] == "result" and result["bytes_reused"] > 0
+    assert (result["removed"] == 0) == keep
+    assert "reused" in done.stderr and ("removed" in done.stderr) != keep
