@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 from faultserver import FaultServer
-from helpers import (CHILD_GRACE, SHM, Cli, Depot, Nginx, alive, describe, is_mp_helper,
+from helpers import (CHILD_GRACE, SHM, Cli, Depot, Nginx, Tmpfs, alive, describe, is_mp_helper,
                      nginx_serving)
 
 from mpdl.demo import build_example
@@ -130,3 +130,11 @@ def _children(me: psutil.Process) -> dict[tuple[int, float], psutil.Process]:
             found[proc.pid, proc.create_time()] = proc
     return found
 
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
+    mounts = Tmpfs(tmp_path)
+    try:
+        yield mounts
+    finally:
+        mounts.unmount_all()

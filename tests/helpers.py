@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import errno
 import hashlib
 import itertools
 import json
@@ -503,3 +505,55 @@ def nginx_serving(root: Path, tmp: Path, *, access_log: bool = False) -> Iterato
     log = tmp / "access.log" if access_log else None
     with servers.nginx(root, tmp, workers=1, file_cache=False, access_log=log) as running:
         yield Nginx(running.url, root, running.port, log)
+
+
+# --- tmpfs mounts --------------------------------------------------------------------------------
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY, MS_REMOUNT, MNT_DETACH = 1, 32, 2
+
+
+def _mount(target: Path, options: str, flags: int = 0) -> int:
+    """mount(2) a tmpfs, or remount one; 0 or the errno."""
+    done = _libc.mount(b"tmpfs", os.fsencode(target), b"tmpfs", ctypes.c_ulong(flags),
+                       options.encode())
+    return 0 if done == 0 else ctypes.get_errno()
+
+
+def _unmount(target: Path) -> None:
+    if _libc.umount2(os.fsencode(target), 0) != 0:
+        _libc.umount2(os.fsencode(target), MNT_DETACH)  # busy: detach it at least
+
+
+class Tmpfs:
+    """Mounts tmpfs file systems under tmp_path; each is unmounted when the test ends."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.mounted: list[Path] = []
+
+    def __call__(self, size: str, name: str = "mnt", *, required: bool = True) -> Path | None:
+        """A fresh tmpfs of ``size``; None (``required`` False) or skip_or_fail where mounting
+        is not permitted."""
+        where = self.base / name
+        where.mkdir()
+        code = _mount(where, f"size={size},mode=0755") if os.geteuid() == 0 else errno.EPERM
+        if code in (errno.EPERM, errno.EACCES):
+            if not required:
+                return None
+            skip_or_fail(f"cannot mount a tmpfs here ({os.strerror(code)}): needs root")
+        if code:
+            pytest.fail(f"mount -t tmpfs {where}: {os.strerror(code)}")
+        self.mounted.append(where)
+        return where
+
+    @staticmethod
+    def read_only(where: Path) -> None:
+        code = _mount(where, "", MS_REMOUNT | MS_RDONLY)
+        assert code == 0, f"remount {where} read-only: {os.strerror(code)}"
+
+    def unmount_all(self) -> None:
+        for where in reversed(self.mounted):
+            _unmount(where)
+        self.mounted.clear()

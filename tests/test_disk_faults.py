@@ -34,6 +34,7 @@ from helpers import (
     Cli,
     Depot,
     Nginx,
+    Tmpfs,
     assert_clean,
     assert_no_traceback,
     assert_one_error_line,
@@ -51,65 +52,7 @@ KiB = 1024
 MiB = 1024 * KiB
 
 _libc = ctypes.CDLL(None, use_errno=True)
-MS_RDONLY, MS_REMOUNT, MNT_DETACH = 1, 32, 2
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
-
-
-# --- mounts --------------------------------------------------------------------------------
-
-
-def _mount(target: Path, options: str, flags: int = 0) -> int:
-    """mount(2) a tmpfs, or remount one; 0 or the errno."""
-    done = _libc.mount(b"tmpfs", os.fsencode(target), b"tmpfs", ctypes.c_ulong(flags),
-                       options.encode())
-    return 0 if done == 0 else ctypes.get_errno()
-
-
-def _unmount(target: Path) -> None:
-    if _libc.umount2(os.fsencode(target), 0) != 0:
-        _libc.umount2(os.fsencode(target), MNT_DETACH)  # busy: detach it at least
-
-
-class Tmpfs:
-    """Mounts tmpfs file systems under tmp_path; each is unmounted when the test ends."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.mounted: list[Path] = []
-
-    def __call__(self, size: str, name: str = "mnt", *, required: bool = True) -> Path | None:
-        """A fresh tmpfs of ``size``; None (``required`` False) or skip_or_fail where mounting
-        is not permitted."""
-        where = self.base / name
-        where.mkdir()
-        code = _mount(where, f"size={size},mode=0755") if os.geteuid() == 0 else errno.EPERM
-        if code in (errno.EPERM, errno.EACCES):
-            if not required:
-                return None
-            skip_or_fail(f"cannot mount a tmpfs here ({os.strerror(code)}): needs root")
-        if code:
-            pytest.fail(f"mount -t tmpfs {where}: {os.strerror(code)}")
-        self.mounted.append(where)
-        return where
-
-    @staticmethod
-    def read_only(where: Path) -> None:
-        code = _mount(where, "", MS_REMOUNT | MS_RDONLY)
-        assert code == 0, f"remount {where} read-only: {os.strerror(code)}"
-
-    def unmount_all(self) -> None:
-        for where in reversed(self.mounted):
-            _unmount(where)
-        self.mounted.clear()
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
-    mounts = Tmpfs(tmp_path)
-    try:
-        yield mounts
-    finally:
-        mounts.unmount_all()
 
 
 # --- a depot of small files and one big one --------------------------------------------------

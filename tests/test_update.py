@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -21,8 +22,9 @@ from typing import Any
 
 import pytest
 from faultserver import Fault, FaultServer
-from helpers import REPO, Cli, nginx_serving, run
+from helpers import REPO, Cli, Tmpfs, nginx_serving, run
 
+from mpdl.errors import NotEnoughSpace
 from mpdl.gog import convert, galaxy_path
 from mpdl.hashing import parse_hash
 from mpdl.manifest import FileEntry, Part, parse_manifest
@@ -281,3 +283,54 @@ def test_cli_reports_reused_and_removed(tmp_path: Path, keep: bool) -> None:
     assert result["event"] == "result" and result["bytes_reused"] > 0
     assert (result["removed"] == 0) == keep
     assert "reused" in done.stderr and ("removed" in done.stderr) != keep
+
+
+def test_a_reused_part_that_rotted_on_disk_is_fetched_instead(tmp_path: Path) -> None:
+    """A source whose bytes changed under an unchanged size and mtime (bit rot, or an editor
+    that restores the mtime): its parts fail their hashes as they are read, so they are
+    fetched, and the update still ends byte-exact."""
+    with FaultServer(tmp_path / "served") as server:
+        store, one, two, _, b2 = game(tmp_path, server.url + "store/")
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        source = dest / "movies/intro.bik"  # build 2 moves it
+        st = source.stat()
+        with open(source, "r+b") as file:
+            file.seek(CHUNK + 1)
+            byte = file.read(1)
+            file.seek(CHUNK + 1)
+            file.write(bytes([byte[0] ^ 0xFF]))
+        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+        server.clear_log()
+        result = run(two, dest)
+        asked = {r.path.removeprefix("store/") for r in server.requests if r.method == "GET"}
+    assert result.ok, (result.failed, result.error)
+    assert_build(dest, b2)
+    assert asked - new_chunks(store, one, two)  # the rotten file's chunks came from the server
+
+
+def test_free_space_is_checked_against_what_the_update_needs(tmp_path: Path,
+                                                            tmpfs: Tmpfs) -> None:
+    """On a disk that holds build 1 but not a second copy of it, an update that changes a
+    small file runs; one that adds more than the free space is refused before any request."""
+    mnt = tmpfs("640k")
+    assert mnt is not None
+    rng = random.Random(3)
+    big, small = rng.randbytes(24 * CHUNK), rng.randbytes(CHUNK)
+    with FaultServer(tmp_path / "served") as server:
+        store = Store(tmp_path / "served" / "store")
+        base = [server.url + "store/"]
+        one = convert(store.depot({"big.pak": big, "small.txt": small}), base)
+        two = convert(store.depot({"big.pak": big, "small.txt": small[::-1]}), base)
+        three = convert(store.depot({"big.pak": big, "small.txt": small[::-1],
+                                     "more.pak": rng.randbytes(24 * CHUNK)}), base)
+        dest = mnt / "game"
+        assert run(one, dest).ok
+        free = shutil.disk_usage(mnt).free
+        assert free < len(big), "the disk must not hold the install twice: not this test"
+        assert run(two, dest).ok
+        server.clear_log()
+        with pytest.raises(NotEnoughSpace):
+            run(three, dest)
+        assert not server.requests
+    assert (dest / "small.txt").read_bytes() == small[::-1]
