@@ -210,7 +210,13 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
     return EXIT_OK if result.ok else EXIT_INCOMPLETE
 
 
-def _report_verify(report: VerifyReport, quiet: bool, say, elapsed: float) -> int:
+def _report_verify(report: VerifyReport, quiet: bool, say, elapsed: float,
+                   json_events: bool) -> int:
+    if json_events:
+        print(json.dumps({"event": "verified", "ok": report.ok,
+                          "bad": {path: v.why for path, v in report.bad.items()},
+                          "good": len(report.good), "unchecked": len(report.unchecked),
+                          "bytes_read": report.bytes_read, "elapsed": elapsed}), flush=True)
     for path, verdict in sorted(report.bad.items()):
         say(f"mpdl: bad: {path}: {verdict.why}")
     if not quiet:
@@ -252,9 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.verify:
                 report = verify(args.source, args.output, progress=progress,
                                 workers=args.workers)
-                return _report_verify(report, args.quiet, say, time.monotonic() - started)
+                return _report_verify(report, args.quiet, say, time.monotonic() - started,
+                                      args.progress == "json")
             report, result = repair(args.source, args.output, **kw)
-            _report_verify(report, args.quiet, say, time.monotonic() - started)
+            _report_verify(report, args.quiet, say, time.monotonic() - started,
+                           args.progress == "json")
             return _report(result, args.quiet, say, args.progress == "json")
         if _is_url(args.source):
             options = Options.from_env(**{k: v for k, v in kw.items() if k != "progress"})

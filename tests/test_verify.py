@@ -8,6 +8,7 @@ code 1; a clean install verifies with exit 0 and fetches nothing.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -121,3 +122,23 @@ def test_repair_fetches_only_the_bad_parts_and_the_bad_files(
     assert asked == expected, asked  # the bad part, and the two bad files: nothing else
     report = mpdl.verify(manifest, dest, workers=2)
     assert report.ok, report.bad
+
+
+def test_verify_shows_progress_and_ends_with_a_json_event(
+    depot: Depot, fault_server: FaultServer, installed: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """A launcher's verify button: progress events as a download's (bytes read), then one
+    machine-readable verdict."""
+    dest, _ = installed
+    manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
+    flip(dest / WHOLE, 3)
+    done = mpdl_cli(manifest, "-o", dest, "--verify", "--progress", "json", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and progress[-1]["final"] and progress[-1]["files_done"] == len(
+        files_of(depot.manifest))
+    assert progress[-1]["bytes_done"] > 0 and progress[-1]["bytes_fetched"] == 0
+    verdict = events[-1]
+    assert verdict["event"] == "verified" and not verdict["ok"]
+    assert set(verdict["bad"]) == {WHOLE} and verdict["bytes_read"] == progress[-1]["bytes_done"]
