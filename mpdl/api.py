@@ -90,9 +90,11 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
             update.begin()
             reused = update.reuse(todo, have, opts.workers)
             result.bytes_reused = reused.bytes
-            placed = set(reused.placed)
+            result.removed += update.clear_the_way()
+            placed = set(update.place(reused.whole))
             result.completed += [entry.path for fid, entry in todo if fid in placed]
             todo = [(fid, entry) for fid, entry in todo if fid not in placed]
+            have = {fid: ranges for fid, ranges in have.items() if fid not in placed}
         planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
                           spread=opts.connections)
         plan = planner.plan(todo, have=have)
@@ -136,7 +138,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
             except OSError as exc:
                 result.failed[directory.path] = f"cannot make the folder: {exc.strerror or exc}"
         if result.ok:
-            result.removed = update.finish(keep_removed)
+            result.removed += update.finish(keep_removed)
         result.elapsed = time.monotonic() - started
         tracker.tick(final=True)
     finally:

@@ -186,10 +186,11 @@ def _copy_one(fd: int, out: int, copy: Copy, buffer: bytearray) -> bool:
 
 @dataclass
 class Reused:
-    """What the local copies gave: bytes that need not be fetched, and files placed whole."""
+    """What the local copies gave: bytes that need not be fetched, and the files copied whole
+    (to ``place``)."""
 
     bytes: int = 0
-    placed: list[int] = field(default_factory=list)
+    whole: list[Build] = field(default_factory=list)
 
 
 class Update:
@@ -282,16 +283,13 @@ class Update:
             for start, end in good:
                 ranges.add(start, end)
             reused.bytes += ranges.total() - before
-            staging = self.layout.staging(build.entry)
-            if build.whole and ranges.covers(0, build.entry.size or 0):
-                if self._place(build.entry, staging):
-                    reused.placed.append(build.file_id)
-                    continue
             have[build.file_id] = ranges
-            self.journal.record_partial(build.entry, staging, ranges)
+            self.journal.record_partial(build.entry, self.layout.staging(build.entry), ranges)
+            if build.whole and ranges.covers(0, build.entry.size or 0):
+                reused.whole.append(build)
         self.journal.flush()
         log.info("%d files built from local bytes (%d bytes), %d of them copied whole",
-                 len(builds), reused.bytes, len(reused.placed))
+                 len(builds), reused.bytes, len(reused.whole))
         return reused
 
     def _copy(self, builds: list[Build], workers: int) -> list[list[tuple[int, int]]]:
@@ -304,17 +302,92 @@ class Update:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(copy_spans, *zip(*jobs, strict=True)))
 
-    def _place(self, entry: FileEntry, staging: Path) -> bool:
-        """A whole file copied and verified goes in place now, as the writer would place it."""
+    def place(self, builds: list[Build]) -> list[int]:
+        """Files copied whole and verified go in place now, as the writer would place them
+        (after ``clear_the_way``: an old file may stand where one of their folders goes).
+        Returns their file ids; any that cannot be placed are left to the fetch, which resumes
+        them from their journaled staging files."""
+        placed = []
+        for build in builds:
+            entry, staging = build.entry, self.layout.staging(build.entry)
+            final = self.layout.final(entry.path)
+            try:
+                if not make_folder_inside(str(final.parent), str(self.layout.dest)):
+                    continue
+                if entry.executable:
+                    mode = os.stat(staging).st_mode
+                    os.chmod(staging, mode | ((mode & 0o444) >> 2))
+                os.replace(staging, final)
+            except OSError as exc:
+                log.info("%s: copied, but not placed yet: %s", entry.path, exc)
+                continue
+            self.journal.record(entry, final)
+            placed.append(build.file_id)
+        self.journal.flush()
+        return placed
+
+    def clear_the_way(self) -> list[str]:
+        """Remove the old files and links that stand where the new manifest puts something
+        else: where it needs a folder (build 1's file ``a``, build 2's ``a/b``), or inside a
+        folder that becomes a file or a link (build 1's ``c/d``, build 2's file ``c``), with the
+        folders that leaves empty; only what mpdl wrote and is unchanged (the new manifest does
+        not list it, and its bytes were copied already). Called after ``reuse``, before the
+        fetch; returns the paths removed."""
+        if not self.old:
+            return []
+        new = self.manifest
+        leaves = {e.path for e in new.files} | {e.path for e in new.links}
+        folders = set(_parents([*leaves, *(e.path for e in new.directories)])) | {
+            e.path for e in new.directories}
+
+        def in_the_way(path: str) -> bool:
+            return path in folders or any(p in leaves for p in _parents([path]))
+
+        removed = []
+        for manifest in self.old:
+            for entry in manifest.files:
+                if in_the_way(entry.path) and self._remove_file(entry):
+                    removed.append(entry.path)
+            for link in manifest.links:
+                if in_the_way(link.path) and self._remove_link(link.path, link.target):
+                    removed.append(link.path)
+        emptied = {p for p in _parents(removed) if p in leaves}
+        self._remove_empty_folders(emptied | {p for p in _parents(removed)
+                                              if any(q in emptied for q in _parents([p]))})
+        self.journal.flush()
+        return removed
+
+    def _remove_empty_folders(self, folders: set[str]) -> None:
+        """rmdir each of ``folders`` that is empty, the deepest first."""
+        for folder in sorted(folders, key=lambda p: -p.count("/")):
+            path = self.layout.final(folder)
+            if inside(path.parent, self.layout.dest) and not os.path.islink(path):
+                try:
+                    path.rmdir()  # only an empty one
+                except OSError:
+                    pass
+
+    def _remove_file(self, entry: FileEntry) -> bool:
+        """Unlink the file mpdl installed for ``entry``, if it is still as mpdl wrote it."""
         final = self.layout.final(entry.path)
-        if not make_folder_inside(str(final.parent), str(self.layout.dest)):
+        if not inside(final.parent, self.layout.dest):
             return False
-        if entry.executable:
-            mode = os.stat(staging).st_mode
-            os.chmod(staging, mode | ((mode & 0o444) >> 2))
-        os.replace(staging, final)
-        self.journal.record(entry, final)
+        if not self.journal.holds(entry, final):
+            if os.path.lexists(final):
+                log.info("kept %s: not as mpdl wrote it", entry.path)
+            return False
+        os.unlink(final)
+        self.journal.removed(entry.path)
         return True
+
+    def _remove_link(self, path: str, target: str) -> bool:
+        """Unlink the link mpdl placed at ``path``, if it still points at ``target``."""
+        final = self.layout.final(path)
+        if (inside(final.parent, self.layout.dest) and os.path.islink(final)
+                and os.readlink(final) == target):
+            os.unlink(final)
+            return True
+        return False
 
     # -- the end -------------------------------------------------------------------------------
 
@@ -341,34 +414,15 @@ class Update:
         folders: set[str] = set()
         for manifest in self.old:
             for entry in manifest.files:
-                if entry.path in listed or entry.path in removed:
-                    continue
-                final = self.layout.final(entry.path)
-                if not inside(final.parent, self.layout.dest):
-                    continue
-                if not self.journal.holds(entry, final):
-                    if os.path.lexists(final):
-                        log.info("kept %s: not as mpdl wrote it", entry.path)
-                    continue
-                os.unlink(final)
-                self.journal.removed(entry.path)
-                removed.append(entry.path)
-                folders.update(_parents([entry.path]))
+                if entry.path not in listed and self._remove_file(entry):
+                    removed.append(entry.path)
+                    folders.update(_parents([entry.path]))
             for link in manifest.links:
-                final = self.layout.final(link.path)
-                if (link.path not in listed and inside(final.parent, self.layout.dest)
-                        and os.path.islink(final) and os.readlink(final) == link.target):
-                    os.unlink(final)
+                if link.path not in listed and self._remove_link(link.path, link.target):
                     removed.append(link.path)
                     folders.update(_parents([link.path]))
             folders.update(d.path for d in manifest.directories if d.path not in listed)
-        for folder in sorted(folders - keep_folders, key=lambda p: -p.count("/")):
-            path = self.layout.final(folder)
-            if inside(path.parent, self.layout.dest) and not os.path.islink(path):
-                try:
-                    path.rmdir()  # only an empty one
-                except OSError:
-                    pass
+        self._remove_empty_folders(folders - keep_folders)
         self.journal.flush()
         return removed
 

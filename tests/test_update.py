@@ -334,3 +334,20 @@ def test_free_space_is_checked_against_what_the_update_needs(tmp_path: Path,
             run(three, dest)
         assert not server.requests
     assert (dest / "small.txt").read_bytes() == small[::-1]
+
+
+def test_a_file_that_becomes_a_folder_and_a_folder_that_becomes_a_file(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    a, d, e = rng.randbytes(CHUNK), rng.randbytes(CHUNK), rng.randbytes(9)  # c: d, e chunks
+    with FaultServer(tmp_path / "served") as server:
+        store = Store(tmp_path / "served" / "store")
+        base = [server.url + "store/"]
+        one = convert(store.depot({"a": a, "c/x/d": d, "c/e": e}), base)
+        two = convert(store.depot({"a/b": a, "c": d + e}), base)
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        result = run(two, dest)
+    assert result.ok, (result.failed, result.error)
+    assert (dest / "a/b").read_bytes() == a and (dest / "c").read_bytes() == d + e
+    assert sorted(result.removed) == ["a", "c/e", "c/x/d"]
+    assert result.bytes_fetched == 0  # every byte was in the old install
