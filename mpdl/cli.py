@@ -188,7 +188,7 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
     if json_events:  # the launcher's last line: the outcome, machine-readable
         print(json.dumps({"event": "result", "ok": result.ok, "error": result.error,
                           "failed": result.failed, "completed": len(result.completed),
-                          "skipped": len(result.skipped), "removed": len(result.removed),
+                          "skipped": len(result.skipped), "removed": result.removed,
                           "bytes_fetched": result.bytes_fetched,
                           "bytes_reused": result.bytes_reused,
                           "bytes_written": result.bytes_written, "elapsed": result.elapsed}),

@@ -281,7 +281,9 @@ def test_cli_reports_reused_and_removed(tmp_path: Path, keep: bool) -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["event"] == "result" and result["bytes_reused"] > 0
-    assert (result["removed"] == 0) == keep
+    assert sorted(result["removed"]) == ([] if keep else [
+        "movies/intro.bik", "old/deep/removed.bin", "old/latest", "old/removed.txt",
+        "user.cfg"])
     assert "reused" in done.stderr and ("removed" in done.stderr) != keep
 
 
