@@ -193,8 +193,10 @@ def _still_to_fetch(manifest: Manifest, layout: Layout, journal: Journal,
         final = layout.final(entry.path)
         if final.parent not in folders:  # a file seen through a planted link is not in place
             folders[final.parent] = inside(final.parent, layout.dest)
-        if folders[final.parent] and (journal.holds(entry, final)
-                                      or _verified_on_disk(entry, final)):
+        # A file mpdl wrote with another identity (an update) is not hashed again to find out.
+        written = journal.written(entry.path, final) if folders[final.parent] else None
+        if folders[final.parent] and (written == entry.identity or (
+                written is None and _verified_on_disk(entry, final))):
             result.skipped.append(entry.path)
         else:
             todo.append((file_id, entry))

@@ -66,14 +66,20 @@ class Journal:
 
     def holds(self, entry: FileEntry, final: Path) -> bool:
         """The file on disk is the one a run verified and recorded, untouched since."""
-        done = self._done.get(entry.path)
-        if done is None or done[0] != entry.identity:
-            return False
+        return self.written(entry.path, final) == entry.identity
+
+    def written(self, path: str, final: Path) -> str | None:
+        """The identity of the file a run verified and recorded at ``path``, if the file on
+        disk is still that one (its size and mtime as recorded); else None."""
+        done = self._done.get(path)
+        if done is None:
+            return None
         try:
             st = os.lstat(final)
         except OSError:
-            return False
-        return st.st_size == entry.size and st.st_mtime_ns == done[1]
+            return None
+        size = done[0].split(":", 1)[0]  # an identity starts with the size
+        return done[0] if str(st.st_size) == size and st.st_mtime_ns == done[1] else None
 
     def resumable(self, entry: FileEntry, staging: Path) -> RangeSet | None:
         """The durable byte ranges of ``entry``'s staging file, if a run left some for it."""

@@ -91,7 +91,8 @@ class FileEntry:
     def identity(self) -> str:
         """What the file is, whatever its path or URLs: its size and hash, or, without a
         file hash, the hashes of its parts. Two entries with one identity hold the same bytes
-        (an entry with neither has only its size, so it says nothing of its bytes)."""
+        (an entry with neither has only its size, so it says nothing of its bytes). It
+        starts with the size and a colon, which the journal relies on."""
         if self.hash is not None or not any(part.hash for part in self.parts):
             return f"{self.size}:{self.hash}"
         parts = ",".join(f"{part.size}:{part.hash}" for part in self.parts)
