@@ -81,34 +81,42 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     result = Result()
     journal = Journal(layout.state_dir)
     try:
-        update = Update(layout, parsed, journal)
+        update = Update(layout, parsed, journal, keep_removed=keep_removed)
         todo = _still_to_fetch(parsed, layout, journal, result)
         have = _resumable(todo, layout, journal)
+        builds = update.find(todo, have)
+        linked = sum(b.entry.size or 0 for b in builds if b.link)  # a hard link takes no space
         _check_free_space(layout.dest, sum((entry.size or 0) - (have[fid].total() if fid in have
-                                                                 else 0) for fid, entry in todo))
+                                                                 else 0) for fid, entry in todo)
+                          - linked)
+        layout.dest.mkdir(parents=True, exist_ok=True)
+        sizes = [entry.size for entry in parsed.files]
+        counts = Counts(files_done=len(result.skipped))
+        tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
+                          progress)
+        counts.bytes_done = _bytes_in_place(parsed, todo, have)
+
+        def copied(n: int) -> None:
+            counts.bytes_done += n
+            tracker.tick()
+
         if todo:
             update.begin()
-            reused = update.reuse(todo, have, opts.workers)
-            result.bytes_reused = reused.bytes
-            result.removed += update.clear_the_way()
-            placed = set(update.place(reused.whole))
-            result.completed += [entry.path for fid, entry in todo if fid in placed]
-            todo = [(fid, entry) for fid, entry in todo if fid not in placed]
-            have = {fid: ranges for fid, ranges in have.items() if fid not in placed}
+        reused = update.reuse(builds, have, opts.workers, copied)
+        result.bytes_reused = reused.bytes
+        result.removed += update.clear_the_way()
+        placed = set(update.place(reused.whole))
+        result.completed += [entry.path for fid, entry in todo if fid in placed]
+        todo = [(fid, entry) for fid, entry in todo if fid not in placed]
+        have = {fid: ranges for fid, ranges in have.items() if fid not in placed}
         planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
                           spread=opts.connections)
         plan = planner.plan(todo, have=have)
         log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
                  len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),
                  len(result.skipped), plan.describe())
-        layout.dest.mkdir(parents=True, exist_ok=True)
-        fetching = {entry.path for _, entry in todo}
-        counts = Counts(files_done=len(result.skipped) + len(result.completed))
-        counts.bytes_done = sum(e.size or 0 for e in parsed.files if e.path not in fetching)
-        counts.bytes_done += sum(h.total() for h in have.values())
-        sizes = [entry.size for entry in parsed.files]
-        tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
-                          progress)
+        counts.files_done = len(result.skipped) + len(result.completed)
+        counts.bytes_done = _bytes_in_place(parsed, todo, have)
         asked = [task.length for task in plan.tasks]
         tracker.bytes_to_fetch = None if None in asked else sum(asked)
 
@@ -138,13 +146,21 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
             except OSError as exc:
                 result.failed[directory.path] = f"cannot make the folder: {exc.strerror or exc}"
         if result.ok:
-            result.removed += update.finish(keep_removed)
+            result.removed += update.finish()
         result.elapsed = time.monotonic() - started
         tracker.tick(final=True)
     finally:
         journal.close()
     _tidy_state(layout, keep_state, result.ok)
     return result
+
+
+def _bytes_in_place(manifest: Manifest, todo: list[tuple[int, FileEntry]],
+                    have: Mapping[int, RangeSet]) -> int:
+    """The bytes done before any fetch: the files not to fetch, and what the others have."""
+    fetching = {entry.path for _, entry in todo}
+    return (sum(e.size or 0 for e in manifest.files if e.path not in fetching)
+            + sum(h.total() for h in have.values()))
 
 
 def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opts: Options,
@@ -193,10 +209,18 @@ def _still_to_fetch(manifest: Manifest, layout: Layout, journal: Journal,
         final = layout.final(entry.path)
         if final.parent not in folders:  # a file seen through a planted link is not in place
             folders[final.parent] = inside(final.parent, layout.dest)
-        # A file mpdl wrote with another identity (an update) is not hashed again to find out.
+        # A file mpdl wrote with another identity (an update) is not hashed again to find
+        # out; one it does not know, or knew by its size only (journals older than identities
+        # of part hashes), is, and is journaled if it is the one.
         written = journal.written(entry.path, final) if folders[final.parent] else None
-        if folders[final.parent] and (written == entry.identity or (
-                written is None and _verified_on_disk(entry, final))):
+        if written is not None and written.endswith(":None") and written != entry.identity:
+            written = None
+        if not folders[final.parent]:
+            todo.append((file_id, entry))
+        elif written == entry.identity:
+            result.skipped.append(entry.path)
+        elif written is None and _verified_on_disk(entry, final):
+            journal.record(entry, final)
             result.skipped.append(entry.path)
         else:
             todo.append((file_id, entry))

@@ -90,8 +90,9 @@ class FileEntry:
     @property
     def identity(self) -> str:
         """What the file is, whatever its path or URLs: its size and hash, or, without a
-        file hash, the hashes of its parts. Two entries with one identity hold the same bytes
-        (an entry with neither has only its size, so it says nothing of its bytes). It
+        file hash, the sizes and hashes of its parts. Two entries with one identity hold the
+        same bytes when it names a file hash or a hash for every part; otherwise it tells
+        files apart only as far as it goes (a file with no hash at all has only its size). It
         starts with the size and a colon, which the journal relies on."""
         if self.hash is not None or not any(part.hash for part in self.parts):
             return f"{self.size}:{self.hash}"

@@ -1,8 +1,9 @@
 """Updates: a run of a new manifest over an install made from an older one.
 
 DEST/.mpdl/installed.json is the manifest of the last run that ended with every file in place
-(an mpdl/1 manifest, readable by any tool); pending.json is the manifest of a run under way, so
-an interrupted update still knows what it had installed. From them, a run:
+(an mpdl/1 manifest, readable by any tool; installed.json.id its fingerprint); pending/ holds
+the manifest of each run under way, so interrupted updates (even several in a row) still know
+what they may have placed. From them, a run:
 
 - keeps unchanged files without reading them (the journal and a stat say they are as mpdl
   wrote them: ``api._still_to_fetch``);
@@ -11,27 +12,37 @@ an interrupted update still knows what it had installed. From them, a run:
   hash matches a part of any file mpdl installed. The sources are the files of those manifests
   (old and new) that the journal says are still as written. Each reused span is hashed as it is
   read and written into the file's staging file; the spans that matched are made durable and
-  journaled like a resumed download's ranges, so the fetch asks only for the rest, and a file
-  copied whole is placed at once;
+  journaled, file by file as the copies finish, like a resumed download's ranges, so the fetch
+  asks only for the rest. A moved file whose old path goes away is hard-linked rather than
+  copied (then read once, to check it), so it needs no space; a file copied whole is placed
+  at once;
+- removes the old files and links that stand where the new manifest puts something else (a
+  file that becomes a folder), before the fetch;
 - once every file is in place, removes the files the old manifests installed that the new one
-  no longer lists, when they are unchanged since mpdl wrote them (never any other file; not at
-  all with ``keep_removed``), the links it placed that still point where it placed them, and
-  the folders that leaves empty.
+  no longer lists, when they are unchanged since mpdl wrote them (size and mtime as the journal
+  has them; never any other file; not at all with ``keep_removed``), the links it placed that
+  still point where it placed them, and the folders that leaves empty. A removal that fails is
+  logged, and the file stays.
 
-Safe to interrupt at any point: every local byte is read (and its copy journaled) before the
-fetch starts, and the fetch replaces a file only once its new content is verified; a re-run
-finds what it built in the journal, and a source replaced since is no longer one (its journal
-entry is the new file's), so those parts are fetched.
+Safe to interrupt at any point: local bytes are read before the fetch starts, and each file's
+copies are journaled once durable; the fetch replaces a file only once its new content is
+verified; a re-run finds what it built in the journal, and a source replaced since is no longer
+one (its journal entry is the new file's), so those parts are fetched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+import signal
+import stat
+import sys
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import xxhash
@@ -42,11 +53,12 @@ from .journal import Journal
 from .layout import Layout, inside, make_folder_inside
 from .manifest import FileEntry, Manifest, parse_manifest
 from .ranges import RangeSet
+from .writer import write_at
 
 log = logging.getLogger("mpdl")
 
 INSTALLED = "installed.json"
-PENDING = "pending.json"
+PENDING = "pending"  # a folder: one manifest per run under way, named by its fingerprint
 READ_SIZE = 1024 * 1024
 #: Below this many bytes to copy, the copies run in this process: a pool costs more to start.
 POOL_FROM = 64 * 1024 * 1024
@@ -66,11 +78,13 @@ class Copy:
 
 @dataclass(frozen=True, slots=True)
 class Build:
-    """The local bytes one file of the run can be built from."""
+    """The local bytes one file of the run can be built from. ``link``: the file is one
+    whole copy of a file whose old path goes away, so its staging file may be a hard link."""
 
     file_id: int
     entry: FileEntry
     copies: tuple[Copy, ...]
+    link: bool = False
 
     @property
     def whole(self) -> bool:
@@ -89,8 +103,8 @@ class Sources:
     def add(self, entry: FileEntry) -> None:
         if entry.size is None:
             return
-        if entry.hash is not None or any(part.hash for part in entry.parts):
-            self.files.setdefault(entry.identity, entry.path)
+        if entry.hash is not None or (entry.parts and all(p.hash for p in entry.parts)):
+            self.files.setdefault(entry.identity, entry.path)  # an identity that names bytes
         offset = 0
         for part in entry.parts:
             if part.hash is not None:
@@ -127,61 +141,124 @@ def find_builds(todo: Iterable[tuple[int, FileEntry]], sources: Sources,
     return builds
 
 
-def copy_spans(dest: str, staging: str, size: int,
-               copies: tuple[Copy, ...]) -> list[tuple[int, int]]:
-    """Copy each span into ``staging`` (made ``size`` bytes long), hashing it as it is read;
-    fsync, and return the (start, end) of the spans that matched. A top-level function: it
-    runs in a pool's processes. A source that is gone, or not a regular file inside DEST, is
-    skipped (its bytes are fetched instead)."""
+def copy_spans(dest: str, staging: str, size: int, copies: tuple[Copy, ...],
+               link: bool = False) -> list[tuple[int, int]]:
+    """Build ``staging`` (``size`` bytes) from the spans, hashing each as it is read; fsync,
+    and return the (start, end) of the spans that matched. With ``link``, the one whole copy
+    is first tried as a hard link, then only read. A top-level function: it runs in a pool's
+    processes. A source that is gone, or not a regular file inside DEST, is skipped (its bytes
+    are fetched instead), and so is everything after an error of the disk (the fetch meets it
+    again, and reports it)."""
     os.makedirs(os.path.dirname(staging), exist_ok=True)
+    if link and _link_whole(dest, staging, copies[0]):
+        return [(0, size)]
     good: list[tuple[int, int]] = []
-    out = os.open(staging, os.O_RDWR | os.O_CREAT, 0o644)
-    sources: dict[str, int | None] = {}
-    buffer = bytearray(READ_SIZE)
+    sources: dict[str, object] = {}
+    buffer = memoryview(bytearray(READ_SIZE))
     try:
-        if os.fstat(out).st_size != size:
-            os.ftruncate(out, size)
-        for copy in copies:
-            fd = sources.get(copy.source, -1)
-            if fd == -1:
-                fd = sources[copy.source] = _open_source(dest, copy.source)
-            if fd is not None and _copy_one(fd, out, copy, buffer):
-                good.append((copy.offset, copy.offset + copy.size))
-        os.fsync(out)
+        out = os.open(staging, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+        try:
+            if os.fstat(out).st_size != size:
+                os.ftruncate(out, size)
+            for copy in copies:
+                if copy.source not in sources:
+                    sources[copy.source] = _open_source(dest, copy.source)
+                source = sources[copy.source]
+                if source is not None and _copy_one(source, out, copy, buffer):
+                    good.append((copy.offset, copy.offset + copy.size))
+            os.fsync(out)
+        finally:
+            os.close(out)
+    except OSError as exc:
+        log.info("%s: local copies stopped: %s", staging, exc)
+        return []
     finally:
-        os.close(out)
-        for fd in sources.values():
-            if fd is not None:
-                os.close(fd)
+        for source in sources.values():
+            if source is not None:
+                source.close()  # type: ignore[attr-defined]
     return good
 
 
-def _open_source(dest: str, path: str) -> int | None:
+def _open_source(dest: str, path: str):  # -> a binary file, or None
     final = Layout(Path(dest)).final(path)
     if not inside(final.parent, dest):
         return None
-    try:
-        return os.open(final, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:  # no link followed, and a FIFO planted there must not block the open
+        fd = os.open(final, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError:
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return open(fd, "rb", buffering=0)
 
 
-def _copy_one(fd: int, out: int, copy: Copy, buffer: bytearray) -> bool:
+def _copy_one(source, out: int, copy: Copy, buffer: memoryview) -> bool:
+    """One span: False if the source cannot be read or its bytes do not match. An error
+    writing ``out`` is the disk's, and propagates."""
     hasher = new_hasher(copy.hash.algo)
-    view = memoryview(buffer)
     done = 0
     while done < copy.size:
-        want = min(len(view), copy.size - done)
         try:
-            n = os.preadv(fd, [view[:want]], copy.source_offset + done)
+            if done == 0:
+                source.seek(copy.source_offset)
+            n = source.readinto(buffer[:min(len(buffer), copy.size - done)])
         except OSError:
             return False
         if not n:
             return False
-        hasher.update(view[:n])
-        os.pwrite(out, view[:n], copy.offset + done)
+        hasher.update(buffer[:n])
+        write_at(out, buffer[:n], copy.offset + done)
         done += n
     return copy.hash.matches(hasher.hexdigest())
+
+
+def _link_whole(dest: str, staging: str, copy: Copy) -> bool:
+    """Make ``staging`` a hard link to the source and check its hash by reading it: a move
+    costs a read, no write and no space. False (nothing left behind) when the link cannot be
+    made (another file system, no hard links) or the bytes do not match."""
+    final = Layout(Path(dest)).final(copy.source)
+    try:
+        if not inside(final.parent, dest) or not stat.S_ISREG(os.lstat(final).st_mode):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        os.link(final, staging, follow_symlinks=False)
+    except OSError:
+        return False
+    source = _open_source(dest, copy.source)
+    hasher = new_hasher(copy.hash.algo)
+    try:
+        if source is not None:
+            buffer = memoryview(bytearray(READ_SIZE))
+            while n := source.readinto(buffer):
+                hasher.update(buffer[:n])
+            if copy.hash.matches(hasher.hexdigest()):
+                return True
+    except OSError:
+        pass
+    finally:
+        if source is not None:
+            source.close()
+    os.unlink(staging)
+    return False
+
+
+def _copier_setup() -> None:
+    """A copy process leaves Ctrl-C to the run, and dies with it (Linux: PR_SET_PDEATHSIG),
+    so a SIGKILLed run leaves no copier waiting for work forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    try:
+        with open("/proc/self/comm", "w", encoding="ascii") as comm:
+            comm.write("mpdl-copier")
+    except OSError:
+        pass
 
 
 @dataclass
@@ -197,34 +274,38 @@ class Update:
     """One run's view of the install it changes: the manifests mpdl installed before, the
     sources they give, and, at the end, what to remove."""
 
-    def __init__(self, layout: Layout, manifest: Manifest, journal: Journal) -> None:
+    def __init__(self, layout: Layout, manifest: Manifest, journal: Journal, *,
+                 keep_removed: bool = False) -> None:
         self.layout = layout
         self.manifest = manifest
         self.journal = journal
+        self.keep_removed = keep_removed
         self.fingerprint = fingerprint(manifest)
         self.old: list[Manifest] = []
-        if self._read_text(INSTALLED + ".id") != self.fingerprint or self._exists(PENDING):
-            self.old = [m for m in (self._load(INSTALLED), self._load(PENDING)) if m]
+        pending = sorted(self._path(PENDING).glob("*.json")) if self._path(PENDING).is_dir() \
+            else []
+        if self._installed_id() != self.fingerprint or pending:
+            found = [self._load(self._path(INSTALLED))] + [self._load(p) for p in pending]
+            self.old = [m for m in found if m is not None]
+        self.listed = {e.path for e in manifest.files} | {e.path for e in manifest.links} | {
+            e.path for e in manifest.directories}
 
     # -- the installed manifests ---------------------------------------------------------------
 
     def _path(self, name: str) -> Path:
         return self.layout.state_dir / name
 
-    def _exists(self, name: str) -> bool:
-        return self._path(name).is_file()
-
-    def _read_text(self, name: str) -> str | None:
+    def _installed_id(self) -> str | None:
         try:
-            return self._path(name).read_text(encoding="utf-8").strip()
-        except OSError:
+            return self._path(INSTALLED + ".id").read_text(encoding="utf-8").strip()
+        except (OSError, ValueError):
             return None
 
-    def _load(self, name: str) -> Manifest | None:
+    @staticmethod
+    def _load(path: Path) -> Manifest | None:
         """An installed manifest, or None; one that does not validate is ignored (it is ours,
         in DEST: someone edited it), with a warning, so nothing it names is reused or removed."""
-        path = self._path(name)
-        if not path.is_file():
+        if not path.is_file() or path.is_symlink():
             return None
         try:
             with open(path, "rb") as file:
@@ -233,20 +314,12 @@ class Update:
             log.warning("ignoring %s: %s", path, exc)
             return None
 
-    def _write(self, name: str, manifest: Manifest) -> None:
-        fresh = self._path(name + ".tmp")
-        fresh.parent.mkdir(parents=True, exist_ok=True)
-        with open(fresh, "w", encoding="utf-8") as out:
-            json.dump(manifest.to_json(), out, separators=(",", ":"))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(fresh, self._path(name))
-
     def begin(self) -> None:
         """Files are about to change: note the new manifest as pending, so an interrupted run
         still knows what it may have placed (unless it is the installed one already)."""
-        if self._read_text(INSTALLED + ".id") != self.fingerprint:
-            self._write(PENDING, self.manifest)
+        pending = self._path(PENDING) / f"{self.fingerprint}.json"
+        if self._installed_id() != self.fingerprint and not pending.is_file():
+            _replace(pending, _manifest_bytes(self.manifest))
 
     # -- reuse ---------------------------------------------------------------------------------
 
@@ -264,43 +337,75 @@ class Update:
                     found.add(entry)
         return found
 
-    def reuse(self, todo: list[tuple[int, FileEntry]], have: dict[int, RangeSet],
-              workers: int) -> Reused:
-        """Copy what ``todo`` can take from local files (see the module's docstring); ``have``
-        gains the copied ranges, which the journal records as durable."""
-        reused = Reused()
+    def find(self, todo: list[tuple[int, FileEntry]],
+             have: dict[int, RangeSet]) -> list[Build]:
+        """What ``todo`` can be built from (``find_builds``); a whole copy of a file whose old
+        path goes away (a move) is marked to be a hard link, once per source."""
         if not todo:
-            return reused
+            return []
         builds = find_builds(todo, self.sources(), have)
-        if not builds:
-            return reused
-        results = self._copy(builds, workers)
-        for build, good in zip(builds, results, strict=True):
+        if self.keep_removed:
+            return builds
+        linked: set[str] = set()
+        out = []
+        for build in builds:
+            source = build.copies[0].source
+            if build.whole and source not in self.listed and source not in linked:
+                linked.add(source)
+                build = replace(build, link=True)
+            out.append(build)
+        return out
+
+    def reuse(self, builds: list[Build], have: dict[int, RangeSet], workers: int,
+              on_copied: Callable[[int], None] = lambda n: None) -> Reused:
+        """Carry out ``builds``; each file's copies are journaled as soon as they are durable
+        and ``have`` gains them; ``on_copied(bytes)`` follows the progress."""
+        reused = Reused()
+        for build, good in self._copy(builds, workers):
             if not good:
                 continue
             ranges = have.get(build.file_id, RangeSet()).copy()
             before = ranges.total()
             for start, end in good:
                 ranges.add(start, end)
-            reused.bytes += ranges.total() - before
+            gained = ranges.total() - before
+            reused.bytes += gained
             have[build.file_id] = ranges
             self.journal.record_partial(build.entry, self.layout.staging(build.entry), ranges)
+            self.journal.flush()
             if build.whole and ranges.covers(0, build.entry.size or 0):
                 reused.whole.append(build)
-        self.journal.flush()
-        log.info("%d files built from local bytes (%d bytes), %d of them copied whole",
-                 len(builds), reused.bytes, len(reused.whole))
+            on_copied(gained)
+        if builds:
+            log.info("%d files built from local bytes (%d bytes), %d of them whole",
+                     len(builds), reused.bytes, len(reused.whole))
         return reused
 
-    def _copy(self, builds: list[Build], workers: int) -> list[list[tuple[int, int]]]:
+    def _copy(self, builds: list[Build],
+              workers: int) -> Iterator[tuple[Build, list[tuple[int, int]]]]:
+        """Each build with the spans that matched, as they finish: in this process when
+        there is little to copy, else in a pool of processes, given up at once when the run is
+        interrupted."""
         dest = str(self.layout.dest)
-        jobs = [(dest, str(self.layout.staging(b.entry)), b.entry.size, b.copies)
-                for b in builds]
+
+        def job(build: Build) -> tuple:
+            return (dest, str(self.layout.staging(build.entry)), build.entry.size,
+                    build.copies, build.link)
+
         total = sum(c.size for b in builds for c in b.copies)
         if workers <= 1 or len(builds) < 2 or total < POOL_FROM:
-            return [copy_spans(*job) for job in jobs]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(copy_spans, *zip(*jobs, strict=True)))
+            for build in builds:
+                yield build, copy_spans(*job(build))
+            return
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_copier_setup)
+        try:
+            running: dict[Future, Build] = {pool.submit(copy_spans, *job(b)): b for b in builds}
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield running.pop(future), future.result()
+        finally:
+            pool.shutdown(wait=not running, cancel_futures=True)
 
     def place(self, builds: list[Build]) -> list[int]:
         """Files copied whole and verified go in place now, as the writer would place them
@@ -326,13 +431,15 @@ class Update:
         self.journal.flush()
         return placed
 
+    # -- removals ------------------------------------------------------------------------------
+
     def clear_the_way(self) -> list[str]:
-        """Remove the old files and links that stand where the new manifest puts something
-        else: where it needs a folder (build 1's file ``a``, build 2's ``a/b``), or inside a
-        folder that becomes a file or a link (build 1's ``c/d``, build 2's file ``c``), with the
-        folders that leaves empty; only what mpdl wrote and is unchanged (the new manifest does
-        not list it, and its bytes were copied already). Called after ``reuse``, before the
-        fetch; returns the paths removed."""
+        """Remove the old files, links and empty folders that stand where the new manifest
+        puts something else: where it needs a folder (build 1's file ``a``, build 2's ``a/b``),
+        or inside or at a folder that becomes a file or a link (build 1's ``c/d`` or empty
+        ``c/``, build 2's file ``c``); only what mpdl wrote and is unchanged (the new manifest
+        does not list it, and its bytes were copied already). Called after ``reuse``, before
+        anything is placed; returns the paths removed."""
         if not self.old:
             return []
         new = self.manifest
@@ -340,32 +447,85 @@ class Update:
         folders = set(_parents([*leaves, *(e.path for e in new.directories)])) | {
             e.path for e in new.directories}
 
-        def in_the_way(path: str) -> bool:
-            return path in folders or any(p in leaves for p in _parents([path]))
+        def under_a_leaf(path: str) -> bool:
+            return any(p in leaves for p in _parents([path]))
 
-        removed = []
+        removed, emptied = [], set()
         for manifest in self.old:
             for entry in manifest.files:
-                if in_the_way(entry.path) and self._remove_file(entry):
+                if ((entry.path in folders or under_a_leaf(entry.path))
+                        and entry.path not in leaves and self._remove_file(entry)):
                     removed.append(entry.path)
             for link in manifest.links:
-                if in_the_way(link.path) and self._remove_link(link.path, link.target):
+                if ((link.path in folders or under_a_leaf(link.path)) and link.path not in leaves
+                        and self._remove_link(link.path, link.target)):
                     removed.append(link.path)
-        emptied = {p for p in _parents(removed) if p in leaves}
-        self._remove_empty_folders(emptied | {p for p in _parents(removed)
-                                              if any(q in emptied for q in _parents([p]))})
+            for folder in manifest.directories:
+                if folder.path in leaves or under_a_leaf(folder.path):
+                    emptied.add(folder.path)
+        emptied.update(p for p in _parents(removed) if p in leaves or under_a_leaf(p))
+        self._remove_empty_folders(emptied)
         self.journal.flush()
         return removed
 
-    def _remove_empty_folders(self, folders: set[str]) -> None:
-        """rmdir each of ``folders`` that is empty, the deepest first."""
-        for folder in sorted(folders, key=lambda p: -p.count("/")):
-            path = self.layout.final(folder)
-            if inside(path.parent, self.layout.dest) and not os.path.islink(path):
-                try:
-                    path.rmdir()  # only an empty one
-                except OSError:
-                    pass
+    def finish(self) -> list[str]:
+        """Every file is in place: remove what the old manifests installed and the new one no
+        longer lists (unless ``keep_removed``), then make the new manifest the installed one.
+        Returns the paths removed."""
+        removed = [] if self.keep_removed else self._remove_unlisted()
+        if self._installed_id() != self.fingerprint:
+            _replace(self._path(INSTALLED), _manifest_bytes(self.manifest))
+            _replace(self._path(INSTALLED + ".id"), (self.fingerprint + "\n").encode())
+        pending = self._path(PENDING)
+        if pending.is_dir() and not pending.is_symlink():
+            for name in pending.glob("*.json"):
+                name.unlink()
+            with contextlib.suppress(OSError):
+                pending.rmdir()
+        return removed
+
+    def _remove_unlisted(self) -> list[str]:
+        new = self.manifest
+        keep_folders = set(_parents(self.listed)) | {e.path for e in new.directories}
+        removed: list[str] = []
+        folders: set[str] = set()
+        for manifest in self.old:
+            for entry in manifest.files:
+                if entry.path not in self.listed:
+                    folders.update(_parents([entry.path]))
+                    if self._remove_file(entry):
+                        removed.append(entry.path)
+            for link in manifest.links:
+                if link.path not in self.listed:
+                    folders.update(_parents([link.path]))
+                    if self._remove_link(link.path, link.target):
+                        removed.append(link.path)
+            folders.update(d.path for d in manifest.directories if d.path not in self.listed)
+        self._remove_empty_folders(folders - keep_folders)
+        self.journal.flush()
+        return removed
+
+    def _same_file_listed(self, path: str, final: Path) -> bool:
+        """On a file system that ignores case (or Unicode forms), an old ``Data/A.pak`` may be
+        the new ``data/a.pak`` itself: never remove a path that is one of the new files."""
+        folded = _fold(path)
+        for other in self._folded_listed().get(folded, ()):
+            if other == path:
+                continue
+            try:
+                a, b = os.lstat(final), os.lstat(self.layout.final(other))
+            except OSError:
+                continue
+            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                return True
+        return False
+
+    def _folded_listed(self) -> dict[str, list[str]]:
+        if not hasattr(self, "_folded"):
+            self._folded: dict[str, list[str]] = {}
+            for path in self.listed:
+                self._folded.setdefault(_fold(path), []).append(path)
+        return self._folded
 
     def _remove_file(self, entry: FileEntry) -> bool:
         """Unlink the file mpdl installed for ``entry``, if it is still as mpdl wrote it."""
@@ -376,55 +536,62 @@ class Update:
             if os.path.lexists(final):
                 log.info("kept %s: not as mpdl wrote it", entry.path)
             return False
-        os.unlink(final)
+        if self._same_file_listed(entry.path, final):
+            return False
+        try:
+            os.unlink(final)
+        except OSError as exc:
+            log.warning("kept %s: cannot remove it: %s", entry.path, exc.strerror or exc)
+            return False
         self.journal.removed(entry.path)
         return True
 
     def _remove_link(self, path: str, target: str) -> bool:
         """Unlink the link mpdl placed at ``path``, if it still points at ``target``."""
         final = self.layout.final(path)
-        if (inside(final.parent, self.layout.dest) and os.path.islink(final)
-                and os.readlink(final) == target):
-            os.unlink(final)
-            return True
+        try:
+            if (inside(final.parent, self.layout.dest) and os.path.islink(final)
+                    and os.readlink(final) == target
+                    and not self._same_file_listed(path, final)):
+                os.unlink(final)
+                return True
+        except OSError as exc:
+            log.warning("kept %s: cannot remove it: %s", path, exc.strerror or exc)
         return False
 
-    # -- the end -------------------------------------------------------------------------------
+    def _remove_empty_folders(self, folders: set[str]) -> None:
+        """rmdir each of ``folders`` that is empty, the deepest first."""
+        for folder in sorted(folders, key=lambda p: -p.count("/")):
+            path = self.layout.final(folder)
+            if inside(path.parent, self.layout.dest) and not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only an empty one
 
-    def finish(self, keep_removed: bool) -> list[str]:
-        """Every file is in place: remove what the old manifests installed and the new one no
-        longer lists (unless ``keep_removed``), then make the new manifest the installed one.
-        Returns the paths removed."""
-        removed = [] if keep_removed else self._remove_unlisted()
-        if self._read_text(INSTALLED + ".id") != self.fingerprint:
-            self._write(INSTALLED, self.manifest)
-            (self._path(INSTALLED + ".id")).write_text(self.fingerprint + "\n", encoding="utf-8")
-        try:
-            self._path(PENDING).unlink()
-        except FileNotFoundError:
-            pass
-        return removed
 
-    def _remove_unlisted(self) -> list[str]:
-        new = self.manifest
-        listed = {e.path for e in new.files} | {e.path for e in new.links} | {
-            e.path for e in new.directories}
-        keep_folders = set(_parents(listed)) | {e.path for e in new.directories}
-        removed: list[str] = []
-        folders: set[str] = set()
-        for manifest in self.old:
-            for entry in manifest.files:
-                if entry.path not in listed and self._remove_file(entry):
-                    removed.append(entry.path)
-                    folders.update(_parents([entry.path]))
-            for link in manifest.links:
-                if link.path not in listed and self._remove_link(link.path, link.target):
-                    removed.append(link.path)
-                    folders.update(_parents([link.path]))
-            folders.update(d.path for d in manifest.directories if d.path not in listed)
-        self._remove_empty_folders(folders - keep_folders)
-        self.journal.flush()
-        return removed
+def _fold(path: str) -> str:
+    return unicodedata.normalize("NFC", path).casefold()
+
+
+def _manifest_bytes(manifest: Manifest) -> bytes:
+    return json.dumps(manifest.to_json(), separators=(",", ":")).encode()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a temporary file, fsynced, renamed over it), never
+    through a link planted in the state folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fresh)  # a link left there goes, not what it points at
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(fresh, path)
 
 
 def _parents(paths: Iterable[str]) -> Iterator[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from faultserver import Fault, FaultServer
-from helpers import REPO, Cli, Tmpfs, nginx_serving, run
+from helpers import REPO, Cli, Tmpfs, Watchdog, nginx_serving, run
 
 from mpdl.errors import NotEnoughSpace
 from mpdl.gog import convert, galaxy_path
@@ -167,7 +167,7 @@ def test_update_fetches_only_what_exists_nowhere(tmp_path: Path) -> None:
     assert (dest / "user.cfg").read_bytes() == b"my settings\n"
     installed = json.loads((dest / ".mpdl/installed.json").read_text())
     assert parse_manifest(installed) == parse_manifest(two)
-    assert not (dest / ".mpdl/pending.json").exists()
+    assert not (dest / ".mpdl/pending").exists()
     assert not (dest / ".mpdl/staging").exists()  # nothing half-built left behind
 
     third = run(two, dest)  # nothing left to do: nothing read, nothing fetched
@@ -205,7 +205,7 @@ def test_an_update_killed_midway_is_finished_by_a_rerun(tmp_path: Path,
         update = cli(tmp_path / "two.json", "-o", dest, "--progress", "none", "-q")
         update.wait_for("the stalled chunk asked",
                         lambda: any(r.path == stalled for r in server.requests))
-        assert (dest / ".mpdl/pending.json").exists()
+        assert list((dest / ".mpdl/pending").glob("*.json"))
         update.proc.kill()  # SIGKILL: nothing of the coordinator runs; its children clean up
         update.proc.wait(timeout=10)
         deadline = time.monotonic() + 5
@@ -217,7 +217,7 @@ def test_an_update_killed_midway_is_finished_by_a_rerun(tmp_path: Path,
     assert result.ok, (result.failed, result.error)
     assert_build(dest, b2)
     assert asked <= wanted  # never a chunk some local file held
-    assert not (dest / "old").exists() and not (dest / ".mpdl/pending.json").exists()
+    assert not (dest / "old").exists() and not (dest / ".mpdl/pending").exists()
 
 
 # --- the pure part ---------------------------------------------------------------------------
@@ -353,3 +353,103 @@ def test_a_file_that_becomes_a_folder_and_a_folder_that_becomes_a_file(tmp_path:
     assert (dest / "a/b").read_bytes() == a and (dest / "c").read_bytes() == d + e
     assert sorted(result.removed) == ["a", "c/e", "c/x/d"]
     assert result.bytes_fetched == 0  # every byte was in the old install
+
+
+def test_a_move_is_a_hard_link_not_a_copy(tmp_path: Path) -> None:
+    with FaultServer(tmp_path / "served") as server:
+        _, one, two, _, b2 = game(tmp_path, server.url + "store/")
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        moved = (dest / "movies/intro.bik").stat().st_ino
+        copied = (dest / "data/shared.bin").stat().st_ino  # stays: its copy must be a copy
+        events = Watchdog()
+        assert run(two, dest, progress=events).ok
+    assert (dest / "video/intro.bik").stat().st_ino == moved
+    assert (dest / "extra/shared-copy.bin").stat().st_ino != copied
+    assert_build(dest, b2)
+    done = [e.bytes_done for e in events.events]
+    assert done == sorted(done), "progress went backwards"
+
+
+def test_a_case_only_rename_never_removes_the_new_file(tmp_path: Path) -> None:
+    """On a file system that ignores case, build 2's data/level.pak IS build 1's
+    Data/Level.pak: two names of one file. Simulated here with a hard link."""
+    rng = random.Random(9)
+    data = rng.randbytes(2 * CHUNK)
+    with FaultServer(tmp_path / "served") as server:
+        store = Store(tmp_path / "served" / "store")
+        base = [server.url + "store/"]
+        one = convert(store.depot({"Data/Level.pak": data}), base)
+        two = convert(store.depot({"data/level.pak": data}), base)
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        (dest / "data").mkdir()
+        os.link(dest / "Data/Level.pak", dest / "data/level.pak")  # what such a disk shows
+        result = run(two, dest)
+    assert result.ok and result.skipped == ["data/level.pak"] and not result.removed
+    assert (dest / "data/level.pak").read_bytes() == data
+
+
+def test_journals_of_older_versions_and_lost_lines_are_recovered(tmp_path: Path) -> None:
+    """A file without a file hash journaled by size only (older mpdl), or not journaled at all
+    (a lost line): recognised by its part hashes, journaled, and never fetched again."""
+    with FaultServer(tmp_path / "served") as server:
+        _, one, _, b1, _ = game(tmp_path, server.url + "store/")
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        journal = dest / ".mpdl/journal.jsonl"
+        lines = [json.loads(line) for line in journal.read_text().splitlines()]
+        for line in lines:
+            if line["path"] == "nohash.dat":
+                line["key"] = f"{len(b1['nohash.dat'])}:None"  # as 0.1 wrote it
+        journal.write_text("".join(json.dumps(line) + "\n" for line in lines
+                                   if line["path"] != "data/level.pak"))
+        server.clear_log()
+        again = run(one, dest)
+        assert again.ok and again.bytes_fetched == 0 and not server.requests
+        assert {"nohash.dat", "data/level.pak"} <= set(again.skipped)
+        keys = {json.loads(line)["path"]: json.loads(line).get("key")
+                for line in journal.read_text().splitlines()}
+    entries = {e.path: e for e in parse_manifest(one).files}
+    assert keys["nohash.dat"] == entries["nohash.dat"].identity
+    assert keys["data/level.pak"] == entries["data/level.pak"].identity
+
+
+def test_folders_that_become_files_and_files_that_become_folders_with_nothing_to_fetch(
+        tmp_path: Path) -> None:
+    rng = random.Random(11)
+    x = rng.randbytes(100)
+    with FaultServer(tmp_path / "served") as server:
+        store = Store(tmp_path / "served" / "store")
+        base = [server.url + "store/"]
+        one = convert(store.depot({"x": x, "keep": x}, folders=("saves",)), base)
+        two = convert(store.depot({"saves": x, "keep": x}, folders=("x",)), base)
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        result = run(two, dest)
+    assert result.ok, (result.failed, result.error)
+    assert (dest / "saves").read_bytes() == x and (dest / "x").is_dir()
+    assert result.removed == ["x"] and result.bytes_fetched == 0
+
+
+def test_an_update_that_failed_is_remembered_by_the_next_one(tmp_path: Path) -> None:
+    """Build 2 fails half-way (a chunk is gone from the server), then build 3 fails too, then
+    build 3 completes: the files only build 2 had placed are removed too, not left behind."""
+    rng = random.Random(12)
+    a, b, c, d = (rng.randbytes(CHUNK) for _ in range(4))
+    with FaultServer(tmp_path / "served") as server:
+        store = Store(tmp_path / "served" / "store")
+        base = [server.url + "store/"]
+        one = convert(store.depot({"a": a}), base)
+        two = convert(store.depot({"a": a, "only-in-2": b, "broken": c}), base)
+        three = convert(store.depot({"a": a, "new-in-3": c, "late": d}), base)
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        server.set_fault("store/" + galaxy_path(md5(zlib.compress(c))), Fault(status=404))
+        assert not run(two, dest).ok and (dest / "only-in-2").read_bytes() == b
+        server.set_fault("store/" + galaxy_path(md5(zlib.compress(d))), Fault(status=404))
+        assert not run(three, dest).ok
+        server.clear_faults()
+        result = run(three, dest)
+    assert result.ok, (result.failed, result.error)
+    assert result.removed == ["only-in-2"] and not (dest / "only-in-2").exists()
