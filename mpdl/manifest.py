@@ -18,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 from .errors import ManifestError
 from .hashing import HashSpec, parse_hash
+from .headers import Headers, merge_headers, problem, shown
 
 __all__ = [
     "COMPRESSIONS",
@@ -103,12 +104,16 @@ class DirectoryEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A validated manifest. Relative urls resolve against each of ``base_urls``."""
+    """A validated manifest. Relative urls resolve against each of ``base_urls``.
+
+    ``headers`` go with every request of the run (a depot's token, the User-Agent its CDN
+    wants); the caller's own headers win over them (headers.py)."""
 
     base_urls: tuple[str, ...]
     files: tuple[FileEntry, ...]
     links: tuple[LinkEntry, ...] = ()
     directories: tuple[DirectoryEntry, ...] = ()
+    headers: Headers = ()
 
     def mirrors(self, url: str) -> tuple[str, ...]:
         """Where to fetch ``url`` from, in the order to try."""
@@ -155,6 +160,7 @@ def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
         raise ManifestError(f"manifest: must be a JSON object, not {_kind(obj)}")
     _check_format(obj.get("format"))
     base_urls = _base_urls(obj.get("base_urls"))
+    headers = _headers(obj.get("headers"))
     entries = obj.get("files")
     if entries is None:
         raise ManifestError("files: missing")
@@ -185,7 +191,7 @@ def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
             entries[index] = None
     _check_overlaps(placed, folders)
     return Manifest(base_urls=base_urls, files=tuple(files), links=tuple(links),
-                    directories=tuple(directories))
+                    directories=tuple(directories), headers=headers)
 
 
 # Reading.
@@ -249,6 +255,24 @@ def _base_urls(value: object) -> tuple[str, ...]:
             raise ManifestError(f"{where}: must not have a query or fragment")
         bases.append(url if url.endswith("/") else url + "/")
     return tuple(bases)
+
+
+def _headers(value: object) -> Headers:
+    """``{"Name": "value", ...}``: headers for every request, each one a valid header."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ManifestError(f"headers: must be an object of header names to strings, not "
+                            f"{_kind(value)}")
+    pairs = []
+    for name, text in value.items():
+        if not isinstance(text, str):
+            raise ManifestError(f"headers.{shown(name)}: must be a string, not {_kind(text)}")
+        why = problem(name, text.strip())
+        if why:
+            raise ManifestError(f"headers.{shown(name)}: {why}")
+        pairs.append((name, text.strip()))
+    return merge_headers(pairs)
 
 
 # Entries.
