@@ -55,7 +55,8 @@ exit codes:
 
 Run the same command again to resume: finished files are skipped, and half-done files go on
 from the bytes the journal (DEST/.mpdl/journal.jsonl) records as safely on disk. Transient
-errors are retried with backoff (at most 5 tries per request, see --timeout), across mirrors.
+errors are retried with backoff (at most 5 tries per request, see --timeout), across mirrors;
+a TLS certificate that does not verify stops the run at once (see --cacert, --insecure).
 
 examples:
   python -m mpdl depot.json -o ~/Games/MyGame

@@ -16,12 +16,13 @@ from __future__ import annotations
 import email.utils
 import re
 import ssl
+import warnings
 from datetime import datetime, timezone
 from typing import NamedTuple
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import MaxRetryError, SSLError
+from urllib3.exceptions import InsecureRequestWarning, MaxRetryError, SSLError
 
 from .errors import AccessDenied, CertificateRefused, FetchError, NotOnMirror, TransientError
 from .headers import DEFAULT_HEADERS, merge_headers
@@ -36,7 +37,11 @@ def make_pool(options: Options, *, connections: int) -> urllib3.PoolManager:
     Every network setting a request depends on comes from ``options``: the one record the
     coordinator hands each worker process. TLS is verified against ``options.cacert`` when
     given, else against the system's store, where OpenSSL honours SSL_CERT_FILE and
-    SSL_CERT_DIR (urllib3 loads its default verify paths when given no CA)."""
+    SSL_CERT_DIR (urllib3 loads its default verify paths when given no CA). Without
+    verification (--insecure, asked for explicitly) urllib3's warning on every request is
+    silenced in this process: it would bury mpdl's own lines in tracebacks' look-alikes."""
+    if not options.verify_tls:
+        warnings.simplefilter("ignore", InsecureRequestWarning)
     return urllib3.PoolManager(
         num_pools=32,
         maxsize=connections,

@@ -156,6 +156,8 @@ def test_mpdl_cacert_variable(tls_nginx: TlsNginx, depot: Depot, tmp_path: Path)
 def test_insecure_skips_the_check(tls_nginx: TlsNginx, depot: Depot, tmp_path: Path) -> None:
     done, dest = fetch_depot(tls_nginx, depot, tmp_path, "--insecure")
     assert done.returncode == 0, done.stderr
+    assert all(line.startswith("mpdl: ") for line in done.stderr.splitlines()), (
+        f"urllib3's warnings reached stderr:\n{done.stderr}")
     assert_installed(dest, depot)
 
 
