@@ -22,8 +22,8 @@ import pytest
 from helpers import (TOOL, Depot, assert_installed, assert_one_error_line, entry, env_with,
                      mpdl_cli, run, skip_or_fail, write_manifest)
 
-import mpdl
 from mpdl.errors import UsageError
+from mpdl.headers import USER_AGENT
 from mpdl.messages import FailKind
 from mpdl.options import Options
 from mpdl.retry import Attempts, Failure, RetryPolicy, StopRun
@@ -136,10 +136,12 @@ def test_cacert_verifies_a_private_ca_and_keeps_connections_alive(
     assert len(connections) <= 2 * CONNECTIONS < len(gets), (len(connections), len(gets))
     assert max(line.requests for line in gets) > 1
     # And every ranged GET says it is mpdl (urllib3 used to put its own name on them).
-    assert {line.user_agent for line in gets} == {f"mpdl/{mpdl.__version__.rsplit('.', 1)[0]}"}
+    assert {line.user_agent for line in gets} == {USER_AGENT}
 
 
-def test_ssl_cert_file_is_honoured(tls_nginx: TlsNginx, depot: Depot, tmp_path: Path) -> None:
+def test_ssl_cert_file_is_honoured(tls_nginx: TlsNginx, depot: Depot, tmp_path: Path,
+                                   start_method: str) -> None:
+    """OpenSSL reads it in each worker process, however it was started."""
     done, dest = fetch_depot(tls_nginx, depot, tmp_path,
                              env=untrusting_env(SSL_CERT_FILE=str(tls_nginx.ca)))
     assert done.returncode == 0, done.stderr
