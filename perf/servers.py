@@ -47,7 +47,8 @@ events {{
 }}
 
 http {{
-{access_log}    sendfile on;
+    access_log off;
+    sendfile on;
     tcp_nopush on;
     tcp_nodelay on;
     keepalive_requests 1000000;
@@ -103,13 +104,6 @@ TLS_SERVER = """\
 #: Descriptors, sizes and mtimes of up to 20,000 files kept for 60 s: nginx then opens a small
 #: file once, not once per request. A file rewritten while cached is served with stale sizes.
 FILE_CACHE = "    open_file_cache max=20000 inactive=60s;\n"
-#: The access log a test asks for (``access_log=True``): per request, the connection's serial
-#: number and its count of requests so far (keep-alive), the status, the request line and the
-#: User-Agent, space-separated (nginx escapes quotes inside a value as \x22).
-ACCESS_LOG = """\
-    log_format perf '$connection $connection_requests $status "$request" "$http_user_agent"';
-    access_log "{tmp}/access.log" perf;
-"""
 #: What ``nginx`` says when there is none, and how to get it.
 NGINX_MISSING = "nginx not found (sh tests/install.sh, or apt-get install nginx-light)"
 
@@ -163,16 +157,14 @@ def _variable(name: str) -> str:
 
 @contextlib.contextmanager
 def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
-          throttled: Sequence[Throttled] = (), tls: Certificate | None = None,
-          access_log: bool = False) -> Iterator[Server]:
+          throttled: Sequence[Throttled] = (), tls: Certificate | None = None) -> Iterator[Server]:
     """nginx serving ``root`` until the block ends; its config, pid and logs live in ``tmp``.
 
     ``workers`` worker processes: a single one is running once the port answers (it is what
     answers); with more, the port may answer while the last is still being forked.
     ``file_cache`` turns FILE_CACHE on. ``/capped/`` is served at 10 MiB/s per response (the
     capped scenario), each of ``throttled`` at ``/throttled/<name>/``; with ``tls``, ``root`` is
-    also served over HTTPS on a second port (``Server.tls_url``). ``access_log`` writes
-    ACCESS_LOG's lines to ``tmp/access.log`` (else there is none). Raises RuntimeError without
+    also served over HTTPS on a second port (``Server.tls_url``). Raises RuntimeError without
     nginx (NGINX_MISSING), or with nginx's logs when it does not answer.
     """
     binary = find_nginx()
@@ -184,7 +176,6 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(
         tmp=tmp, port=port, root=root, host=HOST, workers=workers,
-        access_log=ACCESS_LOG.format(tmp=tmp) if access_log else "    access_log off;\n",
         file_cache=FILE_CACHE if file_cache else "",
         maps="".join(THROTTLE_MAP.format(variable=_variable(t.name), rate=t.rate)
                      for t in throttled),
