@@ -47,8 +47,7 @@ events {{
 }}
 
 http {{
-    access_log off;
-    sendfile on;
+{access_log}    sendfile on;
     tcp_nopush on;
     tcp_nodelay on;
     keepalive_requests 1000000;
@@ -104,6 +103,11 @@ TLS_SERVER = """\
 #: Descriptors, sizes and mtimes of up to 20,000 files kept for 60 s: nginx then opens a small
 #: file once, not once per request. A file rewritten while cached is served with stale sizes.
 FILE_CACHE = "    open_file_cache max=20000 inactive=60s;\n"
+#: One line per request, when asked for: what a test needs to count the bytes a server sent.
+ACCESS_LOG = """\
+    log_format mpdl '$request_method $uri $status $body_bytes_sent "$http_range" $connection';
+    access_log "{path}" mpdl;
+"""
 #: What ``nginx`` says when there is none, and how to get it.
 NGINX_MISSING = "nginx not found (sh tests/install.sh, or apt-get install nginx-light)"
 
@@ -157,14 +161,16 @@ def _variable(name: str) -> str:
 
 @contextlib.contextmanager
 def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
-          throttled: Sequence[Throttled] = (), tls: Certificate | None = None) -> Iterator[Server]:
+          throttled: Sequence[Throttled] = (), tls: Certificate | None = None,
+          access_log: Path | None = None) -> Iterator[Server]:
     """nginx serving ``root`` until the block ends; its config, pid and logs live in ``tmp``.
 
     ``workers`` worker processes: a single one is running once the port answers (it is what
     answers); with more, the port may answer while the last is still being forked.
     ``file_cache`` turns FILE_CACHE on. ``/capped/`` is served at 10 MiB/s per response (the
     capped scenario), each of ``throttled`` at ``/throttled/<name>/``; with ``tls``, ``root`` is
-    also served over HTTPS on a second port (``Server.tls_url``). Raises RuntimeError without
+    also served over HTTPS on a second port (``Server.tls_url``); with ``access_log``, each
+    request is a line of that file (ACCESS_LOG's format). Raises RuntimeError without
     nginx (NGINX_MISSING), or with nginx's logs when it does not answer.
     """
     binary = find_nginx()
@@ -176,6 +182,7 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(
         tmp=tmp, port=port, root=root, host=HOST, workers=workers,
+        access_log=ACCESS_LOG.format(path=access_log) if access_log else "    access_log off;\n",
         file_cache=FILE_CACHE if file_cache else "",
         maps="".join(THROTTLE_MAP.format(variable=_variable(t.name), rate=t.rate)
                      for t in throttled),

@@ -463,10 +463,35 @@ class Nginx(NamedTuple):
     url: str
     root: Path
     port: int
+    access_log: Path | None = None
+
+    def requests(self) -> list[LoggedRequest]:
+        """What the access log holds so far (nginx writes each line as a request ends)."""
+        assert self.access_log is not None, "nginx_serving(..., access_log=True)"
+        if not self.access_log.exists():
+            return []
+        out = []
+        for line in self.access_log.read_text().splitlines():
+            method, uri, status, sent, quoted_range, connection = line.split(" ")
+            asked = quoted_range.strip('"')
+            out.append(LoggedRequest(method, uri, int(status), int(sent),
+                                     "" if asked == "-" else asked, int(connection)))
+        return out
+
+
+class LoggedRequest(NamedTuple):
+    """One line of nginx's access log: ``range`` is the Range header asked ('' for none)."""
+
+    method: str
+    uri: str
+    status: int
+    sent: int  # body bytes
+    range: str
+    connection: int
 
 
 @contextlib.contextmanager
-def nginx_serving(root: Path, tmp: Path) -> Iterator[Nginx]:
+def nginx_serving(root: Path, tmp: Path, *, access_log: bool = False) -> Iterator[Nginx]:
     """nginx serving ``root`` until the block ends, started by perf/servers.py (the repo's one
     nginx starter); its config and logs live in ``tmp``. Skips without nginx, unless CI=true.
 
@@ -475,5 +500,6 @@ def nginx_serving(root: Path, tmp: Path) -> Iterator[Nginx]:
     """
     if servers.find_nginx() is None:
         skip_or_fail(servers.NGINX_MISSING)
-    with servers.nginx(root, tmp, workers=1, file_cache=False) as running:
-        yield Nginx(running.url, root, running.port)
+    log = tmp / "access.log" if access_log else None
+    with servers.nginx(root, tmp, workers=1, file_cache=False, access_log=log) as running:
+        yield Nginx(running.url, root, running.port, log)
