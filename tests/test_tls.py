@@ -4,7 +4,8 @@ over TLS, and what a certificate that does not verify does to a run.
 The CA and the server certificate come from perf/tls.py (the openssl command line). nginx logs
 each request with its connection's serial number ($connection): that counts the TLS
 connections a run opened, and, read before and after a run, the connections nginx accepted in
-between, even those whose handshake failed and that sent no request at all.
+between, even those whose handshake failed and that sent no request at all. (Which headers
+arrive is tests/test_headers.py's, with the fault server's record of each request.)
 """
 
 from __future__ import annotations
@@ -19,65 +20,48 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from helpers import (TOOL, Depot, assert_installed, assert_one_error_line, entry, env_with,
-                     mpdl_cli, run, skip_or_fail, write_manifest)
+from helpers import (TOOL, Depot, LoggedRequest, Nginx, assert_installed, assert_one_error_line,
+                     entry, env_with, mpdl_cli, run, skip_or_fail, write_manifest)
 
 from mpdl.errors import UsageError
-from mpdl.headers import USER_AGENT
 from mpdl.messages import FailKind
 from mpdl.options import Options
 from mpdl.retry import Attempts, Failure, RetryPolicy, StopRun
 from perf import servers, tls
 
-_LINE = re.compile(r'^(\d+) (\d+) (\d+) "([^"]*)" "([^"]*)"$')
 CONNECTIONS = 4
 _probes = itertools.count()
 
 
-class Logged(NamedTuple):
-    """One line of nginx's access log."""
-
-    connection: int  # nginx's serial number of the connection
-    requests: int  # requests on that connection so far, this one included
-    status: int
-    request: str  # "GET /path HTTP/1.1"
-    user_agent: str
-
-
 class TlsNginx(NamedTuple):
-    url: str  # plain HTTP, same root
+    """nginx serving the depot over HTTP (``plain``, whose access log counts both ports'
+    requests) and over HTTPS with a certificate of the test's CA."""
+
+    plain: Nginx
     tls_url: str
-    port: int
     tls_port: int
     ca: Path
-    log: Path
 
-    def lines(self) -> list[Logged]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            match = _LINE.match(line)
-            assert match, f"an access log line not in the expected format: {line!r}"
-            n, r, status, request, agent = match.groups()
-            out.append(Logged(int(n), int(r), int(status), request, agent))
-        return out
+    def requests(self) -> list[LoggedRequest]:
+        return self.plain.requests()
 
     def serial(self) -> int:
         """nginx's connection serial number now: one plain request, read back from the log
         (nginx writes a line once it is done with the request, maybe after the answer)."""
-        agent = f"serial-probe-{next(_probes)}"
-        conn = http.client.HTTPConnection(servers.HOST, self.port, timeout=10)
+        path = f"/serial-probe-{next(_probes)}"
+        conn = http.client.HTTPConnection(servers.HOST, self.plain.port, timeout=10)
         try:
-            conn.request("HEAD", "/", headers={"User-Agent": agent})
+            conn.request("HEAD", path)
             conn.getresponse().read()
         finally:
             conn.close()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            found = [line for line in self.lines() if line.user_agent == agent]
+            found = [r for r in self.requests() if r.uri == path]
             if found:
                 return found[0].connection
             time.sleep(0.02)
-        raise AssertionError(f"nginx did not log the request of {agent}")
+        raise AssertionError(f"nginx did not log the request for {path}")
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +72,13 @@ def tls_nginx(depot: Depot, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         skip_or_fail(tls.OPENSSL_MISSING)
     tmp = tmp_path_factory.mktemp("tls-nginx")
     authority = tls.make_authority(tmp / "ca")
+    log = tmp / "access.log"
     with servers.nginx(depot.root, tmp / "nginx", workers=1, file_cache=False,
-                       tls=authority.server, access_log=True) as server:
+                       tls=authority.server, access_log=log) as server:
         assert server.tls_url is not None
         tls_port = int(server.tls_url.rstrip("/").rsplit(":", 1)[1])
-        yield TlsNginx(server.url, server.tls_url, server.port, tls_port, authority.ca,
-                       tmp / "nginx" / "access.log")
+        yield TlsNginx(Nginx(server.url, depot.root, server.port, log), server.tls_url,
+                       tls_port, authority.ca)
 
 
 def untrusting_env(**changes: str) -> dict[str, str]:
@@ -115,8 +100,8 @@ def fetch_depot(tls_nginx: TlsNginx, depot: Depot, tmp_path: Path, *options: str
     return done, dest
 
 
-def gets_since(tls_nginx: TlsNginx, before: int) -> list[Logged]:
-    return [line for line in tls_nginx.lines()[before:] if line.request.startswith("GET ")]
+def gets_since(tls_nginx: TlsNginx, before: int) -> list[LoggedRequest]:
+    return [r for r in tls_nginx.requests()[before:] if r.method == "GET"]
 
 
 # --- trusting a private CA ---------------------------------------------------------------------
@@ -125,18 +110,15 @@ def gets_since(tls_nginx: TlsNginx, before: int) -> list[Logged]:
 def test_cacert_verifies_a_private_ca_and_keeps_connections_alive(
     tls_nginx: TlsNginx, depot: Depot, tmp_path: Path
 ) -> None:
-    before = len(tls_nginx.lines())
+    before = len(tls_nginx.requests())
     done, dest = fetch_depot(tls_nginx, depot, tmp_path, "--cacert", tls_nginx.ca)
     assert done.returncode == 0, done.stderr
     assert_installed(dest, depot)
     gets = gets_since(tls_nginx, before)
-    assert all(line.status in (200, 206) for line in gets), gets
+    assert all(r.status in (200, 206) for r in gets), gets
     # The handshake is paid once per connection: many requests, few connections.
-    connections = {line.connection for line in gets}
+    connections = {r.connection for r in gets}
     assert len(connections) <= 2 * CONNECTIONS < len(gets), (len(connections), len(gets))
-    assert max(line.requests for line in gets) > 1
-    # And every ranged GET says it is mpdl (urllib3 used to put its own name on them).
-    assert {line.user_agent for line in gets} == {USER_AGENT}
 
 
 def test_ssl_cert_file_is_honoured(tls_nginx: TlsNginx, depot: Depot, tmp_path: Path,
