@@ -8,9 +8,9 @@ whatever its case, so a User-Agent given by the user replaces mpdl's. Per-reques
 Rules: a header is a token name and a value without control characters (no CR or LF can
 split a request), both as latin-1 as HTTP/1.1 sends them. Names that mpdl itself must control
 for its bytes to be right (Range, Accept-Encoding, the framing headers, Host) or that belong
-to the proxy (Proxy-Authorization: credentials go in the proxy URL) are refused. Validation
-returns the problem as text, so options.py raises a UsageError and manifest.py a
-ManifestError naming the field, each one line.
+to the proxy (Proxy-Authorization: credentials go in the proxy URL) are refused. ``problem``
+says what is wrong as text, and each caller raises its own one-line error naming the field:
+a UsageError for the option (here) and --header, a ManifestError for the manifest's.
 """
 
 from __future__ import annotations
