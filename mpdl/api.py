@@ -7,13 +7,14 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
 from .errors import MpdlError, NotEnoughSpace
 from .hashing import hash_file, hash_next
+from .headers import merge_headers
 from .journal import Journal
 from .layout import Layout, escaping_links, inside, make_folder_inside, place_link
 from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
@@ -56,8 +57,9 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
-    memory, timeout, parallel, verify_tls, start_method); unset ones come from MPDL_*
-    variables, then defaults. Raises ManifestError (a ValueError) before writing anything if
+    memory, timeout, parallel, verify_tls, cacert, headers, start_method); unset ones come
+    from MPDL_* variables, then defaults; ``headers`` are added to the manifest's, and win
+    over them. Raises ManifestError (a ValueError) before writing anything if
     the manifest is invalid. On KeyboardInterrupt the children and the shared memory are gone
     before it propagates; the journal keeps what was finished and what is durable of the rest,
     and the next run resumes from there.
@@ -74,6 +76,8 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     started = time.monotonic()
     parsed = load_manifest(manifest)
     opts = Options.from_env(**options)
+    if parsed.headers:  # to the workers with the rest of the options; the caller's win
+        opts = replace(opts, headers=merge_headers(parsed.headers, opts.headers))
     layout = Layout(Path(dest), state_dir)
     if os.path.islink(layout.state_dir):
         raise MpdlError(f"{layout.state_dir} is a symbolic link; mpdl keeps its state in a real "

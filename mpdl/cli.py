@@ -22,10 +22,12 @@ from .api import Result, run
 from .verify import Report as VerifyReport
 from .verify import repair, verify
 from .errors import ManifestError, MpdlError, UsageError
+from .headers import parse_header_line
 from .http import make_pool, probe
 from .manifest import Manifest
 from .options import Options, parse_size
 from .progress import GogdlLines, JsonLines, LegendaryLines, ProgressCallback, TerminalLine
+from .supervisor import UNFINISHED
 
 log = logging.getLogger("mpdl")
 
@@ -43,6 +45,9 @@ environment (flags win):
                         defaults for the options of the same name
   MPDL_NO_PARALLEL=1    one stream per object: no range splitting
   MPDL_START_METHOD     multiprocessing start method: fork, spawn or forkserver
+  MPDL_CACERT           as --cacert
+  SSL_CERT_FILE, SSL_CERT_DIR
+                        OpenSSL's: the CA store TLS is verified against, without --cacert
 
 exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
@@ -52,8 +57,10 @@ Run the same command again to resume: finished files are skipped, and half-done 
 from the bytes the journal (DEST/.mpdl/journal.jsonl) records as safely on disk. Run a new
 manifest over an install to update it: unchanged files stay, changed, moved and copied files
 are built from the local bytes that match (hashes checked), only the rest is fetched, and
-files the old manifest (DEST/.mpdl/installed.json) had and the new one lacks are removed. Transient
-errors are retried with backoff (at most 5 tries per request, see --timeout), across mirrors.
+files the old manifest (DEST/.mpdl/installed.json) had and the new one lacks are removed.
+Transient errors are retried with backoff (at most 5 tries per request, see --timeout), across
+mirrors; a TLS certificate that does not verify stops the run at once (see --cacert,
+--insecure).
 
 examples:
   python -m mpdl depot.json -o ~/Games/MyGame
@@ -119,8 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shared-memory ring budget: payload held in memory (default: 64M)")
     tuning.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                         help="to connect, and to wait for each read (default: 30)")
-    tuning.add_argument("--insecure", action="store_true",
-                        help="do not verify TLS certificates (only for hosts you trust)")
+    network = parser.add_argument_group("network")
+    network.add_argument("--cacert", metavar="FILE",
+                         help="verify TLS against the CA certificates in this PEM file instead "
+                              "of the system's store (default: the system's, or SSL_CERT_FILE)")
+    network.add_argument("--insecure", action="store_true",
+                         help="do not verify TLS certificates (only for hosts you trust)")
+    network.add_argument("--header", action="append", metavar="'NAME: VALUE'",
+                         help="send this header with every request (repeatable); it replaces "
+                              "the manifest's and mpdl's header of the same name, e.g. a "
+                              "User-Agent. Authorization and Cookie never follow a redirect "
+                              "to another host")
     parser.add_argument("--verify", action="store_true",
                         help="fetch nothing: hash every file of the manifest in DEST again, in "
                              "parallel, print each bad one with why (missing, wrong size, wrong "
@@ -195,10 +211,13 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
               flush=True)
     if result.error:
         say(f"mpdl: error: {result.error}")
-    for path, reason in sorted(result.failed.items())[:20]:
+    # Files that failed because the run stopped are in the summary: the error said why.
+    stopped = (result.error, UNFINISHED) if result.error else ()
+    failed = sorted((p, r) for p, r in result.failed.items() if r not in stopped)
+    for path, reason in failed[:20]:
         say(f"mpdl: failed: {path}: {reason}")
-    if len(result.failed) > 20:
-        say(f"mpdl: ... and {len(result.failed) - 20} more failed files")
+    if len(failed) > 20:
+        say(f"mpdl: ... and {len(failed) - 20} more failed files")
     if not quiet:
         done = len(result.completed) + len(result.skipped)
         reused = f", {result.bytes_reused} reused from local files" if result.bytes_reused \
@@ -250,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kw = dict(workers=args.workers, connections=args.connections,
                   chunk_size=args.chunk_size, memory=args.memory, timeout=args.timeout,
-                  verify_tls=False if args.insecure else None, progress=progress)
+                  verify_tls=False if args.insecure else None, cacert=args.cacert,
+                  headers=[parse_header_line(h) for h in args.header] if args.header else None,
+                  progress=progress)
         if args.verify or args.repair:
             if _is_url(args.source) or not args.output:
                 parser.error("--verify and --repair take a manifest and -o DEST")

@@ -63,6 +63,20 @@ class RangesIgnored(FetchError):
     kind = FailKind.RANGES
 
 
+class CertificateRefused(FetchError):
+    """The TLS certificate of ``host`` did not verify (``reason``: OpenSSL's words). Every
+    request to that host would be refused the same way, so it is never retried: the run
+    stops, with this one line saying how to trust the server."""
+
+    kind = FailKind.STOP
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"the TLS certificate of {host} was refused ({reason}); pass the CA "
+                         "that signed it with --cacert FILE (cacert= in the API) or "
+                         "SSL_CERT_FILE, or skip the check with --insecure")
+        self.host, self.reason = host, reason
+
+
 class IntegrityError(FetchError):
     """Bytes arrived but do not match what the manifest declares (hash, zlib stream): fetched
     once more, then the file fails."""

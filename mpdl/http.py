@@ -1,23 +1,33 @@
 """HTTP: connection pools, opening a checked response, and probing a server's capabilities.
 
 Everything here classifies a failure by the FetchError subclass it raises; nothing here
-retries (the coordinator decides that, with a budget).
+retries (the coordinator decides that, with a budget). A certificate that does not verify is
+a CertificateRefused, never a transient error: asking again cannot change the answer.
+
+Every request carries the pool's headers (headers.py: mpdl's defaults, the manifest's, the
+user's); a request's own (Range) are added to them, because urllib3 takes per-request headers
+instead of the pool's. On a redirect to another host urllib3's Retry drops Authorization,
+Cookie and Proxy-Authorization (its remove_headers_on_redirect default), and mpdl keeps that
+default: credentials never follow a redirect to another host (tests/test_headers.py).
 """
 
 from __future__ import annotations
 
 import email.utils
 import re
+import ssl
+import warnings
 from datetime import datetime, timezone
 from typing import NamedTuple
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import InsecureRequestWarning, MaxRetryError, SSLError
 
-from .errors import AccessDenied, FetchError, NotOnMirror, TransientError
+from .errors import AccessDenied, CertificateRefused, FetchError, NotOnMirror, TransientError
+from .headers import DEFAULT_HEADERS, merge_headers
 from .options import Options
 
-USER_AGENT = "mpdl/0.1"
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
 
@@ -25,7 +35,13 @@ def make_pool(options: Options, *, connections: int) -> urllib3.PoolManager:
     """One keep-alive pool per host, as many connections as this process runs requests.
 
     Every network setting a request depends on comes from ``options``: the one record the
-    coordinator hands each worker process."""
+    coordinator hands each worker process. TLS is verified against ``options.cacert`` when
+    given, else against the system's store, where OpenSSL honours SSL_CERT_FILE and
+    SSL_CERT_DIR (urllib3 loads its default verify paths when given no CA). Without
+    verification (--insecure, asked for explicitly) urllib3's warning on every request is
+    silenced in this process: it would bury mpdl's own lines in tracebacks' look-alikes."""
+    if not options.verify_tls:
+        warnings.simplefilter("ignore", InsecureRequestWarning)
     return urllib3.PoolManager(
         num_pools=32,
         maxsize=connections,
@@ -33,7 +49,8 @@ def make_pool(options: Options, *, connections: int) -> urllib3.PoolManager:
         timeout=urllib3.Timeout(connect=options.timeout, read=options.timeout),
         retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=8),
         cert_reqs="CERT_REQUIRED" if options.verify_tls else "CERT_NONE",
-        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        ca_certs=options.cacert if options.verify_tls else None,
+        headers=dict(merge_headers(DEFAULT_HEADERS, options.headers)),
     )
 
 
@@ -79,19 +96,29 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def open_response(pool: urllib3.PoolManager, url: str,
                   headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
-    """GET ``url`` without reading the body; network failures are TransientErrors."""
+    """GET ``url`` without reading the body, with the pool's headers and ``headers``."""
     try:
-        return pool.request("GET", url, headers=headers, preload_content=False,
-                            decode_content=False)
-    except Urllib3Error as exc:
-        raise TransientError(f"{url}: {_short(exc)}") from None
-    except OSError as exc:
-        raise TransientError(f"{url}: {exc}") from None
+        return pool.request("GET", url, headers={**pool.headers, **headers},
+                            preload_content=False, decode_content=False)
+    except (Urllib3Error, OSError) as exc:
+        raise network_error(url, exc) from None
 
 
-def _short(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    return str(reason or exc).splitlines()[0]
+def network_error(url: str, exc: Urllib3Error | OSError) -> FetchError:
+    """The FetchError for a request that got no response: a CertificateRefused when the
+    server's certificate did not verify, else a TransientError (refused, reset, timed out)."""
+    reason = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
+    cause = reason.args[0] if isinstance(reason, SSLError) and reason.args else reason
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        pool = getattr(exc, "pool", None)  # the host refused, which a redirect may have changed
+        host = f"{pool.host}:{pool.port}" if pool is not None else _host(url)
+        return CertificateRefused(host, cause.verify_message or str(cause))
+    return TransientError(f"{url}: {str(reason).splitlines()[0]}")
+
+
+def _host(url: str) -> str:
+    parts = urllib3.util.parse_url(url)
+    return f"{parts.host}:{parts.port}" if parts.port else str(parts.host)
 
 
 def discard(response: urllib3.BaseHTTPResponse) -> None:
@@ -112,7 +139,7 @@ def probe(pool: urllib3.PoolManager, url: str) -> ServerInfo:
     try:
         head = pool.request("HEAD", url, preload_content=True)
     except (Urllib3Error, OSError) as exc:
-        raise TransientError(f"{url}: {_short(exc)}") from None
+        raise network_error(url, exc) from None
     if head.status == 200:
         length = head.headers.get("Content-Length")
         size = int(length) if length and length.isdigit() else None

@@ -20,6 +20,7 @@ import xxhash
 
 from .errors import ManifestError
 from .hashing import HashSpec, parse_hash
+from .headers import Headers, merge_headers, problem, shown
 
 __all__ = [
     "COMPRESSIONS",
@@ -117,12 +118,16 @@ class DirectoryEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A validated manifest. Relative urls resolve against each of ``base_urls``."""
+    """A validated manifest. Relative urls resolve against each of ``base_urls``.
+
+    ``headers`` go with every request of the run (a depot's token, the User-Agent its CDN
+    wants); the caller's own headers win over them (headers.py)."""
 
     base_urls: tuple[str, ...]
     files: tuple[FileEntry, ...]
     links: tuple[LinkEntry, ...] = ()
     directories: tuple[DirectoryEntry, ...] = ()
+    headers: Headers = ()
 
     def mirrors(self, url: str) -> tuple[str, ...]:
         """Where to fetch ``url`` from, in the order to try."""
@@ -149,7 +154,11 @@ class Manifest:
             entries.append(item)
         entries += [{"path": link.path, "link": link.target} for link in self.links]
         entries += [{"path": folder.path, "directory": True} for folder in self.directories]
-        return {"format": FORMAT, "base_urls": list(self.base_urls), "files": entries}
+        out: dict[str, object] = {"format": FORMAT, "base_urls": list(self.base_urls),
+                                  "files": entries}
+        if self.headers:
+            out["headers"] = dict(self.headers)
+        return out
 
     @classmethod
     def single_url(cls, url: str, path: str, size: int | None = None) -> Manifest:
@@ -200,6 +209,7 @@ def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
         raise ManifestError(f"manifest: must be a JSON object, not {_kind(obj)}")
     _check_format(obj.get("format"))
     base_urls = _base_urls(obj.get("base_urls"))
+    headers = _headers(obj.get("headers"))
     entries = obj.get("files")
     if entries is None:
         raise ManifestError("files: missing")
@@ -230,7 +240,7 @@ def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
             entries[index] = None
     _check_overlaps(placed, folders)
     return Manifest(base_urls=base_urls, files=tuple(files), links=tuple(links),
-                    directories=tuple(directories))
+                    directories=tuple(directories), headers=headers)
 
 
 # Reading.
@@ -294,6 +304,24 @@ def _base_urls(value: object) -> tuple[str, ...]:
             raise ManifestError(f"{where}: must not have a query or fragment")
         bases.append(url if url.endswith("/") else url + "/")
     return tuple(bases)
+
+
+def _headers(value: object) -> Headers:
+    """``{"Name": "value", ...}``: headers for every request, each one a valid header."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ManifestError(f"headers: must be an object of header names to strings, not "
+                            f"{_kind(value)}")
+    pairs = []
+    for name, text in value.items():
+        if not isinstance(text, str):
+            raise ManifestError(f"headers.{shown(name)}: must be a string, not {_kind(text)}")
+        why = problem(name, text.strip())
+        if why:
+            raise ManifestError(f"headers.{shown(name)}: {why}")
+        pairs.append((name, text.strip()))
+    return merge_headers(pairs)
 
 
 # Entries.

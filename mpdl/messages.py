@@ -115,6 +115,7 @@ class FailKind(str, Enum):
     AUTH = "auth"  # 401, 403: fail fast, unless the caller can refresh the (signed) URL
     FATAL = "fatal"  # no attempt can succeed (a manifest that lies, an internal error)
     RANGES = "ranges"  # the server ignores Range: fetch the whole object once instead
+    STOP = "stop"  # no request can succeed (a TLS certificate was refused): stop the run
 
 
 class Failed(NamedTuple):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import psutil
 
 from .errors import UsageError
+from .headers import Headers, headers_option
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -53,6 +55,10 @@ class Options:
     timeout: float = 30.0  # seconds to connect, and without a byte while reading
     parallel: bool = True  # False: one stream per object (MPDL_NO_PARALLEL=1)
     verify_tls: bool = True
+    cacert: str | None = None  # a PEM file of CAs to trust instead of the system's (MPDL_CACERT)
+    # Added to every request, after mpdl's defaults (headers.py: a later one wins by name);
+    # a mapping or (name, value) pairs, kept as pairs: immutable, and pickled to each worker.
+    headers: Headers = ()
     max_attempts: int = 5  # per task, over all mirrors
     start_method: str | None = None  # None: coordinator.default_start_method picks
 
@@ -69,6 +75,10 @@ class Options:
             raise UsageError("chunk size must be at least 64K")
         if self.start_method not in (None, "fork", "spawn", "forkserver"):
             raise UsageError(f"unknown start method {self.start_method!r}")
+        object.__setattr__(self, "headers", headers_option(self.headers))
+        if self.cacert is not None:
+            object.__setattr__(self, "cacert", os.fspath(self.cacert))
+            _check_cacert(self.cacert)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Options:
@@ -82,6 +92,7 @@ class Options:
             "MPDL_MEMORY": ("memory", parse_size),
             "MPDL_TIMEOUT": ("timeout", float),
             "MPDL_START_METHOD": ("start_method", str),
+            "MPDL_CACERT": ("cacert", str),
         }
         for var, (name, read) in readers.items():
             if env.get(var):
@@ -98,6 +109,17 @@ class Options:
             if value is not None:
                 values[name] = value
         return replace(cls(), **values) if values else cls()
+
+
+def _check_cacert(path: str) -> None:
+    """A CA file that cannot be read would refuse every server: say so before any request."""
+    if not os.path.isfile(path):
+        raise UsageError(f"cacert: {path}: no such file")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError) as exc:
+        raise UsageError(f"cacert: {path}: not a readable PEM file of CA certificates "
+                         f"({exc.strerror or exc})") from None
 
 
 def _count(text: str) -> int:

@@ -16,6 +16,9 @@ The rules (the README's "What happens when things go wrong" table):
 - bytes that fail their hash are fetched once more (on the next mirror); a merged request is
   then split file by file, anything else gives up;
 - a server that ignores Range gets its object streamed once;
+- a refused TLS certificate stops the run at once: every request to that server would be
+  refused too, and a mirror is not tried instead (a missing CA or an attack is for the user to
+  see, not to route around);
 - a worker that died under a task counts as a transient failure, retried at once.
 """
 
@@ -100,7 +103,15 @@ class GiveUp:
     reason: str
 
 
-Decision = Retry | Refresh | Split | Stream | GiveUp
+@dataclass(frozen=True, slots=True)
+class StopRun:
+    """No request of the run can succeed: the task's files fail with ``reason``, and the run
+    stops (its other files stay staged for a re-run)."""
+
+    reason: str
+
+
+Decision = Retry | Refresh | Split | Stream | GiveUp | StopRun
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +138,8 @@ class RetryPolicy:
         and can be cut into one request per file; ``can_refresh``: the caller gave a hook for
         fresh URLs; ``jitter`` in [0, 1), drawn by the caller."""
         kind = failure.kind
+        if kind is FailKind.STOP:
+            return StopRun(failure.reason)
         if kind is FailKind.RANGES:
             return Stream()
         if kind is FailKind.MIRROR:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .checkpoints import JournalSynced
-from .errors import DiskError
+from .errors import DiskError, RunStopped
 from .filebook import FileBook, FileEnded, ForgetRanges
 from .layout import Layout
 from .messages import (Alive, Cancel, Cut, Failed, Fetch, FileClosed, Filled, FromWorker,
@@ -42,7 +42,7 @@ from .messages import (Alive, Cancel, Cut, Failed, Fetch, FileClosed, Filled, Fr
 from .plan import Plan, Planner, Task, cut_points, cut_task, split_task, stream_task
 from .progress import Counts
 from .ranges import RangeSet
-from .retry import Failure, GiveUp, Refresh, Retry, RetryPolicy, Split, Stream
+from .retry import Failure, GiveUp, Refresh, Retry, RetryPolicy, Split, StopRun, Stream
 from .slots import SlotPool
 from .states import (ENDED, IN_FLIGHT, LIVE, ON_WORKER, Contest, FileRun, FileState, TaskRun,
                      TaskState)
@@ -124,7 +124,7 @@ class Scheduler:
         self.on_worker: set[TaskRun] = set()  # the tasks ON_WORKER: few, where runs are many
         self.on_source: Counter[str] = Counter()  # tasks ON_WORKER per object
         self.fresh_urls: dict[str, str] = {}  # mirror URL refused with 401/403 -> its fresh one
-        self.stopped: DiskError | None = None  # the first disk error: the run cannot go on
+        self.stopped: RunStopped | None = None  # the first disk error, or a StopRun
         self.now = 0.0  # the time of the latest event
         self.slot_seconds: float | None = None  # how long a full slot takes, on average
         self.first_seconds: float | None = None  # how long a first slot takes, from dispatch
@@ -498,6 +498,8 @@ class Scheduler:
             self._move(run, T.CANCELLED)
         else:
             self._give_up(run, decision.reason)
+            if isinstance(decision, StopRun) and self.stopped is None:
+                self.stopped = RunStopped(decision.reason)
 
     def _ask_fresh_url(self, run: TaskRun) -> None:
         mirror = self.mirrors(run.task.source)[run.attempts.mirror]

@@ -42,6 +42,9 @@ FINAL_SYNC_SECONDS = 60.0  # the last checkpoint of a finished run: its files ar
 STOP_SYNC_SECONDS = 3.0  # the last checkpoint of an interrupted run: keep the stop prompt
 SILENT_WORKER_SECONDS = 5.0  # at least; --timeout if longer (workers say Alive every second)
 WRITER_RESPAWNS = 2
+#: Why the files a stopped run did not get to failed (Result.failed): the
+#: CLI does not list them one by one, the run's error says it all.
+UNFINISHED = "not finished: the run stopped"
 # From this many files on, children are not forked from the coordinator (see below).
 LEAN_CHILDREN_FROM = 10_000
 
@@ -138,7 +141,7 @@ class Supervisor:
         except RunStopped as exc:
             self.error = str(exc)
             self._last_checkpoint(STOP_SYNC_SECONDS)  # files already closing may still finish
-            self.scheduler.abort("not finished: the run stopped")  # staging files stay
+            self.scheduler.abort(UNFINISHED)  # staging files stay
             self._carry_out()
         except BaseException:  # Ctrl-C, SIGTERM: keep what is done, then stop
             self._last_checkpoint(STOP_SYNC_SECONDS)

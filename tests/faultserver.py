@@ -34,6 +34,7 @@ class Fault:
     no_length: bool = False  # no Content-Length nor Accept-Ranges: the body ends at the close
     chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
     redirect_to: str | None = None  # 302 to this path (relative to the root)
+    redirect_url: str | None = None  # 302 to this absolute URL (another server: another host)
     status: int | None = None  # answer this status with an empty body
     retry_after: int | str | None = None  # Retry-After header sent with ``status``
     fail_times: int | None = None  # misbehave on the first N matching requests only
@@ -70,6 +71,11 @@ class Request:
     status: int
     at: float = field(default=0.0, compare=False)  # time.monotonic() of the status line
     query: str = field(default="", compare=False)
+    headers: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # as received
+
+    def header(self, name: str) -> str | None:
+        """The value of the request's header ``name`` (any case), None if it was not sent."""
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
 
 
 class FaultHandler(RangeRequestHandler):
@@ -95,7 +101,8 @@ class FaultHandler(RangeRequestHandler):
         rng = headers.get("Range") if headers is not None else None
         query = urllib.parse.urlsplit(self.path).query
         self.faults._log(Request(str(self.command), self.target(), rng, int(code),
-                                 time.monotonic(), query))
+                                 time.monotonic(), query,
+                                 tuple(headers.items()) if headers is not None else ()))
 
     def reply(self, range_header: str | None) -> Reply:
         fault = self.fault = self.faults._fault_for(self.target())
@@ -111,6 +118,8 @@ class FaultHandler(RangeRequestHandler):
             host, port = self.connection.getsockname()[:2]  # where the client found us
             location = f"http://{host}:{port}/{fault.redirect_to.lstrip('/')}"
             return Reply(302, {"Location": location, "Content-Length": "0"})
+        if fault.redirect_url is not None:
+            return Reply(302, {"Location": fault.redirect_url, "Content-Length": "0"})
         if fault.status is not None:
             headers = {"Content-Length": "0"}
             if fault.retry_after is not None:

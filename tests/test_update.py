@@ -453,3 +453,17 @@ def test_an_update_that_failed_is_remembered_by_the_next_one(tmp_path: Path) -> 
         result = run(three, dest)
     assert result.ok, (result.failed, result.error)
     assert result.removed == ["only-in-2"] and not (dest / "only-in-2").exists()
+
+
+def test_the_installed_manifest_reads_back_as_the_same_manifest() -> None:
+    manifest = parse_manifest({
+        "format": "mpdl/1", "base_urls": ["http://a/", "http://b/"],
+        "headers": {"X-Token": "t"},
+        "files": [
+            {"path": "x/y", "size": 3, "hash": "md5:" + md5(b"abc"), "executable": True,
+             "url": "obj"},
+            {"path": "z", "size": 4, "parts": [
+                {"url": "p", "offset": 5, "length": 9, "size": 4, "compression": "zlib",
+                 "hash": "md5:" + md5(b"abcd")}]},
+            {"path": "l", "link": "x/y"}, {"path": "d", "directory": True}]})
+    assert parse_manifest(json.loads(json.dumps(manifest.to_json()))) == manifest
