@@ -466,14 +466,15 @@ class Nginx(NamedTuple):
 
 
 @contextlib.contextmanager
-def nginx_serving(root: Path, tmp: Path) -> Iterator[Nginx]:
+def nginx_serving(root: Path, tmp: Path, access_log: Path | None = None) -> Iterator[Nginx]:
     """nginx serving ``root`` until the block ends, started by perf/servers.py (the repo's one
-    nginx starter); its config and logs live in ``tmp``. Skips without nginx, unless CI=true.
+    nginx starter); its config and logs live in ``tmp`` (each request a line in
+    ``access_log`` if given). Skips without nginx, unless CI=true.
 
     One worker process: it is up once the port answers, so the leak check never sees it appear
     during a test. No open-file cache: tests write into folders nginx serves.
     """
     if servers.find_nginx() is None:
         skip_or_fail(servers.NGINX_MISSING)
-    with servers.nginx(root, tmp, workers=1, file_cache=False) as running:
+    with servers.nginx(root, tmp, workers=1, file_cache=False, access_log=access_log) as running:
         yield Nginx(running.url, root, running.port)
