@@ -6,7 +6,7 @@ syscall move many; a worker's fetch threads send as they go. The coordinator sen
 queues (never blocking), children answer through pipes.
 
     supervisor --ToWorker: Fetch/Grant/Cut/Cancel/Stop--> worker
-                  worker --FromWorker: Filled/Failed/Alive--> supervisor
+                  worker --FromWorker: Filled/Failed/Alive/Redirected--> supervisor
     supervisor --ToWriter: OpenFile/WriteSlot/CloseFile/Sync/Stop--> writer
                   writer --FromWriter: SlotWritten/FileClosed/Synced/WriteFailed--> supervisor
 
@@ -104,6 +104,17 @@ class Filled(NamedTuple):
 
 class Alive(NamedTuple):
     """A worker that had nothing else to say for a while: its process is not stuck."""
+
+
+class Redirected(NamedTuple):
+    """The attempt's URL redirected to ``url`` (a CDN's signed URL, as GitHub LFS, S3 and
+    GOG's CDNs give), which answered with the asked bytes: sent before its first Filled, so
+    the coordinator can send the object's other ranges there instead of through the
+    redirect each time."""
+
+    task_id: int
+    attempt: int
+    url: str
 
 
 class FailKind(str, Enum):
@@ -225,7 +236,7 @@ class WriteFailed(NamedTuple):
 
 
 ToWorker = Fetch | Grant | Cut | Cancel | Stop
-FromWorker = Filled | Failed | Alive
+FromWorker = Filled | Failed | Alive | Redirected
 ToWriter = OpenFile | WriteSlot | CloseFile | Sync | Stop
 FromWriter = SlotWritten | FileClosed | Synced | WriteFailed
 
