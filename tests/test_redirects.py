@@ -10,8 +10,12 @@ import hashlib
 import random
 from pathlib import Path
 
+import urllib3
 from faultserver import Fault, FaultServer
 from helpers import KiB, run
+from urllib3.util.retry import RequestHistory, Retry
+
+from mpdl.fetch import final_url
 
 CONNECTIONS = 2
 TINY_FILES = 1200  # in main.bin: more than MAX_SPANS per request, so it takes several requests
@@ -85,3 +89,16 @@ def test_a_final_url_that_starts_refusing_is_dropped_for_the_origin(tmp_path: Pa
     assert result.ok, result.failed
     assert_byte_exact(tmp_path / "dest", root, manifest)
     assert refused and served_by_origin
+
+
+def test_the_final_url_is_the_last_location_resolved_against_the_url_that_sent_it() -> None:
+    """urllib3 keeps each Location as the server sent it: a relative one is resolved here."""
+    history = (RequestHistory("GET", "http://origin.invalid/a/main.bin", None, 302,
+                              "https://cdn.invalid/x/main.bin?sig=1"),
+               RequestHistory("GET", "https://cdn.invalid/x/main.bin?sig=1", None, 307,
+                              "../y/main.bin?sig=2"))
+    response = urllib3.HTTPResponse(status=206, retries=Retry(history=history))
+    assert final_url(response, "http://origin.invalid/a/main.bin") == \
+        "https://cdn.invalid/y/main.bin?sig=2"
+    plain = urllib3.HTTPResponse(status=206, retries=Retry())
+    assert final_url(plain, "http://origin.invalid/a") == "http://origin.invalid/a"
