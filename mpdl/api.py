@@ -19,7 +19,7 @@ from .journal import Journal
 from .layout import Layout, escaping_links, inside, make_folder_inside, place_link
 from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
 from .options import Options
-from .plan import Plan, Planner
+from .plan import Plan, Planner, known_object_ends
 from .progress import Counts, ProgressCallback, Tracker, human_bytes
 from .ranges import RangeSet
 from .retry import RetryPolicy
@@ -114,7 +114,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         todo = [(fid, entry) for fid, entry in todo if fid not in placed]
         have = {fid: ranges for fid, ranges in have.items() if fid not in placed}
         planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
-                          spread=opts.connections)
+                          spread=opts.connections, object_ends=known_object_ends(parsed.files))
         plan = planner.plan(todo, have=have)
         log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
                  len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),

@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--connections", type=_positive, metavar="N",
                         help="concurrent requests in all (default: 16)")
     tuning.add_argument("--chunk-size", type=_size, metavar="SIZE",
-                        help="the grid ranges are cut on, and the ring's slot size, e.g. 8M, 512K "
-                             "(default: 2M)")
+                        help="the grid ranges are cut on, and the ring's slot size: a power of "
+                             "two, e.g. 8M, 512K (default: 2M)")
     tuning.add_argument("--memory", type=_size, metavar="SIZE",
                         help="shared-memory ring budget: payload held in memory (default: 64M)")
     tuning.add_argument("--timeout", type=_seconds, metavar="SECONDS",

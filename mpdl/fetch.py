@@ -9,6 +9,7 @@ what the worker reports as read for nothing.
 from __future__ import annotations
 
 import socket
+import urllib.parse
 import zlib
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ import urllib3
 from .errors import IntegrityError, NotOnMirror, RangesIgnored, TransientError
 from .hashing import parse_hash
 from .http import discard, open_response, parse_content_range, range_header, status_error
-from .messages import Check, Fetch, Filled
+from .messages import Check, Fetch, Filled, FromWorker, Redirected
 from .ring import Ring
 
 # Bytes asked of one readinto. A read that fails loses count of what it had received, so
@@ -81,7 +82,7 @@ class Cursor:
 
 
 NextSlot = Callable[[], int | None]
-Report = Callable[[Filled], None]
+Report = Callable[[FromWorker], None]
 
 
 def fetch(job: Fetch, pool: urllib3.PoolManager, ring: Ring, next_slot: NextSlot,
@@ -89,10 +90,13 @@ def fetch(job: Fetch, pool: urllib3.PoolManager, ring: Ring, next_slot: NextSlot
     """Run ``job``; ``scratch`` is this thread's buffer for compressed bodies, ``meter`` the
     attempt's count of bytes read and not reported, ``cursor`` where it stands."""
     headers = {"Range": range_header(job.offset, job.length)} if job.ranged else {}
-    response = open_response(pool, job.url, headers)
+    response = open_response(pool, job.url, headers, credentials=job.credentials)
     cursor.response = response
     try:
         known_length = _check_status(job, response)
+        final = final_url(response, job.url)
+        if final != job.url:
+            report(Redirected(task_id=job.task_id, attempt=job.attempt, url=final))
         if job.compression:
             _fill_decoded(job, response, ring, next_slot, report, scratch, meter)
         else:
@@ -106,6 +110,15 @@ def fetch(job: Fetch, pool: urllib3.PoolManager, ring: Ring, next_slot: NextSlot
         response.release_conn()  # body read to its end: the connection goes back to the pool
     else:
         discard(response)
+
+
+def final_url(response: urllib3.BaseHTTPResponse, asked: str) -> str:
+    """Where the response came from once urllib3 followed its redirects: the Location of the
+    last one, against the URL that sent it (it may be relative), else ``asked``."""
+    history = response.retries.history if response.retries is not None else ()
+    if not history or not history[-1].redirect_location:
+        return asked
+    return urllib.parse.urljoin(history[-1].url, history[-1].redirect_location)
 
 
 def _check_status(job: Fetch, response: urllib3.BaseHTTPResponse) -> int | None:

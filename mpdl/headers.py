@@ -5,6 +5,9 @@ Every request of a run carries the same headers: mpdl's defaults, then the manif
 whatever its case, so a User-Agent given by the user replaces mpdl's. Per-request headers
 (Range) are added on top of those by http.py, never instead of them.
 
+A redirect's target on another host gets no CREDENTIALS (Authorization, Cookie), whether
+urllib3 follows the redirect or the scheduler sends later ranges there (``same_host``).
+
 Rules: a header is a token name and a value without control characters (no CR or LF can
 split a request), both as latin-1 as HTTP/1.1 sends them. Names that mpdl itself must control
 for its bytes to be right (Range, Accept-Encoding, the framing headers, Host) or that belong
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
 
 from .errors import UsageError
 
@@ -96,3 +100,18 @@ def merge_headers(*layers: Iterable[tuple[str, str]]) -> Headers:
         for name, value in layer:
             merged[name.lower()] = (name, value)
     return tuple(merged.values())
+
+
+#: What never goes to another host than the one the user named (urllib3 drops the same on a
+#: redirect across hosts; the scheduler's reuse of a redirect's target must too).
+CREDENTIALS = frozenset({"authorization", "cookie"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_host(a: str, b: str) -> bool:
+    """Whether two URLs name the same scheme, host and port."""
+    def where(url: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or ""), parts.port or _DEFAULT_PORTS.get(scheme)
+    return where(a) == where(b)

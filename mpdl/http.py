@@ -25,7 +25,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import InsecureRequestWarning, MaxRetryError, SSLError
 
 from .errors import AccessDenied, CertificateRefused, FetchError, NotOnMirror, TransientError
-from .headers import DEFAULT_HEADERS, merge_headers
+from .headers import CREDENTIALS, DEFAULT_HEADERS, merge_headers
 from .options import Options
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
@@ -94,12 +94,16 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def open_response(pool: urllib3.PoolManager, url: str,
-                  headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
-    """GET ``url`` without reading the body, with the pool's headers and ``headers``."""
+def open_response(pool: urllib3.PoolManager, url: str, headers: dict[str, str], *,
+                  credentials: bool = True) -> urllib3.BaseHTTPResponse:
+    """GET ``url`` without reading the body, with the pool's headers and ``headers`` (but for
+    CREDENTIALS, unless ``credentials``)."""
+    sent = {**pool.headers, **headers}
+    if not credentials:
+        sent = {name: value for name, value in sent.items() if name.lower() not in CREDENTIALS}
     try:
-        return pool.request("GET", url, headers={**pool.headers, **headers},
-                            preload_content=False, decode_content=False)
+        return pool.request("GET", url, headers=sent, preload_content=False,
+                            decode_content=False)
     except (Urllib3Error, OSError) as exc:
         raise network_error(url, exc) from None
 

@@ -6,7 +6,7 @@ syscall move many; a worker's fetch threads send as they go. The coordinator sen
 queues (never blocking), children answer through pipes.
 
     supervisor --ToWorker: Fetch/Grant/Cut/Cancel/Stop--> worker
-                  worker --FromWorker: Filled/Failed/Alive--> supervisor
+                  worker --FromWorker: Filled/Failed/Alive/Redirected--> supervisor
     supervisor --ToWriter: OpenFile/WriteSlot/CloseFile/Sync/Stop--> writer
                   writer --FromWriter: SlotWritten/FileClosed/Synced/WriteFailed--> supervisor
 
@@ -38,6 +38,9 @@ class Fetch(NamedTuple):
     header; without one the body must be exactly ``length`` bytes if ``exact``, else at least
     ``length`` (the rest is not read). With ``compression`` the
     response is decoded and ``size`` is the decoded length the output must have exactly.
+    ``credentials`` False: ``url`` is where the object redirected, on another host than the
+    one asked, so the request carries no Authorization or Cookie (as urllib3 drops them on such
+    a redirect).
     """
 
     task_id: int
@@ -51,6 +54,7 @@ class Fetch(NamedTuple):
     size: int | None
     checks: tuple[Check, ...]
     slot: int
+    credentials: bool = True  # False: a redirect's target on another host gets no Authorization
 
 
 class Grant(NamedTuple):
@@ -104,6 +108,17 @@ class Filled(NamedTuple):
 
 class Alive(NamedTuple):
     """A worker that had nothing else to say for a while: its process is not stuck."""
+
+
+class Redirected(NamedTuple):
+    """The attempt's URL redirected to ``url`` (a CDN's signed URL, as GitHub LFS, S3 and
+    GOG's CDNs give), which answered with the asked bytes: sent before its first Filled, so
+    the coordinator can send the object's other ranges there instead of through the
+    redirect each time."""
+
+    task_id: int
+    attempt: int
+    url: str
 
 
 class FailKind(str, Enum):
@@ -226,7 +241,7 @@ class WriteFailed(NamedTuple):
 
 
 ToWorker = Fetch | Grant | Cut | Cancel | Stop
-FromWorker = Filled | Failed | Alive
+FromWorker = Filled | Failed | Alive | Redirected
 ToWriter = OpenFile | WriteSlot | CloseFile | Sync | Stop
 FromWriter = SlotWritten | FileClosed | Synced | WriteFailed
 

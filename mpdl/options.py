@@ -50,7 +50,7 @@ class Options:
     # more of the machine's memory).
     workers: int | None = None  # None: from the machine
     connections: int = 16  # concurrent requests in all workers together
-    chunk_size: int = 2 * MiB  # the slot size, and the grid ranges are cut on
+    chunk_size: int = 2 * MiB  # the slot size, and the grid ranges are cut on: a power of two
     memory: int = 64 * MiB  # the ring's budget: the cap on payload held in memory
     timeout: float = 30.0  # seconds to connect, and without a byte while reading
     parallel: bool = True  # False: one stream per object (MPDL_NO_PARALLEL=1)
@@ -73,6 +73,9 @@ class Options:
             raise UsageError(f"timeout must be positive, not {self.timeout!r}")
         if self.chunk_size < 64 * KiB:
             raise UsageError("chunk size must be at least 64K")
+        if self.chunk_size & (self.chunk_size - 1):  # the grid a cache's slices divide
+            raise UsageError(f"chunk size must be a power of two (64K, 1M, 2M, ...), not "
+                             f"{self.chunk_size}")
         if self.start_method not in (None, "fork", "spawn", "forkserver"):
             raise UsageError(f"unknown start method {self.start_method!r}")
         object.__setattr__(self, "headers", headers_option(self.headers))

@@ -8,19 +8,35 @@ Rules, so that every byte can be verified in a worker as it is fetched:
 - other ranges start large: an object (or a raw part) is cut into about ``spread`` ranges,
   each a whole number of chunks (at most MAX_RANGE), because the scheduler bisects running
   ranges as the work runs out (tail.py): fewer requests, and still a short last wave;
-- adjacent ranges of one object (GOG V1 files inside ``main.bin``) are merged into one request
-  up to ``chunk_size``;
 - a whole object that fits one chunk, or any object when not parallel, is one plain GET;
 - not parallel, a run of adjacent ranges of one object is one request, however long.
 Tasks come out in file order, so files finish early instead of all at the end.
 
+The grid, so that a caching proxy (nginx ``slice``, LANCache, Squid) stores each byte once for
+a whole fleet: every ranged request of raw bytes covers whole cells [k*chunk, (k+1)*chunk) of
+its object, counted from offset 0, the same on every machine and every run. Parts of one
+object (GOG V1 files inside ``main.bin``) are gathered per cell: the files in one cell go in
+the request that asks that cell (a request's bytes outside its files are read and dropped),
+a checked part keeps every cell it touches in one request, and a request stops at the last
+cell's end or at the object's end. An object's end is its size when the manifest gives it;
+for an object known only by its parts it is the furthest byte any part of the manifest
+names (``Planner.object_ends``), because a range past the end would be answered short: the
+last cell is clipped there, the same way every run. Two exceptions, where a request may
+start or end between two parts inside a cell: a cell holding more than MAX_SPANS parts is
+cut between them into requests of MAX_SPANS (each byte is still asked once, and a slicing
+cache serves them all from the one cell), and a request split file by file after failing
+its checks (``split_task``).
+Compressed parts are asked exactly as the manifest cuts them (whole chunk objects in GOG V2),
+and streams (not parallel, or a server ignoring Range) are one request per object anyway.
+
 A file resumed from the journal brings the byte ranges it already has: only the gaps are
-planned, and a verified part (compressed or hashed) is fetched whole unless it is all there.
+planned (on the grid: the cells that hold them), and a verified part (compressed or hashed)
+is fetched whole unless it is all there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -30,10 +46,11 @@ from .messages import Check
 from .options import MiB
 from .ranges import RangeSet
 
-# Bytes of an unwanted gap between two ranges that are cheaper to read than to request apart.
+# Not parallel: bytes of an unwanted gap between two ranges that are cheaper to read than to
+# request apart (parallel, ranges are whole cells of the grid, which decides alone).
 MERGE_GAP = 64 * 1024
-# At most this many files' ranges in one merged request: each is a record for the writer and a
-# file it holds open, so a request of 8 MiB of tiny V1 files must not carry 100,000 of them.
+# At most this many files' ranges in one request: each is a record for the writer and a file
+# it holds open, so a request of 8 MiB of tiny V1 files must not carry 100,000 of them.
 MAX_SPANS = 256
 # Bytes deflate can produce per byte of input at most (258 bytes per 2-bit match code). A zlib
 # part declared to decode to more than this many times its length is a lie, refused before
@@ -122,15 +139,18 @@ class Planner:
     """How a run cuts files into tasks: the run-wide facts planning depends on.
 
     ``streamed`` objects are known to ignore Range (any iterable is taken, and kept as a
-    frozenset). Facts do not change under a plan: when one does mid-run (an object found to
-    ignore Range), plan with a new Planner, ``dataclasses.replace(planner,
-    streamed=planner.streamed | {source})``.
+    frozenset). ``object_ends``: where each object is known to end (``known_object_ends`` of
+    the whole manifest), so that the last cell of an object asked only through its parts ends
+    at the same byte whichever files are still to fetch. Facts do not change under a plan:
+    when one does mid-run (an object found to ignore Range), plan with a new Planner,
+    ``dataclasses.replace(planner, streamed=planner.streamed | {source})``.
     """
 
     chunk_size: int
     parallel: bool = True
     streamed: frozenset[str] = frozenset()
     spread: int | None = None  # about this many ranges per object; None: one chunk each
+    object_ends: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     def range_size(self, size: int) -> int:
         """The length of the ranges ``size`` bytes are cut into at the start: about
@@ -159,6 +179,13 @@ class Planner:
                 self._plan_parts(draft, file_id, entry, present)
         for source in list(draft.growing):
             draft.flush(source)
+        if draft.pieces:
+            ends = known_object_ends(entry for _, entry in files)
+            for source, end in self.object_ends.items():
+                ends[source] = max(end, ends.get(source, 0))
+            for source, pieces in draft.pieces.items():
+                draft.placed += self._grid_tasks(source, pieces, ends[source])
+            draft.renumber()
         return Plan(tasks=draft.tasks, slot_size=self.chunk_size, files=dict(files),
                     verified=draft.verified)
 
@@ -225,17 +252,21 @@ class Planner:
                 gaps = present.gaps(file_offset, file_offset + part.size) if present else \
                     [(file_offset, file_offset + part.size)]
                 for lo, hi in gaps:
-                    step = self.range_size(part.size) if self.parallel else hi - lo
-                    for at in range(lo, hi, step):
-                        self._add_range(draft, part.url, part.offset + at - file_offset,
-                                        min(step, hi - at), file_id, at, None)
+                    self._add_range(draft, part.url, part.offset + lo - file_offset, hi - lo,
+                                    file_id, lo, None)
             file_offset += part.size
 
     def _add_range(self, draft: _Draft, source: str, offset: int, length: int, file_id: int,
                    file_offset: int, check: str | None) -> None:
         """Bytes [offset, offset+length) of ``source`` for ``file_id`` at ``file_offset``, to
-        be checked against ``check`` if given: into the request growing for ``source`` when
-        they join it, else into a new one (the old one becomes a task)."""
+        be checked against ``check`` if given. Parallel: kept for the grid of ``source``
+        (``_grid_tasks``). Not parallel: into the request growing for ``source`` when they
+        join it, else into a new one (the old one becomes a task)."""
+        if self.parallel:
+            draft.pieces.setdefault(source, []).append(_Piece(
+                start=offset, stop=offset + length, file_id=file_id, file_offset=file_offset,
+                check=check, order=len(draft.tasks)))
+            return
         request = draft.growing.get(source)
         if request is not None and not self._joins(request, offset, length, check):
             draft.flush(source)
@@ -251,15 +282,75 @@ class Planner:
 
     def _joins(self, request: _GrowingRequest, offset: int, length: int,
                check: str | None) -> bool:
-        """Parallel: merged requests stay within a chunk. Not parallel: one stream per run of
-        adjacent ranges, but a checked part stays alone (one failing its check is fetched again
-        alone, not with the whole stream)."""
+        """Not parallel: one stream per run of adjacent ranges, but a checked part stays alone
+        (one failing its check is fetched again alone, not with the whole stream)."""
         if (not request.end <= offset <= request.end + MERGE_GAP
                 or len(request.spans) >= MAX_SPANS):
             return False
-        if self.parallel:
-            return offset + length - request.start <= self.chunk_size
         return not check and not request.checks
+
+    def _grid_tasks(self, source: str, pieces: list[_Piece],
+                    end: int) -> list[tuple[int, Task]]:
+        """The requests for ``pieces`` of ``source`` (which ends at ``end``), on the grid of
+        cells (module docstring), each with the arrival order of its first piece: runs of
+        wanted cells, cut into requests of at most ``range_size`` of what is wanted, never
+        inside a checked part, and before a cell whose parts would take a request past
+        MAX_SPANS spans; a cell that alone holds more is cut between its parts."""
+        cell = self.chunk_size
+        pieces = sorted(pieces, key=lambda piece: piece.start)
+        most = self.range_size(sum(piece.stop - piece.start for piece in pieces)) // cell
+        starting: dict[int, int] = {}  # cell -> how many pieces start in it
+        for piece in pieces:
+            starting[piece.start // cell] = starting.get(piece.start // cell, 0) + 1
+        out: list[tuple[int, Task]] = []
+        request: _GridRequest | None = None
+
+        def close(request: _GridRequest) -> None:
+            start = request.first * cell if request.start is None else request.start
+            stop = min(request.stop * cell, end) if request.end is None else request.end
+            out.append((request.order, Task(
+                task_id=-1, source=source, offset=start, length=stop - start, ranged=True,
+                compression=None, size=stop - start, spans=tuple(request.spans),
+                checks=tuple(request.checks))))
+
+        for piece in pieces:
+            start = piece.start
+            while start < piece.stop:
+                at = start // cell
+                inside = request is not None and request.first <= at < request.stop
+                if request is not None and inside and len(request.spans) < MAX_SPANS:
+                    pass  # a cell this request asks already
+                elif request is not None and inside:  # full, in a cell of too many parts
+                    request.end = max(start, request.furthest)
+                    close(request)
+                    request = _GridRequest(first=at, stop=at + 1, order=piece.order,
+                                           start=request.end)
+                elif (request is not None and at == request.stop
+                      and request.stop - request.first < most
+                      and len(request.spans) + starting.get(at, 0) <= MAX_SPANS):
+                    request.stop += 1  # the next cell
+                else:
+                    if request is not None:
+                        close(request)
+                    request = _GridRequest(first=at, stop=at + 1, order=piece.order)
+                if piece.check is not None:  # all of it in this request
+                    taken = piece.stop
+                else:  # up to this request's last cell, or the most it may grow to
+                    taken = min(piece.stop, max(request.stop, request.first + most) * cell)
+                request.stop = max(request.stop, -(-taken // cell))
+                request.order = min(request.order, piece.order)
+                request.furthest = max(request.furthest, taken)
+                rel = start - (request.first * cell if request.start is None else request.start)
+                request.spans.append(Span(offset=rel, length=taken - start,
+                                          file_id=piece.file_id,
+                                          file_offset=piece.file_offset + start - piece.start))
+                if piece.check is not None:
+                    request.checks.append(Check(offset=rel, length=taken - start,
+                                                hash=piece.check))
+                start = taken
+        if request is not None:
+            close(request)
+        return out
 
 
 @dataclass
@@ -272,15 +363,57 @@ class _GrowingRequest:
     checks: list[Check] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """Bytes [start, stop) of an object for ``file_id`` at ``file_offset``, checked against
+    ``check`` if given; ``order``: how many tasks the plan had when it came (file order)."""
+
+    start: int
+    stop: int
+    file_id: int
+    file_offset: int
+    check: str | None
+    order: int
+
+
+@dataclass
+class _GridRequest:
+    """A request of the grid being built: cells [first, stop) of its object, but from byte
+    ``start`` and to byte ``end`` where a cell of too many parts is cut between them;
+    ``furthest``: the end of its furthest part."""
+
+    first: int
+    stop: int
+    order: int
+    start: int | None = None
+    end: int | None = None
+    furthest: int = 0
+    spans: list[Span] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+
 @dataclass
 class _Draft:
-    """One ``Planner.plan`` call's output so far, and the requests it is still growing (at most
-    one per object: a range that does not join it ends it)."""
+    """One ``Planner.plan`` call's output so far: its tasks, the requests it is still growing
+    (not parallel: at most one per object, a range that does not join it ends it), and the
+    pieces of objects waiting for their grid (parallel)."""
 
     first_task_id: int
     tasks: list[Task] = field(default_factory=list)
     verified: set[int] = field(default_factory=set)
     growing: dict[str, _GrowingRequest] = field(default_factory=dict)
+    pieces: dict[str, list[_Piece]] = field(default_factory=dict)
+    placed: list[tuple[int, Task]] = field(default_factory=list)
+
+    def renumber(self) -> None:
+        """The grid's tasks in among the others, each where its first piece came (so tasks
+        stay in file order), and every task numbered in that order."""
+        merged = sorted([(order, 0, task) for order, task in self.placed]
+                        + [(index, 1, task) for index, task in enumerate(self.tasks)],
+                        key=lambda item: item[:2])
+        self.tasks = [replace(task, task_id=self.first_task_id + index)
+                      for index, (_, _, task) in enumerate(merged)]
+        self.placed = []
 
     @property
     def next_task_id(self) -> int:
@@ -296,6 +429,19 @@ class _Draft:
             checks=tuple(request.checks)))
 
 
+def known_object_ends(entries: Iterable[FileEntry]) -> dict[str, int]:
+    """Where each object is known to end: a whole object's size, else the furthest byte any
+    raw part names (a compressed part inside a larger object is asked as it is, never on the
+    grid, and counts too: its bytes exist)."""
+    ends: dict[str, int] = {}
+    for entry in entries:
+        if entry.url is not None and entry.size is not None:
+            ends[entry.url] = max(ends.get(entry.url, 0), entry.size)
+        for part in entry.parts:
+            ends[part.url] = max(ends.get(part.url, 0), part.offset + part.length)
+    return ends
+
+
 def _as_one_part(entry: FileEntry) -> FileEntry:
     """A whole-object file as one raw part, so its gaps can be planned as ranges."""
     assert entry.url is not None and entry.size is not None
@@ -306,7 +452,9 @@ def _as_one_part(entry: FileEntry) -> FileEntry:
 
 def split_task(task: Task, first_task_id: int) -> list[Task]:
     """One ranged request per span of ``task``, each with its own checks: a merged request whose
-    checks keep failing is tried file by file, so one bad file does not fail its neighbours."""
+    checks keep failing is tried file by file, so one bad file does not fail its neighbours.
+    These leave the grid on purpose: a cell of many small files asked once per file would
+    be read many times over without a cache, and a slicing cache serves them from its cells."""
     assert task.ranged and task.compression is None
     out: list[Task] = []
     for span in task.spans:

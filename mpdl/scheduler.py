@@ -19,7 +19,12 @@ Rules it keeps:
 - a decision after a failure is the retry policy's (retry.py), and what an idle connection
   takes when nothing waits (a stolen half, a race against a stalled range) is the tail
   policy's (tail.py); the scheduler carries them out. A contest's loser is cancelled or cut
-  short before any of its bytes past the cut reach the writer.
+  short before any of its bytes past the cut reach the writer;
+- an object's URL that redirected (a CDN's signed URL) is asked at its final URL from then
+  on, one redirect per object rather than per range; when the final URL refuses (401, 403)
+  or lacks the object (404, 410, 416), it is forgotten and the task asks the URL it came
+  from again, at no cost to its retry budget: that URL decides (a fresh redirect, or the
+  retry policy with ``refresh_url`` for a 401/403 of its own).
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from dataclasses import dataclass, field, replace
 from .checkpoints import JournalSynced
 from .errors import DiskError, RunStopped
 from .filebook import FileBook, FileEnded, ForgetRanges
+from .headers import same_host
 from .layout import Layout
-from .messages import (Alive, Cancel, Cut, Failed, Fetch, FileClosed, Filled, FromWorker,
-                       FromWriter, Grant, Piece, SlotWritten, Synced, ToWorker, ToWriter,
-                       UnknownRecord, WriteFailed, WriteSlot)
+from .messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FileClosed, Filled,
+                       FromWorker, FromWriter, Grant, Piece, Redirected, SlotWritten, Synced,
+                       ToWorker, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
 from .plan import Plan, Planner, Task, cut_points, cut_task, split_task, stream_task
 from .progress import Counts
 from .ranges import RangeSet
@@ -124,6 +130,7 @@ class Scheduler:
         self.on_worker: set[TaskRun] = set()  # the tasks ON_WORKER: few, where runs are many
         self.on_source: Counter[str] = Counter()  # tasks ON_WORKER per object
         self.fresh_urls: dict[str, str] = {}  # mirror URL refused with 401/403 -> its fresh one
+        self.final_urls: dict[str, str] = {}  # URL asked (mirror or fresh) -> where it redirected
         self.stopped: RunStopped | None = None  # the first disk error, or a StopRun
         self.now = 0.0  # the time of the latest event
         self.slot_seconds: float | None = None  # how long a full slot takes, on average
@@ -205,6 +212,9 @@ class Scheduler:
         self.heard_at.setdefault(worker, now)
         if isinstance(record, Alive):
             return
+        if isinstance(record, Redirected):
+            self._redirected(record)
+            return
         if not isinstance(record, (Filled, Failed)):
             raise UnknownRecord("scheduler (from a worker)", record)
         self.now = now
@@ -224,6 +234,13 @@ class Scheduler:
             self._filled(run, record)
         else:
             self._failed(run, record, now)
+
+    def _redirected(self, record: Redirected) -> None:
+        """The attempt's URL redirected to ``record.url``, which answered: the object's later
+        requests go there."""
+        run = self.runs[record.task_id]
+        if record.attempt == run.attempt and run.state in ON_WORKER:
+            self.final_urls[run.url] = record.url
 
     def writer_record(self, record: FromWriter) -> None:
         if isinstance(record, SlotWritten):
@@ -381,17 +398,23 @@ class Scheduler:
 
     def _dispatch(self, run: TaskRun, worker: int) -> None:
         task = run.task
-        mirror = self.mirrors(task.source)[run.attempts.mirror]
         run.attempt += 1
         run.worker = worker
-        run.url = self.fresh_urls.get(mirror, mirror)
+        asked = self._asked_url(run)
+        run.url = self.final_urls.get(asked, asked)
         run.delivered, run.progress_at, run.short_write = 0, self.now, False
         slot = self.slots.acquire(task.task_id, run.attempt, worker)
         self._move(run, T.RUNNING)
         self._to_worker(worker, Fetch(
             task_id=task.task_id, attempt=run.attempt, url=run.url, offset=task.offset,
             length=task.length, ranged=task.ranged, exact=task.exact,
-            compression=task.compression, size=task.size, checks=task.checks, slot=slot))
+            compression=task.compression, size=task.size, checks=task.checks, slot=slot,
+            credentials=same_host(asked, run.url)))
+
+    def _asked_url(self, run: TaskRun) -> str:
+        """The URL the task's mirror is asked at now: its fresh one after a 401/403."""
+        mirror = self.mirrors(run.task.source)[run.attempts.mirror]
+        return self.fresh_urls.get(mirror, mirror)
 
     def _grant_slots(self) -> None:
         """Free slots go first to responses already running, then to new tasks."""
@@ -475,6 +498,15 @@ class Scheduler:
         task = run.task
         log.info("task %d (%s): %s", task.task_id, record.kind.value, record.reason)
         run.last_failure = record.reason
+        asked = self._asked_url(run)
+        if run.url != asked and record.kind in (FailKind.AUTH, FailKind.MIRROR):
+            # A final URL that no longer serves (a signed URL expired): back to where it
+            # came from, which redirects afresh or answers for itself.
+            if self.final_urls.get(asked) == run.url:
+                del self.final_urls[asked]
+                log.info("%s: its redirect no longer serves; asking %s again", run.url, asked)
+            self._move(run, T.QUEUED, front=True)
+            return
         decision = self.policy.decide(
             run.attempts, Failure(record.kind, record.reason, record.retry_after),
             mirrors=len(self.mirrors(task.source)), can_refresh=self.can_refresh,

@@ -100,6 +100,46 @@ TLS_SERVER = """\
         root "{root}";
     }}
 """
+#: A caching proxy in front of ``upstream`` as a fleet would run one (README "Fleets"): nginx's
+#: slice module asks the upstream for whole slices of ``slice`` bytes and caches each under its
+#: own key, so every range a client asks is served from the slices it touches. With
+#: proxy_cache_lock the first request to miss a slice fetches it and the others wait for it:
+#: other machines starting at once, and the rest of a range mpdl cut in two (tail.py) while
+#: the proxy was still fetching ahead for its first half.
+CACHE_CONF = """\
+# Written by perf/servers.py for one run; nginx -p {tmp} -c this file.
+worker_processes 1;
+user {user} {group};
+pid "{tmp}/nginx.pid";
+error_log "{tmp}/error.log" warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+{access_log}    client_body_temp_path "{tmp}/client_body";
+    proxy_temp_path "{tmp}/proxy";
+    fastcgi_temp_path "{tmp}/fastcgi";
+    uwsgi_temp_path "{tmp}/uwsgi";
+    scgi_temp_path "{tmp}/scgi";
+    proxy_cache_path "{tmp}/cache" levels=1:2 keys_zone=fleet:10m max_size=10g inactive=7d
+                     use_temp_path=off;
+
+    server {{
+        listen {host}:{port};
+        location / {{
+            slice {slice};
+            proxy_cache fleet;
+            proxy_cache_key $uri$is_args$args$slice_range;
+            proxy_set_header Range $slice_range;
+            proxy_cache_valid 200 206 1h;
+            proxy_cache_lock on;
+            proxy_pass http://{upstream};
+        }}
+    }}
+}}
+"""
 #: Descriptors, sizes and mtimes of up to 20,000 files kept for 60 s: nginx then opens a small
 #: file once, not once per request. A file rewritten while cached is served with stale sizes.
 FILE_CACHE = "    open_file_cache max=20000 inactive=60s;\n"
@@ -201,6 +241,34 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
         _wait_for_http(proc, port, tmp)
         yield Server(f"http://{HOST}:{port}/", port,
                      f"https://{HOST}:{tls_port}/" if tls_port else None)
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def caching_front(upstream: int, tmp: Path, slice_size: str = "2m",
+                  access_log: Path | None = None) -> Iterator[Server]:
+    """An nginx caching proxy (CACHE_CONF) in front of 127.0.0.1:``upstream`` until the block
+    ends; its config, cache and logs live in ``tmp`` (each request a line in ``access_log`` if
+    given, as for ``nginx``). Raises RuntimeError as ``nginx`` does."""
+    binary = find_nginx()
+    if binary is None:
+        raise RuntimeError(NGINX_MISSING)
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(CACHE_CONF.format(
+        tmp=tmp, port=port, host=HOST, upstream=f"{HOST}:{upstream}", slice=slice_size,
+        access_log=ACCESS_LOG.format(path=access_log) if access_log else "    access_log off;\n",
+        user=pwd.getpwuid(os.geteuid()).pw_name, group=grp.getgrgid(os.getegid()).gr_name))
+    command = [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
+               "-g", "daemon off;"]
+    with (tmp / "nginx.out").open("wb") as output:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                                start_new_session=True)
+    try:
+        _wait_for_http(proc, port, tmp)
+        yield Server(f"http://{HOST}:{port}/", port)
     finally:
         _stop(proc)
 

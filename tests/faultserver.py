@@ -35,9 +35,11 @@ class Fault:
     chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
     redirect_to: str | None = None  # 302 to this path (relative to the root)
     redirect_url: str | None = None  # 302 to this absolute URL (another server: another host)
+    redirect_base: str | None = None  # 302 to the same path under this URL (another server)
     status: int | None = None  # answer this status with an empty body
     retry_after: int | str | None = None  # Retry-After header sent with ``status``
     fail_times: int | None = None  # misbehave on the first N matching requests only
+    behave_times: int | None = None  # behave on the first N matching requests, then misbehave
     reset_after: int | None = None  # send N body bytes, then a TCP reset
     stall_after: int | None = None  # send N body bytes, pause ``stall_seconds``, go on
     stall_seconds: float = 2.0
@@ -120,6 +122,9 @@ class FaultHandler(RangeRequestHandler):
             return Reply(302, {"Location": location, "Content-Length": "0"})
         if fault.redirect_url is not None:
             return Reply(302, {"Location": fault.redirect_url, "Content-Length": "0"})
+        if fault.redirect_base is not None:
+            location = f"{fault.redirect_base.rstrip('/')}/{self.target()}"
+            return Reply(302, {"Location": location, "Content-Length": "0"})
         if fault.status is not None:
             headers = {"Content-Length": "0"}
             if fault.retry_after is not None:
@@ -299,6 +304,8 @@ class FaultServer:
             fault = self._faults[prefix]
             self._hits[prefix] += 1
             if fault.fail_times is not None and self._hits[prefix] > fault.fail_times:
+                return BEHAVE
+            if fault.behave_times is not None and self._hits[prefix] <= fault.behave_times:
                 return BEHAVE
             return fault
 

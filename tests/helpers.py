@@ -470,15 +470,20 @@ class Nginx(NamedTuple):
     def requests(self) -> list[LoggedRequest]:
         """What the access log holds so far (nginx writes each line as a request ends)."""
         assert self.access_log is not None, "nginx_serving(..., access_log=True)"
-        if not self.access_log.exists():
-            return []
-        out = []
-        for line in self.access_log.read_text().splitlines():
-            method, uri, status, sent, quoted_range, connection = line.split(" ")
-            asked = quoted_range.strip('"')
-            out.append(LoggedRequest(method, uri, int(status), int(sent),
-                                     "" if asked == "-" else asked, int(connection)))
-        return out
+        return read_access_log(self.access_log)
+
+
+def read_access_log(path: Path) -> list[LoggedRequest]:
+    """The lines of an access log in perf/servers.ACCESS_LOG's format."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        method, uri, status, sent, quoted_range, connection = line.split(" ")
+        asked = quoted_range.strip('"')
+        out.append(LoggedRequest(method, uri, int(status), int(sent),
+                                 "" if asked == "-" else asked, int(connection)))
+    return out
 
 
 class LoggedRequest(NamedTuple):
@@ -495,7 +500,8 @@ class LoggedRequest(NamedTuple):
 @contextlib.contextmanager
 def nginx_serving(root: Path, tmp: Path, *, access_log: bool = False) -> Iterator[Nginx]:
     """nginx serving ``root`` until the block ends, started by perf/servers.py (the repo's one
-    nginx starter); its config and logs live in ``tmp``. Skips without nginx, unless CI=true.
+    nginx starter); its config and logs live in ``tmp`` (each request a line in
+    ``access_log`` if given). Skips without nginx, unless CI=true.
 
     One worker process: it is up once the port answers, so the leak check never sees it appear
     during a test. No open-file cache: tests write into folders nginx serves.

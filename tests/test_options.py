@@ -33,7 +33,8 @@ def test_environment_gives_defaults_and_overrides_win():
 
 
 @pytest.mark.parametrize("env", [{"MPDL_WORKERS": "x"}, {"MPDL_WORKERS": "0"},
-                                 {"MPDL_CHUNK_SIZE": "1K"}, {"MPDL_START_METHOD": "thread"}])
+                                 {"MPDL_CHUNK_SIZE": "1K"}, {"MPDL_CHUNK_SIZE": "3M"},
+                                 {"MPDL_START_METHOD": "thread"}])
 def test_bad_environment_values_are_usage_errors(env):
     with pytest.raises(UsageError):
         Options.from_env(env)

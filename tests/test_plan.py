@@ -8,7 +8,8 @@ import pytest
 
 from mpdl.errors import ManifestError
 from mpdl.manifest import parse_manifest
-from mpdl.plan import MERGE_GAP, ZLIB_MAX_RATIO, Planner, stream_task
+from mpdl.plan import MAX_SPANS, MERGE_GAP, ZLIB_MAX_RATIO, Planner, known_object_ends, \
+    stream_task
 from mpdl.ranges import RangeSet
 
 KiB, MiB = 1024, 1024 * 1024
@@ -93,11 +94,11 @@ def test_ranges_with_a_small_gap_merge_and_the_gap_is_not_written():
     assert task.map(0, task.length) == [(0, 0, 0, 10), (1, 0, 10 + MERGE_GAP, 10)]
 
 
-def test_far_apart_ranges_do_not_merge():
+def test_ranges_in_cells_apart_are_requests_apart():
     m = manifest({"path": "a", "size": 10, "parts": [{"url": "m", "offset": 0, "length": 10}]},
-                 {"path": "b", "size": 10, "parts": [{"url": "m", "offset": 11 + MERGE_GAP,
+                 {"path": "b", "size": 10, "parts": [{"url": "m", "offset": 2 * MiB + 5,
                                                       "length": 10}]})
-    assert len(planned(m).tasks) == 2
+    assert [(t.offset, t.length) for t in planned(m).tasks] == [(0, MiB), (2 * MiB, 15)]
 
 
 def test_compressed_parts_are_tasks_of_their_own_with_their_check():
@@ -218,3 +219,110 @@ def test_files_one_task_carries_are_checked_whole_by_it() -> None:
     assert 2 not in resumed.verified  # part of it is on disk already: only the writer can tell
     # one stream per object: big is one GET now, and V1 files stay in one unchecked stream
     assert Planner(chunk_size=MiB, parallel=False).plan(entries).verified == {0, 1, 5}
+
+
+def v1_depot(count=300, seed=7):
+    """A GOG V1 layout: files of many sizes, each a range of ``main.bin`` after a 777-byte
+    header, some with their md5 (checked whole by the task carrying them), two objects."""
+    import random
+    rng = random.Random(seed)
+    files, at = [], 777
+    for i in range(count):
+        size = rng.choice([1, 100, 5000, 70 * KiB, 300 * KiB, MiB - 3, 3 * MiB + 11])
+        entry = {"path": f"f{i}", "size": size,
+                 "parts": [{"url": "main.bin", "offset": at, "length": size}]}
+        if i % 3 == 0:
+            entry["hash"] = MD5
+        files.append(entry)
+        at += size + rng.choice([0, 0, 17])
+    files.append({"path": "tail", "size": 7 * MiB + 5, "url": "big.bin"})
+    return manifest(*files)
+
+
+def grid_violations(plan, chunk, ends):
+    """Ranged raw requests that do not lie on whole cells of the grid of their object."""
+    return [(t.source, t.offset, t.length) for t in plan.tasks
+            if t.ranged and t.compression is None and (
+                t.offset % chunk or ((t.offset + t.length) % chunk
+                                     and t.offset + t.length != ends[t.source]))]
+
+
+@pytest.mark.parametrize("spread", [None, 16])
+def test_v1_requests_lie_on_the_grid_the_same_every_time(spread):
+    """A caching proxy stores each cell once only if every request covers whole cells of
+    [k*chunk, (k+1)*chunk) from offset 0, the last one ending at the object's end, and every
+    machine asks the same: two plans agree, and each cell is asked by one request."""
+    chunk = 256 * KiB
+    m = v1_depot()
+    entries = list(enumerate(m.files))
+    ends = known_object_ends(m.files)
+    make = lambda: Planner(chunk_size=chunk, spread=spread, object_ends=ends).plan(entries)  # noqa: E731
+    plan = make()
+    assert_exact_cover(plan, entries)
+    assert grid_violations(plan, chunk, ends) == []
+    assert [(t.source, t.offset, t.length) for t in plan.tasks] == [
+        (t.source, t.offset, t.length) for t in make().tasks]
+    asked = [(t.source, cell) for t in plan.tasks
+             for cell in range(t.offset // chunk, -(-(t.offset + t.length) // chunk))]
+    assert len(asked) == len(set(asked))  # no cell twice
+    assert all(len(t.spans) <= MAX_SPANS for t in plan.tasks)
+    # each V1 file with an md5 is still checked whole by the one task that carries it
+    for fid, entry in entries:
+        if entry.hash is not None and entry.parts and entry.size <= chunk:
+            [task] = [t for t in plan.tasks if fid in t.file_ids]
+            assert any(c.length == entry.size for c in task.checks)
+            assert fid in plan.verified
+
+
+def test_resumed_gaps_are_asked_as_the_cells_that_hold_them():
+    chunk = 256 * KiB
+    m = v1_depot(count=60)
+    entries = list(enumerate(m.files))
+    ends = known_object_ends(m.files)
+    have = {fid: RangeSet([(0, entry.size // 2)]) for fid, entry in entries if entry.size > 5}
+    planner = Planner(chunk_size=chunk, spread=4, object_ends=ends)
+    # the last file of main.bin is done: the last cell still ends where the manifest's last
+    # part does (object_ends), not where the files still to fetch end
+    plan = planner.plan(entries[:-2] + entries[-1:], have=have)
+    assert grid_violations(plan, chunk, ends) == []
+    for task in plan.tasks:  # only the missing bytes are written
+        for span in task.spans:
+            present = have.get(span.file_id)
+            assert not present or not present.covers(span.file_offset,
+                                                     span.file_offset + span.length)
+
+
+def test_a_cell_of_more_files_than_a_request_may_carry_is_cut_between_them():
+    """Each byte is still asked once (a cell asked once per MAX_SPANS of its files would be
+    read over and over without a cache): the cell's requests meet between two files."""
+    files = [{"path": f"t{i}", "size": 10, "parts": [{"url": "m", "offset": 10 * i, "length": 10}]}
+             for i in range(2 * MAX_SPANS + 5)]
+    files.append({"path": "next", "size": 10, "parts": [{"url": "m", "offset": MiB, "length": 10}]})
+    plan = planned(manifest(*files))
+    assert [(t.offset, t.length, len(t.spans)) for t in plan.tasks] == [
+        (0, 10 * MAX_SPANS, MAX_SPANS), (10 * MAX_SPANS, 10 * MAX_SPANS, MAX_SPANS),
+        (20 * MAX_SPANS, MiB - 20 * MAX_SPANS, 5), (MiB, 10, 1)]
+    assert plan.tasks[1].map(0, 10) == [(MAX_SPANS, 0, 0, 10)]
+
+
+def test_an_unchecked_part_is_cut_on_the_grid_and_a_checked_one_keeps_its_cells():
+    m = manifest({"path": "a", "size": 3 * MiB, "parts": [{"url": "m", "offset": 5,
+                                                           "length": 3 * MiB}]},
+                 {"path": "b", "size": MiB, "hash": MD5,
+                  "parts": [{"url": "m", "offset": 3 * MiB + 5, "length": MiB}]})
+    plan = planned(m)
+    assert [(t.offset, t.length, len(t.spans), len(t.checks)) for t in plan.tasks] == [
+        (0, MiB, 1, 0), (MiB, MiB, 1, 0), (2 * MiB, MiB, 1, 0), (3 * MiB, MiB + 5, 2, 1)]
+    assert plan.verified == {1}  # b straddles cells 3 and 4: one request asks both
+
+
+def test_a_request_ends_before_a_cell_whose_files_would_take_it_past_max_spans():
+    """Each cell is asked once: the files of the next cell go in the next request whole,
+    rather than some of them, which would have that cell asked twice."""
+    ranges = [(10 * i, 10) for i in range(200)] + [(MiB + 10 * i, 10) for i in range(100)]
+    ranges.append((2 * MiB, 4 * MiB))  # so that requests may be 5 cells long
+    files = [{"path": f"t{i}", "size": size, "parts": [{"url": "m", "offset": at, "length": size}]}
+             for i, (at, size) in enumerate(ranges)]
+    plan = planned(manifest(*files), spread=1)
+    assert [(t.offset, t.length, len(t.spans)) for t in plan.tasks] == [
+        (0, MiB, 200), (MiB, 5 * MiB, 101)]

@@ -274,7 +274,9 @@ def test_a_merged_request_that_stays_corrupt_is_tried_file_by_file(
     asked one by one (and arrive whole): one bad file must not fail its neighbours."""
     sounds = [f for f in files_of(depot.manifest) if f["path"].startswith("data/sounds/")][:5]
     manifest = with_bases({"format": "mpdl/1", "files": sounds}, fault_server.url)
-    fault_server.set_fault("main.bin", Fault(corrupt=10, fail_times=2))
+    # the request starts on the grid, at main.bin's offset 0: byte 10 of the first file
+    first = sounds[0]["parts"][0]["offset"]
+    fault_server.set_fault("main.bin", Fault(corrupt=first + 10, fail_times=2))
     result = run(manifest, tmp_path / "d")
     assert result.ok, result.failed
     ranges = [r.range for r in gets(fault_server, "main.bin")]

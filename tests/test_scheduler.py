@@ -29,8 +29,8 @@ from mpdl.errors import DiskError
 from mpdl.layout import Layout
 from mpdl.manifest import Manifest, parse_manifest
 from mpdl.messages import (Alive, Cancel, CloseFile, Cut, Failed, FailKind, Fetch, FileClosed,
-                           Filled, Grant, OpenFile, SlotWritten, Sync, Synced, UnknownRecord,
-                           WriteFailed, WriteSlot)
+                           Filled, Grant, OpenFile, Redirected, SlotWritten, Sync, Synced,
+                           UnknownRecord, WriteFailed, WriteSlot)
 from mpdl.plan import Planner
 from mpdl.ranges import RangeSet
 from mpdl.retry import RETRY_AFTER_MAX, RetryPolicy, backoff
@@ -1365,3 +1365,83 @@ def test_a_failed_thief_is_not_replaced_until_the_server_may_take_one_more():
     assert sim.fetches(out) == []
     assert not sim.fetches(sim.tick_to(29.0))
     assert sim.fetches(sim.tick_to(30.0)), "the victim is stolen from again after Retry-After"
+
+
+# -- redirects the CDN way ------------------------------------------------------------------------
+
+CDN = "http://cdn.invalid/"
+
+
+def redirected(sim: Sim, fetch: Fetch, url: str):
+    """The attempt's worker says its URL redirected to ``url``, which answered."""
+    return sim.feed(sim.job(fetch).worker, Redirected(task_id=fetch.task_id,
+                                                      attempt=fetch.attempt, url=url))
+
+
+def test_a_redirect_sends_the_objects_later_ranges_to_its_final_url():
+    sim = Sim(obj("big", 400), obj("other", 200), connections=1)
+    [first] = sim.fetches()
+    assert first.url == A + "big"
+    redirected(sim, first, CDN + "big?sig=1")
+    out = sim.fill(first)
+    urls = [f.url for f in sim.fetches(out)]
+    sim.serve()
+    urls += [f.url for f in sim.all_sent(Fetch)[2:]]
+    assert urls[:3] == [CDN + "big?sig=1"] * 3  # the object's other ranges
+    assert urls[3:] == [A + "other"] * 2  # another object: its own URL
+    assert sim.ended() == {"big": (True, ""), "other": (True, "")}
+
+
+def test_a_redirect_from_an_attempt_given_up_is_not_learned():
+    sim = Sim(obj("big", 200), connections=1)
+    [first] = sim.fetches()
+    sim.fail(first)  # a retry of it is attempt 2; the stale attempt still talks
+    sim.s.worker_record(0, Redirected(task_id=first.task_id, attempt=first.attempt,
+                                      url=CDN + "big"), sim.now)
+    assert sim.s.final_urls == {}
+
+
+@pytest.mark.parametrize("kind", [FailKind.AUTH, FailKind.MIRROR])
+def test_a_final_url_that_refuses_is_dropped_and_the_original_asked_again_at_no_cost(kind):
+    """A signed URL expired (403) or its CDN lost the object (404): the task goes back to the
+    URL it came from, without a refresh hook, and without spending its retries or mirrors."""
+    sim = Sim(obj("big", 300), connections=1)
+    [first] = sim.fetches()
+    redirected(sim, first, CDN + "big?sig=1")
+    [second] = sim.fetches(sim.fill(first))
+    assert second.url == CDN + "big?sig=1"
+    out = sim.fail(second, kind, "HTTP 403 from the CDN")
+    [again] = sim.fetches(out)
+    assert (again.task_id, again.url) == (second.task_id, A + "big")
+    assert sim.run(again).attempts == mpdl.retry.Attempts()
+    assert sim.s.final_urls == {}
+    redirected(sim, again, CDN + "big?sig=2")  # the origin redirects afresh
+    [third] = sim.fetches(sim.fill(again))
+    assert third.url == CDN + "big?sig=2"
+    sim.serve()
+    assert sim.ended() == {"big": (True, "")}
+
+
+def test_a_final_url_failing_transiently_is_kept():
+    sim = Sim(obj("big", 200), connections=1)
+    [first] = sim.fetches()
+    redirected(sim, first, CDN + "big")
+    [second] = sim.fetches(sim.fill(first))
+    sim.fail(second, FailKind.RETRY, RESET)
+    [again] = sim.fetches(sim.tick_to(sim.s.next_wakeup()))
+    assert again.url == CDN + "big" and sim.run(again).attempts.failures == 1
+
+
+def test_the_original_refusing_after_its_redirect_was_dropped_asks_for_a_fresh_url():
+    """refresh_url is for the original URL's own 401/403: after the drop, it still applies."""
+    sim = Sim(obj("big", 200), connections=1, can_refresh=True)
+    [first] = sim.fetches()
+    redirected(sim, first, CDN + "big")
+    [second] = sim.fetches(sim.fill(first))
+    [again] = sim.fetches(sim.fail(second, FailKind.AUTH, "HTTP 403 from the CDN"))
+    out = sim.fail(again, FailKind.AUTH, "HTTP 403 from the origin")
+    assert sim.effects_of(NeedFreshUrl, out) == [NeedFreshUrl(A + "big")]
+    [fresh] = sim.fetches(sim.url_refreshed(A + "big", A + "big?token=2"))
+    assert fresh.url == A + "big?token=2"
+    redirected(sim, fresh, CDN + "big?token=2")
+    assert sim.s.final_urls == {A + "big?token=2": CDN + "big?token=2"}
