@@ -43,6 +43,10 @@ environment (flags win):
                         defaults for the options of the same name
   MPDL_NO_PARALLEL=1    one stream per object: no range splitting
   MPDL_START_METHOD     multiprocessing start method: fork, spawn or forkserver
+  https_proxy, http_proxy, all_proxy (or upper-case), no_proxy (NO_PROXY)
+                        the proxy for https / http URLs, as curl reads them; NO_PROXY lists
+                        hosts, domains (with subdomains), IPs or networks reached directly
+                        (* for all), and applies to --proxy too
 
 exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
@@ -118,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="to connect, and to wait for each read (default: 30)")
     tuning.add_argument("--insecure", action="store_true",
                         help="do not verify TLS certificates (only for hosts you trust)")
+    tuning.add_argument("--proxy", metavar="URL",
+                        help="send every http and https request through this proxy, "
+                             "[http://][USER:PASSWORD@]HOST[:PORT] (default port 1080); "
+                             "--proxy '' uses none. Default: the environment's (see below)")
     parser.add_argument("--verify", action="store_true",
                         help="fetch nothing: hash every file of the manifest in DEST again, in "
                              "parallel, print each bad one with why (missing, wrong size, wrong "
@@ -232,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kw = dict(workers=args.workers, connections=args.connections,
                   chunk_size=args.chunk_size, memory=args.memory, timeout=args.timeout,
-                  verify_tls=False if args.insecure else None, progress=progress)
+                  verify_tls=False if args.insecure else None, proxy=args.proxy,
+                  progress=progress)
         if args.verify or args.repair:
             if _is_url(args.source) or not args.output:
                 parser.error("--verify and --repair take a manifest and -o DEST")

@@ -7,6 +7,7 @@ retries (the coordinator decides that, with a budget).
 from __future__ import annotations
 
 import email.utils
+import os
 import re
 from datetime import datetime, timezone
 from typing import NamedTuple
@@ -16,25 +17,34 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .errors import AccessDenied, FetchError, NotOnMirror, TransientError
 from .options import Options
+from .proxy import Proxy, Routed, proxy_rules
 
 USER_AGENT = "mpdl/0.1"
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
 
-def make_pool(options: Options, *, connections: int) -> urllib3.PoolManager:
-    """One keep-alive pool per host, as many connections as this process runs requests.
+def make_pool(options: Options, *, connections: int) -> Routed:
+    """One keep-alive pool per host, as many connections as this process runs requests; and,
+    when a proxy is set (``options.proxy`` or the environment, mpdl/proxy.py), one more per
+    proxy, each request routed to the one its URL goes through.
 
     Every network setting a request depends on comes from ``options``: the one record the
-    coordinator hands each worker process."""
-    return urllib3.PoolManager(
-        num_pools=32,
-        maxsize=connections,
-        block=False,
-        timeout=urllib3.Timeout(connect=options.timeout, read=options.timeout),
-        retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=8),
-        cert_reqs="CERT_REQUIRED" if options.verify_tls else "CERT_NONE",
-        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-    )
+    coordinator hands each worker process (and the environment, which it inherits)."""
+    def pool(proxy: Proxy | None) -> urllib3.PoolManager:
+        through = {} if proxy is None else {"proxy_url": proxy.url,
+                                            "proxy_headers": proxy.headers()}
+        return (urllib3.ProxyManager if proxy else urllib3.PoolManager)(
+            **through,
+            num_pools=32,
+            maxsize=connections,
+            block=False,
+            timeout=urllib3.Timeout(connect=options.timeout, read=options.timeout),
+            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=8),
+            cert_reqs="CERT_REQUIRED" if options.verify_tls else "CERT_NONE",
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        )
+
+    return Routed(proxy_rules(options.proxy, os.environ), pool)
 
 
 def range_header(offset: int, length: int | None) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import psutil
 
 from .errors import UsageError
+from .proxy import parse_proxy, proxy_rules
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -55,6 +56,7 @@ class Options:
     verify_tls: bool = True
     max_attempts: int = 5  # per task, over all mirrors
     start_method: str | None = None  # None: coordinator.default_start_method picks
+    proxy: str | None = None  # None: the environment's (HTTPS_PROXY...); "": none (mpdl/proxy.py)
 
     def __post_init__(self) -> None:
         if self.workers is None:
@@ -69,6 +71,8 @@ class Options:
             raise UsageError("chunk size must be at least 64K")
         if self.start_method not in (None, "fork", "spawn", "forkserver"):
             raise UsageError(f"unknown start method {self.start_method!r}")
+        if self.proxy:
+            parse_proxy(self.proxy, "proxy")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Options:
@@ -97,6 +101,7 @@ class Options:
                 raise TypeError(f"unknown option {name!r}")
             if value is not None:
                 values[name] = value
+        proxy_rules(values.get("proxy"), env)  # a bad HTTPS_PROXY... fails here, not in a worker
         return replace(cls(), **values) if values else cls()
 
 
