@@ -6,7 +6,7 @@ here accept that form) to the host they name; it demands ``Proxy-Authorization``
 ``credentials``, answers every request with ``status`` when given one (407, 502, a 403 for
 a refused CONNECT), and sends at most ``rate`` bytes/s per connection back to the client when
 given one (a cap for a server that has none for ranges: lighttpd 1.4's applies to whole
-responses only). Every request line and its Proxy-Authorization is logged.
+responses only). The first request of each connection is logged (a 407 or a ``status`` closes it).
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ REASONS = {403: "Forbidden", 407: "Proxy Authentication Required", 502: "Bad Gat
 
 @dataclass
 class Logged:
-    """One request the proxy saw: its request line and Proxy-Authorization header (or None)."""
+    """A request the proxy saw first on a connection (it pipes the rest of the connection
+    unread): its request line, Proxy-Authorization and Range headers (or None)."""
 
     line: str
     authorization: str | None
+    range: str | None = None
 
 
 @dataclass
@@ -78,7 +80,7 @@ class _Handler(socketserver.BaseRequestHandler):
                    (h.partition(":") for h in header_lines)}
         settings = self.server.settings
         authorization = headers.get("proxy-authorization")
-        settings.log.append(Logged(line, authorization))
+        settings.log.append(Logged(line, authorization, headers.get("range")))
         wanted = settings.credentials
         if wanted and authorization != "Basic " + base64.b64encode(wanted.encode()).decode():
             self._answer(407, 'Proxy-Authenticate: Basic realm="test"\r\n')
