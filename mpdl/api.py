@@ -52,11 +52,14 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
-    memory, timeout, parallel, verify_tls, start_method); unset ones come from MPDL_*
+    memory, timeout, parallel, verify_tls, start_method, proxy); unset ones come from MPDL_*
     variables, then defaults. Raises ManifestError (a ValueError) before writing anything if
     the manifest is invalid. On KeyboardInterrupt the children and the shared memory are gone
     before it propagates; the journal keeps what was finished and what is durable of the rest,
     and the next run resumes from there.
+
+    ``proxy`` None takes the environment's (HTTPS_PROXY, NO_PROXY..., read as curl reads
+    them: mpdl/proxy.py); "" uses none; a URL is the proxy for every http and https URL.
 
     ``refresh_url(url)`` is called (in this process) when a request is refused with 401 or
     403, as signed URLs expire: it returns a fresh URL for the same bytes, or None to fail

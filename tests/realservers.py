@@ -31,6 +31,7 @@ from perf.servers import HOST, Certificate, Server, _stop, _wait_for_http, free_
 APACHE = "/usr/sbin/apache2"
 APACHE_MODULES = Path("/usr/lib/apache2/modules")
 LIGHTTPD = "/usr/sbin/lighttpd"
+LIGHTTPD_TLS_MODULE = "/usr/lib/lighttpd/mod_openssl.so"
 SQUID = "/usr/sbin/squid"
 #: What to do when one is missing: tests/install.sh installs them all.
 MISSING = "{name} not found (sh tests/install.sh, or apt-get install {package})"
@@ -145,8 +146,8 @@ def logs_folder(parent: Path, name: str) -> Path:
     return folder
 
 
-def _require(binary: str, name: str, package: str) -> None:
-    if not os.access(binary, os.X_OK):
+def _require(path: str, name: str, package: str) -> None:
+    if not os.path.exists(path):
         skip_or_fail(MISSING.format(name=name, package=package))
 
 
@@ -185,6 +186,8 @@ def apache(root: Path, tmp: Path, tls: Certificate | None = None) -> Iterator[Se
 def lighttpd(root: Path, tmp: Path, tls: Certificate | None = None) -> Iterator[Server]:
     """lighttpd serving ``root``, and over HTTPS too given ``tls`` (mod_openssl)."""
     _require(LIGHTTPD, "lighttpd", "lighttpd")
+    if tls:
+        _require(LIGHTTPD_TLS_MODULE, "lighttpd's TLS module", "lighttpd-mod-openssl")
     port, tls_port = free_port(), free_port() if tls else None
     conf = tmp / "lighttpd.conf"
     conf.write_text(LIGHTTPD_CONF.format(

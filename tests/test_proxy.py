@@ -131,6 +131,20 @@ def test_bad_proxy_urls_are_usage_errors_naming_their_source(text: str, said: st
         Options(proxy=text)
 
 
+@pytest.mark.parametrize("where", ["manifest", "url"])
+def test_a_bad_proxy_variable_is_a_usage_error_before_any_request(
+    depot: Depot, nginx: Nginx, tmp_path: Path, where: str
+) -> None:
+    source = write_manifest(tmp_path, depot.manifest, nginx.url) if where == "manifest" \
+        else tool_url(depot, nginx.url)
+    done = mpdl_cli(source, "-o", tmp_path / "out", cwd=tmp_path,
+                    env=env_with(http_proxy="socks5://u:secret@127.0.0.1:1080"))
+    assert done.returncode == 2, done.stderr
+    line = assert_one_error_line(done.stderr)
+    assert line == "mpdl: error: http_proxy: socks5 proxies are not supported (http:// or https://)"
+    assert not (tmp_path / "out").exists()
+
+
 def test_proxy_failures_are_classified() -> None:
     proxy = Proxy("http://p1:8080", "u:p")
     url = "https://example.com:8443/a"
