@@ -234,9 +234,10 @@ class Routed:
             raise
         except Urllib3ProxyError as exc:
             raise proxy_failure(proxy, url, exc) from None
-        if response.status == 407 or (response.status in _GATEWAY_STATUSES
-                                      and urlsplit(url).scheme.lower() == "http"):
-            status, reason = response.status, response.reason or ""
+        status = response.status
+        forwarded = urlsplit(url).scheme.lower() == "http"  # not in a tunnel: the proxy answers
+        if status == 407 or (forwarded and status in _GATEWAY_STATUSES):
+            reason = response.reason or ""
             response.close()
             response.release_conn()
             if status == 407:
@@ -250,8 +251,8 @@ class Routed:
             pool.clear()
 
 
-def proxy_failure(proxy: Proxy, url: str, exc: Urllib3ProxyError) -> ProxyRefused | \
-        ProxyUnavailable:
+def proxy_failure(proxy: Proxy, url: str,
+                  exc: Urllib3ProxyError) -> ProxyRefused | ProxyUnavailable:
     """What urllib3's ProxyError means: a CONNECT answered with a status, or no answer."""
     cause = exc.args[1] if len(exc.args) > 1 else exc
     refused = _TUNNEL_REFUSED.search(str(cause))

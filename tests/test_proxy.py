@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from helpers import (TOOL, Depot, Nginx, assert_installed, assert_one_error_line, entry,
@@ -281,8 +282,8 @@ def test_a_refused_connect_is_one_line_naming_the_proxy(
     assert tls_nginx.tls_url is not None
     with mini_proxy(status=403) as proxy:
         line = proxy_cli(depot, tls_nginx.tls_url, proxy, tmp_path, authority)
-    netloc = tls_nginx.tls_url.split("//")[1].rstrip("/")
-    assert line == f"mpdl: error: proxy {proxy.url} refused to connect to {netloc}: 403 Forbidden"
+    assert line == (f"mpdl: error: proxy {proxy.url} refused to connect to "
+                    f"{urlsplit(tls_nginx.tls_url).netloc}: 403 Forbidden")
 
 
 def test_a_proxy_that_does_not_answer_is_one_line_naming_it(
@@ -309,17 +310,21 @@ def test_a_407_fails_every_file_at_once_without_retries(
     assert asked and len(set(asked)) == len(asked), asked
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_bad_gateway_is_retried_within_the_budget(
     depot: Depot, tls_nginx: Server, authority: Authority, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch, scheme: str
 ) -> None:
-    assert tls_nginx.tls_url is not None
+    base = tls_nginx.url if scheme == "http" else tls_nginx.tls_url
+    assert base is not None
     monkeypatch.setenv("SSL_CERT_FILE", str(authority.ca))
     tool = entry(depot.manifest, TOOL)
-    manifest = {"format": "mpdl/1", "base_urls": [tls_nginx.tls_url], "files": [tool]}
+    manifest = {"format": "mpdl/1", "base_urls": [base], "files": [tool]}
     with mini_proxy(status=502) as proxy:
         result = run(manifest, tmp_path / "d", proxy=proxy.url, max_attempts=2, connections=1)
-    netloc = tls_nginx.tls_url.split("//")[1].rstrip("/")
-    assert result.failed == {TOOL: f"failed 2 times, last: proxy {proxy.url} could not reach "
-                                   f"{netloc}: 502 Bad Gateway"}
+    if scheme == "http":  # the proxy's own answer to a request it forwarded
+        said = f"HTTP 502 Bad Gateway from proxy {proxy.url} for {base}{tool['url']}"
+    else:  # its answer to the CONNECT
+        said = f"proxy {proxy.url} could not reach {urlsplit(base).netloc}: 502 Bad Gateway"
+    assert result.failed == {TOOL: f"failed 2 times, last: {said}"}
     assert len(proxy.log) == 2
