@@ -27,6 +27,10 @@ name and port and nothing else; plain HTTP is forwarded by the proxy. Failures t
 causes are ProxyRefused (407, or a CONNECT it refuses: no retry can help) or ProxyUnavailable
 (it does not answer, or cannot reach the server: 502, 504; retried within the run's budget),
 each naming the proxy.
+
+A redirect is followed by the pool that sent the first request (urllib3 follows it inside
+that manager), so a redirect from a proxied host to a NO_PROXY one, or back, keeps the first
+host's route.
 """
 
 from __future__ import annotations
