@@ -104,7 +104,7 @@ SQUID_CONF = """\
 # only, caching nothing, logging every request.
 http_port {host}:{port}
 acl this_machine src {host}/32
-http_access allow this_machine
+{auth}http_access allow this_machine{signed_in}
 http_access deny all
 cache deny all
 cache_mem 0 MB
@@ -115,6 +115,14 @@ coredump_dir {tmp}
 pinger_enable off
 shutdown_lifetime 0 seconds
 {user}"""
+#: With ``credentials``: Basic authentication, checked by Squid's own helper against a password
+#: file; the helper starts with Squid, so no process appears while a test runs.
+SQUID_AUTH = """auth_param basic program {helper} {tmp}/passwd
+auth_param basic children 1 startup=1 idle=1
+auth_param basic realm mpdl tests
+acl signed_in proxy_auth REQUIRED
+"""
+SQUID_HELPER = "/usr/lib/squid/basic_ncsa_auth"
 
 
 @contextlib.contextmanager
@@ -231,13 +239,24 @@ class Squid(NamedTuple):
 
 
 @contextlib.contextmanager
-def squid(tmp: Path) -> Iterator[Squid]:
+def squid(tmp: Path, credentials: str | None = None) -> Iterator[Squid]:
     """Squid as a forward proxy on 127.0.0.1, for clients on this machine; ``tmp`` must be
-    writable by Squid's user when root starts it (``logs_folder``)."""
+    writable by Squid's user when root starts it (``logs_folder``). Given ``credentials``
+    ("user:password"), it serves only requests that carry them (Basic)."""
     _require(SQUID, "Squid", "squid")
+    auth = signed_in = ""
+    if credentials:
+        _require(SQUID_HELPER, "Squid's basic_ncsa_auth", "squid")
+        user, _, password = credentials.partition(":")
+        hashed = subprocess.run(["openssl", "passwd", "-apr1", password], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        (tmp / "passwd").write_text(f"{user}:{hashed}\n")
+        (tmp / "passwd").chmod(0o644)
+        auth, signed_in = SQUID_AUTH.format(helper=SQUID_HELPER, tmp=tmp), " signed_in"
     port = free_port()
     conf = tmp / "squid.conf"
-    conf.write_text(SQUID_CONF.format(tmp=tmp, host=HOST, port=port,
+    conf.write_text(SQUID_CONF.format(tmp=tmp, host=HOST, port=port, auth=auth,
+                                      signed_in=signed_in,
                                       user="cache_effective_user proxy\n" if ROOT else ""))
     # Its own service name: Squid names its /dev/shm segments after it, so two never clash.
     with _running([SQUID, "-N", "-n", f"mpdltest{port}", "-f", str(conf)], port, tmp):

@@ -2,8 +2,9 @@
 ``--proxy ''`` bypassing one, credentials from the proxy URL, and what the user sees when the
 proxy refuses (407, a refused CONNECT), cannot reach the server (502) or does not answer.
 
-The proxy here is tests/miniproxy.py, which can demand credentials and fail on purpose; the
-round trips through a real Squid are in test_real_servers.py.
+The proxies here are a real Squid that wants Basic credentials, and tests/miniproxy.py, which
+can demand credentials and fail on purpose; the round trips through Squid are in
+test_real_servers.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from helpers import (TOOL, Depot, Nginx, assert_installed, assert_one_error_line
                      files_of,
                      env_with, mpdl_cli, run, skip_or_fail, with_bases, write_manifest)
 from miniproxy import MiniProxy, mini_proxy
+from realservers import Squid, logs_folder, public_folder, squid
 from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 
@@ -248,10 +250,43 @@ def test_credentials_in_the_proxy_url_reach_the_proxy_only(
     assert "s3cr" not in done.stderr
 
 
+@pytest.fixture(scope="module")
+def squid_signing_in() -> Iterator[Squid]:
+    """A real Squid that wants Basic credentials (mpdl, "pa:ss@word")."""
+    with public_folder() as folder, squid(logs_folder(folder, "squid"),
+                                          credentials="mpdl:pa:ss@word") as running:
+        yield running
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_squid_with_basic_auth(
+    depot: Depot, tls_nginx: Server, authority: Authority, squid_signing_in: Squid,
+    tmp_path: Path, scheme: str
+) -> None:
+    base = tls_nginx.url if scheme == "http" else tls_nginx.tls_url
+    assert base is not None
+    signed = squid_signing_in.url.replace("//", "//mpdl:pa%3Ass%40word@")
+    out = tmp_path / "tool.bin"
+    done = mpdl_cli(tool_url(depot, base), "-o", out, "--workers", "2", cwd=tmp_path,
+                    env=env_with(SSL_CERT_FILE=str(authority.ca), http_proxy=signed,
+                                 https_proxy=signed))
+    assert done.returncode == 0, done.stderr
+    assert_tool(depot, out)
+    # Squid's log names the user it let in, for each request (or the CONNECT tunnel).
+    what = f" GET {tool_url(depot, base)} mpdl " if scheme == "http" else \
+        f" CONNECT {urlsplit(base).netloc} mpdl "
+    assert squid_signing_in.logged(what), squid_signing_in.access_log.read_text()
+
+    line = proxy_cli(depot, base, squid_signing_in.url.replace("//", "//mpdl:wrong@"),
+                     tmp_path, authority)
+    assert line == (f"mpdl: error: proxy {squid_signing_in.url} answered 407 Proxy "
+                    "Authentication Required (it refused the credentials in the proxy URL)")
+
+
 def proxy_cli(depot: Depot, base: str, proxy: MiniProxy | str, tmp_path: Path,
               authority: Authority) -> str:
     """Fetch the depot's tool through ``proxy``; return the one error line it must end with."""
-    out = tmp_path / "tool.bin"
+    out = tmp_path / "refused.bin"
     url = proxy if isinstance(proxy, str) else proxy.url
     done = mpdl_cli(tool_url(depot, base), "-o", out, "--proxy", url, cwd=tmp_path,
                     env=env_with(SSL_CERT_FILE=str(authority.ca)))
