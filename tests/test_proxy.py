@@ -338,11 +338,10 @@ def test_a_407_fails_every_file_at_once_without_retries(
     with mini_proxy(credentials="mpdl:right") as proxy:
         result = run(manifest, tmp_path / "d", proxy=proxy.url)
     assert set(result.failed) == {f["path"] for f in files_of(depot.manifest) if f["size"]}
+    # The first 407 ends each file: a retried one would say "failed N times, last: ...".
     for reason in result.failed.values():
         assert reason.startswith(f"proxy {proxy.url} answered 407"), reason
-    # Each request once, never again (every 407 closes its connection: each is logged).
-    asked = [(r.line, r.range) for r in proxy.log]
-    assert asked and len(set(asked)) == len(asked), asked
+    assert proxy.log and all(r.authorization is None for r in proxy.log)
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
