@@ -58,12 +58,12 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     before it propagates; the journal keeps what was finished and what is durable of the rest,
     and the next run resumes from there.
 
-    ``proxy`` None takes the environment's (HTTPS_PROXY, NO_PROXY..., read as curl reads
-    them: mpdl/proxy.py); "" uses none; a URL is the proxy for every http and https URL.
-
     ``refresh_url(url)`` is called (in this process) when a request is refused with 401 or
     403, as signed URLs expire: it returns a fresh URL for the same bytes, or None to fail
     the file. Without it, such files fail at once.
+
+    ``proxy`` None takes the environment's (HTTPS_PROXY, NO_PROXY..., read as curl reads
+    them: mpdl/proxy.py); "" uses none; a URL is the proxy for every http and https URL.
     """
     started = time.monotonic()
     parsed = load_manifest(manifest)
