@@ -57,8 +57,8 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
-    memory, timeout, parallel, verify_tls, cacert, headers, start_method); unset ones come
-    from MPDL_* variables, then defaults; ``headers`` are added to the manifest's, and win
+    memory, timeout, parallel, verify_tls, cacert, headers, proxy, start_method); unset ones
+    come from MPDL_* variables, then defaults; ``headers`` are added to the manifest's, and win
     over them. Raises ManifestError (a ValueError) before writing anything if
     the manifest is invalid. On KeyboardInterrupt the children and the shared memory are gone
     before it propagates; the journal keeps what was finished and what is durable of the rest,
@@ -72,6 +72,9 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     ``refresh_url(url)`` is called (in this process) when a request is refused with 401 or
     403, as signed URLs expire: it returns a fresh URL for the same bytes, or None to fail
     the file. Without it, such files fail at once.
+
+    ``proxy`` None takes the environment's (HTTPS_PROXY, NO_PROXY..., read as curl reads
+    them: mpdl/proxy.py); "" uses none; a URL is the proxy for every http and https URL.
     """
     started = time.monotonic()
     parsed = load_manifest(manifest)

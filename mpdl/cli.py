@@ -48,6 +48,10 @@ environment (flags win):
   MPDL_CACERT           as --cacert
   SSL_CERT_FILE, SSL_CERT_DIR
                         OpenSSL's: the CA store TLS is verified against, without --cacert
+  https_proxy, http_proxy, all_proxy (or upper-case), no_proxy (NO_PROXY)
+                        the proxy for https / http URLs, as curl reads them; NO_PROXY lists
+                        hosts, domains (with subdomains), IPs or networks reached directly
+                        (* for all), and applies to --proxy too
 
 exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
@@ -137,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "the manifest's and mpdl's header of the same name, e.g. a "
                               "User-Agent. Authorization and Cookie never follow a redirect "
                               "to another host")
+    network.add_argument("--proxy", metavar="URL",
+                         help="send every http and https request through this proxy, "
+                              "[http://][USER:PASSWORD@]HOST[:PORT] (default port 1080); "
+                              "--proxy '' uses none. Default: the environment's (see below)")
     parser.add_argument("--verify", action="store_true",
                         help="fetch nothing: hash every file of the manifest in DEST again, in "
                              "parallel, print each bad one with why (missing, wrong size, wrong "
@@ -271,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   chunk_size=args.chunk_size, memory=args.memory, timeout=args.timeout,
                   verify_tls=False if args.insecure else None, cacert=args.cacert,
                   headers=[parse_header_line(h) for h in args.header] if args.header else None,
+                  proxy=args.proxy,
                   progress=progress)
         if args.verify or args.repair:
             if _is_url(args.source) or not args.output:

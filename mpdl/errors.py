@@ -45,6 +45,28 @@ class TransientError(FetchError):
         self.retry_after = retry_after
 
 
+class ProxyUnavailable(TransientError):
+    """The proxy at ``proxy`` does not answer, or could not reach the server (502, 504): back
+    off and retry, within the same budget as any transient failure."""
+
+    def __init__(self, proxy: str, message: str) -> None:
+        super().__init__(message)
+        self.proxy = proxy
+
+
+class ProxyRefused(FetchError):
+    """The proxy at ``proxy`` refused the request with ``status``: 407 (credentials missing or
+    wrong), or a CONNECT its rules forbid. No retry can help, and every other request through
+    it would be refused the same way: the run stops, with this one line (as for a refused
+    certificate)."""
+
+    kind = FailKind.STOP
+
+    def __init__(self, proxy: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.proxy, self.status = proxy, status
+
+
 class NotOnMirror(FetchError):
     """This mirror does not have the object (404, 410, 416, another length): try the next."""
 

@@ -19,6 +19,7 @@ from .errors import IntegrityError, NotOnMirror, RangesIgnored, TransientError
 from .hashing import parse_hash
 from .http import discard, open_response, parse_content_range, range_header, status_error
 from .messages import Check, Fetch, Filled, FromWorker, Redirected
+from .proxy import Routed
 from .ring import Ring
 
 # Bytes asked of one readinto. A read that fails loses count of what it had received, so
@@ -85,7 +86,7 @@ NextSlot = Callable[[], int | None]
 Report = Callable[[FromWorker], None]
 
 
-def fetch(job: Fetch, pool: urllib3.PoolManager, ring: Ring, next_slot: NextSlot,
+def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
           report: Report, scratch: bytearray, meter: Meter, cursor: Cursor) -> None:
     """Run ``job``; ``scratch`` is this thread's buffer for compressed bodies, ``meter`` the
     attempt's count of bytes read and not reported, ``cursor`` where it stands."""

@@ -14,6 +14,7 @@ default: credentials never follow a redirect to another host (tests/test_headers
 from __future__ import annotations
 
 import email.utils
+import os
 import re
 import ssl
 import warnings
@@ -27,31 +28,42 @@ from urllib3.exceptions import InsecureRequestWarning, MaxRetryError, SSLError
 from .errors import AccessDenied, CertificateRefused, FetchError, NotOnMirror, TransientError
 from .headers import CREDENTIALS, DEFAULT_HEADERS, merge_headers
 from .options import Options
+from .proxy import Proxy, Routed, proxy_rules
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
 
-def make_pool(options: Options, *, connections: int) -> urllib3.PoolManager:
-    """One keep-alive pool per host, as many connections as this process runs requests.
+def make_pool(options: Options, *, connections: int) -> Routed:
+    """One keep-alive pool per host, as many connections as this process runs requests; and,
+    when a proxy is set (``options.proxy`` or the environment, mpdl/proxy.py), one more per
+    proxy, each request routed to the one its URL goes through.
 
     Every network setting a request depends on comes from ``options``: the one record the
-    coordinator hands each worker process. TLS is verified against ``options.cacert`` when
-    given, else against the system's store, where OpenSSL honours SSL_CERT_FILE and
-    SSL_CERT_DIR (urllib3 loads its default verify paths when given no CA). Without
-    verification (--insecure, asked for explicitly) urllib3's warning on every request is
-    silenced in this process: it would bury mpdl's own lines in tracebacks' look-alikes."""
+    coordinator hands each worker process (and the environment, which it inherits). TLS is
+    verified against ``options.cacert`` when given, else against the system's store, where
+    OpenSSL honours SSL_CERT_FILE and SSL_CERT_DIR (urllib3 loads its default verify paths
+    when given no CA). Without verification (--insecure, asked for explicitly) urllib3's
+    warning on every request is silenced in this process: it would bury mpdl's own lines in
+    tracebacks' look-alikes."""
     if not options.verify_tls:
         warnings.simplefilter("ignore", InsecureRequestWarning)
-    return urllib3.PoolManager(
-        num_pools=32,
-        maxsize=connections,
-        block=False,
-        timeout=urllib3.Timeout(connect=options.timeout, read=options.timeout),
-        retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=8),
-        cert_reqs="CERT_REQUIRED" if options.verify_tls else "CERT_NONE",
-        ca_certs=options.cacert if options.verify_tls else None,
-        headers=dict(merge_headers(DEFAULT_HEADERS, options.headers)),
-    )
+
+    def pool(proxy: Proxy | None) -> urllib3.PoolManager:
+        through = {} if proxy is None else {"proxy_url": proxy.url,
+                                            "proxy_headers": proxy.headers()}
+        return (urllib3.ProxyManager if proxy else urllib3.PoolManager)(
+            **through,
+            num_pools=32,
+            maxsize=connections,
+            block=False,
+            timeout=urllib3.Timeout(connect=options.timeout, read=options.timeout),
+            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=8),
+            cert_reqs="CERT_REQUIRED" if options.verify_tls else "CERT_NONE",
+            ca_certs=options.cacert if options.verify_tls else None,
+            headers=dict(merge_headers(DEFAULT_HEADERS, options.headers)),
+        )
+
+    return Routed(proxy_rules(options.proxy, os.environ), pool)
 
 
 def range_header(offset: int, length: int | None) -> str:
@@ -94,7 +106,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def open_response(pool: urllib3.PoolManager, url: str, headers: dict[str, str], *,
+def open_response(pool: Routed, url: str, headers: dict[str, str], *,
                   credentials: bool = True) -> urllib3.BaseHTTPResponse:
     """GET ``url`` without reading the body, with the pool's headers and ``headers`` (but for
     CREDENTIALS, unless ``credentials``)."""
@@ -138,7 +150,7 @@ class ServerInfo(NamedTuple):
     ranges: bool
 
 
-def probe(pool: urllib3.PoolManager, url: str) -> ServerInfo:
+def probe(pool: Routed, url: str) -> ServerInfo:
     """HEAD for Accept-Ranges and Content-Length; when HEAD is refused, a 'bytes=0-0' GET."""
     try:
         head = pool.request("HEAD", url, preload_content=True)

@@ -13,6 +13,7 @@ import psutil
 
 from .errors import UsageError
 from .headers import Headers, headers_option
+from .proxy import parse_proxy, proxy_rules
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -61,6 +62,7 @@ class Options:
     headers: Headers = ()
     max_attempts: int = 5  # per task, over all mirrors
     start_method: str | None = None  # None: coordinator.default_start_method picks
+    proxy: str | None = None  # None: the environment's (HTTPS_PROXY...); "": none (mpdl/proxy.py)
 
     def __post_init__(self) -> None:
         if self.workers is None:
@@ -82,6 +84,8 @@ class Options:
         if self.cacert is not None:
             object.__setattr__(self, "cacert", os.fspath(self.cacert))
             _check_cacert(self.cacert)
+        if self.proxy:
+            parse_proxy(self.proxy, "proxy")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Options:
@@ -111,6 +115,7 @@ class Options:
                 raise TypeError(f"unknown option {name!r}")
             if value is not None:
                 values[name] = value
+        proxy_rules(values.get("proxy"), env)  # a bad HTTPS_PROXY... fails here, not in a worker
         return replace(cls(), **values) if values else cls()
 
 

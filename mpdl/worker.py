@@ -21,7 +21,6 @@ import time
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 
-import urllib3
 
 from .child import batches, child_setup
 from .errors import FetchError, TransientError
@@ -30,6 +29,7 @@ from .http import make_pool
 from .messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FromWorker, Grant, Stop,
                        ToWorker, UnknownRecord)
 from .options import Options
+from .proxy import Routed
 from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.worker")
@@ -52,7 +52,7 @@ class Worker:
     """
 
     def __init__(self, outbox: Connection, worker_id: int, ring: Ring,
-                 pool: urllib3.PoolManager, threads: int) -> None:
+                 pool: Routed, threads: int) -> None:
         self.outbox = outbox
         self.worker_id = worker_id
         self.ring = ring
