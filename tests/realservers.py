@@ -258,6 +258,7 @@ def squid(tmp: Path, credentials: str | None = None) -> Iterator[Squid]:
     conf.write_text(SQUID_CONF.format(tmp=tmp, host=HOST, port=port, auth=auth,
                                       signed_in=signed_in,
                                       user="cache_effective_user proxy\n" if ROOT else ""))
-    # Its own service name: Squid names its /dev/shm segments after it, so two never clash.
-    with _running([SQUID, "-N", "-n", f"mpdltest{port}", "-f", str(conf)], port, tmp):
+    # Its own service name: Squid names its /dev/shm segments after it, so two never clash (and
+    # not "mpdl...": the tests take /dev/shm entries named so for mpdl's, and a leak).
+    with _running([SQUID, "-N", "-n", f"squidtest{port}", "-f", str(conf)], port, tmp):
         yield Squid(f"http://{HOST}:{port}", port, tmp / "access.log")
