@@ -52,8 +52,8 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
-    memory, timeout, parallel, verify_tls, start_method); unset ones come from MPDL_*
-    variables, then defaults. Raises ManifestError (a ValueError) before writing anything if
+    memory, timeout, parallel, verify_tls, start_method, limit_rate); unset ones come from
+    MPDL_* variables, then defaults. Raises ManifestError (a ValueError) before writing anything if
     the manifest is invalid. On KeyboardInterrupt the children and the shared memory are gone
     before it propagates; the journal keeps what was finished and what is durable of the rest,
     and the next run resumes from there.
@@ -61,6 +61,10 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     ``refresh_url(url)`` is called (in this process) when a request is refused with 401 or
     403, as signed URLs expire: it returns a fresh URL for the same bytes, or None to fail
     the file. Without it, such files fail at once.
+
+    ``limit_rate`` caps the whole run's speed (bytes per second, or a size: "10M" is 10 MiB/s).
+    ``progress`` changes the cap while the run goes by what it returns: None keeps the cap, 0
+    lifts it, a rate sets it; the workers follow within about half a second.
     """
     started = time.monotonic()
     parsed = load_manifest(manifest)

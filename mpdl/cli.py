@@ -43,6 +43,7 @@ environment (flags win):
                         defaults for the options of the same name
   MPDL_NO_PARALLEL=1    one stream per object: no range splitting
   MPDL_START_METHOD     multiprocessing start method: fork, spawn or forkserver
+  MPDL_LIMIT_RATE       default for --limit-rate
 
 exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
@@ -57,6 +58,7 @@ examples:
   python -m mpdl https://example.com/toolchain.tar.zst -o downloads/toolchain.tar.zst
   python -m mpdl depot.json -o game --progress json    (JSON lines on stdout, for launchers)
   python -m mpdl depot.json -o game --progress gogdl   (heroic-gogdl's lines, which Heroic reads)
+  python -m mpdl depot.json -o game --limit-rate 5M    (at most 5 MiB/s, all connections together)
   python -m mpdl depot.json -o game --verify           (hash every file again; fetch nothing)
   python -m mpdl depot.json -o game --repair           (then fetch only the bad parts)
   python -m mpdl.gog depot.json --base-url URL -o depot.mpdl.json   (a GOG depot as mpdl/1)
@@ -116,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shared-memory ring budget: payload held in memory (default: 64M)")
     tuning.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                         help="to connect, and to wait for each read (default: 30)")
+    tuning.add_argument("--limit-rate", type=_size, metavar="RATE",
+                        help="cap the whole run's speed, all connections together, in bytes "
+                             "per second: e.g. 10M (10 MiB/s), 500K; 0: no cap (default)")
     tuning.add_argument("--insecure", action="store_true",
                         help="do not verify TLS certificates (only for hosts you trust)")
     parser.add_argument("--verify", action="store_true",
@@ -232,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kw = dict(workers=args.workers, connections=args.connections,
                   chunk_size=args.chunk_size, memory=args.memory, timeout=args.timeout,
+                  limit_rate=args.limit_rate,
                   verify_tls=False if args.insecure else None, progress=progress)
         if args.verify or args.repair:
             if _is_url(args.source) or not args.output:

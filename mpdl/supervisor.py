@@ -27,8 +27,9 @@ from .journal import Journal
 from .layout import Layout
 from .manifest import FileEntry
 from .messages import Stop
-from .options import Options
-from .progress import Tracker
+from .options import Options, parse_rate
+from .progress import Tracker, human_bytes
+from .ratelimit import SpeedCap
 from .ring import SHM_FOLDER, Ring, slots_that_fit
 from .scheduler import FileEnded, ForgetRanges, NeedFreshUrl, Output, Scheduler
 from .worker import worker_main
@@ -111,6 +112,10 @@ class Supervisor:
         self.ctx = multiprocessing.get_context(
             options.start_method or default_start_method(len(scheduler.files)))
         self.threads = scheduler.limits.per_worker
+        # The speed cap of every worker, even without one: a progress callback may set one.
+        limits = scheduler.limits
+        self.cap = SpeedCap.create(self.ctx, options.limit_rate,
+                                   connections=min(limits.connections, limits.slots))
         self.workers: dict[int, Child] = {}
         self.writer: Child | None = None
         self.worker_respawns = 2 * options.workers
@@ -131,7 +136,7 @@ class Supervisor:
                 hooks_ran = self._carry_out()
                 self._wait_and_feed(0.0 if hooks_ran else self._timeout())
                 self._kill_silent_workers()
-                self.tracker.tick()
+                self._change_rate(self.tracker.tick())
             self._carry_out()  # the last CloseFile of a failed file must still reach the writer
             if self.sync_at_end or self.any_failed:
                 self._last_checkpoint(FINAL_SYNC_SECONDS)
@@ -145,6 +150,17 @@ class Supervisor:
             raise
         finally:
             self._stop_children()
+
+    def _change_rate(self, asked: int | float | str | None) -> None:
+        """The progress callback returned a speed cap (None: keep it): every worker's reads
+        follow it within a nap (ratelimit.NAP_SECONDS). A bad value ends the run: the
+        caller's bug, raised as a UsageError."""
+        if asked is None:
+            return
+        rate = parse_rate(asked)
+        if rate != self.cap.rate:
+            log.info("speed cap: %s", "none" if rate is None else f"{human_bytes(rate)}/s")
+        self.cap.set_rate(rate)
 
     def _timeout(self) -> float:
         wakeup = self.scheduler.next_wakeup()
@@ -275,7 +291,7 @@ class Supervisor:
         self.workers[worker_id] = self._spawn(
             f"mpdl-worker-{worker_id}", worker_main,
             (worker_id, self.ring.spec, self.threads, self.options,
-             logging.getLogger("mpdl").getEffectiveLevel()))
+             logging.getLogger("mpdl").getEffectiveLevel(), self.cap))
         self.scheduler.worker_started(worker_id)
 
     def _start_writer(self) -> Child:
@@ -289,6 +305,7 @@ class Supervisor:
         log.warning("worker %d died (exit code %s); its %d tasks go back to the queue",
                     worker_id, code, self.scheduler.busy[worker_id])
         del self.workers[worker_id]
+        self.cap.recover()  # it may have died holding the cap's lock
         self.scheduler.worker_died(worker_id)
         if self.worker_respawns <= 0:
             raise ChildrenKeepDying("worker", code)

@@ -1,0 +1,227 @@
+"""``python -m perf.ratecap``: how closely ``--limit-rate`` holds the speed, measured on the wire.
+
+mpdl (the CLI, one URL, its default workers and connections) fetches a file from nginx through a
+counting relay on 127.0.0.1, which notes the bytes the server sent every few milliseconds. The
+report is the speed over every window of ``--window`` seconds that lies inside the transfer
+(from the first byte to the last), as a ratio to the cap: the largest and the smallest, and
+the same for the whole transfer. The cap is held when every window is within 5% (issue 11).
+With ``--change-at S --change-to RATE`` the run goes through ``mpdl.run`` instead, whose
+progress callback returns the new cap S seconds after the first byte, and the report adds
+how long the wire took to follow (the first 0.5 s window after the change within 5% of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mpdl.options import MiB, parse_size
+
+from . import servers
+
+SAMPLE_SECONDS = 0.01
+PUMP_BYTES = 64 * 1024
+SEND_BUFFER = 16 * 1024
+
+
+class CountingRelay:
+    """A TCP relay to ``upstream`` that counts the bytes going back to the client."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.sent = 0
+        self.samples: list[tuple[float, int]] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._done = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._done.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            # A small send buffer towards mpdl: the count is what mpdl's socket took (its
+            # receive buffer included), not what waits in ours.
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        buffer = bytearray(PUMP_BYTES)
+        try:
+            while n := source.recv_into(buffer):
+                sink.sendall(memoryview(buffer)[:n])
+                if counted:
+                    with self._lock:
+                        self.sent += n
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            source.close()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            with self._lock:
+                self.samples.append((time.monotonic(), self.sent))
+            time.sleep(SAMPLE_SECONDS)
+
+
+def windows(samples: list[tuple[float, int]], seconds: float) -> list[float]:
+    """Bytes per second over every window of ``seconds`` between the first byte and the last
+    (each starting at a sample)."""
+    first = next(i for i, (_, sent) in enumerate(samples) if sent)
+    last = next(i for i, (_, sent) in enumerate(samples) if sent == samples[-1][1])
+    rates, j = [], first
+    for i in range(first, last + 1):
+        start, sent = samples[i]
+        while j <= last and samples[j][0] - start < seconds:
+            j += 1
+        if j > last:
+            break
+        rates.append((samples[j][1] - sent) / (samples[j][0] - start))
+    return rates
+
+
+@contextmanager
+def served_file(size: int) -> Iterator[tuple[int, Path]]:
+    """nginx serving ``size`` random bytes at /data.bin; yields its port and a temp dir."""
+    with tempfile.TemporaryDirectory(prefix="mpdl-ratecap-") as tmp:
+        root = Path(tmp) / "www"
+        root.mkdir()
+        with open(root / "data.bin", "wb") as out:
+            for start in range(0, size, 16 * MiB):
+                out.write(os.urandom(min(16 * MiB, size - start)))
+        with servers.nginx(root, Path(tmp), workers=2) as nginx:
+            yield nginx.port, Path(tmp)
+
+
+def run_cli(url: str, dest: Path, rate: int, extra: list[str]) -> None:
+    import subprocess
+    subprocess.run([sys.executable, "-m", "mpdl", url, "-o", str(dest), "--limit-rate",
+                    str(rate), "--progress", "none", "-q", *extra], check=True)
+
+
+def run_api(url: str, dest: Path, rate: int, change_at: float, change_to: int,
+            relay: CountingRelay) -> float:
+    """mpdl.run whose progress callback returns ``change_to`` once the wire has carried
+    bytes for ``change_at`` seconds; returns when it did (monotonic)."""
+    import mpdl
+    from mpdl.http import make_pool, probe
+    from mpdl.manifest import Manifest
+    from mpdl.options import Options
+
+    pool = make_pool(Options(), connections=1)
+    size = probe(pool, url).size
+    pool.clear()
+    changed: list[float] = []
+
+    def progress(event: mpdl.ProgressEvent) -> int | None:
+        begun = next((t for t, sent in relay.samples if sent), None)
+        if not changed and begun is not None and time.monotonic() - begun >= change_at:
+            changed.append(time.monotonic())
+            return change_to
+        return None
+
+    result = mpdl.run(Manifest.single_url(url, dest.name, size), dest.parent, progress=progress,
+                      limit_rate=rate, keep_state=False, state_dir=dest.parent / ".state")
+    assert result.ok, result
+    return changed[0]
+
+
+def follow_seconds(samples: list[tuple[float, int]], changed: float, rate: int) -> float:
+    """Seconds from ``changed`` to the first 0.5 s window within 5% of ``rate``."""
+    for i, (start, sent) in enumerate(samples):
+        if start < changed:
+            continue
+        end = next(((t, s) for t, s in samples[i:] if t - start >= 0.5), None)
+        if end is None:
+            break
+        if abs((end[1] - sent) / (end[0] - start) / rate - 1) <= 0.05:
+            return start - changed
+    return float("inf")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.ratecap", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", default="10M", help="the cap (default 10M)")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="how long the download should take at the cap (default 20)")
+    parser.add_argument("--window", type=float, default=5.0, help="window seconds (default 5)")
+    parser.add_argument("--change-at", type=float, help="seconds after the first byte")
+    parser.add_argument("--change-to", help="the cap the progress callback sets")
+    parser.add_argument("extra", nargs="*", help="more mpdl flags (after --)")
+    args = parser.parse_args(argv)
+    rate = parse_size(args.rate)
+    size = int(rate * args.seconds)
+    with served_file(size) as (port, tmp):
+        relay = CountingRelay(port)
+        relay.start()
+        dest = tmp / "out" / "data.bin"
+        dest.parent.mkdir()
+        started = time.monotonic()
+        changed = None
+        if args.change_at is None:
+            run_cli(f"http://127.0.0.1:{relay.port}/data.bin", dest, rate, args.extra)
+        else:
+            changed = run_api(f"http://127.0.0.1:{relay.port}/data.bin", dest, rate,
+                              args.change_at, parse_size(args.change_to), relay)
+        elapsed = time.monotonic() - started
+        time.sleep(0.05)
+        relay.stop()
+        assert dest.stat().st_size == size
+        samples = relay.samples
+    first = next(t for t, sent in samples if sent)
+    last = next(t for t, sent in samples if sent == samples[-1][1])
+    whole = samples[-1][1] / (last - first)
+    print(f"cap {rate / MiB:.2f} MiB/s, {size / MiB:.1f} MiB, {elapsed:.2f} s in all, "
+          f"{last - first:.2f} s from the first byte to the last; whole transfer "
+          f"{whole / rate:.4f} of the cap")
+    if changed is None:
+        rates = windows(samples, args.window)
+        print(f"{len(rates)} windows of {args.window:g} s: max {max(rates) / rate:.4f}, "
+              f"min {min(rates) / rate:.4f} of the cap")
+    else:
+        new = parse_size(args.change_to)
+        before = [s for s in samples if s[0] <= changed]
+        after = [s for s in samples if s[0] >= changed + 1.0]
+        if len(before) > 1 and before[-1][1] > before[0][1]:
+            rates = windows(before, min(args.window, args.change_at / 2))
+            print(f"before the change: windows max {max(rates) / rate:.4f}, "
+                  f"min {min(rates) / rate:.4f} of {rate / MiB:.2f} MiB/s")
+        print(f"changed to {new / MiB:.2f} MiB/s; the wire was within 5% of it (0.5 s "
+              f"windows) {follow_seconds(samples, changed, new):.2f} s later")
+        if len(after) > 1:
+            rates = windows(after, args.window)
+            if rates:
+                print(f"from 1 s after the change: windows max {max(rates) / new:.4f}, "
+                      f"min {min(rates) / new:.4f} of {new / MiB:.2f} MiB/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
