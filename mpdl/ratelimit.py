@@ -40,6 +40,8 @@ NAP_SECONDS = 0.25
 MIN_READ = KiB
 # ...and at most: finer than the uncapped reads, so the turns stay short.
 MAX_READ = 64 * KiB
+# A turn closer than this has come: the float sums leave slivers that no sleep would cross.
+ROUNDING_SECONDS = 1e-9
 # The lock is held for microseconds: held this long when a worker died, it was that worker's.
 RECOVER_SECONDS = 1.0
 
@@ -137,8 +139,8 @@ class SpeedCap:
             if not rate:
                 self._state[_CREDITED] += ticket.size
                 return 0.0
-            short = ticket.position - self._refill(rate)
-            return max(0.0, short / rate)
+            wait = (ticket.position - self._refill(rate)) / rate
+            return wait if wait > ROUNDING_SECONDS else 0.0
 
     def give_back(self, unused: int) -> None:
         """A read got ``unused`` bytes fewer than its ticket: they go back to the budget."""
