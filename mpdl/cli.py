@@ -58,7 +58,7 @@ examples:
   python -m mpdl https://example.com/toolchain.tar.zst -o downloads/toolchain.tar.zst
   python -m mpdl depot.json -o game --progress json    (JSON lines on stdout, for launchers)
   python -m mpdl depot.json -o game --progress gogdl   (heroic-gogdl's lines, which Heroic reads)
-  python -m mpdl depot.json -o game --limit-rate 5M    (at most 5 MiB/s, all connections together)
+  python -m mpdl depot.json -o game --limit-rate 5M    (at most 5 MiB/s, in all)
   python -m mpdl depot.json -o game --verify           (hash every file again; fetch nothing)
   python -m mpdl depot.json -o game --repair           (then fetch only the bad parts)
   python -m mpdl.gog depot.json --base-url URL -o depot.mpdl.json   (a GOG depot as mpdl/1)

@@ -18,7 +18,7 @@ import multiprocessing.queues
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 
 from .checkpoints import JournalSynced
@@ -116,6 +116,8 @@ class Supervisor:
         limits = scheduler.limits
         self.cap = SpeedCap.create(self.ctx, options.limit_rate,
                                    connections=min(limits.connections, limits.slots))
+        self.uncapped_tail = scheduler.tail
+        self._fit_tail_to_cap()
         self.workers: dict[int, Child] = {}
         self.writer: Child | None = None
         self.worker_respawns = 2 * options.workers
@@ -161,6 +163,18 @@ class Supervisor:
         if rate != self.cap.rate:
             log.info("speed cap: %s", "none" if rate is None else f"{human_bytes(rate)}/s")
         self.cap.set_rate(rate)
+        self._fit_tail_to_cap()
+
+    def _fit_tail_to_cap(self) -> None:
+        """Under a cap every range is slow by design: a slot takes its connection's share of
+        the cap to fill (slot size * connections / rate, as the connections take turns). No
+        range is raced as stalled before the tail policy's factor times that: a race would
+        spend the cap on bytes fetched twice."""
+        tail, rate = self.uncapped_tail, self.cap.rate
+        if rate is not None:
+            share = self.ring.spec.slot_size * self.cap.connections / rate
+            tail = replace(tail, race_floor=max(tail.race_floor, tail.race_factor * share))
+        self.scheduler.tail = tail
 
     def _timeout(self) -> float:
         wakeup = self.scheduler.next_wakeup()

@@ -202,12 +202,15 @@ def test_a_capped_run_is_no_faster_than_the_cap_and_byte_exact(
     would beat the bound three times over."""
     rate = 2 * MiB
     dest = tmp_path / "game"
+    watchdog = Watchdog()
     result = run(with_bases(depot.manifest, nginx.url), dest, workers=3, connections=6,
-                 chunk_size=SMALL_CHUNK, limit_rate=rate)
+                 chunk_size=SMALL_CHUNK, limit_rate=rate, progress=watchdog)
     assert result.ok, (result.failed, result.error)
     assert_installed(dest, depot)
     assert result.bytes_fetched > 2 * MiB
     assert result.elapsed >= (result.bytes_fetched - rate * BURST_SECONDS) / rate
+    # Every range is slow under a cap, by design: none was raced, so no byte came twice.
+    assert result.bytes_fetched == watchdog.events[-1].bytes_to_fetch
 
 
 class CapChanger(Watchdog):
@@ -274,12 +277,15 @@ def test_the_cli_caps_a_single_url(
     flag, env = (["--limit-rate", "768K"], env_with()) if how == "flag" else (
         [], env_with(MPDL_LIMIT_RATE="768K"))
     started = time.monotonic()
+    # Four 256K ranges for eight connections: the idle four would race the slow ranges, and
+    # fetch their bytes twice, if the tail took a range slowed by the cap for a stalled one.
     done = mpdl_cli(nginx.url + tool["url"], "-o", tmp_path / TOOL, "--workers", "2",
-                    "--connections", "4", "--chunk-size", "64K", *flag, cwd=tmp_path, env=env)
+                    "--connections", "8", "--chunk-size", "256K", *flag, cwd=tmp_path, env=env)
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     assert_file_right(tmp_path, depot.root, {**tool, "executable": False})
     assert elapsed >= (tool["size"] - rate * BURST_SECONDS) / rate
+    assert f"{tool['size']} bytes fetched" in done.stderr  # none twice (no range raced)
 
 
 # --- parsing and errors ------------------------------------------------------------------------
