@@ -57,9 +57,9 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
-    memory, timeout, parallel, verify_tls, cacert, headers, proxy, start_method); unset ones
-    come from MPDL_* variables, then defaults; ``headers`` are added to the manifest's, and win
-    over them. Raises ManifestError (a ValueError) before writing anything if
+    memory, timeout, parallel, verify_tls, cacert, headers, proxy, limit_rate, start_method);
+    unset ones come from MPDL_* variables, then defaults; ``headers`` are added to the
+    manifest's, and win over them. Raises ManifestError (a ValueError) before writing anything if
     the manifest is invalid. On KeyboardInterrupt the children and the shared memory are gone
     before it propagates; the journal keeps what was finished and what is durable of the rest,
     and the next run resumes from there.
@@ -75,6 +75,10 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
 
     ``proxy`` None takes the environment's (HTTPS_PROXY, NO_PROXY..., read as curl reads
     them: mpdl/proxy.py); "" uses none; a URL is the proxy for every http and https URL.
+
+    ``limit_rate`` caps the whole run's speed (bytes per second, or a size: "10M" is 10 MiB/s).
+    ``progress`` changes the cap while the run goes by what it returns: None keeps the cap, 0
+    lifts it, a rate sets it; the workers follow within about half a second.
     """
     started = time.monotonic()
     parsed = load_manifest(manifest)

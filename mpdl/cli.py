@@ -52,6 +52,7 @@ environment (flags win):
                         the proxy for https / http URLs, as curl reads them; NO_PROXY lists
                         hosts, domains (with subdomains), IPs or networks reached directly
                         (* for all), and applies to --proxy too
+  MPDL_LIMIT_RATE       default for --limit-rate
 
 exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
@@ -71,6 +72,7 @@ examples:
   python -m mpdl https://example.com/toolchain.tar.zst -o downloads/toolchain.tar.zst
   python -m mpdl depot.json -o game --progress json    (JSON lines on stdout, for launchers)
   python -m mpdl depot.json -o game --progress gogdl   (heroic-gogdl's lines, which Heroic reads)
+  python -m mpdl depot.json -o game --limit-rate 5M    (at most 5 MiB/s, in all)
   python -m mpdl depot.json -o game --verify           (hash every file again; fetch nothing)
   python -m mpdl depot.json -o game --repair           (then fetch only the bad parts)
   python -m mpdl.gog depot.json --base-url URL -o depot.mpdl.json   (a GOG depot as mpdl/1)
@@ -145,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="send every http and https request through this proxy, "
                               "[http://][USER:PASSWORD@]HOST[:PORT] (default port 1080); "
                               "--proxy '' uses none. Default: the environment's (see below)")
+    network.add_argument("--limit-rate", type=_size, metavar="RATE",
+                         help="cap the whole run's speed, all connections together, in bytes "
+                              "per second: e.g. 10M (10 MiB/s), 500K; 0: no cap (default)")
     parser.add_argument("--verify", action="store_true",
                         help="fetch nothing: hash every file of the manifest in DEST again, in "
                              "parallel, print each bad one with why (missing, wrong size, wrong "
@@ -279,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   chunk_size=args.chunk_size, memory=args.memory, timeout=args.timeout,
                   verify_tls=False if args.insecure else None, cacert=args.cacert,
                   headers=[parse_header_line(h) for h in args.header] if args.header else None,
-                  proxy=args.proxy,
+                  proxy=args.proxy, limit_rate=args.limit_rate,
                   progress=progress)
         if args.verify or args.repair:
             if _is_url(args.source) or not args.output:

@@ -3,7 +3,8 @@
 No retries and no process concerns here: a failure raises the FetchError subclass that says
 what may still succeed, and the worker reports it. The network bytes an attempt reads are
 counted in its Meter, which each Filled empties: what is left there when the attempt fails is
-what the worker reports as read for nothing.
+what the worker reports as read for nothing. Every body read asks the run's speed cap first
+(ratelimit.SpeedCap), which may make it wait for its turn and ask fewer bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .hashing import parse_hash
 from .http import discard, open_response, parse_content_range, range_header, status_error
 from .messages import Check, Fetch, Filled, FromWorker, Redirected
 from .proxy import Routed
+from .ratelimit import SpeedCap
 from .ring import Ring
 
 # Bytes asked of one readinto. A read that fails loses count of what it had received, so
@@ -87,9 +89,11 @@ Report = Callable[[FromWorker], None]
 
 
 def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
-          report: Report, scratch: bytearray, meter: Meter, cursor: Cursor) -> None:
+          report: Report, scratch: bytearray, meter: Meter, cursor: Cursor,
+          cap: SpeedCap | None = None) -> None:
     """Run ``job``; ``scratch`` is this thread's buffer for compressed bodies, ``meter`` the
-    attempt's count of bytes read and not reported, ``cursor`` where it stands."""
+    attempt's count of bytes read and not reported, ``cursor`` where it stands, ``cap`` the
+    run's speed cap (None: a worker outside a run, as tests make)."""
     headers = {"Range": range_header(job.offset, job.length)} if job.ranged else {}
     response = open_response(pool, job.url, headers, credentials=job.credentials)
     cursor.response = response
@@ -99,9 +103,10 @@ def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
         if final != job.url:
             report(Redirected(task_id=job.task_id, attempt=job.attempt, url=final))
         if job.compression:
-            _fill_decoded(job, response, ring, next_slot, report, scratch, meter)
+            _fill_decoded(job, response, ring, next_slot, report, scratch, meter, cap)
         else:
-            _fill_plain(job, response, known_length, ring, next_slot, report, meter, cursor)
+            _fill_plain(job, response, known_length, ring, next_slot, report, meter, cursor,
+                        cap)
     except BaseException:
         cursor.response = None
         discard(response)
@@ -154,6 +159,20 @@ def _read_into(raw, view: memoryview) -> int:
         raise TransientError(f"read failed: {exc}") from None
     except Exception as exc:  # http.client.IncompleteRead and friends
         raise TransientError(f"read failed: {exc!r}") from None
+
+
+def _read_capped(raw, view: memoryview, cap: SpeedCap | None) -> int:
+    """_read_into once the speed cap gives this read its turn, asking what it allows; what
+    the socket did not deliver of that goes back to the cap."""
+    if cap is None:
+        return _read_into(raw, view)
+    granted = cap.take(len(view))
+    got = 0
+    try:
+        got = _read_into(raw, view if granted == len(view) else view[:granted])
+    finally:
+        cap.give_back(granted - got)
+    return got
 
 
 class OutputSlots:
@@ -210,7 +229,8 @@ class OutputSlots:
 
 
 def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
-                next_slot: NextSlot, report: Report, meter: Meter, cursor: Cursor) -> None:
+                next_slot: NextSlot, report: Report, meter: Meter, cursor: Cursor,
+                cap: SpeedCap | None) -> None:
     """Read the body into slots up to ``cursor.end``: a Cut can move it back while the body
     is read (it stays on the slot grid, so no slot straddles it)."""
     raw = response._fp  # http.client.HTTPResponse: readinto without a copy
@@ -226,7 +246,7 @@ def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
             want = min(out.room, READ_SIZE)
             if end is not None:
                 want = min(want, end - out.position)
-            n = _read_into(raw, out.view[out.filled:out.filled + want])
+            n = _read_capped(raw, out.view[out.filled:out.filled + want], cap)
             if not n:
                 if end is None:
                     break
@@ -251,7 +271,7 @@ def _has_more(raw) -> bool:
 
 
 def _fill_decoded(job: Fetch, response, ring: Ring, next_slot: NextSlot, report: Report,
-                  scratch: bytearray, meter: Meter) -> None:
+                  scratch: bytearray, meter: Meter, cap: SpeedCap | None) -> None:
     """Decode the part as it arrives, through ``scratch``, into as many slots as its output
     needs, never past ``size``.
 
@@ -270,7 +290,7 @@ def _fill_decoded(job: Fetch, response, ring: Ring, next_slot: NextSlot, report:
     try:
         with memoryview(scratch) as buffer:
             while left and not decoder.eof:
-                n = _read_into(raw, buffer[:min(len(buffer), left)])
+                n = _read_capped(raw, buffer[:min(len(buffer), left)], cap)
                 if not n:
                     raise TransientError(f"{job.url}: the body ended {left} bytes short")
                 left -= n

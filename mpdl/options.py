@@ -32,6 +32,23 @@ def parse_size(text: str) -> int:
     return int(float(number) * _UNITS[unit.lower()])
 
 
+def parse_rate(value: object) -> int | None:
+    """A speed cap: bytes per second as a number or a size ('10M' is 10 MiB/s); 0 or None is
+    no cap. The one check of a cap, from an option or from a progress callback."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = parse_size(value)
+        except UsageError as exc:
+            raise UsageError(f"limit_rate: {exc}") from None
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not (value == 0 or 1 <= value < float("inf"))):
+        raise UsageError(f"limit_rate must be bytes per second (a number or a size such as "
+                         f"10M; 0: no cap), not {value!r}")
+    return int(value) or None
+
+
 def _default_workers() -> int:
     # Workers spend their CPU on socket reads, zlib and part hashes; the writer and the
     # coordinator need a core's share too, so one worker per core, and at least two.
@@ -63,6 +80,7 @@ class Options:
     max_attempts: int = 5  # per task, over all mirrors
     start_method: str | None = None  # None: coordinator.default_start_method picks
     proxy: str | None = None  # None: the environment's (HTTPS_PROXY...); "": none (mpdl/proxy.py)
+    limit_rate: int | None = None  # bytes/s for the whole run (parse_rate); None: no cap
 
     def __post_init__(self) -> None:
         if self.workers is None:
@@ -78,6 +96,7 @@ class Options:
         if self.chunk_size & (self.chunk_size - 1):  # the grid a cache's slices divide
             raise UsageError(f"chunk size must be a power of two (64K, 1M, 2M, ...), not "
                              f"{self.chunk_size}")
+        object.__setattr__(self, "limit_rate", parse_rate(self.limit_rate))
         if self.start_method not in (None, "fork", "spawn", "forkserver"):
             raise UsageError(f"unknown start method {self.start_method!r}")
         object.__setattr__(self, "headers", headers_option(self.headers))
@@ -100,6 +119,7 @@ class Options:
             "MPDL_TIMEOUT": ("timeout", float),
             "MPDL_START_METHOD": ("start_method", str),
             "MPDL_CACERT": ("cacert", str),
+            "MPDL_LIMIT_RATE": ("limit_rate", parse_size),
         }
         for var, (name, read) in readers.items():
             if env.get(var):

@@ -35,7 +35,9 @@ class ProgressEvent:
     bytes_to_fetch: int | None = None  # what this run's plan asks of the network, once known
 
 
-ProgressCallback = Callable[[ProgressEvent], None]
+# What a callback returns is a new speed cap for the run (mpdl.run, not verify): None keeps the
+# cap as it is, 0 lifts it, else bytes per second or a size such as "10M" (options.parse_rate).
+ProgressCallback = Callable[[ProgressEvent], "int | float | str | None"]
 
 
 @dataclass(slots=True)
@@ -89,13 +91,15 @@ class Tracker:
                              bytes_written=counts.bytes_written, fetch_speed=fetched,
                              write_speed=written, bytes_to_fetch=self.bytes_to_fetch)
 
-    def tick(self, final: bool = False) -> None:
+    def tick(self, final: bool = False) -> int | float | str | None:
+        """Call the callback if it is time; returns what it returned (a speed cap, or None)."""
         if self._callback is None:
-            return
+            return None
         now = time.monotonic()
         if final or now - self._last >= self._interval:
             self._last = now
-            self._callback(self.snapshot(final))
+            return self._callback(self.snapshot(final))
+        return None
 
 
 def human_bytes(n: float) -> str:

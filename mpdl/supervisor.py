@@ -18,7 +18,7 @@ import multiprocessing.queues
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 
 from .checkpoints import JournalSynced
@@ -27,8 +27,9 @@ from .journal import Journal
 from .layout import Layout
 from .manifest import FileEntry
 from .messages import Stop
-from .options import Options
-from .progress import Tracker
+from .options import Options, parse_rate
+from .progress import Tracker, human_bytes
+from .ratelimit import SpeedCap
 from .ring import SHM_FOLDER, Ring, slots_that_fit
 from .scheduler import FileEnded, ForgetRanges, NeedFreshUrl, Output, Scheduler
 from .worker import worker_main
@@ -114,6 +115,12 @@ class Supervisor:
         self.ctx = multiprocessing.get_context(
             options.start_method or default_start_method(len(scheduler.files)))
         self.threads = scheduler.limits.per_worker
+        # The speed cap of every worker, even without one: a progress callback may set one.
+        limits = scheduler.limits
+        self.cap = SpeedCap.create(self.ctx, options.limit_rate,
+                                   connections=min(limits.connections, limits.slots))
+        self.uncapped_tail = scheduler.tail
+        self._fit_tail_to_cap()
         self.workers: dict[int, Child] = {}
         self.writer: Child | None = None
         self.worker_respawns = 2 * options.workers
@@ -134,7 +141,7 @@ class Supervisor:
                 hooks_ran = self._carry_out()
                 self._wait_and_feed(0.0 if hooks_ran else self._timeout())
                 self._kill_silent_workers()
-                self.tracker.tick()
+                self._change_rate(self.tracker.tick())
             self._carry_out()  # the last CloseFile of a failed file must still reach the writer
             if self.sync_at_end or self.any_failed:
                 self._last_checkpoint(FINAL_SYNC_SECONDS)
@@ -148,6 +155,29 @@ class Supervisor:
             raise
         finally:
             self._stop_children()
+
+    def _change_rate(self, asked: int | float | str | None) -> None:
+        """The progress callback returned a speed cap (None: keep it): every worker's reads
+        follow it within a nap (ratelimit.NAP_SECONDS). A bad value ends the run: the
+        caller's bug, raised as a UsageError."""
+        if asked is None:
+            return
+        rate = parse_rate(asked)
+        if rate != self.cap.rate:
+            log.info("speed cap: %s", "none" if rate is None else f"{human_bytes(rate)}/s")
+        self.cap.set_rate(rate)
+        self._fit_tail_to_cap()
+
+    def _fit_tail_to_cap(self) -> None:
+        """Under a cap every range is slow by design: a slot takes its connection's share of
+        the cap to fill (slot size * connections / rate, as the connections take turns). No
+        range is raced as stalled before the tail policy's factor times that: a race would
+        spend the cap on bytes fetched twice."""
+        tail, rate = self.uncapped_tail, self.cap.rate
+        if rate is not None:
+            share = self.ring.spec.slot_size * self.cap.connections / rate
+            tail = replace(tail, race_floor=max(tail.race_floor, tail.race_factor * share))
+        self.scheduler.tail = tail
 
     def _timeout(self) -> float:
         wakeup = self.scheduler.next_wakeup()
@@ -278,7 +308,7 @@ class Supervisor:
         self.workers[worker_id] = self._spawn(
             f"mpdl-worker-{worker_id}", worker_main,
             (worker_id, self.ring.spec, self.threads, self.options,
-             logging.getLogger("mpdl").getEffectiveLevel()))
+             logging.getLogger("mpdl").getEffectiveLevel(), self.cap))
         self.scheduler.worker_started(worker_id)
 
     def _start_writer(self) -> Child:
@@ -292,6 +322,7 @@ class Supervisor:
         log.warning("worker %d died (exit code %s); its %d tasks go back to the queue",
                     worker_id, code, self.scheduler.busy[worker_id])
         del self.workers[worker_id]
+        self.cap.recover()  # it may have died holding the cap's lock
         self.scheduler.worker_died(worker_id)
         if self.worker_respawns <= 0:
             raise ChildrenKeepDying("worker", code)

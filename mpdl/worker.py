@@ -30,6 +30,7 @@ from .messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FromWorker, 
                        ToWorker, UnknownRecord)
 from .options import Options
 from .proxy import Routed
+from .ratelimit import SpeedCap
 from .ring import Ring, RingSpec
 
 log = logging.getLogger("mpdl.worker")
@@ -52,11 +53,12 @@ class Worker:
     """
 
     def __init__(self, outbox: Connection, worker_id: int, ring: Ring,
-                 pool: Routed, threads: int) -> None:
+                 pool: Routed, threads: int, cap: SpeedCap | None = None) -> None:
         self.outbox = outbox
         self.worker_id = worker_id
         self.ring = ring
         self.pool = pool
+        self.cap = cap  # the run's speed cap, shared with every worker
         self.send_lock = threading.Lock()  # fetch threads and the main thread share the pipe
         self.last_sent = time.monotonic()
         self.jobs: queue.SimpleQueue[Fetch | None] = queue.SimpleQueue()
@@ -127,7 +129,7 @@ class Worker:
                 if key in self.cancelled:
                     raise Cancelled()
                 fetch(job, self.pool, self.ring, self.grants[key].get, self.send, scratch, meter,
-                      self.cursors[key])
+                      self.cursors[key], self.cap)
             except FetchError as exc:
                 retry_after = exc.retry_after if isinstance(exc, TransientError) else None
                 self._failed(job, type(exc).kind, str(exc), meter, retry_after)
@@ -167,12 +169,12 @@ class Worker:
 
 
 def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec,
-                threads: int, options: Options, log_level: int) -> None:
+                threads: int, options: Options, log_level: int, cap: SpeedCap) -> None:
     """Process entry point (a top-level function, so it works under spawn and forkserver)."""
     child_setup(f"mpdl-worker-{worker_id}", log_level)
     ring = Ring.attach(spec)
     pool = make_pool(options, connections=threads)
-    worker = Worker(outbox, worker_id, ring, pool, threads)
+    worker = Worker(outbox, worker_id, ring, pool, threads, cap)
     worker.start()
     worker.send(Alive())  # running: from now on its tasks' silence is the network's
     try:

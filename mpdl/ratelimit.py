@@ -1,0 +1,168 @@
+"""The speed cap (--limit-rate): one budget of bytes per second for the whole run, shared by
+every fetch thread of every worker process through four doubles of shared memory.
+
+Rules:
+- The coordinator owns the rate: it makes the budget and alone sets the rate, at any time
+  (one double; 0 is no cap). Workers take from the budget and never change the rate.
+- Without a cap a read costs one look at that double: no lock, no clock, full-size reads.
+- With a cap, a read first takes a ticket for its bytes. The budget counts the bytes credited
+  (the rate times the time, since the budget was made) and the bytes reserved by tickets; a
+  ticket is the reserved count with its own bytes, and its read may start once the credit
+  reaches it. Tickets are served in the order they were taken, so connections take turns,
+  and a ticket is for at most the bytes the cap allows in TURN_SECONDS, shared out between
+  the run's connections (MIN_READ to MAX_READ): each connection gets bytes about every
+  TURN_SECONDS, far inside --timeout (and no socket is waited on while its thread waits here).
+- Credit nobody claims is kept for BURST_SECONDS of the rate at most, so a window of T seconds
+  reads at most rate * T, plus that burst and the reads under way. The bytes read never run
+  ahead of the credit: by t seconds after the budget was made, at most burst + rate * t.
+- A read that got fewer bytes than its ticket gives the rest back.
+- A thread waits for its turn in naps of NAP_SECONDS at most and looks at the rate after each,
+  so a changed cap (or none) takes effect within a nap.
+- The counts change under one lock shared by every process, held for microseconds. A worker
+  killed while holding it would stall all the others, so the coordinator frees it when a
+  worker dies (``recover``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, MutableSequence
+from typing import Any, NamedTuple, Protocol
+
+KiB = 1024
+# Each connection's turn comes about this often: a read is its share of this much of the cap.
+TURN_SECONDS = 0.1
+# Unclaimed credit is kept up to this much of the rate: what a window can read beyond the cap.
+BURST_SECONDS = 0.1
+# The longest a waiting read sleeps before it looks at the rate again.
+NAP_SECONDS = 0.25
+# A read under a cap asks this much at least (a syscall per KiB at the lowest caps)...
+MIN_READ = KiB
+# ...and at most: finer than the uncapped reads, so the turns stay short.
+MAX_READ = 64 * KiB
+# A turn closer than this has come: the float sums leave slivers that no sleep would cross.
+ROUNDING_SECONDS = 1e-9
+# The lock is held for microseconds: held this long when a worker died, it was that worker's.
+RECOVER_SECONDS = 1.0
+
+_RATE, _CREDITED, _RESERVED, _LAST = range(4)  # the shared doubles
+
+
+class Lock(Protocol):
+    """A lock every process of the run shares (multiprocessing's; threading's in tests)."""
+
+    def acquire(self, block: bool = ..., timeout: Any = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> Any: ...
+
+
+class Ticket(NamedTuple):
+    """A read's place in the budget: it may ask ``size`` bytes once the credit reaches
+    ``position`` (None: no cap when it was taken, so no wait)."""
+
+    size: int
+    position: float | None
+
+
+def read_size(rate: float, connections: int) -> int:
+    """The most one read may ask under ``rate``: its connection's share of a turn."""
+    return int(max(MIN_READ, min(MAX_READ, rate * TURN_SECONDS / max(1, connections))))
+
+
+class SpeedCap:
+    """The budget, as the coordinator and every worker see it (see the module's rules).
+
+    ``state`` is the four shared doubles and ``lock`` the shared lock; ``connections`` is how
+    many reads the run may have going at once. ``clock`` and ``sleep`` are injected by tests.
+    """
+
+    def __init__(self, state: MutableSequence[float], lock: Lock, connections: int,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._state = state
+        self._lock = lock
+        self.connections = connections
+        self._clock = clock
+        self._sleep = sleep
+        self._state[_LAST] = clock()
+
+    @classmethod
+    def create(cls, ctx: Any, rate: int | None, connections: int) -> SpeedCap:
+        """A budget in shared memory for the processes ``ctx`` starts. It goes to them as an
+        argument of the process (pickled under spawn and forkserver, inherited under fork),
+        and leaves nothing behind: the memory is an unlinked file, the lock goes with it."""
+        cap = cls(ctx.RawArray("d", 4), ctx.Lock(), connections)
+        cap.set_rate(rate)
+        return cap
+
+    @property
+    def rate(self) -> float | None:
+        """Bytes per second, None without a cap."""
+        return self._state[_RATE] or None
+
+    def set_rate(self, rate: float | None) -> None:
+        """The coordinator's: the cap from now on (None: none). No lock: one double."""
+        self._state[_RATE] = float(rate or 0)
+
+    def take(self, want: int) -> int:
+        """Wait for a read's turn; returns how many bytes it may ask, at most ``want``."""
+        if not self._state[_RATE]:
+            return want
+        ticket = self.reserve(want)
+        while (wait := self.due(ticket)) > 0:
+            self._sleep(min(NAP_SECONDS, wait))
+        return ticket.size
+
+    def reserve(self, want: int) -> Ticket:
+        """A ticket for a read of at most ``want`` bytes, behind every ticket taken before."""
+        with self._lock:
+            rate = self._state[_RATE]
+            if not rate:
+                return Ticket(want, None)
+            self._refill(rate)
+            size = min(want, read_size(rate, self.connections))
+            position = self._state[_RESERVED] + size
+            self._state[_RESERVED] = position
+            return Ticket(size, position)
+
+    def due(self, ticket: Ticket) -> float:
+        """Seconds until ``ticket``'s turn at the present rate; 0 once it has come. A ticket
+        still waiting when the cap is lifted gives its bytes back: they are not owed."""
+        if ticket.position is None:
+            return 0.0
+        with self._lock:
+            rate = self._state[_RATE]
+            if not rate:
+                self._state[_CREDITED] += ticket.size
+                return 0.0
+            wait = (ticket.position - self._refill(rate)) / rate
+            return wait if wait > ROUNDING_SECONDS else 0.0
+
+    def give_back(self, unused: int) -> None:
+        """A read got ``unused`` bytes fewer than its ticket: they go back to the budget."""
+        if unused <= 0 or not self._state[_RATE]:
+            return
+        with self._lock:
+            self._state[_CREDITED] += unused
+
+    def recover(self) -> None:
+        """The coordinator's, when a worker died: free the lock if the dead worker held it.
+
+        Held for RECOVER_SECONDS, it is (critical sections take microseconds). Either way
+        the lock is released once: ours if we got it, else the dead holder's.
+        """
+        self._lock.acquire(True, RECOVER_SECONDS)
+        self._lock.release()
+
+    def _refill(self, rate: float) -> float:
+        """Credit the time since the last refill (under the lock); returns the credit. Kept
+        within a burst of what is reserved, so idle time does not bank more than a burst."""
+        state, now = self._state, self._clock()
+        credited = min(state[_CREDITED] + (now - state[_LAST]) * rate,
+                       state[_RESERVED] + rate * BURST_SECONDS)
+        state[_CREDITED], state[_LAST] = credited, now
+        return credited
