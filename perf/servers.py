@@ -232,6 +232,14 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
         tls_server=TLS_SERVER.format(host=HOST, port=tls_port, cert=tls.cert, key=tls.key,
                                      root=root) if tls else "",
         user=pwd.getpwuid(os.geteuid()).pw_name, group=grp.getgrgid(os.getegid()).gr_name))
+    with _running_nginx(binary, conf, port, tmp):
+        yield Server(f"http://{HOST}:{port}/", port,
+                     f"https://{HOST}:{tls_port}/" if tls_port else None)
+
+
+@contextlib.contextmanager
+def _running_nginx(binary: str, conf: Path, port: int, tmp: Path) -> Iterator[None]:
+    """nginx in the foreground with ``conf`` until the block ends, once ``port`` answers."""
     command = [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
                "-g", "daemon off;"]
     with (tmp / "nginx.out").open("wb") as output:
@@ -239,8 +247,7 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
                                 start_new_session=True)
     try:
         _wait_for_http(proc, port, tmp)
-        yield Server(f"http://{HOST}:{port}/", port,
-                     f"https://{HOST}:{tls_port}/" if tls_port else None)
+        yield
     finally:
         _stop(proc)
 
@@ -261,16 +268,8 @@ def caching_front(upstream: int, tmp: Path, slice_size: str = "2m",
         tmp=tmp, port=port, host=HOST, upstream=f"{HOST}:{upstream}", slice=slice_size,
         access_log=ACCESS_LOG.format(path=access_log) if access_log else "    access_log off;\n",
         user=pwd.getpwuid(os.geteuid()).pw_name, group=grp.getgrgid(os.getegid()).gr_name))
-    command = [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
-               "-g", "daemon off;"]
-    with (tmp / "nginx.out").open("wb") as output:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                                start_new_session=True)
-    try:
-        _wait_for_http(proc, port, tmp)
+    with _running_nginx(binary, conf, port, tmp):
         yield Server(f"http://{HOST}:{port}/", port)
-    finally:
-        _stop(proc)
 
 
 @contextlib.contextmanager
