@@ -21,7 +21,7 @@ from .hashing import parse_hash
 from .http import discard, open_response, parse_content_range, range_header, status_error
 from .messages import Check, Fetch, Filled, FromWorker, Redirected
 from .proxy import Routed
-from .ratelimit import SpeedCap
+from .ratelimit import SpeedCap, window
 from .ring import Ring
 
 # Bytes asked of one readinto. A read that fails loses count of what it had received, so
@@ -97,16 +97,17 @@ def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
     headers = {"Range": range_header(job.offset, job.length)} if job.ranged else {}
     response = open_response(pool, job.url, headers, credentials=job.credentials)
     cursor.response = response
+    reads = CappedReads(response, cap)
     try:
         known_length = _check_status(job, response)
         final = final_url(response, job.url)
         if final != job.url:
             report(Redirected(task_id=job.task_id, attempt=job.attempt, url=final))
         if job.compression:
-            _fill_decoded(job, response, ring, next_slot, report, scratch, meter, cap)
+            _fill_decoded(job, response, ring, next_slot, report, scratch, meter, reads)
         else:
             _fill_plain(job, response, known_length, ring, next_slot, report, meter, cursor,
-                        cap)
+                        reads)
     except BaseException:
         cursor.response = None
         discard(response)
@@ -161,18 +162,50 @@ def _read_into(raw, view: memoryview) -> int:
         raise TransientError(f"read failed: {exc!r}") from None
 
 
-def _read_capped(raw, view: memoryview, cap: SpeedCap | None) -> int:
-    """_read_into once the speed cap gives this read its turn, asking what it allows; what
-    the socket did not deliver of that goes back to the cap."""
-    if cap is None:
-        return _read_into(raw, view)
-    granted = cap.take(len(view))
-    got = 0
-    try:
-        got = _read_into(raw, view if granted == len(view) else view[:granted])
-    finally:
-        cap.give_back(granted - got)
-    return got
+class CappedReads:
+    """A response's reads under the run's speed cap (None: a worker outside a run, as tests
+    make): each waits for its turn and asks what the cap allows, and what the socket did not
+    deliver goes back. The connection's receive buffer follows the rate (ratelimit.window) from
+    the first read on and whenever the rate changes, so the kernel cannot take in much more
+    than mpdl reads; a socket it never had to shrink is left alone (and keeps the kernel's own
+    tuning)."""
+
+    def __init__(self, response, cap: SpeedCap | None) -> None:
+        self.cap = cap
+        self.connection = getattr(response, "connection", None)
+
+    def read(self, raw, view: memoryview) -> int:
+        cap = self.cap
+        if cap is None:
+            return _read_into(raw, view)
+        self._fit_window(cap.rate)
+        granted = cap.take(len(view))
+        got = 0
+        try:
+            got = _read_into(raw, view if granted == len(view) else view[:granted])
+        finally:
+            cap.give_back(granted - got)
+        return got
+
+    def _fit_window(self, rate: float | None) -> None:
+        """SO_RCVBUF for ``rate``, set on the socket when it changed since it was last set.
+        What was set is noted on the connection (its socket, and the rate), which outlives
+        the response: the next response on the same socket knows it."""
+        sock = getattr(self.connection, "sock", None)
+        if sock is None:
+            return
+        sock_then, rate_then = getattr(self.connection, "mpdl_window", (None, None))
+        if rate == (rate_then if sock_then is sock else None):
+            return
+        assert self.cap is not None
+        try:
+            self.connection.mpdl_window = (sock, rate)  # type: ignore[union-attr]
+            mss = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+            # Never under two segments: a window smaller than that stalls the sender.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                            max(2 * mss, window(rate, self.cap.connections)))
+        except (OSError, AttributeError):
+            pass  # closed under us, or not TCP: the reads are capped all the same
 
 
 class OutputSlots:
@@ -230,7 +263,7 @@ class OutputSlots:
 
 def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
                 next_slot: NextSlot, report: Report, meter: Meter, cursor: Cursor,
-                cap: SpeedCap | None) -> None:
+                reads: CappedReads) -> None:
     """Read the body into slots up to ``cursor.end``: a Cut can move it back while the body
     is read (it stays on the slot grid, so no slot straddles it)."""
     raw = response._fp  # http.client.HTTPResponse: readinto without a copy
@@ -246,7 +279,7 @@ def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
             want = min(out.room, READ_SIZE)
             if end is not None:
                 want = min(want, end - out.position)
-            n = _read_capped(raw, out.view[out.filled:out.filled + want], cap)
+            n = reads.read(raw, out.view[out.filled:out.filled + want])
             if not n:
                 if end is None:
                     break
@@ -271,7 +304,7 @@ def _has_more(raw) -> bool:
 
 
 def _fill_decoded(job: Fetch, response, ring: Ring, next_slot: NextSlot, report: Report,
-                  scratch: bytearray, meter: Meter, cap: SpeedCap | None) -> None:
+                  scratch: bytearray, meter: Meter, reads: CappedReads) -> None:
     """Decode the part as it arrives, through ``scratch``, into as many slots as its output
     needs, never past ``size``.
 
@@ -290,7 +323,7 @@ def _fill_decoded(job: Fetch, response, ring: Ring, next_slot: NextSlot, report:
     try:
         with memoryview(scratch) as buffer:
             while left and not decoder.eof:
-                n = _read_capped(raw, buffer[:min(len(buffer), left)], cap)
+                n = reads.read(raw, buffer[:min(len(buffer), left)])
                 if not n:
                     raise TransientError(f"{job.url}: the body ended {left} bytes short")
                 left -= n

@@ -634,6 +634,8 @@ class Scheduler:
         worker = min((w for w, n in self.busy.items() if n < self.limits.per_worker),
                      key=self.busy.__getitem__)
         self._dispatch(thief, worker)
+        if isinstance(choice, Steal) and not self.tail.contest_steals:
+            self._decide(thief.contest, thief_won=True)  # no contest: the victim stops there
 
     def _decide(self, contest: Contest, *, thief_won: bool, notify: bool = True) -> None:
         """The first to report a slot past the cut has won: a thief cuts its victim short

@@ -171,12 +171,14 @@ class Supervisor:
     def _fit_tail_to_cap(self) -> None:
         """Under a cap every range is slow by design: a slot takes its connection's share of
         the cap to fill (slot size * connections / rate, as the connections take turns). No
-        range is raced as stalled before the tail policy's factor times that: a race would
-        spend the cap on bytes fetched twice."""
+        range is raced as stalled before the tail policy's factor times that, and a steal is
+        no contest (the victim is cut at once): either would spend the cap on bytes fetched
+        twice (measured: 20% of a 40 MiB file at 2 MiB/s with contests)."""
         tail, rate = self.uncapped_tail, self.cap.rate
         if rate is not None:
             share = self.ring.spec.slot_size * self.cap.connections / rate
-            tail = replace(tail, race_floor=max(tail.race_floor, tail.race_factor * share))
+            tail = replace(tail, race_floor=max(tail.race_floor, tail.race_factor * share),
+                           contest_steals=False)
         self.scheduler.tail = tail
 
     def _timeout(self) -> float:

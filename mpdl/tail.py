@@ -16,7 +16,10 @@ Rules:
 - otherwise the largest remainder of at least ``min_steal_slots`` slots is bisected: the thief
   takes its upper half, from a cut on the victim's slot grid;
 - a cut is only where ``plan.cut_points`` allows it (never inside a checked part), and a range
-  already in a contest is neither stolen from nor raced again until the contest is decided.
+  already in a contest is neither stolen from nor raced again until the contest is decided;
+- without ``contest_steals`` a steal is decided as it starts: the victim is cut at once and
+  the thief takes the rest. Under a speed cap every connection reads at its share, so a
+  contest could only be a tie that fetches the bytes between the two twice.
 Like retry.py, a frozen value with no I/O and no clock: the scheduler passes the times in.
 """
 
@@ -66,6 +69,7 @@ class TailPolicy:
     min_steal_slots: int = 2
     race_factor: float = RACE_FACTOR
     race_floor: float = RACE_FLOOR_SECONDS
+    contest_steals: bool = True
 
     def race_after(self, slot_seconds: float | None) -> float:
         """How long a range may go without delivering a slot before it is raced."""

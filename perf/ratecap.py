@@ -37,19 +37,36 @@ from . import servers
 
 SAMPLE_SECONDS = 0.01
 PUMP_BYTES = 64 * 1024
-SEND_BUFFER = 16 * 1024
+# struct tcp_info: its size as asked, and where tcpi_bytes_acked lies in it (Linux 4.1 on).
+TCP_INFO_SIZE = 256
+TCPI_BYTES_ACKED = 120
+
+
+def _acked(sock: socket.socket) -> int:
+    """The bytes the peer's kernel has acknowledged on ``sock`` (Linux's tcpi_bytes_acked, less
+    the SYN's one): what reached the other side, whatever still waits in our send buffer (0
+    once the socket is closed: the relay keeps the last value it saw)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+    except OSError:
+        return 0
+    return max(0, struct.unpack_from("Q", info, TCPI_BYTES_ACKED)[0] - 1)
 
 
 class CountingRelay:
-    """A TCP relay to ``upstream`` that counts the bytes going back to the client: ``samples``
-    holds (time, bytes so far) every SAMPLE_SECONDS."""
+    """A TCP relay to ``upstream`` that counts the bytes going back to the client as the
+    client's kernel acknowledges them: ``samples`` holds (time, bytes so far) every
+    SAMPLE_SECONDS."""
 
-    def __init__(self, upstream: int) -> None:
+    def __init__(self, upstream: int, mss: int | None = None) -> None:
         self.upstream = upstream
-        self.sent = 0
+        self.sent = 0  # acknowledged by the clients of connections that have ended
         self.samples: list[tuple[float, int]] = []
+        self._clients: dict[socket.socket, int] = {}  # open ones: acknowledged when last seen
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
+        if mss:  # segments as on a real link, not loopback's 64 KiB ones
+            self._listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
         self.port = self._listener.getsockname()[1]
         self._done = threading.Event()
 
@@ -68,9 +85,8 @@ class CountingRelay:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self.upstream))
-            # A small send buffer towards mpdl: the count is what mpdl's socket took (its
-            # receive buffer included), not what waits in ours.
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            with self._lock:
+                self._clients[client] = 0
             threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
@@ -79,12 +95,12 @@ class CountingRelay:
         try:
             while n := source.recv_into(buffer):
                 sink.sendall(memoryview(buffer)[:n])
-                if counted:
-                    with self._lock:
-                        self.sent += n
         except OSError:
             pass
         finally:
+            if counted:
+                with self._lock:
+                    self.sent += max(self._clients.pop(sink), _acked(sink))
             for sock in (source, sink):
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
@@ -95,13 +111,16 @@ class CountingRelay:
     def _sample(self) -> None:
         while not self._done.is_set():
             with self._lock:
-                self.samples.append((time.monotonic(), self.sent))
+                for client, seen in self._clients.items():
+                    self._clients[client] = max(seen, _acked(client))
+                acked = self.sent + sum(self._clients.values())
+                self.samples.append((time.monotonic(), acked))
             time.sleep(SAMPLE_SECONDS)
 
 
 class ReadLog:
     """What mpdl's read loops read, each read as (time, bytes), logged by every worker process
-    to its own file under ``folder``: fetch._read_capped wrapped before the workers fork."""
+    to its own file under ``folder``: fetch.CappedReads.read wrapped before the workers fork."""
 
     RECORD = struct.Struct("dq")
 
@@ -111,10 +130,10 @@ class ReadLog:
 
     @contextmanager
     def recording(self) -> Iterator[None]:
-        original = fetch._read_capped
+        original = fetch.CappedReads.read
 
-        def logged(raw, view, cap):
-            got = original(raw, view, cap)
+        def logged(reads, raw, view):
+            got = original(reads, raw, view)
             pid = os.getpid()
             if pid not in self._fds:
                 self._fds[pid] = os.open(self.folder / str(pid), os.O_WRONLY | os.O_CREAT
@@ -122,11 +141,11 @@ class ReadLog:
             os.write(self._fds[pid], self.RECORD.pack(time.monotonic(), got))
             return got
 
-        fetch._read_capped = logged
+        fetch.CappedReads.read = logged  # type: ignore[method-assign]
         try:
             yield
         finally:
-            fetch._read_capped = original
+            fetch.CappedReads.read = original  # type: ignore[method-assign]
 
     def series(self) -> list[tuple[float, int]]:
         """(time, bytes read so far) after each read of every worker."""
@@ -235,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=1.0,
                         help="seconds after the first byte the run counts as running: the "
                              "kernel fills each new connection's receive buffer at once")
+    parser.add_argument("--mss", type=int, default=1448,
+                        help="the relay's TCP segment size towards mpdl (default 1448, as on "
+                             "Ethernet; 0: loopback's own, about 64 KiB)")
     parser.add_argument("--change-at", type=float, help="seconds after the first byte")
     parser.add_argument("--change-to", help="the cap the progress callback sets")
     parser.add_argument("--workers", type=int, help="mpdl's (default: its own)")
@@ -246,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {"workers": args.workers, "connections": args.connections,
                "chunk_size": parse_size(args.chunk_size) if args.chunk_size else None}
     with served_file(size) as (port, tmp):
-        relay = CountingRelay(port)
+        relay = CountingRelay(port, args.mss)
         relay.start()
         dest = tmp / "out" / "data.bin"
         dest.parent.mkdir()

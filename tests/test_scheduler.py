@@ -1445,3 +1445,20 @@ def test_the_original_refusing_after_its_redirect_was_dropped_asks_for_a_fresh_u
     assert fresh.url == A + "big?token=2"
     redirected(sim, fresh, CDN + "big?token=2")
     assert sim.s.final_urls == {A + "big?token=2": CDN + "big?token=2"}
+
+
+def test_without_contests_a_steal_cuts_its_victim_at_once():
+    """Under a speed cap (supervisor: contest_steals=False) a steal is decided as it starts:
+    the victim is told where to stop in the same breath, and no thief is ever cancelled."""
+    sim = Sim(obj("big", 1000), spread=1, connections=2,
+              tail=TailPolicy(contest_steals=False))
+    [victim] = sim.fetches()
+    out = sim.fill(victim, 100, last=False)
+    [thief] = sim.fetches(out)
+    assert (thief.offset, thief.length) == (600, 400)
+    assert sim.sent(Cut, out) == [Cut(task_id=victim.task_id, attempt=victim.attempt, at=600)]
+    assert sim.run(victim).task.length == 600
+    sim.serve()
+    assert sim.sent(Cancel) == []
+    assert sim.ended() == {"big": (True, "")}
+    assert_written_once(sim, {0: 1000})
