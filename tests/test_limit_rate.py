@@ -11,8 +11,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from helpers import (SMALL_CHUNK, TOOL, Depot, Nginx, Watchdog, assert_file_righ
 from mpdl import ratelimit
 from mpdl.cli import build_parser
 from mpdl.errors import UsageError
+from mpdl.fetch import CappedReads
 from mpdl.options import KiB, MiB, Options
 from mpdl.progress import ProgressEvent
 from mpdl.ratelimit import (BURST_SECONDS, MAX_READ, MIN_READ, NAP_SECONDS, TURN_SECONDS,
@@ -324,3 +327,38 @@ def test_bad_limit_rate_on_the_command_line_exits_2(depot: Depot, tmp_path: Path
 def test_help_documents_the_flag_and_its_variable(tmp_path: Path) -> None:
     text = mpdl_cli("--help", cwd=tmp_path).stdout
     assert "--limit-rate RATE" in text and "MPDL_LIMIT_RATE" in text
+
+
+# --- the receive buffer follows the cap ---------------------------------------------------------
+
+
+def _rcvbuf(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def test_a_capped_connection_gets_a_small_receive_buffer_and_a_large_one_once_lifted() -> None:
+    """What the kernel may take in ahead of mpdl's reads follows the cap, on a real socket; a
+    run that never had a cap leaves the kernel's own buffer alone."""
+    cap = SpeedCap.create(multiprocessing.get_context(), 1 * MiB, 16)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1448)  # as on Ethernet
+    with socket.create_connection(listener.getsockname()) as sock, listener.accept()[0] as peer:
+        peer.sendall(b"x" * 4096)
+        response = types.SimpleNamespace(connection=types.SimpleNamespace(sock=sock))
+        raw = sock.makefile("rb", buffering=0)
+        untouched = _rcvbuf(sock)
+        cap.set_rate(None)
+        CappedReads(response, cap).read(raw, memoryview(bytearray(1)))
+        assert _rcvbuf(sock) == untouched  # never capped: not set
+        cap.set_rate(1 * MiB)
+        reads = CappedReads(response, cap)
+        reads.read(raw, memoryview(bytearray(1)))
+        small = _rcvbuf(sock)
+        assert small < untouched and small <= 2 * ratelimit.window(1 * MiB, 16) + 4 * 65536
+        cap.set_rate(50 * MiB)
+        reads.read(raw, memoryview(bytearray(1)))
+        assert _rcvbuf(sock) > small
+        cap.set_rate(None)
+        CappedReads(response, cap).read(raw, memoryview(bytearray(1)))  # the next response
+        assert _rcvbuf(sock) >= untouched  # lifted: as large as the system allows
+    listener.close()
