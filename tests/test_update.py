@@ -467,3 +467,40 @@ def test_the_installed_manifest_reads_back_as_the_same_manifest() -> None:
                  "hash": "md5:" + md5(b"abcd")}]},
             {"path": "l", "link": "x/y"}, {"path": "d", "directory": True}]})
     assert parse_manifest(json.loads(json.dumps(manifest.to_json()))) == manifest
+
+
+def test_a_v1_depot_update_reuses_moved_files_from_main_bin_installs(tmp_path: Path) -> None:
+    """GOG V1: every file a range of one main.bin, checked by its md5. Build 2 repacks the
+    blob: a file that moved is copied from the old install (its md5 checked as it is read),
+    an unchanged one stays, and only the new one is asked of the server."""
+    rng = random.Random(21)
+    a, b, c = rng.randbytes(40 * KiB), rng.randbytes(30 * KiB), rng.randbytes(20 * KiB)
+
+    def depot(build: str, members: dict[str, bytes]) -> dict:
+        blob, records = bytearray(), []
+        for path, data in members.items():
+            records.append({"url": f"{build}/main.bin", "path": path, "size": len(data),
+                            "hash": md5(data), "offset": len(blob)})
+            blob += data
+        (tmp_path / "served" / build).mkdir(parents=True)
+        (tmp_path / "served" / build / "main.bin").write_bytes(blob)
+        return {"version": 1, "depot": {"name": build, "files": records}}
+
+    with FaultServer(tmp_path / "served") as server:
+        one = convert(depot("b1", {"/Data/a.dat": a, "/b.txt": b}), [server.url])
+        two = convert(depot("b2", {"/b.txt": b, "/New/c.dat": c, "/Moved/a.dat": a}),
+                      [server.url])
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        server.clear_log()
+        result = run(two, dest)
+        asked = [r for r in server.requests if r.method == "GET"]
+    assert result.ok, (result.failed, result.error)
+    assert (dest / "Moved/a.dat").read_bytes() == a and (dest / "New/c.dat").read_bytes() == c
+    assert (dest / "b.txt").read_bytes() == b and not (dest / "Data").exists()
+    assert result.skipped == ["b.txt"] and result.removed == ["Data/a.dat"]
+    assert result.bytes_reused == len(a)
+    assert asked and all(r.path == "b2/main.bin" for r in asked)
+    # Only c came from the fetch (the request is the blob's grid cell, which a caching proxy
+    # can serve: plan.py), a came from the old install.
+    assert result.bytes_written == len(c)
