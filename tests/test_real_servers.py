@@ -147,6 +147,7 @@ def test_an_interrupted_run_is_finished_by_the_next(
 ) -> None:
     big = (published.depot.root / "capped" / BIG).read_bytes()
     manifest = with_bases(published.depot.manifest, route.server.url + "capped/")
+    # Over http the server (or, for lighttpd, a proxy) paces /capped/, so Ctrl-C lands mid-run.
     manifest["files"].append({"path": BIG, "size": BIG_SIZE, "url": BIG,
                               "hash": f"sha256:{digest('sha256', big)}"})
     total = sum(item["size"] for item in manifest["files"] if "size" in item)
@@ -180,3 +181,28 @@ def test_python_http_server_ignoring_range(published: Published, tmp_path: Path)
         assert done.returncode == 0, done.stderr
         assert "ranges not supported: one stream" in done.stderr
         assert out.read_bytes() == (published.depot.root / tool["url"]).read_bytes()
+
+
+def test_an_interrupted_https_run_is_finished_by_the_next(
+    route: Route, published: Published, tmp_path: Path
+) -> None:
+    """The same over HTTPS (through Squid: CONNECT), paced by mpdl's own speed cap, which
+    every server and proxy is subject to alike; the CA and the proxy given as options."""
+    assert route.server.tls_url is not None
+    big = (published.depot.root / "capped" / BIG).read_bytes()
+    manifest = with_bases(published.depot.manifest, route.server.tls_url + "capped/")
+    manifest["files"].append({"path": BIG, "size": BIG_SIZE, "url": BIG,
+                              "hash": f"sha256:{digest('sha256', big)}"})
+    total = sum(item["size"] for item in manifest["files"] if "size" in item)
+    dest = tmp_path / "dest"
+    options = {"connections": 2, "cacert": str(published.authority.ca),
+               "proxy": route.proxy.url if route.proxy else ""}
+    with pytest.raises(KeyboardInterrupt):
+        run(manifest, dest, limit_rate=BIG_SIZE // 2,
+            progress=interrupt_at(total // 4, total), **options)
+    second = run(manifest, dest, **options)
+    assert second.ok, second.failed
+    assert 0 < second.bytes_fetched < total - total // 8, "the second run fetched it all again"
+    assert_installed(dest, Depot(published.depot.root / "capped", manifest))
+    if route.proxy is not None:
+        assert route.proxy.logged(f" CONNECT {urlsplit(route.server.tls_url).netloc} ")
