@@ -321,10 +321,12 @@ class Planner:
                 if request is not None and inside and len(request.spans) < MAX_SPANS:
                     pass  # a cell this request asks already
                 elif request is not None and inside:  # full, in a cell of too many parts
+                    # The full one ends past its parts; the next starts at this part (parts
+                    # may overlap: the bytes both ask are fetched twice, never missed).
                     request.end = max(start, request.furthest)
                     close(request)
                     request = _GridRequest(first=at, stop=at + 1, order=piece.order,
-                                           start=request.end)
+                                           start=start)
                 elif (request is not None and at == request.stop
                       and request.stop - request.first < most
                       and len(request.spans) + starting.get(at, 0) <= MAX_SPANS):

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from mpdl.errors import ManifestError
-from mpdl.manifest import parse_manifest
+from mpdl.manifest import FileEntry, Part, parse_manifest
 from mpdl.plan import MAX_SPANS, MERGE_GAP, ZLIB_MAX_RATIO, Planner, known_object_ends, \
     stream_task
 from mpdl.ranges import RangeSet
@@ -326,3 +326,23 @@ def test_a_request_ends_before_a_cell_whose_files_would_take_it_past_max_spans()
     plan = planned(manifest(*files), spread=1)
     assert [(t.offset, t.length, len(t.spans)) for t in plan.tasks] == [
         (0, MiB, 200), (MiB, 5 * MiB, 101)]
+
+
+def test_overlapping_parts_in_a_crowded_cell_are_all_asked_inside_their_requests() -> None:
+    """Two files may name the same bytes of main.bin; in a cell of more parts than a request
+    carries, the request cut between them must still start at or before each part (found by
+    a review: a zero-length request, and spans before their request's start)."""
+    files = [(i, FileEntry(path=f"f{i}", size=1, parts=(Part("blob", i, 1, 1),)))
+             for i in range(MAX_SPANS + 44)]
+    files.append((999, FileEntry(path="dup", size=290, parts=(Part("blob", 10, 290, 290),))))
+    planner = Planner(chunk_size=64 * 1024, parallel=True, spread=16,
+                      object_ends=known_object_ends(e for _, e in files))
+    covered: dict[int, int] = {}
+    for task in planner.plan(files).tasks:
+        assert task.length > 0, task
+        for span in task.spans:
+            assert 0 <= span.offset and span.offset + span.length <= task.length, (task, span)
+            assert task.offset + span.offset == span.file_offset + dict(files)[
+                span.file_id].parts[0].offset  # the span's bytes are its file's
+            covered[span.file_id] = covered.get(span.file_id, 0) + span.length
+    assert covered == {fid: entry.size for fid, entry in files}
