@@ -86,8 +86,10 @@ def parse_proxy(text: str, source: str) -> Proxy:
     try:
         parts = urlsplit(raw)
         port = parts.port
-    except ValueError as exc:
-        raise UsageError(f"{source}: not a proxy URL: {_redacted(text)!r} ({exc})") from None
+    except ValueError:  # urllib's words would quote the credentials: say nothing of them
+        raise UsageError(f"{source}: not a proxy URL: {_redacted(text)!r} (give it as "
+                         "http://[USER:PASSWORD@]HOST[:PORT], with / ? # @ : percent-encoded "
+                         "in USER and PASSWORD)") from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
         raise UsageError(f"{source}: {scheme} proxies are not supported (http:// or https://)")
@@ -104,8 +106,13 @@ def parse_proxy(text: str, source: str) -> Proxy:
 
 
 def _redacted(text: str) -> str:
-    """A proxy URL as a message may show it: without the password."""
-    return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", text)
+    """A proxy URL as a message may show it: without its credentials, whatever they hold
+    (everything up to the last @ before the host is the user's: a token alone in the user
+    name, or a password with an unencoded / ? #)."""
+    scheme, sep, rest = text.strip().rpartition("://")
+    if "@" not in rest:
+        return text.strip()
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 @dataclass(frozen=True)

@@ -363,3 +363,18 @@ def test_a_bad_gateway_is_retried_within_the_budget(
         said = f"proxy {proxy.url} could not reach {urlsplit(base).netloc}: 502 Bad Gateway"
     assert result.failed == {TOOL: f"failed 2 times, last: {said}"}
     assert len(proxy.log) == 2
+
+
+@pytest.mark.parametrize("url", [
+    "http://alice:s3cr/et@proxy.corp:3128",  # an unencoded / in the password
+    "http://alice:s3cr?et@proxy.corp:3128",  # ? and # end urllib's netloc early
+    "http://ghp_T0KEN1234@proxy.corp:3128/path",  # a token alone, as the user name
+    "http://alice:s3cr3t@proxy.corp:port",
+])
+def test_a_bad_proxy_url_never_shows_its_credentials(url: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        Options(proxy=url)
+    message = str(caught.value)
+    assert "\n" not in message and "proxy.corp" in message
+    for secret in ("s3cr", "et@", "T0KEN", "alice"):
+        assert secret not in message, message
