@@ -55,16 +55,23 @@ class ProxyUnavailable(TransientError):
 
 
 class ProxyRefused(FetchError):
-    """The proxy at ``proxy`` refused the request with ``status``: 407 (credentials missing or
-    wrong), or a CONNECT its rules forbid. No retry can help, and every other request through
-    it would be refused the same way: the run stops, with this one line (as for a refused
-    certificate)."""
+    """The proxy at ``proxy`` refused to take the request where it goes, with ``status`` (a
+    CONNECT its rules forbid, 403): like a mirror that has not got the object, another mirror
+    may be allowed, and once none is left the file fails with this line."""
 
-    kind = FailKind.STOP
+    kind = FailKind.MIRROR
 
     def __init__(self, proxy: str, status: int, message: str) -> None:
         super().__init__(message)
         self.proxy, self.status = proxy, status
+
+
+class ProxyAuthRequired(ProxyRefused):
+    """407: the proxy wants credentials, or refused the ones in the proxy URL. Every request
+    through it would be refused the same way: the run stops, with this one line (as for a
+    refused certificate)."""
+
+    kind = FailKind.STOP
 
 
 class NotOnMirror(FetchError):

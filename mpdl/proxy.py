@@ -24,9 +24,10 @@ The rules, one home for them (README "Proxies" says the same for users):
 
 HTTPS goes through the proxy with CONNECT (urllib3's ProxyManager), so the proxy sees the host
 name and port and nothing else; plain HTTP is forwarded by the proxy. Failures the proxy
-causes are ProxyRefused (407, or a CONNECT it refuses: no retry can help) or ProxyUnavailable
-(it does not answer, or cannot reach the server: 502, 504; retried within the run's budget),
-each naming the proxy.
+causes are ProxyAuthRequired (407: the run stops), ProxyRefused (a CONNECT it refuses for
+that host: like a missing mirror, another mirror is tried) or ProxyUnavailable (it does not
+answer, or cannot reach the server: 502, 504; retried within the run's budget), each naming
+the proxy.
 
 A redirect is followed by the pool that sent the first request (urllib3 follows it inside
 that manager), so a redirect from a proxied host to a NO_PROXY one, or back, keeps the first
@@ -46,7 +47,7 @@ import urllib3
 from urllib3.exceptions import MaxRetryError
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 
-from .errors import ProxyRefused, ProxyUnavailable, UsageError
+from .errors import ProxyAuthRequired, ProxyRefused, ProxyUnavailable, UsageError
 
 #: The port of a proxy URL that names none, per scheme (curl's 1080 for http).
 DEFAULT_PORTS = {"http": 1080, "https": 443}
@@ -288,7 +289,7 @@ def proxy_status_error(proxy: Proxy, url: str, status: int,
     if status == 407:
         hint = ("it refused the credentials in the proxy URL" if proxy.credentials else
                 "it wants credentials: give them as http://USER:PASSWORD@host:port")
-        return ProxyRefused(proxy.url, status, f"proxy {proxy} answered {said} ({hint})")
+        return ProxyAuthRequired(proxy.url, status, f"proxy {proxy} answered {said} ({hint})")
     if status >= 500:
         return ProxyUnavailable(proxy.url, f"proxy {proxy} could not reach {target}: {said}")
     return ProxyRefused(proxy.url, status, f"proxy {proxy} refused to connect to {target}: "

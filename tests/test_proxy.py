@@ -23,7 +23,8 @@ from realservers import Squid, logs_folder, public_folder, squid
 from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
 
-from mpdl.errors import ProxyRefused, ProxyUnavailable, TransientError, UsageError
+from mpdl.errors import (ProxyAuthRequired, ProxyRefused, ProxyUnavailable, TransientError,
+                         UsageError)
 from mpdl.messages import FailKind
 from mpdl.options import Options
 from mpdl.proxy import Bypass, Proxy, parse_proxy, proxy_failure, proxy_rules
@@ -157,11 +158,11 @@ def test_proxy_failures_are_classified() -> None:
                                  OSError(f"Tunnel connection failed: {status}"))
 
     denied = proxy_failure(proxy, url, tunnel("407 Proxy Authentication Required"))
-    assert isinstance(denied, ProxyRefused) and denied.kind is FailKind.STOP
+    assert isinstance(denied, ProxyAuthRequired) and denied.kind is FailKind.STOP
     assert (denied.proxy, denied.status) == ("http://p1:8080", 407)
     assert "refused the credentials" in str(denied)
     refused = proxy_failure(proxy, url, tunnel("403 Forbidden"))
-    assert isinstance(refused, ProxyRefused)
+    assert type(refused) is ProxyRefused and refused.kind is FailKind.MIRROR  # per host
     assert str(refused) == ("proxy http://p1:8080 refused to connect to example.com:8443: "
                             "403 Forbidden")
     gateway = proxy_failure(proxy, url, tunnel("502 Bad Gateway"))
@@ -378,3 +379,21 @@ def test_a_bad_proxy_url_never_shows_its_credentials(url: str) -> None:
     assert "\n" not in message and "proxy.corp" in message
     for secret in ("s3cr", "et@", "T0KEN", "alice"):
         assert secret not in message, message
+
+
+def test_a_connect_refused_for_one_mirror_falls_back_to_the_next(
+    depot: Depot, tls_nginx: Server, authority: Authority, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy that forbids one host (403 to its CONNECT) is that mirror missing, not the
+    run's end: the mirror reached directly (NO_PROXY) serves every file."""
+    assert tls_nginx.tls_url is not None
+    port = urlsplit(tls_nginx.tls_url).port
+    bases = [f"https://localhost:{port}/", f"https://127.0.0.1:{port}/"]
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with mini_proxy(status=403) as proxy:
+        result = run(with_bases(depot.manifest, bases), tmp_path / "d", proxy=proxy.url,
+                     cacert=str(authority.ca))
+        assert proxy.log, "the first mirror was not tried through the proxy"
+    assert result.ok and result.error is None, (result.failed, result.error)
+    assert_installed(tmp_path / "d", depot)
