@@ -113,7 +113,7 @@ def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
         discard(response)
         raise
     cursor.response = None
-    if response._fp is not None and response._fp.isclosed():
+    if response._fp is not None and response._fp.isclosed() and not reads.shrunk_and_lifted:
         response.release_conn()  # body read to its end: the connection goes back to the pool
     else:
         discard(response)
@@ -168,11 +168,15 @@ class CappedReads:
     deliver goes back. The connection's receive buffer follows the rate (ratelimit.window) from
     the first read on and whenever the rate changes, so the kernel cannot take in much more
     than mpdl reads; a socket it never had to shrink is left alone (and keeps the kernel's own
-    tuning)."""
+    tuning), and one shrunk, then uncapped, is closed after its response, so the next
+    connection is the kernel's to tune again."""
 
     def __init__(self, response, cap: SpeedCap | None) -> None:
         self.cap = cap
         self.connection = getattr(response, "connection", None)
+        # The cap was lifted on a socket shrunk for it: the kernel no longer tunes a buffer
+        # once set, so the connection is closed after this response rather than kept.
+        self.shrunk_and_lifted = False
 
     def read(self, raw, view: memoryview) -> int:
         cap = self.cap
@@ -198,6 +202,7 @@ class CappedReads:
         if rate == (rate_then if sock_then is sock else None):
             return
         assert self.cap is not None
+        self.shrunk_and_lifted = rate is None
         try:
             self.connection.mpdl_window = (sock, rate)  # type: ignore[union-attr]
             mss = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)

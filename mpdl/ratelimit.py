@@ -89,8 +89,9 @@ def window(rate: float | None, connections: int) -> int:
     9 to 20% over a 1 MiB/s cap on 16 connections. A buffer of two reads, or of WINDOW_SECONDS
     of the connection's share if more (so a link of that round trip still carries the share),
     keeps what the kernel holds ahead under about WINDOW_SECONDS of the cap. Once a cap is
-    lifted the buffer goes back up as far as the system allows (net.core.rmem_max), but the
-    kernel no longer tunes it itself."""
+    lifted the buffer goes back up as far as the system allows (net.core.rmem_max) for the rest
+    of the response, and the connection is then closed: the kernel no longer tunes a buffer
+    once it was set, and a new connection's it does."""
     if not rate:
         return UNCLAMPED
     share = rate / max(1, connections)

@@ -336,7 +336,7 @@ def _rcvbuf(sock: socket.socket) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
-def test_a_capped_connection_gets_a_small_receive_buffer_and_a_large_one_once_lifted() -> None:
+def test_a_capped_connection_gets_a_small_receive_buffer_and_is_let_go_once_lifted() -> None:
     """What the kernel may take in ahead of mpdl's reads follows the cap, on a real socket; a
     run that never had a cap leaves the kernel's own buffer alone."""
     cap = SpeedCap.create(multiprocessing.get_context(), 1 * MiB, 16)
@@ -348,8 +348,9 @@ def test_a_capped_connection_gets_a_small_receive_buffer_and_a_large_one_once_li
         raw = sock.makefile("rb", buffering=0)
         untouched = _rcvbuf(sock)
         cap.set_rate(None)
-        CappedReads(response, cap).read(raw, memoryview(bytearray(1)))
-        assert _rcvbuf(sock) == untouched  # never capped: not set
+        never = CappedReads(response, cap)
+        never.read(raw, memoryview(bytearray(1)))
+        assert _rcvbuf(sock) == untouched and not never.shrunk_and_lifted  # never capped
         cap.set_rate(1 * MiB)
         reads = CappedReads(response, cap)
         reads.read(raw, memoryview(bytearray(1)))
@@ -358,7 +359,10 @@ def test_a_capped_connection_gets_a_small_receive_buffer_and_a_large_one_once_li
         cap.set_rate(50 * MiB)
         reads.read(raw, memoryview(bytearray(1)))
         assert _rcvbuf(sock) > small
+        assert not reads.shrunk_and_lifted
         cap.set_rate(None)
-        CappedReads(response, cap).read(raw, memoryview(bytearray(1)))  # the next response
-        assert _rcvbuf(sock) >= untouched  # lifted: as large as the system allows
+        lifted = CappedReads(response, cap)  # the next response on the same connection
+        lifted.read(raw, memoryview(bytearray(1)))
+        assert _rcvbuf(sock) >= untouched  # lifted: as large as the system allows...
+        assert lifted.shrunk_and_lifted  # ...and the connection closed after this response
     listener.close()
