@@ -20,7 +20,8 @@ Rules:
   follows the reads closely: it is set at a response's first read and again when the rate
   changes, and raised when the cap is lifted.
 - A thread waits for its turn in naps of NAP_SECONDS at most and looks at the rate after each,
-  so a changed cap (or none) takes effect within a nap.
+  so a changed cap (or none) takes effect within a nap; a ticket sized for a higher cap than
+  the present one is forgiven and taken again at the present one's size.
 - The counts change under one lock shared by every process, held for microseconds. A worker
   killed while holding it would stall all the others, so the coordinator frees it when a
   worker dies (``recover``).
@@ -137,10 +138,22 @@ class SpeedCap:
         """Wait for a read's turn; returns how many bytes it may ask, at most ``want``."""
         if not self._state[_RATE]:
             return want
-        ticket = self.reserve(want)
-        while (wait := self.due(ticket)) > 0:
-            self._sleep(min(NAP_SECONDS, wait))
-        return ticket.size
+        return self.wait(self.reserve(want), want).size
+
+    def wait(self, ticket: Ticket, want: int) -> Ticket:
+        """Nap until ``ticket``'s turn. If the cap falls meanwhile below what the ticket was
+        sized for, the ticket is forgiven (its bytes were never read: not owed) and a smaller
+        one taken at the new rate: paid off at the new rate, the old tickets of every
+        connection would keep the last of them waiting far past --timeout (16 tickets of
+        64 KiB at 10 KiB/s: 100 s). Returns the ticket whose turn came."""
+        while (left := self.due(ticket)) > 0:
+            self._sleep(min(NAP_SECONDS, left))
+            rate = self._state[_RATE]
+            if rate and ticket.size > read_size(rate, self.connections):
+                with self._lock:
+                    self._state[_CREDITED] += ticket.size
+                ticket = self.reserve(want)
+        return ticket
 
     def reserve(self, want: int) -> Ticket:
         """A ticket for a read of at most ``want`` bytes, behind every ticket taken before."""

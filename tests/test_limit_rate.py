@@ -366,3 +366,19 @@ def test_a_capped_connection_gets_a_small_receive_buffer_and_is_let_go_once_lift
         assert _rcvbuf(sock) >= untouched  # lifted: as large as the system allows...
         assert lifted.shrunk_and_lifted  # ...and the connection closed after this response
     listener.close()
+
+
+def test_a_ticket_sized_for_a_higher_cap_is_taken_again_when_the_cap_falls() -> None:
+    """20 MiB/s, then 10 KiB/s: a read that took its 64 KiB ticket before the fall would wait
+    6.4 s for it (and the last of 16 connections 100 s, past any server's timeout); it is
+    forgiven and the read goes on with a ticket of the new size instead."""
+    cap, fake = capped(20 * MiB, 16)
+    for _ in range(3):  # what earlier reads took
+        cap.take(MAX_READ)
+    ticket = cap.reserve(MAX_READ)
+    assert ticket.size == MAX_READ and cap.due(ticket) > 0
+    cap.set_rate(10 * KiB)
+    started = fake.now
+    turn = cap.wait(ticket, MAX_READ)
+    assert turn.size == read_size(10 * KiB, 16) < MAX_READ
+    assert fake.now - started < 1.0  # a nap, then the small ticket's own turn
