@@ -240,7 +240,9 @@ class Scheduler:
         requests go there."""
         run = self.runs[record.task_id]
         if record.attempt == run.attempt and run.state in ON_WORKER:
-            self.final_urls[run.url] = record.url
+            # Keyed by the URL asked, not run.url: when that was a final URL already and it
+            # redirected again (A to B, then B to C), A's ranges go to C from now on.
+            self.final_urls[self._asked_url(run)] = record.url
 
     def writer_record(self, record: FromWriter) -> None:
         if isinstance(record, SlotWritten):

@@ -578,12 +578,13 @@ def _manifest_bytes(manifest: Manifest) -> bytes:
 
 def _replace(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all (a temporary file, fsynced, renamed over it), never
-    through a link planted in the state folder."""
+    through a link planted in the state folder; readable by its owner alone, as a manifest may
+    carry tokens (its headers, signed URLs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fresh = path.with_name(path.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(fresh)  # a link left there goes, not what it points at
-    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
     try:
         view = memoryview(data)
         while view:

@@ -1462,3 +1462,16 @@ def test_without_contests_a_steal_cuts_its_victim_at_once():
     assert sim.sent(Cancel) == []
     assert sim.ended() == {"big": (True, "")}
     assert_written_once(sim, {0: 1000})
+
+
+def test_a_final_url_that_redirects_again_sends_the_next_ranges_to_the_new_one():
+    """A to B, then B (asked straight) to C: the object's later ranges go to C, not to B to
+    be redirected every time."""
+    sim = Sim(obj("big", 400), connections=1)
+    [first] = sim.fetches()
+    redirected(sim, first, CDN + "big?sig=1")
+    [second] = sim.fetches(sim.fill(first))
+    assert second.url == CDN + "big?sig=1"
+    redirected(sim, second, CDN + "big?sig=2")
+    [third] = sim.fetches(sim.fill(second))
+    assert third.url == CDN + "big?sig=2"

@@ -166,6 +166,7 @@ def test_update_fetches_only_what_exists_nowhere(tmp_path: Path) -> None:
     assert not (dest / "saves/old").exists() and (dest / "saves/new").is_dir()
     assert (dest / "user.cfg").read_bytes() == b"my settings\n"
     installed = json.loads((dest / ".mpdl/installed.json").read_text())
+    assert (dest / ".mpdl/installed.json").stat().st_mode & 0o077 == 0  # it may hold tokens
     assert parse_manifest(installed) == parse_manifest(two)
     assert not (dest / ".mpdl/pending").exists()
     assert not (dest / ".mpdl/staging").exists()  # nothing half-built left behind
