@@ -33,6 +33,7 @@ one (its journal entry is the new file's), so those parts are fetched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -48,7 +49,8 @@ from pathlib import Path
 import xxhash
 
 from .errors import ManifestError
-from .hashing import HashSpec, new_hasher
+from .child import child_setup
+from .hashing import HashSpec, hash_file, new_hasher
 from .journal import Journal
 from .layout import Layout, inside, make_folder_inside
 from .manifest import FileEntry, Manifest, parse_manifest
@@ -227,38 +229,24 @@ def _link_whole(dest: str, staging: str, copy: Copy) -> bool:
         os.link(final, staging, follow_symlinks=False)
     except OSError:
         return False
-    source = _open_source(dest, copy.source)
-    hasher = new_hasher(copy.hash.algo)
-    try:
-        if source is not None:
-            buffer = memoryview(bytearray(READ_SIZE))
-            while n := source.readinto(buffer):
-                hasher.update(buffer[:n])
-            if copy.hash.matches(hasher.hexdigest()):
-                return True
+    try:  # the link is the source's inode itself: hashing it reads the source once
+        if copy.hash.matches(hash_file(staging, copy.hash.algo)):
+            return True
     except OSError:
         pass
-    finally:
-        if source is not None:
-            source.close()
     os.unlink(staging)
     return False
 
 
-def _copier_setup() -> None:
-    """A copy process leaves Ctrl-C to the run, and dies with it (Linux: PR_SET_PDEATHSIG),
-    so a SIGKILLed run leaves no copier waiting for work forever."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def _copier_setup(log_level: int) -> None:
+    """A copy process is a child like the others (child.child_setup: Ctrl-C is the run's), and
+    dies with the run (Linux: PR_SET_PDEATHSIG), so a SIGKILLed run leaves no copier waiting
+    for work forever."""
+    child_setup("mpdl-copier", log_level)
     if sys.platform.startswith("linux"):
         import ctypes
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    try:
-        with open("/proc/self/comm", "w", encoding="ascii") as comm:
-            comm.write("mpdl-copier")
-    except OSError:
-        pass
 
 
 @dataclass
@@ -397,7 +385,8 @@ class Update:
             for build in builds:
                 yield build, copy_spans(*job(build))
             return
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_copier_setup)
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_copier_setup,
+                                   initargs=(log.getEffectiveLevel(),))
         try:
             running: dict[Future, Build] = {pool.submit(copy_spans, *job(b)): b for b in builds}
             while running:
@@ -509,7 +498,7 @@ class Update:
         """On a file system that ignores case (or Unicode forms), an old ``Data/A.pak`` may be
         the new ``data/a.pak`` itself: never remove a path that is one of the new files."""
         folded = _fold(path)
-        for other in self._folded_listed().get(folded, ()):
+        for other in self._folded_listed.get(folded, ()):
             if other == path:
                 continue
             try:
@@ -520,12 +509,13 @@ class Update:
                 return True
         return False
 
+    @functools.cached_property
     def _folded_listed(self) -> dict[str, list[str]]:
-        if not hasattr(self, "_folded"):
-            self._folded: dict[str, list[str]] = {}
-            for path in self.listed:
-                self._folded.setdefault(_fold(path), []).append(path)
-        return self._folded
+        """The new manifest's paths by their folded form (needed only when removing)."""
+        folded: dict[str, list[str]] = {}
+        for path in self.listed:
+            folded.setdefault(_fold(path), []).append(path)
+        return folded
 
     def _remove_file(self, entry: FileEntry) -> bool:
         """Unlink the file mpdl installed for ``entry``, if it is still as mpdl wrote it."""

@@ -29,6 +29,7 @@ from mpdl.gog import convert, galaxy_path
 from mpdl.hashing import parse_hash
 from mpdl.manifest import FileEntry, Part, parse_manifest
 from mpdl.ranges import RangeSet
+from mpdl import update
 from mpdl.update import Copy, Sources, find_builds
 
 KiB = 1024
@@ -505,3 +506,18 @@ def test_a_v1_depot_update_reuses_moved_files_from_main_bin_installs(tmp_path: P
     # Only c came from the fetch (the request is the blob's grid cell, which a caching proxy
     # can serve: plan.py), a came from the old install.
     assert result.bytes_written == len(c)
+
+
+def test_copies_in_a_pool_of_processes_end_alike_and_leave_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past POOL_FROM bytes to copy the copies run in processes (here from the first byte):
+    the same files, and no copier left behind (the leak check)."""
+    monkeypatch.setattr(update, "POOL_FROM", 0)
+    with FaultServer(tmp_path / "served") as server:
+        _, one, two, _, b2 = game(tmp_path, server.url + "store/")
+        dest = tmp_path / "game"
+        assert run(one, dest).ok
+        result = run(two, dest, workers=2)
+    assert result.ok, (result.failed, result.error)
+    assert_build(dest, b2)
+    assert result.bytes_reused > 0
