@@ -237,13 +237,20 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
                      f"https://{HOST}:{tls_port}/" if tls_port else None)
 
 
-@contextlib.contextmanager
-def _running_nginx(binary: str, conf: Path, port: int, tmp: Path) -> Iterator[None]:
+def _running_nginx(binary: str, conf: Path, port: int,
+                   tmp: Path) -> contextlib.AbstractContextManager[None]:
     """nginx in the foreground with ``conf`` until the block ends, once ``port`` answers."""
-    command = [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
-               "-g", "daemon off;"]
-    with (tmp / "nginx.out").open("wb") as output:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+    return running([binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
+                    "-g", "daemon off;"], port, tmp, "nginx.out")
+
+
+@contextlib.contextmanager
+def running(command: list[str], port: int, tmp: Path,
+            output: str = "server.out") -> Iterator[None]:
+    """A server ``command`` in the foreground (its own session, its output in ``tmp/output``)
+    until the block ends, once ``port`` answers; stopped, and waited for, at the end."""
+    with (tmp / output).open("wb") as out:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
     try:
         _wait_for_http(proc, port, tmp)

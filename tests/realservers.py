@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from helpers import skip_or_fail
-from perf.servers import HOST, Certificate, Server, _stop, _wait_for_http, free_port
+from perf.servers import HOST, Certificate, Server, free_port, running
 
 APACHE = "/usr/sbin/apache2"
 APACHE_MODULES = Path("/usr/lib/apache2/modules")
@@ -160,18 +160,6 @@ def _require(path: str, name: str, package: str) -> None:
 
 
 @contextlib.contextmanager
-def _running(command: list[str], port: int, tmp: Path) -> Iterator[None]:
-    with (tmp / "server.out").open("wb") as output:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output,
-                                stderr=output, start_new_session=True)
-    try:
-        _wait_for_http(proc, port, tmp)
-        yield
-    finally:
-        _stop(proc)
-
-
-@contextlib.contextmanager
 def apache(root: Path, tmp: Path, tls: Certificate | None = None) -> Iterator[Server]:
     """Apache httpd (mpm_event) serving ``root``, and over HTTPS too given ``tls``."""
     _require(APACHE, "Apache httpd", "apache2")
@@ -185,7 +173,7 @@ def apache(root: Path, tmp: Path, tls: Certificate | None = None) -> Iterator[Se
                      if tls else ""),
         tls=APACHE_TLS.format(host=HOST, port=tls_port, cert=tls.cert, key=tls.key)
         if tls else ""))
-    with _running([APACHE, "-f", str(conf), "-DFOREGROUND"], port, tmp):
+    with running([APACHE, "-f", str(conf), "-DFOREGROUND"], port, tmp):
         yield Server(f"http://{HOST}:{port}/", port,
                      f"https://{HOST}:{tls_port}/" if tls_port else None)
 
@@ -204,7 +192,7 @@ def lighttpd(root: Path, tmp: Path, tls: Certificate | None = None) -> Iterator[
         modules='server.modules += ("mod_openssl")\n' if tls else "",
         tls=LIGHTTPD_TLS.format(host=HOST, port=tls_port, cert=tls.cert, key=tls.key)
         if tls else ""))
-    with _running([LIGHTTPD, "-D", "-f", str(conf)], port, tmp):
+    with running([LIGHTTPD, "-D", "-f", str(conf)], port, tmp):
         yield Server(f"http://{HOST}:{port}/", port,
                      f"https://{HOST}:{tls_port}/" if tls_port else None)
 
@@ -215,7 +203,7 @@ def python_http_server(root: Path, tmp: Path) -> Iterator[Server]:
     port = free_port()
     command = [sys.executable, "-m", "http.server", str(port), "--bind", HOST,
                "--directory", str(root)]
-    with _running(command, port, tmp):
+    with running(command, port, tmp):
         yield Server(f"http://{HOST}:{port}/", port)
 
 
@@ -260,5 +248,5 @@ def squid(tmp: Path, credentials: str | None = None) -> Iterator[Squid]:
                                       user="cache_effective_user proxy\n" if ROOT else ""))
     # Its own service name: Squid names its /dev/shm segments after it, so two never clash (and
     # not "mpdl...": the tests take /dev/shm entries named so for mpdl's, and a leak).
-    with _running([SQUID, "-N", "-n", f"squidtest{port}", "-f", str(conf)], port, tmp):
+    with running([SQUID, "-N", "-n", f"squidtest{port}", "-f", str(conf)], port, tmp):
         yield Squid(f"http://{HOST}:{port}", port, tmp / "access.log")

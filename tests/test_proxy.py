@@ -197,6 +197,13 @@ def tls_nginx(depot: Depot, authority: Authority,
         yield running
 
 
+def base_url(server: Server, scheme: str) -> str:
+    """The server's http or https URL."""
+    base = server.url if scheme == "http" else server.tls_url
+    assert base is not None
+    return base
+
+
 def tool_url(depot: Depot, base: str) -> str:
     return base + entry(depot.manifest, TOOL)["url"]
 
@@ -234,8 +241,7 @@ def test_empty_proxy_option_ignores_the_environment(depot: Depot, nginx: Nginx,
 def test_credentials_in_the_proxy_url_reach_the_proxy_only(
     depot: Depot, tls_nginx: Server, authority: Authority, tmp_path: Path, scheme: str
 ) -> None:
-    base = tls_nginx.url if scheme == "http" else tls_nginx.tls_url
-    assert base is not None
+    base = base_url(tls_nginx, scheme)
     with mini_proxy(credentials="mpdl:s3cr:t@") as proxy:
         with_auth = proxy.url.replace("//", "//mpdl:s3cr%3At%40@")
         out = tmp_path / "tool.bin"
@@ -264,8 +270,7 @@ def test_squid_with_basic_auth(
     depot: Depot, tls_nginx: Server, authority: Authority, squid_signing_in: Squid,
     tmp_path: Path, scheme: str
 ) -> None:
-    base = tls_nginx.url if scheme == "http" else tls_nginx.tls_url
-    assert base is not None
+    base = base_url(tls_nginx, scheme)
     signed = squid_signing_in.url.replace("//", "//mpdl:pa%3Ass%40word@")
     out = tmp_path / "tool.bin"
     done = mpdl_cli(tool_url(depot, base), "-o", out, "--workers", "2", cwd=tmp_path,
@@ -300,8 +305,7 @@ def proxy_cli(depot: Depot, base: str, proxy: MiniProxy | str, tmp_path: Path,
 def test_a_proxy_wanting_credentials_is_one_line_naming_it(
     depot: Depot, tls_nginx: Server, authority: Authority, tmp_path: Path, scheme: str
 ) -> None:
-    base = tls_nginx.url if scheme == "http" else tls_nginx.tls_url
-    assert base is not None
+    base = base_url(tls_nginx, scheme)
     with mini_proxy(credentials="mpdl:right") as proxy:
         line = proxy_cli(depot, base, proxy, tmp_path, authority)
         assert line == (f"mpdl: error: proxy {proxy.url} answered 407 Proxy Authentication "
@@ -351,8 +355,7 @@ def test_a_bad_gateway_is_retried_within_the_budget(
     depot: Depot, tls_nginx: Server, authority: Authority, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, scheme: str
 ) -> None:
-    base = tls_nginx.url if scheme == "http" else tls_nginx.tls_url
-    assert base is not None
+    base = base_url(tls_nginx, scheme)
     monkeypatch.setenv("SSL_CERT_FILE", str(authority.ca))
     tool = entry(depot.manifest, TOOL)
     manifest = {"format": "mpdl/1", "base_urls": [base], "files": [tool]}

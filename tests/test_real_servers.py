@@ -142,15 +142,21 @@ def test_depot_and_single_url_arrive_byte_exact(
             assert route.proxy.logged(f" CONNECT {urlsplit(base).netloc} ")
 
 
+def with_big_file(published: Published, base: str) -> tuple[dict[str, Any], int]:
+    """The depot under ``base``/capped/, with BIG added (so a run lasts long enough to be
+    interrupted), and the bytes it holds."""
+    big = (published.depot.root / "capped" / BIG).read_bytes()
+    manifest = with_bases(published.depot.manifest, base + "capped/")
+    manifest["files"].append({"path": BIG, "size": BIG_SIZE, "url": BIG,
+                              "hash": f"sha256:{digest('sha256', big)}"})
+    return manifest, sum(item["size"] for item in manifest["files"] if "size" in item)
+
+
 def test_an_interrupted_run_is_finished_by_the_next(
     route: Route, published: Published, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    big = (published.depot.root / "capped" / BIG).read_bytes()
-    manifest = with_bases(published.depot.manifest, route.server.url + "capped/")
     # Over http the server (or, for lighttpd, a proxy) paces /capped/, so Ctrl-C lands mid-run.
-    manifest["files"].append({"path": BIG, "size": BIG_SIZE, "url": BIG,
-                              "hash": f"sha256:{digest('sha256', big)}"})
-    total = sum(item["size"] for item in manifest["files"] if "size" in item)
+    manifest, total = with_big_file(published, route.server.url)
     dest = tmp_path / "dest"
     if route.proxy is not None:
         monkeypatch.setenv("HTTP_PROXY", route.proxy.url)
@@ -189,11 +195,7 @@ def test_an_interrupted_https_run_is_finished_by_the_next(
     """The same over HTTPS (through Squid: CONNECT), paced by mpdl's own speed cap, which
     every server and proxy is subject to alike; the CA and the proxy given as options."""
     assert route.server.tls_url is not None
-    big = (published.depot.root / "capped" / BIG).read_bytes()
-    manifest = with_bases(published.depot.manifest, route.server.tls_url + "capped/")
-    manifest["files"].append({"path": BIG, "size": BIG_SIZE, "url": BIG,
-                              "hash": f"sha256:{digest('sha256', big)}"})
-    total = sum(item["size"] for item in manifest["files"] if "size" in item)
+    manifest, total = with_big_file(published, route.server.tls_url)
     dest = tmp_path / "dest"
     options = {"connections": 2, "cacert": str(published.authority.ca),
                "proxy": route.proxy.url if route.proxy else ""}
