@@ -25,7 +25,7 @@ from .ranges import RangeSet
 from .retry import RetryPolicy
 from .scheduler import Limits, Scheduler
 from .supervisor import RefreshUrl, Supervisor, open_ring
-from .update import Update
+from .update import Build, Update
 
 log = logging.getLogger("mpdl")
 
@@ -96,30 +96,14 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         todo = _still_to_fetch(parsed, layout, journal, result)
         have = _resumable(todo, layout, journal)
         builds = update.find(todo, have)
-        linked = sum(b.entry.size or 0 for b in builds if b.link)  # a hard link takes no space
-        _check_free_space(layout.dest, sum((entry.size or 0) - (have[fid].total() if fid in have
-                                                                 else 0) for fid, entry in todo)
-                          - linked)
+        _check_free_space(layout.dest, _space_needed(todo, have, builds))
         layout.dest.mkdir(parents=True, exist_ok=True)
         sizes = [entry.size for entry in parsed.files]
         counts = Counts(files_done=len(result.skipped))
         tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
                           progress)
         counts.bytes_done = _bytes_in_place(parsed, todo, have)
-
-        def copied(n: int) -> None:
-            counts.bytes_done += n
-            tracker.tick()
-
-        if todo:
-            update.begin()
-        reused = update.reuse(builds, have, opts.workers, copied)
-        result.bytes_reused = reused.bytes
-        result.removed += update.clear_the_way()
-        placed = set(update.place(reused.whole))
-        result.completed += [entry.path for fid, entry in todo if fid in placed]
-        todo = [(fid, entry) for fid, entry in todo if fid not in placed]
-        have = {fid: ranges for fid, ranges in have.items() if fid not in placed}
+        todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result)
         planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
                           spread=opts.connections, object_ends=known_object_ends(parsed.files))
         plan = planner.plan(todo, have=have)
@@ -164,6 +148,36 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         journal.close()
     _tidy_state(layout, keep_state, result.ok)
     return result
+
+
+def _space_needed(todo: list[tuple[int, FileEntry]], have: Mapping[int, RangeSet],
+                  builds: list[Build]) -> int:
+    """What the run will write: each file's bytes it has not got, but for the moves that are
+    hard links (mpdl.update), which take no space."""
+    missing = sum((entry.size or 0) - (have[fid].total() if fid in have else 0)
+                  for fid, entry in todo)
+    return missing - sum(build.entry.size or 0 for build in builds if build.link)
+
+
+def _build_locally(update: Update, builds: list[Build], todo: list[tuple[int, FileEntry]],
+                   have: dict[int, RangeSet], workers: int, tracker: Tracker,
+                   result: Result) -> tuple[list[tuple[int, FileEntry]], dict[int, RangeSet]]:
+    """The update's part before the fetch (mpdl.update): copy what local files hold, clear
+    old files out of the new ones' way, place the files copied whole. Returns what is left
+    to fetch and what it has."""
+    def copied(n: int) -> None:
+        tracker.counts.bytes_done += n
+        tracker.tick()
+
+    if todo:
+        update.begin()
+    reused = update.reuse(builds, have, workers, copied)
+    result.bytes_reused = reused.bytes
+    result.removed += update.clear_the_way()
+    placed = set(update.place(reused.whole))
+    result.completed += [entry.path for fid, entry in todo if fid in placed]
+    return ([(fid, entry) for fid, entry in todo if fid not in placed],
+            {fid: ranges for fid, ranges in have.items() if fid not in placed})
 
 
 def _bytes_in_place(manifest: Manifest, todo: list[tuple[int, FileEntry]],
