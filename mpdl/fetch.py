@@ -21,7 +21,7 @@ from .hashing import parse_hash
 from .http import discard, open_response, parse_content_range, range_header, status_error
 from .messages import Check, Fetch, Filled, FromWorker, Redirected
 from .proxy import Routed
-from .ratelimit import SpeedCap, window
+from .ratelimit import SpeedCap, receive_buffer
 from .ring import Ring
 
 # Bytes asked of one readinto. A read that fails loses count of what it had received, so
@@ -165,11 +165,11 @@ def _read_into(raw, view: memoryview) -> int:
 class CappedReads:
     """A response's reads under the run's speed cap (None: a worker outside a run, as tests
     make): each waits for its turn and asks what the cap allows, and what the socket did not
-    deliver goes back. The connection's receive buffer follows the rate (ratelimit.window) from
-    the first read on and whenever the rate changes, so the kernel cannot take in much more
-    than mpdl reads; a socket it never had to shrink is left alone (and keeps the kernel's own
-    tuning), and one shrunk, then uncapped, is closed after its response, so the next
-    connection is the kernel's to tune again."""
+    deliver goes back. The connection's receive buffer follows the rate
+    (ratelimit.receive_buffer) from the first read on and whenever the rate changes, so the
+    kernel cannot take in much more than mpdl reads; a socket it never had to shrink is left
+    alone (and keeps the kernel's own tuning), and one shrunk, then uncapped, is closed after
+    its response, so the next connection is the kernel's to tune again."""
 
     def __init__(self, response, cap: SpeedCap | None) -> None:
         self.cap = cap
@@ -182,7 +182,7 @@ class CappedReads:
         cap = self.cap
         if cap is None:
             return _read_into(raw, view)
-        self._fit_window(cap.rate)
+        self._fit_buffer(cap.rate)
         granted = cap.take(len(view))
         got = 0
         try:
@@ -191,24 +191,24 @@ class CappedReads:
             cap.give_back(granted - got)
         return got
 
-    def _fit_window(self, rate: float | None) -> None:
+    def _fit_buffer(self, rate: float | None) -> None:
         """SO_RCVBUF for ``rate``, set on the socket when it changed since it was last set.
         What was set is noted on the connection (its socket, and the rate), which outlives
         the response: the next response on the same socket knows it."""
         sock = getattr(self.connection, "sock", None)
         if sock is None:
             return
-        sock_then, rate_then = getattr(self.connection, "mpdl_window", (None, None))
+        sock_then, rate_then = getattr(self.connection, "mpdl_buffer_for", (None, None))
         if rate == (rate_then if sock_then is sock else None):
             return
         assert self.cap is not None
         self.shrunk_and_lifted = rate is None
         try:
-            self.connection.mpdl_window = (sock, rate)  # type: ignore[union-attr]
+            self.connection.mpdl_buffer_for = (sock, rate)  # type: ignore[union-attr]
             mss = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
             # Never under two segments: a window smaller than that stalls the sender.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
-                            max(2 * mss, window(rate, self.cap.connections)))
+                            max(2 * mss, receive_buffer(rate, self.cap.connections)))
         except (OSError, AttributeError):
             pass  # closed under us, or not TCP: the reads are capped all the same
 

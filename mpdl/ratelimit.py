@@ -16,7 +16,7 @@ Rules:
   reads at most rate * T, plus that burst and the reads under way. The bytes read never run
   ahead of the credit: by t seconds after the budget was made, at most burst + rate * t.
 - A read that got fewer bytes than its ticket gives the rest back.
-- Under a cap each connection's receive buffer is kept small (``window``), so the wire
+- Under a cap each connection's receive buffer is kept small (``receive_buffer``), so the wire
   follows the reads closely: it is set at a response's first read and again when the rate
   changes, and raised when the cap is lifted.
 - A thread waits for its turn in naps of NAP_SECONDS at most and looks at the rate after each,
@@ -44,11 +44,11 @@ NAP_SECONDS = 0.25
 MIN_READ = KiB
 # ...and at most: finer than the uncapped reads, so the turns stay short.
 MAX_READ = 64 * KiB
-# Under a cap, each connection's receive window holds this much of its share at most (window).
-WINDOW_SECONDS = 0.2
+# Under a cap, each connection's receive buffer holds this much of its share (receive_buffer).
+BUFFER_SECONDS = 0.2
 # A receive buffer that limits nothing, asked for when a cap is lifted (the kernel grants up
 # to net.core.rmem_max).
-UNCLAMPED = 64 * 1024 * 1024
+UNCAPPED_BUFFER = 64 * 1024 * 1024
 # A turn closer than this has come: the float sums leave slivers that no sleep would cross.
 ROUNDING_SECONDS = 1e-9
 # The lock is held for microseconds: held this long when a worker died, it was that worker's.
@@ -82,21 +82,21 @@ def read_size(rate: float, connections: int) -> int:
     return int(max(MIN_READ, min(MAX_READ, rate * TURN_SECONDS / max(1, connections))))
 
 
-def window(rate: float | None, connections: int) -> int:
-    """The receive buffer (SO_RCVBUF) a connection gets under ``rate`` (UNCLAMPED: no cap).
+def receive_buffer(rate: float | None, connections: int) -> int:
+    """The receive buffer (SO_RCVBUF) a connection gets under ``rate`` (UNCAPPED_BUFFER: no cap).
 
     The kernel takes in what the buffer holds before mpdl reads it, and the cap governs only
     the reads: with the kernel's own buffers (refilled whenever a response starts) the wire ran
-    9 to 20% over a 1 MiB/s cap on 16 connections. A buffer of two reads, or of WINDOW_SECONDS
+    9 to 20% over a 1 MiB/s cap on 16 connections. A buffer of two reads, or of BUFFER_SECONDS
     of the connection's share if more (so a link of that round trip still carries the share),
-    keeps what the kernel holds ahead under about WINDOW_SECONDS of the cap. Once a cap is
+    keeps what the kernel holds ahead under about BUFFER_SECONDS of the cap. Once a cap is
     lifted the buffer goes back up as far as the system allows (net.core.rmem_max) for the rest
     of the response, and the connection is then closed: the kernel no longer tunes a buffer
     once it was set, and a new connection's it does."""
     if not rate:
-        return UNCLAMPED
+        return UNCAPPED_BUFFER
     share = rate / max(1, connections)
-    return int(max(2 * read_size(rate, connections), share * WINDOW_SECONDS))
+    return int(max(2 * read_size(rate, connections), share * BUFFER_SECONDS))
 
 
 class SpeedCap:

@@ -355,7 +355,7 @@ def test_a_capped_connection_gets_a_small_receive_buffer_and_is_let_go_once_lift
         reads = CappedReads(response, cap)
         reads.read(raw, memoryview(bytearray(1)))
         small = _rcvbuf(sock)
-        assert small < untouched and small <= 2 * ratelimit.window(1 * MiB, 16) + 4 * 65536
+        assert small < untouched and small <= 2 * ratelimit.receive_buffer(1 * MiB, 16) + 4 * 65536
         cap.set_rate(50 * MiB)
         reads.read(raw, memoryview(bytearray(1)))
         assert _rcvbuf(sock) > small
