@@ -411,7 +411,7 @@ class Scheduler:
             task_id=task.task_id, attempt=run.attempt, url=run.url, offset=task.offset,
             length=task.length, ranged=task.ranged, exact=task.exact,
             compression=task.compression, size=task.size, checks=task.checks, slot=slot,
-            credentials=same_host(asked, run.url)))
+            credentials=run.url == asked or same_host(asked, run.url)))
 
     def _asked_url(self, run: TaskRun) -> str:
         """The URL the task's mirror is asked at now: its fresh one after a 401/403."""

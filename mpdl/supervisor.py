@@ -163,8 +163,9 @@ class Supervisor:
         if asked is None:
             return
         rate = parse_rate(asked)
-        if rate != self.cap.rate:
-            log.info("speed cap: %s", "none" if rate is None else f"{human_bytes(rate)}/s")
+        if rate == self.cap.rate:
+            return
+        log.info("speed cap: %s", "none" if rate is None else f"{human_bytes(rate)}/s")
         self.cap.set_rate(rate)
         self._fit_tail_to_cap()
 
