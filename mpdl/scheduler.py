@@ -24,11 +24,9 @@ Rules it keeps:
 - every attempt at a range charges the one budget of the range (states.Budget), shared by
   its pieces: a retry, a race (its stalled victim failed), a thief that fails, on any mirror.
   When it is spent the file fails, and no contest takes the range's last attempt;
-- an object's URL that redirected (a CDN's signed URL) is asked at its final URL from then
-  on, one redirect per object rather than per range; when the final URL refuses (401, 403)
-  or lacks the object (404, 410, 416), it is forgotten and the task asks the URL it came
-  from again, at no cost to its retry budget: that URL decides (a fresh redirect, or the
-  retry policy with ``refresh_url`` for a 401/403 of its own).
+- where each attempt goes (mirrors, fresh URLs after a 401/403, final URLs after a
+  redirect) is the routes room's (routes.py); a final URL that refuses or lacks the object
+  sends the task back to the URL it came from at no cost to its budget: that URL decides.
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ from dataclasses import dataclass, field, replace
 from .checkpoints import JournalSynced
 from .errors import DiskError, RunStopped
 from .filebook import FileBook, FileEnded, ForgetRanges
-from .headers import same_host
 from .layout import Layout
 from .messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FileClosed, Filled,
                        FromWorker, FromWriter, Grant, Piece, Redirected, SlotWritten, Synced,
@@ -53,6 +50,7 @@ from .contests import Contest, Contests, Won
 from .plan import Plan, Planner, Task, cut_task, split_task, stream_task
 from .progress import Counts
 from .ranges import RangeSet
+from .routes import NeedFreshUrl, Routes
 from .retry import (Decision, Failure, GiveUp, Refresh, Retry, RetryPolicy, Split, StopRun,
                     Stream)
 from .slots import SlotPool
@@ -68,13 +66,6 @@ T, F = TaskState, FileState
 
 
 # -- effects: what the supervisor carries out, in order, before it sends the records ----------
-
-
-@dataclass(frozen=True, slots=True)
-class NeedFreshUrl:
-    """``url`` was refused (401/403): call the caller's hook, then ``url_refreshed``."""
-
-    url: str
 
 
 Effect = ForgetRanges | JournalSynced | NeedFreshUrl | FileEnded
@@ -106,7 +97,6 @@ class Scheduler:
         # How files are cut into tasks; its ``streamed`` is the one home of the objects known
         # to ignore Range, and grows when one is found.
         self.planner = planner
-        self.mirrors = mirrors
         self.layout = layout
         self.limits = limits
         self.policy = policy or RetryPolicy()
@@ -117,6 +107,7 @@ class Scheduler:
         self.contests = Contests(tail or TailPolicy(), plan.slot_size)
         self.slots = SlotPool(limits.slots)
         self.out = Output()
+        self.routes = Routes(mirrors, effect=self.out.effects.append)
         self.book = FileBook(plan, layout=layout, have=have, journaling=journaling,
                              counts=self.counts, to_writer=self.out.to_writer.append,
                              effect=self.out.effects.append)
@@ -129,13 +120,10 @@ class Scheduler:
         self.delayed: list[tuple[float, int, TaskRun, int]] = []  # a heap by wake-up time
         self.waiting_slot: deque[tuple[TaskRun, int]] = deque()
         self.deferred: dict[str, list[TaskRun]] = {}  # object -> ranges its stream will serve
-        self.refreshing: dict[str, tuple[str, list[TaskRun]]] = {}  # refused -> (mirror, runs)
         self._tie = itertools.count()
         self.busy: Counter[int] = Counter()  # tasks ON_WORKER per worker id
         self.on_worker: set[TaskRun] = set()  # the tasks ON_WORKER: few, where runs are many
         self.on_source: Counter[str] = Counter()  # tasks ON_WORKER per object
-        self.fresh_urls: dict[str, str] = {}  # mirror URL refused with 401/403 -> its fresh one
-        self.final_urls: dict[str, str] = {}  # URL asked (mirror or fresh) -> where it redirected
         self.stopped: RunStopped | None = None  # the first disk error, or a StopRun
         self.now = 0.0  # the time of the latest event
         self._add_tasks(plan.tasks)
@@ -243,7 +231,7 @@ class Scheduler:
         if record.attempt == run.attempt and run.state in ON_WORKER:
             # Keyed by the URL asked, not run.url: when that was a final URL already and it
             # redirected again (A to B, then B to C), A's ranges go to C from now on.
-            self.final_urls[run.asked] = record.url
+            self.routes.redirected(run.asked, record.url)
 
     def writer_record(self, record: FromWriter) -> None:
         if isinstance(record, SlotWritten):
@@ -320,10 +308,7 @@ class Scheduler:
 
     def url_refreshed(self, refused: str, fresh: str | None) -> None:
         """The caller's hook answered for ``refused``: retry with ``fresh``, or give up."""
-        mirror, runs = self.refreshing.pop(refused)
-        ok = bool(fresh) and fresh != refused
-        if ok:
-            self.fresh_urls[mirror] = fresh
+        ok, runs = self.routes.refreshed(refused, fresh)
         for run in runs:
             if run.state is not T.REFRESHING:
                 continue
@@ -407,8 +392,8 @@ class Scheduler:
         task = run.task
         run.attempt += 1
         run.worker = worker
-        asked = self._asked_url(run)
-        run.asked, run.url = asked, self.final_urls.get(asked, asked)
+        route = self.routes.route(task.source, run.attempts.mirror)
+        run.asked, run.url = route.asked, route.url
         run.delivered, run.started_at, run.progress_at = 0, self.now, self.now
         run.short_write = False
         slot = self.slots.acquire(task.task_id, run.attempt, worker)
@@ -417,12 +402,7 @@ class Scheduler:
             task_id=task.task_id, attempt=run.attempt, url=run.url, offset=task.offset,
             length=task.length, ranged=task.ranged, exact=task.exact,
             compression=task.compression, size=task.size, checks=task.checks, slot=slot,
-            credentials=run.url == asked or same_host(asked, run.url)))
-
-    def _asked_url(self, run: TaskRun) -> str:
-        """The URL the task's mirror is asked at now: its fresh one after a 401/403."""
-        mirror = self.mirrors(run.task.source)[run.attempts.mirror]
-        return self.fresh_urls.get(mirror, mirror)
+            credentials=route.credentials))
 
     def _grant_slots(self) -> None:
         """Free slots go first to responses already running, then to new tasks."""
@@ -499,13 +479,8 @@ class Scheduler:
         task = run.task
         log.info("task %d (%s): %s", task.task_id, record.kind.value, record.reason)
         run.last_failure = record.reason
-        asked = run.asked
-        if run.url != asked and record.kind in (FailKind.AUTH, FailKind.MIRROR):
-            # A final URL that no longer serves (a signed URL expired): back to where it
-            # came from, which redirects afresh or answers for itself.
-            if self.final_urls.get(asked) == run.url:
-                del self.final_urls[asked]
-                log.info("%s: its redirect no longer serves; asking %s again", run.url, asked)
+        if (record.kind in (FailKind.AUTH, FailKind.MIRROR)
+                and self.routes.stale(run.asked, run.url)):  # a signed URL expired
             self._move(run, T.QUEUED, front=True)
             return
         decision = self._retry_decision(run, failure)
@@ -533,7 +508,7 @@ class Scheduler:
     def _retry_decision(self, run: TaskRun, failure: Failure) -> Decision:
         task = run.task
         return self.policy.decide(
-            run.attempts, failure, mirrors=len(self.mirrors(task.source)),
+            run.attempts, failure, mirrors=self.routes.count(task.source),
             can_refresh=self.can_refresh,
             splittable=len(task.spans) > 1 and task.ranged and task.compression is None,
             jitter=self.rng.random())
@@ -558,16 +533,9 @@ class Scheduler:
         self._call_off(contest, dead=thief.worker)
 
     def _ask_fresh_url(self, run: TaskRun) -> None:
-        mirror = self.mirrors(run.task.source)[run.attempts.mirror]
-        current = self.fresh_urls.get(mirror, mirror)
-        if current != run.url:  # another task got a fresh one since this attempt began
-            self._move(run, T.QUEUED, front=True)
-            return
-        self._move(run, T.REFRESHING)
-        if current not in self.refreshing:
-            self.refreshing[current] = (mirror, [])
-            self.out.effects.append(NeedFreshUrl(current))
-        self.refreshing[current][1].append(run)
+        """Wait for the caller's fresh URL, unless another task got one since this attempt
+        began: then retry with it at once."""
+        self._move(run, T.REFRESHING if self.routes.ask_fresh(run) else T.QUEUED, front=True)
 
     def _defer(self, run: TaskRun) -> None:
         """Keep a range of an object that ignores Range for the one stream that will serve all;
@@ -647,7 +615,7 @@ class Scheduler:
             log.info("task %d: no slot for %.1f s; racing its rest from output byte %d on "
                      "task %d", victim.task.task_id, choice.idle, choice.at, tail.task_id)
             victim.attempts = self.policy.stalled(victim.attempts,
-                                                  len(self.mirrors(victim.task.source)))
+                                                  self.routes.count(victim.task.source))
         else:
             log.info("task %d: stealing its remainder from output byte %d on task %d",
                      victim.task.task_id, choice.at, tail.task_id)

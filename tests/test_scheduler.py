@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 import mpdl.checkpoints
+import mpdl.contests
 import mpdl.filebook
 import mpdl.retry
+import mpdl.routes
 import mpdl.scheduler
 import mpdl.slots
 import mpdl.states
@@ -1135,7 +1137,8 @@ def test_abort_fails_every_unfinished_file():
 
 
 @pytest.mark.parametrize("module", [mpdl.scheduler, mpdl.filebook, mpdl.states, mpdl.retry,
-                                    mpdl.checkpoints, mpdl.slots, mpdl.tail])
+                                    mpdl.checkpoints, mpdl.slots, mpdl.tail, mpdl.contests,
+                                    mpdl.routes])
 def test_the_decision_modules_do_no_io(module):
     tree = ast.parse(inspect.getsource(module))
     imported = set()
@@ -1403,7 +1406,7 @@ def test_a_redirect_from_an_attempt_given_up_is_not_learned():
     sim.fail(first)  # a retry of it is attempt 2; the stale attempt still talks
     sim.s.worker_record(0, Redirected(task_id=first.task_id, attempt=first.attempt,
                                       url=CDN + "big"), sim.now)
-    assert sim.s.final_urls == {}
+    assert sim.s.routes.final_urls == {}
 
 
 @pytest.mark.parametrize("kind", [FailKind.AUTH, FailKind.MIRROR])
@@ -1419,7 +1422,7 @@ def test_a_final_url_that_refuses_is_dropped_and_the_original_asked_again_at_no_
     [again] = sim.fetches(out)
     assert (again.task_id, again.url) == (second.task_id, A + "big")
     assert sim.run(again).attempts == mpdl.retry.Attempts()
-    assert sim.s.final_urls == {}
+    assert sim.s.routes.final_urls == {}
     redirected(sim, again, CDN + "big?sig=2")  # the origin redirects afresh
     [third] = sim.fetches(sim.fill(again))
     assert third.url == CDN + "big?sig=2"
@@ -1449,7 +1452,7 @@ def test_the_original_refusing_after_its_redirect_was_dropped_asks_for_a_fresh_u
     [fresh] = sim.fetches(sim.url_refreshed(A + "big", A + "big?token=2"))
     assert fresh.url == A + "big?token=2"
     redirected(sim, fresh, CDN + "big?token=2")
-    assert sim.s.final_urls == {A + "big?token=2": CDN + "big?token=2"}
+    assert sim.s.routes.final_urls == {A + "big?token=2": CDN + "big?token=2"}
 
 
 def test_without_contests_a_steal_cuts_its_victim_at_once():
