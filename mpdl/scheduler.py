@@ -40,19 +40,19 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .checkpoints import JournalSynced
+from .contests import Contest, Contests, Won
 from .errors import DiskError, RunStopped
 from .filebook import FileBook, FileEnded, ForgetRanges
 from .layout import Layout
 from .messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FileClosed, Filled,
                        FromWorker, FromWriter, Grant, Piece, Redirected, SlotWritten, Synced,
                        ToWorker, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
-from .contests import Contest, Contests, Won
 from .plan import Plan, Planner, Task, cut_task, split_task, stream_task
 from .progress import Counts
 from .ranges import RangeSet
-from .routes import NeedFreshUrl, Routes
 from .retry import (Decision, Failure, GiveUp, Refresh, Retry, RetryPolicy, Split, StopRun,
                     Stream)
+from .routes import NeedFreshUrl, Routes
 from .slots import SlotPool
 from .states import ENDED, IN_FLIGHT, LIVE, ON_WORKER, FileRun, FileState, TaskRun, TaskState
 from .tail import Race, Steal, TailPolicy
@@ -520,7 +520,7 @@ class Scheduler:
         more connection (429, 503) would be asked again on every tick. A decision that would
         move the range (a fresh URL, a stream, a split) is left to the victim's own attempt."""
         thief = contest.thief
-        log.info("task %d (racing task %d; %s): %s", thief.task.task_id,
+        log.info("task %d (contesting task %d; %s): %s", thief.task.task_id,
                  contest.victim.task.task_id, failure.kind.value, failure.reason)
         decision = self._retry_decision(thief, failure)
         delay = max(TAIL_COOLDOWN, failure.retry_after or 0.0)

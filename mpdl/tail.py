@@ -52,7 +52,7 @@ class Candidate:
     delivered: int
     size: int
     idle: float
-    elapsed: float = 0.0
+    elapsed: float
 
     @property
     def rate(self) -> float | None:
