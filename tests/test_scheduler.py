@@ -1297,6 +1297,7 @@ def test_when_a_thiefs_worker_dies_its_victim_keeps_its_range():
     sim.worker_died(sim.job(thief).worker)
     assert sim.run(thief).state is T.CANCELLED
     assert sim.run(victim).task.length == 1000
+    assert sim.run(victim).attempts.failures == 1, "the thief's death is the range's"
     sim.serve()
     assert sim.ended() == {"big": (True, "")}
     assert_written_once(sim, {0: 1000})
