@@ -19,7 +19,12 @@ The rules (the README's "What happens when things go wrong" table):
 - a refused TLS certificate stops the run at once: every request to that server would be
   refused too, and a mirror is not tried instead (a missing CA or an attack is for the user to
   see, not to route around);
-- a worker that died under a task counts as a transient failure, retried at once.
+- a worker that died under a task counts as a transient failure, retried at once;
+- the history is a range's, not a request's: every attempt at its bytes charges it (the
+  scheduler shares it between a range's pieces, states.Budget). A range raced because its
+  connection stalled has failed that attempt (``stalled``), and a contest (a race, a steal)
+  starts only while the budget keeps one more attempt beyond it (``can_contest``), so a
+  server that never finishes a range spends its budget and the file fails.
 """
 
 from __future__ import annotations
@@ -161,11 +166,22 @@ class RetryPolicy:
         if kind is FailKind.RETRY:
             failures = attempts.failures + 1
             if failures >= self.max_attempts:
-                return GiveUp(f"failed {failures} times, last: {failure.reason}")
+                return GiveUp(f"gave up after {failures} attempts (last: {failure.reason})")
             wait = backoff(failures, jitter, failure.retry_after, base=self.backoff_base,
                            cap=self.backoff_max, retry_after_max=self.retry_after_max)
             return Retry(wait, replace(attempts, failures=failures).next_mirror(mirrors))
         return GiveUp(failure.reason)  # FATAL: a manifest that lies, an internal error
+
+    def can_contest(self, attempts: Attempts) -> bool:
+        """Whether a range may be raced or stolen from: a contest is one more attempt, which
+        may fail, and the range's last attempt is its own (its failure then ends the file)."""
+        return attempts.failures + 1 < self.max_attempts
+
+    def stalled(self, attempts: Attempts, mirrors: int) -> Attempts:
+        """The range's connection stopped delivering and is raced: that attempt failed (a
+        transient failure, charged now whatever it does next), and the race asks the next
+        mirror. Only after ``can_contest``."""
+        return replace(attempts, failures=attempts.failures + 1).next_mirror(mirrors)
 
     def after_death(self, attempts: Attempts) -> Retry | GiveUp:
         """The worker running the task died: retry at once on the same mirror, within the

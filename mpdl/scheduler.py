@@ -18,13 +18,15 @@ Rules it keeps:
   the writer, which keeps the order of what it is sent, can verify and rename at once;
 - a decision after a failure is the retry policy's (retry.py), and what an idle connection
   takes when nothing waits (a stolen half, a race against a stalled range) is the tail
-  policy's (tail.py); the scheduler carries them out. A contest's loser is cancelled or cut
-  short before any of its bytes past the cut reach the writer;
-- an object's URL that redirected (a CDN's signed URL) is asked at its final URL from then
-  on, one redirect per object rather than per range; when the final URL refuses (401, 403)
-  or lacks the object (404, 410, 416), it is forgotten and the task asks the URL it came
-  from again, at no cost to its retry budget: that URL decides (a fresh redirect, or the
-  retry policy with ``refresh_url`` for a 401/403 of its own).
+  policy's (tail.py), kept with the contests it starts in their room (contests.py); the
+  scheduler carries them out. A contest's loser is cancelled or cut short at once, before
+  any of its bytes past the cut reach the writer;
+- every attempt at a range charges the one budget of the range (states.Budget), shared by
+  its pieces: a retry, a race (its stalled victim failed), a thief that fails, on any mirror.
+  When it is spent the file fails, and no contest takes the range's last attempt;
+- where each attempt goes (mirrors, fresh URLs after a 401/403, final URLs after a
+  redirect) is the routes room's (routes.py); a final URL that refuses or lacks the object
+  sends the task back to the URL it came from at no cost to its budget: that URL decides.
 """
 
 from __future__ import annotations
@@ -38,21 +40,22 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .checkpoints import JournalSynced
+from .contests import Contest, Contests, Won
 from .errors import DiskError, RunStopped
 from .filebook import FileBook, FileEnded, ForgetRanges
-from .headers import same_host
 from .layout import Layout
 from .messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FileClosed, Filled,
                        FromWorker, FromWriter, Grant, Piece, Redirected, SlotWritten, Synced,
                        ToWorker, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
-from .plan import Plan, Planner, Task, cut_points, cut_task, split_task, stream_task
+from .plan import Plan, Planner, Task, cut_task, split_task, stream_task
 from .progress import Counts
 from .ranges import RangeSet
-from .retry import Failure, GiveUp, Refresh, Retry, RetryPolicy, Split, StopRun, Stream
+from .retry import (Decision, Failure, GiveUp, Refresh, Retry, RetryPolicy, Split, StopRun,
+                    Stream)
+from .routes import NeedFreshUrl, Routes
 from .slots import SlotPool
-from .states import (ENDED, IN_FLIGHT, LIVE, ON_WORKER, Contest, FileRun, FileState, TaskRun,
-                     TaskState)
-from .tail import Candidate, Race, Steal, TailPolicy, slot_time
+from .states import ENDED, IN_FLIGHT, LIVE, ON_WORKER, FileRun, FileState, TaskRun, TaskState
+from .tail import Race, Steal, TailPolicy
 
 log = logging.getLogger("mpdl")
 
@@ -63,13 +66,6 @@ T, F = TaskState, FileState
 
 
 # -- effects: what the supervisor carries out, in order, before it sends the records ----------
-
-
-@dataclass(frozen=True, slots=True)
-class NeedFreshUrl:
-    """``url`` was refused (401/403): call the caller's hook, then ``url_refreshed``."""
-
-    url: str
 
 
 Effect = ForgetRanges | JournalSynced | NeedFreshUrl | FileEnded
@@ -101,17 +97,17 @@ class Scheduler:
         # How files are cut into tasks; its ``streamed`` is the one home of the objects known
         # to ignore Range, and grows when one is found.
         self.planner = planner
-        self.mirrors = mirrors
         self.layout = layout
         self.limits = limits
         self.policy = policy or RetryPolicy()
-        self.tail = tail or TailPolicy()
         self.can_refresh = can_refresh
         self.counts = counts if counts is not None else Counts()
         self.rng = rng or random.Random()
         self.slot_size = plan.slot_size
+        self.contests = Contests(tail or TailPolicy(), plan.slot_size)
         self.slots = SlotPool(limits.slots)
         self.out = Output()
+        self.routes = Routes(mirrors, effect=self.out.effects.append)
         self.book = FileBook(plan, layout=layout, have=have, journaling=journaling,
                              counts=self.counts, to_writer=self.out.to_writer.append,
                              effect=self.out.effects.append)
@@ -124,20 +120,12 @@ class Scheduler:
         self.delayed: list[tuple[float, int, TaskRun, int]] = []  # a heap by wake-up time
         self.waiting_slot: deque[tuple[TaskRun, int]] = deque()
         self.deferred: dict[str, list[TaskRun]] = {}  # object -> ranges its stream will serve
-        self.refreshing: dict[str, tuple[str, list[TaskRun]]] = {}  # refused -> (mirror, runs)
         self._tie = itertools.count()
         self.busy: Counter[int] = Counter()  # tasks ON_WORKER per worker id
         self.on_worker: set[TaskRun] = set()  # the tasks ON_WORKER: few, where runs are many
         self.on_source: Counter[str] = Counter()  # tasks ON_WORKER per object
-        self.fresh_urls: dict[str, str] = {}  # mirror URL refused with 401/403 -> its fresh one
-        self.final_urls: dict[str, str] = {}  # URL asked (mirror or fresh) -> where it redirected
         self.stopped: RunStopped | None = None  # the first disk error, or a StopRun
         self.now = 0.0  # the time of the latest event
-        self.slot_seconds: float | None = None  # how long a full slot takes, on average
-        self.first_seconds: float | None = None  # how long a first slot takes, from dispatch
-        # When each worker was first heard from (it says Alive once it runs): a range is never
-        # slow before its worker has even started (a fork server or spawn can take a second).
-        self.heard_at: dict[int, float] = {}
         self._add_tasks(plan.tasks)
         self.book.close_if_complete(self.files)
 
@@ -167,11 +155,8 @@ class Scheduler:
         """When time alone next changes something: a retry's wait ends, a checkpoint is due."""
         times = [self.delayed[0][0]] if self.delayed else []
         if self._idle_connection():  # a running range may become slow enough to race
-            times += [self.now - c.idle
-                      + self.tail.patience(c, self.slot_seconds, self.first_seconds)
-                      for c in self._candidates() if c.delivered in c.cuts]
-            times += [run.contest_after for run in self.on_worker
-                      if run.contest_after > self.now]
+            tail = self.contests.wakeup(self._contestable(), self.now, self.planner.streamed)
+            times += [] if tail is None else [tail]
         checkpoints = self.book.checkpoints
         if (checkpoints.journaling and checkpoints.next_due is not None
                 and checkpoints.in_flight is None):  # while one is out, its Synced wakes us
@@ -208,8 +193,12 @@ class Scheduler:
     def worker_started(self, worker: int) -> None:
         self.busy[worker] = 0
 
+    def cap_changed(self, rate: float | None, connections: int) -> None:
+        """The speed cap changed (None: no cap): contests follow it (tail.TailPolicy.capped)."""
+        self.contests.cap_changed(rate, connections)
+
     def worker_record(self, worker: int, record: FromWorker, now: float) -> None:
-        self.heard_at.setdefault(worker, now)
+        self.contests.heard(worker, now)
         if isinstance(record, Alive):
             return
         if isinstance(record, Redirected):
@@ -242,7 +231,7 @@ class Scheduler:
         if record.attempt == run.attempt and run.state in ON_WORKER:
             # Keyed by the URL asked, not run.url: when that was a final URL already and it
             # redirected again (A to B, then B to C), A's ranges go to C from now on.
-            self.final_urls[self._asked_url(run)] = record.url
+            self.routes.redirected(run.asked, record.url)
 
     def writer_record(self, record: FromWriter) -> None:
         if isinstance(record, SlotWritten):
@@ -287,11 +276,15 @@ class Scheduler:
                           key=lambda r: r.task.task_id):
             if run.state not in ON_WORKER:  # a thief called off just now, with its victim
                 continue
-            if run.contest is not None:  # the other one of a contest goes on alone
-                if run is run.contest.thief:
-                    self._call_off(run.contest, dead=worker)
+            contest = self.contests.of(run)
+            if contest is not None:  # the other one of a contest goes on alone
+                if run is contest.thief:
+                    death = self.policy.after_death(run.attempts)
+                    if isinstance(death, Retry):  # an attempt of the range: charged
+                        run.attempts = death.attempts
+                    self._call_off(contest, dead=worker)
                     continue
-                self._decide(run.contest, thief_won=True, notify=False)
+                self._decide(Won(contest, thief=True), notify=False)
                 if run.state not in ON_WORKER:  # it had delivered all that is left to it
                     continue
             run.attempt += 1  # whatever that attempt still sends is stale
@@ -302,7 +295,7 @@ class Scheduler:
                 run.attempts = decision.attempts
                 self._move(run, T.QUEUED, front=True)
         del self.busy[worker]
-        self.heard_at.pop(worker, None)
+        self.contests.worker_gone(worker)
 
     def writer_died(self, intact: Container[int]) -> None:
         """A new writer takes over: every unfinished file starts over from its durable bytes,
@@ -315,10 +308,7 @@ class Scheduler:
 
     def url_refreshed(self, refused: str, fresh: str | None) -> None:
         """The caller's hook answered for ``refused``: retry with ``fresh``, or give up."""
-        mirror, runs = self.refreshing.pop(refused)
-        ok = bool(fresh) and fresh != refused
-        if ok:
-            self.fresh_urls[mirror] = fresh
+        ok, runs = self.routes.refreshed(refused, fresh)
         for run in runs:
             if run.state is not T.REFRESHING:
                 continue
@@ -402,21 +392,17 @@ class Scheduler:
         task = run.task
         run.attempt += 1
         run.worker = worker
-        asked = self._asked_url(run)
-        run.url = self.final_urls.get(asked, asked)
-        run.delivered, run.progress_at, run.short_write = 0, self.now, False
+        route = self.routes.route(task.source, run.attempts.mirror)
+        run.asked, run.url = route.asked, route.url
+        run.delivered, run.started_at, run.progress_at = 0, self.now, self.now
+        run.short_write = False
         slot = self.slots.acquire(task.task_id, run.attempt, worker)
         self._move(run, T.RUNNING)
         self._to_worker(worker, Fetch(
             task_id=task.task_id, attempt=run.attempt, url=run.url, offset=task.offset,
             length=task.length, ranged=task.ranged, exact=task.exact,
             compression=task.compression, size=task.size, checks=task.checks, slot=slot,
-            credentials=run.url == asked or same_host(asked, run.url)))
-
-    def _asked_url(self, run: TaskRun) -> str:
-        """The URL the task's mirror is asked at now: its fresh one after a 401/403."""
-        mirror = self.mirrors(run.task.source)[run.attempts.mirror]
-        return self.fresh_urls.get(mirror, mirror)
+            credentials=route.credentials))
 
     def _grant_slots(self) -> None:
         """Free slots go first to responses already running, then to new tasks."""
@@ -437,14 +423,9 @@ class Scheduler:
         """Route a filled slot to the writer. Files open with their first bytes, and a file
         whose last task this was closes right behind them: the writer keeps the order, so a
         small file costs it one batch (open, write, close) instead of three."""
-        contest = run.contest
-        if contest is not None and (run is contest.thief or record.offset >= contest.at):
-            self._decide(contest, thief_won=run is contest.thief)
-        took = self.now - max(run.progress_at, self.heard_at.get(run.worker, run.progress_at))
-        if not run.delivered:  # timed from when its worker ran, as idleness is (_candidates)
-            self.first_seconds = slot_time(self.first_seconds, took)
-        elif record.length == self.slot_size:
-            self.slot_seconds = slot_time(self.slot_seconds, took)
+        won = self.contests.filled(run, record, self.now)
+        if won is not None:
+            self._decide(won)
         run.delivered, run.progress_at = record.offset + record.length, self.now
         pieces = []
         for fid, file_offset, slot_offset, length in run.task.map(record.offset, record.length):
@@ -486,34 +467,23 @@ class Scheduler:
 
     def _failed(self, run: TaskRun, record: Failed, now: float) -> None:
         self.slots.release_filling(record.task_id, record.attempt)
-        if run.contest is not None:  # the other one of a contest goes on alone
-            if run is run.contest.thief:
-                # Not raced or stolen from again at once: a server refusing one more
-                # connection (429, 503) would be asked again on every tick.
-                victim = run.contest.victim
-                victim.contest_after = now + max(TAIL_COOLDOWN, record.retry_after or 0.0)
-                self._call_off(run.contest, dead=run.worker)
+        failure = Failure(record.kind, record.reason, record.retry_after)
+        contest = self.contests.of(run)
+        if contest is not None:  # the other one of a contest goes on alone
+            if run is contest.thief:
+                self._thief_failed(contest, failure, now)
                 return
-            self._decide(run.contest, thief_won=True, notify=False)
-            if run.state not in ON_WORKER:  # it had delivered all that is left to it
-                return
+            self._decide(Won(contest, thief=True), notify=False)
+            if run.state not in ON_WORKER:  # all that is left to it was delivered (a raced
+                return  # victim stands at its cut: its stall was charged when it was raced)
         task = run.task
         log.info("task %d (%s): %s", task.task_id, record.kind.value, record.reason)
         run.last_failure = record.reason
-        asked = self._asked_url(run)
-        if run.url != asked and record.kind in (FailKind.AUTH, FailKind.MIRROR):
-            # A final URL that no longer serves (a signed URL expired): back to where it
-            # came from, which redirects afresh or answers for itself.
-            if self.final_urls.get(asked) == run.url:
-                del self.final_urls[asked]
-                log.info("%s: its redirect no longer serves; asking %s again", run.url, asked)
+        if (record.kind in (FailKind.AUTH, FailKind.MIRROR)
+                and self.routes.stale(run.asked, run.url)):  # a signed URL expired
             self._move(run, T.QUEUED, front=True)
             return
-        decision = self.policy.decide(
-            run.attempts, Failure(record.kind, record.reason, record.retry_after),
-            mirrors=len(self.mirrors(task.source)), can_refresh=self.can_refresh,
-            splittable=len(task.spans) > 1 and task.ranged and task.compression is None,
-            jitter=self.rng.random())
+        decision = self._retry_decision(run, failure)
         if isinstance(decision, Retry):
             run.attempts = decision.attempts
             if decision.delay > 0:
@@ -535,17 +505,37 @@ class Scheduler:
             if isinstance(decision, StopRun) and self.stopped is None:
                 self.stopped = RunStopped(decision.reason)
 
+    def _retry_decision(self, run: TaskRun, failure: Failure) -> Decision:
+        task = run.task
+        return self.policy.decide(
+            run.attempts, failure, mirrors=self.routes.count(task.source),
+            can_refresh=self.can_refresh,
+            splittable=len(task.spans) > 1 and task.ranged and task.compression is None,
+            jitter=self.rng.random())
+
+    def _thief_failed(self, contest: Contest, failure: Failure, now: float) -> None:
+        """A thief's attempt failed: an attempt of the range, charged to its budget (the next
+        one asks the next mirror). Its victim goes on alone, not contested again before the
+        backoff is over (at least TAIL_COOLDOWN, or the Retry-After): a server refusing one
+        more connection (429, 503) would be asked again on every tick. A decision that would
+        move the range (a fresh URL, a stream, a split) is left to the victim's own attempt."""
+        thief = contest.thief
+        log.info("task %d (contesting task %d; %s): %s", thief.task.task_id,
+                 contest.victim.task.task_id, failure.kind.value, failure.reason)
+        decision = self._retry_decision(thief, failure)
+        delay = max(TAIL_COOLDOWN, failure.retry_after or 0.0)
+        if isinstance(decision, Retry):
+            thief.attempts = decision.attempts
+            delay = max(delay, decision.delay)
+        elif isinstance(decision, StopRun) and self.stopped is None:
+            self.stopped = RunStopped(decision.reason)
+        self.contests.cool(contest.victim, now + delay)
+        self._call_off(contest, dead=thief.worker)
+
     def _ask_fresh_url(self, run: TaskRun) -> None:
-        mirror = self.mirrors(run.task.source)[run.attempts.mirror]
-        current = self.fresh_urls.get(mirror, mirror)
-        if current != run.url:  # another task got a fresh one since this attempt began
-            self._move(run, T.QUEUED, front=True)
-            return
-        self._move(run, T.REFRESHING)
-        if current not in self.refreshing:
-            self.refreshing[current] = (mirror, [])
-            self.out.effects.append(NeedFreshUrl(current))
-        self.refreshing[current][1].append(run)
+        """Wait for the caller's fresh URL, unless another task got one since this attempt
+        began: then retry with it at once."""
+        self._move(run, T.REFRESHING if self.routes.ask_fresh(run) else T.QUEUED, front=True)
 
     def _defer(self, run: TaskRun) -> None:
         """Keep a range of an object that ignores Range for the one stream that will serve all;
@@ -588,11 +578,12 @@ class Scheduler:
     def _cancel(self, run: TaskRun) -> None:
         """This attempt's bytes are no longer wanted: whatever it still sends is stale, and
         the slot it fills comes back with its stale Filled or Failed (or its worker's death)."""
-        if run.contest is not None:
-            if run is run.contest.victim:
-                self._call_off(run.contest)
+        contest = self.contests.of(run)
+        if contest is not None:
+            if run is contest.victim:
+                self._call_off(contest)
             else:
-                run.contest.victim.contest = run.contest = None
+                self.contests.end(contest)
         if run.state in ON_WORKER:
             self._to_worker(run.worker, Cancel(task_id=run.task.task_id, attempt=run.attempt))
         run.attempt += 1
@@ -606,46 +597,45 @@ class Scheduler:
                 and sum(self.busy.values()) < self.limits.connections
                 and any(n < self.limits.per_worker for n in self.busy.values()))
 
-    def _candidates(self) -> list[Candidate]:
-        """The running ranges an idle connection could steal from or race."""
-        return [Candidate(task_id=run.task.task_id, size=run.task.size, delivered=run.delivered,
-                          idle=self.now - max(run.progress_at, self.heard_at[run.worker]),
-                          cuts=cut_points(run.task, run.delivered, self.slot_size))
-                for run in sorted(self.on_worker, key=lambda r: r.task.task_id)
-                if run.contest is None and run.task.size
-                and run.worker in self.heard_at and run.task.source not in self.planner.streamed
-                and run.contest_after <= self.now]
+    def _contestable(self) -> list[TaskRun]:
+        """The ranges on workers whose budget keeps an attempt beyond a contest."""
+        return [run for run in self.on_worker if self.policy.can_contest(run.attempts)]
 
     def _share_the_tail(self) -> None:
         """Each idle connection takes half of the largest remainder, or races a stalled one."""
         while self._idle_connection():
-            choice = self.tail.choose(self._candidates(), self.slot_size, self.slot_seconds,
-                                      self.first_seconds)
+            choice = self.contests.choose(self._contestable(), self.now, self.planner.streamed)
             if choice is None:
                 return
             self._start_contest(self.runs[choice.task_id], choice)
 
     def _start_contest(self, victim: TaskRun, choice: Steal | Race) -> None:
         _, tail = cut_task(victim.task, choice.at, self.next_task_id)
-        log.info("task %d: %s from output byte %d on task %d", victim.task.task_id,
-                 "stealing its remainder" if isinstance(choice, Steal) else "racing its rest",
-                 choice.at, tail.task_id)
+        if isinstance(choice, Race):  # its attempt failed: charged now, the thief asks anew
+            log.info("task %d: no slot for %.1f s; racing its rest from output byte %d on "
+                     "task %d", victim.task.task_id, choice.idle, choice.at, tail.task_id)
+            victim.attempts = self.policy.stalled(victim.attempts,
+                                                  self.routes.count(victim.task.source))
+        else:
+            log.info("task %d: stealing its remainder from output byte %d on task %d",
+                     victim.task.task_id, choice.at, tail.task_id)
         thief = self._add_run(tail)  # dispatched now, never queued: it is in the contest
-        thief.attempts = victim.attempts  # the same bytes: the same mirror, the same budget
-        thief.contest = victim.contest = Contest(victim=victim, thief=thief, at=choice.at)
+        thief.budget = victim.budget  # the same range: one budget, whoever wins
+        contest = self.contests.begin(victim, thief, choice.at)
         worker = min((w for w, n in self.busy.items() if n < self.limits.per_worker),
                      key=self.busy.__getitem__)
         self._dispatch(thief, worker)
-        if isinstance(choice, Steal) and not self.tail.contest_steals:
-            self._decide(thief.contest, thief_won=True)  # no contest: the victim stops there
+        if isinstance(choice, Steal) and not self.contests.policy.contest_steals:
+            self._decide(Won(contest, thief=True))  # no contest: the victim stops there
 
-    def _decide(self, contest: Contest, *, thief_won: bool, notify: bool = True) -> None:
+    def _decide(self, won: Won, *, notify: bool = True) -> None:
         """The first to report a slot past the cut has won: a thief cuts its victim short
         at the cut (ending it now if it stands there), a victim cancels its thief. A thief
         also wins when its victim's attempt failed or died (not ``notify``: no Cut to send)."""
+        contest = won.contest
         victim, thief, at = contest.victim, contest.thief, contest.at
-        victim.contest = thief.contest = None
-        if not thief_won:
+        self.contests.end(contest)
+        if not won.thief:
             self._cancel(thief)
             return
         head, _ = cut_task(victim.task, at, thief.task.task_id)
@@ -662,8 +652,8 @@ class Scheduler:
         """A contest ends without a winner (its victim failed, died or was cancelled, or its
         thief did): the victim keeps all of its output, the thief is cancelled. ``dead``: the
         worker whose attempts are over already (it died, or the thief's attempt failed)."""
-        victim, thief = contest.victim, contest.thief
-        victim.contest = thief.contest = None
+        thief = contest.thief
+        self.contests.end(contest)
         if thief.state in LIVE:
             if thief.state in ON_WORKER and thief.worker == dead:
                 thief.attempt += 1  # no Cancel to send: whatever it still sends is stale

@@ -63,6 +63,16 @@ LIVE = frozenset(TASK_MOVES) - {T.DONE, T.CANCELLED, T.FAILED}
 
 
 @dataclass(slots=True, eq=False)
+class Budget:
+    """The one retry budget of a planned range: every attempt at its bytes (retries, races,
+    steals, on every mirror) charges this history, shared by every run that holds a piece of
+    the range (a thief and its victim, the two halves of a steal), so no attempt starts
+    afresh and a server that never finishes a range spends it."""
+
+    attempts: Attempts = field(default_factory=Attempts)
+
+
+@dataclass(slots=True, eq=False)
 class TaskRun:
     """A task and where it stands. ``attempt`` grows on every dispatch and whenever an attempt
     is abandoned, and tags the records of that attempt, so late records of an abandoned one
@@ -71,17 +81,26 @@ class TaskRun:
     task: Task
     state: TaskState = TaskState.QUEUED
     attempt: int = 0
-    attempts: Attempts = field(default_factory=Attempts)
-    url: str = ""  # what the current (or last) attempt asked
+    budget: Budget = field(default_factory=Budget)
+    url: str = ""  # what the current (or last) attempt asked, after any redirect learned
+    asked: str = ""  # the mirror's URL (or its fresh one) that the attempt stood for
     worker: int | None = None
     last_failure: str = ""  # why the last attempt failed, for a give-up after a refresh
     credited: int = 0  # bytes of this attempt written and counted as done (taken back if it fails)
     moves: int = 0  # grows on each move: queue entries made before the last move are stale
     delivered: int = 0  # output bytes the current attempt has reported filled
+    started_at: float = 0.0  # when the current attempt was dispatched
     progress_at: float = 0.0  # when the current attempt started or last reported a slot
-    contest: Contest | None = None  # racing a thief for its remainder (tail.py)
     short_write: bool = False  # the writer wrote less of a slot of this attempt than it held
-    contest_after: float = 0.0  # not stolen from or raced before then (a thief failed)
+
+    @property
+    def attempts(self) -> Attempts:
+        """The history of the range this task is a piece of (its budget's)."""
+        return self.budget.attempts
+
+    @attempts.setter
+    def attempts(self, attempts: Attempts) -> None:
+        self.budget.attempts = attempts
 
     def move(self, new: TaskState) -> TaskState:
         """Change state, or raise IllegalMove; returns the old state."""
@@ -91,18 +110,6 @@ class TaskRun:
         self.state = new
         self.moves += 1
         return old
-
-
-@dataclass(slots=True, eq=False)
-class Contest:
-    """Two attempts at the same bytes: ``victim``'s output from ``at`` on, and ``thief``, a
-    task for exactly that output (tail.py). The first to report a slot past the cut wins: a
-    thief that wins cuts the victim short at ``at``; a victim that wins cancels the thief. Both
-    runs point here until it is decided, and neither is raced again meanwhile."""
-
-    victim: TaskRun
-    thief: TaskRun
-    at: int
 
 
 class FileState(Enum):

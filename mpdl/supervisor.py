@@ -18,7 +18,7 @@ import multiprocessing.queues
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from .checkpoints import JournalSynced
@@ -119,8 +119,7 @@ class Supervisor:
         limits = scheduler.limits
         self.cap = SpeedCap.create(self.ctx, options.limit_rate,
                                    connections=min(limits.connections, limits.slots))
-        self.uncapped_tail = scheduler.tail
-        self._fit_tail_to_cap()
+        scheduler.cap_changed(self.cap.rate, self.cap.connections)
         self.workers: dict[int, Child] = {}
         self.writer: Child | None = None
         self.worker_respawns = 2 * options.workers
@@ -167,20 +166,7 @@ class Supervisor:
             return
         log.info("speed cap: %s", "none" if rate is None else f"{human_bytes(rate)}/s")
         self.cap.set_rate(rate)
-        self._fit_tail_to_cap()
-
-    def _fit_tail_to_cap(self) -> None:
-        """Under a cap every range is slow by design: a slot takes its connection's share of
-        the cap to fill (slot size * connections / rate, as the connections take turns). No
-        range is raced as stalled before the tail policy's factor times that, and a steal is
-        no contest (the victim is cut at once): either would spend the cap on bytes fetched
-        twice (measured: 20% of a 40 MiB file at 2 MiB/s with contests)."""
-        tail, rate = self.uncapped_tail, self.cap.rate
-        if rate is not None:
-            share = self.ring.spec.slot_size * self.cap.connections / rate
-            tail = replace(tail, race_floor=max(tail.race_floor, tail.race_factor * share),
-                           contest_steals=False)
-        self.scheduler.tail = tail
+        self.scheduler.cap_changed(rate, self.cap.connections)
 
     def _timeout(self) -> float:
         wakeup = self.scheduler.next_wakeup()

@@ -1,51 +1,98 @@
 """Tail racing and work stealing: what an idle connection should take when no task waits.
 
 Ranges start large (plan.py) and are bisected as the work runs out, so the last wave is short
-however the work was cut at the start; and a range whose connection has gone slow or stalled
-(bytes stop, socket open) is raced from where it stands, so it cannot hold the run until
-``--timeout``. This module only decides; the scheduler carries out a decision as a contest
-(states.Contest) between the running attempt (the victim) and a new task for the victim's
-remainder from the cut (the thief), and the first of the two to deliver bytes past the cut
-wins: the loser is cancelled, or cut short, so no byte is written or counted twice.
+however the work was cut at the start; and a range whose connection has stalled (bytes stop,
+socket open) or is far slower than the run's others is raced from where it stands, so it
+cannot hold the run until ``--timeout``. This module only decides; the scheduler carries out a
+decision as a contest (contests.py) between the running attempt (the victim) and a new task
+for the victim's remainder from the cut (the thief), and the first of the two to deliver bytes
+past the cut wins: the loser is cancelled, or cut short, so no byte is written twice.
 
-Rules:
-- a stalled range is raced first: the one idle longest, once idle ``race_after`` seconds
-  without delivering a slot: several times what a slot typically takes (its first slot, which
-  waits for the response to begin, against first slots; a later one against later ones),
-  never less than a floor;
-- otherwise the largest remainder of at least ``min_steal_slots`` slots is bisected: the thief
-  takes its upper half, from a cut on the victim's slot grid;
-- a cut is only where ``plan.cut_points`` allows it (never inside a checked part), and a range
-  already in a contest is neither stolen from nor raced again until the contest is decided;
+A contest fetches bytes twice while it lasts, so each one must pay for itself, judged on what
+the run has measured (``Pace``: a connection's rate, a new request's wait for its first slot)
+and never on a guess:
+- a range is raced only once it has been idle ``race_factor`` times what its next slot should
+  take at the measured rate (plus the first-slot wait, before its first slot), never less than
+  a floor. Before anything was measured nothing is raced: a slow server is not a stalled one,
+  and the read timeout still ends a connection that never answers;
+- otherwise the largest remainder of at least ``min_steal_slots`` slots is bisected, the thief
+  taking its upper half from a cut on the victim's slot grid, but only when that saves time:
+  the victim's remaining bytes at its own measured rate take longer than a new request's
+  first-slot wait plus the thief's share at the run's rate;
+- a cut is only where ``plan.cut_points`` allows it (never inside a checked part);
 - without ``contest_steals`` a steal is decided as it starts: the victim is cut at once and
   the thief takes the rest. Under a speed cap every connection reads at its share, so a
-  contest could only be a tie that fetches the bytes between the two twice.
-Like retry.py, a frozen value with no I/O and no clock: the scheduler passes the times in.
+  contest could only be a tie that fetches the bytes between the two twice (``capped``).
+Like retry.py, frozen values with no I/O and no clock: the scheduler passes the times in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-# A range idle this many times the typical slot's time is slow enough to race...
+# A range idle this many times what its next slot should take is slow enough to race...
 RACE_FACTOR = 4.0
 # ...and never sooner than this: a moment of CPU contention is not a slow connection.
 RACE_FLOOR_SECONDS = 0.2
-# Weight of the newest slot's time in the running average of slot times.
-SLOT_TIME_WEIGHT = 0.2
+# Weight of the newest sample in the running averages of Pace.
+PACE_WEIGHT = 0.2
+# A slot measured faster than this (one event loop turn) counts as this long.
+SHORTEST_SECONDS = 1e-3
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """A running range as the policy sees it: where it may be cut, how much of its output
-    its attempt has delivered, its output's size, and how long since it last delivered."""
+    its attempt has delivered, its output's size, how long since it last delivered, and how
+    long its attempt has run (from when its worker could start it)."""
 
     task_id: int
     cuts: Sequence[int]
     delivered: int
     size: int
     idle: float
+    elapsed: float
+
+    @property
+    def rate(self) -> float | None:
+        """Its own measured rate in bytes a second, None before its first slot."""
+        if not self.delivered:
+            return None
+        return self.delivered / max(self.elapsed, SHORTEST_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """What the run has measured of its connections: ``rate``, bytes a second one connection
+    delivers; ``wait``, seconds a new request waits for its first slot beyond the slot's own
+    transfer (a round trip, a TLS handshake, a redirect). Running averages; None: not yet."""
+
+    rate: float | None = None
+    wait: float | None = None
+
+    def first_slot(self, length: int, seconds: float) -> Pace:
+        """A request's first slot of ``length`` bytes came ``seconds`` after it started.
+        Before any rate is known it counts both as a rate and as a wait: an overestimate of
+        how long a slot takes, so a range is raced later rather than sooner."""
+        seconds = max(seconds, SHORTEST_SECONDS)
+        if self.rate is None:
+            rate = _average(None, length / seconds) if length else None
+            return Pace(rate=rate, wait=_average(self.wait, seconds))
+        return replace(self, wait=_average(self.wait, max(0.0, seconds - length / self.rate)))
+
+    def later_slot(self, length: int, seconds: float) -> Pace:
+        """A later slot of ``length`` bytes took ``seconds``, from when it was granted."""
+        if not length:
+            return self
+        return replace(self, rate=_average(self.rate, length / max(seconds, SHORTEST_SECONDS)))
+
+    def slot_time(self, candidate: Candidate, slot_size: int) -> float | None:
+        """How long ``candidate``'s next slot should take, None when nothing was measured."""
+        if self.rate is None:
+            return None
+        seconds = min(slot_size, candidate.size - candidate.delivered) / self.rate
+        return seconds + ((self.wait or 0.0) if candidate.delivered == 0 else 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +105,12 @@ class Steal:
 
 @dataclass(frozen=True, slots=True)
 class Race:
-    """``task_id`` is slow or stalled: race its remainder from ``at`` (where it stands)."""
+    """``task_id`` is stalled or far slower than the others: race its remainder from ``at``
+    (where it stands). Its attempt has failed: the scheduler charges the range's budget."""
 
     task_id: int
     at: int
+    idle: float
 
 
 @dataclass(frozen=True)
@@ -71,26 +120,38 @@ class TailPolicy:
     race_floor: float = RACE_FLOOR_SECONDS
     contest_steals: bool = True
 
-    def race_after(self, slot_seconds: float | None) -> float:
-        """How long a range may go without delivering a slot before it is raced."""
-        return max(self.race_floor, self.race_factor * (slot_seconds or 0.0))
+    def capped(self, rate: float | None, connections: int, slot_size: int) -> TailPolicy:
+        """This policy under a speed cap of ``rate`` bytes a second shared by ``connections``:
+        every range is slow by design, a slot taking its connection's share of the cap to
+        fill, so no range is raced before the factor times that, and a steal is no contest
+        (the victim is cut at once): either would spend the cap on bytes fetched twice
+        (measured: 20% of a 40 MiB file at 2 MiB/s with contests)."""
+        if rate is None:
+            return self
+        share = slot_size * connections / rate
+        return replace(self, race_floor=max(self.race_floor, self.race_factor * share),
+                       contest_steals=False)
 
-    def patience(self, candidate: Candidate, slot_seconds: float | None,
-                 first_seconds: float | None) -> float:
-        """How long ``candidate`` may stay idle: a range that has not delivered its first slot
-        is judged against first slots, which include the wait for the response to begin."""
-        return self.race_after(first_seconds if candidate.delivered == 0 else slot_seconds)
+    def patience(self, candidate: Candidate, pace: Pace, slot_size: int) -> float | None:
+        """How long ``candidate`` may stay idle before it is raced; None: for now, as long as
+        it likes (nothing measured says it is slow)."""
+        expected = pace.slot_time(candidate, slot_size)
+        if expected is None:
+            return None
+        return max(self.race_floor, self.race_factor * expected)
 
-    def choose(self, running: Iterable[Candidate], slot_size: int, slot_seconds: float | None,
-               first_seconds: float | None = None) -> Steal | Race | None:
-        """What one idle connection should take, if anything. ``slot_seconds`` and
-        ``first_seconds``: how long a full slot and a first slot typically take."""
+    def choose(self, running: Iterable[Candidate], slot_size: int,
+               pace: Pace) -> Steal | Race | None:
+        """What one idle connection should take, if anything."""
         candidates = list(running)
-        stalled = [c for c in candidates if c.delivered in c.cuts
-                   and c.idle >= self.patience(c, slot_seconds, first_seconds)]
+        stalled = []
+        for c in candidates:
+            patience = self.patience(c, pace, slot_size)
+            if c.delivered in c.cuts and patience is not None and c.idle >= patience:
+                stalled.append(c)
         if stalled:
             worst = max(stalled, key=lambda c: (c.idle, -c.task_id))
-            return Race(worst.task_id, worst.delivered)
+            return Race(worst.task_id, worst.delivered, worst.idle)
         best: Steal | None = None
         best_left = 0
         for c in candidates:
@@ -99,13 +160,23 @@ class TailPolicy:
                 continue
             half = c.delivered + -(-left // (2 * slot_size)) * slot_size
             at = next((p for p in c.cuts if p >= half and p > c.delivered), None)
-            if at is not None and at < c.size:
+            if at is not None and at < c.size and self.saves_time(c, at, pace):
                 best, best_left = Steal(c.task_id, at), left
         return best
 
+    @staticmethod
+    def saves_time(candidate: Candidate, at: int, pace: Pace) -> bool:
+        """Whether a thief of ``candidate``'s output from ``at`` would end before the victim
+        would alone: the victim's remaining bytes at its own rate take longer than a new
+        request's first-slot wait plus the thief's share at the run's rate."""
+        own = candidate.rate
+        if own is None or pace.rate is None:
+            return False
+        alone = (candidate.size - candidate.delivered) / own
+        return alone > (pace.wait or 0.0) + (candidate.size - at) / pace.rate
 
-def slot_time(average: float | None, seconds: float) -> float:
-    """The running average of how long one full slot takes to fill, with one more slot."""
+
+def _average(average: float | None, sample: float) -> float:
     if average is None:
-        return seconds
-    return (1 - SLOT_TIME_WEIGHT) * average + SLOT_TIME_WEIGHT * seconds
+        return sample
+    return (1 - PACE_WEIGHT) * average + PACE_WEIGHT * sample

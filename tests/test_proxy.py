@@ -365,7 +365,7 @@ def test_a_bad_gateway_is_retried_within_the_budget(
         said = f"HTTP 502 Bad Gateway from proxy {proxy.url} for {base}{tool['url']}"
     else:  # its answer to the CONNECT
         said = f"proxy {proxy.url} could not reach {urlsplit(base).netloc}: 502 Bad Gateway"
-    assert result.failed == {TOOL: f"failed 2 times, last: {said}"}
+    assert result.failed == {TOOL: f"gave up after 2 attempts (last: {said})"}
     assert len(proxy.log) == 2
 
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 import mpdl.checkpoints
+import mpdl.contests
 import mpdl.filebook
 import mpdl.retry
+import mpdl.routes
 import mpdl.scheduler
 import mpdl.slots
 import mpdl.states
@@ -279,9 +281,10 @@ class Sim:
 
     # -- a healthy world -----------------------------------------------------------------------
 
-    def serve(self, syncs: bool = True, steps: int = 10_000) -> None:
+    def serve(self, syncs: bool = True, steps: int = 10_000, stuck=lambda job: False) -> None:
         """Healthy workers and writer answer everything outstanding, the writer first, until
-        nothing is left to answer. Cancelled attempts say Failed, as worker.py does."""
+        nothing is left to answer. Cancelled attempts say Failed, as worker.py does; the
+        attempts ``stuck`` says so of deliver nothing."""
         for _ in range(steps):
             if self.pending:
                 record = self.pending[0]
@@ -298,7 +301,8 @@ class Sim:
                 self.synced(self.syncs[0].token)
             elif job := next((j for j in self.jobs.values() if j.cancelled), None):
                 self.fail(job.fetch, reason="cancelled")
-            elif job := next((j for j in self.jobs.values() if j.slot is not None), None):
+            elif job := next((j for j in self.jobs.values()
+                              if j.slot is not None and not stuck(j)), None):
                 n = min(self.s.slot_size, job.output - job.done)
                 self.fill(job.fetch, n, last=job.done + n == job.output)
             else:
@@ -459,7 +463,7 @@ def test_transient_failures_give_up_after_max_attempts():
             sim.tick_to(sim.s.next_wakeup())
     assert urls == [A + "f", B + "f", A + "f"]
     assert waits == [0.125, 0.25]  # doubling
-    assert sim.ended() == {"f": (False, f"failed 3 times, last: {RESET}")}
+    assert sim.ended() == {"f": (False, f"gave up after 3 attempts (last: {RESET})")}
     assert sim.s.finished
 
 
@@ -1133,7 +1137,8 @@ def test_abort_fails_every_unfinished_file():
 
 
 @pytest.mark.parametrize("module", [mpdl.scheduler, mpdl.filebook, mpdl.states, mpdl.retry,
-                                    mpdl.checkpoints, mpdl.slots, mpdl.tail])
+                                    mpdl.checkpoints, mpdl.slots, mpdl.tail, mpdl.contests,
+                                    mpdl.routes])
 def test_the_decision_modules_do_no_io(module):
     tree = ast.parse(inspect.getsource(module))
     imported = set()
@@ -1218,25 +1223,27 @@ def test_a_stalled_range_is_raced_from_where_it_stands_and_the_run_does_not_wait
 
 
 def test_a_stalled_checked_file_is_raced_whole_so_its_hash_still_checks_every_byte():
-    sim = Sim(v1("a", 0, 80), connections=2)
-    [victim] = sim.fetches()
-    sim.feed(0, Alive())  # its worker runs, but no byte comes
+    sim = Sim(v1("a", 0, 80), obj("m", 100), connections=3)
+    victim, measured = sim.fetches()
+    sim.fill(measured)  # the run's pace: a first slot at once; "a" gets no byte
     [thief] = sim.fetches(sim.tick_to(TailPolicy().race_floor))
     assert (thief.offset, thief.length, thief.checks) == (
         victim.offset, victim.length, victim.checks)
     sim.fill(thief)
     assert sim.run(victim).state in (T.DRAINING, T.DONE)
     sim.serve()
-    assert sim.ended() == {"a": (True, "")}
-    assert_written_once(sim, {0: 80})
+    assert sim.ended() == {"a": (True, ""), "m": (True, "")}
+    assert_written_once(sim, {0: 80, 1: 100})
 
 
 def test_no_range_is_raced_before_its_worker_was_heard_from():
     """A worker that is still starting (spawn, a fork server) is not a stalled connection."""
-    sim = Sim(obj("big", 100), spread=1, connections=2)
-    assert sim.fetches()
+    sim = Sim(obj("m", 100), obj("big", 100), connections=3, per_worker=2, workers=2)
+    measured, big = sim.fetches()
+    assert sim.job(big).worker == 1
+    sim.fill(measured)  # on worker 0: the run's pace is known
     assert sim.tick_to(5.0).to_workers == {}
-    sim.feed(0, Alive())
+    sim.feed(1, Alive())
     assert sim.s.next_wakeup() == 5.0 + TailPolicy().race_floor
 
 
@@ -1258,29 +1265,29 @@ def test_when_a_victim_fails_its_thief_goes_on_and_the_retry_fetches_only_the_re
     # No more stealing once the first thief runs: the retry finds a free connection.
     sim = Sim(obj("big", 1000), spread=1, connections=2, tail=TailPolicy(min_steal_slots=6))
     [victim] = sim.fetches()
-    [thief] = sim.fetches(sim.feed(0, Alive()))  # no byte yet: the thief takes 500 on
+    [thief] = sim.fetches(sim.fill(victim, 100, last=False))  # the thief takes 600 on
     sim.fail(victim)  # a reset: it backs off
-    assert sim.run(victim).task.length == 500 and sim.run(victim).state is T.DELAYED
+    assert sim.run(victim).task.length == 600 and sim.run(victim).state is T.DELAYED
     assert sim.run(thief).state in ON_WORKER
     out = sim.tick_to(1.0)
     [retry] = [f for f in sim.fetches(out) if f.task_id == victim.task_id]
-    assert (retry.offset, retry.length) == (0, 500)
+    assert (retry.offset, retry.length) == (0, 600)
     sim.serve()
     assert sim.ended() == {"big": (True, "")}
-    assert_written_once(sim, {0: 1000})
+    assert sim.s.counts.bytes_done == 1000
     assert sim.s.counts.bytes_done == 1000
 
 
 def test_when_a_victims_worker_dies_its_thief_goes_on():
     sim = Sim(obj("big", 1000), spread=1, connections=2, per_worker=1, workers=2)
     [victim] = sim.fetches()
-    [thief] = sim.fetches(sim.feed(0, Alive()))
+    [thief] = sim.fetches(sim.fill(victim, 100, last=False))
     assert sim.job(thief).worker != sim.job(victim).worker
     sim.worker_died(sim.job(victim).worker)
-    assert sim.run(victim).task.length == 500
+    assert sim.run(victim).task.length == 600
     sim.serve()
     assert sim.ended() == {"big": (True, "")}
-    assert_written_once(sim, {0: 1000})
+    assert sim.s.counts.bytes_done == 1000
 
 
 def test_when_a_thiefs_worker_dies_its_victim_keeps_its_range():
@@ -1290,6 +1297,7 @@ def test_when_a_thiefs_worker_dies_its_victim_keeps_its_range():
     sim.worker_died(sim.job(thief).worker)
     assert sim.run(thief).state is T.CANCELLED
     assert sim.run(victim).task.length == 1000
+    assert sim.run(victim).attempts.failures == 1, "the thief's death is the range's"
     sim.serve()
     assert sim.ended() == {"big": (True, "")}
     assert_written_once(sim, {0: 1000})
@@ -1301,7 +1309,8 @@ def test_a_contested_file_that_starts_over_cancels_both_and_is_planned_again():
     [thief] = sim.fetches(sim.fill(victim, 100, last=False))
     sim.writer_died()  # every unfinished file starts over from nothing
     assert sim.run(victim).state is T.CANCELLED and sim.run(thief).state is T.CANCELLED
-    assert sim.run(victim).contest is None and sim.run(thief).contest is None
+    assert sim.s.contests.of(sim.run(victim)) is None
+    assert sim.s.contests.of(sim.run(thief)) is None
     sim.serve()
     assert sim.ended() == {"big": (True, "")}
 
@@ -1398,7 +1407,7 @@ def test_a_redirect_from_an_attempt_given_up_is_not_learned():
     sim.fail(first)  # a retry of it is attempt 2; the stale attempt still talks
     sim.s.worker_record(0, Redirected(task_id=first.task_id, attempt=first.attempt,
                                       url=CDN + "big"), sim.now)
-    assert sim.s.final_urls == {}
+    assert sim.s.routes.final_urls == {}
 
 
 @pytest.mark.parametrize("kind", [FailKind.AUTH, FailKind.MIRROR])
@@ -1414,7 +1423,7 @@ def test_a_final_url_that_refuses_is_dropped_and_the_original_asked_again_at_no_
     [again] = sim.fetches(out)
     assert (again.task_id, again.url) == (second.task_id, A + "big")
     assert sim.run(again).attempts == mpdl.retry.Attempts()
-    assert sim.s.final_urls == {}
+    assert sim.s.routes.final_urls == {}
     redirected(sim, again, CDN + "big?sig=2")  # the origin redirects afresh
     [third] = sim.fetches(sim.fill(again))
     assert third.url == CDN + "big?sig=2"
@@ -1444,7 +1453,7 @@ def test_the_original_refusing_after_its_redirect_was_dropped_asks_for_a_fresh_u
     [fresh] = sim.fetches(sim.url_refreshed(A + "big", A + "big?token=2"))
     assert fresh.url == A + "big?token=2"
     redirected(sim, fresh, CDN + "big?token=2")
-    assert sim.s.final_urls == {A + "big?token=2": CDN + "big?token=2"}
+    assert sim.s.routes.final_urls == {A + "big?token=2": CDN + "big?token=2"}
 
 
 def test_without_contests_a_steal_cuts_its_victim_at_once():
@@ -1475,3 +1484,126 @@ def test_a_final_url_that_redirects_again_sends_the_next_ranges_to_the_new_one()
     redirected(sim, second, CDN + "big?sig=2")
     [third] = sim.fetches(sim.fill(second))
     assert third.url == CDN + "big?sig=2"
+
+
+# -- one budget per range: every attempt at its bytes charges it -------------------------------
+
+
+def measured_sim(*files: dict, **kw) -> tuple[Sim, list[Fetch]]:
+    """A Sim whose first file "m" (one slot) is served at once, so the run's pace is known
+    (a slot a millisecond: patience is the race floor); returns the other files' Fetches."""
+    sim = Sim(obj("m", 100), *files, **kw)
+    measured, *others = sim.fetches()
+    sim.fill(measured)
+    return sim, others
+
+
+def test_a_stalled_victim_and_its_failing_thief_are_both_charged_to_the_ranges_budget():
+    sim, [victim] = measured_sim(obj("big", 300), spread=1, connections=3)
+    [thief] = sim.fetches(sim.tick_to(TailPolicy().race_floor))  # it stalled: raced
+    budget = sim.run(victim).budget
+    assert sim.run(thief).budget is budget, "the race is an attempt of the same range"
+    assert budget.attempts.failures == 1, "the stalled attempt failed"
+    sim.fail(thief)
+    assert budget.attempts.failures == 2, "the thief's failure is the range's"
+    assert sim.run(victim).state in ON_WORKER  # it goes on alone
+    sim.serve()
+    assert sim.ended() == {"m": (True, ""), "big": (True, "")}
+
+
+def never_delivering(sim: Sim, path: str, timeout: float, until: float) -> None:
+    """Workers whose every request for ``path`` gets no byte: each fails after ``timeout``
+    (the read timeout), and a cancelled one at once, until ``until`` or the file ended."""
+    fid = next(i for i, f in enumerate(sim.manifest.files) if f.path == path)
+    started: dict[tuple[int, int], float] = {}
+    while path not in sim.ended() and sim.now < until:
+        for key, job in list(sim.jobs.items()):
+            if fid not in sim.s.runs[key[0]].task.file_ids:
+                continue
+            started.setdefault(key, sim.now)
+            if job.cancelled:
+                sim.fail(job.fetch, reason="cancelled")
+            elif sim.now - started[key] >= timeout:
+                sim.fail(job.fetch, FailKind.RETRY, "read timed out")
+        sim.tick(0.05)
+        sim.serve(stuck=lambda job: fid in sim.run(job.fetch).task.file_ids)
+
+
+def test_a_range_that_never_delivers_fails_its_file_after_max_attempts_not_endless_races():
+    """Issue 16: races were new tasks with a fresh budget, and a failing victim made its
+    thief win for free, so "racing its rest from output byte 0 on task N+1" went on for ever."""
+    sim, [victim] = measured_sim(obj("big", 300), spread=1, connections=4)
+    never_delivering(sim, "big", timeout=1.0, until=120.0)
+    ok, reason = sim.ended()["big"]
+    assert not ok and reason == "gave up after 5 attempts (last: read timed out)"
+    assert sim.now < 15.0, "five timeouts and their backoffs"
+    fetches = [f for f in sim.all_sent(Fetch) if 1 in sim.run(f).task.file_ids]
+    assert len(fetches) <= 5, [(f.task_id, f.attempt) for f in fetches]
+    assert sim.s.finished
+
+
+def test_a_range_that_never_answers_with_nothing_measured_is_retried_not_raced():
+    sim = Sim(obj("big", 300), spread=1, connections=4)
+    never_delivering(sim, "big", timeout=1.0, until=120.0)
+    assert sim.ended()["big"] == (False, "gave up after 5 attempts (last: read timed out)")
+    assert [f.task_id for f in sim.all_sent(Fetch)] == [0] * 5  # no thief: retries only
+
+
+def test_no_contest_takes_a_ranges_last_attempt():
+    sim, [victim] = measured_sim(obj("big", 300), spread=1, connections=3,
+                                 policy=RetryPolicy(max_attempts=2))
+    [thief] = sim.fetches(sim.tick_to(TailPolicy().race_floor))
+    sim.fail(thief)  # two failures of two: the victim's attempt is the range's last
+    assert sim.fetches(sim.tick_to(60.0)) == []
+    sim.fail(victim)
+    assert sim.ended()["big"] == (False, f"gave up after 2 attempts (last: {RESET})")
+
+
+def test_a_raced_victim_that_resumes_first_cancels_its_thief():
+    sim, [victim] = measured_sim(obj("big", 300), spread=1, connections=3)
+    [thief] = sim.fetches(sim.tick_to(TailPolicy().race_floor))
+    out = sim.fill(victim, 100, last=False)  # its bytes come again, past the cut at 0
+    assert sim.sent(Cancel, out) == [Cancel(task_id=thief.task_id, attempt=thief.attempt)]
+    assert sim.run(thief).state is T.CANCELLED
+    sim.serve()
+    assert sim.ended()["big"] == (True, "")
+    assert_written_once(sim, {0: 100, 1: 300})
+
+
+@pytest.mark.parametrize("size, stolen", [(300, False), (1000, True)])
+def test_a_steal_is_made_only_when_it_saves_time(size, stolen):
+    """A slot a second, and a new request waits a second for its first slot: stealing the
+    last of two slots left saves nothing; stealing 400 of 900 bytes left saves 4 s."""
+    sim = Sim(obj("big", size), spread=1, connections=2)
+    [victim] = sim.fetches()
+    sim.tick_to(1.0)
+    out = sim.fill(victim, 100, last=False)
+    assert bool(sim.fetches(out)) is stolen
+
+
+def test_a_slow_but_steady_range_is_not_raced_for_its_long_first_slot():
+    """10 bytes a second per connection: "s" delivers its 10 bytes in 1 s, "big" will take
+    10 s for its first slot. Judged against the short first slot, it was raced whole."""
+    sim = Sim(obj("s", 10), obj("big", 100), connections=3)
+    small, big = sim.fetches()
+    sim.feed(0, Alive())  # the worker runs from the start: slots are timed from here
+    sim.tick_to(1.0)
+    sim.fill(small)
+    for _ in range(89):
+        assert sim.fetches(sim.tick(0.1)) == []
+    sim.fill(big)
+    sim.serve()
+    assert sim.ended() == {"s": (True, ""), "big": (True, "")}
+    assert len(sim.all_sent(Fetch)) == 2
+
+
+def test_a_speed_cap_is_an_event_the_scheduler_follows():
+    sim = Sim(obj("big", 1000), spread=1, connections=2)
+    sim.s.cap_changed(1000.0, 2)  # a slot takes 0.2 s at a connection's share: no contests
+    [victim] = sim.fetches()
+    out = sim.fill(victim, 100, last=False)
+    [thief] = sim.fetches(out)
+    assert sim.sent(Cut, out) == [Cut(task_id=victim.task_id, attempt=victim.attempt, at=600)]
+    assert sim.s.contests.policy.race_floor == 0.8
+    sim.s.cap_changed(None, 2)
+    assert sim.s.contests.policy == TailPolicy()

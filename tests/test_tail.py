@@ -24,7 +24,7 @@ from mpdl.options import Options
 from mpdl.messages import Cancel, Check, Cut, Failed, Fetch, Filled, Grant
 from mpdl.plan import Span, Task, cut_points, cut_task
 from mpdl.ring import Ring
-from mpdl.tail import Candidate, Race, Steal, TailPolicy
+from mpdl.tail import Candidate, Pace, Race, Steal, TailPolicy
 from mpdl.worker import Worker
 
 KiB = 1024
@@ -79,49 +79,103 @@ def test_cutting_at_zero_makes_a_second_attempt_at_the_whole_task():
 
 # -- what an idle connection takes ----------------------------------------------------------------
 
+STEADY = Pace(rate=100.0, wait=0.1)  # a slot a second per connection; a new request waits 0.1 s
+FAST = Pace(rate=1e5, wait=0.0)  # a slot a millisecond: patience is the floor
+
 
 def running(task_id: int, size: int, delivered: int = 0, idle: float = 0.0,
-            cuts: list[int] | None = None) -> Candidate:
+            cuts: list[int] | None = None, elapsed: float | None = None) -> Candidate:
+    """A range that delivered at STEADY's rate unless ``elapsed`` says otherwise."""
     return Candidate(task_id=task_id, size=size, delivered=delivered, idle=idle,
+                     elapsed=delivered / 100.0 if elapsed is None else elapsed,
                      cuts=cuts if cuts is not None else list(range(delivered, size, SLOT)))
 
 
 def test_the_upper_half_of_the_largest_remainder_is_stolen():
     choice = TailPolicy().choose([running(1, 1000, 800), running(2, 1000, 100),
-                                  running(3, 600)], SLOT, None)
+                                  running(3, 600)], SLOT, STEADY)
     assert choice == Steal(2, 600)  # 900 left: the thief takes 400 of them, on the grid
+
+
+def test_a_steal_is_made_only_when_it_saves_time():
+    """Two slots left at a slot a second: alone 2 s; a thief of the last one takes its first
+    slot's wait plus 1 s."""
+    policy = TailPolicy()
+    assert policy.choose([running(1, 300, 100)], SLOT, Pace(rate=100.0, wait=0.5)) == Steal(1, 200)
+    assert policy.choose([running(1, 300, 100)], SLOT, Pace(rate=100.0, wait=1.0)) is None
+    # A victim far slower than the run's connections is worth stealing from sooner.
+    slow = running(1, 300, 100, elapsed=10.0)
+    assert policy.choose([slow], SLOT, Pace(rate=100.0, wait=5.0)) == Steal(1, 200)
+
+
+def test_a_range_that_delivered_nothing_yet_is_not_stolen_from():
+    assert TailPolicy().choose([running(1, 1000, 0, idle=0.0)], SLOT, STEADY) is None
 
 
 def test_a_remainder_too_short_to_halve_is_left_alone_until_it_stalls():
     policy = TailPolicy()
-    assert policy.choose([running(1, 1000, 900, idle=0.1)], SLOT, None) is None
-    assert policy.choose([running(1, 1000, 900, idle=0.2)], SLOT, None) == Race(1, 900)
+    assert policy.choose([running(1, 1000, 900, idle=0.1)], SLOT, FAST) is None
+    assert policy.choose([running(1, 1000, 900, idle=0.2)], SLOT, FAST) == Race(1, 900, 0.2)
 
 
 def test_the_longest_stalled_is_raced_first_even_with_more_to_steal():
     choice = TailPolicy().choose([running(1, 1000, 0, idle=0.1), running(2, 300, 100, idle=2),
-                                  running(3, 300, 100, idle=1)], SLOT, None)
-    assert choice == Race(2, 100)
+                                  running(3, 300, 100, idle=1)], SLOT, FAST)
+    assert choice == Race(2, 100, 2)
 
 
 def test_patience_grows_with_the_time_a_slot_takes():
     policy = TailPolicy()
-    assert policy.race_after(None) == policy.race_floor
-    assert policy.race_after(1.0) == 4.0  # a slow but steady link is not a stall
-    assert policy.choose([running(1, 200, 100, idle=3.0)], SLOT, 1.0) is None
+    assert policy.patience(running(1, 200, 100), FAST, SLOT) == policy.race_floor
+    assert policy.patience(running(1, 200, 100), STEADY, SLOT) == 4.0
+    assert policy.choose([running(1, 200, 100, idle=3.0)], SLOT, STEADY) is None
+    assert policy.choose([running(1, 200, 100, idle=4.0)], SLOT, STEADY) == Race(1, 100, 4.0)
 
 
-def test_a_first_slot_is_judged_against_first_slots():
+def test_nothing_is_raced_before_anything_was_measured():
+    """A slow server is not a stalled one: the read timeout ends a connection that never
+    answers, and it is charged as any failure is."""
+    assert TailPolicy().patience(running(1, 100), Pace(), SLOT) is None
+    assert TailPolicy().choose([running(1, 100, idle=1e6)], SLOT, Pace()) is None
+
+
+def test_a_first_slot_is_judged_with_a_new_requests_wait():
     """A first slot waits for the response to begin (a round trip, a TLS handshake)."""
     policy = TailPolicy()
     waiting = running(1, 100, 0, idle=1.0)  # one slot: nothing to steal
-    assert policy.choose([waiting], SLOT, slot_seconds=0.01, first_seconds=0.5) is None
-    assert policy.choose([waiting], SLOT, slot_seconds=0.5, first_seconds=0.1) == Race(1, 0)
+    assert policy.patience(waiting, Pace(rate=1000.0, wait=0.5), SLOT) == pytest.approx(2.4)
+    assert policy.choose([waiting], SLOT, Pace(rate=1000.0, wait=0.5)) is None
+    assert policy.choose([waiting], SLOT, Pace(rate=1000.0, wait=0.1)) == Race(1, 0, 1.0)
+
+
+def test_a_slow_but_steady_range_is_not_raced_for_its_long_first_slot():
+    """A 1.2 MB file in a 2 MiB slot at 256 KiB/s a connection, after a short first slot
+    elsewhere at that rate, must not be raced whole from byte 0 (it was: 2.39 MB fetched)."""
+    pace = Pace().first_slot(256 * KiB, 1.0)
+    small = running(1, 1_200_000, 0, idle=4.6, cuts=[0])
+    assert TailPolicy().choose([small], 2 * MiB, pace) is None
+    assert TailPolicy().patience(small, pace, 2 * MiB) > 4 * 4.6
+
+
+def test_the_pace_learns_a_rate_from_later_slots_and_the_wait_from_first_ones():
+    pace = Pace().first_slot(100, 2.0)  # no rate yet: an overestimate both ways
+    assert pace == Pace(rate=50.0, wait=2.0)
+    pace = Pace(rate=100.0, wait=None).first_slot(100, 1.5)
+    assert pace == Pace(rate=100.0, wait=0.5)  # 1 s of it was the transfer
+    assert Pace(rate=100.0).later_slot(100, 0.5).rate == pytest.approx(120.0)  # averaged
+    assert Pace(rate=100.0).later_slot(0, 0.5) == Pace(rate=100.0)
 
 
 def test_a_range_that_cannot_be_cut_where_it_stands_is_not_raced():
     stuck = running(1, 1000, 100, idle=9.0, cuts=[])  # e.g. a compressed part half decoded
-    assert TailPolicy().choose([stuck], SLOT, None) is None
+    assert TailPolicy().choose([stuck], SLOT, FAST) is None
+
+
+def test_under_a_speed_cap_steals_are_no_contests_and_races_wait_for_the_share():
+    policy = TailPolicy()
+    assert policy.capped(None, 4, MiB) is policy
+    capped = policy.capped(2 * MiB, 4, MiB)  # a slot takes 2 s at a connection's share
+    assert (capped.race_floor, capped.contest_steals) == (8.0, False)
 
 
 # -- whole runs: a real server with one bad connection --------------------------------------------

@@ -1,0 +1,106 @@
+"""The routes room: which URL an attempt asks, and what the run learned about URLs.
+
+The scheduler decides about tasks; this keeps, on its behalf, what follows from where their
+requests went, driven by its events:
+- an object's mirrors are the manifest's, in order; a range's history (retry.Attempts) says
+  which one it asks now;
+- a mirror URL refused with 401/403 gets a fresh one from the caller's hook: one question per
+  refused URL, however many tasks wait on it (``ask_fresh``, then ``refreshed``), and the
+  mirror is asked at its fresh URL from then on;
+- a URL asked that redirected (a CDN's signed URL) is asked at its final URL from then on,
+  one redirect per object rather than per range (``redirected``), keyed by the URL asked, so
+  A to B then B to C sends A's ranges to C; when a final URL refuses (401, 403) or lacks the
+  object (404, 410, 416) it is forgotten (``stale``), and the URL it came from decides again;
+- credentials go with a request only to the host they were given for (headers.same_host).
+No I/O: the one effect, NeedFreshUrl, goes out through the callable it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .headers import same_host
+from .states import TaskRun
+
+log = logging.getLogger("mpdl")
+
+@dataclass(frozen=True, slots=True)
+class NeedFreshUrl:
+    """Effect: ``url`` was refused (401/403): call the caller's hook, then ``url_refreshed``."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where an attempt goes: ``asked``, the mirror's URL (or its fresh one) it stands for;
+    ``url``, what it requests (``asked``, or the final URL ``asked`` redirected to);
+    ``credentials``, whether the caller's credentials go along (not to another host)."""
+
+    asked: str
+    url: str
+    credentials: bool
+
+
+class Routes:
+    def __init__(self, mirrors: Callable[[str], Sequence[str]],
+                 effect: Callable[[NeedFreshUrl], None]) -> None:
+        self.mirrors = mirrors
+        self._effect = effect
+        self.fresh_urls: dict[str, str] = {}  # mirror URL refused with 401/403 -> its fresh one
+        self.final_urls: dict[str, str] = {}  # URL asked (mirror or fresh) -> where it redirected
+        self.refreshing: dict[str, tuple[str, list[TaskRun]]] = {}  # refused -> (mirror, runs)
+
+    def count(self, source: str) -> int:
+        """How many mirrors the object has."""
+        return len(self.mirrors(source))
+
+    def route(self, source: str, mirror: int) -> Route:
+        """Where the next attempt at ``source`` on its ``mirror``-th mirror goes."""
+        base = self.mirrors(source)[mirror]
+        asked = self.fresh_urls.get(base, base)
+        url = self.final_urls.get(asked, asked)
+        return Route(asked, url, credentials=url == asked or same_host(asked, url))
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def redirected(self, asked: str, url: str) -> None:
+        """A request for ``asked`` redirected to ``url``, which answered."""
+        self.final_urls[asked] = url
+
+    def stale(self, asked: str, url: str) -> bool:
+        """``url``, asked for ``asked``, refused or lacks the object. Returns whether it was a
+        final URL (a signed URL expired): then it is forgotten if still the one learned, and
+        the attempt asks ``asked`` again, which redirects afresh or answers for itself, at no
+        cost to the range's budget."""
+        if url == asked:
+            return False
+        if self.final_urls.get(asked) == url:
+            del self.final_urls[asked]
+            log.info("%s: its redirect no longer serves; asking %s again", url, asked)
+        return True
+
+    def ask_fresh(self, run: TaskRun) -> bool:
+        """``run``'s attempt was refused (401/403). Returns False when another task got a
+        fresh URL for its mirror since the attempt began (it may retry at once), else True:
+        it waits for ``refreshed``, and the caller is asked once per refused URL."""
+        mirror = self.mirrors(run.task.source)[run.attempts.mirror]
+        current = self.fresh_urls.get(mirror, mirror)
+        if current != run.url:
+            return False
+        if current not in self.refreshing:
+            self.refreshing[current] = (mirror, [])
+            self._effect(NeedFreshUrl(current))
+        self.refreshing[current][1].append(run)
+        return True
+
+    def refreshed(self, refused: str, fresh: str | None) -> tuple[bool, list[TaskRun]]:
+        """The caller's hook answered for ``refused``. Returns whether ``fresh`` is one (the
+        mirror is asked there from now on), and the runs that waited on it."""
+        mirror, runs = self.refreshing.pop(refused)
+        ok = bool(fresh) and fresh != refused
+        if ok:
+            self.fresh_urls[mirror] = fresh
+        return ok, runs
