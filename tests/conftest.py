@@ -22,6 +22,11 @@ from helpers import (CHILD_GRACE, SHM, Cli, Depot, Nginx, Tmpfs, alive, describe
 
 from mpdl.demo import build_example
 
+# Every subprocess a test starts (``python -m mpdl``, perf) imports this checkout's mpdl, not
+# whichever one is installed (an editable install may point at another worktree).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if p)
+
 #: /dev/shm names that only mpdl makes: multiprocessing.shared_memory's and its own.
 LEAK_PREFIXES = ("psm_", "mpdl")
 
