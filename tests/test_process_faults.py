@@ -141,11 +141,13 @@ def test_a_stopped_worker_is_killed_and_replaced(
     depot: Depot, fault_server: FaultServer, tmp_path: Path, cli: Callable[..., Cli]
 ) -> None:
     """SIGSTOP: the worker is alive, so no sentinel fires, and its sockets stay open. Only its
-    silence shows it is stuck: the coordinator kills it and its tasks go elsewhere."""
+    silence shows it is stuck: the coordinator kills it and its tasks go elsewhere. The speed
+    cap makes the run outlast that silence (5 s) even when the stopped worker's ranges are
+    raced and won by the other worker."""
     stall_everything(fault_server, 1.0)
     manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
     dest = tmp_path / "game"
-    run = cli(*depot_args(manifest, dest, "--timeout", "1"))
+    run = cli(*depot_args(manifest, dest, "--timeout", "1", "--limit-rate", "256K"))
 
     victim = run.wait_for("a worker with a response under way",
                           lambda: busy_worker(run, fault_server))
