@@ -53,11 +53,12 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         progress: ProgressCallback | None = None, state_dir: Path | None = None,
         keep_state: bool = True, streamed: tuple[str, ...] = (),
         refresh_url: RefreshUrl | None = None, keep_removed: bool = False,
-        **options: Any) -> Result:
+        redirects: Mapping[str, str] | None = None, **options: Any) -> Result:
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
-    memory, timeout, parallel, verify_tls, cacert, headers, proxy, limit_rate, start_method);
+    memory, timeout, speed_limit, speed_time, parallel, verify_tls, cacert, headers, proxy,
+    limit_rate, start_method);
     unset ones come from MPDL_* variables, then defaults; ``headers`` are added to the
     manifest's, and win over them. Raises ManifestError (a ValueError) before writing anything if
     the manifest is invalid. On KeyboardInterrupt the children and the shared memory are gone
@@ -68,6 +69,10 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     changed or moved are built from the bytes already in ``dest`` where they match, only the
     rest is fetched, and once every file is in place the files the old manifest installed and
     this one does not list are removed (``keep_removed`` keeps them), if unchanged since.
+
+    ``redirects`` maps URLs known to redirect to where they lead (a single URL's probe
+    learned it): their ranges are asked there from the first, and the URL itself again only
+    when the place it led to stops serving (as for a redirect a fetch finds).
 
     ``refresh_url(url)`` is called (in this process) when a request is refused with 401 or
     403, as signed URLs expire: it returns a fresh URL for the same bytes, or None to fail
@@ -124,7 +129,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
 
         if todo:
             result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
-                                  file_done, refresh_url, keep_state)
+                                  file_done, refresh_url, keep_state, redirects or {})
             result.bytes_fetched = counts.bytes_fetched
             result.bytes_written = counts.bytes_written
         for link in parsed.links:
@@ -190,7 +195,8 @@ def _bytes_in_place(manifest: Manifest, todo: list[tuple[int, FileEntry]],
 
 def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opts: Options,
            journal: Journal, have: Mapping[int, RangeSet], tracker: Tracker, file_done,
-           refresh_url: RefreshUrl | None, keep_state: bool) -> str | None:
+           refresh_url: RefreshUrl | None, keep_state: bool,
+           redirects: Mapping[str, str]) -> str | None:
     """Fetch what ``plan`` says with the processes of a run; returns why it stopped early."""
     ring = open_ring(plan.slot_size, opts.memory)
     try:
@@ -206,6 +212,7 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
                               limits=limits, policy=RetryPolicy(max_attempts=opts.max_attempts),
                               have=have, journaling=True, can_refresh=refresh_url is not None,
                               counts=tracker.counts)
+        scheduler.final_urls.update(redirects)  # as if their first fetch had been redirected
         supervisor = Supervisor(scheduler, ring=ring, layout=layout, options=opts,
                                 tracker=tracker, on_file_done=file_done, journal=journal,
                                 refresh_url=refresh_url, sync_at_end=keep_state)

@@ -32,6 +32,7 @@ from .options import Options
 from .proxy import Routed
 from .ratelimit import SpeedCap
 from .ring import Ring, RingSpec
+from .speedfloor import SpeedFloor
 
 log = logging.getLogger("mpdl.worker")
 
@@ -53,12 +54,14 @@ class Worker:
     """
 
     def __init__(self, outbox: Connection, worker_id: int, ring: Ring,
-                 pool: Routed, threads: int, cap: SpeedCap | None = None) -> None:
+                 pool: Routed, threads: int, cap: SpeedCap | None = None,
+                 floor: SpeedFloor | None = None) -> None:
         self.outbox = outbox
         self.worker_id = worker_id
         self.ring = ring
         self.pool = pool
         self.cap = cap  # the run's speed cap, shared with every worker
+        self.floor = floor  # the speed floor every response is held to (None: none)
         self.send_lock = threading.Lock()  # fetch threads and the main thread share the pipe
         self.last_sent = time.monotonic()
         self.jobs: queue.SimpleQueue[Fetch | None] = queue.SimpleQueue()
@@ -129,7 +132,7 @@ class Worker:
                 if key in self.cancelled:
                     raise Cancelled()
                 fetch(job, self.pool, self.ring, self.grants[key].get, self.send, scratch, meter,
-                      self.cursors[key], self.cap)
+                      self.cursors[key], self.cap, self.floor)
             except FetchError as exc:
                 retry_after = exc.retry_after if isinstance(exc, TransientError) else None
                 self._failed(job, type(exc).kind, str(exc), meter, retry_after)
@@ -174,7 +177,7 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
     child_setup(f"mpdl-worker-{worker_id}", log_level)
     ring = Ring.attach(spec)
     pool = make_pool(options, connections=threads)
-    worker = Worker(outbox, worker_id, ring, pool, threads, cap)
+    worker = Worker(outbox, worker_id, ring, pool, threads, cap, options.speed_floor)
     worker.start()
     worker.send(Alive())  # running: from now on its tasks' silence is the network's
     try:
