@@ -39,7 +39,14 @@ class Result:
     failed: dict[str, str] = field(default_factory=dict)  # path -> why
     error: str | None = None  # why the run stopped early (a disk error, dying processes)
     removed: list[str] = field(default_factory=list)  # installed before, no longer listed
-    bytes_fetched: int = 0  # from the network
+    # Read from the network, every attempt's bytes counted (failed, cancelled and cut ones
+    # too): what the server sent, but for what was still on its way when a response was
+    # dropped. Beside it, what the run's plan asked of the network (the missing bytes of the
+    # files to fetch, on the grid; zlib parts at their compressed size), the same figure as
+    # the progress events' (None: an object of unknown size). bytes_fetched over
+    # bytes_to_fetch is what a run cost above what it needed.
+    bytes_fetched: int = 0
+    bytes_to_fetch: int | None = 0
     bytes_reused: int = 0  # copied from files already in DEST (an update)
     bytes_written: int = 0  # to files
     elapsed: float = 0.0
@@ -131,6 +138,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
             result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
                                   file_done, refresh_url, keep_state, redirects or {})
             result.bytes_fetched = counts.bytes_fetched
+            result.bytes_to_fetch = tracker.bytes_to_fetch
             result.bytes_written = counts.bytes_written
         for link in parsed.links:
             try:

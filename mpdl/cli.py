@@ -234,6 +234,7 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
                           "failed": result.failed, "completed": len(result.completed),
                           "skipped": len(result.skipped), "removed": result.removed,
                           "bytes_fetched": result.bytes_fetched,
+                          "bytes_to_fetch": result.bytes_to_fetch,
                           "bytes_reused": result.bytes_reused,
                           "bytes_written": result.bytes_written, "elapsed": result.elapsed}),
               flush=True)
@@ -251,9 +252,11 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
         reused = f", {result.bytes_reused} reused from local files" if result.bytes_reused \
             else ""
         removed = f"; {len(result.removed)} no longer listed removed" if result.removed else ""
+        to_fetch = "" if result.bytes_to_fetch is None else \
+            f" of {result.bytes_to_fetch} to fetch"
         say(f"mpdl: {done} of {done + len(result.failed)} files in place "
             f"({len(result.skipped)} already were), {result.bytes_fetched} bytes fetched"
-            f"{reused} in {result.elapsed:.2f} s{removed}")
+            f"{to_fetch}{reused} in {result.elapsed:.2f} s{removed}")
     return EXIT_OK if result.ok else EXIT_INCOMPLETE
 
 

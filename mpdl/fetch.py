@@ -11,9 +11,16 @@ of reading fails its attempt.
 
 from __future__ import annotations
 
+import array
 import socket
 import time
 import zlib
+
+try:
+    import fcntl
+    import termios
+except ImportError:  # Windows: bytes left unread are not counted
+    fcntl = None  # type: ignore[assignment]
 from collections.abc import Callable
 
 import urllib3
@@ -115,6 +122,7 @@ def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
                         reads)
     except BaseException:
         cursor.response = None
+        meter.unreported += arrived_unread(response)
         discard(response)
         raise
     cursor.response = None
@@ -122,6 +130,24 @@ def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
         response.release_conn()  # body read to its end: the connection goes back to the pool
     else:
         discard(response)
+
+
+def arrived_unread(response: urllib3.BaseHTTPResponse) -> int:
+    """Body bytes of ``response`` that reached this host but will not be read, as it is dropped
+    (cut short, cancelled, failed): the server sent them, and the run's count of bytes on the
+    wire includes them. The socket's receive queue (FIONREAD; with TLS, its records as they
+    came), within what is left of the body. What is still on its way, or in the server's send
+    buffer, no client can know."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is None or fcntl is None:
+        return 0
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, queued)
+    except (OSError, ValueError):  # closed already
+        return 0
+    left = getattr(response._fp, "length", None)
+    return queued[0] if left is None else min(queued[0], left)
 
 
 def _check_status(job: Fetch, response: urllib3.BaseHTTPResponse) -> int | None:
@@ -319,6 +345,8 @@ def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
             end = cursor.end
             if end is not None and out.position >= end:
                 out.filled = max(0, end - out.start)  # cut behind this slot: none is wanted
+                if end != job.length:  # cut short of the body asked: what arrived counts
+                    meter.unreported += arrived_unread(response)
                 break
             if not out.room:  # full, and more to come
                 out.hand_over()

@@ -8,8 +8,8 @@ coordinator's records to ``Worker.handle`` and exits when the coordinator dies o
 
 Rules: the main thread never blocks on a fetch, and nothing here runs per chunk; the fetch
 threads answer the coordinator themselves, as they go, and every attempt they take ends in
-exactly one Filled with ``last`` or one Failed, unless the worker stops or the coordinator
-is gone.
+exactly one Filled with ``last`` or one Failed, unless the worker stops (an attempt that read
+bytes then still reports them) or the coordinator is gone.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ class Worker:
                 self._failed(job, type(exc).kind, str(exc), meter, retry_after)
             except Cancelled:  # dropped by the coordinator: say so, to free the slot it held
                 if self.stopping.is_set():
+                    self._last_words(job, meter)
                     return
                 self._failed(job, FailKind.RETRY, "cancelled", meter)
             except (BrokenPipeError, EOFError):
@@ -155,6 +156,15 @@ class Worker:
         """Report the attempt failed, with the bytes it read that no Filled reported."""
         self.send(Failed(task_id=job.task_id, attempt=job.attempt, kind=kind, reason=reason,
                          fetched=meter.take(), retry_after=retry_after))
+
+    def _last_words(self, job: Fetch, meter: Meter) -> None:
+        """The worker stops under an attempt: the bytes it read still count (the coordinator
+        drains what its children say as they stop), if anyone is there to hear them."""
+        if meter.unreported:
+            try:
+                self._failed(job, FailKind.RETRY, "stopped", meter)
+            except (BrokenPipeError, EOFError, OSError):
+                pass  # the coordinator is gone
 
     def stop(self) -> None:
         """Wake every fetch thread and give them a moment to end.
