@@ -15,15 +15,15 @@ import array
 import socket
 import time
 import zlib
+from collections.abc import Callable
+
+import urllib3
 
 try:
     import fcntl
     import termios
-except ImportError:  # Windows: bytes left unread are not counted
+except ImportError:  # Windows: bytes left unread when a response is dropped are not counted
     fcntl = None  # type: ignore[assignment]
-from collections.abc import Callable
-
-import urllib3
 
 from .errors import IntegrityError, NotOnMirror, RangesIgnored, TransientError
 from .hashing import parse_hash
@@ -35,8 +35,8 @@ from .ratelimit import SpeedCap, receive_buffer
 from .ring import Ring
 from .speedfloor import SpeedFloor, SpeedWatch, Verdict
 
-# Bytes asked of one readinto. A read that fails loses count of what it had received, so
-# this bounds how much a failed attempt's accounting can miss; larger reads gain nothing.
+# Bytes asked of one read, which takes what one receive brings (_read_into): more than a
+# socket's receive buffer holds, so a fast stream is read in few calls; larger gains nothing.
 READ_SIZE = 256 * 1024
 
 

@@ -6,7 +6,7 @@ through the CLI, as a user meets them.
   and one line, for a manifest and for one URL, within the bound the README states
   (max_attempts x (speed_time + timeout) + the backoffs, with the small values used here).
   One connection, so no race against the stalled range can start: these hold with the floor
-  alone.
+  alone. A server that accepts and never answers is bounded by --timeout per attempt.
 - A single URL that redirects (a 302 to a CDN on another host) is redirected once, for the
   probe: every range then goes straight to where it led, whatever the connections.
 """
@@ -78,6 +78,24 @@ def test_one_trickling_url_fails_within_the_bound(objects: Path, tmp_path: Path)
                         "--workers", "1", "--connections", "1", *QUICK_FLOOR, cwd=tmp_path,
                         env=env_with(), timeout=TRICKLE_BOUND + 15)
         _assert_trickle_ended(done, started, "slow.bin")
+
+
+def test_a_server_that_never_answers_fails_the_file_within_the_bound(objects: Path,
+                                                                      tmp_path: Path) -> None:
+    """Accepted, then silence (as long as the fault server may wait): urllib3's read timeout
+    bounds the wait for the response's headers, --timeout per attempt."""
+    with FaultServer(objects) as server:
+        server.set_fault("slow.bin", Fault(delay=60))  # held to faultserver.MAX_WAIT (5 s)
+        manifest = write_manifest(tmp_path, _one_file(objects, "slow.bin"), server.url)
+        started = time.monotonic()
+        done = mpdl_cli(manifest, "-o", tmp_path / "dest", "-q", "--workers", "1",
+                        "--connections", "1", "--timeout", "1", cwd=tmp_path, env=env_with(),
+                        timeout=TRICKLE_BOUND + 15)
+        elapsed = time.monotonic() - started
+        assert done.returncode == 1, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith("mpdl: failed: game/slow.bin: ") and "timed out" in line, line
+        assert elapsed < 5 * 1 + 3.75 + 6, f"{elapsed:.1f} s"
 
 
 def test_one_url_that_redirects_is_redirected_once(objects: Path, tmp_path: Path) -> None:
