@@ -2,11 +2,11 @@
 through the CLI, as a user meets them.
 
 - A server that trickles (a byte a second, each read well inside --timeout) fails each attempt
-  at the speed floor (--speed-limit over --speed-time), and the run ends by itself with exit 1
-  and one line, for a manifest and for one URL, within the bound the README states
-  (max_attempts x (speed_time + timeout) + the backoffs, with the small values used here).
+  at the speed floor (--speed-limit over --speed-time); one that stalls after 1000 bytes, or
+  never answers, at --timeout. The run ends by itself with exit 1 and one line, for a manifest
+  and for one URL, within the bound the README states, with the small values used here.
   One connection, so no race against the stalled range can start: these hold with the floor
-  alone. A server that accepts and never answers is bounded by --timeout per attempt.
+  and the timeouts alone (one budget per range shared by races is issue 16's other half).
 - A single URL that redirects (a 302 to a CDN on another host) is redirected once, for the
   probe: every range then goes straight to where it led, whatever the connections.
 """
@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,9 @@ from helpers import KiB, env_with, mpdl_cli, write_manifest
 
 #: Options that make a trickle's attempts short: a window of 1 s, reads waited for 2 s.
 QUICK_FLOOR = ("--timeout", "2", "--speed-limit", "1K", "--speed-time", "1")
-#: The README's bound with QUICK_FLOOR: 5 attempts x (1 s window + 2 s read), backoffs
-#: 0.25 + 0.5 + 1 + 2 s, and the start and stop of the processes.
+#: The README's bound with QUICK_FLOOR, where connecting is immediate and the headers come at
+#: once or never: 5 attempts x (1 s window + 2 s read), backoffs 0.25 + 0.5 + 1 + 2 s, and the
+#: start and stop of the processes.
 TRICKLE_BOUND = 5 * (1 + 2) + 3.75 + 6
 
 
@@ -47,55 +49,51 @@ def _one_file(root: Path, name: str) -> dict:
                                            "hash": "md5:" + hashlib.md5(data).hexdigest()}]}
 
 
-def _assert_trickle_ended(done, started: float, path: str) -> None:
+#: Servers that never finish, and what the line that ends the run says of them.
+RUNAWAYS = {
+    "trickle": (Fault(rate=1), "slower than 1.0 KiB/s for 1 s"),  # a byte a second, 4096 s
+    "stall": (Fault(stall_after=1000, stall_seconds=60), "timed out"),  # 1000 bytes, silence
+    "silent": (Fault(delay=60), "timed out"),  # accepted, then no answer
+}  # (the fault server waits faultserver.MAX_WAIT at most, so nothing outlives its test)
+
+
+def _assert_ended(done, started: float, path: str, why: str) -> None:
     elapsed = time.monotonic() - started
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith(f"mpdl: failed: {path}: "), lines
-    assert "slower than 1.0 KiB/s for 1 s" in lines[0], lines
+    assert why in lines[0], lines
     assert elapsed < TRICKLE_BOUND, f"{elapsed:.1f} s"
 
 
-def test_a_trickling_server_fails_the_file_within_the_bound(objects: Path,
-                                                            tmp_path: Path) -> None:
+@pytest.mark.parametrize("runaway", RUNAWAYS)
+def test_a_server_that_never_finishes_fails_the_file_within_the_bound(
+        runaway: str, objects: Path, tmp_path: Path) -> None:
+    fault, why = RUNAWAYS[runaway]
     with FaultServer(objects) as server:
-        server.set_fault("slow.bin", Fault(rate=1))  # a byte a second, for 4096 s
+        server.set_fault("slow.bin", fault)
         manifest = write_manifest(tmp_path, _one_file(objects, "slow.bin"), server.url)
         started = time.monotonic()
         done = mpdl_cli(manifest, "-o", tmp_path / "dest", "-q", "--workers", "1",
                         "--connections", "1", *QUICK_FLOOR, cwd=tmp_path, env=env_with(),
                         timeout=TRICKLE_BOUND + 15)
-        _assert_trickle_ended(done, started, "game/slow.bin")
-        assert len([r for r in server.requests if r.method == "GET"]) == 5  # the budget
+        _assert_ended(done, started, "game/slow.bin", why)
+        if runaway != "silent":  # (the silent server logs a request only once it answers)
+            assert len([r for r in server.requests if r.method == "GET"]) == 5  # the budget
 
 
-def test_one_trickling_url_fails_within_the_bound(objects: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runaway", RUNAWAYS)
+def test_one_url_that_never_finishes_fails_within_the_bound(
+        runaway: str, objects: Path, tmp_path: Path) -> None:
+    fault, why = RUNAWAYS[runaway]
     with FaultServer(objects) as server:
-        server.set_fault("slow.bin", Fault(rate=1))
+        server.set_fault("slow.bin", replace(fault, behave_times=1))  # the probe is answered
         started = time.monotonic()
         done = mpdl_cli(server.url + "slow.bin", "-o", tmp_path / "slow.bin", "-q",
                         "--workers", "1", "--connections", "1", *QUICK_FLOOR, cwd=tmp_path,
                         env=env_with(), timeout=TRICKLE_BOUND + 15)
-        _assert_trickle_ended(done, started, "slow.bin")
-
-
-def test_a_server_that_never_answers_fails_the_file_within_the_bound(objects: Path,
-                                                                      tmp_path: Path) -> None:
-    """Accepted, then silence (as long as the fault server may wait): urllib3's read timeout
-    bounds the wait for the response's headers, --timeout per attempt."""
-    with FaultServer(objects) as server:
-        server.set_fault("slow.bin", Fault(delay=60))  # held to faultserver.MAX_WAIT (5 s)
-        manifest = write_manifest(tmp_path, _one_file(objects, "slow.bin"), server.url)
-        started = time.monotonic()
-        done = mpdl_cli(manifest, "-o", tmp_path / "dest", "-q", "--workers", "1",
-                        "--connections", "1", "--timeout", "1", cwd=tmp_path, env=env_with(),
-                        timeout=TRICKLE_BOUND + 15)
-        elapsed = time.monotonic() - started
-        assert done.returncode == 1, done.stderr
-        [line] = done.stderr.strip().splitlines()
-        assert line.startswith("mpdl: failed: game/slow.bin: ") and "timed out" in line, line
-        assert elapsed < 5 * 1 + 3.75 + 6, f"{elapsed:.1f} s"
+        _assert_ended(done, started, "slow.bin", why)
 
 
 def test_one_url_that_redirects_is_redirected_once(objects: Path, tmp_path: Path) -> None:
