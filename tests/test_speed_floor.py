@@ -14,6 +14,7 @@ import types
 from collections.abc import Iterator
 
 import pytest
+from helpers import env_with, mpdl_cli
 
 from mpdl.errors import TransientError, UsageError
 from mpdl.fetch import CappedReads
@@ -187,3 +188,11 @@ def test_under_a_cap_a_fast_server_never_fails() -> None:
         while n := reads.read(raw, memoryview(bytearray(1024))):
             got += n
         assert got == 3072
+
+
+def test_a_bad_floor_in_the_environment_is_one_usage_line(tmp_path) -> None:
+    done = mpdl_cli("http://127.0.0.1:9/x", "-o", tmp_path / "x", cwd=tmp_path,
+                    env=env_with(MPDL_SPEED_LIMIT="-1"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("mpdl: error: MPDL_SPEED_LIMIT: not a size: '-1' "
+                                   "(use e.g. 512K, 8M, 1G)")
