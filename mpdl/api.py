@@ -39,7 +39,14 @@ class Result:
     failed: dict[str, str] = field(default_factory=dict)  # path -> why
     error: str | None = None  # why the run stopped early (a disk error, dying processes)
     removed: list[str] = field(default_factory=list)  # installed before, no longer listed
-    bytes_fetched: int = 0  # from the network
+    # Read from the network, every attempt's bytes counted (failed, cancelled and cut ones
+    # too): what the server sent, but for what was still on its way when a response was
+    # dropped. Beside it, what the run's plan asked of the network (the missing bytes of the
+    # files to fetch, on the grid; zlib parts at their compressed size), the same figure as
+    # the progress events' (None: an object of unknown size). bytes_fetched over
+    # bytes_to_fetch is what a run cost above what it needed.
+    bytes_fetched: int = 0
+    bytes_to_fetch: int | None = 0
     bytes_reused: int = 0  # copied from files already in DEST (an update)
     bytes_written: int = 0  # to files
     elapsed: float = 0.0
@@ -53,11 +60,12 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         progress: ProgressCallback | None = None, state_dir: Path | None = None,
         keep_state: bool = True, streamed: tuple[str, ...] = (),
         refresh_url: RefreshUrl | None = None, keep_removed: bool = False,
-        **options: Any) -> Result:
+        redirects: Mapping[str, str] | None = None, **options: Any) -> Result:
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
-    memory, timeout, parallel, verify_tls, cacert, headers, proxy, limit_rate, start_method);
+    memory, timeout, speed_limit, speed_time, parallel, verify_tls, cacert, headers, proxy,
+    limit_rate, start_method);
     unset ones come from MPDL_* variables, then defaults; ``headers`` are added to the
     manifest's, and win over them. Raises ManifestError (a ValueError) before writing anything if
     the manifest is invalid. On KeyboardInterrupt the children and the shared memory are gone
@@ -68,6 +76,10 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     changed or moved are built from the bytes already in ``dest`` where they match, only the
     rest is fetched, and once every file is in place the files the old manifest installed and
     this one does not list are removed (``keep_removed`` keeps them), if unchanged since.
+
+    ``redirects`` maps URLs known to redirect to where they lead (a single URL's probe
+    learned it): their ranges are asked there from the first, and the URL itself again only
+    when the place it led to stops serving (as for a redirect a fetch finds).
 
     ``refresh_url(url)`` is called (in this process) when a request is refused with 401 or
     403, as signed URLs expire: it returns a fresh URL for the same bytes, or None to fail
@@ -124,8 +136,9 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
 
         if todo:
             result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
-                                  file_done, refresh_url, keep_state)
+                                  file_done, refresh_url, keep_state, redirects or {})
             result.bytes_fetched = counts.bytes_fetched
+            result.bytes_to_fetch = tracker.bytes_to_fetch
             result.bytes_written = counts.bytes_written
         for link in parsed.links:
             try:
@@ -190,7 +203,8 @@ def _bytes_in_place(manifest: Manifest, todo: list[tuple[int, FileEntry]],
 
 def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opts: Options,
            journal: Journal, have: Mapping[int, RangeSet], tracker: Tracker, file_done,
-           refresh_url: RefreshUrl | None, keep_state: bool) -> str | None:
+           refresh_url: RefreshUrl | None, keep_state: bool,
+           redirects: Mapping[str, str]) -> str | None:
     """Fetch what ``plan`` says with the processes of a run; returns why it stopped early."""
     ring = open_ring(plan.slot_size, opts.memory)
     try:
@@ -205,7 +219,7 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
         scheduler = Scheduler(plan, planner=planner, mirrors=mirrors, layout=layout,
                               limits=limits, policy=RetryPolicy(max_attempts=opts.max_attempts),
                               have=have, journaling=True, can_refresh=refresh_url is not None,
-                              counts=tracker.counts)
+                              counts=tracker.counts, redirects=redirects)
         supervisor = Supervisor(scheduler, ring=ring, layout=layout, options=opts,
                                 tracker=tracker, on_file_done=file_done, journal=journal,
                                 refresh_url=refresh_url, sync_at_end=keep_state)

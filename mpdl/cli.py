@@ -53,6 +53,8 @@ environment (flags win):
                         hosts, domains (with subdomains), IPs or networks reached directly
                         (* for all), and applies to --proxy too
   MPDL_LIMIT_RATE       default for --limit-rate
+  MPDL_SPEED_LIMIT, MPDL_SPEED_TIME
+                        defaults for --speed-limit and --speed-time
 
 exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
@@ -63,9 +65,9 @@ from the bytes the journal (DEST/.mpdl/journal.jsonl) records as safely on disk.
 manifest over an install to update it: unchanged files stay, changed, moved and copied files
 are built from the local bytes that match (hashes checked), only the rest is fetched, and
 files the old manifest (DEST/.mpdl/installed.json) had and the new one lacks are removed.
-Transient errors are retried with backoff (at most 5 tries per request, see --timeout), across
-mirrors; a TLS certificate that does not verify stops the run at once (see --cacert,
---insecure).
+Transient errors are retried with backoff (at most 5 tries per request, see --timeout and
+--speed-limit), across mirrors; a TLS certificate that does not verify stops the run at once
+(see --cacert, --insecure).
 
 examples:
   python -m mpdl depot.json -o ~/Games/MyGame
@@ -132,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shared-memory ring budget: payload held in memory (default: 64M)")
     tuning.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                         help="to connect, and to wait for each read (default: 30)")
+    tuning.add_argument("--speed-limit", type=_size, metavar="RATE",
+                        help="the speed floor: a connection that delivers less than RATE bytes "
+                             "per second over --speed-time seconds of waiting for the server has "
+                             "failed its attempt (retried, within the 5 tries), so a server that "
+                             "trickles cannot hold a range; e.g. 1K, 10K; 0: no floor. Under "
+                             "--limit-rate the floor is at most half a connection's share of "
+                             "the cap (default: 1K)")
+    tuning.add_argument("--speed-time", type=_seconds, metavar="SECONDS",
+                        help="the window --speed-limit is judged over (default: 30)")
     network = parser.add_argument_group("network")
     network.add_argument("--cacert", metavar="FILE",
                          help="verify TLS against the CA certificates in this PEM file instead "
@@ -205,12 +216,16 @@ def _download_url(url: str, output: str | None, options: Options, **kw) -> Resul
         info = probe(pool, url)
     finally:
         pool.clear()
-    log.info("%s: size %s, ranges %s", url, "unknown" if info.size is None else info.size,
-             "supported" if info.ranges else "not supported: one stream")
+    log.info("%s: size %s, ranges %s%s", url, "unknown" if info.size is None else info.size,
+             "supported" if info.ranges else "not supported: one stream",
+             f", redirects to {info.url}" if info.url != url else "")
     manifest = Manifest.single_url(url, target.name, info.size)
     state = target.parent / f".{target.name}.mpdl"
+    # The probe followed the redirect: every range goes where it led, none to the redirect.
+    asked = manifest.files[0].url
     return run(manifest, target.parent, state_dir=state, keep_state=False,
-               streamed=() if info.ranges else (url,), **kw)
+               streamed=() if info.ranges else (url,),
+               redirects={asked: info.url} if asked and info.url != url else None, **kw)
 
 
 def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
@@ -219,6 +234,7 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
                           "failed": result.failed, "completed": len(result.completed),
                           "skipped": len(result.skipped), "removed": result.removed,
                           "bytes_fetched": result.bytes_fetched,
+                          "bytes_to_fetch": result.bytes_to_fetch,
                           "bytes_reused": result.bytes_reused,
                           "bytes_written": result.bytes_written, "elapsed": result.elapsed}),
               flush=True)
@@ -236,9 +252,11 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
         reused = f", {result.bytes_reused} reused from local files" if result.bytes_reused \
             else ""
         removed = f"; {len(result.removed)} no longer listed removed" if result.removed else ""
+        to_fetch = "" if result.bytes_to_fetch is None else \
+            f" of {result.bytes_to_fetch} to fetch"
         say(f"mpdl: {done} of {done + len(result.failed)} files in place "
             f"({len(result.skipped)} already were), {result.bytes_fetched} bytes fetched"
-            f"{reused} in {result.elapsed:.2f} s{removed}")
+            f"{to_fetch}{reused} in {result.elapsed:.2f} s{removed}")
     return EXIT_OK if result.ok else EXIT_INCOMPLETE
 
 
@@ -285,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   verify_tls=False if args.insecure else None, cacert=args.cacert,
                   headers=[parse_header_line(h) for h in args.header] if args.header else None,
                   proxy=args.proxy, limit_rate=args.limit_rate,
+                  speed_limit=args.speed_limit, speed_time=args.speed_time,
                   progress=progress)
         if args.verify or args.repair:
             if _is_url(args.source) or not args.output:

@@ -4,28 +4,39 @@ No retries and no process concerns here: a failure raises the FetchError subclas
 what may still succeed, and the worker reports it. The network bytes an attempt reads are
 counted in its Meter, which each Filled empties: what is left there when the attempt fails is
 what the worker reports as read for nothing. Every body read asks the run's speed cap first
-(ratelimit.SpeedCap), which may make it wait for its turn and ask fewer bytes.
+(ratelimit.SpeedCap), which may make it wait for its turn and ask fewer bytes, and is held to
+the speed floor (speedfloor.py): a response that delivers less than the floor over a window
+of reading fails its attempt.
 """
 
 from __future__ import annotations
 
+import array
 import socket
-import urllib.parse
+import time
 import zlib
 from collections.abc import Callable
 
 import urllib3
 
+try:
+    import fcntl
+    import termios
+except ImportError:  # Windows: bytes left unread when a response is dropped are not counted
+    fcntl = None  # type: ignore[assignment]
+
 from .errors import IntegrityError, NotOnMirror, RangesIgnored, TransientError
 from .hashing import parse_hash
-from .http import discard, open_response, parse_content_range, range_header, status_error
+from .http import (discard, final_url, open_response, parse_content_range, range_header,
+                   status_error)
 from .messages import Check, Fetch, Filled, FromWorker, Redirected
 from .proxy import Routed
 from .ratelimit import SpeedCap, receive_buffer
 from .ring import Ring
+from .speedfloor import SpeedFloor, SpeedWatch, Verdict
 
-# Bytes asked of one readinto. A read that fails loses count of what it had received, so
-# this bounds how much a failed attempt's accounting can miss; larger reads gain nothing.
+# Bytes asked of one read, which takes what one receive brings (_read_into): more than a
+# socket's receive buffer holds, so a fast stream is read in few calls; larger gains nothing.
 READ_SIZE = 256 * 1024
 
 
@@ -90,14 +101,15 @@ Report = Callable[[FromWorker], None]
 
 def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
           report: Report, scratch: bytearray, meter: Meter, cursor: Cursor,
-          cap: SpeedCap | None = None) -> None:
+          cap: SpeedCap | None = None, floor: SpeedFloor | None = None) -> None:
     """Run ``job``; ``scratch`` is this thread's buffer for compressed bodies, ``meter`` the
     attempt's count of bytes read and not reported, ``cursor`` where it stands, ``cap`` the
-    run's speed cap (None: a worker outside a run, as tests make)."""
+    run's speed cap and ``floor`` its speed floor (None: a worker outside a run, as tests
+    make)."""
     headers = {"Range": range_header(job.offset, job.length)} if job.ranged else {}
     response = open_response(pool, job.url, headers, credentials=job.credentials)
     cursor.response = response
-    reads = CappedReads(response, cap)
+    reads = CappedReads(response, cap, floor)
     try:
         known_length = _check_status(job, response)
         final = final_url(response, job.url)
@@ -110,6 +122,7 @@ def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
                         reads)
     except BaseException:
         cursor.response = None
+        meter.unreported += arrived_unread(response)
         discard(response)
         raise
     cursor.response = None
@@ -119,13 +132,22 @@ def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
         discard(response)
 
 
-def final_url(response: urllib3.BaseHTTPResponse, asked: str) -> str:
-    """Where the response came from once urllib3 followed its redirects: the Location of the
-    last one, against the URL that sent it (it may be relative), else ``asked``."""
-    history = response.retries.history if response.retries is not None else ()
-    if not history or not history[-1].redirect_location:
-        return asked
-    return urllib.parse.urljoin(history[-1].url, history[-1].redirect_location)
+def arrived_unread(response: urllib3.BaseHTTPResponse) -> int:
+    """Body bytes of ``response`` that reached this host but will not be read, as it is dropped
+    (cut short, cancelled, failed): the server sent them, and the run's count of bytes on the
+    wire includes them. The socket's receive queue (FIONREAD; with TLS, its records as they
+    came), within what is left of the body. What is still on its way, or in the server's send
+    buffer, no client can know."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is None or fcntl is None:
+        return 0
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, queued)
+    except (OSError, ValueError):  # closed already
+        return 0
+    left = getattr(response._fp, "length", None)
+    return queued[0] if left is None else min(queued[0], left)
 
 
 def _check_status(job: Fetch, response: urllib3.BaseHTTPResponse) -> int | None:
@@ -153,9 +175,32 @@ def _check_status(job: Fetch, response: urllib3.BaseHTTPResponse) -> int | None:
 
 
 def _read_into(raw, view: memoryview) -> int:
-    """readinto straight from the socket: urllib3's own readinto reads into bytes and copies."""
+    """Read what the socket has, up to ``len(view)``, straight into ``view`` (urllib3's own
+    readinto reads into bytes and copies), waiting for one receive at most.
+
+    One receive, not "until the view is full" as http.client's readinto does (its buffered
+    file loops over receives): a server that trickles a byte a second under --timeout would
+    keep such a read from returning for days, and the speed floor is judged when reads return.
+    This is http.client's readinto with BufferedReader.readinto1 in place of readinto, the
+    response's bookkeeping kept (the body's length left, the connection closed at its end);
+    a chunked body goes through http.client's read1, which keeps the chunks' framing."""
     try:
-        return raw.readinto(view)
+        if raw.fp is None:
+            return 0
+        if raw.chunked:
+            data = raw.read1(len(view))
+            view[:len(data)] = data
+            return len(data)
+        if raw.length is not None and len(view) > raw.length:
+            view = view[:raw.length]
+        n = raw.fp.readinto1(view)
+        if not n and len(view):
+            raw._close_conn()
+        elif raw.length is not None:
+            raw.length -= n
+            if not raw.length:
+                raw._close_conn()
+        return n
     except OSError as exc:  # resets, timeouts (socket.timeout is an OSError)
         raise TransientError(f"read failed: {exc}") from None
     except Exception as exc:  # http.client.IncompleteRead and friends
@@ -163,22 +208,44 @@ def _read_into(raw, view: memoryview) -> int:
 
 
 class CappedReads:
-    """A response's reads under the run's speed cap (None: a worker outside a run, as tests
-    make): each waits for its turn and asks what the cap allows, and what the socket did not
-    deliver goes back. The connection's receive buffer follows the rate
+    """A response's reads under the run's speed cap and speed floor (either None: a worker
+    outside a run, as tests make).
+
+    Under the cap each read waits for its turn and asks what the cap allows, and what the
+    socket did not deliver goes back. The connection's receive buffer follows the rate
     (ratelimit.receive_buffer) from the first read on and whenever the rate changes, so the
     kernel cannot take in much more than mpdl reads; a socket it never had to shrink is left
     alone (and keeps the kernel's own tuning), and one shrunk, then uncapped, is closed after
-    its response, so the next connection is the kernel's to tune again."""
+    its response, so the next connection is the kernel's to tune again.
 
-    def __init__(self, response, cap: SpeedCap | None) -> None:
+    Against the floor each read is timed, its turn under the cap included (the floor is scaled
+    below the connection's share of the cap), and a response slower than the floor over a
+    window fails with a TransientError."""
+
+    def __init__(self, response, cap: SpeedCap | None, floor: SpeedFloor | None = None) -> None:
         self.cap = cap
         self.connection = getattr(response, "connection", None)
         # The cap was lifted on a socket shrunk for it: the kernel no longer tunes a buffer
         # once set, so the connection is closed after this response rather than kept.
         self.shrunk_and_lifted = False
+        self.watch = SpeedWatch(floor) if floor is not None and floor.limit else None
 
     def read(self, raw, view: memoryview) -> int:
+        watch = self.watch
+        if watch is None:
+            return self._capped(raw, view)
+        started = time.monotonic()
+        got = self._capped(raw, view)
+        if not got:  # the body's end: nothing left to judge (the fill checks its length)
+            return got
+        cap = self.cap
+        floor = watch.policy.floor(None if cap is None else cap.rate,
+                                   1 if cap is None else cap.connections)
+        if watch.add(got, time.monotonic() - started, floor) is Verdict.TOO_SLOW:
+            raise TransientError(f"read failed: {watch.policy.reason(floor)}")
+        return got
+
+    def _capped(self, raw, view: memoryview) -> int:
         cap = self.cap
         if cap is None:
             return _read_into(raw, view)
@@ -278,6 +345,8 @@ def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
             end = cursor.end
             if end is not None and out.position >= end:
                 out.filled = max(0, end - out.start)  # cut behind this slot: none is wanted
+                if end != job.length:  # cut short of the body asked: what arrived counts
+                    meter.unreported += arrived_unread(response)
                 break
             if not out.room:  # full, and more to come
                 out.hand_over()

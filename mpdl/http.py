@@ -17,6 +17,7 @@ import email.utils
 import os
 import re
 import ssl
+import urllib.parse
 import warnings
 from datetime import datetime, timezone
 from typing import NamedTuple
@@ -144,10 +145,13 @@ def discard(response: urllib3.BaseHTTPResponse) -> None:
 
 
 class ServerInfo(NamedTuple):
-    """What a probe learned: the object's size (None: unknown) and whether ranges work."""
+    """What a probe learned: the object's size (None: unknown), whether ranges work, and
+    ``url``, where the object answered once redirects were followed (the URL probed when
+    none redirected)."""
 
     size: int | None
     ranges: bool
+    url: str
 
 
 def probe(pool: Routed, url: str) -> ServerInfo:
@@ -161,19 +165,30 @@ def probe(pool: Routed, url: str) -> ServerInfo:
         size = int(length) if length and length.isdigit() else None
         ranges = "bytes" in head.headers.get("Accept-Ranges", "").lower()
         if size is not None and ranges:
-            return ServerInfo(size, True)
+            return ServerInfo(size, True, final_url(head, url))
     elif head.status in (404, 410, 401, 403):
         raise status_error(url, head.status, head.reason or "")
     response = open_response(pool, url, {"Range": "bytes=0-0"})
     try:
+        final = final_url(response, url)
         if response.status == 206:
             parsed = parse_content_range(response.headers.get("Content-Range"))
             if parsed and parsed[0] == 0 and parsed[2] is not None:
-                return ServerInfo(parsed[2], True)
-            return ServerInfo(None, False)
+                return ServerInfo(parsed[2], True, final)
+            return ServerInfo(None, False, final)
         if response.status == 200:
             length = response.headers.get("Content-Length")
-            return ServerInfo(int(length) if length and length.isdigit() else None, False)
+            return ServerInfo(int(length) if length and length.isdigit() else None, False,
+                              final)
         raise status_error(url, response.status, response.reason or "")
     finally:
         discard(response)
+
+
+def final_url(response: urllib3.BaseHTTPResponse, asked: str) -> str:
+    """Where the response came from once urllib3 followed its redirects: the Location of the
+    last one, against the URL that sent it (it may be relative), else ``asked``."""
+    history = response.retries.history if response.retries is not None else ()
+    if not history or not history[-1].redirect_location:
+        return asked
+    return urllib.parse.urljoin(history[-1].url, history[-1].redirect_location)

@@ -14,6 +14,7 @@ import psutil
 from .errors import UsageError
 from .headers import Headers, headers_option
 from .proxy import parse_proxy, proxy_rules
+from .speedfloor import DEFAULT_LIMIT, DEFAULT_WINDOW, SpeedFloor
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -81,6 +82,10 @@ class Options:
     start_method: str | None = None  # None: coordinator.default_start_method picks
     proxy: str | None = None  # None: the environment's (HTTPS_PROXY...); "": none (mpdl/proxy.py)
     limit_rate: int | None = None  # bytes/s for the whole run (parse_rate); None: no cap
+    # A connection slower than speed_limit bytes/s over speed_time seconds of reading has
+    # failed its attempt (speedfloor.py says why these defaults); 0: no floor.
+    speed_limit: int = DEFAULT_LIMIT
+    speed_time: float = DEFAULT_WINDOW
 
     def __post_init__(self) -> None:
         if self.workers is None:
@@ -91,6 +96,11 @@ class Options:
                 raise UsageError(f"{name} must be a positive whole number, not {value!r}")
         if not self.timeout > 0:
             raise UsageError(f"timeout must be positive, not {self.timeout!r}")
+        object.__setattr__(self, "speed_limit", _speed_limit(self.speed_limit))
+        if isinstance(self.speed_time, bool) or not (
+                isinstance(self.speed_time, (int, float)) and 0 < self.speed_time < float("inf")):
+            raise UsageError(f"speed_time must be a positive number of seconds, not "
+                             f"{self.speed_time!r}")
         if self.chunk_size < 64 * KiB:
             raise UsageError("chunk size must be at least 64K")
         if self.chunk_size & (self.chunk_size - 1):  # the grid a cache's slices divide
@@ -106,6 +116,11 @@ class Options:
         if self.proxy:
             parse_proxy(self.proxy, "proxy")
 
+    @property
+    def speed_floor(self) -> SpeedFloor:
+        """The floor every connection is held to (speedfloor.py)."""
+        return SpeedFloor(self.speed_limit, self.speed_time)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Options:
         """Defaults, then MPDL_* environment variables, then ``overrides`` that are not None."""
@@ -120,6 +135,8 @@ class Options:
             "MPDL_START_METHOD": ("start_method", str),
             "MPDL_CACERT": ("cacert", str),
             "MPDL_LIMIT_RATE": ("limit_rate", parse_size),
+            "MPDL_SPEED_LIMIT": ("speed_limit", parse_size),
+            "MPDL_SPEED_TIME": ("speed_time", float),
         }
         for var, (name, read) in readers.items():
             if env.get(var):
@@ -137,6 +154,19 @@ class Options:
                 values[name] = value
         proxy_rules(values.get("proxy"), env)  # a bad HTTPS_PROXY... fails here, not in a worker
         return replace(cls(), **values) if values else cls()
+
+
+def _speed_limit(value: object) -> int:
+    """The floor in bytes per second: a whole number or a size ('1K'); 0 is no floor."""
+    if isinstance(value, str):
+        try:
+            value = parse_size(value)
+        except UsageError as exc:
+            raise UsageError(f"speed_limit: {exc}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"speed_limit must be bytes per second (a whole number or a size such "
+                         f"as 1K; 0: no floor), not {value!r}")
+    return value
 
 
 def _check_cacert(path: str) -> None:

@@ -18,7 +18,7 @@ No I/O: the one effect, NeedFreshUrl, goes out through the callable it is given.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .headers import same_host
@@ -46,11 +46,13 @@ class Route:
 
 class Routes:
     def __init__(self, mirrors: Callable[[str], Sequence[str]],
-                 effect: Callable[[NeedFreshUrl], None]) -> None:
+                 effect: Callable[[NeedFreshUrl], None],
+                 final_urls: Mapping[str, str] = {}) -> None:
         self.mirrors = mirrors
         self._effect = effect
         self.fresh_urls: dict[str, str] = {}  # mirror URL refused with 401/403 -> its fresh one
-        self.final_urls: dict[str, str] = {}  # URL asked (mirror or fresh) -> where it redirected
+        # URL asked (mirror or fresh) -> where it redirected; seeded with what a probe learned
+        self.final_urls: dict[str, str] = dict(final_urls)
         self.refreshing: dict[str, tuple[str, list[TaskRun]]] = {}  # refused -> (mirror, runs)
 
     def count(self, source: str) -> int:

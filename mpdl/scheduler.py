@@ -93,7 +93,8 @@ class Scheduler:
                  tail: TailPolicy | None = None,
                  have: Mapping[int, RangeSet] = {}, journaling: bool = True,
                  can_refresh: bool = False, counts: Counts | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 redirects: Mapping[str, str] = {}) -> None:
         # How files are cut into tasks; its ``streamed`` is the one home of the objects known
         # to ignore Range, and grows when one is found.
         self.planner = planner
@@ -107,7 +108,8 @@ class Scheduler:
         self.contests = Contests(tail or TailPolicy(), plan.slot_size)
         self.slots = SlotPool(limits.slots)
         self.out = Output()
-        self.routes = Routes(mirrors, effect=self.out.effects.append)
+        # ``redirects``: URLs a probe already followed to their final URL (a single URL).
+        self.routes = Routes(mirrors, effect=self.out.effects.append, final_urls=redirects)
         self.book = FileBook(plan, layout=layout, have=have, journaling=journaling,
                              counts=self.counts, to_writer=self.out.to_writer.append,
                              effect=self.out.effects.append)

@@ -26,7 +26,7 @@ from .errors import ChildrenKeepDying, MpdlError, RingTooSmall, RunStopped
 from .journal import Journal
 from .layout import Layout
 from .manifest import FileEntry
-from .messages import Stop
+from .messages import Failed, Filled, Stop
 from .options import Options, parse_rate
 from .progress import Tracker, human_bytes
 from .ratelimit import SpeedCap
@@ -331,6 +331,12 @@ class Supervisor:
         self.scheduler.writer_died(intact)
         self.writer = self._start_writer()
 
+    def _late_record(self, record: object) -> None:
+        """A record that came after the run's end (an attempt cancelled or failed as the last
+        file closed): no decision is left to make, but the bytes it read were fetched."""
+        if isinstance(record, (Filled, Failed)):
+            self.tracker.counts.bytes_fetched += record.fetched
+
     def _retire(self, child: Child, on_record: Callable | None = None) -> int | None:
         """Drain what the child said (to ``on_record``, or nowhere), reap it, close its
         handles; returns its exit code. For a dead child and at shutdown alike."""
@@ -364,12 +370,15 @@ class Supervisor:
             outboxes = {c.outbox: c for c in running.values() if not c.outbox.closed}
             for ready in wait(list(running) + list(outboxes), deadline - time.monotonic()):
                 if ready in outboxes:  # a child blocked sending to us could not see Stop
-                    if _receive(ready) is None:
+                    batch = _receive(ready)
+                    if batch is None:
                         ready.close()
+                    for record in batch or ():
+                        self._late_record(record)
                 else:
                     del running[ready]
         for child in children:
-            self._retire(child)
+            self._retire(child, self._late_record)
         self.workers.clear()
         self.writer = None
 

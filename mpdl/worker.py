@@ -8,8 +8,8 @@ coordinator's records to ``Worker.handle`` and exits when the coordinator dies o
 
 Rules: the main thread never blocks on a fetch, and nothing here runs per chunk; the fetch
 threads answer the coordinator themselves, as they go, and every attempt they take ends in
-exactly one Filled with ``last`` or one Failed, unless the worker stops or the coordinator
-is gone.
+exactly one Filled with ``last`` or one Failed, unless the worker stops (an attempt that read
+bytes then still reports them) or the coordinator is gone.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .options import Options
 from .proxy import Routed
 from .ratelimit import SpeedCap
 from .ring import Ring, RingSpec
+from .speedfloor import SpeedFloor
 
 log = logging.getLogger("mpdl.worker")
 
@@ -53,12 +54,14 @@ class Worker:
     """
 
     def __init__(self, outbox: Connection, worker_id: int, ring: Ring,
-                 pool: Routed, threads: int, cap: SpeedCap | None = None) -> None:
+                 pool: Routed, threads: int, cap: SpeedCap | None = None,
+                 floor: SpeedFloor | None = None) -> None:
         self.outbox = outbox
         self.worker_id = worker_id
         self.ring = ring
         self.pool = pool
         self.cap = cap  # the run's speed cap, shared with every worker
+        self.floor = floor  # the speed floor every response is held to (None: none)
         self.send_lock = threading.Lock()  # fetch threads and the main thread share the pipe
         self.last_sent = time.monotonic()
         self.jobs: queue.SimpleQueue[Fetch | None] = queue.SimpleQueue()
@@ -129,12 +132,13 @@ class Worker:
                 if key in self.cancelled:
                     raise Cancelled()
                 fetch(job, self.pool, self.ring, self.grants[key].get, self.send, scratch, meter,
-                      self.cursors[key], self.cap)
+                      self.cursors[key], self.cap, self.floor)
             except FetchError as exc:
                 retry_after = exc.retry_after if isinstance(exc, TransientError) else None
                 self._failed(job, type(exc).kind, str(exc), meter, retry_after)
             except Cancelled:  # dropped by the coordinator: say so, to free the slot it held
                 if self.stopping.is_set():
+                    self._last_words(job, meter)
                     return
                 self._failed(job, FailKind.RETRY, "cancelled", meter)
             except (BrokenPipeError, EOFError):
@@ -152,6 +156,15 @@ class Worker:
         """Report the attempt failed, with the bytes it read that no Filled reported."""
         self.send(Failed(task_id=job.task_id, attempt=job.attempt, kind=kind, reason=reason,
                          fetched=meter.take(), retry_after=retry_after))
+
+    def _last_words(self, job: Fetch, meter: Meter) -> None:
+        """The worker stops under an attempt: the bytes it read still count (the coordinator
+        drains what its children say as they stop), if anyone is there to hear them."""
+        if meter.unreported:
+            try:
+                self._failed(job, FailKind.RETRY, "stopped", meter)
+            except (BrokenPipeError, EOFError, OSError):
+                pass  # the coordinator is gone
 
     def stop(self) -> None:
         """Wake every fetch thread and give them a moment to end.
@@ -174,7 +187,7 @@ def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec
     child_setup(f"mpdl-worker-{worker_id}", log_level)
     ring = Ring.attach(spec)
     pool = make_pool(options, connections=threads)
-    worker = Worker(outbox, worker_id, ring, pool, threads, cap)
+    worker = Worker(outbox, worker_id, ring, pool, threads, cap, options.speed_floor)
     worker.start()
     worker.send(Alive())  # running: from now on its tasks' silence is the network's
     try:

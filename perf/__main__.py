@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from . import measure, peers, report, runner, scenarios, servers, tls
+from .wire import SentLog
 
 DESCRIPTION = """\
 Benchmark mpdl against its peers (the thread-pool baseline in perf/baseline.py, curl, aria2c,
 axel, hf_transfer) on generated scenarios served by nginx on 127.0.0.1. Each tool runs --runs
 times per scenario, interleaved with mpdl; every run's output is checked (sizes and hashes), and
 a wrong one is reported FAILED, never timed. Reports medians of wall time, the ratio to mpdl,
-MB/s, CPU seconds (and per GiB) and peak PSS of the whole process tree, and whether mpdl met
-each of its targets, as results.md, results.json and results.png.
+MB/s, CPU seconds (and per GiB) and peak PSS of the whole process tree, the bytes the server
+sent each tool over the bytes the scenario needs, and whether mpdl met each of its targets, as
+results.md, results.json and results.png.
 """
 
 EPILOG = f"""\
@@ -50,6 +52,13 @@ the temp folder). Every tool verifies it: curl --cacert, aria2c --ca-certificate
 
 Tail (tail, tail-stall): nginx limit_rate from a map on $connection slows the connections whose
 number ends in 7; mpdl's time there is also given as a multiple of its tail-ref time.
+
+Bytes on the wire ("sent/needed"; results.json: median_sent_bytes, sent_to_needed, and each
+scenario's bytes_needed): nginx logs every request with $body_bytes_sent (the body bytes it
+handed the kernel, headers aside; perf/wire.py), and each run's lines are summed once the log
+settles after the run. Needed is what the scenario asks of the network: its files' bytes, or
+for v2 its compressed chunks. 1.00 is every byte sent once; above it, bytes sent for nothing
+(ranges fetched twice, or pushed into connections the tool then closed).
 
 Scenario data is generated once (seeded, incompressible) and cached in --cache
 (default {scenarios.default_cache()}). Needs nginx (Debian nginx-light) and, for big-tls,
@@ -187,10 +196,11 @@ def _run(loaded: list[scenarios.Scenario], tools: list[str],
     authority = tls.make_authority(tmp / "tls") if any(s.spec.tls for s in loaded) else None
     throttled = [servers.Throttled(s.name, s.spec.folder, s.spec.throttle.rate)
                  for s in loaded if s.spec.throttle]
+    wire = SentLog(tmp / "nginx" / "access.log")
     with contextlib.ExitStack() as stack:
         web = stack.enter_context(servers.nginx(
             root, tmp / "nginx", throttled=throttled,
-            tls=authority.server if authority else None))
+            tls=authority.server if authority else None, access_log=wire.path))
         front = None
         if any(s.spec.delayed for s in loaded):
             front = stack.enter_context(servers.delaying_front(web.port, DELAY, tmp / "front"))
@@ -200,7 +210,7 @@ def _run(loaded: list[scenarios.Scenario], tools: list[str],
                  f"{s.bytes / 2**20:.1f} MiB at {base}")
             results.append(runner.run_scenario(
                 s, base, tools, available, runs, tmp / "work", timeout(s.spec), _log,
-                ca=authority.ca if authority and s.spec.tls else None))
+                ca=authority.ca if authority and s.spec.tls else None, wire=wire))
     return results
 
 

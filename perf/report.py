@@ -49,11 +49,13 @@ def _summary(s: ScenarioResult, tool: str) -> dict[str, Any]:
         "status": r.status, "reason": r.reason, "note": r.note, "partial": r.partial,
         "connections": r.connections or None, "payload_bytes": r.payload or None,
         "median_wall_s": r.median("wall"), "ratio_to_mpdl": s.ratio(tool), "mb_per_s": _mbps(r),
+        "median_sent_bytes": r.median("sent"), "sent_to_needed": s.wire_ratio(tool),
         "median_cpu_s": r.median("cpu"), "cpu_s_per_gib": r.cpu_per_gib(),
         "median_peak_pss_mib": pss / MiB if pss else None,
         "ideal_s": s.ideal(tool), "pct_of_ideal": _pct_ideal(s, tool),
         "runs": [{"wall_s": run.wall, "cpu_s": run.cpu, "peak_pss_mib": run.peak_pss / MiB,
-                  "ok": run.ok, "reason": run.reason} for run in r.runs],
+                  "sent_bytes": run.sent, "ok": run.ok, "reason": run.reason}
+                 for run in r.runs],
     }
 
 
@@ -67,6 +69,7 @@ def to_json(results: Sequence[ScenarioResult], tools: dict[str, Availability],
         "scenarios": {
             s.scenario.name: {
                 "description": s.scenario.spec.description, "bytes": s.scenario.bytes,
+                "bytes_needed": s.scenario.needed,
                 "files": s.scenario.files, "capped": s.scenario.spec.capped,
                 "delayed": s.scenario.spec.delayed, "tls": s.scenario.spec.tls,
                 "throttle_bytes_per_s": s.scenario.spec.throttle.rate
@@ -90,9 +93,9 @@ def to_markdown(results: Sequence[ScenarioResult], tools: dict[str, Availability
         f"{meta['server']} on 127.0.0.1; the tools write to {meta.get('destination', '/tmp')}."
         f"{' Quick mode: tiny scenarios.' if meta['quick'] else ''}",
         "",
-        "| scenario | tool | result | wall s | × mpdl | MB/s | CPU s | CPU s/GiB | peak PSS MiB "
-        "| % ideal | notes |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | tool | result | wall s | × mpdl | MB/s | sent/needed | CPU s | CPU s/GiB "
+        "| peak PSS MiB | % ideal | notes |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in results:
         to_ref = _to_reference(s, results)
@@ -106,6 +109,7 @@ def to_markdown(results: Sequence[ScenarioResult], tools: dict[str, Availability
             lines.append(
                 f"| {s.scenario.name} | {tool} | {r.status} | {_num(r.median('wall'))} | "
                 f"{_num(s.ratio(tool))}{'*' if r.partial else ''} | {_num(_mbps(r), 0)} | "
+                f"{_num(s.wire_ratio(tool), 3)} | "
                 f"{_num(r.median('cpu'))} | {_num(r.cpu_per_gib())} | "
                 f"{_num(pss / MiB if pss else None, 0)} | "
                 f"{_num(_pct_ideal(s, tool), 0) if s.scenario.spec.capped else ''} | "
@@ -115,6 +119,9 @@ def to_markdown(results: Sequence[ScenarioResult], tools: dict[str, Availability
         "- **× mpdl**: the tool's median wall time divided by mpdl's (above 1: mpdl was faster). "
         "\\* marks a tool timed on less work than mpdl (see its notes).",
         "- **MB/s**: bytes the tool's output holds (10^6 bytes) per second of median wall time.",
+        "- **sent/needed**: the body bytes nginx sent the tool (its access log's "
+        "$body_bytes_sent, headers aside; median of the runs) over the bytes the scenario "
+        "needs (its files, or its compressed chunks): 1.000 is every byte sent once.",
         "- **CPU s**: user + system time of all the tool's processes (os.wait4 rusage; the "
         "harness is a child subreaper, so orphans such as forkserver children count too). "
         "**CPU s/GiB**: that per GiB of the tool's output (for \\* rows, of what it fetched).",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import check, measure, peers
 from .scenarios import CAP_BYTES_PER_S, GiB, Scenario
+from .wire import SentLog
 
 #: How the reason of a run killed at its timeout begins.
 TIMED_OUT = "timed out"
@@ -35,6 +36,7 @@ class Run:
     ok: bool
     reason: str = ""
     leftovers: int = 0
+    sent: int | None = None  # body bytes the server sent for this run (perf/wire.py)
 
 
 @dataclass
@@ -56,7 +58,7 @@ class ToolResult:
         return self.runs if self.status == "ok" else []
 
     def median(self, attr: str) -> float | None:
-        values = [getattr(run, attr) for run in self.timed]
+        values = [value for run in self.timed if (value := getattr(run, attr)) is not None]
         return statistics.median(values) if values else None
 
     def cpu_per_gib(self) -> float | None:
@@ -82,6 +84,14 @@ class ScenarioResult:
         mine, ref = self.results[tool].median("wall"), self.results["mpdl"].median("wall")
         return mine / ref if mine is not None and ref else None
 
+    def wire_ratio(self, tool: str) -> float | None:
+        """The body bytes the server sent ``tool`` (median) over the bytes needed: 1.00 is
+        each byte sent once; above it, bytes sent for nothing (ranges fetched twice, or
+        pushed into sockets that were then closed)."""
+        sent = self.results[tool].median("sent")
+        needed = self.scenario.needed
+        return sent / needed if sent is not None and needed else None
+
     def ideal(self, tool: str) -> float | None:
         """Capped only: seconds at the cap on every connection, size / (connections x cap)."""
         r = self.results[tool]
@@ -93,9 +103,10 @@ class ScenarioResult:
 def run_scenario(scenario: Scenario, base_url: str, tools: list[str],
                  available: dict[str, peers.Availability], runs: int, work: Path,
                  timeout: float, log: Callable[[str], None],
-                 ca: Path | None = None) -> ScenarioResult:
+                 ca: Path | None = None, wire: SentLog | None = None) -> ScenarioResult:
     """Every tool in ``tools`` ``runs`` times on ``scenario``, interleaved. Extras
-    (peers.EXTRAS) get a row only in the scenarios that ask for them."""
+    (peers.EXTRAS) get a row only in the scenarios that ask for them. ``wire`` is the
+    server's access log, which says what each run was sent."""
     folder = work / scenario.name
     folder.mkdir(parents=True, exist_ok=True)
     dest = work / "dest"
@@ -120,17 +131,19 @@ def run_scenario(scenario: Scenario, base_url: str, tools: list[str],
         for tool in _with_followers(order[shift:] + order[:shift], jobs):
             job = jobs[tool]
             if job.after is None:
-                run = _run_once(tool, job, dest, folder, timeout)
+                run = _run_once(tool, job, dest, folder, timeout, wire)
             elif results[job.after].runs and results[job.after].runs[-1].ok:
                 os.sync()
-                run = _run_once(tool, job, dest, folder, timeout, fresh=False)
+                run = _run_once(tool, job, dest, folder, timeout, wire, fresh=False)
             else:
                 run = Run(0.0, 0.0, 0, ok=False,
                           reason=f"nothing to re-run over: {job.after}'s run failed")
             results[tool].runs.append(run)
             status = "ok" if run.ok else f"FAILED: {run.reason}"
+            sent = "" if run.sent is None else \
+                f"  sent {run.sent / scenario.needed:5.3f}x"
             log(f"[{scenario.name}] {round_ + 1}/{runs} {tool:<11} {run.wall:7.2f} s "
-                f"cpu {run.cpu:6.2f} s  pss {run.peak_pss / 2**20:7.1f} MiB  {status}")
+                f"cpu {run.cpu:6.2f} s  pss {run.peak_pss / 2**20:7.1f} MiB{sent}  {status}")
     for result in results.values():
         failed = [run for run in result.runs if not run.ok]
         if failed:
@@ -150,13 +163,15 @@ def _with_followers(order: list[str], jobs: dict[str, peers.Job]) -> list[str]:
 
 
 def _run_once(tool: str, job: peers.Job, dest: Path, folder: Path, timeout: float,
-              fresh: bool = True) -> Run:
+              wire: SentLog | None, fresh: bool = True) -> Run:
     """One timed run; ``fresh``: into an empty destination (else into what is there)."""
     if fresh:
         _empty(dest)
     logfile = folder / f"{tool}.log"
+    mark = wire.mark() if wire else 0
     m = measure.run(job.argv, log=logfile, timeout=timeout, cwd=folder,
                     env={**os.environ, **job.env})
+    sent = wire.since(mark) if wire else None  # after the timing: the log settles first
     reason = ""
     if m.timed_out:
         reason = f"{TIMED_OUT} after {timeout:g} s"
@@ -171,7 +186,7 @@ def _run_once(tool: str, job: peers.Job, dest: Path, folder: Path, timeout: floa
     else:
         reason_note = ""
     return Run(m.wall, m.cpu, m.peak_pss, ok=not reason, reason=reason or reason_note,
-               leftovers=m.leftovers)
+               leftovers=m.leftovers, sent=sent)
 
 
 def _tail(path: Path, chars: int = 300) -> str:

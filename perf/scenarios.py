@@ -108,6 +108,12 @@ class Scenario:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def needed(self) -> int:
+        """The bytes the scenario asks of the network: its files, or their compressed chunks
+        (what a server sending each byte once sends)."""
+        return self.raw_bytes or self.bytes
+
 
 # Data.
 

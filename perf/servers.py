@@ -148,6 +148,15 @@ ACCESS_LOG = """\
     log_format mpdl '$request_method $uri $status $body_bytes_sent "$http_range" $connection';
     access_log "{path}" mpdl;
 """
+
+
+def body_bytes_sent(lines: str) -> int:
+    """The body bytes sent for the complete lines of ``lines`` (ACCESS_LOG's format). Read
+    from the right: ``$uri`` is decoded and may hold spaces, the fields after it do not."""
+    return sum(int(line.rsplit(" ", 3)[1]) for line in lines.splitlines(keepends=True)
+               if line.endswith("\n"))
+
+
 #: What ``nginx`` says when there is none, and how to get it.
 NGINX_MISSING = "nginx not found (sh tests/install.sh, or apt-get install nginx-light)"
 

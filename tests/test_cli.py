@@ -127,7 +127,8 @@ def test_files_missing_on_every_mirror_exit_1_and_the_rest_is_in_place(
 
 
 @pytest.mark.parametrize("option", [["--chunk-size", "12Q"], ["--workers", "0"],
-                                    ["--timeout", "-1"], ["--progress", "loud"]])
+                                    ["--timeout", "-1"], ["--progress", "loud"],
+                                    ["--speed-limit", "fast"], ["--speed-time", "0"]])
 def test_bad_option_values_exit_2_with_usage(
     depot: Depot, tmp_path: Path, option: list[str]
 ) -> None:

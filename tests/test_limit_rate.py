@@ -8,6 +8,7 @@ burst + rate * t by t seconds after its budget was made), and bytes counted betw
 
 from __future__ import annotations
 
+import http.client
 import multiprocessing
 import os
 import signal
@@ -343,9 +344,10 @@ def test_a_capped_connection_gets_a_small_receive_buffer_and_is_let_go_once_lift
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1448)  # as on Ethernet
     with socket.create_connection(listener.getsockname()) as sock, listener.accept()[0] as peer:
-        peer.sendall(b"x" * 4096)
+        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n" + b"x" * 4096)
         response = types.SimpleNamespace(connection=types.SimpleNamespace(sock=sock))
-        raw = sock.makefile("rb", buffering=0)
+        raw = http.client.HTTPResponse(sock)
+        raw.begin()
         untouched = _rcvbuf(sock)
         cap.set_rate(None)
         never = CappedReads(response, cap)

@@ -87,8 +87,13 @@ def test_quick_benchmark_runs_every_scenario_and_peer(tmp_path: Path) -> None:
         assert mpdl["median_wall_s"] > 0 and mpdl["ratio_to_mpdl"] == pytest.approx(1.0)
         assert mpdl["cpu_s_per_gib"] > 0, name
         assert set(scenario["results"]) == {"mpdl", *peers.PEERS, *extras[name]}, name
+        # Bytes on the wire, from nginx's log: every byte needed was sent at least once.
+        assert scenario["bytes_needed"] > 0 and mpdl["sent_to_needed"] >= 1.0, name
+        assert all(run["sent_bytes"] >= scenario["bytes_needed"] for run in mpdl["runs"]), name
     for extra in ("write-loop", "mpdl-rerun"):  # v1-100k's reference rows ran, and were right
         assert data["scenarios"]["v1-100k"]["results"][extra]["status"] == "ok", extra
+    assert data["scenarios"]["v1-100k"]["results"]["mpdl-rerun"]["median_sent_bytes"] == 0
+    assert "| sent/needed |" in markdown
     for name in ("tail", "tail-stall"):  # measured against mpdl's own no-slow time
         assert data["scenarios"][name]["mpdl_to_reference"] > 0, name
         assert "× mpdl's tail-ref time" in markdown
