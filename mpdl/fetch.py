@@ -19,10 +19,11 @@ import urllib3
 from .errors import IntegrityError, NotOnMirror, RangesIgnored, TransientError
 from .hashing import parse_hash
 from .http import discard, open_response, parse_content_range, range_header, status_error
-from .messages import Check, Fetch, Filled, FromWorker, Redirected
+from .messages import Check, Fetch, Filled, FromWorker, Redirected, Validated
 from .proxy import Routed
 from .ratelimit import SpeedCap, receive_buffer
 from .ring import Ring
+from .validators import seen_in, worth_reporting
 
 # Bytes asked of one readinto. A read that fails loses count of what it had received, so
 # this bounds how much a failed attempt's accounting can miss; larger reads gain nothing.
@@ -95,10 +96,13 @@ def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
     attempt's count of bytes read and not reported, ``cursor`` where it stands, ``cap`` the
     run's speed cap (None: a worker outside a run, as tests make)."""
     headers = {"Range": range_header(job.offset, job.length)} if job.ranged else {}
+    if job.ranged and job.expect is not None and job.expect.validator is not None:
+        headers["If-Range"] = job.expect.validator  # a changed object answers 200, whole
     response = open_response(pool, job.url, headers, credentials=job.credentials)
     cursor.response = response
     reads = CappedReads(response, cap)
     try:
+        _report_object(job, response, report)
         known_length = _check_status(job, response)
         final = final_url(response, job.url)
         if final != job.url:
@@ -126,6 +130,17 @@ def final_url(response: urllib3.BaseHTTPResponse, asked: str) -> str:
     if not history or not history[-1].redirect_location:
         return asked
     return urllib.parse.urljoin(history[-1].url, history[-1].redirect_location)
+
+
+def _report_object(job: Fetch, response: urllib3.BaseHTTPResponse, report: Report) -> None:
+    """Tell the coordinator what the response says of its object (validators.py), when the
+    Fetch asked or the object is not the one expected: before any of its bytes."""
+    if job.expect is None or response.status not in (200, 206):
+        return
+    seen = seen_in(response.status, response.headers)
+    whole = response.status == 200 and job.ranged and job.expect.validator is not None
+    if worth_reporting(job.expect, seen, whole):
+        report(Validated(task_id=job.task_id, attempt=job.attempt, seen=seen, whole=whole))
 
 
 def _check_status(job: Fetch, response: urllib3.BaseHTTPResponse) -> int | None:

@@ -6,7 +6,7 @@ syscall move many; a worker's fetch threads send as they go. The coordinator sen
 queues (never blocking), children answer through pipes.
 
     supervisor --ToWorker: Fetch/Grant/Cut/Cancel/Stop--> worker
-                  worker --FromWorker: Filled/Failed/Alive/Redirected--> supervisor
+                  worker --FromWorker: Filled/Failed/Alive/Redirected/Validated--> supervisor
     supervisor --ToWriter: OpenFile/WriteSlot/CloseFile/Sync/Stop--> writer
                   writer --FromWriter: SlotWritten/FileClosed/Synced/WriteFailed--> supervisor
 
@@ -26,6 +26,15 @@ class Check(NamedTuple):
     offset: int
     length: int
     hash: str
+
+
+class Expect(NamedTuple):
+    """What a response should say of its object (validators.py): its validator (a strong
+    ETag or a Last-Modified, sent as If-Range with a Range) and its total length; None where
+    not known. Both None: nothing is known yet, report what the response says."""
+
+    validator: str | None
+    total: int | None
 
 
 # coordinator -> worker
@@ -55,6 +64,7 @@ class Fetch(NamedTuple):
     checks: tuple[Check, ...]
     slot: int
     credentials: bool = True  # False: a redirect's target on another host gets no Authorization
+    expect: Expect | None = None  # what the object should be: Validated when it is not
 
 
 class Grant(NamedTuple):
@@ -119,6 +129,17 @@ class Redirected(NamedTuple):
     task_id: int
     attempt: int
     url: str
+
+
+class Validated(NamedTuple):
+    """The attempt's response says ``seen`` of its object, which the Fetch's ``expect`` asked
+    for or which differs from it; ``whole``: it is a 200 to an If-Range request. Sent before
+    any Filled of the attempt, so no byte of a changed object is written."""
+
+    task_id: int
+    attempt: int
+    seen: Expect
+    whole: bool
 
 
 class FailKind(str, Enum):
@@ -241,7 +262,7 @@ class WriteFailed(NamedTuple):
 
 
 ToWorker = Fetch | Grant | Cut | Cancel | Stop
-FromWorker = Filled | Failed | Alive | Redirected
+FromWorker = Filled | Failed | Alive | Redirected | Validated
 ToWriter = OpenFile | WriteSlot | CloseFile | Sync | Stop
 FromWriter = SlotWritten | FileClosed | Synced | WriteFailed
 

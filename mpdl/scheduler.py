@@ -42,9 +42,9 @@ from .errors import DiskError, RunStopped
 from .filebook import FileBook, FileEnded, ForgetRanges
 from .headers import same_host
 from .layout import Layout
-from .messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FileClosed, Filled,
+from .messages import (Alive, Cancel, Cut, Expect, Failed, FailKind, Fetch, FileClosed, Filled,
                        FromWorker, FromWriter, Grant, Piece, Redirected, SlotWritten, Synced,
-                       ToWorker, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
+                       ToWorker, ToWriter, UnknownRecord, Validated, WriteFailed, WriteSlot)
 from .plan import Plan, Planner, Task, cut_points, cut_task, split_task, stream_task
 from .progress import Counts
 from .ranges import RangeSet
@@ -53,6 +53,7 @@ from .slots import SlotPool
 from .states import (ENDED, IN_FLIGHT, LIVE, ON_WORKER, Contest, FileRun, FileState, TaskRun,
                      TaskState)
 from .tail import Candidate, Race, Steal, TailPolicy, slot_time
+from .validators import CHANGED, Change, Validators
 
 log = logging.getLogger("mpdl")
 
@@ -97,7 +98,8 @@ class Scheduler:
                  tail: TailPolicy | None = None,
                  have: Mapping[int, RangeSet] = {}, journaling: bool = True,
                  can_refresh: bool = False, counts: Counts | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 resumed: Mapping[int, Mapping[str, Expect]] = {}) -> None:
         # How files are cut into tasks; its ``streamed`` is the one home of the objects known
         # to ignore Range, and grows when one is found.
         self.planner = planner
@@ -139,6 +141,10 @@ class Scheduler:
         # slow before its worker has even started (a fork server or spawn can take a second).
         self.heard_at: dict[int, float] = {}
         self._add_tasks(plan.tasks)
+        # What each object was (validators.py), from resumed files' journal lines on.
+        self.validators = Validators(self.files, mirrors, resumed)
+        if self.validators.conflicts:
+            self._start_over(self.validators.conflicts, keep=())
         self.book.close_if_complete(self.files)
 
     # -- what the supervisor asks ----------------------------------------------------------------
@@ -215,6 +221,9 @@ class Scheduler:
         if isinstance(record, Redirected):
             self._redirected(record)
             return
+        if isinstance(record, Validated):
+            self._validated(record)
+            return
         if not isinstance(record, (Filled, Failed)):
             raise UnknownRecord("scheduler (from a worker)", record)
         self.now = now
@@ -243,6 +252,26 @@ class Scheduler:
             # Keyed by the URL asked, not run.url: when that was a final URL already and it
             # redirected again (A to B, then B to C), A's ranges go to C from now on.
             self.final_urls[self._asked_url(run)] = record.url
+
+    def _validated(self, record: Validated) -> None:
+        """A response said what its object is; if it changed, the validators room says which
+        files start over and which fail."""
+        run = self.runs[record.task_id]
+        if record.attempt == run.attempt and run.state in ON_WORKER:
+            mirror = self.mirrors(run.task.source)[run.attempts.mirror]
+            change = self.validators.seen(run.task.source, mirror, record.seen, record.whole)
+            if change is not None:
+                self._object_changed(change)
+
+    def _object_changed(self, change: Change) -> None:
+        """Drop the changed object's bytes: the journal forgets them first, then the files
+        start over from nothing, and those it changed under twice fail."""
+        if self.journaling:
+            self.out.effects += [ForgetRanges(self.files[fid].entry)
+                                 for fid in change.restart + change.fail]
+        self._start_over(change.restart + change.fail, keep=())
+        for fid in change.fail:
+            self.book.fail(fid, CHANGED)
 
     def writer_record(self, record: FromWriter) -> None:
         if isinstance(record, SlotWritten):
@@ -411,7 +440,9 @@ class Scheduler:
             task_id=task.task_id, attempt=run.attempt, url=run.url, offset=task.offset,
             length=task.length, ranged=task.ranged, exact=task.exact,
             compression=task.compression, size=task.size, checks=task.checks, slot=slot,
-            credentials=run.url == asked or same_host(asked, run.url)))
+            credentials=run.url == asked or same_host(asked, run.url),
+            expect=self.validators.expect(self.mirrors(task.source)[run.attempts.mirror],
+                                          task.ranged)))
 
     def _asked_url(self, run: TaskRun) -> str:
         """The URL the task's mirror is asked at now: its fresh one after a 401/403."""

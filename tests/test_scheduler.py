@@ -28,9 +28,9 @@ from mpdl.checkpoints import CHECKPOINT_SECONDS, JournalSynced
 from mpdl.errors import DiskError
 from mpdl.layout import Layout
 from mpdl.manifest import Manifest, parse_manifest
-from mpdl.messages import (Alive, Cancel, CloseFile, Cut, Failed, FailKind, Fetch, FileClosed,
-                           Filled, Grant, OpenFile, Redirected, SlotWritten, Sync, Synced,
-                           UnknownRecord, WriteFailed, WriteSlot)
+from mpdl.messages import (Alive, Cancel, CloseFile, Cut, Expect, Failed, FailKind, Fetch,
+                           FileClosed, Filled, Grant, OpenFile, Redirected, SlotWritten, Sync,
+                           Synced, UnknownRecord, Validated, WriteFailed, WriteSlot)
 from mpdl.plan import Planner
 from mpdl.ranges import RangeSet
 from mpdl.retry import RETRY_AFTER_MAX, RetryPolicy, backoff
@@ -1475,3 +1475,26 @@ def test_a_final_url_that_redirects_again_sends_the_next_ranges_to_the_new_one()
     redirected(sim, second, CDN + "big?sig=2")
     [third] = sim.fetches(sim.fill(second))
     assert third.url == CDN + "big?sig=2"
+
+
+# -- a remote object that changed (validators.py) ---------------------------------------------
+
+
+def test_a_changed_object_restarts_its_open_file_from_nothing_in_the_scheduler() -> None:
+    sim = Sim({"path": "f", "size": 4 * CHUNK, "url": "o"}, connections=2)
+    first, second = sim.fetches()
+    assert first.expect == Expect(None, None) and first.ranged
+    sim.feed(0, Validated(task_id=first.task_id, attempt=first.attempt,
+                          seen=Expect('"v1"', 4 * CHUNK), whole=False))
+    sim.fill(first)
+    assert sim.file(0).state is F.OPEN
+    out = sim.feed(0, Validated(task_id=second.task_id, attempt=second.attempt,
+                                seen=Expect('"v2"', 4 * CHUNK), whole=False))
+    assert [e.entry.path for e in sim.effects_of(ForgetRanges, out)] == ["f"]
+    assert sim.job(second).cancelled  # its bytes are never written
+    assert sim.run(first).state is T.CANCELLED  # those written are dropped
+    assert not sim.file(0).have
+    again = sim.fetches(out)
+    assert again and all(f.expect == Expect('"v2"', 4 * CHUNK) for f in again)
+    sim.serve()
+    assert sim.ended() == {"f": (True, "")}

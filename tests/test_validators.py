@@ -1,0 +1,184 @@
+"""A file replaced on the server: validators (ETag, Last-Modified) and If-Range (validators.py).
+
+Against nginx, which gives ETag and Last-Modified and honours If-Range: the publisher replaces
+the one file a manifest names (same size, new bytes, no hash in the manifest, so nothing but
+the validators can tell) while mpdl downloads it, or between a Ctrl-C and the resume. Each run
+must end byte-exact with the new version, never with a splice of both. Then the pure rules,
+and the room driven by the scheduler's events (the Sim of test_scheduler.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import journal_state, nginx_serving, run
+
+from mpdl.manifest import parse_manifest
+from mpdl.messages import Expect
+from mpdl.progress import ProgressEvent
+from mpdl.states import FileRun, FileState
+from mpdl.validators import CHANGED, Validators, differs, seen_in, total_of, validator_of
+
+MiB = 1024 * 1024
+SIZE = 12 * MiB
+NAME = "obj.bin"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """nginx serving a folder of its own, holding NAME; yields (base URL, the file)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / NAME).write_bytes(os.urandom(SIZE))
+    with nginx_serving(root, tmp_path / "nginx") as nginx:
+        yield nginx.url, root / NAME
+
+
+def replace(path: Path) -> bytes:
+    """The publisher's move: new bytes of the same size renamed over the old file, with a
+    later mtime (nginx's ETag is the mtime in seconds and the size). Returns the new bytes."""
+    new = os.urandom(SIZE)
+    aside = path.with_suffix(".new")
+    aside.write_bytes(new)
+    later = int(path.stat().st_mtime) + 10
+    os.utime(aside, (later, later))
+    os.replace(aside, path)
+    return new
+
+
+#: A run of about 2 s, with two ranges out at a time (two slots) and the others queued: a
+#: request starts after the file is replaced.
+SLOW: dict[str, Any] = {"connections": 8, "chunk_size": MiB, "memory": 2 * MiB,
+                        "limit_rate": "6M"}
+
+
+def manifest(base: str) -> dict[str, Any]:
+    """One file, one object, no hash: the validators are all that can tell versions apart."""
+    return {"format": "mpdl/1", "base_urls": [base],
+            "files": [{"path": NAME, "size": SIZE, "url": NAME}]}
+
+
+def test_a_file_replaced_during_the_download_ends_as_the_new_version(
+        served: tuple[str, Path], tmp_path: Path) -> None:
+    base, path = served
+    new: list[bytes] = []
+
+    def progress(event: ProgressEvent) -> None:
+        if not new and event.bytes_done >= SIZE // 4:
+            new.append(replace(path))
+
+    result = run(manifest(base), tmp_path / "dest", **SLOW, progress=progress)
+    assert new, "the run ended before the file was replaced"
+    assert result.ok, result.failed
+    assert (tmp_path / "dest" / NAME).read_bytes() == new[0]
+
+
+def test_a_file_replaced_between_a_ctrl_c_and_the_resume_ends_as_the_new_version(
+        served: tuple[str, Path], tmp_path: Path) -> None:
+    base, path = served
+    dest = tmp_path / "dest"
+
+    def interrupt(event: ProgressEvent) -> None:
+        if event.bytes_done >= SIZE // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(manifest(base), dest, connections=4, limit_rate="8M", progress=interrupt)
+    record = journal_state(dest)[NAME]
+    assert record["ranges"] and record["validators"] == {
+        base + NAME: [validator_of(None, None) or record["validators"][base + NAME][0], SIZE]}
+    new = replace(path)
+    result = run(manifest(base), dest, connections=4)
+    assert result.ok, result.failed
+    assert (dest / NAME).read_bytes() == new
+
+
+def test_a_file_replaced_twice_fails_with_one_line_and_nothing_at_its_name(
+        served: tuple[str, Path], tmp_path: Path) -> None:
+    base, path = served
+    marks = [SIZE // 4, 0, SIZE // 4]  # replace, see it start over (progress drops), replace
+
+    def progress(event: ProgressEvent) -> None:
+        if marks and marks[0] == 0 and event.bytes_done < SIZE // 4:
+            marks.pop(0)
+        elif marks and marks[0] and event.bytes_done >= marks[0]:
+            marks.pop(0)
+            replace(path)
+
+    result = run(manifest(base), tmp_path / "dest", **SLOW, progress=progress)
+    assert not marks, "the run ended before the file was replaced twice"
+    assert not result.ok and result.failed == {NAME: CHANGED}
+    assert not (tmp_path / "dest" / NAME).exists()
+
+
+# -- the rules, pure -----------------------------------------------------------------------------
+
+
+def test_a_strong_etag_is_the_validator_else_a_valid_last_modified() -> None:
+    date = "Fri, 04 Dec 2026 19:00:00 GMT"
+    assert validator_of('"5f-abc"', date) == '"5f-abc"'
+    assert validator_of('W/"5f-abc"', date) == date  # weak: never in If-Range
+    assert validator_of(None, date) == date
+    assert validator_of('W/"x"', "yesterday") is None
+    assert validator_of("unquoted", None) is None
+
+
+def test_the_total_length_is_a_206s_content_range_or_a_200s_content_length() -> None:
+    assert total_of(206, "bytes 0-99/1000", "100") == 1000
+    assert total_of(206, "bytes 0-99/*", "100") is None
+    assert total_of(200, None, "1000") == 1000
+    assert total_of(404, None, "10") is None
+    assert seen_in(206, {"ETag": '"e"', "Content-Range": "bytes 5-9/20"}) == Expect('"e"', 20)
+
+
+def test_what_counts_as_another_object() -> None:
+    known = Expect('"v1"', 100)
+    assert not differs(known, Expect('"v1"', 100))
+    assert differs(known, Expect('"v2"', 100))
+    assert differs(known, Expect('"v1"', 101))
+    assert not differs(known, Expect(None, 100))  # a 206 without a validator: length only
+    assert differs(known, Expect(None, 100), whole=True)  # a 200 to If-Range: it changed
+    assert not differs(Expect(None, 100), Expect('"v"', 100))
+
+
+# -- the room, driven by events ------------------------------------------------------------------
+
+
+def files(*hashes: str | None) -> dict[int, FileRun]:
+    entries = [{"path": f"f{i}", "size": 10, "url": "o", **({"hash": h} if h else {})}
+               for i, h in enumerate(hashes)]
+    model = parse_manifest({"format": "mpdl/1", "base_urls": ["http://a.invalid/"],
+                            "files": entries})
+    return {fid: FileRun(entry, state=FileState.OPEN) for fid, entry in enumerate(model.files)}
+
+
+def mirrors(source: str) -> tuple[str, ...]:
+    return ("http://a.invalid/" + source,)
+
+
+URL = "http://a.invalid/o"
+
+
+def test_the_room_restarts_files_once_then_fails_those_without_a_hash() -> None:
+    room = Validators(files(None, "md5:" + "0" * 32), mirrors)
+    assert room.expect(URL, ranged=True) == Expect(None, None)  # report what you find
+    assert room.expect(URL, ranged=False) is None  # one whole response is one version
+    assert room.seen("o", URL, Expect('"v1"', 10), whole=False) is None
+    assert room.expect(URL, ranged=True) == Expect('"v1"', 10)
+    assert room.seen("o", URL, Expect('"v1"', 10), whole=True) is None  # If-Range ignored
+    change = room.seen("o", URL, Expect('"v2"', 10), whole=True)
+    assert change is not None and (change.restart, change.fail) == ((0, 1), ())
+    change = room.seen("o", URL, Expect('"v3"', 10), whole=False)
+    assert change is not None and (change.restart, change.fail) == ((), (0,))  # 1: its hash
+    assert room.of(room.files[0].entry) == {URL: Expect('"v3"', 10)}
+
+
+def test_resumed_files_that_disagree_on_a_validator_are_not_trusted() -> None:
+    room = Validators(files(None, None), mirrors,
+                      resumed={0: {URL: Expect('"v1"', 10)}, 1: {URL: Expect('"v2"', 10)}})
+    assert room.conflicts == {1}
+    assert room.expect(URL, ranged=True) == Expect('"v1"', 10)
