@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import journal_state, nginx_serving, run
+from helpers import Nginx, journal_state, nginx_serving, run
 
 from mpdl.manifest import parse_manifest
 from mpdl.messages import Expect
@@ -29,13 +29,19 @@ NAME = "obj.bin"
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """nginx serving a folder of its own, holding NAME; yields (base URL, the file)."""
+def served(tmp_path: Path) -> Iterator[Nginx]:
+    """nginx serving a folder of its own that holds NAME, logging each request."""
     root = tmp_path / "www"
     root.mkdir()
     (root / NAME).write_bytes(os.urandom(SIZE))
-    with nginx_serving(root, tmp_path / "nginx") as nginx:
-        yield nginx.url, root / NAME
+    with nginx_serving(root, tmp_path / "nginx", access_log=True) as nginx:
+        yield nginx
+
+
+def said_changed(nginx: Nginx) -> bool:
+    """Whether nginx answered a range request with the whole object: an If-Range whose
+    validator was not the file's any more (mpdl sends no other request nginx answers so)."""
+    return any(r.status == 200 and r.range for r in nginx.requests())
 
 
 def replace(path: Path) -> bytes:
@@ -63,23 +69,24 @@ def manifest(base: str) -> dict[str, Any]:
 
 
 def test_a_file_replaced_during_the_download_ends_as_the_new_version(
-        served: tuple[str, Path], tmp_path: Path) -> None:
-    base, path = served
+        served: Nginx, tmp_path: Path) -> None:
+    path = served.root / NAME
     new: list[bytes] = []
 
     def progress(event: ProgressEvent) -> None:
         if not new and event.bytes_done >= SIZE // 4:
             new.append(replace(path))
 
-    result = run(manifest(base), tmp_path / "dest", **SLOW, progress=progress)
+    result = run(manifest(served.url), tmp_path / "dest", **SLOW, progress=progress)
     assert new, "the run ended before the file was replaced"
     assert result.ok, result.failed
     assert (tmp_path / "dest" / NAME).read_bytes() == new[0]
+    assert said_changed(served)
 
 
 def test_a_file_replaced_between_a_ctrl_c_and_the_resume_ends_as_the_new_version(
-        served: tuple[str, Path], tmp_path: Path) -> None:
-    base, path = served
+        served: Nginx, tmp_path: Path) -> None:
+    base, path = served.url, served.root / NAME
     dest = tmp_path / "dest"
 
     def interrupt(event: ProgressEvent) -> None:
@@ -89,17 +96,19 @@ def test_a_file_replaced_between_a_ctrl_c_and_the_resume_ends_as_the_new_version
     with pytest.raises(KeyboardInterrupt):
         run(manifest(base), dest, connections=4, limit_rate="8M", progress=interrupt)
     record = journal_state(dest)[NAME]
-    assert record["ranges"] and record["validators"] == {
-        base + NAME: [validator_of(None, None) or record["validators"][base + NAME][0], SIZE]}
+    [(url, (etag, total))] = record["validators"].items()
+    assert record["ranges"] and url == base + NAME and total == SIZE and etag.startswith('"')
     new = replace(path)
+    assert not said_changed(served)
     result = run(manifest(base), dest, connections=4)
     assert result.ok, result.failed
     assert (dest / NAME).read_bytes() == new
+    assert said_changed(served)  # the resume asked with If-Range
 
 
 def test_a_file_replaced_twice_fails_with_one_line_and_nothing_at_its_name(
-        served: tuple[str, Path], tmp_path: Path) -> None:
-    base, path = served
+        served: Nginx, tmp_path: Path) -> None:
+    path = served.root / NAME
     marks = [SIZE // 4, 0, SIZE // 4]  # replace, see it start over (progress drops), replace
 
     def progress(event: ProgressEvent) -> None:
@@ -109,7 +118,7 @@ def test_a_file_replaced_twice_fails_with_one_line_and_nothing_at_its_name(
             marks.pop(0)
             replace(path)
 
-    result = run(manifest(base), tmp_path / "dest", **SLOW, progress=progress)
+    result = run(manifest(served.url), tmp_path / "dest", **SLOW, progress=progress)
     assert not marks, "the run ended before the file was replaced twice"
     assert not result.ok and result.failed == {NAME: CHANGED}
     assert not (tmp_path / "dest" / NAME).exists()
