@@ -50,6 +50,8 @@ class Fault:
     rate: int | None = None  # send the body at most this many bytes per second
     unless_query: str | None = None  # behave when the query string holds this (a fresh token)
     starting_below: int | None = None  # behave for a Range that starts at this byte or later
+    etag: str | None = None  # send this ETag with each body
+    if_range_whole: bool = False  # answer any If-Range with the whole object (some CDNs do)
 
     @property
     def shapes_body(self) -> bool:
@@ -130,9 +132,12 @@ class FaultHandler(RangeRequestHandler):
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(fault.retry_after)
             return Reply(fault.status, headers)
-        reply = super().reply(None if fault.ignore_range else range_header)
+        ignore = fault.ignore_range or (fault.if_range_whole and "If-Range" in self.headers)
+        reply = super().reply(None if ignore else range_header)
         if reply.path is None:
             return reply
+        if fault.etag is not None:
+            reply.headers["ETag"] = fault.etag
         if fault.wrong_content_range and reply.status == 206:
             size = reply.path.stat().st_size
             span = reply.span = _neighbour(reply.span, size)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faultserver import Fault, FaultServer
 from helpers import Nginx, journal_state, nginx_serving, run
 
 from mpdl.manifest import parse_manifest
@@ -62,10 +63,10 @@ SLOW: dict[str, Any] = {"connections": 8, "chunk_size": MiB, "memory": 2 * MiB,
                         "limit_rate": "6M"}
 
 
-def manifest(base: str) -> dict[str, Any]:
+def manifest(base: str, size: int = SIZE) -> dict[str, Any]:
     """One file, one object, no hash: the validators are all that can tell versions apart."""
     return {"format": "mpdl/1", "base_urls": [base],
-            "files": [{"path": NAME, "size": SIZE, "url": NAME}]}
+            "files": [{"path": NAME, "size": size, "url": NAME}]}
 
 
 def test_a_file_replaced_during_the_download_ends_as_the_new_version(
@@ -122,6 +123,25 @@ def test_a_file_replaced_twice_fails_with_one_line_and_nothing_at_its_name(
     assert not marks, "the run ended before the file was replaced twice"
     assert not result.ok and result.failed == {NAME: CHANGED}
     assert not (tmp_path / "dest" / NAME).exists()
+
+
+def test_a_server_that_answers_if_range_with_200_and_the_same_etag_is_streamed(
+        tmp_path: Path) -> None:
+    """Not a change (aria2-next found CDNs that do this): the object is streamed, as for a
+    server that ignores Range, and arrives whole."""
+    root = tmp_path / "www"
+    root.mkdir()
+    data = os.urandom(4 * MiB)
+    (root / NAME).write_bytes(data)
+    with FaultServer(root) as server:
+        server.set_fault(NAME, Fault(etag='"same"', if_range_whole=True))
+        result = run(manifest(server.url, len(data)), tmp_path / "dest", connections=4,
+                     chunk_size=MiB // 2, memory=MiB)
+        asked = [r for r in server.requests if r.method == "GET"]
+    assert result.ok, result.failed
+    assert (tmp_path / "dest" / NAME).read_bytes() == data
+    assert any(r.header("If-Range") == '"same"' and r.status == 200 for r in asked)
+    assert any(r.range is None for r in asked), "it was not streamed"
 
 
 # -- the rules, pure -----------------------------------------------------------------------------
