@@ -206,7 +206,9 @@ class CloseFile(NamedTuple):
     """All bytes are written (``keep``) or the file failed (not ``keep``: remove the staging file).
 
     When kept, the writer verifies ``hash`` (may be None), sets the executable bit and moves the
-    staging file to ``destination``.
+    staging file to ``destination``. ``round``: which fetch of a file whose hash failed before
+    this is (votes.py: 1 keeps a copy on a mismatch, 2 compares with it, 3 votes ``differing``
+    first); 0: no more rounds follow a mismatch.
     """
 
     file_id: int
@@ -214,6 +216,8 @@ class CloseFile(NamedTuple):
     destination: str
     hash: str | None
     executable: bool
+    round: int = 0
+    differing: tuple[tuple[int, int], ...] = ()  # round 3: the (offset, length) pieces voted
 
 
 class Sync(NamedTuple):
@@ -238,12 +242,15 @@ class SlotWritten(NamedTuple):
 class FileClosed(NamedTuple):
     """``ok``: the file is verified and in place; otherwise ``reason`` says why not (the
     writer also says so for a file it could not create or write: that file alone fails).
-    ``mismatch``: it failed because its bytes do not match its hash (worth one more fetch)."""
+    ``mismatch``: it failed because its bytes do not match its hash (worth one more fetch).
+    ``differing``: in round 2 (votes.py), the (offset, length) pieces where its two copies
+    differ, to fetch a third time."""
 
     file_id: int
     ok: bool
     reason: str
     mismatch: bool = False
+    differing: tuple[tuple[int, int], ...] = ()
 
 
 class Synced(NamedTuple):

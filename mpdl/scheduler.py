@@ -295,8 +295,8 @@ class Scheduler:
                     self.counts.bytes_done += record.written
                 self._maybe_done(run)
         elif isinstance(record, FileClosed):
-            if self.book.closed(record):
-                self._start_over([record.file_id], keep=())
+            if self.book.closed(record):  # a third round keeps what its copies agree on
+                self._start_over([record.file_id], keep=self.book.voting)
         elif isinstance(record, Synced):
             self.book.synced(record)
         elif isinstance(record, WriteFailed):
