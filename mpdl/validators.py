@@ -137,8 +137,10 @@ class Validators:
         it was a 200 to an If-Range request. Returns what to do if the object changed."""
         known = self.known.get(url)
         if known is None or not differs(known, seen, whole=whole):
-            if known is None or known.validator is None:
-                self.known[url] = seen
+            # What is known grows: a validator or a length a response gave where none was.
+            self.known[url] = seen if known is None else Expect(
+                known.validator or seen.validator,
+                seen.total if known.total is None else known.total)
             return None
         log.warning("%s changed on the server (%s, %s bytes; it was %s, %s bytes)", url,
                     seen.validator, seen.total, known.validator, known.total)
