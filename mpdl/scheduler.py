@@ -296,7 +296,12 @@ class Scheduler:
                 self._maybe_done(run)
         elif isinstance(record, FileClosed):
             if self.book.closed(record):  # a third round keeps what its copies agree on
+                first, copy = self.next_task_id, 3 if record.file_id in self.book.voting else 2
                 self._start_over([record.file_id], keep=self.book.voting)
+                for run in (self.runs[t] for t in range(first, self.next_task_id)):
+                    # Copies 1, 2, 3 from mirrors 1, 2, 3 as far as there are mirrors.
+                    mirrors = len(self.mirrors(run.task.source))
+                    run.attempts = replace(run.attempts, mirror=(copy - 1) % mirrors)
         elif isinstance(record, Synced):
             self.book.synced(record)
         elif isinstance(record, WriteFailed):
