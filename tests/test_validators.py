@@ -10,13 +10,14 @@ and the room driven by the scheduler's events (the Sim of test_scheduler.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from faultserver import Fault, FaultServer
-from helpers import Nginx, journal_state, nginx_serving, run
+from helpers import Cli, Nginx, journal_state, nginx_serving, run
 
 from mpdl.manifest import parse_manifest
 from mpdl.messages import Expect
@@ -105,6 +106,24 @@ def test_a_file_replaced_between_a_ctrl_c_and_the_resume_ends_as_the_new_version
     assert result.ok, result.failed
     assert (dest / NAME).read_bytes() == new
     assert said_changed(served)  # the resume asked with If-Range
+
+
+def test_a_single_url_replaced_after_sigint_resumes_as_the_new_version(
+        served: Nginx, tmp_path: Path, cli: Callable[..., Cli]) -> None:
+    """The command line, one URL into a file (its state beside it), stopped by Ctrl-C."""
+    out = tmp_path / NAME
+    journal = tmp_path / f".{NAME}.mpdl" / "journal.jsonl"
+    first = cli(served.url + NAME, "-o", out, "--limit-rate", "2M", "--connections", "2",
+                "--chunk-size", "256K", "--progress", "none")
+    first.wait_for("a checkpoint", lambda: journal.exists() and '"ranges": [[' in
+                   journal.read_text())
+    first.proc.send_signal(signal.SIGINT)
+    assert first.finish() == 130, first.stderr
+    new = replace(served.root / NAME)
+    second = cli(served.url + NAME, "-o", out, "--progress", "none")
+    assert second.finish() == 0, second.stderr
+    assert out.read_bytes() == new
+    assert said_changed(served)
 
 
 def test_a_file_replaced_twice_fails_with_one_line_and_nothing_at_its_name(
