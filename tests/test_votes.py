@@ -42,6 +42,27 @@ def test_a_file_a_middlebox_corrupts_twice_is_voted_right_within_three_times_its
     assert not (dest / ".mpdl" / "staging").exists()  # no copy left behind
 
 
+def test_the_copy_after_a_mismatch_comes_from_the_next_mirror(tmp_path: Path) -> None:
+    """Mirror a corrupts (twice per range), mirror b does not: the second copy, from b, is
+    right, and no third round is needed."""
+    data = os.urandom(SIZE)
+    for mirror in ("a", "b"):
+        (tmp_path / "www" / mirror).mkdir(parents=True)
+        (tmp_path / "www" / mirror / "big.bin").write_bytes(data)
+    manifest = {"format": "mpdl/1", "files": [
+        {"path": "big.bin", "size": SIZE, "url": "big.bin",
+         "hash": "sha256:" + hashlib.sha256(data).hexdigest()}]}
+    with FaultServer(tmp_path / "www") as server:
+        server.set_fault("a/", Fault(flip_each_range=2))
+        result = run(manifest | {"base_urls": [server.url + "a/", server.url + "b/"]},
+                     tmp_path / "dest", connections=4, chunk_size=MiB)
+        asked = {r.path for r in server.requests if r.method == "GET"}
+    assert result.ok, result.failed
+    assert (tmp_path / "dest" / "big.bin").read_bytes() == data
+    assert asked == {"a/big.bin", "b/big.bin"}
+    assert result.bytes_fetched < 2.5 * SIZE  # two copies, no third round
+
+
 def test_each_bit_is_what_two_of_three_copies_say() -> None:
     right = bytes(range(256)) * 4
     a, b, c = bytearray(right), bytearray(right), bytearray(right)
