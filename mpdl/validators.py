@@ -148,6 +148,9 @@ class Validators:
         restart, fail = [], []
         for fid in self._holding(source):
             file = self.files[fid]
+            if file.state is not FileState.OPEN and not file.have:
+                restart.append(fid)  # its requests are out, no byte came: nothing to count
+                continue
             self.changes[fid] += 1
             if self.changes[fid] == 1:
                 restart.append(fid)

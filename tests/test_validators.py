@@ -225,6 +225,16 @@ def test_the_room_restarts_files_once_then_fails_those_without_a_hash() -> None:
     assert room.of(room.files[0].entry) == {URL: Expect('"v3"', 10)}
 
 
+def test_a_file_with_requests_out_but_no_byte_starts_over_without_counting_a_change() -> None:
+    table = files(None)
+    table[0].state, table[0].live_tasks = FileState.PENDING, 2
+    room = Validators(table, mirrors)
+    room.seen("o", URL, Expect('"v1"', 10), whole=False)
+    for version in ('"v2"', '"v3"'):
+        change = room.seen("o", URL, Expect(version, 10), whole=False)
+        assert change is not None and (change.restart, change.fail) == ((0,), ())
+
+
 def test_resumed_files_that_disagree_on_a_validator_are_not_trusted() -> None:
     room = Validators(files(None, None), mirrors,
                       resumed={0: {URL: Expect('"v1"', 10)}, 1: {URL: Expect('"v2"', 10)}})
