@@ -9,6 +9,7 @@ and the room driven by the scheduler's events (the Sim of test_scheduler.py).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -19,9 +20,11 @@ import pytest
 from faultserver import Fault, FaultServer
 from helpers import Cli, Nginx, journal_state, nginx_serving, run
 
+from mpdl.journal import JOURNAL_NAME, Journal
 from mpdl.manifest import parse_manifest
 from mpdl.messages import Expect
 from mpdl.progress import ProgressEvent
+from mpdl.ranges import RangeSet
 from mpdl.states import FileRun, FileState
 from mpdl.validators import CHANGED, Validators, differs, seen_in, total_of, validator_of
 
@@ -191,6 +194,25 @@ def test_what_counts_as_another_object() -> None:
     assert not differs(known, Expect(None, 100))  # a 206 without a validator: length only
     assert differs(known, Expect(None, 100), whole=True)  # a 200 to If-Range: it changed
     assert not differs(Expect(None, 100), Expect('"v"', 100))
+
+
+def test_the_journal_keeps_validators_beside_a_files_ranges(tmp_path: Path) -> None:
+    entry = parse_manifest({"format": "mpdl/1", "base_urls": ["http://a.invalid/"],
+                            "files": [{"path": "f", "size": 10, "url": "o"}]}).files[0]
+    staging = tmp_path / "f.part"
+    staging.write_bytes(bytes(10))
+    journal = Journal(tmp_path)
+    journal.record_partial(entry, staging, RangeSet([(0, 5)]), {URL: Expect('"v1"', 10)})
+    journal.close()
+    again = Journal(tmp_path)
+    assert again.validators(entry) == {URL: Expect('"v1"', 10)}
+    again.forget(entry, staging)  # the file starts over: its validators go with its ranges
+    assert again.validators(entry) == {}
+    again.close()
+    line = {"path": "f", "key": entry.identity, "staging": "f.part", "ranges": [[0, 5]],
+            "validators": {URL: ["x", "ten"], "http://b.invalid/o": [None, 10]}}
+    (tmp_path / JOURNAL_NAME).write_text(json.dumps(line) + "\n")
+    assert Journal(tmp_path).validators(entry) == {"http://b.invalid/o": Expect(None, 10)}
 
 
 # -- the room, driven by events ------------------------------------------------------------------
