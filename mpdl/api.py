@@ -219,7 +219,8 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
         scheduler = Scheduler(plan, planner=planner, mirrors=mirrors, layout=layout,
                               limits=limits, policy=RetryPolicy(max_attempts=opts.max_attempts),
                               have=have, journaling=True, can_refresh=refresh_url is not None,
-                              counts=tracker.counts, redirects=redirects)
+                              counts=tracker.counts, redirects=redirects,
+                              resumed={fid: journal.validators(plan.files[fid]) for fid in have})
         supervisor = Supervisor(scheduler, ring=ring, layout=layout, options=opts,
                                 tracker=tracker, on_file_done=file_done, journal=journal,
                                 refresh_url=refresh_url, sync_at_end=keep_state)

@@ -29,11 +29,12 @@ from .errors import IntegrityError, NotOnMirror, RangesIgnored, TransientError
 from .hashing import parse_hash
 from .http import (discard, final_url, open_response, parse_content_range, range_header,
                    status_error)
-from .messages import Check, Fetch, Filled, FromWorker, Redirected
+from .messages import Check, Fetch, Filled, FromWorker, Redirected, Validated
 from .proxy import Routed
 from .ratelimit import SpeedCap, receive_buffer
 from .ring import Ring
 from .speedfloor import SpeedFloor, SpeedWatch, Verdict
+from .validators import seen_in, worth_reporting
 
 # Bytes asked of one read, which takes what one receive brings (_read_into): more than a
 # socket's receive buffer holds, so a fast stream is read in few calls; larger gains nothing.
@@ -107,10 +108,13 @@ def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
     run's speed cap and ``floor`` its speed floor (None: a worker outside a run, as tests
     make)."""
     headers = {"Range": range_header(job.offset, job.length)} if job.ranged else {}
+    if job.ranged and job.expect is not None and job.expect.validator is not None:
+        headers["If-Range"] = job.expect.validator  # a changed object answers 200, whole
     response = open_response(pool, job.url, headers, credentials=job.credentials)
     cursor.response = response
     reads = CappedReads(response, cap, floor)
     try:
+        _report_object(job, response, report)
         known_length = _check_status(job, response)
         final = final_url(response, job.url)
         if final != job.url:
@@ -148,6 +152,17 @@ def arrived_unread(response: urllib3.BaseHTTPResponse) -> int:
         return 0
     left = getattr(response._fp, "length", None)
     return queued[0] if left is None else min(queued[0], left)
+
+
+def _report_object(job: Fetch, response: urllib3.BaseHTTPResponse, report: Report) -> None:
+    """Tell the coordinator what the response says of its object (validators.py), when the
+    Fetch asked or the object is not the one expected: before any of its bytes."""
+    if job.expect is None or response.status not in (200, 206):
+        return
+    seen = seen_in(response.status, response.headers)
+    whole = response.status == 200 and job.ranged and job.expect.validator is not None
+    if worth_reporting(job.expect, seen, whole):
+        report(Validated(task_id=job.task_id, attempt=job.attempt, seen=seen, whole=whole))
 
 
 def _check_status(job: Fetch, response: urllib3.BaseHTTPResponse) -> int | None:

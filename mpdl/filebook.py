@@ -22,6 +22,7 @@ from .plan import Plan
 from .progress import Counts
 from .ranges import RangeSet
 from .states import ENDED, STAGED, FileRun, FileState
+from .votes import covering
 
 log = logging.getLogger("mpdl")
 
@@ -59,6 +60,8 @@ class FileBook:
             if fid in have:
                 file.have, file.synced = have[fid].copy(), have[fid].copy()
         self.unfinished = len(self.files)
+        # Files whose two copies failed their hash: the pieces where they differ (votes.py).
+        self.voting: dict[int, tuple[tuple[int, int], ...]] = {}
 
     def unended(self) -> list[int]:
         return [fid for fid, file in self.files.items() if file.state not in ENDED]
@@ -122,7 +125,8 @@ class FileBook:
 
     def closed(self, record: FileClosed) -> bool:
         """The writer's verdict; returns True when the file should be fetched once more (its
-        bytes did not match its hash, the first time)."""
+        bytes did not match its hash, the first time: whole; the second: the pieces where its
+        two copies differ, keeping the rest, as it is then in ``voting``)."""
         fid = record.file_id
         file = self.files[fid]
         if file.state is F.OPEN and not record.ok:  # the writer could not create or write it
@@ -133,6 +137,15 @@ class FileBook:
             elif record.mismatch and not file.refetched:
                 log.warning("%s: %s; fetching it once more", file.entry.path, record.reason)
                 file.refetched = True
+                return True
+            elif record.differing and fid not in self.voting:  # votes.py, round 3
+                log.warning("%s: %s again; fetching the %d pieces where its two copies differ "
+                            "a third time", file.entry.path, record.reason, len(record.differing))
+                self.voting[fid] = record.differing
+                assert file.entry.size is not None  # a hash failed: its size was known
+                file.synced = RangeSet()
+                for start, end in covering(record.differing, file.entry.size):
+                    file.synced.add(start, end)
                 return True
             else:
                 self._end(fid, F.FAILED, record.reason)
@@ -179,9 +192,12 @@ class FileBook:
         entry = file.entry
         self._move(file, F.CLOSING if keep else F.FAILED)
         verify = entry.hash is not None and not file.checked
+        voting = self.voting.get(fid, ())
         self._to_writer(CloseFile(
             file_id=fid, keep=keep, destination=str(self.layout.final(entry.path)),
-            hash=str(entry.hash) if verify else None, executable=entry.executable))
+            hash=str(entry.hash) if verify else None, executable=entry.executable,
+            round=(3 if voting else 2 if file.refetched else 1) if verify else 0,
+            differing=voting))
 
     def _end(self, fid: int, new: FileState, reason: str) -> None:
         self.files[fid].reason = reason

@@ -6,9 +6,12 @@ signed URLs change between runs, or the chunk size:
 
 - a finished file: ``{"path", "key", "mtime_ns"}``, tied to the file on disk by size and mtime,
   so a file changed or deleted since is fetched again;
-- a file in progress: ``{"path", "key", "staging", "ranges"}``, the byte ranges of its staging
-  file that are durable (fsynced before the line is written), so a re-run fetches only the
-  rest. The staging name is derived from the same key, so other content is never resumed;
+- a file in progress: ``{"path", "key", "staging", "ranges", "validators"}``, the byte ranges
+  of its staging file that are durable (fsynced before the line is written), so a re-run
+  fetches only the rest. The staging name is derived from the same key, so other content is
+  never resumed. ``validators`` maps each URL the bytes came from to ``[validator, total]``
+  (validators.py): what that object was, so a resume asks with If-Range and a changed object
+  is fetched again rather than spliced (absent in older journals: nothing is known);
 - a file an update removed: ``{"path", "removed": true}``.
 
 The last line for a path wins. A torn last line (a crash mid-write) is ignored.
@@ -23,6 +26,7 @@ from typing import TextIO
 
 from .errors import JournalError
 from .manifest import FileEntry
+from .messages import Expect
 from .ranges import RangeSet
 
 JOURNAL_NAME = "journal.jsonl"
@@ -101,15 +105,31 @@ class Journal:
             have.add(start, end)
         return have or None
 
+    def validators(self, entry: FileEntry) -> dict[str, Expect]:
+        """What the objects of ``entry``'s durable ranges were, as the journal recorded."""
+        record = self._partial.get(entry.path) or {}
+        found = record.get("validators")
+        if record.get("key") != entry.identity or not isinstance(found, dict):
+            return {}
+        return {url: Expect(pair[0], pair[1]) for url, pair in found.items()
+                if isinstance(pair, list) and len(pair) == 2
+                and (pair[0] is None or isinstance(pair[0], str))
+                and (pair[1] is None or isinstance(pair[1], int))}
+
     def record(self, entry: FileEntry, final: Path) -> None:
         """``entry`` is finished, verified and durable at ``final``."""
         st = os.lstat(final)
         self._write({"path": entry.path, "key": entry.identity, "mtime_ns": st.st_mtime_ns})
 
-    def record_partial(self, entry: FileEntry, staging: Path, have: RangeSet) -> None:
-        """These byte ranges of ``entry``'s staging file are durable."""
-        self._write({"path": entry.path, "key": entry.identity, "staging": staging.name,
-                     "ranges": have.as_list()})
+    def record_partial(self, entry: FileEntry, staging: Path, have: RangeSet,
+                       validators: dict[str, Expect] | None = None) -> None:
+        """These byte ranges of ``entry``'s staging file are durable, fetched from objects
+        that were ``validators``."""
+        record = {"path": entry.path, "key": entry.identity, "staging": staging.name,
+                  "ranges": have.as_list()}
+        if validators:
+            record["validators"] = {url: list(seen) for url, seen in validators.items()}
+        self._write(record)
 
     def removed(self, path: str) -> None:
         """The file mpdl had installed at ``path`` is gone (an update no longer lists it)."""

@@ -6,7 +6,7 @@ syscall move many; a worker's fetch threads send as they go. The coordinator sen
 queues (never blocking), children answer through pipes.
 
     supervisor --ToWorker: Fetch/Grant/Cut/Cancel/Stop--> worker
-                  worker --FromWorker: Filled/Failed/Alive/Redirected--> supervisor
+                  worker --FromWorker: Filled/Failed/Alive/Redirected/Validated--> supervisor
     supervisor --ToWriter: OpenFile/WriteSlot/CloseFile/Sync/Stop--> writer
                   writer --FromWriter: SlotWritten/FileClosed/Synced/WriteFailed--> supervisor
 
@@ -26,6 +26,15 @@ class Check(NamedTuple):
     offset: int
     length: int
     hash: str
+
+
+class Expect(NamedTuple):
+    """What a response should say of its object (validators.py): its validator (a strong
+    ETag or a Last-Modified, sent as If-Range with a Range) and its total length; None where
+    not known. Both None: nothing is known yet, report what the response says."""
+
+    validator: str | None
+    total: int | None
 
 
 # coordinator -> worker
@@ -55,6 +64,7 @@ class Fetch(NamedTuple):
     checks: tuple[Check, ...]
     slot: int
     credentials: bool = True  # False: a redirect's target on another host gets no Authorization
+    expect: Expect | None = None  # what the object should be: Validated when it is not
 
 
 class Grant(NamedTuple):
@@ -121,6 +131,17 @@ class Redirected(NamedTuple):
     url: str
 
 
+class Validated(NamedTuple):
+    """The attempt's response says ``seen`` of its object, which the Fetch's ``expect`` asked
+    for or which differs from it; ``whole``: it is a 200 to an If-Range request. Sent before
+    any Filled of the attempt, so no byte of a changed object is written."""
+
+    task_id: int
+    attempt: int
+    seen: Expect
+    whole: bool
+
+
 class FailKind(str, Enum):
     """What the coordinator should do with a failed fetch."""
 
@@ -185,7 +206,9 @@ class CloseFile(NamedTuple):
     """All bytes are written (``keep``) or the file failed (not ``keep``: remove the staging file).
 
     When kept, the writer verifies ``hash`` (may be None), sets the executable bit and moves the
-    staging file to ``destination``.
+    staging file to ``destination``. ``round``: which fetch of a file whose hash failed before
+    this is (votes.py: 1 keeps a copy on a mismatch, 2 compares with it, 3 votes ``differing``
+    first); 0: no more rounds follow a mismatch.
     """
 
     file_id: int
@@ -193,6 +216,8 @@ class CloseFile(NamedTuple):
     destination: str
     hash: str | None
     executable: bool
+    round: int = 0
+    differing: tuple[tuple[int, int], ...] = ()  # round 3: the (offset, length) pieces voted
 
 
 class Sync(NamedTuple):
@@ -217,12 +242,15 @@ class SlotWritten(NamedTuple):
 class FileClosed(NamedTuple):
     """``ok``: the file is verified and in place; otherwise ``reason`` says why not (the
     writer also says so for a file it could not create or write: that file alone fails).
-    ``mismatch``: it failed because its bytes do not match its hash (worth one more fetch)."""
+    ``mismatch``: it failed because its bytes do not match its hash (worth one more fetch).
+    ``differing``: in round 2 (votes.py), the (offset, length) pieces where its two copies
+    differ, to fetch a third time."""
 
     file_id: int
     ok: bool
     reason: str
     mismatch: bool = False
+    differing: tuple[tuple[int, int], ...] = ()
 
 
 class Synced(NamedTuple):
@@ -241,7 +269,7 @@ class WriteFailed(NamedTuple):
 
 
 ToWorker = Fetch | Grant | Cut | Cancel | Stop
-FromWorker = Filled | Failed | Alive | Redirected
+FromWorker = Filled | Failed | Alive | Redirected | Validated
 ToWriter = OpenFile | WriteSlot | CloseFile | Sync | Stop
 FromWriter = SlotWritten | FileClosed | Synced | WriteFailed
 

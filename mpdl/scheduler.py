@@ -44,9 +44,9 @@ from .contests import Contest, Contests, Won
 from .errors import DiskError, RunStopped
 from .filebook import FileBook, FileEnded, ForgetRanges
 from .layout import Layout
-from .messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FileClosed, Filled,
+from .messages import (Alive, Cancel, Cut, Expect, Failed, FailKind, Fetch, FileClosed, Filled,
                        FromWorker, FromWriter, Grant, Piece, Redirected, SlotWritten, Synced,
-                       ToWorker, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
+                       ToWorker, ToWriter, UnknownRecord, Validated, WriteFailed, WriteSlot)
 from .plan import Plan, Planner, Task, cut_task, split_task, stream_task
 from .progress import Counts
 from .ranges import RangeSet
@@ -56,6 +56,7 @@ from .routes import NeedFreshUrl, Routes
 from .slots import SlotPool
 from .states import ENDED, IN_FLIGHT, LIVE, ON_WORKER, FileRun, FileState, TaskRun, TaskState
 from .tail import Race, Steal, TailPolicy
+from .validators import CHANGED, Change, Validators
 
 log = logging.getLogger("mpdl")
 
@@ -94,7 +95,8 @@ class Scheduler:
                  have: Mapping[int, RangeSet] = {}, journaling: bool = True,
                  can_refresh: bool = False, counts: Counts | None = None,
                  rng: random.Random | None = None,
-                 redirects: Mapping[str, str] = {}) -> None:
+                 redirects: Mapping[str, str] = {},
+                 resumed: Mapping[int, Mapping[str, Expect]] = {}) -> None:
         # How files are cut into tasks; its ``streamed`` is the one home of the objects known
         # to ignore Range, and grows when one is found.
         self.planner = planner
@@ -129,6 +131,10 @@ class Scheduler:
         self.stopped: RunStopped | None = None  # the first disk error, or a StopRun
         self.now = 0.0  # the time of the latest event
         self._add_tasks(plan.tasks)
+        # What each object was (validators.py), from resumed files' journal lines on.
+        self.validators = Validators(self.files, mirrors, resumed)
+        if self.validators.conflicts:
+            self._start_over(self.validators.conflicts, keep=())
         self.book.close_if_complete(self.files)
 
     # -- what the supervisor asks ----------------------------------------------------------------
@@ -206,6 +212,9 @@ class Scheduler:
         if isinstance(record, Redirected):
             self._redirected(record)
             return
+        if isinstance(record, Validated):
+            self._validated(record)
+            return
         if not isinstance(record, (Filled, Failed)):
             raise UnknownRecord("scheduler (from a worker)", record)
         self.now = now
@@ -235,6 +244,26 @@ class Scheduler:
             # redirected again (A to B, then B to C), A's ranges go to C from now on.
             self.routes.redirected(run.asked, record.url)
 
+    def _validated(self, record: Validated) -> None:
+        """A response said what its object is; if it changed, the validators room says which
+        files start over and which fail."""
+        run = self.runs[record.task_id]
+        if record.attempt == run.attempt and run.state in ON_WORKER:
+            change = self.validators.seen(run.task.source, self._mirror(run), record.seen,
+                                          record.whole)
+            if change is not None:
+                self._object_changed(change)
+
+    def _object_changed(self, change: Change) -> None:
+        """Drop the changed object's bytes: the journal forgets them first, then the files
+        start over from nothing, and those it changed under twice fail."""
+        if self.journaling:
+            self.out.effects += [ForgetRanges(self.files[fid].entry)
+                                 for fid in change.restart + change.fail]
+        self._start_over(change.restart + change.fail, keep=())
+        for fid in change.fail:
+            self.book.fail(fid, CHANGED)
+
     def writer_record(self, record: FromWriter) -> None:
         if isinstance(record, SlotWritten):
             holder = self.slots.holder(record.slot)
@@ -257,8 +286,13 @@ class Scheduler:
                     self.counts.bytes_done += record.written
                 self._maybe_done(run)
         elif isinstance(record, FileClosed):
-            if self.book.closed(record):
-                self._start_over([record.file_id], keep=())
+            if self.book.closed(record):  # a third round keeps what its copies agree on
+                first, copy = self.next_task_id, 3 if record.file_id in self.book.voting else 2
+                self._start_over([record.file_id], keep=self.book.voting)
+                for run in (self.runs[t] for t in range(first, self.next_task_id)):
+                    # Copies 1, 2, 3 from mirrors 1, 2, 3 as far as there are mirrors.
+                    mirrors = self.routes.count(run.task.source)
+                    run.attempts = replace(run.attempts, mirror=(copy - 1) % mirrors)
         elif isinstance(record, Synced):
             self.book.synced(record)
         elif isinstance(record, WriteFailed):
@@ -404,7 +438,12 @@ class Scheduler:
             task_id=task.task_id, attempt=run.attempt, url=run.url, offset=task.offset,
             length=task.length, ranged=task.ranged, exact=task.exact,
             compression=task.compression, size=task.size, checks=task.checks, slot=slot,
-            credentials=route.credentials))
+            credentials=route.credentials,
+            expect=self.validators.expect(self._mirror(run), task.ranged)))
+
+    def _mirror(self, run: TaskRun) -> str:
+        """The mirror URL the task's history points at now (not a fresh or final URL of it)."""
+        return self.routes.mirrors(run.task.source)[run.attempts.mirror]
 
     def _grant_slots(self) -> None:
         """Free slots go first to responses already running, then to new tasks."""

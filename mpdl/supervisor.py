@@ -204,7 +204,8 @@ class Supervisor:
 
     def _journal(self, synced: JournalSynced) -> None:
         for entry, have in synced.partial:
-            self.journal.record_partial(entry, self.layout.staging(entry), have)
+            self.journal.record_partial(entry, self.layout.staging(entry), have,
+                                        self.scheduler.validators.of(entry))
         for entry in synced.finished:
             try:
                 self.journal.record(entry, self.layout.final(entry.path))

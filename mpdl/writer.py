@@ -35,6 +35,7 @@ from .messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotW
                        Sync, Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
 from .ranges import RangeSet
 from .ring import Ring, RingSpec
+from .votes import after_mismatch, aside_path, copy_path, remove, vote
 
 log = logging.getLogger("mpdl.writer")
 _O_BINARY = getattr(os, "O_BINARY", 0)
@@ -357,19 +358,24 @@ class Writer:
             return [FileClosed(file_id=record.file_id, ok=False, reason="never opened")]
         path = staged.path
         if not record.keep:
-            _remove(path)
+            remove([path, copy_path(path), aside_path(path)])
             return [FileClosed(file_id=record.file_id, ok=False, reason="discarded")]
         try:
+            if record.round == 3:
+                vote(path, record.differing, aside_path(path))
             if record.hash:
                 spec = parse_hash(record.hash)
                 actual = staged.stream.digest() if staged.stream is not None else None
                 if actual is None:
                     actual = hash_file(path, spec.algo)
                 if not spec.matches(actual):
-                    _remove(path)
+                    differ = after_mismatch(path, record.round, self.ring.spec.slot_size)
                     return [FileClosed(file_id=record.file_id, ok=False,
                                        reason=f"{spec.algo} is {actual}, the manifest says "
-                                              f"{spec.hexdigest}", mismatch=True)]
+                                              f"{spec.hexdigest}", mismatch=True,
+                                       differing=differ)]
+                if record.round:  # copies a run stopped while voting may have left
+                    remove([copy_path(path), aside_path(path)])
             if record.executable:
                 mode = os.stat(path).st_mode
                 os.chmod(path, mode | ((mode & 0o444) >> 2))  # x wherever r is set

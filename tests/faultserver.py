@@ -50,11 +50,17 @@ class Fault:
     rate: int | None = None  # send the body at most this many bytes per second
     unless_query: str | None = None  # behave when the query string holds this (a fresh token)
     starting_below: int | None = None  # behave for a Range that starts at this byte or later
+    etag: str | None = None  # send this ETag with each body
+    if_range_whole: bool = False  # answer any If-Range with the whole object (some CDNs do)
+    # A corrupting middlebox: the first N responses to each distinct Range have one bit
+    # flipped, bit k % 8 of body byte k * 7919 % length, k counting the bits flipped so far.
+    flip_each_range: int | None = None
 
     @property
     def shapes_body(self) -> bool:
         """Whether the body must go through Python rather than os.sendfile."""
-        cuts = (self.reset_after, self.stall_after, self.corrupt, self.short_body, self.rate)
+        cuts = (self.reset_after, self.stall_after, self.corrupt, self.short_body, self.rate,
+                self.flip_each_range)
         return self.chunked or any(n is not None for n in cuts)
 
 
@@ -130,9 +136,12 @@ class FaultHandler(RangeRequestHandler):
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(fault.retry_after)
             return Reply(fault.status, headers)
-        reply = super().reply(None if fault.ignore_range else range_header)
+        ignore = fault.ignore_range or (fault.if_range_whole and "If-Range" in self.headers)
+        reply = super().reply(None if ignore else range_header)
         if reply.path is None:
             return reply
+        if fault.etag is not None:
+            reply.headers["ETag"] = fault.etag
         if fault.wrong_content_range and reply.status == 206:
             size = reply.path.stat().st_size
             span = reply.span = _neighbour(reply.span, size)
@@ -164,6 +173,11 @@ class FaultHandler(RangeRequestHandler):
             body = bytearray(file.read(len(span)))
         if fault.corrupt is not None and fault.corrupt < len(body):
             body[fault.corrupt] ^= 0xFF
+        if fault.flip_each_range is not None and body:
+            flip = self.faults._flip(self.target(), self.headers.get("Range"),
+                                     fault.flip_each_range)
+            if flip is not None:
+                body[flip * 7919 % len(body)] ^= 1 << flip % 8
         end = len(body) - min(len(body), fault.short_body or 0)
         if fault.reset_after is not None:
             end = min(end, fault.reset_after)
@@ -226,6 +240,8 @@ class FaultServer:
         self._stopping = threading.Event()
         self._faults: dict[str, Fault] = {}
         self._hits: dict[str, int] = {}
+        self._ranges: dict[tuple[str, str | None], int] = {}  # responses per distinct range
+        self._flips = 0
         self._requests: list[Request] = []
         self._bytes_sent = 0
         self._shaped = 0
@@ -249,6 +265,16 @@ class FaultServer:
                 conn.shutdown(socket.SHUT_RDWR)
         self._stopping.set()
         self._running.close()
+
+    def _flip(self, path: str, asked: str | None, first: int) -> int | None:
+        """Which flip this response gets (the count so far), if it is one of the ``first``
+        responses to its range."""
+        with self._lock:
+            seen = self._ranges[path, asked] = self._ranges.get((path, asked), 0) + 1
+            if seen > first:
+                return None
+            self._flips += 1
+            return self._flips - 1
 
     def __enter__(self) -> FaultServer:
         return self.start()

@@ -30,9 +30,9 @@ from mpdl.checkpoints import CHECKPOINT_SECONDS, JournalSynced
 from mpdl.errors import DiskError
 from mpdl.layout import Layout
 from mpdl.manifest import Manifest, parse_manifest
-from mpdl.messages import (Alive, Cancel, CloseFile, Cut, Failed, FailKind, Fetch, FileClosed,
-                           Filled, Grant, OpenFile, Redirected, SlotWritten, Sync, Synced,
-                           UnknownRecord, WriteFailed, WriteSlot)
+from mpdl.messages import (Alive, Cancel, CloseFile, Cut, Expect, Failed, FailKind, Fetch,
+                           FileClosed, Filled, Grant, OpenFile, Redirected, SlotWritten, Sync,
+                           Synced, UnknownRecord, Validated, WriteFailed, WriteSlot)
 from mpdl.plan import Planner
 from mpdl.ranges import RangeSet
 from mpdl.retry import RETRY_AFTER_MAX, RetryPolicy, backoff
@@ -257,9 +257,11 @@ class Sim:
             written = sum(piece.length for piece in record.pieces)
         return self.from_writer(SlotWritten(slot=slot, written=written))
 
-    def closed(self, fid: int, ok: bool = True, reason: str = "", mismatch: bool = False):
+    def closed(self, fid: int, ok: bool = True, reason: str = "", mismatch: bool = False,
+               differing: tuple[tuple[int, int], ...] = ()):
         self._answered(lambda r: isinstance(r, CloseFile) and r.file_id == fid)
-        return self.from_writer(FileClosed(file_id=fid, ok=ok, reason=reason, mismatch=mismatch))
+        return self.from_writer(FileClosed(file_id=fid, ok=ok, reason=reason, mismatch=mismatch,
+                                           differing=differing))
 
     def synced(self, token: int, error: str | None = None):
         self.syncs = [s for s in self.syncs if s.token != token]
@@ -1607,3 +1609,46 @@ def test_a_speed_cap_is_an_event_the_scheduler_follows():
     assert sim.s.contests.policy.race_floor == 0.8
     sim.s.cap_changed(None, 2)
     assert sim.s.contests.policy == TailPolicy()
+
+
+# -- a remote object that changed (validators.py) ---------------------------------------------
+
+
+def test_a_changed_object_restarts_its_open_file_from_nothing_in_the_scheduler() -> None:
+    sim = Sim({"path": "f", "size": 4 * CHUNK, "url": "o"}, connections=2)
+    first, second = sim.fetches()
+    assert first.expect == Expect(None, None) and first.ranged
+    sim.feed(0, Validated(task_id=first.task_id, attempt=first.attempt,
+                          seen=Expect('"v1"', 4 * CHUNK), whole=False))
+    sim.fill(first)
+    assert sim.file(0).state is F.OPEN
+    out = sim.feed(0, Validated(task_id=second.task_id, attempt=second.attempt,
+                                seen=Expect('"v2"', 4 * CHUNK), whole=False))
+    assert [e.entry.path for e in sim.effects_of(ForgetRanges, out)] == ["f"]
+    assert sim.job(second).cancelled  # its bytes are never written
+    assert sim.run(first).state is T.CANCELLED  # those written are dropped
+    assert not sim.file(0).have
+    again = sim.fetches(out)
+    assert again and all(f.expect == Expect('"v2"', 4 * CHUNK) for f in again)
+    sim.serve()
+    assert sim.ended() == {"f": (True, "")}
+
+
+def test_two_copies_that_fail_their_hash_bring_a_third_of_the_pieces_where_they_differ():
+    """votes.py: the second copy is compared with the first (the writer says where they
+    differ), only those pieces are fetched again, into the staging file that keeps the rest,
+    and each copy after a mismatch comes from the next mirror."""
+    sim = Sim(obj("f", 250, hash=MD5), bases=(A, B), connections=1)
+    sim.close_replies[0] = [dict(ok=False, reason="md5 is 1", mismatch=True),
+                            dict(ok=False, reason="md5 is 2", mismatch=True,
+                                 differing=((100, 100),))]
+    sim.serve()
+    assert sim.ended() == {"f": (True, "")}
+    closes = [r for r in sim.writer_log if isinstance(r, CloseFile)]
+    assert [(c.round, c.differing) for c in closes] == [(1, ()), (2, ()), (3, ((100, 100),))]
+    assert [r.fresh for r in sim.writer_log if isinstance(r, OpenFile)] == [True, True, False]
+    fetches = sim.all_sent(Fetch)
+    assert [(f.url, f.offset, f.length) for f in fetches[-1:]] == [(A + "f", 100, 100)]
+    assert {f.url for f in fetches[3:6]} == {B + "f"}
+    assert sim.s.counts.bytes_done == 250
+

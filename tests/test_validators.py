@@ -1,0 +1,264 @@
+"""A file replaced on the server: validators (ETag, Last-Modified) and If-Range (validators.py).
+
+Against nginx, which gives ETag and Last-Modified and honours If-Range: the publisher replaces
+the one file a manifest names (same size, new bytes, no hash in the manifest, so nothing but
+the validators can tell) while mpdl downloads it, or between a Ctrl-C and the resume. Each run
+must end byte-exact with the new version, never with a splice of both. Then the pure rules,
+and the room driven by the scheduler's events (the Sim of test_scheduler.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faultserver import Fault, FaultServer
+from helpers import Cli, Nginx, journal_state, nginx_serving, run
+
+from mpdl.journal import JOURNAL_NAME, Journal
+from mpdl.manifest import parse_manifest
+from mpdl.messages import Expect
+from mpdl.progress import ProgressEvent
+from mpdl.ranges import RangeSet
+from mpdl.states import FileRun, FileState
+from mpdl.validators import CHANGED, Validators, differs, seen_in, total_of, validator_of
+
+MiB = 1024 * 1024
+SIZE = 12 * MiB
+NAME = "obj.bin"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Nginx]:
+    """nginx serving a folder of its own that holds NAME, logging each request."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / NAME).write_bytes(os.urandom(SIZE))
+    with nginx_serving(root, tmp_path / "nginx", access_log=True) as nginx:
+        yield nginx
+
+
+def said_changed(nginx: Nginx) -> bool:
+    """Whether nginx answered a range request with the whole object: an If-Range whose
+    validator was not the file's any more (mpdl sends no other request nginx answers so)."""
+    return any(r.status == 200 and r.range for r in nginx.requests())
+
+
+def replace(path: Path) -> bytes:
+    """The publisher's move: new bytes of the same size renamed over the old file, with a
+    later mtime (nginx's ETag is the mtime in seconds and the size). Returns the new bytes."""
+    new = os.urandom(SIZE)
+    aside = path.with_suffix(".new")
+    aside.write_bytes(new)
+    later = int(path.stat().st_mtime) + 10
+    os.utime(aside, (later, later))
+    os.replace(aside, path)
+    return new
+
+
+#: A run of about 2 s, with two ranges out at a time (two slots) and the others queued: a
+#: request starts after the file is replaced.
+SLOW: dict[str, Any] = {"connections": 8, "chunk_size": MiB, "memory": 2 * MiB,
+                        "limit_rate": "6M"}
+
+
+def manifest(base: str, size: int = SIZE) -> dict[str, Any]:
+    """One file, one object, no hash: the validators are all that can tell versions apart."""
+    return {"format": "mpdl/1", "base_urls": [base],
+            "files": [{"path": NAME, "size": size, "url": NAME}]}
+
+
+def test_a_file_replaced_during_the_download_ends_as_the_new_version(
+        served: Nginx, tmp_path: Path) -> None:
+    path = served.root / NAME
+    new: list[bytes] = []
+
+    def progress(event: ProgressEvent) -> None:
+        if not new and event.bytes_done >= SIZE // 4:
+            new.append(replace(path))
+
+    result = run(manifest(served.url), tmp_path / "dest", **SLOW, progress=progress)
+    assert new, "the run ended before the file was replaced"
+    assert result.ok, result.failed
+    assert (tmp_path / "dest" / NAME).read_bytes() == new[0]
+    assert said_changed(served)
+
+
+def test_a_file_replaced_between_a_ctrl_c_and_the_resume_ends_as_the_new_version(
+        served: Nginx, tmp_path: Path) -> None:
+    base, path = served.url, served.root / NAME
+    dest = tmp_path / "dest"
+
+    def interrupt(event: ProgressEvent) -> None:
+        if event.bytes_done >= SIZE // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(manifest(base), dest, connections=4, limit_rate="8M", progress=interrupt)
+    record = journal_state(dest)[NAME]
+    [(url, (etag, total))] = record["validators"].items()
+    assert record["ranges"] and url == base + NAME and total == SIZE and etag.startswith('"')
+    new = replace(path)
+    assert not said_changed(served)
+    result = run(manifest(base), dest, connections=4)
+    assert result.ok, result.failed
+    assert (dest / NAME).read_bytes() == new
+    assert said_changed(served)  # the resume asked with If-Range
+
+
+def test_a_single_url_replaced_after_sigint_resumes_as_the_new_version(
+        served: Nginx, tmp_path: Path, cli: Callable[..., Cli]) -> None:
+    """The command line, one URL into a file (its state beside it), stopped by Ctrl-C."""
+    out = tmp_path / NAME
+    journal = tmp_path / f".{NAME}.mpdl" / "journal.jsonl"
+    first = cli(served.url + NAME, "-o", out, "--limit-rate", "2M", "--connections", "2",
+                "--chunk-size", "256K", "--progress", "none")
+    first.wait_for("a checkpoint", lambda: journal.exists() and '"ranges": [[' in
+                   journal.read_text())
+    first.proc.send_signal(signal.SIGINT)
+    assert first.finish() == 130, first.stderr
+    new = replace(served.root / NAME)
+    second = cli(served.url + NAME, "-o", out, "--progress", "none")
+    assert second.finish() == 0, second.stderr
+    assert out.read_bytes() == new
+    assert said_changed(served)
+
+
+def test_a_file_replaced_twice_fails_with_one_line_and_nothing_at_its_name(
+        served: Nginx, tmp_path: Path) -> None:
+    path = served.root / NAME
+    marks = [SIZE // 4, 0, SIZE // 4]  # replace, see it start over (progress drops), replace
+
+    def progress(event: ProgressEvent) -> None:
+        if marks and marks[0] == 0 and event.bytes_done < SIZE // 4:
+            marks.pop(0)
+        elif marks and marks[0] and event.bytes_done >= marks[0]:
+            marks.pop(0)
+            replace(path)
+
+    result = run(manifest(served.url), tmp_path / "dest", **SLOW, progress=progress)
+    assert not marks, "the run ended before the file was replaced twice"
+    assert not result.ok and result.failed == {NAME: CHANGED}
+    assert not (tmp_path / "dest" / NAME).exists()
+
+
+def test_a_server_that_answers_if_range_with_200_and_the_same_etag_is_streamed(
+        tmp_path: Path) -> None:
+    """Not a change (aria2-next found CDNs that do this): the object is streamed, as for a
+    server that ignores Range, and arrives whole."""
+    root = tmp_path / "www"
+    root.mkdir()
+    data = os.urandom(4 * MiB)
+    (root / NAME).write_bytes(data)
+    with FaultServer(root) as server:
+        server.set_fault(NAME, Fault(etag='"same"', if_range_whole=True))
+        result = run(manifest(server.url, len(data)), tmp_path / "dest", connections=4,
+                     chunk_size=MiB // 2, memory=MiB)
+        asked = [r for r in server.requests if r.method == "GET"]
+    assert result.ok, result.failed
+    assert (tmp_path / "dest" / NAME).read_bytes() == data
+    assert any(r.header("If-Range") == '"same"' and r.status == 200 for r in asked)
+    assert any(r.range is None for r in asked), "it was not streamed"
+
+
+# -- the rules, pure -----------------------------------------------------------------------------
+
+
+def test_a_strong_etag_is_the_validator_else_a_valid_last_modified() -> None:
+    date = "Fri, 04 Dec 2026 19:00:00 GMT"
+    assert validator_of('"5f-abc"', date) == '"5f-abc"'
+    assert validator_of('W/"5f-abc"', date) == date  # weak: never in If-Range
+    assert validator_of(None, date) == date
+    assert validator_of('W/"x"', "yesterday") is None
+    assert validator_of("unquoted", None) is None
+
+
+def test_the_total_length_is_a_206s_content_range_or_a_200s_content_length() -> None:
+    assert total_of(206, "bytes 0-99/1000", "100") == 1000
+    assert total_of(206, "bytes 0-99/*", "100") is None
+    assert total_of(200, None, "1000") == 1000
+    assert total_of(404, None, "10") is None
+    assert seen_in(206, {"ETag": '"e"', "Content-Range": "bytes 5-9/20"}) == Expect('"e"', 20)
+
+
+def test_what_counts_as_another_object() -> None:
+    known = Expect('"v1"', 100)
+    assert not differs(known, Expect('"v1"', 100))
+    assert differs(known, Expect('"v2"', 100))
+    assert differs(known, Expect('"v1"', 101))
+    assert not differs(known, Expect(None, 100))  # a 206 without a validator: length only
+    assert differs(known, Expect(None, 100), whole=True)  # a 200 to If-Range: it changed
+    assert not differs(Expect(None, 100), Expect('"v"', 100))
+
+
+def test_the_journal_keeps_validators_beside_a_files_ranges(tmp_path: Path) -> None:
+    entry = parse_manifest({"format": "mpdl/1", "base_urls": ["http://a.invalid/"],
+                            "files": [{"path": "f", "size": 10, "url": "o"}]}).files[0]
+    staging = tmp_path / "f.part"
+    staging.write_bytes(bytes(10))
+    journal = Journal(tmp_path)
+    journal.record_partial(entry, staging, RangeSet([(0, 5)]), {URL: Expect('"v1"', 10)})
+    journal.close()
+    again = Journal(tmp_path)
+    assert again.validators(entry) == {URL: Expect('"v1"', 10)}
+    again.forget(entry, staging)  # the file starts over: its validators go with its ranges
+    assert again.validators(entry) == {}
+    again.close()
+    line = {"path": "f", "key": entry.identity, "staging": "f.part", "ranges": [[0, 5]],
+            "validators": {URL: ["x", "ten"], "http://b.invalid/o": [None, 10]}}
+    (tmp_path / JOURNAL_NAME).write_text(json.dumps(line) + "\n")
+    assert Journal(tmp_path).validators(entry) == {"http://b.invalid/o": Expect(None, 10)}
+
+
+# -- the room, driven by events ------------------------------------------------------------------
+
+
+def files(*hashes: str | None) -> dict[int, FileRun]:
+    entries = [{"path": f"f{i}", "size": 10, "url": "o", **({"hash": h} if h else {})}
+               for i, h in enumerate(hashes)]
+    model = parse_manifest({"format": "mpdl/1", "base_urls": ["http://a.invalid/"],
+                            "files": entries})
+    return {fid: FileRun(entry, state=FileState.OPEN) for fid, entry in enumerate(model.files)}
+
+
+def mirrors(source: str) -> tuple[str, ...]:
+    return ("http://a.invalid/" + source,)
+
+
+URL = "http://a.invalid/o"
+
+
+def test_the_room_restarts_files_once_then_fails_those_without_a_hash() -> None:
+    room = Validators(files(None, "md5:" + "0" * 32), mirrors)
+    assert room.expect(URL, ranged=True) == Expect(None, None)  # report what you find
+    assert room.expect(URL, ranged=False) is None  # one whole response is one version
+    assert room.seen("o", URL, Expect('"v1"', 10), whole=False) is None
+    assert room.expect(URL, ranged=True) == Expect('"v1"', 10)
+    assert room.seen("o", URL, Expect('"v1"', 10), whole=True) is None  # If-Range ignored
+    change = room.seen("o", URL, Expect('"v2"', 10), whole=True)
+    assert change is not None and (change.restart, change.fail) == ((0, 1), ())
+    change = room.seen("o", URL, Expect('"v3"', 10), whole=False)
+    assert change is not None and (change.restart, change.fail) == ((), (0,))  # 1: its hash
+    assert room.of(room.files[0].entry) == {URL: Expect('"v3"', 10)}
+
+
+def test_a_file_with_requests_out_but_no_byte_starts_over_without_counting_a_change() -> None:
+    table = files(None)
+    table[0].state, table[0].live_tasks = FileState.PENDING, 2
+    room = Validators(table, mirrors)
+    room.seen("o", URL, Expect('"v1"', 10), whole=False)
+    for version in ('"v2"', '"v3"'):
+        change = room.seen("o", URL, Expect(version, 10), whole=False)
+        assert change is not None and (change.restart, change.fail) == ((0,), ())
+
+
+def test_resumed_files_that_disagree_on_a_validator_are_not_trusted() -> None:
+    room = Validators(files(None, None), mirrors,
+                      resumed={0: {URL: Expect('"v1"', 10)}, 1: {URL: Expect('"v2"', 10)}})
+    assert room.conflicts == {1}
+    assert room.expect(URL, ranged=True) == Expect('"v1"', 10)

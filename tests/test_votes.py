@@ -1,0 +1,114 @@
+"""A corrupting middlebox and a manifest with only a whole-file hash (votes.py).
+
+The fault server flips one bit in the first two responses to each distinct range, so a second
+fetch fails the hash too (its ranges are new, or asked a second time); the two copies are
+compared piece by piece and the pieces where they differ are fetched a third time and voted
+bit by bit. Then the pure parts: the vote, the comparison, and the writer's rounds on files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from faultserver import Fault, FaultServer
+from helpers import run
+
+from mpdl.votes import (after_mismatch, aside_path, copy_path, covering, differing, majority,
+                        vote)
+
+MiB = 1024 * 1024
+SIZE = 16 * MiB
+
+
+def test_a_file_a_middlebox_corrupts_twice_is_voted_right_within_three_times_its_bytes(
+        tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    root.mkdir()
+    data = os.urandom(SIZE)
+    (root / "big.bin").write_bytes(data)
+    manifest = {"format": "mpdl/1", "files": [
+        {"path": "big.bin", "size": SIZE, "url": "big.bin",
+         "hash": "sha256:" + hashlib.sha256(data).hexdigest()}]}
+    dest = tmp_path / "dest"
+    with FaultServer(root) as server:
+        server.set_fault("big.bin", Fault(flip_each_range=2))
+        result = run(manifest | {"base_urls": [server.url]}, dest, connections=4,
+                     chunk_size=MiB)
+    assert result.ok, result.failed
+    assert (dest / "big.bin").read_bytes() == data
+    assert 2 * SIZE < result.bytes_fetched <= 3 * SIZE  # two copies, then some pieces
+    assert not (dest / ".mpdl" / "staging").exists()  # no copy left behind
+
+
+def test_the_copy_after_a_mismatch_comes_from_the_next_mirror(tmp_path: Path) -> None:
+    """Mirror a corrupts (twice per range), mirror b does not: the second copy, from b, is
+    right, and no third round is needed."""
+    data = os.urandom(SIZE)
+    for mirror in ("a", "b"):
+        (tmp_path / "www" / mirror).mkdir(parents=True)
+        (tmp_path / "www" / mirror / "big.bin").write_bytes(data)
+    manifest = {"format": "mpdl/1", "files": [
+        {"path": "big.bin", "size": SIZE, "url": "big.bin",
+         "hash": "sha256:" + hashlib.sha256(data).hexdigest()}]}
+    with FaultServer(tmp_path / "www") as server:
+        server.set_fault("a/", Fault(flip_each_range=2))
+        result = run(manifest | {"base_urls": [server.url + "a/", server.url + "b/"]},
+                     tmp_path / "dest", connections=4, chunk_size=MiB)
+        asked = {r.path for r in server.requests if r.method == "GET"}
+    assert result.ok, result.failed
+    assert (tmp_path / "dest" / "big.bin").read_bytes() == data
+    assert asked == {"a/big.bin", "b/big.bin"}
+    assert result.bytes_fetched < 2.5 * SIZE  # two copies, no third round
+
+
+def test_each_bit_is_what_two_of_three_copies_say() -> None:
+    right = bytes(range(256)) * 4
+    a, b, c = bytearray(right), bytearray(right), bytearray(right)
+    a[3] ^= 1
+    b[3] ^= 2  # the same byte, another bit
+    c[700] ^= 0xFF
+    assert majority(bytes(a), bytes(b), bytes(c)) == right
+
+
+def test_the_pieces_where_two_copies_differ_and_what_is_kept_around_them(
+        tmp_path: Path) -> None:
+    first, second = tmp_path / "1", tmp_path / "2"
+    data = bytearray(os.urandom(10_000))
+    first.write_bytes(data)
+    data[2500] ^= 4
+    data[9999] ^= 1
+    second.write_bytes(data)
+    assert differing(str(first), str(second), 1000) == ((2000, 1000), (9000, 1000))
+    assert covering([(2000, 1000), (9000, 1000)], 10_000) == [(0, 2000), (3000, 9000)]
+    assert covering([(0, 10_000)], 10_000) == []
+
+
+def test_the_writers_three_rounds_on_disk(tmp_path: Path) -> None:
+    right = os.urandom(4000)
+    staging = str(tmp_path / "f.part")
+
+    def copy_with(flip: int) -> None:
+        wrong = bytearray(right)
+        wrong[flip] ^= 8
+        Path(staging).write_bytes(wrong)
+
+    copy_with(100)
+    assert after_mismatch(staging, 1, 1000) == ()  # kept as the first copy
+    assert Path(copy_path(staging)).exists() and not Path(staging).exists()
+    copy_with(3500)
+    assert after_mismatch(staging, 2, 1000) == ((0, 1000), (3000, 1000))
+    assert not Path(copy_path(staging)).exists() and Path(aside_path(staging)).exists()
+    copy_with(3000)  # the third copy of the two pieces, itself wrong elsewhere
+    vote(staging, ((0, 1000), (3000, 1000)), aside_path(staging))
+    assert Path(staging).read_bytes() == right
+
+
+def test_two_copies_alike_and_wrong_leave_nothing_to_vote(tmp_path: Path) -> None:
+    staging = str(tmp_path / "f.part")
+    Path(staging).write_bytes(b"x" * 100)
+    after_mismatch(staging, 1, 10)
+    Path(staging).write_bytes(b"x" * 100)
+    assert after_mismatch(staging, 2, 10) == ()
+    assert not os.listdir(tmp_path)
