@@ -12,7 +12,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import MpdlError, NotEnoughSpace
+from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
 from .hashing import hash_file, hash_next
 from .headers import merge_headers
 from .journal import Journal
@@ -24,7 +24,7 @@ from .progress import Counts, ProgressCallback, Tracker, human_bytes
 from .ranges import RangeSet
 from .retry import RetryPolicy
 from .scheduler import Limits, Scheduler
-from .supervisor import RefreshUrl, Supervisor, open_ring
+from .supervisor import UNFINISHED, RefreshUrl, Supervisor, open_ring
 from .update import Build, Update
 
 log = logging.getLogger("mpdl")
@@ -92,62 +92,89 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     result = Result()
     journal = Journal(layout.state_dir)
     try:
-        update = Update(layout, parsed, journal, keep_removed=keep_removed)
-        todo = _still_to_fetch(parsed, layout, journal, result)
-        have = _resumable(todo, layout, journal)
-        builds = update.find(todo, have)
-        _check_free_space(layout.dest, _space_needed(todo, have, builds))
-        layout.dest.mkdir(parents=True, exist_ok=True)
-        sizes = [entry.size for entry in parsed.files]
-        counts = Counts(files_done=len(result.skipped))
-        tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
-                          progress)
-        counts.bytes_done = _bytes_in_place(parsed, todo, have)
-        todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result)
-        planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
-                          spread=opts.connections, object_ends=known_object_ends(parsed.files))
-        plan = planner.plan(todo, have=have)
-        log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
-                 len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),
-                 len(result.skipped), plan.describe())
-        counts.files_done = len(result.skipped) + len(result.completed)
-        counts.bytes_done = _bytes_in_place(parsed, todo, have)
-        asked = [task.length for task in plan.tasks]
-        tracker.bytes_to_fetch = None if None in asked else sum(asked)
-
-        def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
-            if ok:
-                result.completed.append(entry.path)
-            else:
-                result.failed[entry.path] = reason
-                log.info("%s failed: %s", entry.path, reason)
-
-        if todo:
-            result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
-                                  file_done, refresh_url, keep_state)
-            result.bytes_fetched = counts.bytes_fetched
-            result.bytes_written = counts.bytes_written
-        for link in parsed.links:
-            try:
-                place_link(layout, link)
-            except OSError as exc:
-                result.failed[link.path] = f"cannot make the link: {exc.strerror or exc}"
-        for link in escaping_links(layout, parsed.links):
-            result.failed[link.path] = "the link leads out of the destination through other links"
-        for directory in parsed.directories:
-            try:
-                if not make_folder_inside(str(layout.final(directory.path)), str(layout.dest)):
-                    result.failed[directory.path] = "its folder leads out of the destination"
-            except OSError as exc:
-                result.failed[directory.path] = f"cannot make the folder: {exc.strerror or exc}"
-        if result.ok:
-            result.removed += update.finish()
-        result.elapsed = time.monotonic() - started
-        tracker.tick(final=True)
+        _fill(parsed, layout, journal, opts, result, progress=progress, streamed=streamed,
+              refresh_url=refresh_url, keep_state=keep_state, keep_removed=keep_removed)
+    except RunStopped as exc:  # the journal or the state folder could not be written
+        result.error = str(exc)
+        _unfinished(parsed, result)
     finally:
-        journal.close()
+        try:
+            journal.close()
+        except JournalError as exc:  # its last lines are lost: the run is not complete
+            result.error = result.error or str(exc)
+    result.elapsed = time.monotonic() - started
     _tidy_state(layout, keep_state, result.ok)
     return result
+
+
+def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, result: Result, *,
+          progress: ProgressCallback | None, streamed: tuple[str, ...],
+          refresh_url: RefreshUrl | None, keep_state: bool, keep_removed: bool) -> None:
+    """``run``'s work, into ``result``: what DEST holds, the local copies, the fetch, links
+    and folders, and, once every file is in place, the update's end. Raises NotEnoughSpace
+    before writing anything, and RunStopped when the journal or the state folder cannot be
+    written."""
+    update = Update(layout, parsed, journal, keep_removed=keep_removed)
+    todo = _still_to_fetch(parsed, layout, journal, result)
+    have = _resumable(todo, layout, journal)
+    builds = update.find(todo, have)
+    _check_free_space(layout.dest, _space_needed(todo, have, builds))
+    layout.dest.mkdir(parents=True, exist_ok=True)
+    sizes = [entry.size for entry in parsed.files]
+    counts = Counts(files_done=len(result.skipped))
+    tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
+                      progress)
+    counts.bytes_done = _bytes_in_place(parsed, todo, have)
+    todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result)
+    planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
+                      spread=opts.connections, object_ends=known_object_ends(parsed.files))
+    plan = planner.plan(todo, have=have)
+    log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
+             len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),
+             len(result.skipped), plan.describe())
+    counts.files_done = len(result.skipped) + len(result.completed)
+    counts.bytes_done = _bytes_in_place(parsed, todo, have)
+    asked = [task.length for task in plan.tasks]
+    tracker.bytes_to_fetch = None if None in asked else sum(asked)
+
+    def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
+        if ok:
+            result.completed.append(entry.path)
+        else:
+            result.failed[entry.path] = reason
+            log.info("%s failed: %s", entry.path, reason)
+
+    if todo:
+        result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
+                              file_done, refresh_url, keep_state)
+        result.bytes_fetched = counts.bytes_fetched
+        result.bytes_written = counts.bytes_written
+    for link in parsed.links:
+        try:
+            place_link(layout, link)
+        except OSError as exc:
+            result.failed[link.path] = f"cannot make the link: {exc.strerror or exc}"
+    for link in escaping_links(layout, parsed.links):
+        result.failed[link.path] = "the link leads out of the destination through other links"
+    for directory in parsed.directories:
+        try:
+            if not make_folder_inside(str(layout.final(directory.path)), str(layout.dest)):
+                result.failed[directory.path] = "its folder leads out of the destination"
+        except OSError as exc:
+            result.failed[directory.path] = f"cannot make the folder: {exc.strerror or exc}"
+    if result.ok:
+        result.removed += update.remove_unlisted()
+        update.install()
+    tracker.tick(final=True)
+
+
+def _unfinished(manifest: Manifest, result: Result) -> None:
+    """The run stopped before these files ended: they fail, with the reason the CLI does not
+    repeat file by file (the run's error says it)."""
+    ended = {*result.completed, *result.skipped, *result.failed}
+    for entry in manifest.files:
+        if entry.path not in ended:
+            result.failed[entry.path] = UNFINISHED
 
 
 def _space_needed(todo: list[tuple[int, FileEntry]], have: Mapping[int, RangeSet],

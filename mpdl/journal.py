@@ -11,7 +11,10 @@ signed URLs change between runs, or the chunk size:
   rest. The staging name is derived from the same key, so other content is never resumed;
 - a file an update removed: ``{"path", "removed": true}``.
 
-The last line for a path wins. A torn last line (a crash mid-write) is ignored.
+The last line for a path wins. A torn last line (a crash, or a disk that filled, mid-write)
+is ignored, and the next run starts its lines on a line of their own, so a torn line never
+swallows a later one. A line that cannot be written stops the run (JournalError): the journal
+then claims less than the disk holds, never more.
 """
 
 from __future__ import annotations
@@ -130,6 +133,8 @@ class Journal:
             if self._out is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._out = open(self.path, "a", encoding="utf-8")
+                if not _ends_a_line(self.path):
+                    self._out.write("\n")
             self._out.write(json.dumps(record) + "\n")
         except OSError as exc:
             raise JournalError(str(self.path), exc.strerror or str(exc)) from None
@@ -156,6 +161,20 @@ class Journal:
             pass  # a long journal is only slower to read
 
     def close(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        """Flush and close; JournalError if the last lines could not be written (the file is
+        closed all the same)."""
+        out, self._out = self._out, None
+        if out is not None:
+            try:
+                out.close()
+            except OSError as exc:
+                raise JournalError(str(self.path), exc.strerror or str(exc)) from None
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether ``path`` is empty or ends with a newline (not a torn line)."""
+    with open(path, "rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return True
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"

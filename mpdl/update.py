@@ -48,7 +48,7 @@ from pathlib import Path
 
 import xxhash
 
-from .errors import ManifestError
+from .errors import DiskError, ManifestError
 from .child import child_setup
 from .hashing import HashSpec, hash_file, new_hasher
 from .journal import Journal
@@ -457,11 +457,16 @@ class Update:
         self.journal.flush()
         return removed
 
-    def finish(self) -> list[str]:
+    def remove_unlisted(self) -> list[str]:
         """Every file is in place: remove what the old manifests installed and the new one no
-        longer lists (unless ``keep_removed``), then make the new manifest the installed one.
-        Returns the paths removed."""
-        removed = [] if self.keep_removed else self._remove_unlisted()
+        longer lists (unless ``keep_removed``). Returns the paths removed."""
+        return [] if self.keep_removed else self._remove_unlisted()
+
+    def install(self) -> None:
+        """Every file is in place: the new manifest becomes the installed one. installed.json
+        goes before its id, and pending/ is emptied only once both are written, so a failure
+        (DiskError, a full disk) leaves the next run knowing every manifest it may have
+        placed, and never claims the update complete."""
         if self._installed_id() != self.fingerprint:
             _replace(self._path(INSTALLED), _manifest_bytes(self.manifest))
             _replace(self._path(INSTALLED + ".id"), (self.fingerprint + "\n").encode())
@@ -471,7 +476,6 @@ class Update:
                 name.unlink()
             with contextlib.suppress(OSError):
                 pending.rmdir()
-        return removed
 
     def _remove_unlisted(self) -> list[str]:
         new = self.manifest
@@ -569,20 +573,25 @@ def _manifest_bytes(manifest: Manifest) -> bytes:
 def _replace(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all (a temporary file, fsynced, renamed over it), never
     through a link planted in the state folder; readable by its owner alone, as a manifest may
-    carry tokens (its headers, signed URLs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    carry tokens (its headers, signed URLs). A failure (a full disk) leaves the old ``path``
+    and no temporary file, and raises DiskError naming ``path``."""
     fresh = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(fresh)  # a link left there goes, not what it points at
-    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(fresh, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fresh)  # a link left there goes, not what it points at
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o600)
+        try:
+            write_at(fd, memoryview(data), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(fresh, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(fresh)
+        raise DiskError(str(path), exc.strerror or str(exc)) from None
 
 
 def _parents(paths: Iterable[str]) -> Iterator[str]:

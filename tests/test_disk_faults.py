@@ -2,7 +2,8 @@
 
 A disk that refuses bytes (EFBIG, ENOSPC, EACCES, EROFS) stops the run with exit 1 and one
 ``mpdl: error:`` line naming the path and the error, no traceback; what finished before the
-fault stays journaled, and no process nor shared memory outlives the run. The up-front free-space
+fault stays journaled, a file whose bytes did not all reach the disk never takes its final
+name, and no process nor shared memory outlives the run. The up-front free-space
 check refuses before the first request. Memory stays bounded with 100,000 files and with one
 512 MiB file.
 
@@ -204,6 +205,56 @@ def test_a_full_disk_stops_the_run_naming_the_file(
     assert assert_done_files_right(dest, served) >= SMALL_PATHS
     assert not (dest / BIG_PATH).exists()
     assert_clean(run)
+
+
+def test_a_disk_filled_mid_run_fails_the_file_it_was_writing_and_the_rerun_finishes(
+    tmpfs: Tmpfs, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    """Another program takes the space after mpdl's free-space check, while b.bin's response
+    is held back: b.bin's writes fail, so b.bin fails (it never takes its final name, whatever
+    its hash said of the bytes mpdl was given) and is not counted in place; the other files
+    stand right. Once the space is back the same command finishes byte-exact."""
+    mnt = tmpfs("4m")
+    assert mnt is not None
+    dest = mnt / "game"
+    root = tmp_path / "served"
+    rng = random.Random(17)
+    files, data = [], {}
+    for name, size, hashed in (("a.bin", 700_000, True), ("b.bin", 1_200_000, True),
+                               ("c.bin", 1_000_000, False)):
+        data[name] = rng.randbytes(size)
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).write_bytes(data[name])
+        item = {"path": name, "size": size, "url": name}
+        if hashed:
+            item["hash"] = "sha256:" + hashlib.sha256(data[name]).hexdigest()
+        files.append(item)
+    assert sum(map(len, data.values())) < shutil.disk_usage(mnt).free
+    with FaultServer(root) as server:
+        # Held back past the first checkpoint (3 s), which journals a.bin and c.bin: the
+        # journal has its page then, and the disk fills under b.bin's writes alone.
+        server.set_fault("b.bin", Fault(delay=5.0))
+        manifest = write_manifest(tmp_path, {"format": "mpdl/1", "files": files}, server.url)
+        run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        run.wait_for("a.bin and c.bin journaled",
+                     lambda: {"a.bin", "c.bin"} <= journal_paths(dest))
+        assert not (dest / "b.bin").exists(), "b.bin came before the disk filled: no test"
+        _fill(mnt)
+        code = run.finish()
+        assert_stopped_on_disk_error(run, code, dest, os.strerror(errno.ENOSPC))
+        assert not (dest / "b.bin").exists(), "b.bin took its final name with bytes not written"
+        assert "b.bin" not in journal_paths(dest)
+        for name in ("a.bin", "c.bin"):
+            assert (dest / name).read_bytes() == data[name], name
+        assert "mpdl: 2 of 3 files in place" in run.stderr, run.stderr
+        assert_clean(run)
+        (mnt / "filler").unlink()
+        again = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        assert again.finish() == 0, again.stderr
+        assert_clean(again)
+    for name, content in data.items():
+        assert (dest / name).read_bytes() == content, name
+    assert not (dest / ".mpdl" / "staging").exists()
 
 
 # --- 8. the up-front free-space check --------------------------------------------------------
