@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
-from .hashing import hash_file, hash_next
 from .headers import merge_headers
 from .journal import Journal
-from .layout import Layout, escaping_links, inside, make_folder_inside, place_link
+from .layout import Layout, escaping_links, make_folder_inside, place_link
 from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
 from .options import Options
 from .plan import Plan, Planner, known_object_ends
@@ -25,7 +24,8 @@ from .ranges import RangeSet
 from .retry import RetryPolicy
 from .scheduler import Limits, Scheduler
 from .supervisor import UNFINISHED, RefreshUrl, Supervisor, open_ring
-from .update import Build, Update
+from .holdings import Build, survey
+from .update import Update
 
 log = logging.getLogger("mpdl")
 
@@ -115,9 +115,10 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     before writing anything, and RunStopped when the journal or the state folder cannot be
     written."""
     update = Update(layout, parsed, journal, keep_removed=keep_removed)
-    todo = _still_to_fetch(parsed, layout, journal, result)
-    have = _resumable(todo, layout, journal)
-    builds = update.find(todo, have)
+    held = survey(parsed, layout, journal, known=update.old)
+    result.skipped += [entry.path for entry in held.in_place()]
+    todo, have = held.todo(), held.have()
+    builds = update.mark_moves(held.builds())
     _check_free_space(layout.dest, _space_needed(todo, have, builds))
     layout.dest.mkdir(parents=True, exist_ok=True)
     sizes = [entry.size for entry in parsed.files]
@@ -250,63 +251,6 @@ def _check_free_space(dest: Path, needed: int) -> None:
     free = shutil.disk_usage(existing).free
     if needed > free:
         raise NotEnoughSpace(str(existing), needed, free)
-
-
-def _still_to_fetch(manifest: Manifest, layout: Layout, journal: Journal,
-                    result: Result) -> list[tuple[int, FileEntry]]:
-    """Files not already in place; a file is in place if the journal or its hash says so."""
-    todo = []
-    folders: dict[Path, bool] = {}
-    for file_id, entry in enumerate(manifest.files):
-        final = layout.final(entry.path)
-        if final.parent not in folders:  # a file seen through a planted link is not in place
-            folders[final.parent] = inside(final.parent, layout.dest)
-        # A file mpdl wrote with another identity (an update) is not hashed again to find
-        # out; one it does not know, or knew by its size only (journals older than identities
-        # of part hashes), is, and is journaled if it is the one.
-        written = journal.written(entry.path, final) if folders[final.parent] else None
-        if written is not None and written.endswith(":None") and written != entry.identity:
-            written = None
-        if not folders[final.parent]:
-            todo.append((file_id, entry))
-        elif written == entry.identity:
-            result.skipped.append(entry.path)
-        elif written is None and _verified_on_disk(entry, final):
-            journal.record(entry, final)
-            result.skipped.append(entry.path)
-        else:
-            todo.append((file_id, entry))
-    return todo
-
-
-def _resumable(todo: list[tuple[int, FileEntry]], layout: Layout,
-               journal: Journal) -> dict[int, RangeSet]:
-    """Byte ranges earlier runs left durable in the staging files of files still to fetch."""
-    have = {}
-    for file_id, entry in todo:
-        ranges = journal.resumable(entry, layout.staging(entry))
-        if ranges:
-            have[file_id] = ranges
-    return have
-
-
-def _verified_on_disk(entry: FileEntry, final: Path) -> bool:
-    """A file nobody recorded is still taken when its size and its hash match, or, without a
-    file hash, every part's (repair mode; a run killed after placing a file but before its
-    journal line was written)."""
-    hashed = bool(entry.parts) and all(part.hash for part in entry.parts)
-    if entry.size is None or (entry.hash is None and not hashed):
-        return False
-    try:
-        if not final.is_file() or final.is_symlink() or final.stat().st_size != entry.size:
-            return False
-        if entry.hash is not None:
-            return entry.hash.matches(hash_file(final, entry.hash.algo))
-        with open(final, "rb", buffering=0) as file:
-            return all(part.hash.matches(hash_next(file, part.hash.algo, part.size)[0])
-                       for part in entry.parts if part.hash)
-    except OSError:
-        return False
 
 
 def _tidy_state(layout: Layout, keep_state: bool, ok: bool) -> None:
