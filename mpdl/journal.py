@@ -41,6 +41,7 @@ class Journal:
         self._done: dict[str, tuple[str, int]] = {}  # path -> (key, mtime_ns): small, per file
         self._partial: dict[str, dict] = {}
         self._out: TextIO | None = None
+        self._broken: str | None = None  # why a line could not be written: no more are
         lines = 0
         try:
             with open(self.path, encoding="utf-8") as text:
@@ -129,6 +130,7 @@ class Journal:
 
     def _write(self, record: dict) -> None:
         self._remember(record)
+        self._check()
         try:
             if self._out is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,15 +139,27 @@ class Journal:
                     self._out.write("\n")
             self._out.write(json.dumps(record) + "\n")
         except OSError as exc:
-            raise JournalError(str(self.path), exc.strerror or str(exc)) from None
+            self._failed(exc)
 
     def flush(self) -> None:
         """Hand the lines written so far to the OS (records come in batches: flush once)."""
+        self._check()
         if self._out is not None:
             try:
                 self._out.flush()
             except OSError as exc:
-                raise JournalError(str(self.path), exc.strerror or str(exc)) from None
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        """A line was not written (a full disk): the buffered lines may be lost with it, so
+        none is written after them, lest the journal hold a later line without an earlier one
+        (a staging file's ``forget``, say)."""
+        self._broken = exc.strerror or str(exc)
+        self._check()
+
+    def _check(self) -> None:
+        if self._broken is not None:
+            raise JournalError(str(self.path), self._broken)
 
     def _compact(self) -> None:
         """One line per path, written aside and renamed over, so a crash keeps the old one."""
@@ -157,8 +171,11 @@ class Journal:
                 for record in self._partial.values():
                     out.write(json.dumps(record) + "\n")
             os.replace(fresh, self.path)
-        except OSError:
-            pass  # a long journal is only slower to read
+        except OSError:  # a full disk: a long journal is only slower to read
+            try:
+                os.unlink(fresh)
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Flush and close; JournalError if the last lines could not be written (the file is
@@ -168,7 +185,8 @@ class Journal:
             try:
                 out.close()
             except OSError as exc:
-                raise JournalError(str(self.path), exc.strerror or str(exc)) from None
+                self._failed(exc)
+        self._check()
 
 
 def _ends_a_line(path: Path) -> bool:

@@ -1,11 +1,11 @@
 """Every write path but the writer's, on a disk that is full: none claims what it did not write.
 
-An update's local copies report no span as copied, the journal raises JournalError (never a
-bare OSError, which would lose the run's Result) and a torn line never swallows the next run's
-first line, and installed.json is replaced whole or not at all, naming itself when it cannot
-be, with nothing left behind. A run whose state folder cannot be written ends with
-``Result.error``, not an exception. (The writer's own failed writes: tests/test_writer.py and
-tests/test_disk_faults.py.)
+An update's local copies report no span as copied; the journal raises JournalError (never a
+bare OSError, which would lose the run's Result), a torn line never swallows the next run's
+first line, and a compaction that fails leaves the journal as it was; installed.json is
+replaced whole or not at all, naming itself when it cannot be, with nothing left behind. A run
+whose state folder cannot be written ends with ``Result.error``, not an exception. (The
+writer's own failed writes: tests/test_writer.py and tests/test_disk_faults.py.)
 
 Tests that mount a tmpfs need root: without it they skip, except under CI=true, where they fail.
 """
@@ -34,10 +34,11 @@ KiB = 1024
 
 
 def fill(where: Path, leave: int = 0) -> None:
-    """Take the free space of ``where``'s file system, but about ``leave`` bytes."""
+    """Take the free space of ``where``'s file system, but about ``leave`` bytes (none: until
+    a write fails)."""
     block = b"\xa5" * 4096
     with (where / "filler").open("wb", buffering=0) as filler:
-        while os.statvfs(where).f_bavail * os.statvfs(where).f_frsize > leave + 4096:
+        while not leave or os.statvfs(where).f_bavail * os.statvfs(where).f_frsize > leave:
             try:
                 filler.write(block)
             except OSError as exc:
@@ -76,8 +77,28 @@ def test_a_journal_on_a_full_disk_raises_journal_error(tmpfs: Tmpfs) -> None:
         for _ in range(10_000):  # past the buffer: the lines reach the file system
             journal.record_partial(entry, mnt / "a.part", RangeSet([(0, 4)]))
         journal.flush()
+    (mnt / "filler").unlink()  # the space is back, but lines were lost: none may follow them
+    with pytest.raises(JournalError, match="No space left on device"):
+        journal.removed("a")
     with pytest.raises(JournalError, match=JOURNAL_NAME):
         journal.close()
+    assert "removed" not in (mnt / ".mpdl" / JOURNAL_NAME).read_text()
+
+
+def test_a_journal_too_long_to_compact_on_a_full_disk_stays_as_it_was(tmpfs: Tmpfs) -> None:
+    mnt = tmpfs("1m")
+    assert mnt is not None
+    entry = manifest_of("a").files[0]
+    state = mnt / ".mpdl"
+    journal = Journal(state)
+    for end in range(1, 400):  # one path, 399 lines: compacted when next read
+        journal.record_partial(entry, mnt / "a.part", RangeSet([(0, end % 4 + 1)]))
+    journal.close()
+    before = (state / JOURNAL_NAME).read_bytes()
+    fill(mnt)
+    Journal(state).close()
+    assert sorted(p.name for p in state.iterdir()) == [JOURNAL_NAME], "a temporary file was left"
+    assert (state / JOURNAL_NAME).read_bytes() == before
 
 
 def test_a_torn_last_line_does_not_swallow_the_next_runs_first_line(tmp_path: Path) -> None:
