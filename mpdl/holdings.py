@@ -267,6 +267,18 @@ class Verdict:
     def ok(self) -> bool:
         return not self.why
 
+    def good_ranges(self, entry: FileEntry) -> RangeSet | None:
+        """The bytes of a file bad by some of its parts that are right: what a repair keeps
+        and resumes from (None when there is none to keep, or no part was judged)."""
+        if not self.bad_parts or len(self.bad_parts) >= len(entry.parts):
+            return None
+        good, offset = RangeSet(), 0
+        for index, part in enumerate(entry.parts):
+            if index not in self.bad_parts:
+                good.add(offset, offset + part.size)
+            offset += part.size
+        return good
+
 
 def check(dest: str, entry: FileEntry) -> Verdict:
     """The verdict on one file (a top-level function: it runs in the pool's processes)."""

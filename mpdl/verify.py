@@ -29,7 +29,6 @@ from .layout import Layout
 from .manifest import FileEntry, ManifestSource, load_manifest
 from .options import Options
 from .progress import Counts, ProgressCallback, Tracker
-from .ranges import RangeSet
 
 
 @dataclass
@@ -100,15 +99,11 @@ def _prepare(files: tuple[FileEntry, ...], layout: Layout, report: Report) -> No
             if verdict is None:
                 continue
             final = layout.final(entry.path)
-            if verdict.bad_parts and len(verdict.bad_parts) < len(entry.parts):
+            good = verdict.good_ranges(entry)
+            if good:
                 staging = layout.staging(entry)
                 staging.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(final, staging)
-                good, offset = RangeSet(), 0
-                for index, part in enumerate(entry.parts):
-                    if index not in verdict.bad_parts:
-                        good.add(offset, offset + part.size)
-                    offset += part.size
                 journal.record_partial(entry, staging, good)
             elif os.path.islink(final) or os.path.isfile(final):
                 os.unlink(final)  # fetched whole; a link is removed, never what it points at

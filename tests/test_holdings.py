@@ -213,3 +213,14 @@ def test_check_says_what_is_wrong(dest: Dest, tmp_path: Path) -> None:
     (dest.layout.dest / "l").symlink_to("p")
     assert check(root, whole("l", b"".join(pieces))).why == (
         "not a regular file inside the destination")
+
+
+def test_a_file_bad_in_some_parts_keeps_the_others_for_a_repair(dest: Dest) -> None:
+    pieces = [os.urandom(1000) for _ in range(3)]
+    entry = by_parts("p", pieces)
+    dest.put(entry, pieces[0] + bytes(1000) + pieces[2])
+    verdict = check(str(dest.layout.dest), entry)
+    good = verdict.good_ranges(entry)
+    assert good is not None and good.as_list() == [[0, 1000], [2000, 3000]]
+    dest.put(entry, bytes(3000))
+    assert check(str(dest.layout.dest), entry).good_ranges(entry) is None  # nothing to keep
