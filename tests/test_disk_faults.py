@@ -37,6 +37,7 @@ from helpers import (
     Nginx,
     Tmpfs,
     assert_clean,
+    assert_installed,
     assert_no_traceback,
     assert_one_error_line,
     files_of,
@@ -158,19 +159,24 @@ def test_a_file_size_limit_stops_the_run_naming_the_file(
 # --- 7. ENOSPC -------------------------------------------------------------------------------
 
 
-def _fill(where: Path) -> int:
-    """Write a filler file until the file system is full; return its size."""
+def _fill(where: Path, leave: int = 0) -> int:
+    """Write a filler file until the file system is full, or has about ``leave`` bytes free;
+    return its size."""
     size = 0
     with (where / "filler").open("wb", buffering=0) as filler:
         for block in (MiB, 4 * KiB, 512):
             data = b"\xa5" * block
-            while True:
+            while not leave or _free(where) >= leave + block:
                 try:
                     size += filler.write(data)
                 except OSError as exc:
                     assert exc.errno == errno.ENOSPC, exc
                     break
     return size
+
+
+def _free(where: Path) -> int:
+    return shutil.disk_usage(where).free
 
 
 def test_a_full_disk_stops_the_run_naming_the_file(
@@ -255,6 +261,36 @@ def test_a_disk_filled_mid_run_fails_the_file_it_was_writing_and_the_rerun_finis
     for name, content in data.items():
         assert (dest / name).read_bytes() == content, name
     assert not (dest / ".mpdl" / "staging").exists()
+
+
+def test_a_disk_filled_under_zlib_parts_never_places_their_file(
+    depot: Depot, tmpfs: Tmpfs, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    """The same with a GOG V2 file (zlib chunks, each checked by its md5 in a worker, so the
+    writer is given no hash to check at close): when its chunks' writes fail it never takes
+    its final name, and the re-run installs the depot exactly."""
+    mnt = tmpfs("6m")
+    assert mnt is not None
+    dest = mnt / "game"
+    pak = next(f for f in files_of(depot.manifest) if f["path"] == "data/level1.pak")
+    others = {f["path"] for f in files_of(depot.manifest)} - {pak["path"]}
+    with FaultServer(depot.root) as server:
+        server.set_fault("chunks/", Fault(delay=5.0))  # past the first checkpoint (3 s)
+        manifest = write_manifest(tmp_path, depot.manifest, server.url)
+        run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        run.wait_for("the other files journaled", lambda: others <= journal_paths(dest))
+        # Room for all its chunks but most of the last one written: its other tasks are done
+        # when the failed write is reported, so the file is closed (the case that placed it).
+        _fill(mnt, leave=pak["size"] - 64 * KiB)
+        code = run.finish()
+        assert_stopped_on_disk_error(run, code, dest, os.strerror(errno.ENOSPC))
+        assert not (dest / pak["path"]).exists(), "level1.pak took its final name unwritten"
+        assert_clean(run)
+        (mnt / "filler").unlink()
+        again = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        assert again.finish() == 0, again.stderr
+        assert_clean(again)
+    assert_installed(dest, depot)
 
 
 # --- 8. the up-front free-space check --------------------------------------------------------
