@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
 from .headers import merge_headers
+from .holdings import Build, survey
 from .journal import Journal
 from .layout import Layout, escaping_links, make_folder_inside, place_link
 from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
@@ -24,7 +25,6 @@ from .ranges import RangeSet
 from .retry import RetryPolicy
 from .scheduler import Limits, Scheduler
 from .supervisor import UNFINISHED, RefreshUrl, Supervisor, open_ring
-from .holdings import Build, survey
 from .update import Update
 
 log = logging.getLogger("mpdl")
