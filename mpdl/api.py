@@ -119,6 +119,7 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     result.skipped += [entry.path for entry in held.in_place()]
     todo, have = held.todo(), held.have()
     builds = update.mark_moves(held.builds())
+    del held  # a record per file: not kept through the fetch (100,000 files)
     _check_free_space(layout.dest, _space_needed(todo, have, builds))
     layout.dest.mkdir(parents=True, exist_ok=True)
     sizes = [entry.size for entry in parsed.files]
