@@ -12,11 +12,11 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import MpdlError, NotEnoughSpace
-from .hashing import hash_file, hash_next
+from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
 from .headers import merge_headers
+from .holdings import Build, survey
 from .journal import Journal
-from .layout import Layout, escaping_links, inside, make_folder_inside, place_link
+from .layout import Layout, escaping_links, make_folder_inside, place_link
 from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
 from .options import Options
 from .plan import Plan, Planner, known_object_ends
@@ -24,8 +24,8 @@ from .progress import Counts, ProgressCallback, Tracker, human_bytes
 from .ranges import RangeSet
 from .retry import RetryPolicy
 from .scheduler import Limits, Scheduler
-from .supervisor import RefreshUrl, Supervisor, open_ring
-from .update import Build, Update
+from .supervisor import UNFINISHED, RefreshUrl, Supervisor, open_ring
+from .update import Update
 
 log = logging.getLogger("mpdl")
 
@@ -104,63 +104,94 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     result = Result()
     journal = Journal(layout.state_dir)
     try:
-        update = Update(layout, parsed, journal, keep_removed=keep_removed)
-        todo = _still_to_fetch(parsed, layout, journal, result)
-        have = _resumable(todo, layout, journal)
-        builds = update.find(todo, have)
-        _check_free_space(layout.dest, _space_needed(todo, have, builds))
-        layout.dest.mkdir(parents=True, exist_ok=True)
-        sizes = [entry.size for entry in parsed.files]
-        counts = Counts(files_done=len(result.skipped))
-        tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
-                          progress)
-        counts.bytes_done = _bytes_in_place(parsed, todo, have)
-        todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result)
-        planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
-                          spread=opts.connections, object_ends=known_object_ends(parsed.files))
-        plan = planner.plan(todo, have=have)
-        log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
-                 len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),
-                 len(result.skipped), plan.describe())
-        counts.files_done = len(result.skipped) + len(result.completed)
-        counts.bytes_done = _bytes_in_place(parsed, todo, have)
-        asked = [task.length for task in plan.tasks]
-        tracker.bytes_to_fetch = None if None in asked else sum(asked)
-
-        def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
-            if ok:
-                result.completed.append(entry.path)
-            else:
-                result.failed[entry.path] = reason
-                log.info("%s failed: %s", entry.path, reason)
-
-        if todo:
-            result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
-                                  file_done, refresh_url, keep_state, redirects or {})
-            result.bytes_fetched = counts.bytes_fetched
-            result.bytes_to_fetch = tracker.bytes_to_fetch
-            result.bytes_written = counts.bytes_written
-        for link in parsed.links:
-            try:
-                place_link(layout, link)
-            except OSError as exc:
-                result.failed[link.path] = f"cannot make the link: {exc.strerror or exc}"
-        for link in escaping_links(layout, parsed.links):
-            result.failed[link.path] = "the link leads out of the destination through other links"
-        for directory in parsed.directories:
-            try:
-                if not make_folder_inside(str(layout.final(directory.path)), str(layout.dest)):
-                    result.failed[directory.path] = "its folder leads out of the destination"
-            except OSError as exc:
-                result.failed[directory.path] = f"cannot make the folder: {exc.strerror or exc}"
-        if result.ok:
-            result.removed += update.finish()
-        result.elapsed = time.monotonic() - started
-        tracker.tick(final=True)
+        _fill(parsed, layout, journal, opts, result, progress=progress, streamed=streamed,
+              refresh_url=refresh_url, keep_state=keep_state, keep_removed=keep_removed,
+              redirects=redirects or {})
+    except RunStopped as exc:  # the journal or the state folder could not be written
+        result.error = str(exc)
+        _unfinished(parsed, result)
     finally:
-        journal.close()
+        try:
+            journal.close()
+        except JournalError as exc:  # its last lines are lost: the run is not complete
+            result.error = result.error or str(exc)
+    result.elapsed = time.monotonic() - started
     _tidy_state(layout, keep_state, result.ok)
     return result
+
+
+def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, result: Result, *,
+          progress: ProgressCallback | None, streamed: tuple[str, ...],
+          refresh_url: RefreshUrl | None, keep_state: bool, keep_removed: bool,
+          redirects: Mapping[str, str]) -> None:
+    """``run``'s work, into ``result``: what DEST holds, the local copies, the fetch, links
+    and folders, and, once every file is in place, the update's end. Raises NotEnoughSpace
+    before writing anything, and RunStopped when the journal or the state folder cannot be
+    written."""
+    update = Update(layout, parsed, journal, keep_removed=keep_removed)
+    held = survey(parsed, layout, journal, known=update.old)
+    result.skipped += [entry.path for entry in held.in_place()]
+    todo, have = held.todo(), held.have()
+    builds = update.mark_moves(held.builds())
+    del held  # a record per file: not kept through the fetch (100,000 files)
+    _check_free_space(layout.dest, _space_needed(todo, have, builds))
+    layout.dest.mkdir(parents=True, exist_ok=True)
+    sizes = [entry.size for entry in parsed.files]
+    counts = Counts(files_done=len(result.skipped))
+    tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
+                      progress)
+    counts.bytes_done = _bytes_in_place(parsed, todo, have)
+    todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result)
+    planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
+                      spread=opts.connections, object_ends=known_object_ends(parsed.files))
+    plan = planner.plan(todo, have=have)
+    log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
+             len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),
+             len(result.skipped), plan.describe())
+    counts.files_done = len(result.skipped) + len(result.completed)
+    counts.bytes_done = _bytes_in_place(parsed, todo, have)
+    asked = [task.length for task in plan.tasks]
+    tracker.bytes_to_fetch = None if None in asked else sum(asked)
+
+    def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
+        if ok:
+            result.completed.append(entry.path)
+        else:
+            result.failed[entry.path] = reason
+            log.info("%s failed: %s", entry.path, reason)
+
+    if todo:
+        result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
+                              file_done, refresh_url, keep_state, redirects)
+        result.bytes_fetched = counts.bytes_fetched
+        result.bytes_to_fetch = tracker.bytes_to_fetch
+        result.bytes_written = counts.bytes_written
+    for link in parsed.links:
+        try:
+            place_link(layout, link)
+        except OSError as exc:
+            result.failed[link.path] = f"cannot make the link: {exc.strerror or exc}"
+    for link in escaping_links(layout, parsed.links):
+        result.failed[link.path] = "the link leads out of the destination through other links"
+    for directory in parsed.directories:
+        try:
+            if not make_folder_inside(str(layout.final(directory.path)), str(layout.dest)):
+                result.failed[directory.path] = "its folder leads out of the destination"
+        except OSError as exc:
+            result.failed[directory.path] = f"cannot make the folder: {exc.strerror or exc}"
+    if result.ok:
+        result.removed += update.remove_unlisted()
+        update.install()
+    tracker.tick(final=True)
+
+
+def _unfinished(manifest: Manifest, result: Result) -> None:
+    """The run stopped before these files ended: they fail, with the reason the CLI does not
+    repeat file by file (the run's error says it)."""
+    ended = {*result.completed, *result.skipped, *result.failed}
+    for entry in manifest.files:
+        if entry.path not in ended:
+            result.failed[entry.path] = UNFINISHED
 
 
 def _space_needed(todo: list[tuple[int, FileEntry]], have: Mapping[int, RangeSet],
@@ -238,63 +269,6 @@ def _check_free_space(dest: Path, needed: int) -> None:
     free = shutil.disk_usage(existing).free
     if needed > free:
         raise NotEnoughSpace(str(existing), needed, free)
-
-
-def _still_to_fetch(manifest: Manifest, layout: Layout, journal: Journal,
-                    result: Result) -> list[tuple[int, FileEntry]]:
-    """Files not already in place; a file is in place if the journal or its hash says so."""
-    todo = []
-    folders: dict[Path, bool] = {}
-    for file_id, entry in enumerate(manifest.files):
-        final = layout.final(entry.path)
-        if final.parent not in folders:  # a file seen through a planted link is not in place
-            folders[final.parent] = inside(final.parent, layout.dest)
-        # A file mpdl wrote with another identity (an update) is not hashed again to find
-        # out; one it does not know, or knew by its size only (journals older than identities
-        # of part hashes), is, and is journaled if it is the one.
-        written = journal.written(entry.path, final) if folders[final.parent] else None
-        if written is not None and written.endswith(":None") and written != entry.identity:
-            written = None
-        if not folders[final.parent]:
-            todo.append((file_id, entry))
-        elif written == entry.identity:
-            result.skipped.append(entry.path)
-        elif written is None and _verified_on_disk(entry, final):
-            journal.record(entry, final)
-            result.skipped.append(entry.path)
-        else:
-            todo.append((file_id, entry))
-    return todo
-
-
-def _resumable(todo: list[tuple[int, FileEntry]], layout: Layout,
-               journal: Journal) -> dict[int, RangeSet]:
-    """Byte ranges earlier runs left durable in the staging files of files still to fetch."""
-    have = {}
-    for file_id, entry in todo:
-        ranges = journal.resumable(entry, layout.staging(entry))
-        if ranges:
-            have[file_id] = ranges
-    return have
-
-
-def _verified_on_disk(entry: FileEntry, final: Path) -> bool:
-    """A file nobody recorded is still taken when its size and its hash match, or, without a
-    file hash, every part's (repair mode; a run killed after placing a file but before its
-    journal line was written)."""
-    hashed = bool(entry.parts) and all(part.hash for part in entry.parts)
-    if entry.size is None or (entry.hash is None and not hashed):
-        return False
-    try:
-        if not final.is_file() or final.is_symlink() or final.stat().st_size != entry.size:
-            return False
-        if entry.hash is not None:
-            return entry.hash.matches(hash_file(final, entry.hash.algo))
-        with open(final, "rb", buffering=0) as file:
-            return all(part.hash.matches(hash_next(file, part.hash.algo, part.size)[0])
-                       for part in entry.parts if part.hash)
-    except OSError:
-        return False
 
 
 def _tidy_state(layout: Layout, keep_state: bool, ok: bool) -> None:

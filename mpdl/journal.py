@@ -14,7 +14,10 @@ signed URLs change between runs, or the chunk size:
   is fetched again rather than spliced (absent in older journals: nothing is known);
 - a file an update removed: ``{"path", "removed": true}``.
 
-The last line for a path wins. A torn last line (a crash mid-write) is ignored.
+The last line for a path wins. A torn last line (a crash, or a disk that filled, mid-write)
+is ignored, and the next run starts its lines on a line of their own, so a torn line never
+swallows a later one. A line that cannot be written stops the run (JournalError): the journal
+then claims less than the disk holds, never more.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Journal:
         self._done: dict[str, tuple[str, int]] = {}  # path -> (key, mtime_ns): small, per file
         self._partial: dict[str, dict] = {}
         self._out: TextIO | None = None
+        self._broken: str | None = None  # why a line could not be written: no more are
         lines = 0
         try:
             with open(self.path, encoding="utf-8") as text:
@@ -146,21 +150,36 @@ class Journal:
 
     def _write(self, record: dict) -> None:
         self._remember(record)
+        self._check()
         try:
             if self._out is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._out = open(self.path, "a", encoding="utf-8")
+                if not _ends_a_line(self.path):
+                    self._out.write("\n")
             self._out.write(json.dumps(record) + "\n")
         except OSError as exc:
-            raise JournalError(str(self.path), exc.strerror or str(exc)) from None
+            self._failed(exc)
 
     def flush(self) -> None:
         """Hand the lines written so far to the OS (records come in batches: flush once)."""
+        self._check()
         if self._out is not None:
             try:
                 self._out.flush()
             except OSError as exc:
-                raise JournalError(str(self.path), exc.strerror or str(exc)) from None
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        """A line was not written (a full disk): the buffered lines may be lost with it, so
+        none is written after them, lest the journal hold a later line without an earlier one
+        (a staging file's ``forget``, say)."""
+        self._broken = exc.strerror or str(exc)
+        self._check()
+
+    def _check(self) -> None:
+        if self._broken is not None:
+            raise JournalError(str(self.path), self._broken)
 
     def _compact(self) -> None:
         """One line per path, written aside and renamed over, so a crash keeps the old one."""
@@ -172,10 +191,28 @@ class Journal:
                 for record in self._partial.values():
                     out.write(json.dumps(record) + "\n")
             os.replace(fresh, self.path)
-        except OSError:
-            pass  # a long journal is only slower to read
+        except OSError:  # a full disk: a long journal is only slower to read
+            try:
+                os.unlink(fresh)
+            except OSError:
+                pass
 
     def close(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        """Flush and close; JournalError if the last lines could not be written (the file is
+        closed all the same)."""
+        out, self._out = self._out, None
+        if out is not None:
+            try:
+                out.close()
+            except OSError as exc:
+                self._failed(exc)
+        self._check()
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether ``path`` is empty or ends with a newline (not a torn line)."""
+    with open(path, "rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return True
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"

@@ -3,14 +3,13 @@
 DEST/.mpdl/installed.json is the manifest of the last run that ended with every file in place
 (an mpdl/1 manifest, readable by any tool; installed.json.id its fingerprint); pending/ holds
 the manifest of each run under way, so interrupted updates (even several in a row) still know
-what they may have placed. From them, a run:
+what they may have placed. Which files are unchanged (kept without being read: the journal
+and a stat say they are as mpdl wrote them) and which local bytes each other file can be built
+from (a whole file of the same identity anywhere in the install, else each part whose hash
+matches a part of any file mpdl installed) is mpdl.holdings' to say, given the manifests
+installed before (``Update.old``). From there, a run:
 
-- keeps unchanged files without reading them (the journal and a stat say they are as mpdl
-  wrote them: ``api._still_to_fetch``);
-- builds every other file from local bytes wherever they are: a whole file of the same
-  identity (moved or copied: same size and hash) anywhere in the install, else each part whose
-  hash matches a part of any file mpdl installed. The sources are the files of those manifests
-  (old and new) that the journal says are still as written. Each reused span is hashed as it is
+- builds those files from the local bytes: each reused span is hashed as it is
   read and written into the file's staging file; the spans that matched are made durable and
   journaled, file by file as the copies finish, like a resumed download's ranges, so the fetch
   asks only for the rest. A moved file whose old path goes away is hard-linked rather than
@@ -48,9 +47,10 @@ from pathlib import Path
 
 import xxhash
 
-from .errors import ManifestError
+from .errors import DiskError, ManifestError
 from .child import child_setup
-from .hashing import HashSpec, hash_file, new_hasher
+from .hashing import hash_file, new_hasher
+from .holdings import Build, Copy
 from .journal import Journal
 from .layout import Layout, inside, make_folder_inside
 from .manifest import FileEntry, Manifest, parse_manifest
@@ -64,83 +64,6 @@ PENDING = "pending"  # a folder: one manifest per run under way, named by its fi
 READ_SIZE = 1024 * 1024
 #: Below this many bytes to copy, the copies run in this process: a pool costs more to start.
 POOL_FROM = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Copy:
-    """``size`` bytes at ``source_offset`` of the installed file ``source`` (a manifest path)
-    go to ``offset`` of the file being built, if they hash to ``hash`` as they are read."""
-
-    source: str
-    source_offset: int
-    offset: int
-    size: int
-    hash: HashSpec
-
-
-@dataclass(frozen=True, slots=True)
-class Build:
-    """The local bytes one file of the run can be built from. ``link``: the file is one
-    whole copy of a file whose old path goes away, so its staging file may be a hard link."""
-
-    file_id: int
-    entry: FileEntry
-    copies: tuple[Copy, ...]
-    link: bool = False
-
-    @property
-    def whole(self) -> bool:
-        """One copy of the whole file, checked against the file's own hash."""
-        return (len(self.copies) == 1 and self.copies[0].size == self.entry.size
-                and self.copies[0].hash == self.entry.hash)
-
-
-@dataclass
-class Sources:
-    """Where bytes of known content are in DEST: files by identity, parts by (size, hash)."""
-
-    files: dict[str, str] = field(default_factory=dict)  # identity -> path
-    parts: dict[tuple[int, str], tuple[str, int]] = field(default_factory=dict)
-
-    def add(self, entry: FileEntry) -> None:
-        if entry.size is None:
-            return
-        if entry.hash is not None or (entry.parts and all(p.hash for p in entry.parts)):
-            self.files.setdefault(entry.identity, entry.path)  # an identity that names bytes
-        offset = 0
-        for part in entry.parts:
-            if part.hash is not None:
-                self.parts.setdefault((part.size, str(part.hash)), (entry.path, offset))
-            offset += part.size
-
-
-def find_builds(todo: Iterable[tuple[int, FileEntry]], sources: Sources,
-                have: dict[int, RangeSet]) -> list[Build]:
-    """The copies that build each file of ``todo`` from ``sources``, but for the bytes it
-    already ``have``s: the whole file from a file of its identity (moved or copied), else each
-    hashed part from wherever a part of that content is. Pure: nothing is read here."""
-    builds = []
-    for fid, entry in todo:
-        if not entry.size:
-            continue
-        had = have.get(fid)
-        copies: list[Copy] = []
-        twin = sources.files.get(entry.identity)
-        if twin is not None and entry.hash is not None and not had:
-            copies.append(Copy(twin, 0, 0, entry.size, entry.hash))
-        else:
-            offset = 0
-            for part in entry.parts:
-                found = sources.parts.get((part.size, str(part.hash))) if part.hash else None
-                if twin is not None and part.hash is not None:
-                    found = (twin, offset)  # the same file elsewhere: its parts where they are
-                if (found is not None and part.hash is not None and part.size
-                        and not (had and had.covers(offset, offset + part.size))):
-                    copies.append(Copy(found[0], found[1], offset, part.size, part.hash))
-                offset += part.size
-        if copies:
-            builds.append(Build(fid, entry, tuple(copies)))
-    return builds
 
 
 def copy_spans(dest: str, staging: str, size: int, copies: tuple[Copy, ...],
@@ -259,8 +182,9 @@ class Reused:
 
 
 class Update:
-    """One run's view of the install it changes: the manifests mpdl installed before, the
-    sources they give, and, at the end, what to remove."""
+    """One run's view of the install it changes: the manifests mpdl installed before
+    (``old``, which mpdl.holdings takes its sources from), the local copies and moves, and, at
+    the end, what to remove."""
 
     def __init__(self, layout: Layout, manifest: Manifest, journal: Journal, *,
                  keep_removed: bool = False) -> None:
@@ -311,27 +235,9 @@ class Update:
 
     # -- reuse ---------------------------------------------------------------------------------
 
-    def sources(self) -> Sources:
-        """The files of every known manifest that are in DEST as mpdl wrote them."""
-        found = Sources()
-        seen: set[tuple[str, str]] = set()
-        for manifest in (*self.old, self.manifest):
-            for entry in manifest.files:
-                key = (entry.path, entry.identity)
-                if key in seen:
-                    continue
-                seen.add(key)
-                if self.journal.holds(entry, self.layout.final(entry.path)):
-                    found.add(entry)
-        return found
-
-    def find(self, todo: list[tuple[int, FileEntry]],
-             have: dict[int, RangeSet]) -> list[Build]:
-        """What ``todo`` can be built from (``find_builds``); a whole copy of a file whose old
-        path goes away (a move) is marked to be a hard link, once per source."""
-        if not todo:
-            return []
-        builds = find_builds(todo, self.sources(), have)
+    def mark_moves(self, builds: list[Build]) -> list[Build]:
+        """The builds of the run (mpdl.holdings), a whole copy of a file whose old path goes
+        away (a move) marked to be a hard link, once per source."""
         if self.keep_removed:
             return builds
         linked: set[str] = set()
@@ -457,11 +363,16 @@ class Update:
         self.journal.flush()
         return removed
 
-    def finish(self) -> list[str]:
+    def remove_unlisted(self) -> list[str]:
         """Every file is in place: remove what the old manifests installed and the new one no
-        longer lists (unless ``keep_removed``), then make the new manifest the installed one.
-        Returns the paths removed."""
-        removed = [] if self.keep_removed else self._remove_unlisted()
+        longer lists (unless ``keep_removed``). Returns the paths removed."""
+        return [] if self.keep_removed else self._remove_unlisted()
+
+    def install(self) -> None:
+        """Every file is in place: the new manifest becomes the installed one. installed.json
+        goes before its id, and pending/ is emptied only once both are written, so a failure
+        (DiskError, a full disk) leaves the next run knowing every manifest it may have
+        placed, and never claims the update complete."""
         if self._installed_id() != self.fingerprint:
             _replace(self._path(INSTALLED), _manifest_bytes(self.manifest))
             _replace(self._path(INSTALLED + ".id"), (self.fingerprint + "\n").encode())
@@ -471,7 +382,6 @@ class Update:
                 name.unlink()
             with contextlib.suppress(OSError):
                 pending.rmdir()
-        return removed
 
     def _remove_unlisted(self) -> list[str]:
         new = self.manifest
@@ -569,20 +479,25 @@ def _manifest_bytes(manifest: Manifest) -> bytes:
 def _replace(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all (a temporary file, fsynced, renamed over it), never
     through a link planted in the state folder; readable by its owner alone, as a manifest may
-    carry tokens (its headers, signed URLs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    carry tokens (its headers, signed URLs). A failure (a full disk) leaves the old ``path``
+    and no temporary file, and raises DiskError naming ``path``."""
     fresh = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(fresh)  # a link left there goes, not what it points at
-    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(fresh, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fresh)  # a link left there goes, not what it points at
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o600)
+        try:
+            write_at(fd, memoryview(data), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(fresh, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(fresh)
+        raise DiskError(str(path), exc.strerror or str(exc)) from None
 
 
 def _parents(paths: Iterable[str]) -> Iterator[str]:

@@ -1,11 +1,12 @@
 """Verify: hash every file of a manifest in DEST again, in parallel, and say what is wrong.
 
-Nothing is fetched or changed. Each file is checked in a process of a pool (hashing is CPU
-work, and large reads keep the disk busy): it must be a regular file inside DEST, of the
-manifest's size, and match its hashes: every part hash where the parts carry them (so a
-broken file says which parts are bad, and a repair need fetch only those), else the file's
-own hash. A file the manifest gives no hash is checked by its size alone, and says so.
-Progress counts the bytes read, like a download's.
+Nothing is fetched or changed. Each file is judged by mpdl.holdings' ``check``, the one a run
+uses for a file its journal does not know, in a process of a pool (hashing is CPU work, and
+large reads keep the disk busy): it must be a regular file inside DEST, of the manifest's
+size, and match its hashes: every part hash where the parts carry them (so a broken file says
+which parts are bad, and a repair need fetch only those), else the file's own hash. A file the
+manifest gives no hash is checked by its size alone, and says so. Unlike a run, verify trusts
+no journal: it reads every file. Progress counts the bytes read, like a download's.
 
 ``repair`` verifies, then fetches only what is bad: a file whose every part has a hash keeps
 its good parts (it becomes its own staging file, its good parts recorded in the journal as a
@@ -22,28 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .api import Result, run
-from .hashing import hash_next
+from .holdings import Verdict, check
 from .journal import Journal
-from .layout import Layout, inside
+from .layout import Layout
 from .manifest import FileEntry, ManifestSource, load_manifest
 from .options import Options
 from .progress import Counts, ProgressCallback, Tracker
-from .ranges import RangeSet
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """One file's verdict. ``why`` is empty for a good file; ``bad_parts`` lists the indexes
-    of the parts whose hash did not match; ``checked`` is False for a file without hashes."""
-
-    path: str
-    why: str = ""
-    bad_parts: tuple[int, ...] = ()
-    checked: bool = True
-    read: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.why
 
 
 @dataclass
@@ -58,45 +43,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.bad
-
-
-def check(dest: str, entry: FileEntry) -> Verdict:
-    """The verdict on one file (a top-level function: it runs in the pool's processes)."""
-    final = Layout(Path(dest)).final(entry.path)
-    try:
-        st = os.lstat(final)
-    except FileNotFoundError:
-        return Verdict(entry.path, "missing")
-    if not os.path.isfile(final) or os.path.islink(final) or not inside(final.parent, dest):
-        return Verdict(entry.path, "not a regular file inside the destination")
-    if entry.size is not None and st.st_size != entry.size:
-        return Verdict(entry.path, f"{st.st_size} bytes, the manifest says {entry.size}")
-    hashed = [(i, p) for i, p in enumerate(entry.parts) if p.hash is not None]
-    with open(final, "rb", buffering=0) as file:
-        if entry.parts and len(hashed) == len(entry.parts):
-            return _check_parts(entry, file)
-        if entry.hash is not None:
-            actual, read = hash_next(file, entry.hash.algo, st.st_size)
-            if not entry.hash.matches(actual):
-                return Verdict(entry.path, f"{entry.hash.algo} is {actual}, the manifest says "
-                                           f"{entry.hash.hexdigest}", read=read)
-            return Verdict(entry.path, read=read)
-    return Verdict(entry.path, checked=False)
-
-
-def _check_parts(entry: FileEntry, file) -> Verdict:
-    bad, read = [], 0
-    for index, part in enumerate(entry.parts):  # one after the other, as the file holds them
-        assert part.hash is not None
-        actual, n = hash_next(file, part.hash.algo, part.size)
-        read += n
-        if not part.hash.matches(actual):
-            bad.append(index)
-    if not bad:
-        return Verdict(entry.path, read=read)
-    shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
-    return Verdict(entry.path, f"{len(bad)} of {len(entry.parts)} parts do not match their "
-                               f"hashes (parts {shown})", bad_parts=tuple(bad), read=read)
 
 
 def verify(manifest: ManifestSource, dest: str | os.PathLike, *,
@@ -153,15 +99,11 @@ def _prepare(files: tuple[FileEntry, ...], layout: Layout, report: Report) -> No
             if verdict is None:
                 continue
             final = layout.final(entry.path)
-            if verdict.bad_parts and len(verdict.bad_parts) < len(entry.parts):
+            good = verdict.good_ranges(entry)
+            if good:
                 staging = layout.staging(entry)
                 staging.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(final, staging)
-                good, offset = RangeSet(), 0
-                for index, part in enumerate(entry.parts):
-                    if index not in verdict.bad_parts:
-                        good.add(offset, offset + part.size)
-                    offset += part.size
                 journal.record_partial(entry, staging, good)
             elif os.path.islink(final) or os.path.isfile(final):
                 os.unlink(final)  # fetched whole; a link is removed, never what it points at

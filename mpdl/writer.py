@@ -11,6 +11,13 @@ writes, and a Sync waits for every job before it. So a SlotWritten goes out only
 bytes are written, a file gets its final name only after its hash matched, and Synced only
 after fsync/syncfs covered every write sent before the Sync. A record that is not a ToWriter
 is a bug: UnknownRecord.
+
+A file takes its final name only when every byte sent for it reached its staging file: any
+write to it that fails (no space, an I/O error, a file too large, a write that writes
+nothing) fails the file at its close, whatever its hash says, since the hash a worker or the
+streamed hash checked is of the bytes the writer was given, not of what the disk holds. Its
+staging file stays: the journal claims only bytes written and made durable before, so the
+next run resumes from those. A disk-wide error also stops the run (WriteFailed).
 """
 
 from __future__ import annotations
@@ -65,9 +72,11 @@ PER_FILE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG
 
 
 def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """All of ``data`` at ``offset``."""
+    """All of ``data`` at ``offset``, or OSError."""
     while data:
         n = os.pwrite(fd, data, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "a write wrote nothing")
         data, offset = data[n:], offset + n
 
 
@@ -76,6 +85,8 @@ def seek_write_all(fd: int, data: memoryview, offset: int) -> None:
     os.lseek(fd, offset, os.SEEK_SET)
     while data:
         n = os.write(fd, data)
+        if n <= 0:
+            raise OSError(errno.EIO, "a write wrote nothing")
         data = data[n:]
 
 
@@ -124,10 +135,11 @@ class StreamHash:
 
 class Staged:
     """One staging file as the jobs share it: its descriptor (opened on demand, see FdCache),
-    its streamed hash, and whether a job dropped it after an error that fails this file."""
+    its streamed hash, whether a job dropped it after an error that fails this file, and why
+    a write to it failed (then it never takes its final name)."""
 
     __slots__ = ("file_id", "path", "fd", "users", "stream", "lock", "opened", "writes",
-                 "dropped")
+                 "dropped", "unwritten")
 
     def __init__(self, file_id: int, path: str) -> None:
         self.file_id = file_id
@@ -139,6 +151,7 @@ class Staged:
         self.opened: Future | None = None  # the job that creates it
         self.writes: list[Future] = []  # its write jobs not known to be done
         self.dropped = False
+        self.unwritten: str | None = None  # the first failed write's error
 
 
 _DONE: Future = Future()  # what an inline job returns: done at once
@@ -333,8 +346,8 @@ class Writer:
         written = 0
         with self.ring.view(slot) as view:
             for staged, piece in pieces:
-                if staged.dropped:
-                    continue
+                if staged.dropped or staged.unwritten is not None:
+                    continue  # failed already: its bytes count for nothing now
                 try:
                     fd = self.fds.use(staged)
                     try:
@@ -360,6 +373,10 @@ class Writer:
         if not record.keep:
             remove([path, copy_path(path), aside_path(path)])
             return [FileClosed(file_id=record.file_id, ok=False, reason="discarded")]
+        if staged.unwritten is not None:  # kept: its durable bytes are the next run's
+            return [FileClosed(file_id=record.file_id, ok=False,
+                               reason=f"not all of it was written ({staged.unwritten}); what "
+                                      "was is kept for a re-run")]
         try:
             if record.round == 3:
                 vote(path, record.differing, aside_path(path))
@@ -428,13 +445,16 @@ class Writer:
         return known
 
     def _file_error(self, staged: Staged, exc: OSError) -> FileClosed | WriteFailed:
-        """A disk-wide error stops the run; a problem with this one path fails this file."""
+        """A disk-wide error stops the run, and the file fails at its close; a problem with
+        this one path fails this file now."""
         if exc.errno in PER_FILE_ERRORS:
             staged.dropped = True
             self.fds.close(staged)
             _remove(staged.path)
             return FileClosed(file_id=staged.file_id, ok=False, reason=f"{staged.path}: "
                                                                        f"{_why(exc)}")
+        if staged.unwritten is None:
+            staged.unwritten = _why(exc)
         return WriteFailed(file_id=staged.file_id, path=staged.path, reason=_why(exc))
 
     def drain(self) -> None:

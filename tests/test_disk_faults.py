@@ -2,7 +2,8 @@
 
 A disk that refuses bytes (EFBIG, ENOSPC, EACCES, EROFS) stops the run with exit 1 and one
 ``mpdl: error:`` line naming the path and the error, no traceback; what finished before the
-fault stays journaled, and no process nor shared memory outlives the run. The up-front free-space
+fault stays journaled, a file whose bytes did not all reach the disk never takes its final
+name, and no process nor shared memory outlives the run. The up-front free-space
 check refuses before the first request. Memory stays bounded with 100,000 files and with one
 512 MiB file.
 
@@ -36,6 +37,7 @@ from helpers import (
     Nginx,
     Tmpfs,
     assert_clean,
+    assert_installed,
     assert_no_traceback,
     assert_one_error_line,
     files_of,
@@ -157,19 +159,24 @@ def test_a_file_size_limit_stops_the_run_naming_the_file(
 # --- 7. ENOSPC -------------------------------------------------------------------------------
 
 
-def _fill(where: Path) -> int:
-    """Write a filler file until the file system is full; return its size."""
+def _fill(where: Path, leave: int = 0) -> int:
+    """Write a filler file until the file system is full, or has about ``leave`` bytes free;
+    return its size."""
     size = 0
     with (where / "filler").open("wb", buffering=0) as filler:
         for block in (MiB, 4 * KiB, 512):
             data = b"\xa5" * block
-            while True:
+            while not leave or _free(where) >= leave + block:
                 try:
                     size += filler.write(data)
                 except OSError as exc:
                     assert exc.errno == errno.ENOSPC, exc
                     break
     return size
+
+
+def _free(where: Path) -> int:
+    return shutil.disk_usage(where).free
 
 
 def test_a_full_disk_stops_the_run_naming_the_file(
@@ -204,6 +211,87 @@ def test_a_full_disk_stops_the_run_naming_the_file(
     assert assert_done_files_right(dest, served) >= SMALL_PATHS
     assert not (dest / BIG_PATH).exists()
     assert_clean(run)
+
+
+def test_a_disk_filled_mid_run_fails_the_file_it_was_writing_and_the_rerun_finishes(
+    tmpfs: Tmpfs, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    """Another program takes the space after mpdl's free-space check, while b.bin's response
+    is held back: b.bin's writes fail, so b.bin fails (it never takes its final name, whatever
+    its hash said of the bytes mpdl was given) and is not counted in place; the other files
+    stand right. Once the space is back the same command finishes byte-exact."""
+    mnt = tmpfs("4m")
+    assert mnt is not None
+    dest = mnt / "game"
+    root = tmp_path / "served"
+    rng = random.Random(17)
+    files, data = [], {}
+    for name, size, hashed in (("a.bin", 700_000, True), ("b.bin", 1_200_000, True),
+                               ("c.bin", 1_000_000, False)):
+        data[name] = rng.randbytes(size)
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).write_bytes(data[name])
+        item = {"path": name, "size": size, "url": name}
+        if hashed:
+            item["hash"] = "sha256:" + hashlib.sha256(data[name]).hexdigest()
+        files.append(item)
+    assert sum(map(len, data.values())) < shutil.disk_usage(mnt).free
+    with FaultServer(root) as server:
+        # Held back past the first checkpoint (3 s), which journals a.bin and c.bin: the
+        # journal has its page then, and the disk fills under b.bin's writes alone.
+        server.set_fault("b.bin", Fault(delay=6.0))
+        manifest = write_manifest(tmp_path, {"format": "mpdl/1", "files": files}, server.url)
+        run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        run.wait_for("a.bin and c.bin journaled",
+                     lambda: {"a.bin", "c.bin"} <= journal_paths(dest))
+        assert not (dest / "b.bin").exists(), "b.bin came before the disk filled: no test"
+        _fill(mnt)
+        code = run.finish()
+        assert_stopped_on_disk_error(run, code, dest, os.strerror(errno.ENOSPC))
+        assert not (dest / "b.bin").exists(), "b.bin took its final name with bytes not written"
+        assert "b.bin" not in journal_paths(dest)
+        for name in ("a.bin", "c.bin"):
+            assert (dest / name).read_bytes() == data[name], name
+        assert "mpdl: 2 of 3 files in place" in run.stderr, run.stderr
+        assert_clean(run)
+        (mnt / "filler").unlink()
+        again = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        assert again.finish() == 0, again.stderr
+        assert_clean(again)
+    for name, content in data.items():
+        assert (dest / name).read_bytes() == content, name
+    assert not (dest / ".mpdl" / "staging").exists()
+
+
+def test_a_disk_filled_under_zlib_parts_never_places_their_file(
+    depot: Depot, tmpfs: Tmpfs, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    """The same with a GOG V2 file (zlib chunks, each checked by its md5 in a worker, so the
+    writer is given no hash to check at close): when its chunks' writes fail it never takes
+    its final name, and the re-run installs the depot exactly."""
+    mnt = tmpfs("6m")
+    assert mnt is not None
+    dest = mnt / "game"
+    pak = next(f for f in files_of(depot.manifest) if f["path"] == "data/level1.pak")
+    others = {f["path"] for f in files_of(depot.manifest)} - {pak["path"]}
+    with FaultServer(depot.root) as server:
+        server.set_fault("chunks/", Fault(delay=6.0))  # past the first checkpoint (3 s)
+        manifest = write_manifest(tmp_path, depot.manifest, server.url)
+        run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        run.wait_for("the other files journaled", lambda: others <= journal_paths(dest))
+        assert not (dest / pak["path"]).exists(), "level1.pak came before the disk filled"
+        # Room for all its chunks but most of the last one written: its other tasks are done
+        # when the failed write is reported, so the file is closed (the case that placed it).
+        _fill(mnt, leave=pak["size"] - 64 * KiB)
+        code = run.finish()
+        assert_stopped_on_disk_error(run, code, dest, os.strerror(errno.ENOSPC))
+        assert not (dest / pak["path"]).exists(), "level1.pak took its final name unwritten"
+        assert_clean(run)
+        (mnt / "filler").unlink()
+        again = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        assert again.finish() == 0, again.stderr
+        assert_clean(again)
+    assert_installed(dest, depot)
 
 
 # --- 8. the up-front free-space check --------------------------------------------------------

@@ -1,7 +1,7 @@
 """Updates: a GOG-style build 2 over an install of build 1, served by nginx. Changed, moved,
 copied, added and removed files; the server's access log must show exactly the chunks that
 exist nowhere in the old install, and every file must end byte-exact. Also the pure part
-(mpdl.update.find_builds), an update interrupted by SIGKILL and finished by a re-run, and what
+(mpdl.holdings.find_builds), an update interrupted by SIGKILL and finished by a re-run, and what
 the CLI reports.
 """
 
@@ -30,7 +30,7 @@ from mpdl.hashing import parse_hash
 from mpdl.manifest import FileEntry, Part, parse_manifest
 from mpdl.ranges import RangeSet
 from mpdl import update
-from mpdl.update import Copy, Sources, find_builds
+from mpdl.holdings import Copy, Sources, find_builds
 
 KiB = 1024
 CHUNK = 16 * KiB

@@ -1,7 +1,9 @@
-"""The writer's two ways to put bytes at an offset, and its streamed hash, on real files."""
+"""The writer's two ways to put bytes at an offset, its streamed hash, and what a failed write
+does to its file, on real files."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mpdl.messages import (CloseFile, Fetch, FileClosed, OpenFile, Piece, SlotWritten, Stop,
-                           UnknownRecord, WriteSlot)
+                           UnknownRecord, WriteFailed, WriteSlot)
 from mpdl.ring import Ring
 from mpdl.writer import StreamHash, Writer, pwrite_all, seek_write_all
 
@@ -127,3 +129,66 @@ def test_a_file_closes_only_after_every_write_sent_before_its_close(tmp_path: Pa
     finally:
         writer.close_all()
         ring.close()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EFBIG, 0],
+                         ids=["ENOSPC", "EIO", "EFBIG", "nothing written"])
+def test_a_failed_write_fails_its_file_at_close_and_keeps_its_staging_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """A file a worker verified (hash None at close: a checked range, zlib parts) has its
+    bytes checked before the writer gets them: a write that fails must fail it all the same,
+    and its staging file stays for the next run (the journal claims only what was durable).
+    The second slot's write writes half its bytes, then fails with ``code`` (0: the kernel
+    writes nothing, which is an error too)."""
+    data = os.urandom(3 * 4096)
+    ring = Ring.create(slot_size=4096, slots=3)
+    writer = Writer(ring, str(tmp_path), threads=2)
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, view: memoryview, offset: int) -> int:
+        if offset == 4096:
+            return real_pwrite(fd, view[:2048], offset)
+        if offset == 4096 + 2048:
+            if code:
+                raise OSError(code, os.strerror(code))
+            return 0
+        return real_pwrite(fd, view, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    try:
+        staging, final = tmp_path / "s" / "f.part", tmp_path / "f"
+        writer.handle(OpenFile(file_id=1, staging=str(staging), size=len(data), algo=None))
+        for slot in range(3):
+            with ring.view(slot) as view:
+                view[:] = data[slot * 4096:(slot + 1) * 4096]
+            writer.handle(WriteSlot(slot=slot, pieces=(
+                Piece(file_id=1, file_offset=slot * 4096, slot_offset=0, length=4096),)))
+        writer.handle(CloseFile(file_id=1, keep=True, destination=str(final), hash=None,
+                                executable=False))
+        out = replies(writer)
+    finally:
+        writer.close_all()
+        ring.close()
+    failed = [r for r in out if isinstance(r, WriteFailed)]
+    assert len(failed) == 1 and failed[0].path == str(staging), out
+    closed = [r for r in out if isinstance(r, FileClosed)]
+    assert len(closed) == 1 and not closed[0].ok, out
+    assert "not all of it was written" in closed[0].reason
+    assert SlotWritten(slot=1, written=0) in out, "bytes of a failed write counted as written"
+    assert not final.exists(), "a file took its final name with a write that failed"
+    assert staging.is_file(), "the staging file went: its durable bytes with it"
+
+
+def test_a_short_write_goes_on_until_every_byte_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pwrite may write less than asked and still succeed: the rest is written after."""
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, view, offset: real_pwrite(fd, view[:1000],
+                                                                            offset))
+    data = os.urandom(4500)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        pwrite_all(fd, memoryview(data), 0)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == data
