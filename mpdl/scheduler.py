@@ -356,6 +356,16 @@ class Scheduler:
     def abort(self, reason: str) -> None:
         """The run stops: unfinished files fail, their staging files stay for a re-run."""
         self.book.abort(reason)
+        self.interrupted()
+
+    def interrupted(self) -> None:
+        """The run stops under its attempts (an error, Ctrl-C, SIGTERM): the bytes they wrote
+        that only their end would have kept (a checked part, a compressed one) are not done
+        after all, so the last progress says what a re-run will find."""
+        for run in self.runs.values():
+            if run.state in IN_FLIGHT:
+                self.counts.bytes_done -= run.credited
+                run.credited = 0
 
     # -- moving tasks ---------------------------------------------------------------------------
 

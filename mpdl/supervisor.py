@@ -151,6 +151,8 @@ class Supervisor:
             self._carry_out()
         except BaseException:  # Ctrl-C, SIGTERM: keep what is done, then stop
             self._last_checkpoint(STOP_SYNC_SECONDS)
+            self.scheduler.interrupted()
+            self.tracker.tick(final=True)  # the last line: what the re-run will find
             raise
         finally:
             self._stop_children()

@@ -1357,6 +1357,21 @@ def test_progress_counts_a_restarted_files_written_slots_once():
     assert sim.s.counts.bytes_done == 1000 and sim.ended() == {"big": (True, "")}
 
 
+@pytest.mark.parametrize("checked", [False, True])
+def test_an_interrupted_run_takes_back_only_the_bytes_no_one_will_keep(checked):
+    """Ctrl-C or SIGTERM under a checked part: its written slot is lost with the attempt (the
+    part is fetched whole again), so progress gives it back; an unchecked range keeps it."""
+    parts = [part("big", 0, 1000, **({"hash": MD5} if checked else {}))]
+    sim = Sim({"path": "big", "size": 1000, "parts": parts}, spread=1,
+              tail=TailPolicy(min_steal_slots=100))
+    [big] = sim.fetches()
+    sim.fill(big, 100, last=False)
+    sim.written(sim.to_writer(WriteSlot)[0].slot)
+    assert sim.s.counts.bytes_done == 100
+    sim.s.interrupted()
+    assert sim.s.counts.bytes_done == (0 if checked else 100)
+
+
 def test_a_retry_rewriting_slots_its_failed_attempt_wrote_counts_them_once():
     sim = Sim(obj("big", 300), spread=1, tail=TailPolicy(min_steal_slots=100))
     [big] = sim.fetches()
