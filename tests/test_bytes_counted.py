@@ -8,10 +8,12 @@ that stops under an attempt still reports those bytes.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import random
 import time
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -51,18 +53,30 @@ def _records(inbox, until) -> list:
     return records
 
 
-@pytest.mark.parametrize("how", ["cancelled", "stopped"])
-def test_a_dropped_attempt_counts_what_had_arrived(served, how: str) -> None:
-    """The first slot fills and the attempt waits for the next while the server keeps sending
-    into the socket; then it is cancelled, or its worker stops. The records count more than
-    the one slot read, and never more than the server sent."""
-    server, size = served
+@contextlib.contextmanager
+def _worker() -> Iterator[tuple[Worker, Connection]]:
+    """A worker in this process with one connection and a ring of four slots; its records
+    arrive on the connection yielded beside it."""
     ring = Ring.create(SLOT, 4)
     inbox, outbox = multiprocessing.Pipe(duplex=False)
     pool = make_pool(Options(timeout=30), connections=1)
     worker = Worker(outbox, 0, ring, pool, threads=1)
     worker.start()
     try:
+        yield worker, inbox
+    finally:
+        worker.stop()
+        pool.clear()
+        ring.close()
+
+
+@pytest.mark.parametrize("how", ["cancelled", "stopped"])
+def test_a_dropped_attempt_counts_what_had_arrived(served, how: str) -> None:
+    """The first slot fills and the attempt waits for the next while the server keeps sending
+    into the socket; then it is cancelled, or its worker stops. The records count more than
+    the one slot read, and never more than the server sent."""
+    server, size = served
+    with _worker() as (worker, inbox):
         worker.handle(_fetch(server.url + "big.bin", size))
         [first] = _records(inbox, lambda rs: rs)
         assert isinstance(first, Filled) and first.fetched == SLOT
@@ -72,10 +86,6 @@ def test_a_dropped_attempt_counts_what_had_arrived(served, how: str) -> None:
         else:
             worker.stop()
         [end] = _records(inbox, lambda rs: any(isinstance(r, Failed) for r in rs))
-    finally:
-        worker.stop()
-        pool.clear()
-        ring.close()
     assert isinstance(end, Failed) and end.reason == how
     assert SLOT < first.fetched + end.fetched <= server.bytes_sent
 
@@ -84,21 +94,12 @@ def test_an_attempt_cut_ahead_counts_what_had_arrived_past_the_cut(served) -> No
     """Cut at the end of its second slot (a thief took the rest): the attempt reads up to
     the cut and ends there, counting the bytes that had arrived beyond it."""
     server, size = served
-    ring = Ring.create(SLOT, 4)
-    inbox, outbox = multiprocessing.Pipe(duplex=False)
-    pool = make_pool(Options(timeout=30), connections=1)
-    worker = Worker(outbox, 0, ring, pool, threads=1)
-    worker.start()
-    try:
+    with _worker() as (worker, inbox):
         worker.handle(_fetch(server.url + "big.bin", size))
         [first] = _records(inbox, lambda rs: rs)
         worker.handle(Cut(task_id=1, attempt=1, at=2 * SLOT))
         time.sleep(0.6)  # the server sends past the cut meanwhile
         worker.handle(Grant(task_id=1, attempt=1, slot=1))
         [last] = _records(inbox, lambda rs: rs)
-    finally:
-        worker.stop()
-        pool.clear()
-        ring.close()
     assert isinstance(last, Filled) and last.last and last.offset + last.length == 2 * SLOT
     assert 2 * SLOT < first.fetched + last.fetched <= server.bytes_sent
