@@ -17,14 +17,20 @@ from pathlib import Path
 
 import pytest
 
+import mpdl.board
 import mpdl.checkpoints
 import mpdl.contests
+import mpdl.delivery
+import mpdl.dispatch
 import mpdl.filebook
+import mpdl.races
+import mpdl.restarts
 import mpdl.retry
 import mpdl.routes
 import mpdl.scheduler
 import mpdl.slots
 import mpdl.states
+import mpdl.streams
 import mpdl.tail
 from mpdl.checkpoints import CHECKPOINT_SECONDS, JournalSynced
 from mpdl.errors import DiskError
@@ -159,8 +165,8 @@ class Sim:
         on_worker = Counter(r.worker for r in s.runs.values() if r.state in ON_WORKER)
         assert sum(on_worker.values()) <= limits.connections
         assert all(n <= limits.per_worker for n in on_worker.values())
-        assert {w: n for w, n in s.busy.items() if n} == dict(on_worker)
-        assert s.on_worker == {r for r in s.runs.values() if r.state in ON_WORKER}
+        assert {w: n for w, n in s.board.busy.items() if n} == dict(on_worker)
+        assert s.board.on_worker == {r for r in s.runs.values() if r.state in ON_WORKER}
         for fid, file in s.files.items():
             live = sum(1 for r in s.runs.values() if r.state in LIVE and fid in r.task.file_ids)
             assert file.live_tasks == live, f"file {fid}: live_tasks {file.live_tasks} != {live}"
@@ -305,7 +311,7 @@ class Sim:
                 self.fail(job.fetch, reason="cancelled")
             elif job := next((j for j in self.jobs.values()
                               if j.slot is not None and not stuck(j)), None):
-                n = min(self.s.slot_size, job.output - job.done)
+                n = min(self.plan.slot_size, job.output - job.done)
                 self.fill(job.fetch, n, last=job.done + n == job.output)
             else:
                 return
@@ -589,7 +595,7 @@ def test_a_server_ignoring_ranges_gets_one_stream_for_all_the_ranges():
     out = sim.fail(first, FailKind.RANGES, "200 to a Range request")
     [stream] = sim.fetches(out)
     assert (stream.offset, stream.length, stream.ranged, stream.exact) == (0, 400, False, False)
-    assert sim.s.planner.streamed == {"big"}  # planning again streams it too
+    assert sim.s.streams.planner.streamed == {"big"}  # planning again streams it too
     assert Counter(r.state for r in sim.s.runs.values()) == {T.CANCELLED: 4, T.RUNNING: 1}
     sim.serve()
     assert sim.ended() == {"big": (True, "")}
@@ -1140,7 +1146,8 @@ def test_abort_fails_every_unfinished_file():
 
 @pytest.mark.parametrize("module", [mpdl.scheduler, mpdl.filebook, mpdl.states, mpdl.retry,
                                     mpdl.checkpoints, mpdl.slots, mpdl.tail, mpdl.contests,
-                                    mpdl.routes])
+                                    mpdl.routes, mpdl.board, mpdl.streams, mpdl.dispatch,
+                                    mpdl.delivery, mpdl.races, mpdl.restarts])
 def test_the_decision_modules_do_no_io(module):
     tree = ast.parse(inspect.getsource(module))
     imported = set()
