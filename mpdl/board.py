@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .plan import Task
@@ -127,13 +127,21 @@ class TaskBoard:
 
     # -- what the scheduler asks -----------------------------------------------------------------
 
-    def next_queued(self) -> TaskRun | None:
-        """Take the first task still queued, if any."""
+    def next_queued(self, held: Callable[[TaskRun], bool] = lambda run: False) -> TaskRun | None:
+        """Take the first task still queued that is not ``held``, if any; the tasks held keep
+        their places at the front."""
+        kept = []
+        found = None
         while self.queued:
             run, moves = self.queued.popleft()
-            if run.moves == moves:
-                return run
-        return None
+            if run.moves != moves:
+                continue
+            if not held(run):
+                found = run
+                break
+            kept.append((run, moves))
+        self.queued.extendleft(reversed(kept))
+        return found
 
     def next_waiting(self) -> TaskRun | None:
         """Take the first task still waiting for a slot, if any."""

@@ -27,7 +27,8 @@ reads as the named steps of each event, from one room to the next:
   its pieces: a retry, a race (its stalled victim failed), a thief that fails, on any mirror.
   When it is spent the file fails, and no contest takes the range's last attempt;
 - where each attempt goes (mirrors, fresh URLs after a 401/403, final URLs after a
-  redirect) is the routes room's (routes.py); a final URL that refuses or lacks the object
+  redirect), and which ranges wait for the first answer of a URL not heard from yet, is the
+  routes room's (routes.py); a final URL that refuses or lacks the object
   sends the task back to the URL it came from at no cost to its budget: that URL decides;
 - objects that ignore Range are streamed once (streams.py); files whose bytes cannot be
   trusted start over (restarts.py: a changed object, a failed hash, a lost writer).
@@ -99,7 +100,7 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.slots = SlotPool(limits.slots)
         self.out = Output()
-        # ``redirects``: URLs a probe already followed to their final URL (a single URL).
+        # ``redirects``: URLs a probe already followed to where they answered (a single URL).
         self.routes = Routes(mirrors, effect=self.out.effects.append, final_urls=redirects)
         self.book = FileBook(plan, layout=layout, have=have, journaling=journaling,
                              counts=self.counts, to_writer=self.out.to_writer.append,
@@ -212,6 +213,7 @@ class Scheduler:
             # its thief won): nothing it still sends is wanted.
             self.dispatch.stale(record)
         elif isinstance(record, Filled):
+            self.routes.filled(run.asked, run.url)
             won = self.contests.filled(run, record, now)
             if won is not None:
                 self.races.decide(won)
@@ -312,10 +314,15 @@ class Scheduler:
 
     def _start_tasks(self) -> None:
         """Queued tasks go to free connections, but for those whose files all failed, and for
-        ranges of an object that ignores Range (they wait for its stream)."""
+        ranges of an object that ignores Range (they wait for its stream). A range whose URL
+        has a first request out, unanswered, keeps its place (routes.Routes.holds)."""
         board = self.board
+
+        def held(run: TaskRun) -> bool:
+            return self.routes.holds(run, board.on_worker)
+
         while (self.slots.free and (worker := board.free_worker()) is not None
-               and (run := board.next_queued()) is not None):
+               and (run := board.next_queued(held)) is not None):
             task = run.task
             if all(self.files[f].state is F.FAILED for f in task.file_ids):
                 board.move(run, T.CANCELLED)

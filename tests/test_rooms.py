@@ -109,6 +109,14 @@ def test_stale_queue_entries_are_skipped_and_retries_come_back_first_when_due():
     assert second.state is T.QUEUED and board.next_queued() is second
 
 
+def test_tasks_held_keep_their_places_at_the_front_of_the_queue():
+    rooms = Rooms(task(0), task(1, offset=100), task(2, source="p", file_id=1),
+                  task(3, offset=100, source="p", file_id=1))
+    board = rooms.board
+    assert board.next_queued(held=lambda run: run.task.source == "o") is rooms.run(2)
+    assert [run.task.task_id for run, _ in board.queued] == [0, 1, 3]  # in their order
+
+
 def test_a_request_goes_to_the_least_busy_worker_within_the_limits():
     rooms = Rooms(task(0), task(1, offset=100), task(2, offset=200), connections=2,
                   per_worker=1, workers=3)
