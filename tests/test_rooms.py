@@ -1,18 +1,25 @@
 """The scheduler's rooms on their own, driven by events: no server, no process, no clock.
 
-The task board (board.py), the streams room (streams.py), the dispatch room (dispatch.py) and
-the races room (races.py) are built here from plain tasks; what they do inside a whole run
-(and what the delivery and restarts rooms do) is tests/test_scheduler.py's, through the
-Scheduler that drives them all.
+The task board (board.py), the streams room (streams.py), the dispatch room (dispatch.py), the
+races room (races.py) and the delivery room (delivery.py) are built here from plain tasks or a
+plan; what they do inside a whole run (and what the restarts room does: a changed object, a
+failed hash and its vote, a lost writer) is tests/test_scheduler.py's, through the Scheduler
+that drives them all.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mpdl.board import Limits, TaskBoard
 from mpdl.contests import Contests
+from mpdl.delivery import Delivery
 from mpdl.dispatch import Dispatch
+from mpdl.filebook import FileBook
+from mpdl.layout import Layout
 from mpdl.manifest import parse_manifest
-from mpdl.messages import Cancel, FailKind, Fetch, Filled, ToWorker
+from mpdl.messages import (Cancel, CloseFile, FailKind, Fetch, Filled, OpenFile, SlotWritten,
+                           ToWorker, ToWriter, WriteSlot)
 from mpdl.plan import Planner, Span, Task
 from mpdl.progress import Counts
 from mpdl.races import Races
@@ -202,3 +209,47 @@ def test_a_failed_thief_is_charged_to_its_range_and_its_victim_cools_down():
     assert rooms.contests.of(victim) is None
     assert rooms.contests.wakeup([victim], 10.0, ()) == 13.0  # not contested before
 
+
+
+# -- the delivery room -----------------------------------------------------------------------------
+
+
+def test_slots_go_to_the_writer_the_file_closes_behind_its_last_and_written_bytes_are_done():
+    manifest = parse_manifest({"format": "mpdl/1", "base_urls": [A],
+                               "files": [{"path": "f", "size": 150, "url": "f"}]})
+    plan = Planner(chunk_size=100).plan(list(enumerate(manifest.files)), have={})
+    assert [(t.offset, t.length) for t in plan.tasks] == [(0, 100), (100, 50)]
+    sent: list[ToWriter] = []
+    counts = Counts()
+    book = FileBook(plan, layout=Layout(Path("/nonexistent/mpdl-rooms-test")), have={},
+                    journaling=False, counts=counts, to_writer=sent.append,
+                    effect=lambda effect: None)
+    board = TaskBoard(book.files, Limits(slots=8, connections=8, per_worker=8), counts)
+    board.worker_started(0)
+    board.add_tasks(plan.tasks)
+    slots = SlotPool(8)
+    delivery = Delivery(board, book, slots, counts, to_writer=sent.append)
+    runs = []
+    for _ in plan.tasks:  # as dispatch.py starts them
+        run = board.next_queued()
+        assert run is not None
+        run.attempt, run.worker = 1, 0
+        slots.acquire(run.task.task_id, 1, 0)
+        board.move(run, T.RUNNING)
+        runs.append(run)
+    first, last = runs
+
+    def fill(run: TaskRun, slot: int) -> None:
+        delivery.filled(run, Filled(task_id=run.task.task_id, attempt=1, slot=slot, offset=0,
+                                    length=run.task.length, fetched=run.task.length,
+                                    last=True), now=1.0)
+
+    fill(first, 0)
+    assert [type(r) for r in sent] == [OpenFile, WriteSlot]  # opens with its first bytes
+    assert first.state is T.DRAINING
+    delivery.written(SlotWritten(slot=0, written=100))
+    assert first.state is T.DONE and counts.bytes_done == 100 and len(sent) == 2
+    fill(last, 1)
+    assert [type(r) for r in sent[2:]] == [WriteSlot, CloseFile]  # right behind its last
+    delivery.written(SlotWritten(slot=1, written=50))
+    assert last.state is T.DONE and counts.bytes_done == 150 and slots.free == 8
