@@ -77,9 +77,11 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     rest is fetched, and once every file is in place the files the old manifest installed and
     this one does not list are removed (``keep_removed`` keeps them), if unchanged since.
 
-    ``redirects`` maps URLs known to redirect to where they lead (a single URL's probe
-    learned it): their ranges are asked there from the first, and the URL itself again only
-    when the place it led to stops serving (as for a redirect a fetch finds).
+    ``redirects`` maps URLs that answered already to where they answered (a single URL's
+    probe learned it; a URL that did not redirect maps to itself): their ranges are asked there
+    from the first, all at once, and a URL that redirected is asked itself again only when the
+    place it led to stops serving (as for a redirect a fetch finds). A URL not in it sends its
+    first request alone, until that answers.
 
     ``refresh_url(url)`` is called (in this process) when a request is refused with 401 or
     403, as signed URLs expire: it returns a fresh URL for the same bytes, or None to fail

@@ -221,11 +221,12 @@ def _download_url(url: str, output: str | None, options: Options, **kw) -> Resul
              f", redirects to {info.url}" if info.url != url else "")
     manifest = Manifest.single_url(url, target.name, info.size)
     state = target.parent / f".{target.name}.mpdl"
-    # The probe followed the redirect: every range goes where it led, none to the redirect.
+    # The probe followed any redirect: every range goes where the URL answered (itself, if it
+    # did not redirect) at once, none to the redirect.
     asked = manifest.files[0].url
     return run(manifest, target.parent, state_dir=state, keep_state=False,
                streamed=() if info.ranges else (url,),
-               redirects={asked: info.url} if asked and info.url != url else None, **kw)
+               redirects={asked: info.url} if asked else None, **kw)
 
 
 def _report(result: Result, quiet: bool, say, json_events: bool) -> int:

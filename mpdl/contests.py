@@ -9,7 +9,7 @@ what follows from them, driven by the scheduler's events, as the file book does 
   slot filled, timed from when its worker could start it: when each worker was first heard
   from (a worker still starting is not a stalled connection);
 - the tail policy, refitted when the speed cap changes (``cap_changed``).
-It says who won a contest (``filled``); the scheduler carries that out (it cuts a victim short
+It says who won a contest (``filled``); the races room carries that out (it cuts a victim short
 or cancels a thief) and charges failed attempts to the range's budget. No I/O, no clock.
 """
 

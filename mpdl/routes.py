@@ -11,6 +11,13 @@ requests went, driven by its events:
   one redirect per object rather than per range (``redirected``), keyed by the URL asked, so
   A to B then B to C sends A's ranges to C; when a final URL refuses (401, 403) or lacks the
   object (404, 410, 416) it is forgotten (``stale``), and the URL it came from decides again;
+- a URL asked that has not answered yet sends one request at a time (``holds``): the other
+  ranges of its object wait until that request has answered (it redirected, or brought its
+  first bytes: ``filled``), so a URL that redirects is redirected once, not once per
+  connection, at the cost of one request's head start. Only while that request is out: one
+  that fails or is cancelled holds nothing, and the next (its retry, or another range) is
+  the one out. Other objects' ranges go out meanwhile. A final URL forgotten makes the URL it
+  came from unanswered again: it redirects afresh, once;
 - credentials go with a request only to the host they were given for (headers.same_host).
 No I/O: the one effect, NeedFreshUrl, goes out through the callable it is given.
 """
@@ -18,7 +25,7 @@ No I/O: the one effect, NeedFreshUrl, goes out through the callable it is given.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .headers import same_host
@@ -52,7 +59,9 @@ class Routes:
         self._effect = effect
         self.fresh_urls: dict[str, str] = {}  # mirror URL refused with 401/403 -> its fresh one
         # URL asked (mirror or fresh) -> where it redirected; seeded with what a probe learned
+        # (where a probed URL answered: itself, if it did not redirect)
         self.final_urls: dict[str, str] = dict(final_urls)
+        self.answered_urls: set[str] = set(final_urls)  # URLs asked that answered once
         self.refreshing: dict[str, tuple[str, list[TaskRun]]] = {}  # refused -> (mirror, runs)
 
     def count(self, source: str) -> int:
@@ -66,11 +75,25 @@ class Routes:
         url = self.final_urls.get(asked, asked)
         return Route(asked, url, credentials=url == asked or same_host(asked, url))
 
+    def holds(self, run: TaskRun, out: Iterable[TaskRun]) -> bool:
+        """Whether ``run`` waits for the first answer of the URL it would ask: none came yet,
+        and a request to it is out (``out``: the runs on workers; one still out to a final URL
+        forgotten since tells nothing of it)."""
+        asked = self.route(run.task.source, run.attempts.mirror).asked
+        return asked not in self.answered_urls and any(r.url == asked for r in out)
+
     # -- events ----------------------------------------------------------------------------------
 
     def redirected(self, asked: str, url: str) -> None:
         """A request for ``asked`` redirected to ``url``, which answered."""
         self.final_urls[asked] = url
+        self.answered_urls.add(asked)
+
+    def filled(self, asked: str, url: str) -> None:
+        """A request for ``asked``, sent to ``url``, brought bytes: sent to ``asked`` itself,
+        it answered without a redirect, and its object's other ranges may go there."""
+        if url == asked:
+            self.answered_urls.add(asked)
 
     def stale(self, asked: str, url: str) -> bool:
         """``url``, asked for ``asked``, refused or lacks the object. Returns whether it was a
@@ -81,6 +104,7 @@ class Routes:
             return False
         if self.final_urls.get(asked) == url:
             del self.final_urls[asked]
+            self.answered_urls.discard(asked)  # it redirects afresh: once, as the first time
             log.info("%s: its redirect no longer serves; asking %s again", url, asked)
         return True
 

@@ -3,7 +3,7 @@
 Modelled on h11's ``_state.py``: states are enums, the allowed moves are tables, and a move
 not in its table raises IllegalMove at once instead of leaving a task or a file half in one
 state and half in another. States change only through ``move``, called in one place each:
-``Scheduler._move`` for tasks, ``FileBook._move`` for files. Everything else known about them
+``TaskBoard.move`` for tasks, ``FileBook._move`` for files. Everything else known about them
 (which queue holds a task, how many tasks a worker runs, how many files are unfinished)
 follows from these states.
 """
@@ -138,7 +138,7 @@ class FileRun:
     """A file and where it stands. ``have`` holds the bytes of tasks done (resumed ones too),
     ``synced`` those the writer has made durable; ``generation`` grows when the file starts
     over, so a checkpoint taken before that does not reach the journal. ``live_tasks`` counts
-    its tasks in LIVE states: the scheduler keeps it in step with task moves, in one place.
+    its tasks in LIVE states: the task board keeps it in step with task moves, in one place.
     Range sets stay None until needed: a manifest of 100,000 files holds no empty sets."""
 
     entry: FileEntry

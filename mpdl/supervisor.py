@@ -312,7 +312,7 @@ class Supervisor:
         code = self._retire(child, lambda record: self.scheduler.worker_record(
             worker_id, record, time.monotonic()))
         log.warning("worker %d died (exit code %s); its %d tasks go back to the queue",
-                    worker_id, code, self.scheduler.busy[worker_id])
+                    worker_id, code, self.scheduler.board.busy[worker_id])
         del self.workers[worker_id]
         self.cap.recover()  # it may have died holding the cap's lock
         self.scheduler.worker_died(worker_id)

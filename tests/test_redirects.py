@@ -1,6 +1,7 @@
 """Redirects the CDN way: an object whose URL redirects (a 302 to a signed URL on another host,
-as GitHub LFS, S3 and GOG's CDNs do) is asked at its final URL for its other ranges, and when
-that URL starts refusing, the original is asked again. Two fault servers over one folder play
+as GitHub LFS, S3 and GOG's CDNs do) is redirected once, its first request alone, and asked
+at its final URL for its other ranges; when that URL starts refusing, the original is asked
+again. Two fault servers over one folder play
 the origin and the CDN."""
 
 from __future__ import annotations
@@ -73,15 +74,36 @@ def test_the_final_url_of_a_redirect_serves_the_objects_other_ranges(tmp_path: P
     assert at_cdn["main.bin"] >= TINY_FILES // 256
 
 
-def test_a_final_url_that_starts_refusing_is_dropped_for_the_origin(tmp_path: Path) -> None:
-    """The CDN's signed URLs expire after two requests (403 from then on); the origin, asked
-    again, serves the rest itself: the run completes without a refresh hook."""
+def test_in_a_manifest_each_object_is_redirected_once_not_once_per_connection(
+        tmp_path: Path) -> None:
+    """Eight connections, two objects that redirect: each object's first request learns its
+    final URL before its other ranges go out, so the origin is asked once per object."""
     root = tmp_path / "depot"
     root.mkdir()
     manifest = make_depot(root)
     with FaultServer(root) as origin, FaultServer(root) as cdn:
-        origin.set_fault("", Fault(redirect_base=cdn.url, fail_times=CONNECTIONS))
-        cdn.set_fault("", Fault(status=403, behave_times=CONNECTIONS))
+        origin.set_fault("", Fault(redirect_base=cdn.url))
+        result = run({**manifest, "base_urls": [origin.url]}, tmp_path / "dest",
+                     chunk_size=64 * KiB, connections=8)
+        at_origin, at_cdn = gets_by_path(origin), gets_by_path(cdn)
+    assert result.ok, result.failed
+    assert_byte_exact(tmp_path / "dest", root, manifest)
+    assert at_origin == {"main.bin": 1, "big.bin": 1}
+    assert at_cdn["big.bin"] > 1 and at_cdn["main.bin"] >= TINY_FILES // 256  # every range
+
+
+def test_a_final_url_that_starts_refusing_is_dropped_for_the_origin(tmp_path: Path) -> None:
+    """Each object's signed URL expires after one request (403 from then on); the origin,
+    asked again, serves the rest itself: the run completes without a refresh hook. (Counted
+    per object: with one count for both, an object's first request could be redirected to a
+    URL expired already, which is the origin refusing as far as a client can tell.)"""
+    root = tmp_path / "depot"
+    root.mkdir()
+    manifest = make_depot(root)
+    with FaultServer(root) as origin, FaultServer(root) as cdn:
+        for path in ("main.bin", "big.bin"):
+            origin.set_fault(path, Fault(redirect_base=cdn.url, fail_times=1))
+            cdn.set_fault(path, Fault(status=403, behave_times=1))
         result = run({**manifest, "base_urls": [origin.url]}, tmp_path / "dest",
                      chunk_size=64 * KiB, connections=CONNECTIONS)
         refused = [r for r in cdn.requests if r.status == 403]

@@ -17,14 +17,20 @@ from pathlib import Path
 
 import pytest
 
+import mpdl.board
 import mpdl.checkpoints
 import mpdl.contests
+import mpdl.delivery
+import mpdl.dispatch
 import mpdl.filebook
+import mpdl.races
+import mpdl.restarts
 import mpdl.retry
 import mpdl.routes
 import mpdl.scheduler
 import mpdl.slots
 import mpdl.states
+import mpdl.streams
 import mpdl.tail
 from mpdl.checkpoints import CHECKPOINT_SECONDS, JournalSynced
 from mpdl.errors import DiskError
@@ -94,7 +100,8 @@ class Sim:
                  workers: int = 1, have: dict[int, RangeSet] | None = None,
                  journaling: bool = True, can_refresh: bool = False,
                  policy: RetryPolicy | None = None, streamed=(), parallel: bool = True,
-                 tail: TailPolicy | None = None, spread: int | None = None) -> None:
+                 tail: TailPolicy | None = None, spread: int | None = None,
+                 answered: bool = True) -> None:
         self.manifest = manifest or parse_manifest(
             {"format": "mpdl/1", "base_urls": list(bases), "files": list(files)})
         self.planner = Planner(chunk_size=chunk, parallel=parallel, streamed=streamed,
@@ -103,10 +110,15 @@ class Sim:
         self.plan = self.planner.plan(list(enumerate(self.manifest.files)), have=have)
         self.layout = Layout(Path("/nonexistent/mpdl-scheduler-test"))  # paths only, never used
         self.limits = Limits(slots=slots, connections=connections, per_worker=per_worker)
+        # ``answered``: every URL answered once already (as a probe would have), so each
+        # object's ranges go out at once; else an object's first request goes out alone
+        # until it answers (routes.Routes.holds).
+        urls = {url for task in self.plan.tasks for url in self.manifest.mirrors(task.source)}
         self.s = Scheduler(self.plan, planner=self.planner, mirrors=self.manifest.mirrors,
                            layout=self.layout, limits=self.limits, policy=policy, tail=tail,
                            have=have, journaling=journaling, can_refresh=can_refresh,
-                           rng=NoJitter())
+                           rng=NoJitter(), redirects={url: url for url in urls} if answered
+                           else {})
         self.now = 0.0
         self.jobs: dict[tuple[int, int], Job] = {}
         self.worker_log: list[tuple[int, object]] = []  # everything sent to workers
@@ -159,8 +171,8 @@ class Sim:
         on_worker = Counter(r.worker for r in s.runs.values() if r.state in ON_WORKER)
         assert sum(on_worker.values()) <= limits.connections
         assert all(n <= limits.per_worker for n in on_worker.values())
-        assert {w: n for w, n in s.busy.items() if n} == dict(on_worker)
-        assert s.on_worker == {r for r in s.runs.values() if r.state in ON_WORKER}
+        assert {w: n for w, n in s.board.busy.items() if n} == dict(on_worker)
+        assert s.board.on_worker == {r for r in s.runs.values() if r.state in ON_WORKER}
         for fid, file in s.files.items():
             live = sum(1 for r in s.runs.values() if r.state in LIVE and fid in r.task.file_ids)
             assert file.live_tasks == live, f"file {fid}: live_tasks {file.live_tasks} != {live}"
@@ -305,7 +317,7 @@ class Sim:
                 self.fail(job.fetch, reason="cancelled")
             elif job := next((j for j in self.jobs.values()
                               if j.slot is not None and not stuck(j)), None):
-                n = min(self.s.slot_size, job.output - job.done)
+                n = min(self.plan.slot_size, job.output - job.done)
                 self.fill(job.fetch, n, last=job.done + n == job.output)
             else:
                 return
@@ -518,8 +530,10 @@ def test_two_refused_tasks_ask_for_one_fresh_url_and_retry_with_it():
     assert sim.effects_of(NeedFreshUrl, out) == []  # asked already
     assert sim.run(one).state is sim.run(two).state is T.REFRESHING
     out = sim.url_refreshed(A + "big", A + "big?sig=2")
-    assert sorted((f.task_id, f.url) for f in sim.fetches(out)) == [
-        (one.task_id, A + "big?sig=2"), (two.task_id, A + "big?sig=2")]
+    [first] = sim.fetches(out)  # a URL that never answered: one request, until it answers
+    [second] = sim.fetches(sim.fill(first))
+    assert {(f.task_id, f.url) for f in (first, second)} == {
+        (one.task_id, A + "big?sig=2"), (two.task_id, A + "big?sig=2")}
     sim.serve()
     assert sim.ended() == {"big": (True, "")}
 
@@ -528,10 +542,12 @@ def test_a_task_refused_with_an_old_url_retries_with_the_fresh_one_without_askin
     sim = Sim(obj("big", 200), can_refresh=True)
     one, two = sim.fetches()
     sim.fail(one, FailKind.AUTH, "403 Forbidden")
-    sim.url_refreshed(A + "big", A + "big?sig=2")
+    [retry] = sim.fetches(sim.url_refreshed(A + "big", A + "big?sig=2"))
     out = sim.fail(two, FailKind.AUTH, "403 Forbidden")  # its attempt began before the refresh
     assert sim.effects_of(NeedFreshUrl, out) == []
-    assert [f.url for f in sim.fetches(out)] == [A + "big?sig=2"]
+    assert sim.fetches(out) == []  # the fresh URL's first request is out, unanswered
+    [again] = sim.fetches(sim.fill(retry))
+    assert (again.task_id, again.url) == (two.task_id, A + "big?sig=2")
 
 
 @pytest.mark.parametrize("fresh", [None, A + "f"])  # no answer, or the same refused URL
@@ -589,7 +605,7 @@ def test_a_server_ignoring_ranges_gets_one_stream_for_all_the_ranges():
     out = sim.fail(first, FailKind.RANGES, "200 to a Range request")
     [stream] = sim.fetches(out)
     assert (stream.offset, stream.length, stream.ranged, stream.exact) == (0, 400, False, False)
-    assert sim.s.planner.streamed == {"big"}  # planning again streams it too
+    assert sim.s.streams.planner.streamed == {"big"}  # planning again streams it too
     assert Counter(r.state for r in sim.s.runs.values()) == {T.CANCELLED: 4, T.RUNNING: 1}
     sim.serve()
     assert sim.ended() == {"big": (True, "")}
@@ -1140,7 +1156,8 @@ def test_abort_fails_every_unfinished_file():
 
 @pytest.mark.parametrize("module", [mpdl.scheduler, mpdl.filebook, mpdl.states, mpdl.retry,
                                     mpdl.checkpoints, mpdl.slots, mpdl.tail, mpdl.contests,
-                                    mpdl.routes])
+                                    mpdl.routes, mpdl.board, mpdl.streams, mpdl.dispatch,
+                                    mpdl.delivery, mpdl.races, mpdl.restarts])
 def test_the_decision_modules_do_no_io(module):
     tree = ast.parse(inspect.getsource(module))
     imported = set()
@@ -1418,8 +1435,55 @@ def test_a_redirect_sends_the_objects_later_ranges_to_its_final_url():
     assert sim.ended() == {"big": (True, ""), "other": (True, "")}
 
 
+def test_an_objects_first_request_goes_alone_until_it_answers_and_others_go_meanwhile():
+    """In a manifest nothing knows yet where an object's URL leads: its first request finds
+    out (one request's head start) before its other ranges go, so a URL that redirects is
+    redirected once, not once per connection; other objects' first requests fill the
+    connections meanwhile."""
+    sim = Sim(obj("big", 400), obj("other", 200), connections=4, answered=False)
+    assert [(f.url, f.offset) for f in sim.fetches()] == [(A + "big", 0), (A + "other", 0)]
+    out = redirected(sim, sim.fetches()[0], CDN + "big?sig=1")
+    assert [(f.url, f.offset) for f in sim.fetches(out)] == [
+        (CDN + "big?sig=1", 100), (CDN + "big?sig=1", 200)]  # two connections were free
+    sim.serve()
+    urls = [f.url for f in sim.all_sent(Fetch)]
+    assert urls.count(A + "big") == 1 and urls.count(CDN + "big?sig=1") == 3
+    assert urls.count(A + "other") == 2  # its first bytes answered: then its other range
+    assert sim.ended() == {"big": (True, ""), "other": (True, "")}
+
+
+def test_a_first_request_that_fails_or_dies_holds_nothing_and_first_bytes_release_the_rest():
+    sim = Sim(obj("big", 300), connections=3, answered=False)
+    [first] = sim.fetches()
+    [scout] = sim.fetches(sim.fail(first))  # no request out: the next range goes, alone
+    assert sim.run(first).state is T.DELAYED and scout.offset == 100
+    sim.worker_died(0)
+    [scout] = sim.fetches()  # its worker died: again one goes, never none
+    out = sim.fill(scout, 50, last=False)  # its first bytes: the URL answers for itself
+    assert [f.offset for f in sim.fetches(out)] == [200]  # all but the one backing off
+    sim.serve()
+    sim.tick(60.0)  # its backoff is over
+    sim.serve()
+    assert sim.ended() == {"big": (True, "")}
+
+
+def test_a_final_url_forgotten_makes_its_origin_send_one_request_until_it_redirects_again():
+    sim = Sim(obj("big", 400), connections=2, answered=False)
+    [first] = sim.fetches()
+    [second] = sim.fetches(redirected(sim, first, CDN + "big?sig=1"))
+    [third] = sim.fetches(sim.fill(first))
+    assert second.url == third.url == CDN + "big?sig=1"
+    [again] = sim.fetches(sim.fail(second, FailKind.AUTH, "HTTP 403 from the CDN"))
+    assert (again.task_id, again.url) == (second.task_id, A + "big")  # not held by third
+    assert sim.fetches(sim.fill(third)) == []  # the origin asked alone, until it answers
+    [fourth] = sim.fetches(redirected(sim, again, CDN + "big?sig=2"))
+    assert fourth.url == CDN + "big?sig=2"
+    sim.serve()
+    assert sim.ended() == {"big": (True, "")}
+
+
 def test_a_redirect_from_an_attempt_given_up_is_not_learned():
-    sim = Sim(obj("big", 200), connections=1)
+    sim = Sim(obj("big", 200), connections=1, answered=False)
     [first] = sim.fetches()
     sim.fail(first)  # a retry of it is attempt 2; the stale attempt still talks
     sim.s.worker_record(0, Redirected(task_id=first.task_id, attempt=first.attempt,
