@@ -312,10 +312,7 @@ class Scheduler:
         """The run stops under its attempts (an error, Ctrl-C, SIGTERM): the bytes they wrote
         that only their end would have kept (a checked part, a compressed one) are not done
         after all, so the last progress says what a re-run will find."""
-        for run in self.runs.values():
-            if run.state in IN_FLIGHT:
-                self.counts.bytes_done -= run.credited
-                run.credited = 0
+        self.board.take_back_in_flight()
 
     # -- steps -----------------------------------------------------------------------------------
 
