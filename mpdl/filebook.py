@@ -4,7 +4,8 @@ The scheduler decides about tasks; this decides about files, on its behalf: a fi
 its first bytes (OpenFile), closes once its last task's bytes are written or there were none
 to fetch (CloseFile), fails once (a CloseFile that discards its staging file, if it had one),
 and starts over from its durable bytes or from nothing. It counts what is done for progress
-and keeps the checkpoints that make written bytes durable before the journal records them.
+(bytes written; files in place, never a failed one) and keeps the checkpoints that make
+written bytes durable before the journal records them.
 No I/O: records and effects go out through the two callables it is given.
 """
 
@@ -207,8 +208,8 @@ class FileBook:
     def _ended(self, fid: int) -> None:
         file = self.files[fid]
         ok = file.state is F.DONE
-        self.counts.files_done += 1
-        if ok:
+        if ok:  # progress counts files in place: a failed one never is
+            self.counts.files_done += 1
             self.checkpoints.file_done(fid)
         self._effect(FileEnded(file.entry, ok, file.reason))
 
