@@ -9,7 +9,8 @@ writer still hold, through the jobs each job waits for (only jobs submitted earl
 pool never deadlocks): a file's writes wait for its OpenFile, its CloseFile waits for its
 writes, and a Sync waits for every job before it. So a SlotWritten goes out only after its
 bytes are written, a file gets its final name only after its hash matched, and Synced only
-after fsync/syncfs covered every write sent before the Sync. A record that is not a ToWriter
+after fsync/syncfs covered every write sent before the Sync (and never as done once one
+failed: ``Writer.sync_error``). A record that is not a ToWriter
 is a bug: UnknownRecord.
 
 A file takes its final name only when every byte sent for it reached its staging file: any
@@ -235,6 +236,11 @@ class Writer:
         self.jobs_lock = threading.Lock()
         self.room = threading.BoundedSemaphore(MAX_JOBS)
         self.local = threading.local()  # each thread's read-back buffer
+        # The first fsync/syncfs that failed, kept for good: the kernel reports a failed
+        # writeback once and marks its pages clean, so the next fsync of the same file
+        # succeeds over bytes the disk never got. A checkpoint tried again would then
+        # journal them; so no Sync of this writer is answered as done after a failure.
+        self.sync_error: str | None = None
 
     # -- records in ------------------------------------------------------------------------------
 
@@ -411,10 +417,12 @@ class Writer:
         return [FileClosed(file_id=record.file_id, ok=True, reason="")]
 
     def _sync(self, record: Sync) -> list[FromWriter]:
-        """fsync each file, or the whole filesystem at once when there are many."""
+        """fsync each file, or the whole filesystem at once when there are many. A failure is
+        kept: every later Sync answers it too (see ``sync_error``)."""
+        path = self.dest
         try:
             if len(record.paths) > SYNCFS_OVER and sync_filesystem(self.dest):
-                return [Synced(token=record.token)]
+                return [Synced(token=record.token, error=self.sync_error)]
             for path in record.paths:
                 try:
                     fd = os.open(path, os.O_RDONLY | _O_BINARY)
@@ -425,9 +433,8 @@ class Writer:
                 finally:
                     os.close(fd)
         except OSError as exc:
-            return [Synced(token=record.token,
-                           error=f"{exc.filename or self.dest}: {_why(exc)}")]
-        return [Synced(token=record.token)]
+            self.sync_error = self.sync_error or f"{exc.filename or path}: {_why(exc)}"
+        return [Synced(token=record.token, error=self.sync_error)]
 
     # -- helpers -----------------------------------------------------------------------------------
 

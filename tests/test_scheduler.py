@@ -907,6 +907,20 @@ def test_a_failed_sync_tries_its_unfinished_files_again_at_the_next():
     assert str(sim.layout.staging(sim.manifest.files[0])) in again.paths
 
 
+def test_a_failed_sync_is_the_run_s_failure_until_a_new_writer_starts():
+    """What the supervisor fails the run on once the last checkpoint answered: the kept
+    error of a failed sync; a slow sync (no answer) is no failure, and a writer that died
+    takes its failure with it (the new one's syncs are its own)."""
+    sim = two_files_to_checkpoint()
+    checkpoints = sim.s.book.checkpoints
+    sim.tick_to(CHECKPOINT_SECONDS)
+    assert sim.s.syncing and checkpoints.failure is None
+    sim.synced(sim.syncs[0].token, error="a.bin: Input/output error")
+    assert checkpoints.failure == "a.bin: Input/output error"
+    sim.writer_died({0})
+    assert checkpoints.failure is None
+
+
 def test_a_checkpoint_asked_while_one_is_in_flight_loses_no_files():
     """The supervisor's last checkpoint calls checkpoint() while one may be in flight, then
     again once it is synced: the files that gained bytes meanwhile must be in the second."""
