@@ -116,7 +116,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         except JournalError as exc:  # its last lines are lost: the run is not complete
             result.error = result.error or str(exc)
     result.elapsed = time.monotonic() - started
-    _tidy_state(layout, keep_state, result.ok)
+    _tidy_state(layout, journal, keep_state, result.ok)
     return result
 
 
@@ -271,11 +271,26 @@ def _check_free_space(dest: Path, needed: int) -> None:
         raise NotEnoughSpace(str(existing), needed, free)
 
 
-def _tidy_state(layout: Layout, keep_state: bool, ok: bool) -> None:
-    """Staging goes once empty; the whole state folder goes after success unless kept."""
+def _tidy_state(layout: Layout, journal: Journal, keep_state: bool, ok: bool) -> None:
+    """The whole state folder goes after success unless kept. Else every staging file the
+    journal does not point to goes, as no run can use it: its bytes were never durable, or
+    came from a remote file that changed, or it is a copy a stopped vote left (votes.py), or
+    an earlier run's for another version of a file. Then staging goes once empty."""
     if ok and not keep_state:
         shutil.rmtree(layout.state_dir, ignore_errors=True)
         return
+    keep = journal.staging_names()
+    try:
+        with os.scandir(layout.staging_dir) as found:
+            stale = [item.path for item in found
+                     if item.name not in keep and item.is_file(follow_symlinks=False)]
+    except OSError:  # no staging folder: nothing was staged
+        return
+    for path in stale:
+        try:
+            os.unlink(path)
+        except OSError as exc:  # kept: the next run tries again
+            log.info("could not remove %s: %s", path, exc.strerror or exc)
     try:
         layout.staging_dir.rmdir()
     except OSError:

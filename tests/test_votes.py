@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from faultserver import Fault, FaultServer
-from helpers import run
+from helpers import Cli, run, write_manifest
 
 from mpdl.votes import (after_mismatch, aside_path, copy_path, covering, differing, majority,
                         vote)
@@ -40,6 +42,41 @@ def test_a_file_a_middlebox_corrupts_twice_is_voted_right_within_three_times_its
     assert (dest / "big.bin").read_bytes() == data
     assert 2 * SIZE < result.bytes_fetched <= 3 * SIZE  # two copies, then some pieces
     assert not (dest / ".mpdl" / "staging").exists()  # no copy left behind
+
+
+def test_copies_a_killed_vote_left_are_cleaned_by_the_next_run(
+        tmp_path: Path, cli: Callable[..., Cli]) -> None:
+    """The coordinator is killed (SIGKILL) while the second copy comes, the first kept
+    beside the staging file; the next run is of a new build, where big.bin changed: no
+    run can use those copies nor that staging file, and it leaves none of them behind."""
+    root = tmp_path / "www"
+    root.mkdir()
+    old, new = os.urandom(SIZE), os.urandom(SIZE)
+    (root / "big.bin").write_bytes(old)
+    dest = tmp_path / "dest"
+    staging = dest / ".mpdl" / "staging"
+    with FaultServer(root) as server:
+        server.set_fault("big.bin", Fault(flip_each_range=2))
+        manifest = write_manifest(tmp_path, one_file(old), server.url)
+        first = cli(manifest, "-o", dest, "--limit-rate", "8M", "--chunk-size", "1M",
+                    "--progress", "none")
+        first.wait_for("the first copy kept", lambda: any(staging.glob("*.part.1")))
+        first.proc.kill()
+        first.finish()
+        assert any(staging.glob("*.part.1")), "the copy went with the run: no test"
+        server.clear_faults()
+        (root / "big.bin").write_bytes(new)
+        manifest = write_manifest(tmp_path, one_file(new), server.url)
+        second = cli(manifest, "-o", dest, "--progress", "none")
+        assert second.finish() == 0, second.stderr
+    assert (dest / "big.bin").read_bytes() == new
+    assert not staging.exists(), list(staging.iterdir())
+
+
+def one_file(data: bytes) -> dict[str, Any]:
+    return {"format": "mpdl/1", "files": [
+        {"path": "big.bin", "size": len(data), "url": "big.bin",
+         "hash": "sha256:" + hashlib.sha256(data).hexdigest()}]}
 
 
 def test_the_copy_after_a_mismatch_comes_from_the_next_mirror(tmp_path: Path) -> None:
