@@ -61,6 +61,9 @@ class FileBook:
             if fid in have:
                 file.have, file.synced = have[fid].copy(), have[fid].copy()
         self.unfinished = len(self.files)
+        # Bytes the unfinished files still have to write, as the free-space check before the
+        # fetch counted them: the room that copies kept for a vote must leave (votes.py).
+        self.to_write = sum(_missing(file) for file in self.files.values())
         # Files whose two copies failed their hash: the pieces where they differ (votes.py).
         self.voting: dict[int, tuple[tuple[int, int], ...]] = {}
 
@@ -120,7 +123,9 @@ class FileBook:
                     file.have = RangeSet()
                 before = file.have.total()
                 file.have.add(offset, offset + length)
-                gained += file.have.total() - before
+                got = file.have.total() - before
+                gained += got
+                self.to_write -= got if file.entry.size else 0
                 self.checkpoints.dirty.add(fid)
         return gained
 
@@ -158,7 +163,9 @@ class FileBook:
         file = self.files[fid]
         assert file.live_tasks == 0, f"{file.entry.path} still has tasks"
         kept = file.synced if keep and file.synced else RangeSet()
-        self.counts.bytes_done -= (file.have.total() if file.have else 0) - kept.total()
+        dropped = (file.have.total() if file.have else 0) - kept.total()
+        self.counts.bytes_done -= dropped
+        self.to_write += dropped if file.entry.size else 0
         file.have, file.synced = (kept.copy(), kept.copy()) if kept else (None, None)
         if file.state is not F.PENDING:
             self._move(file, F.PENDING)
@@ -198,7 +205,7 @@ class FileBook:
             file_id=fid, keep=keep, destination=str(self.layout.final(entry.path)),
             hash=str(entry.hash) if verify else None, executable=entry.executable,
             round=(3 if voting else 2 if file.refetched else 1) if verify else 0,
-            differing=voting))
+            differing=voting, reserve=self.to_write - _missing(file)))
 
     def _end(self, fid: int, new: FileState, reason: str) -> None:
         self.files[fid].reason = reason
@@ -211,6 +218,8 @@ class FileBook:
         if ok:  # progress counts files in place: a failed one never is
             self.counts.files_done += 1
             self.checkpoints.file_done(fid)
+        else:
+            self.to_write -= _missing(file)  # it writes no more
         self._effect(FileEnded(file.entry, ok, file.reason))
 
     def _move(self, file: FileRun, new: FileState) -> None:
@@ -218,3 +227,10 @@ class FileBook:
         file.move(new, file.entry.path)
         if new in ENDED:
             self.unfinished -= 1
+
+
+def _missing(file: FileRun) -> int:
+    """The bytes of ``file`` not written yet (none counted for a file of unknown size)."""
+    if not file.entry.size:
+        return 0
+    return file.entry.size - (file.have.total() if file.have else 0)

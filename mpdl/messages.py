@@ -218,6 +218,9 @@ class CloseFile(NamedTuple):
     executable: bool
     round: int = 0
     differing: tuple[tuple[int, int], ...] = ()  # round 3: the (offset, length) pieces voted
+    # Bytes the other unfinished files still have to write: the room that copies kept for a
+    # vote after a mismatch must leave them (votes.py).
+    reserve: int = 0
 
 
 class Sync(NamedTuple):

@@ -43,7 +43,7 @@ from .messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotW
                        Sync, Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
 from .ranges import RangeSet
 from .ring import Ring, RingSpec
-from .votes import after_mismatch, aside_path, copy_path, remove, vote
+from .votes import NoRoomToVote, after_mismatch, aside_path, copy_path, remove, vote
 
 log = logging.getLogger("mpdl.writer")
 _O_BINARY = getattr(os, "O_BINARY", 0)
@@ -392,11 +392,15 @@ class Writer:
                 if actual is None:
                     actual = hash_file(path, spec.algo)
                 if not spec.matches(actual):
-                    differ = after_mismatch(path, record.round, self.ring.spec.slot_size)
-                    return [FileClosed(file_id=record.file_id, ok=False,
-                                       reason=f"{spec.algo} is {actual}, the manifest says "
-                                              f"{spec.hexdigest}", mismatch=True,
-                                       differing=differ)]
+                    wrong = f"{spec.algo} is {actual}, the manifest says {spec.hexdigest}"
+                    try:
+                        differ = after_mismatch(path, record.round, self.ring.spec.slot_size,
+                                                record.reserve)
+                    except NoRoomToVote as exc:  # round 1: fetched again all the same
+                        differ = ()
+                        wrong += f"; the copies to vote on do not fit: {exc}"
+                    return [FileClosed(file_id=record.file_id, ok=False, reason=wrong,
+                                       mismatch=True, differing=differ)]
                 if record.round:  # copies a run stopped while voting may have left
                     remove([copy_path(path), aside_path(path)])
             if record.executable:
