@@ -2,11 +2,12 @@
 
 The scheduler decides about tasks; this decides about files, on its behalf: a file opens with
 its first bytes (OpenFile), closes once its last task's bytes are written or there were none
-to fetch (CloseFile), fails once (a CloseFile that discards its staging file, if it had one),
-and starts over from its durable bytes or from nothing. It counts what is done for progress
-(bytes written; files in place, never a failed one) and keeps the checkpoints that make
-written bytes durable before the journal records them.
-No I/O: records and effects go out through the two callables it is given.
+to fetch (CloseFile), fails once (a CloseFile that ends its staging file, if it had one: kept
+only where the journal records durable ranges of it, for a re-run), and starts over from its
+durable bytes or from nothing. It counts what is done for progress (bytes written; files in
+place, never a failed one) and keeps the checkpoints that make written bytes durable before
+the journal records them. No I/O: records and effects go out through the two callables it is
+given.
 """
 
 from __future__ import annotations

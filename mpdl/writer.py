@@ -376,8 +376,8 @@ class Writer:
         if staged.dropped:
             return [FileClosed(file_id=record.file_id, ok=False, reason="never opened")]
         path = staged.path
-        if not record.keep:
-            remove([path, copy_path(path), aside_path(path)])
+        if not record.keep:  # failed: a re-run may resume from its durable bytes
+            remove([copy_path(path), aside_path(path)])  # (api._tidy_state decides)
             return [FileClosed(file_id=record.file_id, ok=False, reason="discarded")]
         if staged.unwritten is not None:  # kept: its durable bytes are the next run's
             return [FileClosed(file_id=record.file_id, ok=False,
