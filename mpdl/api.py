@@ -110,6 +110,9 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     except RunStopped as exc:  # the journal or the state folder could not be written
         result.error = str(exc)
         _unfinished(parsed, result)
+    except BaseException:  # Ctrl-C, SIGTERM: the children are gone, what no run can use goes
+        _sweep_staging(layout, journal)
+        raise
     finally:
         try:
             journal.close()
@@ -272,13 +275,18 @@ def _check_free_space(dest: Path, needed: int) -> None:
 
 
 def _tidy_state(layout: Layout, journal: Journal, keep_state: bool, ok: bool) -> None:
-    """The whole state folder goes after success unless kept. Else every staging file the
-    journal does not point to goes, as no run can use it: its bytes were never durable, or
-    came from a remote file that changed, or it is a copy a stopped vote left (votes.py), or
-    an earlier run's for another version of a file. Then staging goes once empty."""
+    """The whole state folder goes after success unless kept; else what no run can use."""
     if ok and not keep_state:
         shutil.rmtree(layout.state_dir, ignore_errors=True)
-        return
+    else:
+        _sweep_staging(layout, journal)
+
+
+def _sweep_staging(layout: Layout, journal: Journal) -> None:
+    """Every staging file the journal does not point to goes, as no run can use it: its
+    bytes were never durable, or came from a remote file that changed, or it is a copy a
+    stopped vote left (votes.py), or an earlier run's for another version of a file. Then
+    staging goes once empty."""
     keep = journal.staging_names()
     try:
         with os.scandir(layout.staging_dir) as found:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from faultserver import Fault, FaultServer
-from helpers import Cli, Tmpfs, assert_no_traceback, run, write_manifest
+from helpers import Cli, Tmpfs, assert_no_traceback, journal_state, run, write_manifest
 
 from mpdl.votes import (after_mismatch, aside_path, copy_path, covering, differing, majority,
                         vote)
@@ -72,6 +73,28 @@ def test_copies_a_killed_vote_left_are_cleaned_by_the_next_run(
         assert second.finish() == 0, second.stderr
     assert (dest / "big.bin").read_bytes() == new
     assert not staging.exists(), list(staging.iterdir())
+
+
+def test_a_vote_interrupted_leaves_no_copy(tmp_path: Path, cli: Callable[..., Cli]) -> None:
+    """Ctrl-C while the second copy comes: the run stops (130), and the first copy, which no
+    run can use (the journal knows nothing of it), does not outlive it."""
+    root = tmp_path / "www"
+    root.mkdir()
+    data = os.urandom(SIZE)
+    (root / "big.bin").write_bytes(data)
+    dest = tmp_path / "dest"
+    staging = dest / ".mpdl" / "staging"
+    with FaultServer(root) as server:
+        server.set_fault("big.bin", Fault(flip_each_range=2))
+        run = cli(write_manifest(tmp_path, one_file(data), server.url), "-o", dest,
+                  "--limit-rate", "8M", "--chunk-size", "1M", "--progress", "none")
+        run.wait_for("the first copy kept", lambda: any(staging.glob("*.part.1")))
+        run.proc.send_signal(signal.SIGINT)
+        assert run.finish() == 130, run.stderr
+    left = {p.name for p in staging.iterdir()} if staging.exists() else set()
+    assert not [name for name in left if not name.endswith(".part")], left
+    assert left <= {record["staging"] for record in journal_state(dest).values()
+                    if record.get("ranges")}, left
 
 
 def one_file(data: bytes) -> dict[str, Any]:
