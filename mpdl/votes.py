@@ -24,9 +24,8 @@ unfinished files still have to write (``reserve``): a second copy, the file's si
 aside, both copies of the differing pieces. If it does not (NoRoomToVote), nothing is kept
 rather than fill the disk under the rest: after round 1 the file is still fetched once more,
 in the space of the copy it dropped, with nothing to compare it with; after round 2 it fails.
-Either way the reason gives the figures.
-The functions here do the writer's I/O for rounds 2 and 3; the coordinator's side is the file
-book's (filebook.py).
+Either way the reason gives the figures. The functions here do the writer's I/O for rounds 2
+and 3; the coordinator's side is the file book's (filebook.py).
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ pool never deadlocks): a file's writes wait for its OpenFile, its CloseFile wait
 writes, and a Sync waits for every job before it. So a SlotWritten goes out only after its
 bytes are written, a file gets its final name only after its hash matched, and Synced only
 after fsync/syncfs covered every write sent before the Sync (and never as done once one
-failed: ``Writer.sync_error``). A record that is not a ToWriter
-is a bug: UnknownRecord.
+failed: ``Writer.sync_error``). A record that is not a ToWriter is a bug: UnknownRecord.
 
 A file takes its final name only when every byte sent for it reached its staging file: any
 write to it that fails (no space, an I/O error, a file too large, a write that writes
@@ -396,7 +395,7 @@ class Writer:
                     try:
                         differ = after_mismatch(path, record.round, self.ring.spec.slot_size,
                                                 record.reserve)
-                    except NoRoomToVote as exc:  # round 1: fetched again all the same
+                    except NoRoomToVote as exc:  # round 1: fetched once more; 2: it fails
                         differ = ()
                         wrong += f"; the copies to vote on do not fit: {exc}"
                     return [FileClosed(file_id=record.file_id, ok=False, reason=wrong,
