@@ -112,13 +112,16 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     except RunStopped as exc:  # the journal or the state folder could not be written
         result.error = str(exc)
         _unfinished(parsed, result)
+    except BaseException:  # Ctrl-C, SIGTERM: the children are gone, what no run can use goes
+        _sweep_staging(layout, journal)
+        raise
     finally:
         try:
             journal.close()
         except JournalError as exc:  # its last lines are lost: the run is not complete
             result.error = result.error or str(exc)
     result.elapsed = time.monotonic() - started
-    _tidy_state(layout, keep_state, result.ok)
+    _tidy_state(layout, journal, keep_state, result.ok)
     return result
 
 
@@ -273,11 +276,31 @@ def _check_free_space(dest: Path, needed: int) -> None:
         raise NotEnoughSpace(str(existing), needed, free)
 
 
-def _tidy_state(layout: Layout, keep_state: bool, ok: bool) -> None:
-    """Staging goes once empty; the whole state folder goes after success unless kept."""
+def _tidy_state(layout: Layout, journal: Journal, keep_state: bool, ok: bool) -> None:
+    """The whole state folder goes after success unless kept; else what no run can use."""
     if ok and not keep_state:
         shutil.rmtree(layout.state_dir, ignore_errors=True)
+    else:
+        _sweep_staging(layout, journal)
+
+
+def _sweep_staging(layout: Layout, journal: Journal) -> None:
+    """Every staging file the journal does not point to goes, as no run can use it: its
+    bytes were never durable, or came from a remote file that changed, or it is a copy a
+    stopped vote left (votes.py), or an earlier run's for another version of a file. Then
+    staging goes once empty."""
+    keep = journal.staging_names()
+    try:
+        with os.scandir(layout.staging_dir) as found:
+            stale = [item.path for item in found
+                     if item.name not in keep and item.is_file(follow_symlinks=False)]
+    except OSError:  # no staging folder: nothing was staged
         return
+    for path in stale:
+        try:
+            os.unlink(path)
+        except OSError as exc:  # kept: the next run tries again
+            log.info("could not remove %s: %s", path, exc.strerror or exc)
     try:
         layout.staging_dir.rmdir()
     except OSError:

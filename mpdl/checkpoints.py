@@ -5,6 +5,12 @@ the files finished since the last checkpoint; only when the writer answers Synce
 bytes and files reach the journal (a JournalSynced effect the supervisor carries out), so a
 crash never leaves the journal claiming bytes the disk does not have. One checkpoint is in
 flight at a time. No I/O and no clock: ``now`` comes in from the caller.
+
+A checkpoint that fails is tried again at the next, but the writer answers every later one
+with the same error (writer.py: the kernel reports a failed writeback once), so once a sync
+failed nothing more is journaled, and ``failure`` says why: the run's last checkpoint failing
+fails the run (supervisor.py), as its finished files are in place but not known durable. A
+new writer, after the old one died, starts with a clean slate, and so does ``failure``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Checkpoints:
         self.in_flight: _InFlight | None = None
         self.unjournaled: list[int] = []  # files done since the last checkpoint
         self.dirty: set[int] = set()  # files whose ``have`` grew since the last checkpoint
+        self.failure: str | None = None  # why the last checkpoint answered failed, if it did
         self._tokens = itertools.count(1)
 
     def file_done(self, file_id: int) -> None:
@@ -89,11 +96,14 @@ class Checkpoints:
             return None
         self.in_flight = None
         if record.error:
-            log.warning("could not make the written bytes durable (%s); the journal keeps "
-                        "what it had", record.error)
+            if record.error != self.failure:  # the writer repeats it: said once
+                log.warning("could not make the written bytes durable (%s); the journal "
+                            "keeps what it had", record.error)
+            self.failure = record.error
             self.unjournaled += flight.finished
             self.dirty.update(flight.partial)  # tried again at the next checkpoint
             return None
+        self.failure = None
         partial = []
         for fid, (generation, have) in flight.partial.items():
             file = files[fid]
@@ -107,3 +117,4 @@ class Checkpoints:
         the last one are left for the next run to check by their hash."""
         self.in_flight = None
         self.unjournaled.clear()
+        self.failure = None

@@ -137,6 +137,17 @@ class JournalError(RunStopped):
         self.path, self.reason = path, reason
 
 
+class NotDurable(RunStopped):
+    """The run's last checkpoint could not make the written files durable (``reason``: the
+    failed fsync's path and error): its finished files are in place but not journaled, so
+    the run is not complete; a re-run checks them by their hash."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason} (the written files could not be made durable; the journal "
+                         "does not record them)")
+        self.reason = reason
+
+
 class ChildrenKeepDying(RunStopped):
     """Worker or writer processes died more often than the respawn budget allows."""
 

@@ -2,10 +2,12 @@
 
 The scheduler decides about tasks; this decides about files, on its behalf: a file opens with
 its first bytes (OpenFile), closes once its last task's bytes are written or there were none
-to fetch (CloseFile), fails once (a CloseFile that discards its staging file, if it had one),
-and starts over from its durable bytes or from nothing. It counts what is done for progress
-and keeps the checkpoints that make written bytes durable before the journal records them.
-No I/O: records and effects go out through the two callables it is given.
+to fetch (CloseFile), fails once (a CloseFile that ends its staging file, if it had one: kept
+only where the journal records durable ranges of it, for a re-run), and starts over from its
+durable bytes or from nothing. It counts what is done for progress (bytes written; files in
+place, never a failed one) and keeps the checkpoints that make written bytes durable before
+the journal records them. No I/O: records and effects go out through the two callables it is
+given.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class FileBook:
             if fid in have:
                 file.have, file.synced = have[fid].copy(), have[fid].copy()
         self.unfinished = len(self.files)
+        # Bytes the unfinished files still have to write, as the free-space check before the
+        # fetch counted them: the room that copies kept for a vote must leave (votes.py).
+        self.to_write = sum(_missing(file) for file in self.files.values())
         # Files whose two copies failed their hash: the pieces where they differ (votes.py).
         self.voting: dict[int, tuple[tuple[int, int], ...]] = {}
 
@@ -119,7 +124,9 @@ class FileBook:
                     file.have = RangeSet()
                 before = file.have.total()
                 file.have.add(offset, offset + length)
-                gained += file.have.total() - before
+                got = file.have.total() - before
+                gained += got
+                self.to_write -= got if file.entry.size else 0
                 self.checkpoints.dirty.add(fid)
         return gained
 
@@ -157,7 +164,9 @@ class FileBook:
         file = self.files[fid]
         assert file.live_tasks == 0, f"{file.entry.path} still has tasks"
         kept = file.synced if keep and file.synced else RangeSet()
-        self.counts.bytes_done -= (file.have.total() if file.have else 0) - kept.total()
+        dropped = (file.have.total() if file.have else 0) - kept.total()
+        self.counts.bytes_done -= dropped
+        self.to_write += dropped if file.entry.size else 0
         file.have, file.synced = (kept.copy(), kept.copy()) if kept else (None, None)
         if file.state is not F.PENDING:
             self._move(file, F.PENDING)
@@ -197,7 +206,7 @@ class FileBook:
             file_id=fid, keep=keep, destination=str(self.layout.final(entry.path)),
             hash=str(entry.hash) if verify else None, executable=entry.executable,
             round=(3 if voting else 2 if file.refetched else 1) if verify else 0,
-            differing=voting))
+            differing=voting, reserve=self.to_write - _missing(file)))
 
     def _end(self, fid: int, new: FileState, reason: str) -> None:
         self.files[fid].reason = reason
@@ -207,9 +216,11 @@ class FileBook:
     def _ended(self, fid: int) -> None:
         file = self.files[fid]
         ok = file.state is F.DONE
-        self.counts.files_done += 1
-        if ok:
+        if ok:  # progress counts files in place: a failed one never is
+            self.counts.files_done += 1
             self.checkpoints.file_done(fid)
+        else:
+            self.to_write -= _missing(file)  # it writes no more
         self._effect(FileEnded(file.entry, ok, file.reason))
 
     def _move(self, file: FileRun, new: FileState) -> None:
@@ -217,3 +228,10 @@ class FileBook:
         file.move(new, file.entry.path)
         if new in ENDED:
             self.unfinished -= 1
+
+
+def _missing(file: FileRun) -> int:
+    """The bytes of ``file`` not written yet (none counted for a file of unknown size)."""
+    if not file.entry.size:
+        return 0
+    return file.entry.size - (file.have.total() if file.have else 0)

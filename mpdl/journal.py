@@ -109,6 +109,12 @@ class Journal:
             have.add(start, end)
         return have or None
 
+    def staging_names(self) -> set[str]:
+        """The names of the staging files whose durable ranges it records: what a re-run
+        may resume from, and so what a run's end keeps (api._tidy_state)."""
+        return {record["staging"] for record in self._partial.values()
+                if record.get("ranges") and isinstance(record.get("staging"), str)}
+
     def validators(self, entry: FileEntry) -> dict[str, Expect]:
         """What the objects of ``entry``'s durable ranges were, as the journal recorded."""
         record = self._partial.get(entry.path) or {}

@@ -203,7 +203,9 @@ class WriteSlot(NamedTuple):
 
 
 class CloseFile(NamedTuple):
-    """All bytes are written (``keep``) or the file failed (not ``keep``: remove the staging file).
+    """All bytes are written (``keep``) or the file failed (not ``keep``: remove the copies a
+    vote kept; the staging file stays if the journal records durable ranges of it, for a
+    re-run to resume, else it goes at the run's end: api._tidy_state).
 
     When kept, the writer verifies ``hash`` (may be None), sets the executable bit and moves the
     staging file to ``destination``. ``round``: which fetch of a file whose hash failed before
@@ -218,6 +220,9 @@ class CloseFile(NamedTuple):
     executable: bool
     round: int = 0
     differing: tuple[tuple[int, int], ...] = ()  # round 3: the (offset, length) pieces voted
+    # Bytes the other unfinished files still have to write: the room that copies kept for a
+    # vote after a mismatch must leave them (votes.py).
+    reserve: int = 0
 
 
 class Sync(NamedTuple):

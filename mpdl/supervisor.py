@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from .checkpoints import JournalSynced
-from .errors import ChildrenKeepDying, MpdlError, RingTooSmall, RunStopped
+from .errors import ChildrenKeepDying, MpdlError, NotDurable, RingTooSmall, RunStopped
 from .journal import Journal
 from .layout import Layout
 from .manifest import FileEntry
@@ -144,6 +144,9 @@ class Supervisor:
             self._carry_out()  # the last CloseFile of a failed file must still reach the writer
             if self.sync_at_end or self.any_failed:
                 self._last_checkpoint(FINAL_SYNC_SECONDS)
+            failure = self.scheduler.book.checkpoints.failure  # not a slow sync: an error
+            if failure is not None:
+                self.error = str(NotDurable(failure))
         except RunStopped as exc:
             self.error = str(exc)
             self._last_checkpoint(STOP_SYNC_SECONDS)  # files already closing may still finish

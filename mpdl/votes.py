@@ -17,15 +17,24 @@ hash says that the file is wrong, not where. So a file whose hash fails is fetch
    still fails it fails.
 
 Network bytes are at most three times the file's (two copies, then at most every piece
-again), and the disk holds at most two copies and the differing pieces twice meanwhile. The
-functions here do the writer's I/O for rounds 2 and 3; the coordinator's side is the file
-book's (filebook.py).
+again), and the disk holds at most two copies and the differing pieces twice meanwhile. That
+space is not in the free-space check before the fetch (a vote follows a mismatch, which is
+rare), so each round that keeps more on disk first checks that it fits beside what the other
+unfinished files still have to write (``reserve``): a second copy, the file's size; the
+aside, both copies of the differing pieces. If it does not (NoRoomToVote), nothing is kept
+rather than fill the disk under the rest: after round 1 the file is still fetched once more,
+in the space of the copy it dropped, with nothing to compare it with; after round 2 it fails.
+Either way the reason gives the figures. The functions here do the writer's I/O for rounds 2
+and 3; the coordinator's side is the file book's (filebook.py).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable, Sequence
+
+from .errors import NotEnoughSpace
 
 Pieces = tuple[tuple[int, int], ...]  # (offset, length) of each piece, in order
 
@@ -112,18 +121,36 @@ def _read_at(fd: int, offset: int, length: int) -> bytes:
     return data
 
 
-def after_mismatch(staging: str, round: int, piece: int) -> Pieces:
+class NoRoomToVote(NotEnoughSpace):
+    """The copies a vote keeps would not fit beside what the other files still need."""
+
+
+def after_mismatch(staging: str, round: int, piece: int, reserve: int = 0) -> Pieces:
     """The writer's part once the file at ``staging`` failed its hash in ``round``: keep it
     as the first copy (1), or compare it with the first copy and keep where they differ (2),
-    else remove it and every copy. Returns the differing pieces (round 2 only)."""
+    else remove it and every copy. Returns the differing pieces (round 2 only). Raises
+    NoRoomToVote, every copy removed, when what a round keeps does not fit beside
+    ``reserve`` bytes (what the other unfinished files still have to write)."""
     first = copy_path(staging)
     if round == 1:
+        _room_for(os.path.getsize(staging), reserve, [staging])  # the second copy
         os.replace(staging, first)
         return ()
     found: Pieces = ()
     if round == 2 and os.path.exists(first):
         found = differing(first, staging, piece)
         if found:
+            _room_for(2 * sum(length for _, length in found), reserve, [staging, first])
             save_aside(first, staging, found, aside_path(staging))
     remove([first] if found else [staging, first, aside_path(staging)])
     return found
+
+
+def _room_for(size: int, reserve: int, copies: list[str]) -> None:
+    """NoRoomToVote, ``copies`` removed, unless ``size`` more bytes fit on their disk with
+    ``reserve`` left."""
+    folder = os.path.dirname(copies[0])
+    free = shutil.disk_usage(folder).free
+    if size + reserve > free:
+        remove(copies)
+        raise NoRoomToVote(folder, size + reserve, free)

@@ -9,8 +9,8 @@ writer still hold, through the jobs each job waits for (only jobs submitted earl
 pool never deadlocks): a file's writes wait for its OpenFile, its CloseFile waits for its
 writes, and a Sync waits for every job before it. So a SlotWritten goes out only after its
 bytes are written, a file gets its final name only after its hash matched, and Synced only
-after fsync/syncfs covered every write sent before the Sync. A record that is not a ToWriter
-is a bug: UnknownRecord.
+after fsync/syncfs covered every write sent before the Sync (and never as done once one
+failed: ``Writer.sync_error``). A record that is not a ToWriter is a bug: UnknownRecord.
 
 A file takes its final name only when every byte sent for it reached its staging file: any
 write to it that fails (no space, an I/O error, a file too large, a write that writes
@@ -42,7 +42,7 @@ from .messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotW
                        Sync, Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
 from .ranges import RangeSet
 from .ring import Ring, RingSpec
-from .votes import after_mismatch, aside_path, copy_path, remove, vote
+from .votes import NoRoomToVote, after_mismatch, aside_path, copy_path, remove, vote
 
 log = logging.getLogger("mpdl.writer")
 _O_BINARY = getattr(os, "O_BINARY", 0)
@@ -235,6 +235,11 @@ class Writer:
         self.jobs_lock = threading.Lock()
         self.room = threading.BoundedSemaphore(MAX_JOBS)
         self.local = threading.local()  # each thread's read-back buffer
+        # The first fsync/syncfs that failed, kept for good: the kernel reports a failed
+        # writeback once and marks its pages clean, so the next fsync of the same file
+        # succeeds over bytes the disk never got. A checkpoint tried again would then
+        # journal them; so no Sync of this writer is answered as done after a failure.
+        self.sync_error: str | None = None
 
     # -- records in ------------------------------------------------------------------------------
 
@@ -370,8 +375,8 @@ class Writer:
         if staged.dropped:
             return [FileClosed(file_id=record.file_id, ok=False, reason="never opened")]
         path = staged.path
-        if not record.keep:
-            remove([path, copy_path(path), aside_path(path)])
+        if not record.keep:  # failed: a re-run may resume from its durable bytes
+            remove([copy_path(path), aside_path(path)])  # (api._tidy_state decides)
             return [FileClosed(file_id=record.file_id, ok=False, reason="discarded")]
         if staged.unwritten is not None:  # kept: its durable bytes are the next run's
             return [FileClosed(file_id=record.file_id, ok=False,
@@ -386,11 +391,15 @@ class Writer:
                 if actual is None:
                     actual = hash_file(path, spec.algo)
                 if not spec.matches(actual):
-                    differ = after_mismatch(path, record.round, self.ring.spec.slot_size)
-                    return [FileClosed(file_id=record.file_id, ok=False,
-                                       reason=f"{spec.algo} is {actual}, the manifest says "
-                                              f"{spec.hexdigest}", mismatch=True,
-                                       differing=differ)]
+                    wrong = f"{spec.algo} is {actual}, the manifest says {spec.hexdigest}"
+                    try:
+                        differ = after_mismatch(path, record.round, self.ring.spec.slot_size,
+                                                record.reserve)
+                    except NoRoomToVote as exc:  # round 1: fetched once more; 2: it fails
+                        differ = ()
+                        wrong += f"; the copies to vote on do not fit: {exc}"
+                    return [FileClosed(file_id=record.file_id, ok=False, reason=wrong,
+                                       mismatch=True, differing=differ)]
                 if record.round:  # copies a run stopped while voting may have left
                     remove([copy_path(path), aside_path(path)])
             if record.executable:
@@ -411,10 +420,12 @@ class Writer:
         return [FileClosed(file_id=record.file_id, ok=True, reason="")]
 
     def _sync(self, record: Sync) -> list[FromWriter]:
-        """fsync each file, or the whole filesystem at once when there are many."""
+        """fsync each file, or the whole filesystem at once when there are many. A failure is
+        kept: every later Sync answers it too (see ``sync_error``)."""
+        path = self.dest
         try:
             if len(record.paths) > SYNCFS_OVER and sync_filesystem(self.dest):
-                return [Synced(token=record.token)]
+                return [Synced(token=record.token, error=self.sync_error)]
             for path in record.paths:
                 try:
                     fd = os.open(path, os.O_RDONLY | _O_BINARY)
@@ -425,9 +436,8 @@ class Writer:
                 finally:
                     os.close(fd)
         except OSError as exc:
-            return [Synced(token=record.token,
-                           error=f"{exc.filename or self.dest}: {_why(exc)}")]
-        return [Synced(token=record.token)]
+            self.sync_error = self.sync_error or f"{exc.filename or path}: {_why(exc)}"
+        return [Synced(token=record.token, error=self.sync_error)]
 
     # -- helpers -----------------------------------------------------------------------------------
 

@@ -64,6 +64,25 @@ def test_cli_downloads_the_depot_with_json_progress(
     assert_installed(dest, depot)
 
 
+def test_json_progress_counts_files_in_place_not_failed_ones(
+    depot: Depot, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """A file that fails is not done: the progress events' files_done, and the live line's,
+    count the files in place, so a launcher never shows "all files" over a failed run."""
+    fault_server.set_fault(entry(depot.manifest, TOOL)["url"], Fault(status=404))
+    manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
+    done = mpdl_cli(manifest, "-o", tmp_path / "game", "--workers", "2", "--progress", "json",
+                    cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    result = events[-1]
+    assert result["event"] == "result" and set(result["failed"]) == {TOOL}, result
+    files = len(files_of(depot.manifest))
+    assert progress[-1]["final"] and progress[-1]["files_total"] == files
+    assert max(e["files_done"] for e in progress) == result["completed"] == files - 1
+
+
 def _bad(depot: Depot, kind: str) -> str:
     """The text of an invalid manifest of one kind."""
     manifest = with_bases(depot.manifest, "http://127.0.0.1:9/")

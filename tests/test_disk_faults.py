@@ -294,6 +294,97 @@ def test_a_disk_filled_under_zlib_parts_never_places_their_file(
     assert_installed(dest, depot)
 
 
+# --- 7b. a failed fsync ----------------------------------------------------------------------
+
+
+class ThinDisk(NamedTuple):
+    mnt: Path  # an ext2 file system, mounted
+    backing: Path  # the tmpfs its blocks are stored on: fill it and writeback fails
+
+
+@pytest.fixture
+def thin_disk(tmpfs: Tmpfs, tmp_path: Path) -> Iterator[ThinDisk]:
+    """An ext2 file system of 64 MiB on a loop device whose image is a sparse file on an
+    8 MiB tmpfs: a thin-provisioned volume. Once the tmpfs is full, writes still succeed
+    (into the page cache) and the free space still shows, but writeback fails: fsync
+    returns ENOSPC, then EIO, as from a failing disk, and the next fsync of the same file
+    succeeds although its bytes never reached the disk (the kernel reports a writeback
+    error once). No device-mapper here (its ``error`` target would be the other way), and
+    a loop device is a real block device with real I/O errors."""
+    backing = tmpfs("8m", "backing")
+    assert backing is not None
+    for tool in ("losetup", "mkfs.ext2", "mount", "umount"):
+        if shutil.which(tool) is None:
+            skip_or_fail(f"{tool} is not installed (util-linux, e2fsprogs)")
+    image = backing / "image"
+    with image.open("wb") as sparse:
+        sparse.truncate(64 * MiB)
+    subprocess.run(["mkfs.ext2", "-q", "-F", str(image)], check=True, capture_output=True)
+    loop = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True,
+                          text=True, check=False)
+    if loop.returncode:
+        skip_or_fail(f"cannot attach a loop device: {loop.stderr.strip()}")
+    device = loop.stdout.strip()
+    mnt = tmp_path / "thin"
+    mnt.mkdir()
+    try:
+        mounted = subprocess.run(["mount", device, str(mnt)], capture_output=True, text=True,
+                                 check=False)
+        if mounted.returncode:
+            skip_or_fail(f"cannot mount {device}: {mounted.stderr.strip()}")
+        try:
+            yield ThinDisk(mnt, backing)
+        finally:
+            (backing / "filler").unlink(missing_ok=True)
+            subprocess.run(["umount", str(mnt)], check=True, capture_output=True)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True, capture_output=True)
+
+
+def test_a_failed_fsync_is_never_journaled_and_fails_the_run(
+    thin_disk: ThinDisk, tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    """a.bin is in place when the first checkpoint's fsync of it fails (the volume behind
+    DEST is full); the space then comes back, so the last checkpoint's fsync of a.bin
+    succeeds, over bytes the disk never got. The run must not journal a.bin nor exit 0:
+    one error line, exit 1, b.bin (written after) in place; the re-run finishes."""
+    dest = thin_disk.mnt / "game"
+    root = tmp_path / "served"
+    root.mkdir()
+    rng = random.Random(23)
+    data = {"a.bin": rng.randbytes(700_000), "b.bin": rng.randbytes(500_000)}
+    files = []
+    for name, content in data.items():
+        (root / name).write_bytes(content)
+        files.append({"path": name, "size": len(content), "url": name,
+                      "hash": "sha256:" + hashlib.sha256(content).hexdigest()})
+    with FaultServer(root) as server:
+        server.set_fault("b.bin", Fault(delay=6.0))  # past the first checkpoint (3 s)
+        manifest = write_manifest(tmp_path, {"format": "mpdl/1", "files": files}, server.url)
+        run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        run.wait_for("a.bin in place", lambda: (dest / "a.bin").exists())
+        _fill(thin_disk.backing)
+        run.wait_for("the first checkpoint failed",
+                     lambda: "could not make the written bytes durable" in run.stderr)
+        (thin_disk.backing / "filler").unlink()
+        code = run.finish()
+        assert code == 1, run.stderr
+        assert_no_traceback(run)
+        errors = [line for line in run.stderr.splitlines() if line.startswith("mpdl: error:")]
+        assert len(errors) == 1 and "durable" in errors[0], run.stderr
+        assert str(dest) in errors[0], errors[0]  # the file whose fsync failed
+        assert "a.bin" not in journal_paths(dest), "a.bin journaled over a failed fsync"
+        assert (dest / "b.bin").read_bytes() == data["b.bin"]
+        assert not (dest / ".mpdl" / "installed.json").exists(), "the run was called complete"
+        assert_clean(run)
+        again = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        assert again.finish() == 0, again.stderr
+        assert_clean(again)
+    for name, content in data.items():
+        assert (dest / name).read_bytes() == content, name
+    assert journal_paths(dest) == set(data)
+
+
 # --- 8. the up-front free-space check --------------------------------------------------------
 
 

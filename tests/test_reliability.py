@@ -236,6 +236,40 @@ def test_an_interrupted_file_resumes_where_its_durable_bytes_end(
     assert_file_right(dest, depot.root, entry(depot.manifest, TOOL))
 
 
+def test_a_failed_file_keeps_its_durable_bytes_for_the_rerun(
+    depot: Depot, fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half the file is written and journaled, then its object is gone (404): the file fails,
+    and its staging file stays with the journaled ranges, so the re-run fetches only the
+    rest (nothing that arrived and was made durable is thrown away)."""
+    import mpdl.checkpoints
+
+    monkeypatch.setattr(mpdl.checkpoints, "CHECKPOINT_SECONDS", 0.1)
+    url = tool_url(depot)
+    size = entry(depot.manifest, TOOL)["size"]
+    dest = tmp_path / "d"
+    fault_server.set_fault(url, Fault(stall_after=size // 2, stall_seconds=3))
+
+    def gone_once_journaled(event: ProgressEvent) -> None:
+        if (dest / ".mpdl" / "journal.jsonl").exists() and journal_ranges(dest, TOOL):
+            fault_server.set_fault(url, Fault(status=404))
+
+    first = run(one_file(depot, TOOL, fault_server.url), dest, chunk_size=64 * KiB,
+                connections=1, timeout=1, progress=gone_once_journaled)
+    assert set(first.failed) == {TOOL} and "404" in first.failed[TOOL], first.failed
+    have = journal_ranges(dest, TOOL)
+    kept = sum(end - start for start, end in have)
+    assert 0 < kept < size, have
+    assert len(list((dest / ".mpdl" / "staging").iterdir())) == 1
+
+    fault_server.clear_faults()
+    fault_server.clear_log()
+    again = run(one_file(depot, TOOL, fault_server.url), dest, chunk_size=64 * KiB)
+    assert again.ok, again.failed
+    assert sum(end - start for start, end in served_ranges(fault_server, url)) == size - kept
+    assert_file_right(dest, depot.root, entry(depot.manifest, TOOL))
+
+
 def test_a_journal_for_other_content_is_not_applied(
     depot: Depot, fault_server: FaultServer, tmp_path: Path
 ) -> None:

@@ -178,6 +178,10 @@ class Sim:
             assert file.live_tasks == live, f"file {fid}: live_tasks {file.live_tasks} != {live}"
         assert s.book.unfinished == sum(1 for f in s.files.values()
                                    if f.state not in (F.DONE, F.FAILED))
+        # What the unfinished files still have to write: the room a vote's copies must leave.
+        assert s.book.to_write == sum(f.entry.size - (f.have.total() if f.have else 0)
+                                      for f in s.files.values() if f.entry.size
+                                      and f.state not in (F.DONE, F.FAILED)), s.book.to_write
         ended = Counter(e.entry.path for e in self.effects if isinstance(e, FileEnded))
         assert all(n == 1 for n in ended.values()), f"a file ended twice: {ended}"
         # No slot is used twice: by two attempts filling it, or filled while the writer has it.
@@ -921,6 +925,20 @@ def test_a_failed_sync_tries_its_unfinished_files_again_at_the_next():
     sim.tick_to(2 * CHECKPOINT_SECONDS)
     [again] = sim.syncs
     assert str(sim.layout.staging(sim.manifest.files[0])) in again.paths
+
+
+def test_a_failed_sync_is_the_run_s_failure_until_a_new_writer_starts():
+    """What the supervisor fails the run on once the last checkpoint answered: the kept
+    error of a failed sync; a slow sync (no answer) is no failure, and a writer that died
+    takes its failure with it (the new one's syncs are its own)."""
+    sim = two_files_to_checkpoint()
+    checkpoints = sim.s.book.checkpoints
+    sim.tick_to(CHECKPOINT_SECONDS)
+    assert sim.s.syncing and checkpoints.failure is None
+    sim.synced(sim.syncs[0].token, error="a.bin: Input/output error")
+    assert checkpoints.failure == "a.bin: Input/output error"
+    sim.writer_died({0})
+    assert checkpoints.failure is None
 
 
 def test_a_checkpoint_asked_while_one_is_in_flight_loses_no_files():
@@ -1711,6 +1729,20 @@ def test_a_changed_object_restarts_its_open_file_from_nothing_in_the_scheduler()
     assert again and all(f.expect == Expect('"v2"', 4 * CHUNK) for f in again)
     sim.serve()
     assert sim.ended() == {"f": (True, "")}
+
+
+def test_a_close_tells_the_writer_what_the_other_files_still_have_to_write():
+    """The room a copy kept for a vote must leave (votes.py): the unfinished files' missing
+    bytes, the closing file's own not counted; a failed file's no longer."""
+    sim = Sim(obj("a", 50, hash=MD5), obj("b", 300), obj("c", 40), connections=1)
+    [first] = sim.fetches()
+    sim.fill(first)
+    [close] = sim.to_writer(CloseFile)
+    assert close.file_id == 0 and close.reserve == 300 + 40
+    sim.s.book.fail(2, "gone")
+    sim.written(first.slot)
+    sim.closed(0, ok=False, reason="md5 is 1", mismatch=True)
+    assert sim.s.book.to_write == 50 + 300  # a's second copy, and b
 
 
 def test_two_copies_that_fail_their_hash_bring_a_third_of_the_pieces_where_they_differ():

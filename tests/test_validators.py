@@ -145,6 +145,10 @@ def test_a_file_replaced_twice_fails_with_one_line_and_nothing_at_its_name(
     assert not marks, "the run ended before the file was replaced twice"
     assert not result.ok and result.failed == {NAME: CHANGED}
     assert not (tmp_path / "dest" / NAME).exists()
+    # Its bytes are of no use to a re-run (the journal forgot them): nothing is left staged.
+    staging = tmp_path / "dest" / ".mpdl" / "staging"
+    assert not staging.exists(), list(staging.iterdir())
+    assert not journal_state(tmp_path / "dest").get(NAME, {}).get("ranges")
 
 
 def test_a_server_that_answers_if_range_with_200_and_the_same_etag_is_streamed(
