@@ -151,6 +151,17 @@ class Scheduler:
     def syncing(self) -> bool:
         return self.book.checkpoints.in_flight is not None
 
+    @property
+    def writing(self) -> bool:
+        """Whether the writer has slots still to write (a stop waits for them, to journal)."""
+        return self.slots.with_writer
+
+    @property
+    def unkept(self) -> int:
+        """Bytes counted done that a stop now would not keep: those of attempts in flight
+        whose checks are still to come (a part with a hash, a compressed part, a stream)."""
+        return sum(run.credited for run in self.runs.values() if run.state in IN_FLIGHT)
+
     def take(self) -> Output:
         """Records to send and effects to carry out, since the last call."""
         out = Output(self.out.to_workers, list(self.out.to_writer), list(self.out.effects))
@@ -464,10 +475,22 @@ class Scheduler:
         """Route a filled slot to the writer. Files open with their first bytes, and a file
         whose last task this was closes right behind them: the writer keeps the order, so a
         small file costs it one batch (open, write, close) instead of three."""
+        if record.stopped:
+            self._stopped_with(run, record)
+            return
         won = self.contests.filled(run, record, self.now)
         if won is not None:
             self._decide(won)
         run.delivered, run.progress_at = record.offset + record.length, self.now
+        self._to_writer(run, record)
+        if not record.last and (run.task.size is None or run.delivered < run.task.size):
+            self._move(run, T.WAITING_SLOT)
+            return
+        self._output_ended(run)
+
+    def _to_writer(self, run: TaskRun, record: Filled) -> None:
+        """The slot's bytes go to the writer, for the files they belong to (opened with their
+        first bytes), or the slot is free again if none of those files is open."""
         pieces = []
         for fid, file_offset, slot_offset, length in run.task.map(record.offset, record.length):
             self.book.open(fid)
@@ -479,10 +502,18 @@ class Scheduler:
             self.slots.to_writer(record.slot, tuple(pieces))
         else:
             self.slots.release(record.slot)
-        if not record.last and (run.task.size is None or run.delivered < run.task.size):
-            self._move(run, T.WAITING_SLOT)
-            return
-        self._output_ended(run)
+
+    def _stopped_with(self, run: TaskRun, record: Filled) -> None:
+        """The run stops, and the attempt's worker handed over its partly filled slot. Bytes
+        that nothing checks later (as SlotWritten counts them: ranged, unchecked, plain) go
+        to the writer, so the last checkpoint journals them; a checked part only partly
+        received is dropped. The run stays where it is: no slot follows, no cut or contest
+        can be decided on a slot off the grid, and SlotWritten records the bytes."""
+        task = run.task
+        if task.ranged and not task.checks and task.compression is None:
+            self._to_writer(run, record)
+        else:
+            self.slots.release(record.slot)
 
     def _output_ended(self, run: TaskRun) -> None:
         """All of the task's output is in slots: it drains, and the files it was the last
