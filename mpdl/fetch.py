@@ -95,7 +95,8 @@ class Cursor:
 
     def stop(self) -> None:
         """The worker stops: the attempt's read ends now (its socket is shut, so a read that
-        waits on a slow link returns at once), and what it filled is handed over."""
+        waits on a slow link returns at once), and what it filled is handed over. The flag
+        comes first: a read that returns once it is set is dropped, whatever it holds."""
         self.stopping = True
         self.abort()
 
@@ -423,6 +424,8 @@ def _read_plain(job: Fetch, response, out: OutputSlots, meter: Meter, cursor: Cu
         if end is not None:
             want = min(want, end - out.position)
         n = reads.read(raw, out.view[out.filled:out.filled + want])
+        if cursor.stopping:  # it may have read after the socket was shut: never kept (over
+            return  # TLS, a shut SSLSocket reads the raw records into the slot)
         if not n:
             if end is None:
                 return

@@ -73,7 +73,9 @@ class Tracker:
         self._last = 0.0
         self.bytes_to_fetch: int | None = None  # set once the run is planned
         self.arriving: Callable[[], int] | None = None
-        self._history: deque[tuple[float, int, int, int]] = deque([self._sample(self._start)])
+        # Samples of the speed window, from the first snapshot on: the bytes a run finds done
+        # (in place, resumed) are counted after the tracker is made, not at a speed.
+        self._history: deque[tuple[float, int, int, int]] = deque()
 
     def _sample(self, now: float) -> tuple[float, int, int, int]:
         c = self.counts
@@ -89,6 +91,8 @@ class Tracker:
     def snapshot(self, final: bool = False) -> ProgressEvent:
         now, counts = time.monotonic(), self.counts
         sample = self._sample(now)
+        if not self._history:
+            self._history.append(sample)
         self._history.append(sample)
         while len(self._history) > 2 and now - self._history[1][0] > self.WINDOW:
             self._history.popleft()

@@ -60,6 +60,14 @@ def test_progress_adds_the_bytes_arriving_never_past_the_total():
     assert tracker.snapshot().bytes_done == 100
 
 
+def test_bytes_found_done_before_the_first_event_are_not_a_speed():
+    """A resumed run counts its bytes on disk after the tracker is made: not at a speed."""
+    counts = Counts()
+    tracker = Tracker(10 * MiB, 1, counts, lambda event: None)
+    counts.bytes_done = 8 * MiB  # resumed from the journal
+    assert tracker.snapshot().speed == 0.0
+
+
 # --- through the CLI -----------------------------------------------------------------------------
 
 
