@@ -86,13 +86,10 @@ class TaskBoard:
         elif new is T.WAITING_SLOT:
             self.waiting_slot.append(entry)
 
-    def take_back_in_flight(self) -> None:
-        """The run stops under its attempts: what they wrote that only their end would have
-        kept (``credited``: a checked part, a compressed one) is taken back from progress."""
-        for run in self.runs.values():
-            if run.state in IN_FLIGHT:
-                self.counts.bytes_done -= run.credited
-                run.credited = 0
+    def unkept(self) -> int:
+        """Bytes counted done that a stop now would not keep: those of attempts in flight
+        whose checks are still to come (a part with a hash, a compressed part, a stream)."""
+        return sum(run.credited for run in self.runs.values() if run.state in IN_FLIGHT)
 
     def add_run(self, task: Task) -> TaskRun:
         """A new task, QUEUED but in no queue yet (a thief is dispatched at once)."""

@@ -3,7 +3,8 @@
 Driven by the scheduler's events, in the order the writer keeps:
 - a filled slot goes to the writer as pieces of the files it covers (``filled``); a file opens
   with its first bytes, and bytes of a file that failed meanwhile are dropped (the slot comes
-  back at once);
+  back at once); at a stop, a partly filled slot goes too where nothing checks it later
+  (``stopped_with``);
 - a task whose output is all in slots drains, and each file it was the last live task of
   closes right behind its last slot, so the writer verifies and renames at once
   (``output_ended``): a small file costs it one batch (open, write, close);
@@ -42,6 +43,27 @@ class Delivery:
         """``run``'s current attempt filled a slot: it goes to the writer, and the task waits
         for its next slot or drains."""
         run.delivered, run.progress_at = record.offset + record.length, now
+        self._write(run, record)
+        if not record.last and (run.task.size is None or run.delivered < run.task.size):
+            self.board.move(run, T.WAITING_SLOT)
+            return
+        self.output_ended(run)
+
+    def stopped_with(self, run: TaskRun, record: Filled) -> None:
+        """The run stops, and the attempt's worker handed over its partly filled slot. Bytes
+        that nothing checks later (as ``written`` counts them: ranged, unchecked, plain) go
+        to the writer, so the last checkpoint journals them; a checked part only partly
+        received is dropped. The run stays where it is: no slot follows, no cut or contest
+        can be decided on a slot off the grid, and ``written`` records the bytes."""
+        task = run.task
+        if task.ranged and not task.checks and task.compression is None:
+            self._write(run, record)
+        else:
+            self.slots.release(record.slot)
+
+    def _write(self, run: TaskRun, record: Filled) -> None:
+        """The slot's bytes go to the writer, for the files they belong to (opened with their
+        first bytes), or the slot is free again if none of those files is open."""
         pieces = []
         for fid, file_offset, slot_offset, length in run.task.map(record.offset, record.length):
             self.book.open(fid)
@@ -53,10 +75,6 @@ class Delivery:
             self.slots.to_writer(record.slot, tuple(pieces))
         else:
             self.slots.release(record.slot)
-        if not record.last and (run.task.size is None or run.delivered < run.task.size):
-            self.board.move(run, T.WAITING_SLOT)
-            return
-        self.output_ended(run)
 
     def output_ended(self, run: TaskRun) -> None:
         """All of the task's output is in slots: it drains, and the files it was the last

@@ -7,6 +7,12 @@ what the worker reports as read for nothing. Every body read asks the run's spee
 (ratelimit.SpeedCap), which may make it wait for its turn and ask fewer bytes, and is held to
 the speed floor (speedfloor.py): a response that delivers less than the floor over a window
 of reading fails its attempt.
+
+Every slot but the last of an output is full (the scheduler cuts and routes outputs on that
+grid), with one exception: when the worker stops (the run is stopping), a plain body's partly
+filled slot is handed over as it stands (``Filled`` with ``stopped``), as the attempt's last
+word, so the run keeps what arrived. How full the slot being filled is, is stored in the
+ring's ``fills`` after every read, for progress.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ try:
 except ImportError:  # Windows: bytes left unread when a response is dropped are not counted
     fcntl = None  # type: ignore[assignment]
 
-from .errors import IntegrityError, NotOnMirror, RangesIgnored, TransientError
+from .errors import FetchError, IntegrityError, NotOnMirror, RangesIgnored, TransientError
 from .hashing import parse_hash
 from .http import (discard, final_url, open_response, parse_content_range, range_header,
                    status_error)
@@ -43,6 +49,11 @@ READ_SIZE = 256 * 1024
 
 class Cancelled(Exception):
     """No slot will come: the coordinator cancelled the attempt, or the worker is stopping."""
+
+
+class Stopped(Exception):
+    """The worker stopped under the attempt, which handed over its partly filled slot: that
+    Filled was its last word, and nothing else is to be said of it."""
 
 
 class Meter:
@@ -71,14 +82,23 @@ class Cursor:
     (where the output stops: the task's length, until a Cut moves it back, when another task
     took the rest). ``response`` lets the main thread shut the socket of an attempt cut behind
     where it stands, whose read may otherwise wait for bytes that never come (a stall).
+    ``stopping``: the worker stops; the attempt hands over what it holds and ends.
     """
 
-    __slots__ = ("end", "position", "response")
+    __slots__ = ("end", "position", "response", "stopping")
 
     def __init__(self, end: int | None) -> None:
         self.end = end
         self.position = 0
         self.response: urllib3.BaseHTTPResponse | None = None
+        self.stopping = False
+
+    def stop(self) -> None:
+        """The worker stops: the attempt's read ends now (its socket is shut, so a read that
+        waits on a slow link returns at once), and what it filled is handed over. The flag
+        comes first: a read that returns once it is set is dropped, whatever it holds."""
+        self.stopping = True
+        self.abort()
 
     def cut(self, at: int) -> bool:
         """The output now ends at ``at``; returns whether the attempt is already past it."""
@@ -308,6 +328,12 @@ class OutputSlots:
         self.slot_size = ring.spec.slot_size
         self.slot, self.start, self.filled = job.slot, 0, 0
         self.view = ring.view(job.slot)
+        self.fills = ring.fills
+
+    def grew(self, n: int) -> None:
+        """``n`` more bytes are in the slot (the count progress reads, in the ring)."""
+        self.filled += n
+        self.fills[self.slot] = self.filled
 
     @property
     def position(self) -> int:
@@ -341,42 +367,36 @@ class OutputSlots:
     def report_last(self) -> None:
         self._report(last=True)
 
-    def _report(self, last: bool) -> None:
+    def report_stopped(self) -> None:
+        """The worker stops: hand the slot over as far as it is filled (none may be), unchecked
+        (the coordinator keeps only bytes nothing checks later)."""
+        self._report(last=False, stopped=True)
+
+    def _report(self, last: bool, stopped: bool = False) -> None:
         job = self.job
         self.report(Filled(task_id=job.task_id, attempt=job.attempt, slot=self.slot,
                            offset=self.start, length=self.filled, fetched=self.meter.take(),
-                           last=last))
+                           last=last, stopped=stopped))
 
 
 def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
                 next_slot: NextSlot, report: Report, meter: Meter, cursor: Cursor,
                 reads: CappedReads) -> None:
     """Read the body into slots up to ``cursor.end``: a Cut can move it back while the body
-    is read (it stays on the slot grid, so no slot straddles it)."""
+    is read (it stays on the slot grid, so no slot straddles it). When the worker stops, the
+    slot being filled is handed over as it stands, and the attempt ends (Stopped)."""
     raw = response._fp  # http.client.HTTPResponse: readinto without a copy
     out = OutputSlots(job, ring, next_slot, report, meter)
     try:
-        while True:
-            end = cursor.end
-            if end is not None and out.position >= end:
-                out.filled = max(0, end - out.start)  # cut behind this slot: none is wanted
-                if end != job.length:  # cut short of the body asked: what arrived counts
-                    meter.unreported += arrived_unread(response)
-                break
-            if not out.room:  # full, and more to come
-                out.hand_over()
-            want = min(out.room, READ_SIZE)
-            if end is not None:
-                want = min(want, end - out.position)
-            n = reads.read(raw, out.view[out.filled:out.filled + want])
-            if not n:
-                if end is None:
-                    break
-                raise TransientError(f"{job.url}: the body ended {end - out.position} bytes "
-                                     "short")
-            out.filled += n
-            meter.unreported += n
-            cursor.position = out.position
+        try:
+            _read_plain(job, response, out, meter, cursor, reads)
+        except FetchError:
+            if not cursor.stopping:  # else its read failed because the worker shut it
+                raise
+        if cursor.stopping and (cursor.end is None or out.position < cursor.end):
+            meter.unreported += arrived_unread(response)
+            out.report_stopped()
+            raise Stopped()
         if (job.exact and not job.ranged and job.length is not None and known_length is None
                 and cursor.end == job.length and _has_more(raw)):
             raise NotOnMirror(f"{job.url}: the body is longer than the {job.length} bytes "
@@ -385,6 +405,34 @@ def _fill_plain(job: Fetch, response, known_length: int | None, ring: Ring,
     finally:
         out.close()
     out.report_last()
+
+
+def _read_plain(job: Fetch, response, out: OutputSlots, meter: Meter, cursor: Cursor,
+                reads: CappedReads) -> None:
+    """The read loop of ``_fill_plain``: up to ``cursor.end``, or until the worker stops."""
+    raw = response._fp
+    while not cursor.stopping:
+        end = cursor.end
+        if end is not None and out.position >= end:
+            out.filled = max(0, end - out.start)  # cut behind this slot: none is wanted
+            if end != job.length:  # cut short of the body asked: what arrived counts
+                meter.unreported += arrived_unread(response)
+            return
+        if not out.room:  # full, and more to come
+            out.hand_over()
+        want = min(out.room, READ_SIZE)
+        if end is not None:
+            want = min(want, end - out.position)
+        n = reads.read(raw, out.view[out.filled:out.filled + want])
+        if cursor.stopping:  # it may have read after the socket was shut: never kept (over
+            return  # TLS, a shut SSLSocket reads the raw records into the slot)
+        if not n:
+            if end is None:
+                return
+            raise TransientError(f"{job.url}: the body ended {end - out.position} bytes short")
+        out.grew(n)
+        meter.unreported += n
+        cursor.position = out.position
 
 
 def _has_more(raw) -> bool:
@@ -432,7 +480,7 @@ def _fill_decoded(job: Fetch, response, ring: Ring, next_slot: NextSlot, report:
                         raise IntegrityError(f"{job.url}: decompresses to more than the "
                                              f"declared {size} bytes")
                     out.view[out.filled:out.filled + len(chunk)] = chunk
-                    out.filled += len(chunk)
+                    out.grew(len(chunk))
                     data = decoder.unconsumed_tail
         if left or decoder.unused_data or not decoder.eof or out.position != size:
             raise IntegrityError(f"{job.url}: the zlib stream does not match its part "

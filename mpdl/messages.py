@@ -105,6 +105,8 @@ class Filled(NamedTuple):
     """``slot`` holds ``length`` bytes of the task's output from output offset ``offset``.
 
     ``fetched`` counts network bytes read for it; ``last`` says the task's output ends here.
+    ``stopped``: the worker stopped (the run is stopping) with this slot partly filled; it
+    is the attempt's last word, neither full nor the output's end: no slot follows it.
     """
 
     task_id: int
@@ -114,6 +116,7 @@ class Filled(NamedTuple):
     length: int
     fetched: int
     last: bool
+    stopped: bool = False
 
 
 class Alive(NamedTuple):

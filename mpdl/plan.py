@@ -251,21 +251,22 @@ class Planner:
             else:
                 gaps = present.gaps(file_offset, file_offset + part.size) if present else \
                     [(file_offset, file_offset + part.size)]
-                for lo, hi in gaps:
+                for lo, hi in gaps:  # one after bytes on disk needs none of them again
                     self._add_range(draft, part.url, part.offset + lo - file_offset, hi - lo,
-                                    file_id, lo, None)
+                                    file_id, lo, None, resumed=lo > file_offset)
             file_offset += part.size
 
     def _add_range(self, draft: _Draft, source: str, offset: int, length: int, file_id: int,
-                   file_offset: int, check: str | None) -> None:
+                   file_offset: int, check: str | None, resumed: bool = False) -> None:
         """Bytes [offset, offset+length) of ``source`` for ``file_id`` at ``file_offset``, to
-        be checked against ``check`` if given. Parallel: kept for the grid of ``source``
-        (``_grid_tasks``). Not parallel: into the request growing for ``source`` when they
-        join it, else into a new one (the old one becomes a task)."""
+        be checked against ``check`` if given; ``resumed``: they follow bytes on disk.
+        Parallel: kept for the grid of ``source`` (``_grid_tasks``). Not parallel: into the
+        request growing for ``source`` when they join it, else into a new one (the old one
+        becomes a task)."""
         if self.parallel:
             draft.pieces.setdefault(source, []).append(_Piece(
                 start=offset, stop=offset + length, file_id=file_id, file_offset=file_offset,
-                check=check, order=len(draft.tasks)))
+                check=check, order=len(draft.tasks), resumed=resumed))
             return
         request = draft.growing.get(source)
         if request is not None and not self._joins(request, offset, length, check):
@@ -318,6 +319,7 @@ class Planner:
             while start < piece.stop:
                 at = start // cell
                 inside = request is not None and request.first <= at < request.stop
+                begun = piece.resumed and start % cell and piece.check is None
                 if request is not None and inside and len(request.spans) < MAX_SPANS:
                     pass  # a cell this request asks already
                 elif request is not None and inside:  # full, in a cell of too many parts
@@ -327,18 +329,21 @@ class Planner:
                     close(request)
                     request = _GridRequest(first=at, stop=at + 1, order=piece.order,
                                            start=start)
-                elif (request is not None and at == request.stop
-                      and request.stop - request.first < most
+                elif (request is not None and at == request.stop and not begun
+                      and request.stop - request.first < (request.cells or most)
                       and len(request.spans) + starting.get(at, 0) <= MAX_SPANS):
                     request.stop += 1  # the next cell
                 else:
                     if request is not None:
                         close(request)
                     request = _GridRequest(first=at, stop=at + 1, order=piece.order)
+                    if begun:
+                        request.start, request.cells = start, 1  # the rest of a begun cell
                 if piece.check is not None:  # all of it in this request
                     taken = piece.stop
                 else:  # up to this request's last cell, or the most it may grow to
-                    taken = min(piece.stop, max(request.stop, request.first + most) * cell)
+                    taken = min(piece.stop,
+                                max(request.stop, request.first + (request.cells or most)) * cell)
                 request.stop = max(request.stop, -(-taken // cell))
                 request.order = min(request.order, piece.order)
                 request.furthest = max(request.furthest, taken)
@@ -368,7 +373,8 @@ class _GrowingRequest:
 @dataclass(frozen=True, slots=True)
 class _Piece:
     """Bytes [start, stop) of an object for ``file_id`` at ``file_offset``, checked against
-    ``check`` if given; ``order``: how many tasks the plan had when it came (file order)."""
+    ``check`` if given; ``order``: how many tasks the plan had when it came (file order).
+    ``resumed``: the bytes before it are on disk (a resume's gap): see ``_GridRequest``."""
 
     start: int
     stop: int
@@ -376,13 +382,18 @@ class _Piece:
     file_offset: int
     check: str | None
     order: int
+    resumed: bool = False
 
 
 @dataclass
 class _GridRequest:
     """A request of the grid being built: cells [first, stop) of its object, but from byte
     ``start`` and to byte ``end`` where a cell of too many parts is cut between them;
-    ``furthest``: the end of its furthest part."""
+    ``furthest``: the end of its furthest part. ``cells``: the most cells it may span (None:
+    the plan's most). A resume's gap that begins inside a cell, after bytes on disk (an
+    interrupt keeps partly filled slots), is asked from there to the cell's end alone, one
+    cell at most: the re-run asks only the rest of the cell, and every other request stays
+    on the grid, its cuts too."""
 
     first: int
     stop: int
@@ -390,6 +401,7 @@ class _GridRequest:
     start: int | None = None
     end: int | None = None
     furthest: int = 0
+    cells: int | None = None
     spans: list[Span] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
 

@@ -3,6 +3,12 @@
 The scheduler alone decides who holds a slot (``slots.SlotPool``); other processes only
 ``attach`` and look at the slots they were told about. Slots are freed in any order, so one
 slow response never holds the others back.
+
+Beside the slots, the segment ends in one int64 per slot, ``fills``: how many bytes the worker
+filling the slot has put in it so far. The worker stores it after each read; the coordinator
+zeroes it before it lends the slot, and reads it for progress (``SlotPool.arriving``), so
+progress follows bytes as they arrive with no record through a pipe. Only the slot's holder
+writes its count, and a count is a hint for people, never a fact a decision rests on.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import NamedTuple
 
 
 SHM_FOLDER = "/dev/shm"
+FILL_BYTES = 8  # one int64 per slot at the segment's end: how much of the slot is filled
 
 
 def slots_that_fit(slot_size: int, wanted: int) -> int:
@@ -28,7 +35,7 @@ def slots_that_fit(slot_size: int, wanted: int) -> int:
         free = shutil.disk_usage(SHM_FOLDER).free
     except OSError:  # no /dev/shm (macOS, Windows): the OS backs segments with memory
         return wanted
-    return min(wanted, free // slot_size)
+    return min(wanted, free // (slot_size + FILL_BYTES))
 
 
 class RingSpec(NamedTuple):
@@ -47,11 +54,15 @@ class Ring:
         self.spec = spec
         self._owner = owner
         self._buf: memoryview | None = shm.buf
+        payload = spec.slot_size * spec.slots
+        self._tail = shm.buf[payload:payload + FILL_BYTES * spec.slots]
+        self.fills: memoryview = self._tail.cast("q")  # bytes filled, per slot
 
     @classmethod
     def create(cls, slot_size: int, slots: int) -> Ring:
         name = f"mpdl_{os.getpid()}_{secrets.token_hex(4)}"
-        shm = shared_memory.SharedMemory(name=name, create=True, size=slot_size * slots)
+        shm = shared_memory.SharedMemory(name=name, create=True,
+                                         size=(slot_size + FILL_BYTES) * slots)
         return cls(shm, RingSpec(shm.name, slot_size, slots), owner=True)
 
     @classmethod
@@ -72,6 +83,8 @@ class Ring:
         """Detach; the creator also unlinks, so nothing stays in /dev/shm."""
         if self._buf is None:
             return
+        self.fills.release()
+        self._tail.release()
         self._buf.release()
         self._buf = None
         try:

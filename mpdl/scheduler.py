@@ -143,6 +143,17 @@ class Scheduler:
     def syncing(self) -> bool:
         return self.book.checkpoints.in_flight is not None
 
+    @property
+    def writing(self) -> bool:
+        """Whether the writer has slots still to write (a stop waits for them, to journal)."""
+        return self.slots.with_writer
+
+    @property
+    def unkept(self) -> int:
+        """Bytes counted done that a stop now would not keep: those of attempts in flight
+        whose checks are still to come (a part with a hash, a compressed part, a stream)."""
+        return self.board.unkept()
+
     def take(self) -> Output:
         """Records to send and effects to carry out, since the last call."""
         out = Output(self.out.to_workers, list(self.out.to_writer), list(self.out.effects))
@@ -212,6 +223,8 @@ class Scheduler:
             # From an attempt abandoned, or one whose output was cut where it stood (a race
             # its thief won): nothing it still sends is wanted.
             self.dispatch.stale(record)
+        elif isinstance(record, Filled) and record.stopped:
+            self.delivery.stopped_with(run, record)
         elif isinstance(record, Filled):
             self.routes.filled(run.asked, run.url)
             won = self.contests.filled(run, record, now)
@@ -306,13 +319,6 @@ class Scheduler:
     def abort(self, reason: str) -> None:
         """The run stops: unfinished files fail, their staging files stay for a re-run."""
         self.book.abort(reason)
-        self.interrupted()
-
-    def interrupted(self) -> None:
-        """The run stops under its attempts (an error, Ctrl-C, SIGTERM): the bytes they wrote
-        that only their end would have kept (a checked part, a compressed one) are not done
-        after all, so the last progress says what a re-run will find."""
-        self.board.take_back_in_flight()
 
     # -- steps -----------------------------------------------------------------------------------
 

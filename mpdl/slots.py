@@ -9,6 +9,7 @@ is the shared memory; this is only its ledger, kept by the scheduler.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -61,6 +62,19 @@ class SlotPool:
     def release(self, slot: int) -> None:
         del self._held[slot]
         self._free.append(slot)
+
+    @property
+    def with_writer(self) -> bool:
+        """Whether the writer has any slot still to write (a stop waits for them)."""
+        return any(h.phase is Phase.WRITING for h in self._held.values())
+
+    def arriving(self, fills: Sequence[int]) -> int:
+        """Bytes in held slots and not yet written: as far as each slot being filled is
+        filled (``fills``, the counts the workers keep in the ring), and what the writer was
+        given of the others. Progress adds them to the bytes done, so it follows the bytes as
+        they arrive rather than jumping a slot at a time."""
+        return sum(fills[slot] if h.phase is Phase.FILLING else sum(p.length for p in h.pieces)
+                   for slot, h in self._held.items())
 
     def writing(self, task_id: int, attempt: int) -> int:
         """How many slots of this attempt the writer has yet to write."""

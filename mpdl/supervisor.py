@@ -26,7 +26,7 @@ from .errors import ChildrenKeepDying, MpdlError, NotDurable, RingTooSmall, RunS
 from .journal import Journal
 from .layout import Layout
 from .manifest import FileEntry
-from .messages import Failed, Filled, Stop
+from .messages import Failed, Fetch, Filled, Grant, Stop
 from .options import Options, parse_rate
 from .progress import Tracker, human_bytes
 from .ratelimit import SpeedCap
@@ -108,6 +108,8 @@ class Supervisor:
         self.layout = layout
         self.options = options
         self.tracker = tracker
+        # Progress follows bytes as they arrive: those in the ring's slots count too.
+        tracker.arriving = lambda: scheduler.slots.arriving(ring.fills)
         self.on_file_done = on_file_done
         self.journal = journal
         self.refresh_url = refresh_url
@@ -152,12 +154,13 @@ class Supervisor:
             self._last_checkpoint(STOP_SYNC_SECONDS)  # files already closing may still finish
             self.scheduler.abort(UNFINISHED)  # staging files stay
             self._carry_out()
-        except BaseException:  # Ctrl-C, SIGTERM: keep what is done, then stop
+        except BaseException:  # Ctrl-C, SIGTERM: keep what is done and what arrived, then stop
+            self._hand_over()
             self._last_checkpoint(STOP_SYNC_SECONDS)
-            self.scheduler.interrupted()
-            self.tracker.tick(final=True)  # the last line: what the re-run will find
+            self._show_kept()
             raise
         finally:
+            self.tracker.arriving = None  # the ring goes: progress counts bytes done alone
             self._stop_children()
 
     def _change_rate(self, asked: int | float | str | None) -> None:
@@ -203,6 +206,9 @@ class Supervisor:
 
     def _send(self, out: Output) -> None:
         for worker_id, records in out.to_workers.items():
+            for record in records:
+                if isinstance(record, (Fetch, Grant)):  # lent: its count starts again
+                    self.ring.fills[record.slot] = 0
             self.workers[worker_id].inbox.put(records)  # a dead worker's were dropped
         if out.to_writer and self.writer is not None:
             self.writer.inbox.put(out.to_writer)
@@ -365,13 +371,58 @@ class Supervisor:
         child.outbox.close()
         return child.process.exitcode
 
+    def _hand_over(self) -> None:
+        """An interrupted run keeps what arrived: the workers stop first, each handing over
+        the partly filled slot of every response it was reading (fetch.py), which goes to
+        the writer as any slot (the scheduler keeps the bytes nothing checks later); then
+        the writes are waited for, so the last checkpoint makes them durable and journals
+        them. Failed attempts only count their bytes: no decision is left to make."""
+        def heard(worker_id: int) -> Callable[[object], None]:
+            def feed(record) -> None:
+                if isinstance(record, Failed):
+                    self._late_record(record)
+                else:
+                    self.scheduler.worker_record(worker_id, record, time.monotonic())
+            return feed
+        try:
+            self._stop([(child, heard(wid)) for wid, child in self.workers.items()])
+            self.workers.clear()
+            self._carry_out()
+            deadline = time.monotonic() + STOP_SYNC_SECONDS
+            while (self.scheduler.writing and self.writer is not None
+                   and self.writer.process.is_alive() and time.monotonic() < deadline):
+                self._wait_and_feed(min(POLL_SECONDS, deadline - time.monotonic()))
+                self._carry_out()
+        except MpdlError as exc:  # a write failed: the last checkpoint keeps what it can
+            log.info("what the workers handed over was not all written: %s", exc)
+
+    def _show_kept(self) -> None:
+        """The last event of an interrupted run shows what it keeps, where the re-run starts:
+        the bytes arriving in slots counted as they came, and what a check was still to
+        pass, are not kept (a part with a hash is verified whole or fetched again)."""
+        self.tracker.arriving = None
+        self.tracker.counts.bytes_done -= self.scheduler.unkept
+        try:
+            self.tracker.tick(final=True)
+        except Exception as exc:  # the caller's callback: the interrupt still comes first
+            log.info("the progress callback raised %r", exc)
+
     def _stop_children(self) -> None:
-        """Stop, a grace period to exit on their own, then retire each (terminate if need be)."""
+        """Stop every child still there: a grace period to exit on their own, then retire
+        each (terminate if need be). What they still say only counts its bytes."""
         children = list(self.workers.values()) + ([self.writer] if self.writer else [])
-        for child in children:
+        self._stop([(child, self._late_record) for child in children])
+        self.workers.clear()
+        self.writer = None
+
+    def _stop(self, children: list[tuple[Child, Callable[[object], None]]]) -> None:
+        """Stop, a grace period to exit on their own while what each says goes to its
+        listener, then retire each (terminate if need be)."""
+        for child, _ in children:
             child.inbox.put([Stop()])
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        running = {c.process.sentinel: c for c in children}
+        running = {c.process.sentinel: c for c, _ in children}
+        listeners = {c.outbox: listen for c, listen in children}
         while running and time.monotonic() < deadline:
             outboxes = {c.outbox: c for c in running.values() if not c.outbox.closed}
             for ready in wait(list(running) + list(outboxes), deadline - time.monotonic()):
@@ -380,13 +431,11 @@ class Supervisor:
                     if batch is None:
                         ready.close()
                     for record in batch or ():
-                        self._late_record(record)
+                        listeners[ready](record)
                 else:
                     del running[ready]
-        for child in children:
-            self._retire(child, self._late_record)
-        self.workers.clear()
-        self.writer = None
+        for child, listen in children:
+            self._retire(child, listen)
 
 
 def _receive(outbox: Connection) -> list | None:

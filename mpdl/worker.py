@@ -8,8 +8,11 @@ coordinator's records to ``Worker.handle`` and exits when the coordinator dies o
 
 Rules: the main thread never blocks on a fetch, and nothing here runs per chunk; the fetch
 threads answer the coordinator themselves, as they go, and every attempt they take ends in
-exactly one Filled with ``last`` or one Failed, unless the worker stops (an attempt that read
-bytes then still reports them) or the coordinator is gone.
+exactly one Filled with ``last`` or one Failed, unless the worker stops or the coordinator is
+gone. A worker that stops hands over what it holds before it exits: each response being read
+ends at once (its socket is shut) and reports its partly filled slot (a Filled with
+``stopped``), which the run writes and journals; an attempt that read bytes and holds no slot
+still reports them (a Failed), so the run's count of bytes fetched is whole.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from multiprocessing.queues import Queue
 
 from .child import batches, child_setup
 from .errors import FetchError, TransientError
-from .fetch import Cancelled, Cursor, Meter, fetch
+from .fetch import Cancelled, Cursor, Meter, Stopped, fetch
 from .http import make_pool
 from .messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FromWorker, Grant, Stop,
                        ToWorker, UnknownRecord)
@@ -133,6 +136,8 @@ class Worker:
                     raise Cancelled()
                 fetch(job, self.pool, self.ring, self.grants[key].get, self.send, scratch, meter,
                       self.cursors[key], self.cap, self.floor)
+            except Stopped:  # its partly filled slot was handed over: its last word
+                return
             except FetchError as exc:
                 retry_after = exc.retry_after if isinstance(exc, TransientError) else None
                 self._failed(job, type(exc).kind, str(exc), meter, retry_after)
@@ -167,11 +172,15 @@ class Worker:
                 pass  # the coordinator is gone
 
     def stop(self) -> None:
-        """Wake every fetch thread and give them a moment to end.
+        """End every attempt, wake every fetch thread and give them a moment to hand over
+        what they hold and end.
 
-        They are daemons: one stuck in a read must not keep the process alive.
+        They are daemons: one stuck (in a request not yet answered) must not keep the process
+        alive.
         """
         self.stopping.set()
+        for cursor in list(self.cursors.values()):
+            cursor.stop()
         for waiting in list(self.grants.values()):
             waiting.put(None)
         for _ in self.fetchers:

@@ -284,12 +284,32 @@ def test_resumed_gaps_are_asked_as_the_cells_that_hold_them():
     # the last file of main.bin is done: the last cell still ends where the manifest's last
     # part does (object_ends), not where the files still to fetch end
     plan = planner.plan(entries[:-2] + entries[-1:], have=have)
-    assert grid_violations(plan, chunk, ends) == []
+    # Off the grid only: the rest of a cell begun on disk, asked alone from the first byte
+    # missing to the cell's end (an interrupt keeps partly filled slots).
+    for source, offset, length in grid_violations(plan, chunk, ends):
+        task = next(t for t in plan.tasks if t.offset == offset and t.source == source)
+        first = task.spans[0]
+        assert first.offset == 0 and have[first.file_id].covers(first.file_offset - 1,
+                                                                first.file_offset), task
+        assert offset // chunk == (offset + length - 1) // chunk, task
+        assert (offset + length) % chunk == 0 or offset + length == ends[source], task
     for task in plan.tasks:  # only the missing bytes are written
         for span in task.spans:
             present = have.get(span.file_id)
             assert not present or not present.covers(span.file_offset,
                                                      span.file_offset + span.length)
+
+
+def test_a_resumed_file_asks_the_rest_of_a_begun_cell_alone_then_whole_cells():
+    """An interrupt keeps a slot's bytes as far as they came: the re-run asks only the rest
+    of that cell, and the rest of the file on the grid as ever."""
+    m = manifest({"path": "big", "size": 8 * MiB, "url": "big.bin"})
+    have = {0: RangeSet([(0, 3 * MiB + 1000), (5 * MiB, 5 * MiB + 7)])}
+    plan = Planner(chunk_size=MiB, spread=2).plan(list(enumerate(m.files)), have=have)
+    assert [(t.offset, t.length) for t in plan.tasks] == [
+        (3 * MiB + 1000, MiB - 1000), (4 * MiB, MiB), (5 * MiB + 7, MiB - 7), (6 * MiB, 2 * MiB)]
+    assert all(t.offset % MiB == 0 for t in plan.tasks[3:])
+    assert plan.tasks[0].spans[0].file_offset == 3 * MiB + 1000
 
 
 def test_a_cell_of_more_files_than_a_request_may_carry_is_cut_between_them():

@@ -1393,9 +1393,10 @@ def test_progress_counts_a_restarted_files_written_slots_once():
 
 
 @pytest.mark.parametrize("checked", [False, True])
-def test_an_interrupted_run_takes_back_only_the_bytes_no_one_will_keep(checked):
+def test_a_stop_would_not_keep_only_a_checked_parts_written_bytes(checked):
     """Ctrl-C or SIGTERM under a checked part: its written slot is lost with the attempt (the
-    part is fetched whole again), so progress gives it back; an unchecked range keeps it."""
+    part is fetched whole again), so the last progress gives it back; an unchecked range's
+    written slot is the file's already."""
     parts = [part("big", 0, 1000, **({"hash": MD5} if checked else {}))]
     sim = Sim({"path": "big", "size": 1000, "parts": parts}, spread=1,
               tail=TailPolicy(min_steal_slots=100))
@@ -1403,8 +1404,7 @@ def test_an_interrupted_run_takes_back_only_the_bytes_no_one_will_keep(checked):
     sim.fill(big, 100, last=False)
     sim.written(sim.to_writer(WriteSlot)[0].slot)
     assert sim.s.counts.bytes_done == 100
-    sim.s.interrupted()
-    assert sim.s.counts.bytes_done == (0 if checked else 100)
+    assert sim.s.unkept == (100 if checked else 0)
 
 
 def test_a_retry_rewriting_slots_its_failed_attempt_wrote_counts_them_once():
@@ -1763,3 +1763,48 @@ def test_two_copies_that_fail_their_hash_bring_a_third_of_the_pieces_where_they_
     assert {f.url for f in fetches[3:6]} == {B + "f"}
     assert sim.s.counts.bytes_done == 250
 
+
+
+# -- a stop: the partly filled slots workers hand over --------------------------------------------
+
+
+def stopped_with(sim: Sim, fetch: Fetch, length: int):
+    """The attempt's worker stops with ``length`` bytes in its slot and hands it over."""
+    job = sim.jobs.pop((fetch.task_id, fetch.attempt))
+    record = Filled(task_id=fetch.task_id, attempt=fetch.attempt, slot=job.slot,
+                    offset=job.done, length=length, fetched=length, last=False, stopped=True)
+    return sim.feed(job.worker, record)
+
+
+def test_a_slot_handed_over_partly_filled_at_a_stop_is_written_and_journaled():
+    sim = Sim(obj("f", 400), spread=2)
+    first, second = sorted(sim.fetches(), key=lambda f: f.offset)
+    assert first.ranged and not first.checks
+    sim.fill(first, 100, last=False)  # a full slot, then 40 bytes of the next when it stops
+    sim.written(first.slot)
+    [grant] = sim.all_sent(Grant)
+    out = stopped_with(sim, first, 40)
+    [write] = sim.to_writer(WriteSlot, out)
+    assert write.slot == grant.slot
+    assert [(p.file_id, p.file_offset, p.length) for p in write.pieces] == [(0, 100, 40)]
+    out = stopped_with(sim, second, 7)  # the file's other range: its first bytes
+    [write] = sim.to_writer(WriteSlot, out)
+    assert [(p.file_offset, p.length) for p in write.pieces] == [(second.offset, 7)]
+    assert sim.run(first).state in ON_WORKER  # nothing follows: no cut, no retry, no grant
+    sim.serve(syncs=False)
+    sim.s.checkpoint(sim.now)
+    sim.take()
+    out = sim.synced(sim.syncs[0].token)
+    [synced] = sim.effects_of(JournalSynced, out)
+    assert synced.partial == ((sim.manifest.files[0],
+                               RangeSet([(0, 140), (second.offset, second.offset + 7)])),)
+    assert sim.s.counts.bytes_done == 147
+
+
+def test_a_checked_part_handed_over_partly_filled_is_dropped():
+    sim = Sim({"path": "f", "size": 250, "parts": [part("m", 0, 250, hash=MD5)]})
+    [fetch] = sim.fetches()
+    assert fetch.checks
+    out = stopped_with(sim, fetch, 60)
+    assert sim.to_writer(WriteSlot, out) == [] and sim.s.slots.free == sim.s.slots.size
+    assert not sim.s.writing and sim.s.counts.bytes_done == 0
