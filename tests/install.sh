@@ -2,9 +2,9 @@
 # Installs everything the tests need: mpdl in editable mode with its test and perf extras, and the
 # programs the tests run (the servers people run: nginx, Apache httpd, lighttpd with its TLS
 # module, Squid as a forward proxy; openssl for the test CA; aria2c and axel for the benchmark's
-# smoke test). The programs come from apt-get when missing, as root on Debian; otherwise one line
-# says what to install (the tests that need them skip; under CI=true they fail). Quiet, and safe
-# to run again:
+# smoke test; mkfs.ext2 and losetup for a disk whose fsync fails). The programs come from
+# apt-get when missing, as root on Debian; otherwise one line says what to install (the tests
+# that need them skip; under CI=true they fail). Quiet, and safe to run again:
 #
 #     sh tests/install.sh && python3 -m pytest -q
 #
@@ -26,6 +26,8 @@ have squid || missing="$missing squid"
 have openssl || missing="$missing openssl"
 have aria2c || missing="$missing aria2"
 have axel || missing="$missing axel"
+have mkfs.ext2 || missing="$missing e2fsprogs"  # the failing-fsync test: ext2 on a loop device
+have losetup || missing="$missing mount"
 
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -43,7 +45,7 @@ if [ -n "$missing" ]; then
         apt-get install -y -qq --no-install-recommends $missing >/dev/null
     else
         case $missing in
-            *nginx* | *apache2* | *lighttpd* | *squid* | *openssl*)
+            *nginx* | *apache2* | *lighttpd* | *squid* | *openssl* | *e2fsprogs* | *mount*)
                 effect="the tests that need them skip (under CI=true they fail)" ;;
             *) effect="the benchmark's smoke test reports them missing" ;;
         esac
