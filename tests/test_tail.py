@@ -106,6 +106,9 @@ def test_a_steal_is_made_only_when_it_saves_time():
     fast = running(1, 1000, 100, elapsed=0.5)
     assert policy.choose([fast], SLOT, Pace(rate=100.0, wait=0.2)) == Steal(1, 600)
     assert policy.choose([fast], SLOT, Pace(rate=100.0, wait=1.0)) is None
+    # A victim far slower than the run's connections is worth stealing from sooner.
+    slow = running(1, 300, 100, elapsed=10.0)
+    assert policy.choose([slow], SLOT, Pace(rate=100.0, wait=5.0)) == Steal(1, 200)
 
 
 def test_a_steal_must_save_more_than_a_busy_machines_noise():
@@ -118,9 +121,6 @@ def test_a_steal_must_save_more_than_a_busy_machines_noise():
         == Steal(1, 600)
     assert policy.choose([running(1, 1000, 100)], SLOT, Pace(rate=100.0, wait=0.5)) \
         == Steal(1, 600)
-    # A victim far slower than the run's connections is worth stealing from sooner.
-    slow = running(1, 300, 100, elapsed=10.0)
-    assert policy.choose([slow], SLOT, Pace(rate=100.0, wait=5.0)) == Steal(1, 200)
 
 
 def test_no_steal_whose_thief_would_lose_its_contest():

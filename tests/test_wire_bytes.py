@@ -1,32 +1,35 @@
 """Every byte once, by the server's own count: what nginx logged as sent (``$body_bytes_sent``,
-headers aside) for a resume, an update and a repair, against what each run needed (the
-issue 16 target: at most 1.03 times the bytes needed, plus one slot per connection).
+headers aside; perf/wire.py reads it) for a resume, an update and a repair, against what each
+run needed (the issue 16 target: at most 1.03 times the bytes needed, plus one slot per
+connection).
 
-nginx serves the files twice: plainly, and at ``/throttled/slow/`` where one connection in
-ten (by nginx's serial number: the 7th, the 17th...) gets SLOW_RATE, so each run has a slow
-connection among fast ones and the tail policy (mpdl/tail.py) has ranges to steal and race.
-Each run has more connections than ranges waiting at its start, so idle connections are
-there from the first moment: what they may take before anything was measured, and what a
-contest's loser reads, is what these tests weigh. (Two runs through a slicing cache:
-tests/test_fleet.py asks the origin for each byte exactly once.)
+nginx serves the files at ``/throttled/slow/``, where one connection in ten (by nginx's serial
+number: the 7th, the 17th...) gets SLOW_RATE, so each run has a slow connection among fast
+ones and the tail policy (mpdl/tail.py) has a range to race, and the resume, whose holes are
+fewer than its connections, ranges to steal from. On loopback the server hands a fast
+connection's whole response to the kernel at once, so a steal from it costs the rest of the
+victim's range, and a thief that loses its contest costs its own: the resume weighs which
+steals are made. The update and the repair weigh what the plan asks (the parts that exist
+nowhere locally, the bad parts and not their files), computed here from the files. (Two runs
+through a slicing cache: tests/test_fleet.py asks the origin for each byte exactly once.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from helpers import Watchdog, read_access_log, run, servers, skip_or_fail
+from helpers import Watchdog, run, servers, skip_or_fail
 
 import mpdl
 from mpdl import ProgressEvent
 from mpdl.gog import convert, galaxy_path
+from perf.wire import SentLog
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -37,26 +40,13 @@ SLOW_RATE = 256 * KiB
 RATIO = 1.03
 #: ...plus one slot per connection.
 ALLOWANCE = CONNECTIONS * CHUNK
-#: nginx logs a request when it ends, a cut one once it notices the closed connection.
-SETTLE = 0.3
 GOG_CHUNK = 1 * MiB  # a V2 part: checked whole, so never cut inside
 
 
 class Served(NamedTuple):
     url: str  # serves ``data/`` with one connection in ten slow
     data: Path
-    log: Path
-
-    def mark(self) -> int:
-        return len(read_access_log(self.log))
-
-    def sent_since(self, mark: int) -> int:
-        """Body bytes nginx sent for GETs since ``mark``, once its log stopped growing."""
-        size = -1
-        while size != self.log.stat().st_size:
-            size = self.log.stat().st_size
-            time.sleep(SETTLE)
-        return sum(r.sent for r in read_access_log(self.log)[mark:] if r.method == "GET")
+    log: SentLog
 
 
 @pytest.fixture
@@ -69,7 +59,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     throttled = [servers.Throttled("slow", "data", SLOW_RATE)]
     with servers.nginx(data.parent, tmp_path / "nginx", workers=1, file_cache=False,
                        throttled=throttled, access_log=log) as web:
-        yield Served(web.url + "throttled/slow/", data, log)
+        yield Served(web.url + "throttled/slow/", data, SentLog(log))
 
 
 def assert_on_target(sent: int, needed: int | None) -> None:
@@ -129,11 +119,11 @@ def test_a_resume_fetches_what_is_missing_once(served: Served, tmp_path: Path) -
     with pytest.raises(KeyboardInterrupt):
         run(manifest, dest, chunk_size=CHUNK, connections=2, limit_rate="4M",
             progress=stop_at_a_third)
-    mark = served.mark()
+    mark = served.log.mark()
     again = run(manifest, dest, chunk_size=CHUNK, connections=CONNECTIONS)
     assert again.ok, again.failed
     assert 0 < (again.bytes_to_fetch or 0) < size, "not a resume"
-    assert_on_target(served.sent_since(mark), again.bytes_to_fetch)
+    assert_on_target(served.log.since(mark), again.bytes_to_fetch)
     assert (dest / "big.bin").read_bytes() == data
 
 
@@ -150,14 +140,14 @@ def test_an_update_fetches_the_new_parts_once(served: Served, tmp_path: Path) ->
     first = run(convert(v2_depot(served.data, one), [served.url]), dest, chunk_size=CHUNK,
                 connections=CONNECTIONS)
     assert first.ok, first.failed
-    mark = served.mark()
+    mark = served.log.mark()
     update = run(convert(v2_depot(served.data, two), [served.url]), dest, chunk_size=CHUNK,
                  connections=CONNECTIONS)
     assert update.ok, update.failed
     old = set(parts(one).values())
     needed = sum(packed_size(raw) for raw in set(parts(two).values()) - old)
     assert update.bytes_to_fetch == needed  # what exists nowhere locally, nothing more
-    assert_on_target(served.sent_since(mark), needed)
+    assert_on_target(served.log.since(mark), needed)
     for path, data in two.items():
         assert (dest / path).read_bytes() == data, path
 
@@ -176,13 +166,13 @@ def test_a_repair_fetches_the_bad_parts_once(served: Served, tmp_path: Path) -> 
                 file.seek(part * GOG_CHUNK + 3)
                 file.write(bytes([byte[0] ^ 1]))
                 bad.append((path, part))
-    mark = served.mark()
+    mark = served.log.mark()
     report, repaired = mpdl.repair(manifest, dest, chunk_size=CHUNK, connections=CONNECTIONS,
                                    workers=2, progress=Watchdog())
     assert len(report.bad) == len(files)
     assert repaired.ok, repaired.failed
     needed = sum(packed_size(parts(files)[key]) for key in bad)
     assert repaired.bytes_to_fetch == needed  # the bad parts, not their files
-    assert_on_target(served.sent_since(mark), needed)
+    assert_on_target(served.log.since(mark), needed)
     for path, data in files.items():
         assert (dest / path).read_bytes() == data, path
