@@ -98,14 +98,45 @@ def test_the_upper_half_of_the_largest_remainder_is_stolen():
 
 
 def test_a_steal_is_made_only_when_it_saves_time():
-    """Two slots left at a slot a second: alone 2 s; a thief of the last one takes its first
-    slot's wait plus 1 s."""
+    """Nine slots left at a slot a second: alone 9 s; a thief of the last four takes its
+    first slot's wait plus 4 s. At two slots a second the victim alone takes 4.5 s."""
     policy = TailPolicy()
-    assert policy.choose([running(1, 300, 100)], SLOT, Pace(rate=100.0, wait=0.5)) == Steal(1, 200)
-    assert policy.choose([running(1, 300, 100)], SLOT, Pace(rate=100.0, wait=1.0)) is None
+    assert policy.choose([running(1, 1000, 100)], SLOT, Pace(rate=100.0, wait=3.5)) \
+        == Steal(1, 600)
+    fast = running(1, 1000, 100, elapsed=0.5)
+    assert policy.choose([fast], SLOT, Pace(rate=100.0, wait=0.2)) == Steal(1, 600)
+    assert policy.choose([fast], SLOT, Pace(rate=100.0, wait=1.0)) is None
     # A victim far slower than the run's connections is worth stealing from sooner.
     slow = running(1, 300, 100, elapsed=10.0)
     assert policy.choose([slow], SLOT, Pace(rate=100.0, wait=5.0)) == Steal(1, 200)
+
+
+def test_a_steal_must_save_more_than_a_busy_machines_noise():
+    """Nine slots left at 100 slots a second: alone 90 ms, a thief of the last four 45 ms.
+    The same range at a slot a second: alone 9 s, a thief 4.5 s."""
+    policy = TailPolicy()
+    quick = running(1, 1000, 100, elapsed=0.01)
+    assert policy.choose([quick], SLOT, Pace(rate=1e4, wait=0.005)) is None
+    assert TailPolicy(steal_floor=0.0).choose([quick], SLOT, Pace(rate=1e4, wait=0.005)) \
+        == Steal(1, 600)
+    assert policy.choose([running(1, 1000, 100)], SLOT, Pace(rate=100.0, wait=0.5)) \
+        == Steal(1, 600)
+
+
+def test_no_steal_whose_thief_would_lose_its_contest():
+    """Two slots left at a slot a second: alone 2 s, a thief of the last one 1.5 s, so it
+    saves time if it wins; but the victim reaches the cut in 1 s, before the thief's first
+    slot (1.5 s), and would win: the thief's slot would be sent for nothing."""
+    policy = TailPolicy()
+    assert policy.choose([running(1, 300, 100)], SLOT, Pace(rate=100.0, wait=0.5)) is None
+    assert policy.choose([running(1, 300, 100)], SLOT, Pace(rate=100.0, wait=0.0)) is None
+    # Five slots before the cut: the thief's first slot (1.5 s) comes well before.
+    assert policy.choose([running(1, 1000, 100)], SLOT, Pace(rate=100.0, wait=0.5)) \
+        == Steal(1, 600)
+    # On loopback a slot takes a millisecond and a new request waits longer than that for
+    # its first: the last of two slots left is never stolen.
+    fast = running(1, 2 * 65536, 65536, elapsed=0.001)
+    assert policy.choose([fast], 65536, Pace(rate=65536 / 0.001, wait=0.002)) is None
 
 
 def test_a_range_that_delivered_nothing_yet_is_not_stolen_from():
@@ -225,7 +256,8 @@ def test_ranges_start_large_and_idle_connections_take_halves_of_what_is_left(
 ) -> None:
     root, data, item = big
     dest = tmp_path / "d"
-    result, _, requests = _run_with(root, item, Fault(rate=4 * MiB), dest,
+    # One range at 1 MiB/s, the others as fast as they go: its connection lags a second.
+    result, _, requests = _run_with(root, item, Fault(rate=MiB, fail_times=1), dest,
                                     chunk_size=64 * KiB, connections=4)
     assert result.ok, result.failed
     assert (dest / "big.bin").read_bytes() == data
