@@ -120,9 +120,9 @@ def test_clock_is_two_digits_each_and_capped():
 # -- real runs ---------------------------------------------------------------------------------
 
 
-def _paced(fault_server: FaultServer) -> None:
+def _paced(fault_server: FaultServer, rate: int = 256 * 1024) -> None:
     for prefix in ("objects/", "chunks/", "main.bin"):
-        fault_server.set_fault(prefix, Fault(rate=256 * 1024))
+        fault_server.set_fault(prefix, Fault(rate=rate))
 
 
 def test_a_real_run_in_each_mode_prints_lines_heroic_reads_to_the_end(
@@ -148,8 +148,10 @@ def test_a_real_run_in_each_mode_prints_lines_heroic_reads_to_the_end(
 def test_a_paused_run_resumes_at_its_percent_not_at_zero(
     depot: Depot, fault_server: FaultServer, tmp_path: Path, cli: Callable[..., Cli]
 ) -> None:
-    """Launchers pause with SIGTERM and resume by running the same command again."""
-    _paced(fault_server)
+    """Launchers pause with SIGTERM and resume by running the same command again. Paced so
+    the run lasts several of gogdl's one-second lines: at 256 KiB/s a response, the line after
+    0% could already be 100%, and the SIGTERM then came as the run ended."""
+    _paced(fault_server, rate=64 * 1024)
     manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
     dest = tmp_path / "game"
     args = (manifest, "-o", dest, "--workers", "2", "--chunk-size", "64K", "--progress",
