@@ -206,10 +206,13 @@ class Supervisor:
 
     def _send(self, out: Output) -> None:
         for worker_id, records in out.to_workers.items():
+            child = self.workers.get(worker_id)
+            if child is None:  # stopped while the run stops (_hand_over): nothing is for it
+                continue
             for record in records:
                 if isinstance(record, (Fetch, Grant)):  # lent: its count starts again
                     self.ring.fills[record.slot] = 0
-            self.workers[worker_id].inbox.put(records)  # a dead worker's were dropped
+            child.inbox.put(records)  # a dead worker's were dropped
         if out.to_writer and self.writer is not None:
             self.writer.inbox.put(out.to_writer)
 
