@@ -12,6 +12,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
+from .control import STOPPED, Control, StopAsked
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
 from .headers import merge_headers
 from .holdings import Build, survey
@@ -60,7 +61,8 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         progress: ProgressCallback | None = None, state_dir: Path | None = None,
         keep_state: bool = True, streamed: tuple[str, ...] = (),
         refresh_url: RefreshUrl | None = None, keep_removed: bool = False,
-        redirects: Mapping[str, str] | None = None, **options: Any) -> Result:
+        redirects: Mapping[str, str] | None = None, control: Control | None = None,
+        **options: Any) -> Result:
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
@@ -93,6 +95,10 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     ``limit_rate`` caps the whole run's speed (bytes per second, or a size: "10M" is 10 MiB/s).
     ``progress`` changes the cap while the run goes by what it returns: None keeps the cap, 0
     lifts it, a rate sets it; the workers follow within about half a second.
+
+    ``control`` (an ``mpdl.Control``) steers the run from any thread while it goes: pause,
+    resume, a new speed cap, stop (mpdl/control.py). A stop returns a Result whose error is
+    ``mpdl.control.STOPPED``, what arrived kept for the next run.
     """
     started = time.monotonic()
     parsed = load_manifest(manifest)
@@ -108,7 +114,11 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     try:
         _fill(parsed, layout, journal, opts, result, progress=progress, streamed=streamed,
               refresh_url=refresh_url, keep_state=keep_state, keep_removed=keep_removed,
-              redirects=redirects or {})
+              redirects=redirects or {}, control=control)
+    except StopAsked:  # as Ctrl-C, but the caller asked: a result, not an exception
+        _sweep_staging(layout, journal)
+        result.error = STOPPED
+        _unfinished(parsed, result)
     except RunStopped as exc:  # the journal or the state folder could not be written
         result.error = str(exc)
         _unfinished(parsed, result)
@@ -128,7 +138,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
 def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, result: Result, *,
           progress: ProgressCallback | None, streamed: tuple[str, ...],
           refresh_url: RefreshUrl | None, keep_state: bool, keep_removed: bool,
-          redirects: Mapping[str, str]) -> None:
+          redirects: Mapping[str, str], control: Control | None = None) -> None:
     """``run``'s work, into ``result``: what DEST holds, the local copies, the fetch, links
     and folders, and, once every file is in place, the update's end. Raises NotEnoughSpace
     before writing anything, and RunStopped when the journal or the state folder cannot be
@@ -167,7 +177,7 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
 
     if todo:
         result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
-                              file_done, refresh_url, keep_state, redirects)
+                              file_done, refresh_url, keep_state, redirects, control)
         result.bytes_fetched = counts.bytes_fetched
         result.bytes_to_fetch = tracker.bytes_to_fetch
         result.bytes_written = counts.bytes_written
@@ -240,7 +250,7 @@ def _bytes_in_place(manifest: Manifest, todo: list[tuple[int, FileEntry]],
 def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opts: Options,
            journal: Journal, have: Mapping[int, RangeSet], tracker: Tracker, file_done,
            refresh_url: RefreshUrl | None, keep_state: bool,
-           redirects: Mapping[str, str]) -> str | None:
+           redirects: Mapping[str, str], control: Control | None = None) -> str | None:
     """Fetch what ``plan`` says with the processes of a run; returns why it stopped early."""
     ring = open_ring(plan.slot_size, opts.memory)
     try:
@@ -259,7 +269,8 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
                               resumed={fid: journal.validators(plan.files[fid]) for fid in have})
         supervisor = Supervisor(scheduler, ring=ring, layout=layout, options=opts,
                                 tracker=tracker, on_file_done=file_done, journal=journal,
-                                refresh_url=refresh_url, sync_at_end=keep_state)
+                                refresh_url=refresh_url, sync_at_end=keep_state,
+                                control=control)
         supervisor.run()
         return supervisor.error
     finally:

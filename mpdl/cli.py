@@ -1,7 +1,8 @@
 """``python -m mpdl``: a manifest into a folder, or one URL into a file.
 
 Exit codes: 0 everything complete and verified; 1 some files could not be completed (the rest
-are kept); 2 bad usage or an invalid manifest; 130 interrupted (143 on SIGTERM).
+are kept); 2 bad usage or an invalid manifest; 130 interrupted (143 on SIGTERM), or stopped by
+{"stop": true} on --control.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from . import __version__
 from .api import Result, run
+from .control import STOPPED, Control, read_commands
 from .verify import Report as VerifyReport
 from .verify import repair, verify
 from .errors import ManifestError, MpdlError, UsageError
@@ -58,7 +60,8 @@ environment (flags win):
 
 exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
-  1  some files could not be completed   130/143  interrupted (SIGINT/SIGTERM)
+  1  some files could not be completed   130/143  interrupted (SIGINT/SIGTERM); 130 also
+                                             after {"stop": true} on --control
 
 Run the same command again to resume: finished files are skipped, and half-done files go on
 from the bytes the journal (DEST/.mpdl/journal.jsonl) records as safely on disk. Run a new
@@ -180,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "on stdout ({\"event\": \"progress\", ...}, then one \"result\"); "
                           "gogdl, legendary: the progress lines those downloaders print on "
                           "stderr, once a second, which launchers such as Heroic parse")
+    out.add_argument("--control", choices=("stdin",),
+                     help="read commands as JSON lines on stdin while the run goes: "
+                          "{\"pause\": true}, {\"pause\": false}, {\"limit_rate\": \"5M\"} "
+                          "(0: no cap), {\"stop\": true} (ends as Ctrl-C does, state kept); "
+                          "a paused run keeps its connections and every byte received, and "
+                          "JSON progress says \"state\": \"paused\"")
     out.add_argument("-q", "--quiet", action="store_true", help="only errors")
     out.add_argument("-v", "--verbose", action="count", default=0,
                      help="say what was found and chosen (-vv: debug)")
@@ -306,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   proxy=args.proxy, limit_rate=args.limit_rate,
                   speed_limit=args.speed_limit, speed_time=args.speed_time,
                   progress=progress)
+        if args.control == "stdin":
+            control = Control()
+            read_commands(sys.stdin.fileno(), control)
+            kw["control"] = control
         if args.verify or args.repair:
             if _is_url(args.source) or not args.output:
                 parser.error("--verify and --repair take a manifest and -o DEST")
@@ -320,13 +333,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                            args.progress == "json")
             return _report(result, args.quiet, say, args.progress == "json")
         if _is_url(args.source):
-            options = Options.from_env(**{k: v for k, v in kw.items() if k != "progress"})
+            options = Options.from_env(**{k: v for k, v in kw.items()
+                                         if k not in ("progress", "control")})
             result = _download_url(args.source, args.output, options, **kw)
         else:
             if not args.output:
                 parser.error("-o DEST is required with a manifest")
             result = run(args.source, args.output, keep_removed=args.keep_removed, **kw)
-        return _report(result, args.quiet, say, args.progress == "json")
+        code = _report(result, args.quiet, say, args.progress == "json")
+        return EXIT_INTERRUPTED if result.error == STOPPED else code
     except (ManifestError, UsageError) as exc:
         say(f"mpdl: error: {exc}")
         return EXIT_USAGE

@@ -33,6 +33,7 @@ class ProgressEvent:
     fetch_speed: float = 0.0  # network bytes/s, over the same window as ``speed``
     write_speed: float = 0.0  # bytes/s written to files
     bytes_to_fetch: int | None = None  # what this run's plan asks of the network, once known
+    state: str = "running"  # or "paused" (mpdl.control)
 
 
 # What a callback returns is a new speed cap for the run (mpdl.run, not verify): None keeps the
@@ -72,6 +73,7 @@ class Tracker:
         self._start = time.monotonic()
         self._last = 0.0
         self.bytes_to_fetch: int | None = None  # set once the run is planned
+        self.state = "running"  # "paused" while a control handle holds the run
         self.arriving: Callable[[], int] | None = None
         # Samples of the speed window, from the first snapshot on: the bytes a run finds done
         # (in place, resumed) are counted after the tracker is made, not at a speed.
@@ -108,14 +110,16 @@ class Tracker:
                              bytes_fetched=counts.bytes_fetched, speed=done, eta=eta,
                              elapsed=now - self._start, final=final,
                              bytes_written=counts.bytes_written, fetch_speed=fetched,
-                             write_speed=written, bytes_to_fetch=self.bytes_to_fetch)
+                             write_speed=written, bytes_to_fetch=self.bytes_to_fetch,
+                             state=self.state)
 
-    def tick(self, final: bool = False) -> int | float | str | None:
-        """Call the callback if it is time; returns what it returned (a speed cap, or None)."""
+    def tick(self, final: bool = False, force: bool = False) -> int | float | str | None:
+        """Call the callback if it is time (``force``: now); returns what it returned (a speed
+        cap, or None)."""
         if self._callback is None:
             return None
         now = time.monotonic()
-        if final or now - self._last >= self._interval:
+        if final or force or now - self._last >= self._interval:
             self._last = now
             return self._callback(self.snapshot(final))
         return None

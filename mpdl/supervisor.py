@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from .checkpoints import JournalSynced
+from .control import Control, Steering
 from .errors import ChildrenKeepDying, MpdlError, NotDurable, RingTooSmall, RunStopped
 from .journal import Journal
 from .layout import Layout
@@ -102,7 +103,8 @@ class Child:
 class Supervisor:
     def __init__(self, scheduler: Scheduler, *, ring: Ring, layout: Layout, options: Options,
                  tracker: Tracker, on_file_done: FileDone, journal: Journal,
-                 refresh_url: RefreshUrl | None = None, sync_at_end: bool = True) -> None:
+                 refresh_url: RefreshUrl | None = None, sync_at_end: bool = True,
+                 control: Control | None = None) -> None:
         self.scheduler = scheduler
         self.ring = ring
         self.layout = layout
@@ -122,6 +124,8 @@ class Supervisor:
         self.cap = SpeedCap.create(self.ctx, options.limit_rate,
                                    connections=min(limits.connections, limits.slots))
         scheduler.cap_changed(self.cap.rate, self.cap.connections)
+        self.steering = None if control is None else Steering(control, self.cap, scheduler,
+                                                               tracker)
         self.workers: dict[int, Child] = {}
         self.writer: Child | None = None
         self.worker_respawns = 2 * options.workers
@@ -143,6 +147,8 @@ class Supervisor:
                 self._wait_and_feed(0.0 if hooks_ran else self._timeout())
                 self._kill_silent_workers()
                 self._change_rate(self.tracker.tick())
+                if self.steering is not None:  # the caller's pause, cap and stop (control.py)
+                    self._change_rate(self.steering.step())
             self._carry_out()  # the last CloseFile of a failed file must still reach the writer
             if self.sync_at_end or self.any_failed:
                 self._last_checkpoint(FINAL_SYNC_SECONDS)
@@ -421,6 +427,7 @@ class Supervisor:
     def _stop(self, children: list[tuple[Child, Callable[[object], None]]]) -> None:
         """Stop, a grace period to exit on their own while what each says goes to its
         listener, then retire each (terminate if need be)."""
+        self.cap.set_paused(False)  # reads held by a pause must go on to see the Stop
         for child, _ in children:
             child.inbox.put([Stop()])
         deadline = time.monotonic() + STOP_GRACE_SECONDS
