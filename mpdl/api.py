@@ -149,7 +149,7 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     todo, have = held.todo(), held.have()
     builds = update.mark_moves(held.builds())
     del held  # a record per file: not kept through the fetch (100,000 files)
-    _check_free_space(layout.dest, _space_needed(todo, have, builds))
+    _check_free_space(layout.dest, space_needed(todo, have, builds))
     layout.dest.mkdir(parents=True, exist_ok=True)
     sizes = [entry.size for entry in parsed.files]
     counts = Counts(files_done=len(result.skipped))
@@ -157,8 +157,7 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
                       progress)
     counts.bytes_done = _bytes_in_place(parsed, todo, have)
     todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result)
-    planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
-                      spread=opts.connections, object_ends=known_object_ends(parsed.files))
+    planner = planner_for(parsed, opts, streamed)
     plan = planner.plan(todo, have=have)
     log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
              len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),
@@ -200,6 +199,12 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     tracker.tick(final=True)
 
 
+def planner_for(parsed: Manifest, opts: Options, streamed: tuple[str, ...] = ()) -> Planner:
+    """The run's planner; ``mpdl.plan`` (preview.py) asks the same one."""
+    return Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
+                   spread=opts.connections, object_ends=known_object_ends(parsed.files))
+
+
 def _unfinished(manifest: Manifest, result: Result) -> None:
     """The run stopped before these files ended: they fail, with the reason the CLI does not
     repeat file by file (the run's error says it)."""
@@ -209,7 +214,7 @@ def _unfinished(manifest: Manifest, result: Result) -> None:
             result.failed[entry.path] = UNFINISHED
 
 
-def _space_needed(todo: list[tuple[int, FileEntry]], have: Mapping[int, RangeSet],
+def space_needed(todo: list[tuple[int, FileEntry]], have: Mapping[int, RangeSet],
                   builds: list[Build]) -> int:
     """What the run will write: each file's bytes it has not got, but for the moves that are
     hard links (mpdl.update), which take no space."""
@@ -277,12 +282,18 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
         ring.close()
 
 
-def _check_free_space(dest: Path, needed: int) -> None:
-    """Fail before the first request, with both figures, when the files cannot fit."""
+def free_space(dest: Path) -> tuple[Path, int]:
+    """The free bytes where ``dest`` is, or would be made: (its nearest existing folder,
+    free bytes there)."""
     existing = dest
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    free = shutil.disk_usage(existing).free
+    return existing, shutil.disk_usage(existing).free
+
+
+def _check_free_space(dest: Path, needed: int) -> None:
+    """Fail before the first request, with both figures, when the files cannot fit."""
+    existing, free = free_space(dest)
     if needed > free:
         raise NotEnoughSpace(str(existing), needed, free)
 

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 from . import __version__
 from .api import Result, run
 from .control import STOPPED, Control, read_commands
+from .preview import plan
 from .verify import Report as VerifyReport
 from .verify import repair, verify
 from .errors import ManifestError, MpdlError, UsageError
@@ -172,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--verify, then fetch only what is bad: the bad parts of a file "
                              "whose parts have hashes, else the whole file; exit 0 once every "
                              "file is verified")
+    parser.add_argument("--plan", action="store_true",
+                        help="fetch nothing, write nothing: say what the run would fetch, "
+                             "reuse from local files, write and remove, and the space it needs "
+                             "and has (with --progress json: one {\"event\": \"plan\", ...} "
+                             "line); exit 0")
     parser.add_argument("--keep-removed", action="store_true",
                         help="on an update (DEST holds an install of another manifest), keep "
                              "the files the old manifest installed and this one no longer "
@@ -270,6 +276,18 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
     return EXIT_OK if result.ok else EXIT_INCOMPLETE
 
 
+def _report_plan(args: argparse.Namespace, kw: dict) -> int:
+    """--plan: the preview (preview.py) as text on stdout, or as one JSON event."""
+    options = {k: v for k, v in kw.items() if k not in ("progress", "control")}
+    preview = plan(args.source, args.output, keep_removed=args.keep_removed, **options)
+    if args.progress == "json":
+        print(json.dumps(preview.event()), flush=True)
+    else:
+        for line in preview.describe():
+            print(f"mpdl: plan: {line}", flush=True)
+    return EXIT_OK
+
+
 def _report_verify(report: VerifyReport, quiet: bool, say, elapsed: float,
                    json_events: bool) -> int:
     if json_events:
@@ -332,6 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _report_verify(report, args.quiet, say, time.monotonic() - started,
                            args.progress == "json")
             return _report(result, args.quiet, say, args.progress == "json")
+        if args.plan:
+            if _is_url(args.source) or not args.output:
+                parser.error("--plan takes a manifest and -o DEST")
+            return _report_plan(args, kw)
         if _is_url(args.source):
             options = Options.from_env(**{k: v for k, v in kw.items()
                                          if k not in ("progress", "control")})
