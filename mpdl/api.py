@@ -17,6 +17,7 @@ from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
 from .headers import merge_headers
 from .holdings import Build, survey
 from .journal import Journal
+from .mainguard import refuse_reentry
 from .layout import Layout, escaping_links, make_folder_inside, place_link
 from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
 from .options import Options
@@ -49,6 +50,7 @@ class Result:
     bytes_fetched: int = 0
     bytes_to_fetch: int | None = 0
     bytes_reused: int = 0  # copied from files already in DEST (an update)
+    bytes_resumed: int = 0  # kept from an earlier run's staging files (a resume)
     bytes_written: int = 0  # to files
     elapsed: float = 0.0
 
@@ -62,7 +64,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         keep_state: bool = True, streamed: tuple[str, ...] = (),
         refresh_url: RefreshUrl | None = None, keep_removed: bool = False,
         redirects: Mapping[str, str] | None = None, control: Control | None = None,
-        **options: Any) -> Result:
+        strict: bool = False, **options: Any) -> Result:
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
@@ -96,12 +98,16 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     ``progress`` changes the cap while the run goes by what it returns: None keeps the cap, 0
     lifts it, a rate sets it; the workers follow within about half a second.
 
+    A manifest key no field takes is named in a warning with a suggestion (a typo such as
+    "sha256" for "hash" would leave a file unverified); ``strict`` makes it a ManifestError.
+
     ``control`` (an ``mpdl.Control``) steers the run from any thread while it goes: pause,
     resume, a new speed cap, stop (mpdl/control.py). A stop returns a Result whose error is
     ``mpdl.control.STOPPED``, what arrived kept for the next run.
     """
+    refuse_reentry()  # a child re-running an unguarded script: it exits here (mainguard.py)
     started = time.monotonic()
-    parsed = load_manifest(manifest)
+    parsed = load_manifest(manifest, strict=strict)
     opts = Options.from_env(**options)
     if parsed.headers:  # to the workers with the rest of the options; the caller's win
         opts = replace(opts, headers=merge_headers(parsed.headers, opts.headers))
@@ -147,6 +153,7 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     held = survey(parsed, layout, journal, known=update.old)
     result.skipped += [entry.path for entry in held.in_place()]
     todo, have = held.todo(), held.have()
+    result.bytes_resumed = sum(ranges.total() for ranges in have.values())
     builds = update.mark_moves(held.builds())
     del held  # a record per file: not kept through the fetch (100,000 files)
     _check_free_space(layout.dest, space_needed(todo, have, builds))

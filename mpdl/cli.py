@@ -29,7 +29,8 @@ from .headers import parse_header_line
 from .http import make_pool, probe
 from .manifest import Manifest
 from .options import Options, parse_size
-from .progress import GogdlLines, JsonLines, LegendaryLines, ProgressCallback, TerminalLine
+from .progress import (GogdlLines, JsonLines, LegendaryLines, ProgressCallback, TerminalLine,
+                       human_bytes)
 from .supervisor import UNFINISHED
 
 log = logging.getLogger("mpdl")
@@ -178,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "reuse from local files, write and remove, and the space it needs "
                              "and has (with --progress json: one {\"event\": \"plan\", ...} "
                              "line); exit 0")
+    parser.add_argument("--strict", action="store_true",
+                        help="a manifest key that is no field (a typo: \"sha256\" for "
+                             "\"hash\") is an error, exit 2 (default: a warning naming it)")
     parser.add_argument("--keep-removed", action="store_true",
                         help="on an update (DEST holds an install of another manifest), keep "
                              "the files the old manifest installed and this one no longer "
@@ -252,6 +256,7 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
                           "bytes_fetched": result.bytes_fetched,
                           "bytes_to_fetch": result.bytes_to_fetch,
                           "bytes_reused": result.bytes_reused,
+                          "bytes_resumed": result.bytes_resumed,
                           "bytes_written": result.bytes_written, "elapsed": result.elapsed}),
               flush=True)
     if result.error:
@@ -265,21 +270,24 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
         say(f"mpdl: ... and {len(failed) - 20} more failed files")
     if not quiet:
         done = len(result.completed) + len(result.skipped)
-        reused = f", {result.bytes_reused} reused from local files" if result.bytes_reused \
-            else ""
+        reused = f", {human_bytes(result.bytes_reused)} reused from local files" \
+            if result.bytes_reused else ""
+        resumed = f", resumed: {human_bytes(result.bytes_resumed)} kept" \
+            if result.bytes_resumed else ""
         removed = f"; {len(result.removed)} no longer listed removed" if result.removed else ""
         to_fetch = "" if result.bytes_to_fetch is None else \
-            f" of {result.bytes_to_fetch} to fetch"
+            f" of {human_bytes(result.bytes_to_fetch)} to fetch"
         say(f"mpdl: {done} of {done + len(result.failed)} files in place "
-            f"({len(result.skipped)} already were), {result.bytes_fetched} bytes fetched"
-            f"{to_fetch}{reused} in {result.elapsed:.2f} s{removed}")
+            f"({len(result.skipped)} already were), {human_bytes(result.bytes_fetched)} fetched"
+            f"{to_fetch}{reused}{resumed} in {result.elapsed:.2f} s{removed}")
     return EXIT_OK if result.ok else EXIT_INCOMPLETE
 
 
 def _report_plan(args: argparse.Namespace, kw: dict) -> int:
     """--plan: the preview (preview.py) as text on stdout, or as one JSON event."""
     options = {k: v for k, v in kw.items() if k not in ("progress", "control")}
-    preview = plan(args.source, args.output, keep_removed=args.keep_removed, **options)
+    preview = plan(args.source, args.output, keep_removed=args.keep_removed,
+                   strict=args.strict, **options)
     if args.progress == "json":
         print(json.dumps(preview.event()), flush=True)
     else:
@@ -361,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             if not args.output:
                 parser.error("-o DEST is required with a manifest")
-            result = run(args.source, args.output, keep_removed=args.keep_removed, **kw)
+            result = run(args.source, args.output, keep_removed=args.keep_removed,
+                         strict=args.strict, **kw)
         code = _report(result, args.quiet, say, args.progress == "json")
         return EXIT_INTERRUPTED if result.error == STOPPED else code
     except (ManifestError, UsageError) as exc:

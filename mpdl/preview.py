@@ -99,12 +99,13 @@ class Preview:
 
 
 def plan(manifest: ManifestSource, dest: str | os.PathLike, *, state_dir: Path | None = None,
-         streamed: tuple[str, ...] = (), keep_removed: bool = False,
+         streamed: tuple[str, ...] = (), keep_removed: bool = False, strict: bool = False,
          **options: Any) -> Preview:
     """What ``mpdl.run(manifest, dest, **options)`` would fetch, reuse, write and remove, and
     the space it needs; fetches nothing and writes nothing (see the module's rules). Raises
-    ManifestError (exit 2) on an invalid manifest, as the run would."""
-    parsed = load_manifest(manifest)
+    ManifestError (exit 2) on an invalid manifest (or, with ``strict``, one with an unknown
+    key), as the run would."""
+    parsed = load_manifest(manifest, strict=strict)
     opts = Options.from_env(**options)
     layout = Layout(Path(dest), state_dir)
     if os.path.islink(layout.state_dir):

@@ -143,9 +143,10 @@ def _clock(seconds: float | None) -> str:
 
 class TerminalLine:
     """One live line on a terminal: a bar as wide as the terminal leaves room for, then bytes,
-    %, speed, ETA and files. Narrower than ``BAR_FROM`` columns, the line goes without a bar.
-    ``columns`` is the terminal's width (None: asked of the terminal at each event, so a
-    resized window is followed)."""
+    %, speed (or "paused"), ETA and files. Narrower than ``BAR_FROM`` columns, the line goes
+    without a bar, and it is cut to one column less than the terminal's width: a line that
+    wrapped would leave a line behind at every redraw. ``columns`` is the terminal's width
+    (None: asked of the terminal at each event, so a resized window is followed)."""
 
     BAR_FROM = 20  # columns left for the bar, at least, or there is none
     BAR_MAX = 40
@@ -160,14 +161,17 @@ class TerminalLine:
         percent = f"{100 * event.bytes_done / total:5.1f}%" if total else "   ?%"
         of = human_bytes(total) if total is not None else "?"
         size = f"{human_bytes(event.bytes_done)} / {of}"
-        line = (f"{size}  {percent}  {human_bytes(event.speed)}/s  ETA {_clock(event.eta)}  "
+        paused = event.state == "paused"
+        speed = "paused" if paused else f"{human_bytes(event.speed)}/s"
+        line = (f"{size}  {percent}  {speed}  ETA {_clock(None if paused else event.eta)}  "
                 f"files {event.files_done}/{event.files_total}")
         columns = self.columns or shutil.get_terminal_size((80, 24)).columns
         room = min(self.BAR_MAX, columns - 1 - len(line) - 3)  # "[" + bar + "] ", and a spare
         if room >= self.BAR_FROM and total:
             filled = round(room * min(1.0, event.bytes_done / total))
             line = f"[{'#' * filled}{'.' * (room - filled)}] {line}"
-        pad = max(0, self._width - len(line))
+        line = line[:max(1, columns - 1)]
+        pad = max(0, min(self._width, columns - 1) - len(line))
         self._width = 0 if event.final else len(line)
         self.stream.write("\r" + line + " " * pad + ("\n" if event.final else ""))
         self.stream.flush()

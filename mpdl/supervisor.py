@@ -23,9 +23,11 @@ from multiprocessing.connection import Connection, wait
 
 from .checkpoints import JournalSynced
 from .control import Control, Steering
-from .errors import ChildrenKeepDying, MpdlError, NotDurable, RingTooSmall, RunStopped
+from .errors import (ChildrenKeepDying, MpdlError, NotDurable, RingTooSmall, RunStopped,
+                     UsageError)
 from .journal import Journal
 from .layout import Layout
+from .mainguard import HINT, REENTERED
 from .manifest import FileEntry
 from .messages import Failed, Fetch, Filled, Grant, Stop
 from .options import Options, parse_rate
@@ -332,6 +334,8 @@ class Supervisor:
         log.warning("worker %d died (exit code %s); its %d tasks go back to the queue",
                     worker_id, code, self.scheduler.board.busy[worker_id])
         del self.workers[worker_id]
+        if code == REENTERED:  # the caller's script ran again in the child (mainguard.py)
+            raise UsageError(HINT)
         self.cap.recover()  # it may have died holding the cap's lock
         self.scheduler.worker_died(worker_id)
         if self.worker_respawns <= 0:
@@ -343,6 +347,8 @@ class Supervisor:
         """Start a new writer; every unfinished file starts over from its durable bytes."""
         code = self._retire(self.writer, self.scheduler.writer_record)
         self.writer = None
+        if code == REENTERED:
+            raise UsageError(HINT)
         if self.writer_respawns <= 0:
             raise ChildrenKeepDying("writer", code)
         self.writer_respawns -= 1

@@ -46,6 +46,7 @@ def assert_matches(preview: mpdl.Preview, result: mpdl.Result) -> None:
     assert result.bytes_to_fetch == preview.bytes_to_fetch
     assert result.bytes_fetched == preview.bytes_to_fetch
     assert result.bytes_reused == preview.bytes_reused
+    assert result.bytes_resumed == preview.bytes_resumed
     assert result.bytes_written == preview.bytes_to_write
     assert sorted(result.removed) == sorted(preview.removed)
     assert len(result.skipped) == preview.files_in_place
