@@ -91,11 +91,12 @@ def test_a_pause_holds_the_run_and_nothing_is_fetched_twice(served: Served,
                                                               tmp_path: Path) -> None:
     control = Control()
     watch = PauseOnce(control)
-    # A speed floor far above what a held connection delivers: a pause counted as time
-    # waiting for the server would fail the attempt, and its slot be fetched again.
+    # A speed floor far above what a held connection delivers, and a read timeout shorter
+    # than the pause: a pause counted as time waiting for the server would fail the attempt,
+    # and its slot be fetched again.
     result = mpdl.run(served.manifest, tmp_path / "dest", control=control, progress=watch,
                       workers=2, connections=4, chunk_size=256 * KiB, limit_rate=RATE,
-                      speed_limit=64 * KiB, speed_time=1.0)
+                      speed_limit=64 * KiB, speed_time=1.0, timeout=2)
     assert result.ok, result
     assert (tmp_path / "dest" / "big.bin").read_bytes() == served.data
     held = _held(watch.events)
@@ -229,6 +230,21 @@ def test_the_cli_stops_a_paused_run_with_exit_130_and_keeps_what_arrived(
     assert held
     kept = journal_state(tmp_path / "dest")["big.bin"]["ranges"]
     assert sum(end - start for start, end in kept) == held[-1]["bytes_done"]
+
+
+def test_the_cli_lifts_its_cap_on_a_control_line(served: Served, tmp_path: Path) -> None:
+    """Started at 64 KiB/s (a minute and a half), lifted by {"limit_rate": 0}: it ends."""
+    proc = _cli(served, tmp_path, "--limit-rate", "64K")
+    try:
+        for event in _events(proc):
+            if event["event"] == "progress":
+                _send(proc, '{"limit_rate": 0}')
+                break
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (tmp_path / "dest" / "big.bin").read_bytes() == served.data
 
 
 # -- the lines themselves ----------------------------------------------------------------------
