@@ -245,8 +245,9 @@ def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) 
         kind = ("directory" if entry.get("directory") is not None
                 else "link" if entry.get("link") is not None else "file")
         unknown.check(entry, kind, where)
-        for number, part in enumerate(entry.get("parts") or () if kind == "file" else ()):
-            if isinstance(part, dict):
+        parts = entry.get("parts") if kind == "file" else None
+        for number, part in enumerate(parts if isinstance(parts, list) else ()):
+            if isinstance(part, dict):  # else _parts says what is wrong with it
                 unknown.check(part, "part", f"{where}.parts[{number}]")
         if entry.get("directory") is not None:
             directory = _directory(entry, where)

@@ -130,6 +130,15 @@ def test_a_key_repeated_in_every_entry_is_one_warning_and_every_level_is_checked
         "files[1001].mode: not a field (fields: path, directory)"])
 
 
+@pytest.mark.parametrize("parts", [5, "x", {"url": "x"}, [5], None])
+def test_bad_parts_are_still_the_validators_to_refuse(parts: object) -> None:
+    """Looking for unknown keys in parts never trips on parts that are not a list of
+    objects: the one-line ManifestError is the validator's."""
+    manifest = {"format": "mpdl/1", "files": [{"path": "a", "size": 1, "parts": parts}]}
+    with pytest.raises(ManifestError, match=r"files\[0\]"):
+        parse_manifest(manifest, strict=True)
+
+
 def test_a_manifest_written_by_mpdl_has_no_unknown_key(caplog: pytest.LogCaptureFixture) -> None:
     """installed.json and mpdl.gog's output are read back by runs: never a warning."""
     manifest = {"format": "mpdl/1", "base_urls": ["http://h/"], "headers": {"X-A": "1"},
