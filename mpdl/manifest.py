@@ -58,6 +58,9 @@ FIELDS = {
     "part": ("url", "offset", "length", "size", "compression", "hash"),
 }
 
+#: Unknown keys named one by one, at most; the rest are counted in one more line.
+MAX_WARNINGS = 10
+
 _DRIVE = re.compile(r"[A-Za-z]:")
 _URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 _KINDS = {
@@ -292,8 +295,13 @@ class UnknownKeys:
             self.found[(kind, key)] = (first, value, count + 1)
 
     def warn(self) -> None:
-        for (kind, key), (first, value, count) in self.found.items():
+        """One warning per key, MAX_WARNINGS at most: a manifest is untrusted, and one of
+        distinct keys by the thousand would otherwise be as many lines."""
+        found = list(self.found.items())
+        for (kind, key), (first, value, count) in found[:MAX_WARNINGS]:
             log.warning("%s", self.line(kind, key, value, first, count))
+        if len(found) > MAX_WARNINGS:
+            log.warning("manifest: %d more keys that are no field", len(found) - MAX_WARNINGS)
 
     @staticmethod
     def line(kind: str, key: str, value: object, place: str, count: int) -> str:

@@ -130,6 +130,15 @@ def test_a_key_repeated_in_every_entry_is_one_warning_and_every_level_is_checked
         "files[1001].mode: not a field (fields: path, directory)"])
 
 
+def test_a_flood_of_unknown_keys_is_a_few_lines(caplog: pytest.LogCaptureFixture) -> None:
+    files = [{"path": f"f{i}", "url": "http://h/x", "size": 1, f"key{i}": 1}
+             for i in range(5000)]
+    with caplog.at_level(logging.WARNING, logger="mpdl"):
+        parse_manifest({"format": "mpdl/1", "files": files})
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 11 and said[-1] == "manifest: 4990 more keys that are no field"
+
+
 @pytest.mark.parametrize("parts", [5, "x", {"url": "x"}, [5], None])
 def test_bad_parts_are_still_the_validators_to_refuse(parts: object) -> None:
     """Looking for unknown keys in parts never trips on parts that are not a list of
