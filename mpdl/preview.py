@@ -29,7 +29,7 @@ from .api import free_space, planner_for, space_needed
 from .errors import MpdlError
 from .holdings import Build, survey
 from .journal import Journal
-from .layout import Layout, inside
+from .layout import Layout
 from .manifest import FileEntry, ManifestSource, load_manifest
 from .options import Options
 from .progress import human_bytes
@@ -133,7 +133,7 @@ def plan(manifest: ManifestSource, dest: str | os.PathLike, *, state_dir: Path |
         bytes_reused=reused, bytes_to_fetch=None if None in asked else sum(
             a or 0 for a in asked),
         bytes_to_write=None if None in missing else sum(m or 0 for m in missing),
-        removed=[] if keep_removed else _unlisted(update, layout, journal),
+        removed=[] if keep_removed else _unlisted(update),
         space_needed=needed, space_free=free_space(layout.dest)[1])
 
 
@@ -163,21 +163,18 @@ def _after_copies(todo: list[tuple[int, FileEntry]], have: dict[int, RangeSet],
             len(whole))
 
 
-def _unlisted(update: Update, layout: Layout, journal: Journal) -> list[str]:
+def _unlisted(update: Update) -> list[str]:
     """The files and links an update removes once every file is in place
     (Update.remove_unlisted): those the old manifests installed that the new one does not
-    list, files still as mpdl wrote them, links still pointing where mpdl placed them."""
+    list, that ``Update.removable`` and ``removable_link`` let go."""
     removed: list[str] = []
     for manifest in update.old:
         for entry in manifest.files:
-            final = layout.final(entry.path)
             if (entry.path not in update.listed and entry.path not in removed
-                    and inside(final.parent, layout.dest) and journal.holds(entry, final)):
+                    and update.removable(entry)):
                 removed.append(entry.path)
         for link in manifest.links:
-            final = layout.final(link.path)
             if (link.path not in update.listed and link.path not in removed
-                    and inside(final.parent, layout.dest) and os.path.islink(final)
-                    and os.readlink(final) == link.target):
+                    and update.removable_link(link.path, link.target)):
                 removed.append(link.path)
     return removed
