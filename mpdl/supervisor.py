@@ -149,8 +149,7 @@ class Supervisor:
                 self._wait_and_feed(0.0 if hooks_ran else self._timeout())
                 self._kill_silent_workers()
                 self._change_rate(self.tracker.tick())
-                if self.steering is not None:  # the caller's pause, cap and stop (control.py)
-                    self._change_rate(self.steering.step())
+                self._change_rate(self.steering.step() if self.steering else None)  # control.py
             self._carry_out()  # the last CloseFile of a failed file must still reach the writer
             if self.sync_at_end or self.any_failed:
                 self._last_checkpoint(FINAL_SYNC_SECONDS)
@@ -331,11 +330,12 @@ class Supervisor:
     def _worker_died(self, worker_id: int, child: Child) -> None:
         code = self._retire(child, lambda record: self.scheduler.worker_record(
             worker_id, record, time.monotonic()))
+        if code == REENTERED:  # the caller's script ran again in the child (mainguard.py)
+            del self.workers[worker_id]
+            raise UsageError(HINT)
         log.warning("worker %d died (exit code %s); its %d tasks go back to the queue",
                     worker_id, code, self.scheduler.board.busy[worker_id])
         del self.workers[worker_id]
-        if code == REENTERED:  # the caller's script ran again in the child (mainguard.py)
-            raise UsageError(HINT)
         self.cap.recover()  # it may have died holding the cap's lock
         self.scheduler.worker_died(worker_id)
         if self.worker_respawns <= 0:
