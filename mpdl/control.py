@@ -63,7 +63,8 @@ class Steer:
 
 
 class Control:
-    """The handle a caller passes to ``mpdl.run(control=...)``; thread-safe."""
+    """The handle a caller passes to ``mpdl.run(control=...)``; thread-safe. One per run: a
+    stop stays asked, and a pause stays on, for a next run given the same handle."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
