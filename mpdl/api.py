@@ -12,10 +12,12 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
+from .control import STOPPED, Control, StopAsked
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
 from .headers import merge_headers
 from .holdings import Build, survey
 from .journal import Journal
+from .mainguard import refuse_reentry
 from .layout import Layout, escaping_links, make_folder_inside, place_link
 from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
 from .options import Options
@@ -48,6 +50,7 @@ class Result:
     bytes_fetched: int = 0
     bytes_to_fetch: int | None = 0
     bytes_reused: int = 0  # copied from files already in DEST (an update)
+    bytes_resumed: int = 0  # kept from an earlier run's staging files (a resume)
     bytes_written: int = 0  # to files
     elapsed: float = 0.0
 
@@ -60,7 +63,8 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         progress: ProgressCallback | None = None, state_dir: Path | None = None,
         keep_state: bool = True, streamed: tuple[str, ...] = (),
         refresh_url: RefreshUrl | None = None, keep_removed: bool = False,
-        redirects: Mapping[str, str] | None = None, **options: Any) -> Result:
+        redirects: Mapping[str, str] | None = None, control: Control | None = None,
+        strict: bool = False, **options: Any) -> Result:
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
@@ -93,9 +97,17 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     ``limit_rate`` caps the whole run's speed (bytes per second, or a size: "10M" is 10 MiB/s).
     ``progress`` changes the cap while the run goes by what it returns: None keeps the cap, 0
     lifts it, a rate sets it; the workers follow within about half a second.
+
+    A manifest key no field takes is named in a warning with a suggestion (a typo such as
+    "sha256" for "hash" would leave a file unverified); ``strict`` makes it a ManifestError.
+
+    ``control`` (an ``mpdl.Control``) steers the run from any thread while it goes: pause,
+    resume, a new speed cap, stop (mpdl/control.py). A stop returns a Result whose error is
+    ``mpdl.control.STOPPED``, what arrived kept for the next run.
     """
+    refuse_reentry()  # a child re-running an unguarded script: it exits here (mainguard.py)
     started = time.monotonic()
-    parsed = load_manifest(manifest)
+    parsed = load_manifest(manifest, strict=strict)
     opts = Options.from_env(**options)
     if parsed.headers:  # to the workers with the rest of the options; the caller's win
         opts = replace(opts, headers=merge_headers(parsed.headers, opts.headers))
@@ -108,7 +120,11 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     try:
         _fill(parsed, layout, journal, opts, result, progress=progress, streamed=streamed,
               refresh_url=refresh_url, keep_state=keep_state, keep_removed=keep_removed,
-              redirects=redirects or {})
+              redirects=redirects or {}, control=control)
+    except StopAsked:  # as Ctrl-C, but the caller asked: a result, not an exception
+        _sweep_staging(layout, journal)
+        result.error = STOPPED
+        _unfinished(parsed, result)
     except RunStopped as exc:  # the journal or the state folder could not be written
         result.error = str(exc)
         _unfinished(parsed, result)
@@ -128,7 +144,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
 def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, result: Result, *,
           progress: ProgressCallback | None, streamed: tuple[str, ...],
           refresh_url: RefreshUrl | None, keep_state: bool, keep_removed: bool,
-          redirects: Mapping[str, str]) -> None:
+          redirects: Mapping[str, str], control: Control | None = None) -> None:
     """``run``'s work, into ``result``: what DEST holds, the local copies, the fetch, links
     and folders, and, once every file is in place, the update's end. Raises NotEnoughSpace
     before writing anything, and RunStopped when the journal or the state folder cannot be
@@ -137,9 +153,10 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     held = survey(parsed, layout, journal, known=update.old)
     result.skipped += [entry.path for entry in held.in_place()]
     todo, have = held.todo(), held.have()
+    result.bytes_resumed = sum(ranges.total() for ranges in have.values())
     builds = update.mark_moves(held.builds())
     del held  # a record per file: not kept through the fetch (100,000 files)
-    _check_free_space(layout.dest, _space_needed(todo, have, builds))
+    _check_free_space(layout.dest, space_needed(todo, have, builds))
     layout.dest.mkdir(parents=True, exist_ok=True)
     sizes = [entry.size for entry in parsed.files]
     counts = Counts(files_done=len(result.skipped))
@@ -147,8 +164,7 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
                       progress)
     counts.bytes_done = _bytes_in_place(parsed, todo, have)
     todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result)
-    planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
-                      spread=opts.connections, object_ends=known_object_ends(parsed.files))
+    planner = planner_for(parsed, opts, streamed)
     plan = planner.plan(todo, have=have)
     log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
              len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),
@@ -167,7 +183,7 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
 
     if todo:
         result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
-                              file_done, refresh_url, keep_state, redirects)
+                              file_done, refresh_url, keep_state, redirects, control)
         result.bytes_fetched = counts.bytes_fetched
         result.bytes_to_fetch = tracker.bytes_to_fetch
         result.bytes_written = counts.bytes_written
@@ -190,6 +206,12 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     tracker.tick(final=True)
 
 
+def planner_for(parsed: Manifest, opts: Options, streamed: tuple[str, ...] = ()) -> Planner:
+    """The run's planner; ``mpdl.plan`` (preview.py) asks the same one."""
+    return Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
+                   spread=opts.connections, object_ends=known_object_ends(parsed.files))
+
+
 def _unfinished(manifest: Manifest, result: Result) -> None:
     """The run stopped before these files ended: they fail, with the reason the CLI does not
     repeat file by file (the run's error says it)."""
@@ -199,7 +221,7 @@ def _unfinished(manifest: Manifest, result: Result) -> None:
             result.failed[entry.path] = UNFINISHED
 
 
-def _space_needed(todo: list[tuple[int, FileEntry]], have: Mapping[int, RangeSet],
+def space_needed(todo: list[tuple[int, FileEntry]], have: Mapping[int, RangeSet],
                   builds: list[Build]) -> int:
     """What the run will write: each file's bytes it has not got, but for the moves that are
     hard links (mpdl.update), which take no space."""
@@ -240,7 +262,7 @@ def _bytes_in_place(manifest: Manifest, todo: list[tuple[int, FileEntry]],
 def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opts: Options,
            journal: Journal, have: Mapping[int, RangeSet], tracker: Tracker, file_done,
            refresh_url: RefreshUrl | None, keep_state: bool,
-           redirects: Mapping[str, str]) -> str | None:
+           redirects: Mapping[str, str], control: Control | None = None) -> str | None:
     """Fetch what ``plan`` says with the processes of a run; returns why it stopped early."""
     ring = open_ring(plan.slot_size, opts.memory)
     try:
@@ -259,19 +281,26 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
                               resumed={fid: journal.validators(plan.files[fid]) for fid in have})
         supervisor = Supervisor(scheduler, ring=ring, layout=layout, options=opts,
                                 tracker=tracker, on_file_done=file_done, journal=journal,
-                                refresh_url=refresh_url, sync_at_end=keep_state)
+                                refresh_url=refresh_url, sync_at_end=keep_state,
+                                control=control)
         supervisor.run()
         return supervisor.error
     finally:
         ring.close()
 
 
-def _check_free_space(dest: Path, needed: int) -> None:
-    """Fail before the first request, with both figures, when the files cannot fit."""
+def free_space(dest: Path) -> tuple[Path, int]:
+    """The free bytes where ``dest`` is, or would be made: (its nearest existing folder,
+    free bytes there)."""
     existing = dest
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    free = shutil.disk_usage(existing).free
+    return existing, shutil.disk_usage(existing).free
+
+
+def _check_free_space(dest: Path, needed: int) -> None:
+    """Fail before the first request, with both figures, when the files cannot fit."""
+    existing, free = free_space(dest)
     if needed > free:
         raise NotEnoughSpace(str(existing), needed, free)
 

@@ -1,7 +1,8 @@
 """``python -m mpdl``: a manifest into a folder, or one URL into a file.
 
 Exit codes: 0 everything complete and verified; 1 some files could not be completed (the rest
-are kept); 2 bad usage or an invalid manifest; 130 interrupted (143 on SIGTERM).
+are kept); 2 bad usage or an invalid manifest; 130 interrupted (143 on SIGTERM), or stopped by
+{"stop": true} on --control.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from urllib.parse import unquote, urlsplit
 
 from . import __version__
 from .api import Result, run
+from .control import STOPPED, Control, read_commands
+from .preview import plan
 from .verify import Report as VerifyReport
 from .verify import repair, verify
 from .errors import ManifestError, MpdlError, UsageError
@@ -26,7 +29,8 @@ from .headers import parse_header_line
 from .http import make_pool, probe
 from .manifest import Manifest
 from .options import Options, parse_size
-from .progress import GogdlLines, JsonLines, LegendaryLines, ProgressCallback, TerminalLine
+from .progress import (GogdlLines, JsonLines, LegendaryLines, ProgressCallback, TerminalLine,
+                       human_bytes)
 from .supervisor import UNFINISHED
 
 log = logging.getLogger("mpdl")
@@ -58,7 +62,8 @@ environment (flags win):
 
 exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
-  1  some files could not be completed   130/143  interrupted (SIGINT/SIGTERM)
+  1  some files could not be completed   130/143  interrupted (SIGINT/SIGTERM); 130 also
+                                             after {"stop": true} on --control
 
 Run the same command again to resume: finished files are skipped, and half-done files go on
 from the bytes the journal (DEST/.mpdl/journal.jsonl) records as safely on disk. Run a new
@@ -169,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--verify, then fetch only what is bad: the bad parts of a file "
                              "whose parts have hashes, else the whole file; exit 0 once every "
                              "file is verified")
+    parser.add_argument("--plan", action="store_true",
+                        help="fetch nothing, write nothing: say what the run would fetch, "
+                             "reuse from local files, write and remove, and the space it needs "
+                             "and has (with --progress json: one {\"event\": \"plan\", ...} "
+                             "line); exit 0")
+    parser.add_argument("--strict", action="store_true",
+                        help="a manifest key that is no field (a typo: \"sha256\" for "
+                             "\"hash\") is an error, exit 2 (default: a warning naming it)")
     parser.add_argument("--keep-removed", action="store_true",
                         help="on an update (DEST holds an install of another manifest), keep "
                              "the files the old manifest installed and this one no longer "
@@ -180,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "on stdout ({\"event\": \"progress\", ...}, then one \"result\"); "
                           "gogdl, legendary: the progress lines those downloaders print on "
                           "stderr, once a second, which launchers such as Heroic parse")
+    out.add_argument("--control", choices=("stdin",),
+                     help="read commands as JSON lines on stdin while the run goes: "
+                          "{\"pause\": true}, {\"pause\": false}, {\"limit_rate\": \"5M\"} "
+                          "(0: no cap), {\"stop\": true} (ends as Ctrl-C does, state kept); "
+                          "a paused run keeps its connections and every byte received, and "
+                          "JSON progress says \"state\": \"paused\"")
     out.add_argument("-q", "--quiet", action="store_true", help="only errors")
     out.add_argument("-v", "--verbose", action="count", default=0,
                      help="say what was found and chosen (-vv: debug)")
@@ -237,6 +256,7 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
                           "bytes_fetched": result.bytes_fetched,
                           "bytes_to_fetch": result.bytes_to_fetch,
                           "bytes_reused": result.bytes_reused,
+                          "bytes_resumed": result.bytes_resumed,
                           "bytes_written": result.bytes_written, "elapsed": result.elapsed}),
               flush=True)
     if result.error:
@@ -250,15 +270,30 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
         say(f"mpdl: ... and {len(failed) - 20} more failed files")
     if not quiet:
         done = len(result.completed) + len(result.skipped)
-        reused = f", {result.bytes_reused} reused from local files" if result.bytes_reused \
-            else ""
+        reused = f", {human_bytes(result.bytes_reused)} reused from local files" \
+            if result.bytes_reused else ""
+        resumed = f", resumed: {human_bytes(result.bytes_resumed)} kept" \
+            if result.bytes_resumed else ""
         removed = f"; {len(result.removed)} no longer listed removed" if result.removed else ""
         to_fetch = "" if result.bytes_to_fetch is None else \
-            f" of {result.bytes_to_fetch} to fetch"
+            f" of {human_bytes(result.bytes_to_fetch)} to fetch"
         say(f"mpdl: {done} of {done + len(result.failed)} files in place "
-            f"({len(result.skipped)} already were), {result.bytes_fetched} bytes fetched"
-            f"{to_fetch}{reused} in {result.elapsed:.2f} s{removed}")
+            f"({len(result.skipped)} already were), {human_bytes(result.bytes_fetched)} fetched"
+            f"{to_fetch}{reused}{resumed} in {result.elapsed:.2f} s{removed}")
     return EXIT_OK if result.ok else EXIT_INCOMPLETE
+
+
+def _report_plan(args: argparse.Namespace, kw: dict) -> int:
+    """--plan: the preview (preview.py) as text on stdout, or as one JSON event."""
+    options = {k: v for k, v in kw.items() if k not in ("progress", "control")}
+    preview = plan(args.source, args.output, keep_removed=args.keep_removed,
+                   strict=args.strict, **options)
+    if args.progress == "json":
+        print(json.dumps(preview.event()), flush=True)
+    else:
+        for line in preview.describe():
+            print(f"mpdl: plan: {line}", flush=True)
+    return EXIT_OK
 
 
 def _report_verify(report: VerifyReport, quiet: bool, say, elapsed: float,
@@ -306,6 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   proxy=args.proxy, limit_rate=args.limit_rate,
                   speed_limit=args.speed_limit, speed_time=args.speed_time,
                   progress=progress)
+        if args.control == "stdin":
+            control = Control()
+            read_commands(sys.stdin.fileno(), control)
+            kw["control"] = control
         if args.verify or args.repair:
             if _is_url(args.source) or not args.output:
                 parser.error("--verify and --repair take a manifest and -o DEST")
@@ -319,14 +358,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             _report_verify(report, args.quiet, say, time.monotonic() - started,
                            args.progress == "json")
             return _report(result, args.quiet, say, args.progress == "json")
+        if args.plan:
+            if _is_url(args.source) or not args.output:
+                parser.error("--plan takes a manifest and -o DEST")
+            return _report_plan(args, kw)
         if _is_url(args.source):
-            options = Options.from_env(**{k: v for k, v in kw.items() if k != "progress"})
+            options = Options.from_env(**{k: v for k, v in kw.items()
+                                         if k not in ("progress", "control")})
             result = _download_url(args.source, args.output, options, **kw)
         else:
             if not args.output:
                 parser.error("-o DEST is required with a manifest")
-            result = run(args.source, args.output, keep_removed=args.keep_removed, **kw)
-        return _report(result, args.quiet, say, args.progress == "json")
+            result = run(args.source, args.output, keep_removed=args.keep_removed,
+                         strict=args.strict, **kw)
+        code = _report(result, args.quiet, say, args.progress == "json")
+        return EXIT_INTERRUPTED if result.error == STOPPED else code
     except (ManifestError, UsageError) as exc:
         say(f"mpdl: error: {exc}")
         return EXIT_USAGE

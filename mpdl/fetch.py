@@ -267,6 +267,8 @@ class CappedReads:
 
     def read(self, raw, view: memoryview) -> int:
         watch = self.watch
+        if self.cap is not None:
+            self.cap.hold()  # a paused run: held before the clock starts, never judged slow
         if watch is None:
             return self._capped(raw, view)
         started = time.monotonic()

@@ -8,6 +8,8 @@ such as ``files[3].path: '..' is not allowed``.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import sys
 import json
 import os
@@ -19,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 import xxhash
 
 from .errors import ManifestError
-from .hashing import HashSpec, parse_hash
+from .hashing import ALGORITHMS, HashSpec, parse_hash
 from .headers import Headers, merge_headers, problem, shown
 
 __all__ = [
@@ -43,6 +45,21 @@ MAX_INT = 2**63 - 1
 MAX_MANIFEST_BYTES = 512 << 20
 #: First path component reserved for mpdl's own state folder in the destination.
 STATE_DIR = ".mpdl"
+
+log = logging.getLogger("mpdl")
+
+#: The fields each level of a manifest takes: any other key is named in a warning (an error
+#: with ``strict``), as a typo would otherwise pass unseen ("sha256" for "hash": unverified).
+FIELDS = {
+    "manifest": ("format", "base_urls", "headers", "files"),
+    "file": ("path", "size", "hash", "executable", "url", "parts"),
+    "link": ("path", "link"),
+    "directory": ("path", "directory"),
+    "part": ("url", "offset", "length", "size", "compression", "hash"),
+}
+
+#: Unknown keys named one by one, at most; the rest are counted in one more line.
+MAX_WARNINGS = 10
 
 _DRIVE = re.compile(r"[A-Za-z]:")
 _URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
@@ -185,28 +202,32 @@ def _part_json(part: Part) -> dict[str, object]:
 ManifestSource = Manifest | dict[str, object] | str | os.PathLike[str]
 
 
-def load_manifest(source: ManifestSource) -> Manifest:
-    """A manifest from a :class:`Manifest` (as is), a decoded dict or a JSON file."""
+def load_manifest(source: ManifestSource, *, strict: bool = False) -> Manifest:
+    """A manifest from a :class:`Manifest` (as is), a decoded dict or a JSON file.
+    ``strict``: an unknown key is a ManifestError, not a warning."""
     if isinstance(source, Manifest):
         return source
     if isinstance(source, dict):
-        return parse_manifest(source)
+        return parse_manifest(source, strict=strict)
     if isinstance(source, (str, os.PathLike)):
         # The decoded JSON is ours alone: each entry goes as soon as it is parsed, so the
         # JSON and the model of a 100,000-file manifest are not both in memory at the peak.
-        return parse_manifest(_decode(_read(source)), consume=True)
+        return parse_manifest(_decode(_read(source)), consume=True, strict=strict)
     raise TypeError(
         f"expected a Manifest, a dict or a path, not {type(source).__name__}"
     )
 
 
-def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
-    """Validate a decoded JSON value into a :class:`Manifest`, ignoring unknown keys.
+def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) -> Manifest:
+    """Validate a decoded JSON value into a :class:`Manifest`. Unknown keys are named in
+    one warning each (``UnknownKeys``), or refused with ``strict``.
 
     ``consume``: empty ``obj["files"]`` as its entries are parsed (for a value no one else
     holds), which frees each entry's memory while the model grows."""
     if not isinstance(obj, dict):
         raise ManifestError(f"manifest: must be a JSON object, not {_kind(obj)}")
+    unknown = UnknownKeys(strict)
+    unknown.check(obj, "manifest", "manifest")
     _check_format(obj.get("format"))
     base_urls = _base_urls(obj.get("base_urls"))
     headers = _headers(obj.get("headers"))
@@ -224,6 +245,13 @@ def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
         where = f"files[{index}]"
         if not isinstance(entry, dict):
             raise ManifestError(f"{where}: must be an object, not {_kind(entry)}")
+        kind = ("directory" if entry.get("directory") is not None
+                else "link" if entry.get("link") is not None else "file")
+        unknown.check(entry, kind, where)
+        parts = entry.get("parts") if kind == "file" else None
+        for number, part in enumerate(parts if isinstance(parts, list) else ()):
+            if isinstance(part, dict):  # else _parts says what is wrong with it
+                unknown.check(part, "part", f"{where}.parts[{number}]")
         if entry.get("directory") is not None:
             directory = _directory(entry, where)
             directories.append(directory)
@@ -239,8 +267,57 @@ def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
         if consume:
             entries[index] = None
     _check_overlaps(placed, folders)
+    unknown.warn()
     return Manifest(base_urls=base_urls, files=tuple(files), links=tuple(links),
                     directories=tuple(directories), headers=headers)
+
+
+class UnknownKeys:
+    """The keys a manifest has that no field takes, each with a suggestion: a hash named by
+    its algorithm ("sha256": ...) is one for ``hash``, else the closest field's name
+    (difflib). A key repeated in many entries is one warning, with the count; ``strict``
+    raises ManifestError at the first."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        # (kind, key) -> where it was first seen, its value there, how many times seen
+        self.found: dict[tuple[str, str], tuple[str, object, int]] = {}
+
+    def check(self, obj: dict[str, object], kind: str, where: str) -> None:
+        fields = FIELDS[kind]
+        for key in obj:
+            if key in fields:
+                continue
+            place = where if kind == "manifest" else f"{where}.{key}"
+            if self.strict:
+                raise ManifestError(self.line(kind, key, obj[key], place, 1))
+            first, value, count = self.found.get((kind, key), (place, obj[key], 0))
+            self.found[(kind, key)] = (first, value, count + 1)
+
+    def warn(self) -> None:
+        """One warning per key, MAX_WARNINGS at most: a manifest is untrusted, and one of
+        distinct keys by the thousand would otherwise be as many lines."""
+        found = list(self.found.items())
+        for (kind, key), (first, value, count) in found[:MAX_WARNINGS]:
+            log.warning("%s", self.line(kind, key, value, first, count))
+        if len(found) > MAX_WARNINGS:
+            log.warning("manifest: %d more keys that are no field", len(found) - MAX_WARNINGS)
+
+    @staticmethod
+    def line(kind: str, key: str, value: object, place: str, count: int) -> str:
+        """``files[3].sha256: not a field; did you mean hash: "sha256:…"?"""
+        where = f"{key}" if kind == "manifest" else place
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        fields = FIELDS[kind]
+        if key.lower().replace("-", "_") in ALGORITHMS and "hash" in fields:
+            shown = f"{value}"[:16] if isinstance(value, str) else "…"
+            hint = f"hash: \"{key.lower().replace('-', '_')}:{shown}…\""
+        else:
+            close = [f for f in fields if f.startswith(key.lower())] or \
+                difflib.get_close_matches(key.lower(), fields, n=1, cutoff=0.6)
+            hint = close[0] if close else ""
+        suggestion = f"; did you mean {hint}?" if hint else f" (fields: {', '.join(fields)})"
+        return f"{where}{more}: not a field{suggestion}"
 
 
 # Reading.

@@ -33,6 +33,7 @@ class ProgressEvent:
     fetch_speed: float = 0.0  # network bytes/s, over the same window as ``speed``
     write_speed: float = 0.0  # bytes/s written to files
     bytes_to_fetch: int | None = None  # what this run's plan asks of the network, once known
+    state: str = "running"  # or "paused" (mpdl.control)
 
 
 # What a callback returns is a new speed cap for the run (mpdl.run, not verify): None keeps the
@@ -72,6 +73,7 @@ class Tracker:
         self._start = time.monotonic()
         self._last = 0.0
         self.bytes_to_fetch: int | None = None  # set once the run is planned
+        self.state = "running"  # "paused" while a control handle holds the run
         self.arriving: Callable[[], int] | None = None
         # Samples of the speed window, from the first snapshot on: the bytes a run finds done
         # (in place, resumed) are counted after the tracker is made, not at a speed.
@@ -108,14 +110,16 @@ class Tracker:
                              bytes_fetched=counts.bytes_fetched, speed=done, eta=eta,
                              elapsed=now - self._start, final=final,
                              bytes_written=counts.bytes_written, fetch_speed=fetched,
-                             write_speed=written, bytes_to_fetch=self.bytes_to_fetch)
+                             write_speed=written, bytes_to_fetch=self.bytes_to_fetch,
+                             state=self.state)
 
-    def tick(self, final: bool = False) -> int | float | str | None:
-        """Call the callback if it is time; returns what it returned (a speed cap, or None)."""
+    def tick(self, final: bool = False, force: bool = False) -> int | float | str | None:
+        """Call the callback if it is time (``force``: now); returns what it returned (a speed
+        cap, or None)."""
         if self._callback is None:
             return None
         now = time.monotonic()
-        if final or now - self._last >= self._interval:
+        if final or force or now - self._last >= self._interval:
             self._last = now
             return self._callback(self.snapshot(final))
         return None
@@ -139,9 +143,10 @@ def _clock(seconds: float | None) -> str:
 
 class TerminalLine:
     """One live line on a terminal: a bar as wide as the terminal leaves room for, then bytes,
-    %, speed, ETA and files. Narrower than ``BAR_FROM`` columns, the line goes without a bar.
-    ``columns`` is the terminal's width (None: asked of the terminal at each event, so a
-    resized window is followed)."""
+    %, speed (or "paused"), ETA and files. Narrower than ``BAR_FROM`` columns, the line goes
+    without a bar, and it is cut to one column less than the terminal's width: a line that
+    wrapped would leave a line behind at every redraw. ``columns`` is the terminal's width
+    (None: asked of the terminal at each event, so a resized window is followed)."""
 
     BAR_FROM = 20  # columns left for the bar, at least, or there is none
     BAR_MAX = 40
@@ -156,14 +161,17 @@ class TerminalLine:
         percent = f"{100 * event.bytes_done / total:5.1f}%" if total else "   ?%"
         of = human_bytes(total) if total is not None else "?"
         size = f"{human_bytes(event.bytes_done)} / {of}"
-        line = (f"{size}  {percent}  {human_bytes(event.speed)}/s  ETA {_clock(event.eta)}  "
+        paused = event.state == "paused"
+        speed = "paused" if paused else f"{human_bytes(event.speed)}/s"
+        line = (f"{size}  {percent}  {speed}  ETA {_clock(None if paused else event.eta)}  "
                 f"files {event.files_done}/{event.files_total}")
         columns = self.columns or shutil.get_terminal_size((80, 24)).columns
         room = min(self.BAR_MAX, columns - 1 - len(line) - 3)  # "[" + bar + "] ", and a spare
         if room >= self.BAR_FROM and total:
             filled = round(room * min(1.0, event.bytes_done / total))
             line = f"[{'#' * filled}{'.' * (room - filled)}] {line}"
-        pad = max(0, self._width - len(line))
+        line = line[:max(1, columns - 1)]
+        pad = max(0, min(self._width, columns - 1) - len(line))
         self._width = 0 if event.final else len(line)
         self.stream.write("\r" + line + " " * pad + ("\n" if event.final else ""))
         self.stream.flush()

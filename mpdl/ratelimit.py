@@ -22,6 +22,9 @@ Rules:
 - A thread waits for its turn in naps of NAP_SECONDS at most and looks at the rate after each,
   so a changed cap (or none) takes effect within a nap; a ticket sized for a higher cap than
   the present one is forgiven and taken again at the present one's size.
+- A pause (mpdl.control) holds every read before it starts, in naps, until the coordinator
+  lifts it: one more double, looked at once per read. Connections stay open, nothing read is
+  lost, and the time held is not time waiting for the server (``hold`` returns it).
 - The counts change under one lock shared by every process, held for microseconds. A worker
   killed while holding it would stall all the others, so the coordinator frees it when a
   worker dies (``recover``).
@@ -108,8 +111,10 @@ class SpeedCap:
 
     def __init__(self, state: MutableSequence[float], lock: Lock, connections: int,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 paused: MutableSequence[float] | None = None) -> None:
         self._state = state
+        self._paused = paused if paused is not None else [0.0]  # 1.0: reads are held
         self._lock = lock
         self.connections = connections
         self._clock = clock
@@ -121,7 +126,7 @@ class SpeedCap:
         """A budget in shared memory for the processes ``ctx`` starts. It goes to them as an
         argument of the process (pickled under spawn and forkserver, inherited under fork),
         and leaves nothing behind: the memory is an unlinked file, the lock goes with it."""
-        cap = cls(ctx.RawArray("d", 4), ctx.Lock(), connections)
+        cap = cls(ctx.RawArray("d", 4), ctx.Lock(), connections, paused=ctx.RawArray("d", 1))
         cap.set_rate(rate)
         return cap
 
@@ -133,6 +138,25 @@ class SpeedCap:
     def set_rate(self, rate: float | None) -> None:
         """The coordinator's: the cap from now on (None: none). No lock: one double."""
         self._state[_RATE] = float(rate or 0)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._paused[0])
+
+    def set_paused(self, paused: bool) -> None:
+        """The coordinator's: hold every read from now on, or let them go. No lock: one
+        double."""
+        self._paused[0] = 1.0 if paused else 0.0
+
+    def hold(self) -> float:
+        """Wait, in naps, while the run is paused; returns the seconds held (0.0 at once when
+        not paused: one look at a double)."""
+        if not self._paused[0]:
+            return 0.0
+        started = self._clock()
+        while self._paused[0]:
+            self._sleep(NAP_SECONDS)
+        return self._clock() - started
 
     def take(self, want: int) -> int:
         """Wait for a read's turn; returns how many bytes it may ask, at most ``want``."""

@@ -123,6 +123,7 @@ class Scheduler:
                                  streams=self.streams, routes=self.routes,
                                  slot_size=plan.slot_size, effect=self.out.effects.append)
         self.stopped: RunStopped | None = None  # the first disk error, or a StopRun
+        self.paused_at: float | None = None  # a paused run (control.py) starts nothing
         self.now = 0.0  # the time of the latest event
         self.board.add_tasks(plan.tasks)
         if self.validators.conflicts:
@@ -167,6 +168,8 @@ class Scheduler:
         become slow enough to race, a checkpoint is due."""
         streamed = self.streams.planner.streamed
         times = [self.board.next_retry, self.races.wakeup(self.now, streamed)]
+        if self.paused_at is not None:  # nothing starts: neither retries nor races
+            times = []
         checkpoints = self.book.checkpoints
         if checkpoints.journaling and checkpoints.in_flight is None:  # else its Synced wakes us
             times.append(checkpoints.next_due)
@@ -183,6 +186,11 @@ class Scheduler:
         """Time passed: release retries whose wait is over, start what can start (responses
         waiting for a slot first, streams before ranges), share the tail, checkpoint."""
         self.now = now
+        if self.paused_at is not None:  # held: only what is under way goes on (to its hold)
+            self.dispatch.grant(now)
+            if self.book.checkpoints.due(now):
+                self.checkpoint(now)
+            return
         self.board.release_due(now)
         self.streams.start()
         self.dispatch.grant(now)
@@ -196,6 +204,16 @@ class Scheduler:
     def checkpoint(self, now: float) -> None:
         """Ask the writer to make new bytes durable now (if none is in flight)."""
         self.book.checkpoint(now)
+
+    def pause(self, now: float, paused: bool) -> None:
+        """Hold the run (start nothing) or let it go on; on resume the attempts on workers
+        are shifted by the time held, so none looks stalled (tail.py) for it."""
+        if paused:
+            self.paused_at = now if self.paused_at is None else self.paused_at
+        elif self.paused_at is not None:
+            held, self.paused_at = now - self.paused_at, None
+            for run in self.board.on_worker:
+                run.started_at, run.progress_at = run.started_at + held, run.progress_at + held
 
     def worker_started(self, worker: int) -> None:
         self.board.worker_started(worker)

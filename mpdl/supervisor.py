@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from .checkpoints import JournalSynced
-from .errors import ChildrenKeepDying, MpdlError, NotDurable, RingTooSmall, RunStopped
+from .control import Control, Steering
+from .errors import (ChildrenKeepDying, MpdlError, NotDurable, RingTooSmall, RunStopped,
+                     UsageError)
 from .journal import Journal
 from .layout import Layout
+from .mainguard import HINT, REENTERED
 from .manifest import FileEntry
 from .messages import Failed, Fetch, Filled, Grant, Stop
 from .options import Options, parse_rate
@@ -102,7 +105,8 @@ class Child:
 class Supervisor:
     def __init__(self, scheduler: Scheduler, *, ring: Ring, layout: Layout, options: Options,
                  tracker: Tracker, on_file_done: FileDone, journal: Journal,
-                 refresh_url: RefreshUrl | None = None, sync_at_end: bool = True) -> None:
+                 refresh_url: RefreshUrl | None = None, sync_at_end: bool = True,
+                 control: Control | None = None) -> None:
         self.scheduler = scheduler
         self.ring = ring
         self.layout = layout
@@ -122,6 +126,8 @@ class Supervisor:
         self.cap = SpeedCap.create(self.ctx, options.limit_rate,
                                    connections=min(limits.connections, limits.slots))
         scheduler.cap_changed(self.cap.rate, self.cap.connections)
+        self.steering = None if control is None else Steering(control, self.cap, scheduler,
+                                                               tracker)
         self.workers: dict[int, Child] = {}
         self.writer: Child | None = None
         self.worker_respawns = 2 * options.workers
@@ -143,6 +149,7 @@ class Supervisor:
                 self._wait_and_feed(0.0 if hooks_ran else self._timeout())
                 self._kill_silent_workers()
                 self._change_rate(self.tracker.tick())
+                self._change_rate(self.steering.step() if self.steering else None)  # control.py
             self._carry_out()  # the last CloseFile of a failed file must still reach the writer
             if self.sync_at_end or self.any_failed:
                 self._last_checkpoint(FINAL_SYNC_SECONDS)
@@ -323,6 +330,9 @@ class Supervisor:
     def _worker_died(self, worker_id: int, child: Child) -> None:
         code = self._retire(child, lambda record: self.scheduler.worker_record(
             worker_id, record, time.monotonic()))
+        if code == REENTERED:  # the caller's script ran again in the child (mainguard.py)
+            del self.workers[worker_id]
+            raise UsageError(HINT)
         log.warning("worker %d died (exit code %s); its %d tasks go back to the queue",
                     worker_id, code, self.scheduler.board.busy[worker_id])
         del self.workers[worker_id]
@@ -337,6 +347,8 @@ class Supervisor:
         """Start a new writer; every unfinished file starts over from its durable bytes."""
         code = self._retire(self.writer, self.scheduler.writer_record)
         self.writer = None
+        if code == REENTERED:
+            raise UsageError(HINT)
         if self.writer_respawns <= 0:
             raise ChildrenKeepDying("writer", code)
         self.writer_respawns -= 1
@@ -421,6 +433,7 @@ class Supervisor:
     def _stop(self, children: list[tuple[Child, Callable[[object], None]]]) -> None:
         """Stop, a grace period to exit on their own while what each says goes to its
         listener, then retire each (terminate if need be)."""
+        self.cap.set_paused(False)  # reads held by a pause must go on to see the Stop
         for child, _ in children:
             child.inbox.put([Stop()])
         deadline = time.monotonic() + STOP_GRACE_SECONDS

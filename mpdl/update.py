@@ -427,8 +427,9 @@ class Update:
             folded.setdefault(_fold(path), []).append(path)
         return folded
 
-    def _remove_file(self, entry: FileEntry) -> bool:
-        """Unlink the file mpdl installed for ``entry``, if it is still as mpdl wrote it."""
+    def removable(self, entry: FileEntry) -> bool:
+        """Whether the file mpdl installed for ``entry`` may go: inside DEST, still as mpdl
+        wrote it, and not one of the new files under another spelling (mpdl.plan asks too)."""
         final = self.layout.final(entry.path)
         if not inside(final.parent, self.layout.dest):
             return False
@@ -436,8 +437,19 @@ class Update:
             if os.path.lexists(final):
                 log.info("kept %s: not as mpdl wrote it", entry.path)
             return False
-        if self._same_file_listed(entry.path, final):
+        return not self._same_file_listed(entry.path, final)
+
+    def removable_link(self, path: str, target: str) -> bool:
+        """Whether the link mpdl placed at ``path`` may go: it still points at ``target``."""
+        final = self.layout.final(path)
+        return (inside(final.parent, self.layout.dest) and os.path.islink(final)
+                and os.readlink(final) == target and not self._same_file_listed(path, final))
+
+    def _remove_file(self, entry: FileEntry) -> bool:
+        """Unlink the file mpdl installed for ``entry``, if it is still as mpdl wrote it."""
+        if not self.removable(entry):
             return False
+        final = self.layout.final(entry.path)
         try:
             os.unlink(final)
         except OSError as exc:
@@ -448,12 +460,9 @@ class Update:
 
     def _remove_link(self, path: str, target: str) -> bool:
         """Unlink the link mpdl placed at ``path``, if it still points at ``target``."""
-        final = self.layout.final(path)
         try:
-            if (inside(final.parent, self.layout.dest) and os.path.islink(final)
-                    and os.readlink(final) == target
-                    and not self._same_file_listed(path, final)):
-                os.unlink(final)
+            if self.removable_link(path, target):
+                os.unlink(self.layout.final(path))
                 return True
         except OSError as exc:
             log.warning("kept %s: cannot remove it: %s", path, exc.strerror or exc)

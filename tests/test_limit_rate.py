@@ -9,6 +9,7 @@ burst + rate * t by t seconds after its budget was made), and bytes counted betw
 from __future__ import annotations
 
 import http.client
+import json
 import multiprocessing
 import os
 import signal
@@ -284,12 +285,14 @@ def test_the_cli_caps_a_single_url(
     # Four 256K ranges for eight connections: the idle four would race the slow ranges, and
     # fetch their bytes twice, if the tail took a range slowed by the cap for a stalled one.
     done = mpdl_cli(nginx.url + tool["url"], "-o", tmp_path / TOOL, "--workers", "2",
-                    "--connections", "8", "--chunk-size", "256K", *flag, cwd=tmp_path, env=env)
+                    "--connections", "8", "--chunk-size", "256K", "--progress", "json", *flag,
+                    cwd=tmp_path, env=env)
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     assert_file_right(tmp_path, depot.root, {**tool, "executable": False})
     assert elapsed >= (tool["size"] - rate * BURST_SECONDS) / rate
-    assert f"{tool['size']} bytes fetched" in done.stderr  # none twice (no range raced)
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["bytes_fetched"] == tool["size"]  # none twice (no range raced)
 
 
 # --- parsing and errors ------------------------------------------------------------------------

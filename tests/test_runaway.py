@@ -24,6 +24,8 @@ import pytest
 from faultserver import Fault, FaultServer
 from helpers import KiB, byte_range, env_with, mpdl_cli, write_manifest
 
+from mpdl.progress import human_bytes
+
 #: Options that make a trickle's attempts short: a window of 1 s, reads waited for 2 s.
 QUICK_FLOOR = ("--timeout", "2", "--speed-limit", "1K", "--speed-time", "1")
 #: The README's bound with QUICK_FLOOR, where connecting is immediate and the headers come at
@@ -135,4 +137,5 @@ def test_the_result_says_what_was_fetched_beside_what_was_needed(objects: Path,
         assert result["event"] == "result"
         assert result["bytes_to_fetch"] == size
         assert size <= result["bytes_fetched"] <= server.bytes_sent
-        assert f"{result['bytes_fetched']} bytes fetched of {size} to fetch" in done.stderr
+        assert (f"{human_bytes(result['bytes_fetched'])} fetched of {human_bytes(size)} "
+                "to fetch") in done.stderr
