@@ -1,7 +1,7 @@
 """Servers that would hold a run forever, and redirects paid once: against the fault server,
 through the CLI, as a user meets them.
 
-- A server that trickles (a byte a second, each read well inside --timeout) fails each attempt
+- A server that trickles (16 bytes a second, each read well inside --timeout) fails each attempt
   at the speed floor (--speed-limit over --speed-time); one that stalls after 1000 bytes, or
   never answers, at --timeout. The run ends by itself with exit 1 and one line, for a manifest
   and for one URL, within the bound the README states, with the small values used here.
@@ -24,12 +24,14 @@ import pytest
 from faultserver import Fault, FaultServer
 from helpers import KiB, byte_range, env_with, mpdl_cli, write_manifest
 
-#: Options that make a trickle's attempts short: a window of 1 s, reads waited for 2 s.
-QUICK_FLOOR = ("--timeout", "2", "--speed-limit", "1K", "--speed-time", "1")
+#: Options that make a runaway's attempts short: a window of 0.5 s, reads waited for 1 s
+#: (the bound scales with both: the mechanism is the same at 30 s as at 1 s).
+WINDOW, TIMEOUT = 0.5, 1
+QUICK_FLOOR = ("--timeout", str(TIMEOUT), "--speed-limit", "1K", "--speed-time", str(WINDOW))
 #: The README's bound with QUICK_FLOOR, where connecting is immediate and the headers come at
-#: once or never: 5 attempts x (1 s window + 2 s read), backoffs 0.25 + 0.5 + 1 + 2 s, and the
-#: start and stop of the processes.
-TRICKLE_BOUND = 5 * (1 + 2) + 3.75 + 6
+#: once or never: 5 attempts x (window + read), backoffs 0.25 + 0.5 + 1 + 2 s, and the start
+#: and stop of the processes.
+TRICKLE_BOUND = 5 * (WINDOW + TIMEOUT) + 3.75 + 6
 
 
 @pytest.fixture
@@ -51,7 +53,8 @@ def _one_file(root: Path, name: str) -> dict:
 
 #: Servers that never finish, and what the line that ends the run says of them.
 RUNAWAYS = {
-    "trickle": (Fault(rate=1), "slower than 1.0 KiB/s for 1 s"),  # a byte a second, 4096 s
+    # 16 bytes a second, a byte at a time (each read well inside --timeout): 256 s for 4 KiB
+    "trickle": (Fault(rate=16), f"slower than 1.0 KiB/s for {WINDOW:g} s"),
     "stall": (Fault(stall_after=1000, stall_seconds=60), "timed out"),  # 1000 bytes, silence
     "silent": (Fault(delay=60), "timed out"),  # accepted, then no answer
 }  # (the fault server waits faultserver.MAX_WAIT at most, so nothing outlives its test)
