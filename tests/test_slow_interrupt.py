@@ -105,16 +105,17 @@ def events(run: Cli) -> list[dict[str, Any]]:
 def test_an_interrupt_on_a_slow_link_keeps_what_arrived_and_the_rerun_asks_the_rest(
         server: FaultServer, tmp_path: Path, cli: Callable[..., Cli], signum: int,
         code: int) -> None:
-    # 4 connections at 96 KiB/s each: a 2 MiB slot would take 21 s to fill, so whole slots
-    # would keep nothing of the ~1.5 MiB that come before the signal.
+    # Responses at 256 KiB/s each: a 2 MiB slot would take 8 s to fill, so whole slots would
+    # keep nothing of the 512 KiB that come before the signal (the first 2 MiB are asked
+    # alone; were all 4 connections open, a slot would still take 2 s, 4 times the wait).
     manifest = slow_file(server.root, SIZE, "slow.bin")
     path = manifest_at(tmp_path, manifest, server)
     dest = tmp_path / "game"
-    server.set_fault("slow.bin", Fault(rate=96 * KiB))
+    server.set_fault("slow.bin", Fault(rate=256 * KiB))
     args = (path, "-o", dest, "--workers", "2", "--connections", "4", "--chunk-size", "2M",
             "--progress", "json")
     first = cli(*args)
-    first.wait_for("1.5 MiB served", lambda: server.bytes_sent >= 3 * MiB // 2)
+    first.wait_for("512 KiB served", lambda: server.bytes_sent >= 512 * KiB)
     first.proc.send_signal(signum)
     assert first.finish(timeout=30) == code, first.stderr
     assert_no_traceback(first)
