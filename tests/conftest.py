@@ -1,5 +1,6 @@
 """Fixtures shared by mpdl's tests: the example depot, its servers, watched CLI runs, and a leak
-check on each test. The helpers these stand on, and that test files share, are in helpers.py.
+check on each test. The helpers these stand on, and that test files share, are in
+support/helpers.py (on sys.path through pyproject.toml's pytest ``pythonpath``).
 
 mpdl forks workers and maps shared memory, so a test that passes while leaving either behind is a
 failure too: the autouse ``no_leaks`` fixture says so right after the test that leaked.

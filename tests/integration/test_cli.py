@@ -23,6 +23,7 @@ from faultserver import Fault, FaultServer
 from helpers import (
     CLI_TIMEOUT,
     LEVEL,
+    REPO,
     SHM,
     SMALL_CHUNK,
     TOOL,
@@ -357,5 +358,5 @@ def test_version_and_the_typing_marker_ship(tmp_path: Path) -> None:
     done = mpdl_cli("--version", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == f"mpdl {mpdl.__version__}"
     assert (Path(mpdl.__file__).parent / "py.typed").is_file()
-    setup = (Path(__file__).parent.parent / "setup.cfg").read_text()
+    setup = (REPO / "setup.cfg").read_text()
     assert "mpdl = py.typed" in setup  # so a wheel carries it

@@ -27,7 +27,9 @@ import pytest
 import xxhash
 
 #: The repository: perf/ is not installed with mpdl; it lives beside tests/, importable from here.
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
+#: Real GOG manifests and launchers' progress output, kept with the tests so CI has them.
+SAMPLES = Path(__file__).resolve().parent / "samples"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

@@ -18,14 +18,12 @@ from typing import Any
 
 import pytest
 from faultserver import FaultServer
-from helpers import REPO, files_of, links_of, run
+from helpers import REPO, SAMPLES, files_of, links_of, run
 
 from mpdl.errors import ManifestError
 from mpdl.gog import SUPPORT_DIR, convert, decode_depot, galaxy_path
 from mpdl.manifest import parse_manifest
 
-#: Real GOG manifests (from the project's shared samples), kept with the tests so CI has them.
-SAMPLES = Path(__file__).parent / "samples"
 KiB = 1024
 PRODUCT = "1207658930"
 BASE = "https://cdn.example/content-system/v2/store/1207658930/"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from faultserver import Fault, FaultServer
-from helpers import Cli, Depot, assert_installed, write_manifest
+from helpers import SAMPLES, Cli, Depot, assert_installed, write_manifest
 
 from mpdl.progress import GogdlLines, LegendaryLines, ProgressEvent, TerminalLine, hhmmss
 
@@ -192,10 +192,9 @@ def test_the_live_line_has_a_bar_that_fits_the_terminal_and_none_when_narrow():
 
 def test_the_patterns_here_read_the_real_tools_output_and_ours_alike():
     """The patterns above are checked against what heroic-gogdl and legendary really print."""
-    samples = Path(__file__).parent / "samples"
-    gogdl = (samples / "gogdl_progress_output_issue3695.txt").read_text()
+    gogdl = (SAMPLES / "gogdl_progress_output_issue3695.txt").read_text()
     for report in groups(gogdl, "[PROGRESS] INFO: ")[:-1]:  # the last one may be cut off
         assert_heroic_reads(report)
-    legendary = (samples / "legendary_progress_output_issue574.txt").read_text()
+    legendary = (SAMPLES / "legendary_progress_output_issue574.txt").read_text()
     assert LEGENDARY_PROGRESS.search(legendary)
     assert HEROIC["download"].search(legendary) and HEROIC["disk"].search(legendary)
