@@ -2,7 +2,9 @@
 as GitHub LFS, S3 and GOG's CDNs do) is redirected once, its first request alone, and asked
 at its final URL for its other ranges; when that URL starts refusing, the original is asked
 again. Two fault servers over one folder play
-the origin and the CDN."""
+the origin and the CDN.
+
+(What needs no server nor process: tests/unit/test_redirects_pure.py.)"""
 
 from __future__ import annotations
 
@@ -11,12 +13,9 @@ import hashlib
 import random
 from pathlib import Path
 
-import urllib3
 from faultserver import Fault, FaultServer
 from helpers import KiB, run
-from urllib3.util.retry import RequestHistory, Retry
 
-from mpdl.fetch import final_url
 
 CONNECTIONS = 2
 TINY_FILES = 1200  # in main.bin: more than MAX_SPANS per request, so it takes several requests
@@ -94,19 +93,6 @@ def test_a_final_url_that_starts_refusing_is_dropped_for_the_origin(tmp_path: Pa
     assert result.ok, result.failed
     assert_byte_exact(tmp_path / "dest", root, manifest)
     assert refused and served_by_origin
-
-
-def test_the_final_url_is_the_last_location_resolved_against_the_url_that_sent_it() -> None:
-    """urllib3 keeps each Location as the server sent it: a relative one is resolved here."""
-    history = (RequestHistory("GET", "http://origin.invalid/a/main.bin", None, 302,
-                              "https://cdn.invalid/x/main.bin?sig=1"),
-               RequestHistory("GET", "https://cdn.invalid/x/main.bin?sig=1", None, 307,
-                              "../y/main.bin?sig=2"))
-    response = urllib3.HTTPResponse(status=206, retries=Retry(history=history))
-    assert final_url(response, "http://origin.invalid/a/main.bin") == \
-        "https://cdn.invalid/y/main.bin?sig=2"
-    plain = urllib3.HTTPResponse(status=206, retries=Retry())
-    assert final_url(plain, "http://origin.invalid/a") == "http://origin.invalid/a"
 
 
 def test_ranges_sent_straight_to_a_final_url_on_another_host_carry_no_credentials(

@@ -5,6 +5,8 @@ Every other test trusts these: a range server off by one byte, or a fault that d
 would make mpdl's tests pass or fail for the wrong reason. The demo's range server (mpdl.demo)
 and the tests' (rangeserver, which the fault server extends) must answer alike: each HTTP check
 of a range server runs against both.
+
+(What needs no server nor process: tests/unit/test_servers_pure.py.)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from helpers import Depot, Nginx
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from mpdl import demo
-from mpdl.demo import MiB, build_example, parse_range
+from mpdl.demo import MiB
 
 TIMEOUT = urllib3.Timeout(connect=2, read=10)
 #: The range servers, each ``serve(root)`` -> a context manager of a demo.Served.
@@ -63,35 +65,6 @@ def get(client: urllib3.PoolManager, url: str, rng: str | None = None, **kw: Any
 
 
 # --- the range servers: the demo's and the tests' ------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (None, None),
-        ("bytes=0-0", range(0, 1)),
-        ("bytes=10-19", range(10, 20)),
-        ("BYTES=10-19", range(10, 20)),
-        ("bytes=10-", range(10, 100)),
-        ("bytes=90-500", range(90, 100)),
-        ("bytes=-30", range(70, 100)),
-        ("bytes=-500", range(0, 100)),
-        ("bytes=100-", range(100, 100)),  # unsatisfiable
-        ("bytes=-0", range(100, 100)),  # unsatisfiable
-        ("bytes=5-2", None),  # invalid: ignored
-        ("bytes=0-1,5-6", None),  # several ranges: whole body
-        ("bytes=-", None),
-        ("items=0-1", None),
-        ("bytes=a-b", None),
-    ],
-)
-def test_parse_range(value: str | None, expected: range | None) -> None:
-    assert parse_range(value, 100) == expected
-
-
-def test_parse_range_of_empty_object_is_unsatisfiable() -> None:
-    assert not parse_range("bytes=0-", 0)
-    assert not parse_range("bytes=-5", 0)
 
 
 @pytest.mark.parametrize(
@@ -475,23 +448,6 @@ def test_v1_parts_are_consecutive_ranges_of_main_bin(depot: Depot, blob: bytes) 
     assert parts[-1]["offset"] + parts[-1]["length"] == len(blob)
     small, big = [p["length"] for p in parts[:-1]], parts[-1]["length"]
     assert len(small) == 20 and max(small) <= 64 * 1024 * 0.25 and big >= MiB * 0.25
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def test_build_is_deterministic(tmp_path: Path) -> None:
-    first = build_example(tmp_path / "a", scale=0.05, seed=3)
-    again = build_example(tmp_path / "b", scale=0.05, seed=3)
-    other = build_example(tmp_path / "c", scale=0.05, seed=4)
-    assert first == again and tree(tmp_path / "a") == tree(tmp_path / "b")
-    assert other != first
-
-
-def test_default_scale_is_a_quick_demo(tmp_path: Path) -> None:
-    manifest = build_example(tmp_path)
-    assert 10 * MiB <= sum(f.get("size", 0) for f in manifest["files"]) <= 20 * MiB
 
 
 # --- python -m mpdl.demo -------------------------------------------------------------------

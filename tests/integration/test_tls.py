@@ -6,6 +6,8 @@ each request with its connection's serial number ($connection): that counts the 
 connections a run opened, and, read before and after a run, the connections nginx accepted in
 between, even those whose handshake failed and that sent no request at all. (Which headers
 arrive is tests/test_headers.py's, with the fault server's record of each request.)
+
+(What needs no server nor process: tests/unit/test_tls_pure.py.)
 """
 
 from __future__ import annotations
@@ -24,9 +26,7 @@ from helpers import (TOOL, Depot, LoggedRequest, Nginx, assert_installed, assert
                      entry, env_with, mpdl_cli, run, skip_or_fail, write_manifest)
 
 from mpdl.errors import UsageError
-from mpdl.messages import FailKind
 from mpdl.options import Options
-from mpdl.retry import Attempts, Failure, RetryPolicy, StopRun
 from perf import servers, tls
 
 CONNECTIONS = 4
@@ -211,12 +211,6 @@ def test_untrusted_certificate_of_a_single_url_is_one_line(
 
 
 # --- the pure parts -----------------------------------------------------------------------------
-
-
-def test_a_refused_certificate_stops_the_run_whatever_the_mirrors() -> None:
-    decision = RetryPolicy().decide(Attempts(), Failure(FailKind.STOP, "refused"), mirrors=3,
-                                    splittable=True, can_refresh=True, jitter=0.5)
-    assert decision == StopRun("refused")
 
 
 def test_cacert_must_be_a_ca_file(tmp_path: Path) -> None:

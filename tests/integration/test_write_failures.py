@@ -8,6 +8,8 @@ whose state folder cannot be written ends with ``Result.error``, not an exceptio
 writer's own failed writes: tests/test_writer.py and tests/test_disk_faults.py.)
 
 Tests that mount a tmpfs need root: without it they skip, except under CI=true, where they fail.
+
+(What needs no server nor process: tests/unit/test_write_failures_pure.py.)
 """
 
 from __future__ import annotations
@@ -101,17 +103,6 @@ def test_a_journal_too_long_to_compact_on_a_full_disk_stays_as_it_was(tmpfs: Tmp
     assert (state / JOURNAL_NAME).read_bytes() == before
 
 
-def test_a_torn_last_line_does_not_swallow_the_next_runs_first_line(tmp_path: Path) -> None:
-    entry = manifest_of("a").files[0]
-    (tmp_path / "a").write_bytes(b"a" * 4)
-    path = tmp_path / JOURNAL_NAME
-    path.write_text('{"path": "b", "key": "1:None", "mtime_ns": 1}\n{"path": "a", "ke')
-    journal = Journal(tmp_path)
-    journal.record(entry, tmp_path / "a")
-    journal.close()
-    assert Journal(tmp_path).holds(entry, tmp_path / "a"), path.read_text()
-
-
 def test_installed_json_is_replaced_whole_or_not_at_all(tmpfs: Tmpfs) -> None:
     mnt = tmpfs("1m")
     assert mnt is not None
@@ -136,16 +127,3 @@ def test_installed_json_is_replaced_whole_or_not_at_all(tmpfs: Tmpfs) -> None:
         assert not (layout.state_dir / PENDING).exists()
     finally:
         journal.close()
-
-
-def test_a_state_folder_that_cannot_be_written_ends_the_run_with_an_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """installed.json refused at the end of a run: Result.error says so; nothing raises."""
-    def refuse(self: Update) -> None:
-        raise DiskError(str(self.layout.state_dir / INSTALLED), "No space left on device")
-
-    monkeypatch.setattr(Update, "install", refuse)
-    result = mpdl.run({"format": "mpdl/1", "files": [{"path": "d", "directory": True}]},
-                      tmp_path / "game")
-    assert not result.ok
-    assert result.error is not None and INSTALLED in result.error

@@ -1,21 +1,16 @@
 """The code follows one dialect (pyproject.toml's ruff rules, UP among them: ``X | None``,
 builtin generics) and keeps its classes small, checked here so that CI enforces it rather than
-a reviewer."""
+a reviewer.
+
+(Ruff, a process: tests/integration/test_style_live.py.)"""
 
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from helpers import REPO
 
-
-def test_ruff_finds_nothing() -> None:
-    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "mpdl", "tests",
-                           "perf"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
+ROOT = REPO
 
 
 #: "One module, one job": a class that outgrows this keeps more than one concern, and a room of
