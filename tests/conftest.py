@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,44 @@ from mpdl.demo import build_example
 # whichever one is installed (an editable install may point at another worktree).
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if p)
+
+#: The layers, by folder: tests/unit needs no server and no process (``pytest tests/unit``, or
+#: ``-m unit``, is the quick loop); everything else, tests/ itself included, may run them.
+UNIT = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        unit = UNIT in Path(str(item.path)).parents
+        item.add_marker(pytest.mark.unit if unit else pytest.mark.integration)
+
+
+#: What a unit test may not do: start a process, or open a connection or a listening socket.
+#: (Audit events, so the guard sees the calls themselves, whoever makes them.)
+OUT_OF_BOUNDS = {"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.exec",
+                 "os.system", "socket.connect", "socket.bind"}
+_unit_running = False
+
+
+def _guard(event: str, args: tuple[Any, ...]) -> None:
+    if _unit_running and event in OUT_OF_BOUNDS:
+        raise RuntimeError(f"a unit test called {event}: it belongs in tests/integration")
+
+
+sys.addaudithook(_guard)
+
+
+@pytest.fixture(autouse=True)
+def unit_bounds(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test in tests/unit that starts a process or opens a socket fails, saying where it
+    belongs: the quick loop stays quick, and runs anywhere."""
+    global _unit_running
+    _unit_running = request.node.get_closest_marker("unit") is not None
+    try:
+        yield
+    finally:
+        _unit_running = False
+
 
 #: /dev/shm names that only mpdl makes: multiprocessing.shared_memory's and its own.
 LEAK_PREFIXES = ("psm_", "mpdl")

@@ -2,9 +2,9 @@
 ``--proxy ''`` bypassing one, credentials from the proxy URL, and what the user sees when the
 proxy refuses (407, a refused CONNECT), cannot reach the server (502) or does not answer.
 
-The proxies here are a real Squid that wants Basic credentials, and tests/miniproxy.py, which
-can demand credentials and fail on purpose; the round trips through Squid are in
-test_real_servers.py.
+The proxies here are a real Squid that wants Basic credentials, and
+tests/support/miniproxy.py, which can demand credentials and fail on purpose; the round trips
+through Squid are in test_real_servers.py.
 
 (What needs no server nor process: tests/unit/test_proxy_pure.py.)
 

@@ -11,7 +11,8 @@ connection's whole response to the kernel at once, so a steal from it costs the 
 victim's range, and a thief that loses its contest costs its own: the resume weighs which
 steals are made. The update and the repair weigh what the plan asks (the parts that exist
 nowhere locally, the bad parts and not their files), computed here from the files. (Two runs
-through a slicing cache: tests/test_fleet.py asks the origin for each byte exactly once.)
+through a slicing cache: tests/integration/test_fleet.py asks the origin for each byte exactly
+once.)
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A small forward proxy that asks for credentials and misbehaves on purpose, for the failures
-a real proxy (tests/realservers.py's Squid) will not produce on demand.
+a real proxy (tests/support/realservers.py's Squid) will not produce on demand.
 
 It tunnels CONNECT and forwards plain-HTTP requests (absolute URI, passed on as is: the servers
 here accept that form) to the host they name; it demands ``Proxy-Authorization`` when given

@@ -1,7 +1,8 @@
 """The tests' range server: the demo's server (mpdl.demo) with the hooks the fault server bends.
 
 ``RangeRequestHandler.reply`` decides what to answer and ``send_body`` sends the bytes, so a
-subclass can override either (tests/faultserver.py does); ``serve`` takes the handler to use.
+subclass can override either (tests/support/faultserver.py does); ``serve`` takes the handler to
+use.
 Where os.sendfile is missing (or a test takes it away) bodies are copied in blocks.
 """
 

@@ -5,7 +5,7 @@ Each runs in the foreground with a config written to a temp folder, on a free 12
 until its block ends (then SIGTERM, and SIGKILL for its process group: nothing is left). Apache
 serves ``/capped/`` at 10 MiB/s per response, as perf/servers.py's nginx does, so a test can
 interrupt a download while it runs (lighttpd 1.4 caps whole responses only, never a range: the
-tests cap it with tests/miniproxy.py).
+tests cap it with tests/support/miniproxy.py).
 
 Started as root, Apache, lighttpd and Squid drop to their own user (www-data, proxy) before
 they read files or open logs, and pytest's temp folders are open to their owner only: so they
@@ -43,7 +43,7 @@ LOG_WAIT = 5.0
 ROOT = os.geteuid() == 0
 
 APACHE_CONF = """\
-# Written by tests/realservers.py: apache2 -f this file -DFOREGROUND
+# Written by tests/support/realservers.py: apache2 -f this file -DFOREGROUND
 ServerRoot "{tmp}"
 DefaultRuntimeDir "{tmp}"
 LoadModule mpm_event_module {modules}/mod_mpm_event.so
@@ -85,7 +85,7 @@ Listen {host}:{port}
 </VirtualHost>
 """
 LIGHTTPD_CONF = """\
-# Written by tests/realservers.py: lighttpd -D -f this file
+# Written by tests/support/realservers.py: lighttpd -D -f this file
 server.document-root = "{root}"
 server.bind = "{host}"
 server.port = {port}
@@ -100,7 +100,7 @@ $SERVER["socket"] == "{host}:{port}" {{
 }}
 """
 SQUID_CONF = """\
-# Written by tests/realservers.py: squid -N -f this file. A forward proxy for this machine
+# Written by tests/support/realservers.py: squid -N -f this file. A forward proxy for this machine
 # only, caching nothing, logging every request.
 http_port {host}:{port}
 acl this_machine src {host}/32

@@ -3,7 +3,7 @@
 The task board (board.py), the streams room (streams.py), the dispatch room (dispatch.py), the
 races room (races.py) and the delivery room (delivery.py) are built here from plain tasks or a
 plan; what they do inside a whole run (and what the restarts room does: a changed object, a
-failed hash and its vote, a lost writer) is tests/test_scheduler.py's, through the Scheduler
+failed hash and its vote, a lost writer) is tests/unit/test_scheduler.py's, through the Scheduler
 that drives them all.
 """
 

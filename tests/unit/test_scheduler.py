@@ -115,7 +115,7 @@ class Sim:
         # until it answers (routes.Routes.holds).
         urls = {url for task in self.plan.tasks for url in self.manifest.mirrors(task.source)}
         # Slots fill on the fake clock within milliseconds of being heard from: no steal could
-        # save the floor's fraction of a second (tests/test_tail.py tests the floor).
+        # save the floor's fraction of a second (tests/unit/test_tail.py tests the floor).
         tail = replace(tail or TailPolicy(), steal_floor=0.0)
         self.s = Scheduler(self.plan, planner=self.planner, mirrors=self.manifest.mirrors,
                            layout=self.layout, limits=self.limits, policy=policy, tail=tail,

@@ -8,7 +8,7 @@ bare OSError, which would lose the run's Result), a torn line never swallows the
 first line, and a compaction that fails leaves the journal as it was; installed.json is
 replaced whole or not at all, naming itself when it cannot be, with nothing left behind. A run
 whose state folder cannot be written ends with ``Result.error``, not an exception. (The
-writer's own failed writes: tests/test_writer.py and tests/test_disk_faults.py.)
+writer's own failed writes: tests/unit/test_writer.py and tests/integration/test_disk_faults.py.)
 
 Tests that mount a tmpfs need root: without it they skip, except under CI=true, where they fail.
 """
