@@ -124,6 +124,10 @@ def no_leaks() -> Iterator[None]:
 
     Only what appeared during the test counts, so nginx and earlier leaks are not blamed here;
     leftovers are killed and unlinked after being reported, so one leak does not cascade.
+    Under pytest-xdist (``-n N``) each worker checks its own: processes are its descendants,
+    and a ring belongs to the worker whose test made it while its maker lives (_made_here); a
+    ring still there 3 s after its maker died is a leak, reported by every worker whose test
+    was ending then (never missed, at worst told twice).
     """
     me = psutil.Process()
     shm_before = _shm_names()
