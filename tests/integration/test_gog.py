@@ -43,9 +43,6 @@ def sample(name: str) -> bytes:
     return (SAMPLES / name).read_bytes()
 
 
-# --- the real samples ------------------------------------------------------------------------
-
-
 # --- a synthetic V2 depot, downloaded end to end -----------------------------------------------
 
 

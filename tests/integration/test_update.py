@@ -221,9 +221,6 @@ def test_an_update_killed_midway_is_finished_by_a_rerun(tmp_path: Path,
     assert not (dest / "old").exists() and not (dest / ".mpdl/pending").exists()
 
 
-# --- the pure part ---------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("keep", [False, True])
 def test_cli_reports_reused_and_removed(tmp_path: Path, keep: bool) -> None:
     with FaultServer(tmp_path / "served") as server:

@@ -158,9 +158,6 @@ def test_lifting_the_cap_forgives_the_waiting_tickets() -> None:
     assert cap.due(cap.reserve(KiB)) == pytest.approx(1.0)
 
 
-# --- real runs -----------------------------------------------------------------------------
-
-
 # --- parsing and errors ------------------------------------------------------------------------
 
 

@@ -87,6 +87,3 @@ def test_the_options_default_from_the_policy_and_read_the_environment() -> None:
 def test_bad_floors_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(UsageError):
         Options(**bad)
-
-
-# --- on a real socket -------------------------------------------------------------------------
