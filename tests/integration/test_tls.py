@@ -5,7 +5,7 @@ The CA and the server certificate come from perf/tls.py (the openssl command lin
 each request with its connection's serial number ($connection): that counts the TLS
 connections a run opened, and, read before and after a run, the connections nginx accepted in
 between, even those whose handshake failed and that sent no request at all. (Which headers
-arrive is tests/unit/test_headers.py's, with the fault server's record of each request.)
+arrive is tests/integration/test_headers_live.py's, with the fault server's record of each request.)
 
 (What needs no server nor process: tests/unit/test_tls_pure.py.)
 """

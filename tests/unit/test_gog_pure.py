@@ -1,9 +1,7 @@
-"""The gog tests that need no server and no process; those with real ones are
-tests/integration/test_gog.py.
-
-mpdl.gog: GOG Galaxy depot manifests into mpdl/1, checked on the real samples, downloaded end
-to end from a range server that holds the chunks at their galaxy paths (V2) or a main.bin (V1),
-and refused, one line and exit 1, when a depot is hostile.
+"""mpdl.gog on the real GOG samples (tests/support/samples): V1 and V2 depot manifests convert
+to mpdl/1 with every file, part and hash, a V2 support file needs its product id, and a depot's
+zlib and plain chunks convert alike. Downloads of converted depots, and the CLI's handling of
+hostile ones, are tests/integration/test_gog.py's.
 """
 
 from __future__ import annotations

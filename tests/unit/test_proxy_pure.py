@@ -1,15 +1,7 @@
-"""The proxy tests that need no server and no process; those with real ones are
-tests/integration/test_proxy.py.
-
-Proxies: which proxy a URL goes through (mpdl/proxy.py, tested directly), NO_PROXY and
-``--proxy ''`` bypassing one, credentials from the proxy URL, and what the user sees when the
-proxy refuses (407, a refused CONNECT), cannot reach the server (502) or does not answer.
-
-The proxies here are a real Squid that wants Basic credentials, and
-tests/support/miniproxy.py, which can demand credentials and fail on purpose; the round trips
-through Squid are in test_real_servers.py.
-
-(What needs no server nor process: tests/unit/test_proxy_pure.py.)
+"""Proxy settings as mpdl reads them, curl's way: the environment's variables and --proxy (the
+option wins, empty turns the environment off), NO_PROXY entries, proxy URLs and the Basic
+credentials they carry (never shown in an error), and how a proxy's failures are classified.
+Runs through a real Squid and tests/support/miniproxy.py are tests/integration/test_proxy.py's.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
-"""The redirects tests that need no server and no process; those with real ones are
-tests/integration/test_redirects.py.
-
-Redirects the CDN way: an object whose URL redirects (a 302 to a signed URL on another host,
-as GitHub LFS, S3 and GOG's CDNs do) is redirected once, its first request alone, and asked
-at its final URL for its other ranges; when that URL starts refusing, the original is asked
-again. Two fault servers over one folder play
-the origin and the CDN.
+"""Where a redirected object is asked next: its final URL is the last Location, resolved against
+the URL that sent it. Runs against an origin and a CDN are tests/integration/test_redirects.py's.
 """
 
 from __future__ import annotations
-
 
 import urllib3
 from urllib3.util.retry import RequestHistory, Retry

@@ -1,10 +1,6 @@
-"""The safety tests that need no server and no process; those with real ones are
-tests/integration/test_safety.py.
-
-Untrusted manifests, hostile destinations and lying servers: each case once broke a rule.
-
-Paths never leave DEST, links never point out of it, decompression is bounded, every part hash
-is checked however the bytes arrive, and one bad path fails one file, not the run.
+"""DEST is never written through a link: links chained out of it are refused and removed, and a
+state folder (.mpdl) that is a link is refused. Hostile servers and planted links met during a
+run are tests/integration/test_safety.py's.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""The servers tests that need no server and no process; those with real ones are
-tests/integration/test_servers.py.
-
-The test servers, the demo's server and the example depot, checked on their own against real
-sockets.
-
-Every other test trusts these: a range server off by one byte, or a fault that does not fire,
-would make mpdl's tests pass or fail for the wrong reason. The demo's range server (mpdl.demo)
-and the tests' (rangeserver, which the fault server extends) must answer alike: each HTTP check
-of a range server runs against both.
+"""What the test servers stand on, without serving: the Range header as mpdl.demo reads it
+(single ranges, suffixes, unsatisfiable and ignored ones), and the example depot's builder
+(deterministic, quick at its default scale). The servers themselves are
+tests/integration/test_servers.py's.
 """
 
 from __future__ import annotations

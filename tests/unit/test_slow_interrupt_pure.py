@@ -1,18 +1,10 @@
-"""The slow interrupt tests that need no server and no process; those with real ones are
-tests/integration/test_slow_interrupt.py.
-
-Byte granularity on slow links, through the real CLI: progress follows the bytes as they
-arrive, not a ring slot (--chunk-size) at a time; an interrupt (SIGINT, SIGTERM) keeps the
-partly filled slots, journaled, and the re-run asks the server for the rest alone.
-
-The links are made slow by the fault server (``rate``, per response) or by mpdl's own cap, so a
-slot takes seconds to fill. Bounds are generous: what is checked is what whole slots could
-not give (bytes kept below one slot per connection, progress inside the first slot, a speed
-that never shows a burst of slots).
+"""Progress at byte granularity, as bookkeeping: the bytes arriving are those of the slots held
+(a worker's and the writer's share, never a free slot's), the tracker adds them never past the
+total, and bytes found done on resuming are not a speed. Slow links and interrupts through the
+CLI are tests/integration/test_slow_interrupt.py's.
 """
 
 from __future__ import annotations
-
 
 from mpdl.messages import Piece
 from mpdl.progress import Counts, Tracker

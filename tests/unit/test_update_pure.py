@@ -1,11 +1,7 @@
-"""The update tests that need no server and no process; those with real ones are
-tests/integration/test_update.py.
-
-Updates: a GOG-style build 2 over an install of build 1, served by nginx. Changed, moved,
-copied, added and removed files; the server's access log must show exactly the chunks that
-exist nowhere in the old install, and every file must end byte-exact. Also the pure part
-(mpdl.holdings.find_builds), an update interrupted by SIGKILL and finished by a re-run, and what
-the CLI reports.
+"""An update's plan without a download: find_builds takes parts from any local file and whole
+files by identity, skips what a file already has and what has no hash, tells files without a
+hash of their own apart by their parts; the installed manifest reads back as the same
+manifest. Updates run against a server are tests/integration/test_update.py's.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""The votes tests that need no server and no process; those with real ones are
-tests/integration/test_votes.py.
-
-A corrupting middlebox and a manifest with only a whole-file hash (votes.py).
-
-The fault server flips one bit in the first two responses to each distinct range, so a second
-fetch fails the hash too (its ranges are new, or asked a second time); the two copies are
-compared piece by piece and the pieces where they differ are fetched a third time and voted
-bit by bit. Then the pure parts: the vote, the comparison, and the writer's rounds on files.
+"""The vote over three copies of a corrupted range, as logic: each bit is what two of three
+copies say, the pieces where two copies differ and what is kept around them, the writer's
+three rounds on disk, and two copies alike and wrong leave nothing to vote. A corrupting
+middlebox met by real runs is tests/integration/test_votes.py's.
 """
 
 from __future__ import annotations

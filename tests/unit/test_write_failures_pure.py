@@ -1,16 +1,6 @@
-"""The write failures tests that need no server and no process; those with real ones are
-tests/integration/test_write_failures.py.
-
-Every write path but the writer's, on a disk that is full: none claims what it did not write.
-
-An update's local copies report no span as copied; the journal raises JournalError (never a
-bare OSError, which would lose the run's Result), a torn line never swallows the next run's
-first line, and a compaction that fails leaves the journal as it was; installed.json is
-replaced whole or not at all, naming itself when it cannot be, with nothing left behind. A run
-whose state folder cannot be written ends with ``Result.error``, not an exception. (The
-writer's own failed writes: tests/unit/test_writer.py and tests/integration/test_disk_faults.py.)
-
-Tests that mount a tmpfs need root: without it they skip, except under CI=true, where they fail.
+"""Write paths that fail without a full disk: a torn last journal line does not swallow the next
+run's first line, and a state folder that cannot be written ends the run with an error. The
+full disks (tmpfs) are tests/integration/test_write_failures.py's.
 """
 
 from __future__ import annotations
