@@ -7,22 +7,27 @@ through the CLI, as a user meets them.
   and for one URL, within the bound the README states, with the small values used here.
   One connection, so no race against the stalled range can start: these hold with the floor
   and the timeouts alone (one budget per range shared by races is issue 16's other half).
+  The nine runs are made at once, each against its own server (they spend their time
+  waiting), and each test asserts on its own run.
 - A single URL that redirects (a 302 to a CDN on another host) is redirected once, for the
   probe: every range then goes straight to where it led, whatever the connections.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from faultserver import Fault, FaultServer
-from helpers import KiB, byte_range, env_with, mpdl_cli, write_manifest
+from helpers import (CHILD_GRACE, SHM, Cli, KiB, byte_range, describe, env_with, mpdl_cli,
+                     write_manifest)
 
 #: Options that make a runaway's attempts short: a window of 0.5 s, reads waited for 1 s
 #: (the bound scales with both: the mechanism is the same at 30 s as at 1 s).
@@ -34,14 +39,17 @@ QUICK_FLOOR = ("--timeout", str(TIMEOUT), "--speed-limit", "1K", "--speed-time",
 TRICKLE_BOUND = 5 * (WINDOW + TIMEOUT) + 3.75 + 6
 
 
-@pytest.fixture
-def objects(tmp_path: Path) -> Path:
-    root = tmp_path / "served"
+def _objects(root: Path) -> Path:
     root.mkdir()
     rng = random.Random(16)
     (root / "slow.bin").write_bytes(rng.randbytes(4 * KiB))
     (root / "big.bin").write_bytes(rng.randbytes(2 * 1024 * KiB + 5))
     return root
+
+
+@pytest.fixture
+def objects(tmp_path: Path) -> Path:
+    return _objects(tmp_path / "served")
 
 
 def _one_file(root: Path, name: str) -> dict:
@@ -60,46 +68,104 @@ RUNAWAYS = {
 }  # (the fault server waits faultserver.MAX_WAIT at most, so nothing outlives its test)
 
 
-def _assert_ended(done, started: float, path: str, why: str) -> None:
-    elapsed = time.monotonic() - started
-    assert done.returncode == 1, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert lines[0].startswith(f"mpdl: failed: {path}: "), lines
-    assert why in lines[0], lines
-    assert elapsed < TRICKLE_BOUND, f"{elapsed:.1f} s"
+class Ended(NamedTuple):
+    """How one runaway case ended: the CLI's exit and stderr, its time from start to exit,
+    the GETs its server logged, and what it left (processes, its ring in /dev/shm)."""
+
+    returncode: int | None  # None: it was still running at the deadline, and killed
+    stderr: str
+    elapsed: float
+    gets: int
+    left: list[str]
+
+
+#: Each case: (runaway, connections), "url" for a single URL instead of a manifest.
+CASES = [(runaway, connections) for runaway in RUNAWAYS for connections in ("1", "16", "url")]
+
+
+@pytest.fixture(scope="module")
+def runaways(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Ended]:
+    """Every case run at once, each against a fault server of its own: a run that is held
+    spends its time waiting (on --timeout, the speed window, backoffs), so nine take as long
+    as the slowest, not as their sum. Each is timed from its own start to its own exit.
+
+    The runs end before any test here starts, so the leak check of a test cannot see them:
+    what each leaves (a process it ever had still running, its ring) is taken here, after
+    the same grace, and asserted by its test."""
+    base = tmp_path_factory.mktemp("runaways")
+    objects = _objects(base / "served")
+    ended: dict[tuple[str, str], Ended] = {}
+    with contextlib.ExitStack() as stack:
+        started = {}
+        for runaway, connections in CASES:
+            fault, _ = RUNAWAYS[runaway]
+            server = stack.enter_context(FaultServer(objects))
+            work = base / f"{runaway}-{connections}"
+            work.mkdir()
+            if connections == "url":  # the probe is answered, every range runs away
+                server.set_fault("slow.bin", replace(fault, behave_times=1))
+                args: tuple[Any, ...] = (server.url + "slow.bin", "-o", work / "slow.bin",
+                                         "--workers", "1", "--connections", "1")
+            else:
+                server.set_fault("slow.bin", fault)
+                manifest = write_manifest(work, _one_file(objects, "slow.bin"), server.url)
+                args = (manifest, "-o", work / "dest", "--workers", "2",
+                        "--connections", connections)
+            run = Cli((*args, "-q", *QUICK_FLOOR), cwd=work, env=env_with(), preexec_fn=None,
+                      tick=None)
+            stack.callback(run.close)
+            started[runaway, connections] = (server, run, time.monotonic())
+        exits: dict[tuple[str, str], float] = {}
+        deadline = time.monotonic() + TRICKLE_BOUND + 15
+        while len(exits) < len(started) and time.monotonic() < deadline:
+            for case, (_, run, _) in started.items():
+                if case not in exits:
+                    run.descendants()  # remembered, so one left running is found
+                    if run.proc.poll() is not None:
+                        exits[case] = time.monotonic()
+            time.sleep(0.1)
+        for case, (server, run, began) in started.items():
+            if case not in exits:  # held past any bound: its test fails, the others stand
+                run.close()
+                ended[case] = Ended(None, f"still running after {deadline - began:.0f} s\n"
+                                    f"{run.stderr}", float("inf"), 0, [])
+                continue
+            left = [f"process {describe([p])}" for p in run.leftovers()]
+            grace = time.monotonic() + CHILD_GRACE
+            while run.segments() and time.monotonic() < grace:
+                time.sleep(0.05)
+            left += [f"{SHM}/{name}" for name in run.segments()]
+            ended[case] = Ended(run.proc.returncode, run.stderr, exits[case] - began,
+                                len([r for r in server.requests if r.method == "GET"]), left)
+    return ended
 
 
 @pytest.mark.parametrize("connections", ["1", "16"])
 @pytest.mark.parametrize("runaway", RUNAWAYS)
 def test_a_server_that_never_finishes_fails_the_file_within_the_bound(
-        runaway: str, connections: str, objects: Path, tmp_path: Path) -> None:
+        runaway: str, connections: str, runaways: dict[tuple[str, str], Ended]) -> None:
     """With one connection every attempt is a retry; with 16, idle connections may race the
     range too, and each race charges the range's one budget of 5 attempts."""
-    fault, why = RUNAWAYS[runaway]
-    with FaultServer(objects) as server:
-        server.set_fault("slow.bin", fault)
-        manifest = write_manifest(tmp_path, _one_file(objects, "slow.bin"), server.url)
-        started = time.monotonic()
-        done = mpdl_cli(manifest, "-o", tmp_path / "dest", "-q", "--workers", "2",
-                        "--connections", connections, *QUICK_FLOOR, cwd=tmp_path,
-                        env=env_with(), timeout=TRICKLE_BOUND + 15)
-        _assert_ended(done, started, "game/slow.bin", why)
-        if runaway != "silent":  # (the silent server logs a request only once it answers)
-            assert len([r for r in server.requests if r.method == "GET"]) == 5  # the budget
+    done = runaways[runaway, connections]
+    _assert_ended(done, "game/slow.bin", RUNAWAYS[runaway][1])
+    if runaway != "silent":  # (the silent server logs a request only once it answers)
+        assert done.gets == 5  # the budget
 
 
 @pytest.mark.parametrize("runaway", RUNAWAYS)
 def test_one_url_that_never_finishes_fails_within_the_bound(
-        runaway: str, objects: Path, tmp_path: Path) -> None:
-    fault, why = RUNAWAYS[runaway]
-    with FaultServer(objects) as server:
-        server.set_fault("slow.bin", replace(fault, behave_times=1))  # the probe is answered
-        started = time.monotonic()
-        done = mpdl_cli(server.url + "slow.bin", "-o", tmp_path / "slow.bin", "-q",
-                        "--workers", "1", "--connections", "1", *QUICK_FLOOR, cwd=tmp_path,
-                        env=env_with(), timeout=TRICKLE_BOUND + 15)
-        _assert_ended(done, started, "slow.bin", why)
+        runaway: str, runaways: dict[tuple[str, str], Ended]) -> None:
+    _assert_ended(runaways[runaway, "url"], "slow.bin", RUNAWAYS[runaway][1])
+
+
+def _assert_ended(done: Ended, path: str, why: str) -> None:
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"mpdl: failed: {path}: "), lines
+    assert why in lines[0], lines
+    assert done.elapsed < TRICKLE_BOUND, f"{done.elapsed:.1f} s"
+    assert not done.left, done.left
 
 
 def test_one_url_that_redirects_is_redirected_once(objects: Path, tmp_path: Path) -> None:
