@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from depots import md5, v2_chunks
 from faultserver import FaultServer
 from helpers import REPO, SAMPLES, files_of, links_of, run
 
@@ -26,10 +27,6 @@ from mpdl.gog import SUPPORT_DIR, convert, galaxy_path
 
 KiB = 1024
 PRODUCT = "1207658930"
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def gog_cli(*args: Any, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -52,16 +49,7 @@ def v2_depot(store: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     rng = random.Random(10)
 
     def chunks_of(data: bytes, size: int) -> list[dict[str, Any]]:
-        chunks = []
-        for start in range(0, len(data), size):
-            raw = data[start:start + size]
-            packed = zlib.compress(raw)
-            name = store / galaxy_path(md5(packed))
-            name.parent.mkdir(parents=True, exist_ok=True)
-            name.write_bytes(packed)
-            chunks.append({"md5": md5(raw), "size": len(raw), "compressedMd5": md5(packed),
-                           "compressedSize": len(packed)})
-        return chunks
+        return v2_chunks(store, data, size)
 
     level = rng.randbytes(50 * KiB) + bytes(70 * KiB) + rng.randbytes(33 * KiB)
     tool = b"#!/bin/sh\necho hi\n" * 500

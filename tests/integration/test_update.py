@@ -9,7 +9,6 @@ the CLI reports.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from depots import md5, v2_chunks
 from faultserver import Fault, FaultServer
 from helpers import REPO, Cli, Tmpfs, Watchdog, nginx_serving, run
 
@@ -35,10 +35,6 @@ KiB = 1024
 CHUNK = 16 * KiB
 
 
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
 class Store:
     """Chunks of GOG V2 depots at their galaxy paths; remembers what each chunk holds."""
 
@@ -48,17 +44,11 @@ class Store:
         self.content: dict[str, str] = {}  # galaxy path -> md5 of the raw bytes
 
     def chunks(self, data: bytes) -> list[dict[str, Any]]:
-        out = []
-        for start in range(0, len(data), CHUNK):
-            raw = data[start:start + CHUNK]
-            packed = zlib.compress(raw)
-            where = galaxy_path(md5(packed))
-            (self.root / where).parent.mkdir(parents=True, exist_ok=True)
-            (self.root / where).write_bytes(packed)
-            self.sizes[where] = len(packed)
-            self.content[where] = md5(raw)
-            out.append({"md5": md5(raw), "size": len(raw), "compressedMd5": md5(packed),
-                        "compressedSize": len(packed)})
+        out = v2_chunks(self.root, data, CHUNK)
+        for chunk in out:
+            where = galaxy_path(chunk["compressedMd5"])
+            self.sizes[where] = chunk["compressedSize"]
+            self.content[where] = chunk["md5"]
         return out
 
     def depot(self, files: dict[str, bytes], *, no_md5: tuple[str, ...] = (),

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from depots import v2_chunks
 from helpers import Watchdog, run, servers, skip_or_fail
 
 import mpdl
 from mpdl import ProgressEvent
-from mpdl.gog import convert, galaxy_path
+from mpdl.gog import convert
 from perf.wire import SentLog
 
 KiB = 1024
@@ -71,20 +72,8 @@ def assert_on_target(sent: int, needed: int | None) -> None:
 
 def v2_depot(root: Path, files: dict[str, bytes]) -> dict:
     """A GOG V2 depot of ``files`` in 1 MiB zlib parts stored at their galaxy paths."""
-    items = []
-    for path, data in files.items():
-        chunks = []
-        for start in range(0, len(data), GOG_CHUNK):
-            raw = data[start:start + GOG_CHUNK]
-            packed = zlib.compress(raw, 1)
-            where = root / galaxy_path(hashlib.md5(packed).hexdigest())
-            where.parent.mkdir(parents=True, exist_ok=True)
-            where.write_bytes(packed)
-            chunks.append({"md5": hashlib.md5(raw).hexdigest(), "size": len(raw),
-                           "compressedMd5": hashlib.md5(packed).hexdigest(),
-                           "compressedSize": len(packed)})
-        items.append({"type": "DepotFile", "path": path, "chunks": chunks,
-                      "md5": hashlib.md5(data).hexdigest()})
+    items = [{"type": "DepotFile", "path": path, "md5": hashlib.md5(data).hexdigest(),
+              "chunks": v2_chunks(root, data, GOG_CHUNK, level=1)} for path, data in files.items()]
     return {"version": 2, "depot": {"items": items}}
 
 

@@ -6,19 +6,15 @@ manifest. Updates run against a server are tests/integration/test_update.py's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
+from depots import md5
 
 from mpdl.hashing import parse_hash
 from mpdl.manifest import FileEntry, Part, parse_manifest
 from mpdl.ranges import RangeSet
 from mpdl.holdings import Copy, Sources, find_builds
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def spec(data: bytes) -> Any:
