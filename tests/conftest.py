@@ -1,5 +1,6 @@
 """Fixtures shared by mpdl's tests: the example depot, its servers, watched CLI runs, and a leak
-check on each test. The helpers these stand on, and that test files share, are in helpers.py.
+check on each test. The helpers these stand on, and that test files share, are in
+support/helpers.py (on sys.path through pyproject.toml's pytest ``pythonpath``).
 
 mpdl forks workers and maps shared memory, so a test that passes while leaving either behind is a
 failure too: the autouse ``no_leaks`` fixture says so right after the test that leaked.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,44 @@ from mpdl.demo import build_example
 # whichever one is installed (an editable install may point at another worktree).
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if p)
+
+#: The layers, by folder: tests/unit needs no server and no process (``pytest tests/unit``, or
+#: ``-m unit``, is the quick loop); everything else, tests/ itself included, may run them.
+UNIT = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        unit = UNIT in Path(str(item.path)).parents
+        item.add_marker(pytest.mark.unit if unit else pytest.mark.integration)
+
+
+#: What a unit test may not do: start a process, or open a connection or a listening socket.
+#: (Audit events, so the guard sees the calls themselves, whoever makes them.)
+OUT_OF_BOUNDS = {"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.exec",
+                 "os.system", "socket.connect", "socket.bind"}
+_unit_running = False
+
+
+def _guard(event: str, args: tuple[Any, ...]) -> None:
+    if _unit_running and event in OUT_OF_BOUNDS:
+        raise RuntimeError(f"a unit test called {event}: it belongs in tests/integration")
+
+
+sys.addaudithook(_guard)
+
+
+@pytest.fixture(autouse=True)
+def unit_bounds(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test in tests/unit that starts a process or opens a socket fails, saying where it
+    belongs: the quick loop stays quick, and runs anywhere."""
+    global _unit_running
+    _unit_running = request.node.get_closest_marker("unit") is not None
+    try:
+        yield
+    finally:
+        _unit_running = False
+
 
 #: /dev/shm names that only mpdl makes: multiprocessing.shared_memory's and its own.
 LEAK_PREFIXES = ("psm_", "mpdl")
@@ -84,6 +124,10 @@ def no_leaks() -> Iterator[None]:
 
     Only what appeared during the test counts, so nginx and earlier leaks are not blamed here;
     leftovers are killed and unlinked after being reported, so one leak does not cascade.
+    Under pytest-xdist (``-n N``) each worker checks its own: processes are its descendants,
+    and a ring belongs to the worker whose test made it while its maker lives (_made_here); a
+    ring still there 3 s after its maker died is a leak, reported by every worker whose test
+    was ending then (never missed, at worst told twice).
     """
     me = psutil.Process()
     shm_before = _shm_names()
@@ -102,8 +146,13 @@ def no_leaks() -> Iterator[None]:
                 proc.kill()
         psutil.wait_procs(running, timeout=CHILD_GRACE)
     ours = {me.pid} | {pid for pid, _ in children_before} | {p.pid for p in new}
-    leaked = sorted(n for n in _shm_names() - shm_before
-                    if n.startswith(LEAK_PREFIXES) and _made_here(n, ours))
+    # A ring whose coordinator was killed is unlinked by multiprocessing's resource tracker
+    # once it sees the coordinator's pipe close: a moment after, as assert_clean allows too.
+    deadline = time.monotonic() + CHILD_GRACE
+    while (leaked := sorted(n for n in _shm_names() - shm_before
+                            if n.startswith(LEAK_PREFIXES) and _made_here(n, ours))) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
     if leaked:
         problems.append(f"left in {SHM}: {', '.join(leaked)}")
         for name in leaked:
