@@ -17,8 +17,10 @@ from .headers import merge_headers
 from .holdings import Build, survey
 from .journal import Journal
 from .layout import Layout, escaping_links, make_folder_inside, place_link
-from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
+from .manifest import (FileEntry, Manifest, ManifestSource, load_manifest,
+                       windows_unsafe_paths)
 from .options import Options
+from .osdeps import WINDOWS
 from .plan import Plan, Planner, known_object_ends
 from .progress import Counts, ProgressCallback, Tracker, human_bytes
 from .ranges import RangeSet
@@ -49,6 +51,7 @@ class Result:
     bytes_to_fetch: int | None = 0
     bytes_reused: int = 0  # copied from files already in DEST (an update)
     bytes_written: int = 0  # to files
+    copied_links: list[str] = field(default_factory=list)  # copies: no links can be made here
     elapsed: float = 0.0
 
     @property
@@ -125,6 +128,21 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     return result
 
 
+def _windows_names(parsed: Manifest, result: Result) -> set[str]:
+    """The paths Windows cannot hold: on Windows each fails with why (and is left out of the
+    run); elsewhere a warning names them, as the same manifest would fail on Windows."""
+    unsafe = windows_unsafe_paths(parsed)
+    if unsafe and WINDOWS:
+        result.failed.update({path: f"Windows cannot hold this name: {why}"
+                              for path, why in unsafe.items()})
+        return set(unsafe)
+    if unsafe:
+        path, why = next(iter(unsafe.items()))
+        log.warning("%d paths in the manifest cannot be made on Windows, such as %s (%s)",
+                    len(unsafe), path, why)
+    return set()
+
+
 def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, result: Result, *,
           progress: ProgressCallback | None, streamed: tuple[str, ...],
           refresh_url: RefreshUrl | None, keep_state: bool, keep_removed: bool,
@@ -137,6 +155,8 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     held = survey(parsed, layout, journal, known=update.old)
     result.skipped += [entry.path for entry in held.in_place()]
     todo, have = held.todo(), held.have()
+    unsafe = _windows_names(parsed, result)
+    todo = [(file_id, entry) for file_id, entry in todo if entry.path not in unsafe]
     builds = update.mark_moves(held.builds())
     del held  # a record per file: not kept through the fetch (100,000 files)
     _check_free_space(layout.dest, _space_needed(todo, have, builds))
@@ -173,7 +193,8 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
         result.bytes_written = counts.bytes_written
     for link in parsed.links:
         try:
-            place_link(layout, link)
+            if not place_link(layout, link):
+                result.copied_links.append(link.path)
         except OSError as exc:
             result.failed[link.path] = f"cannot make the link: {exc.strerror or exc}"
     for link in escaping_links(layout, parsed.links):

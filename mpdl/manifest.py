@@ -21,6 +21,7 @@ import xxhash
 from .errors import ManifestError
 from .hashing import HashSpec, parse_hash
 from .headers import Headers, merge_headers, problem, shown
+from .osdeps import windows_name_problem
 
 __all__ = [
     "COMPRESSIONS",
@@ -595,3 +596,12 @@ def _get(entry: dict[str, object], key: str, default: object) -> object:
 def _kind(value: object) -> str:
     """JSON's name for what was found, for messages."""
     return _KINDS.get(type(value), type(value).__name__)
+
+
+def windows_unsafe_paths(manifest: Manifest) -> dict[str, str]:
+    """The paths (files, links, folders) Windows cannot hold, with why (osdeps): on Windows
+    each such file fails with that reason; elsewhere the run names them in a warning, since
+    the same manifest handed to a Windows player would fail there."""
+    entries = (*manifest.files, *manifest.links, *manifest.directories)
+    found = {entry.path: windows_name_problem(entry.path) for entry in entries}
+    return {path: why for path, why in found.items() if why is not None}

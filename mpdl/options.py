@@ -79,7 +79,7 @@ class Options:
     # a mapping or (name, value) pairs, kept as pairs: immutable, and pickled to each worker.
     headers: Headers = ()
     max_attempts: int = 5  # per task, over all mirrors
-    start_method: str | None = None  # None: coordinator.default_start_method picks
+    start_method: str | None = None  # None: osdeps.default_start_method picks
     proxy: str | None = None  # None: the environment's (HTTPS_PROXY...); "": none (mpdl/proxy.py)
     limit_rate: int | None = None  # bytes/s for the whole run (parse_rate); None: no cap
     # A connection slower than speed_limit bytes/s over speed_time seconds of reading has

@@ -28,9 +28,10 @@ from .layout import Layout
 from .manifest import FileEntry
 from .messages import Failed, Fetch, Filled, Grant, Stop
 from .options import Options, parse_rate
+from .osdeps import SHM_FOLDER, default_start_method
 from .progress import Tracker, human_bytes
 from .ratelimit import SpeedCap
-from .ring import SHM_FOLDER, Ring, slots_that_fit
+from .ring import Ring, slots_that_fit
 from .scheduler import FileEnded, ForgetRanges, NeedFreshUrl, Output, Scheduler
 from .worker import worker_main
 from .writer import writer_main
@@ -46,24 +47,10 @@ WRITER_RESPAWNS = 2
 #: Why the files a stopped run did not get to failed (Result.failed): the
 #: CLI does not list them one by one, the run's error says it all.
 UNFINISHED = "not finished: the run stopped"
-# From this many files on, children are not forked from the coordinator (see below).
-LEAN_CHILDREN_FROM = 10_000
 
 # refresh_url(url) -> a fresh URL for the same bytes after a 401/403, or None to give up.
 RefreshUrl = Callable[[str], str | None]
 FileDone = Callable[[FileEntry, bool, str], None]
-
-
-def default_start_method(files: int) -> str | None:
-    """fork where it exists: children start in milliseconds. But a forked child shares the
-    coordinator's pages only until either side touches them, so with a large manifest every
-    process ends up with its own copy; from LEAN_CHILDREN_FROM files on, children come from a
-    fork server, which holds no manifest. None: the platform's default (spawn on macOS and
-    Windows)."""
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" not in methods:
-        return None
-    return "forkserver" if files >= LEAN_CHILDREN_FROM and "forkserver" in methods else "fork"
 
 
 def open_ring(slot_size: int, memory: int) -> Ring:

@@ -36,9 +36,7 @@ import functools
 import json
 import logging
 import os
-import signal
 import stat
-import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -54,8 +52,8 @@ from .holdings import Build, Copy
 from .journal import Journal
 from .layout import Layout, inside, make_folder_inside
 from .manifest import FileEntry, Manifest, parse_manifest
+from .osdeps import die_with_parent, fsync, hard_link, replace as replace_file, write_at
 from .ranges import RangeSet
-from .writer import write_at
 
 log = logging.getLogger("mpdl")
 
@@ -91,7 +89,7 @@ def copy_spans(dest: str, staging: str, size: int, copies: tuple[Copy, ...],
                 source = sources[copy.source]
                 if source is not None and _copy_one(source, out, copy, buffer):
                     good.append((copy.offset, copy.offset + copy.size))
-            os.fsync(out)
+            fsync(out)
         finally:
             os.close(out)
     except OSError as exc:
@@ -149,7 +147,7 @@ def _link_whole(dest: str, staging: str, copy: Copy) -> bool:
             return False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)
-        os.link(final, staging, follow_symlinks=False)
+        hard_link(final, staging)
     except OSError:
         return False
     try:  # the link is the source's inode itself: hashing it reads the source once
@@ -163,13 +161,10 @@ def _link_whole(dest: str, staging: str, copy: Copy) -> bool:
 
 def _copier_setup(log_level: int) -> None:
     """A copy process is a child like the others (child.child_setup: Ctrl-C is the run's), and
-    dies with the run (Linux: PR_SET_PDEATHSIG), so a SIGKILLed run leaves no copier waiting
+    dies with the run (osdeps.die_with_parent), so a SIGKILLed run leaves no copier waiting
     for work forever."""
     child_setup("mpdl-copier", log_level)
-    if sys.platform.startswith("linux"):
-        import ctypes
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
 
 
 @dataclass
@@ -317,7 +312,7 @@ class Update:
                 if entry.executable:
                     mode = os.stat(staging).st_mode
                     os.chmod(staging, mode | ((mode & 0o444) >> 2))
-                os.replace(staging, final)
+                replace_file(staging, final)
             except OSError as exc:
                 log.info("%s: copied, but not placed yet: %s", entry.path, exc)
                 continue
@@ -490,7 +485,7 @@ def _replace(path: Path, data: bytes) -> None:
                      0o600)
         try:
             write_at(fd, memoryview(data), 0)
-            os.fsync(fd)
+            fsync(fd)
         finally:
             os.close(fd)
         os.replace(fresh, path)

@@ -22,9 +22,7 @@ next run resumes from those. A disk-wide error also stops the run (WriteFailed).
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import functools
 import logging
 import os
 import queue
@@ -40,6 +38,7 @@ from .hashing import hash_file, new_hasher, parse_hash
 from .layout import make_folder_inside
 from .messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotWritten, Stop,
                        Sync, Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
+from .osdeps import fsync, readinto_at, replace, sync_filesystem, write_at
 from .ranges import RangeSet
 from .ring import Ring, RingSpec
 from .votes import NoRoomToVote, after_mismatch, aside_path, copy_path, remove, vote
@@ -65,32 +64,11 @@ POOL_FROM = 256 * 1024
 # Jobs submitted and not done, at most: beyond, the record loop waits, so the writer's memory
 # stays bounded however far the coordinator runs ahead (100,000 small files come fast).
 MAX_JOBS = 2048
-# Errors that say something about one path (a file where a folder must go, a name too long),
+# Errors that say something about one path (a file where a folder must go, a name too long, a
+# destination another program holds open: osdeps.FileInUse),
 # not about the disk: they fail that file and the run goes on.
 PER_FILE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP,
-                   errno.EINVAL}
-
-
-def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """All of ``data`` at ``offset``, or OSError."""
-    while data:
-        n = os.pwrite(fd, data, offset)
-        if n <= 0:
-            raise OSError(errno.EIO, "a write wrote nothing")
-        data, offset = data[n:], offset + n
-
-
-def seek_write_all(fd: int, data: memoryview, offset: int) -> None:
-    """The same where the OS has no pwrite (Windows): safe, as one process owns every fd."""
-    os.lseek(fd, offset, os.SEEK_SET)
-    while data:
-        n = os.write(fd, data)
-        if n <= 0:
-            raise OSError(errno.EIO, "a write wrote nothing")
-        data = data[n:]
-
-
-write_at = pwrite_all if hasattr(os, "pwrite") else seek_write_all
+                   errno.EINVAL, errno.EBUSY}
 
 
 class StreamHash:
@@ -122,7 +100,7 @@ class StreamHash:
         self.done = end
         frontier = next(self.written.gaps(self.done, self.size), (self.size, self.size))[0]
         while self.done < frontier:  # pieces that came early: hash them from the file
-            n = os.preadv(fd, [buffer[:min(len(buffer), frontier - self.done)]], self.done)
+            n = readinto_at(fd, buffer[:min(len(buffer), frontier - self.done)], self.done)
             if n <= 0:
                 raise OSError(errno.EIO, "short read of a file being written")
             self.hasher.update(buffer[:n])
@@ -340,7 +318,7 @@ class Writer:
                     os.ftruncate(fd, record.size)
             finally:
                 self.fds.release(staged)
-            if record.algo and record.size and record.fresh and hasattr(os, "preadv"):
+            if record.algo and record.size and record.fresh:
                 staged.stream = StreamHash(record.algo, record.size)
         except OSError as exc:
             return [self._file_error(staged, exc)]
@@ -409,7 +387,7 @@ class Writer:
                 _remove(path)
                 return [FileClosed(file_id=record.file_id, ok=False,
                                    reason="its folder leads out of the destination")]
-            os.replace(path, record.destination)
+            replace(path, record.destination)  # FileInUse (EBUSY): this file fails
         except OSError as exc:
             if exc.errno in PER_FILE_ERRORS:
                 _remove(path)
@@ -432,7 +410,7 @@ class Writer:
                 except FileNotFoundError:  # failed and removed since: nothing to keep
                     continue
                 try:
-                    os.fsync(fd)
+                    fsync(fd)
                 finally:
                     os.close(fd)
         except OSError as exc:
@@ -477,30 +455,6 @@ class Writer:
         """Stop: jobs not started are dropped, running ones finish, then descriptors close."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.fds.close_all()
-
-
-def sync_filesystem(path: str) -> bool:
-    """syncfs(2) on the filesystem holding ``path``: one call instead of an fsync per file.
-    False where there is no syncfs (not Linux): the caller then syncs file by file."""
-    syncfs = getattr(_libc(), "syncfs", None)
-    if syncfs is None:
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), path)
-    finally:
-        os.close(fd)
-    return True
-
-
-@functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
 
 
 def _why(exc: OSError) -> str:
