@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
 from .headers import merge_headers
@@ -19,7 +19,7 @@ from .journal import Journal
 from .layout import Layout, escaping_links, make_folder_inside, place_link
 from .manifest import (FileEntry, Manifest, ManifestSource, load_manifest,
                        windows_unsafe_paths)
-from .options import Options
+from .options import Options, RunOptions
 from .osdeps import WINDOWS
 from .plan import Plan, Planner, known_object_ends
 from .progress import Counts, ProgressCallback, Tracker, human_bytes
@@ -28,6 +28,9 @@ from .retry import RetryPolicy
 from .scheduler import Limits, Scheduler
 from .supervisor import UNFINISHED, RefreshUrl, Supervisor, open_ring
 from .update import Update
+
+if TYPE_CHECKING:  # typing's own from Python 3.11 on; only annotations use it
+    from typing_extensions import Unpack
 
 log = logging.getLogger("mpdl")
 
@@ -63,7 +66,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         progress: ProgressCallback | None = None, state_dir: Path | None = None,
         keep_state: bool = True, streamed: tuple[str, ...] = (),
         refresh_url: RefreshUrl | None = None, keep_removed: bool = False,
-        redirects: Mapping[str, str] | None = None, **options: Any) -> Result:
+        redirects: Mapping[str, str] | None = None, **options: Unpack[RunOptions]) -> Result:
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
@@ -163,11 +166,12 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     layout.dest.mkdir(parents=True, exist_ok=True)
     sizes = [entry.size for entry in parsed.files]
     counts = Counts(files_done=len(result.skipped))
-    tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
-                      progress)
+    tracker = Tracker(None if None in sizes else sum(s or 0 for s in sizes), len(parsed.files),
+                      counts, progress)
     counts.bytes_done = _bytes_in_place(parsed, todo, have)
     todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result)
-    planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
+    planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel,
+                      streamed=frozenset(streamed),
                       spread=opts.connections, object_ends=known_object_ends(parsed.files))
     plan = planner.plan(todo, have=have)
     log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
@@ -176,7 +180,7 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     counts.files_done = len(result.skipped) + len(result.completed)
     counts.bytes_done = _bytes_in_place(parsed, todo, have)
     asked = [task.length for task in plan.tasks]
-    tracker.bytes_to_fetch = None if None in asked else sum(asked)
+    tracker.bytes_to_fetch = None if None in asked else sum(a or 0 for a in asked)
 
     def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
         if ok:

@@ -8,8 +8,11 @@ import os
 import queue
 import signal
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from .osdeps import parent_alive, set_process_name
+
+R = TypeVar("R")  # the records of one inbox (ToWorker, ToWriter)
 
 # How often a child waiting for work checks that the coordinator still lives.
 PARENT_CHECK_SECONDS = 0.5
@@ -32,8 +35,8 @@ def child_setup(name: str, log_level: int) -> None:
     logging.basicConfig(level=log_level, format="mpdl: %(message)s")
 
 
-def batches(inbox: multiprocessing.queues.Queue[list[tuple]],
-            idle: Callable[[], None] = lambda: None) -> Iterator[list[tuple]]:
+def batches(inbox: multiprocessing.queues.Queue[list[R]],
+            idle: Callable[[], None] = lambda: None) -> Iterator[list[R]]:
     """The coordinator's batches of records, until it is gone: then the child just exits.
     ``idle`` is called whenever no batch came for PARENT_CHECK_SECONDS."""
     first_ppid = os.getppid()  # the coordinator, or under forkserver the fork server

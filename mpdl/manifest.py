@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -430,7 +431,7 @@ class _Folder:
 
 
 def _check_overlaps(placed: list[tuple[str, str]],
-                    folders: list[tuple[str, str]] = ()) -> None:
+                    folders: Sequence[tuple[str, str]] = ()) -> None:
     """Refuse two entries at one path, or an entry inside another's path; a directory entry
     may hold files (and repeat), but not sit at or inside a file's or a link's path.
 
@@ -602,6 +603,7 @@ def windows_unsafe_paths(manifest: Manifest) -> dict[str, str]:
     """The paths (files, links, folders) Windows cannot hold, with why (osdeps): on Windows
     each such file fails with that reason; elsewhere the run names them in a warning, since
     the same manifest handed to a Windows player would fail there."""
-    entries = (*manifest.files, *manifest.links, *manifest.directories)
-    found = {entry.path: windows_name_problem(entry.path) for entry in entries}
+    paths = [entry.path for entry in manifest.files] + [link.path for link in manifest.links] \
+        + [folder.path for folder in manifest.directories]
+    found = {path: windows_name_problem(path) for path in paths}
     return {path: why for path, why in found.items() if why is not None}

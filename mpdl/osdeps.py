@@ -20,6 +20,7 @@ import contextlib
 import errno
 import functools
 import multiprocessing
+import multiprocessing.context
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 FORCE_FALLBACKS = os.environ.get("MPDL_FORCE_FALLBACKS", "") not in ("", "0")
 WINDOWS = sys.platform == "win32"
@@ -119,7 +121,7 @@ def preallocate(fd: int, size: int) -> None:
 def fsync(fd: int) -> None:
     """Make the file's bytes durable: on macOS fsync only reaches the drive's cache, so
     F_FULLFSYNC asks the drive to flush it (plain fsync where the file system refuses)."""
-    if MACOS:
+    if sys.platform == "darwin":
         import fcntl
         full = getattr(fcntl, "F_FULLFSYNC", None)
         if full is not None:
@@ -156,6 +158,22 @@ def _libc() -> object | None:
 
 
 # -- processes ---------------------------------------------------------------------------------
+
+# The receiving end of a multiprocessing Pipe: a PipeConnection on Windows.
+if sys.platform == "win32":
+    from multiprocessing.connection import PipeConnection
+    PipeEnd = PipeConnection
+else:
+    from multiprocessing.connection import Connection
+    PipeEnd = Connection
+
+
+def start_context(method: str | None) -> multiprocessing.context.DefaultContext:
+    """The multiprocessing context that starts children by ``method`` (None: the platform's
+    default). Typed as the default context's class: every context has its Process and Pipe,
+    the base class that get_context is typed to return has not."""
+    return cast(multiprocessing.context.DefaultContext, multiprocessing.get_context(method))
+
 
 # From this many files on, children come from a fork server (see default_start_method).
 LEAN_CHILDREN_FROM = 10_000
@@ -200,7 +218,7 @@ def parent_alive(first_ppid: int) -> bool:
 def die_with_parent() -> None:
     """Exit when the parent dies, even while blocked on work that never comes: Linux's
     PR_SET_PDEATHSIG, elsewhere a daemon thread that watches the parent and exits."""
-    if LINUX and not FORCE_FALLBACKS:
+    if sys.platform != "win32" and LINUX and not FORCE_FALLBACKS:
         prctl = getattr(_libc(), "prctl", None)
         if prctl is not None and prctl(1, signal.SIGKILL) == 0:  # PR_SET_PDEATHSIG
             return
@@ -227,6 +245,24 @@ def shared_memory_free() -> int | None:
         return shutil.disk_usage(SHM_FOLDER).free
     except OSError:
         return None
+
+
+# -- sockets -----------------------------------------------------------------------------------
+
+def bytes_queued(fd: int) -> int:
+    """Bytes in the socket's receive queue (FIONREAD), not yet read; 0 where the OS cannot
+    say (Windows) or the socket is closed."""
+    if sys.platform == "win32":
+        return 0
+    import array
+    import fcntl
+    import termios
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, queued)
+    except (OSError, ValueError):  # closed already
+        return 0
+    return queued[0]
 
 
 # -- links and renames -------------------------------------------------------------------------

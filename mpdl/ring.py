@@ -52,9 +52,11 @@ class Ring:
         self._shm = shm
         self.spec = spec
         self._owner = owner
-        self._buf: memoryview | None = shm.buf
+        buf = shm.buf
+        assert buf is not None, "a segment just created or attached has its buffer"
+        self._buf: memoryview | None = buf
         payload = spec.slot_size * spec.slots
-        self._tail = shm.buf[payload:payload + FILL_BYTES * spec.slots]
+        self._tail = buf[payload:payload + FILL_BYTES * spec.slots]
         self.fills: memoryview = self._tail.cast("q")  # bytes filled, per slot
 
     @classmethod

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 
 from .checkpoints import JournalSynced
 from .errors import ChildrenKeepDying, MpdlError, NotDurable, RingTooSmall, RunStopped
@@ -28,7 +28,7 @@ from .layout import Layout
 from .manifest import FileEntry
 from .messages import Failed, Fetch, Filled, Grant, Stop
 from .options import Options, parse_rate
-from .osdeps import SHM_FOLDER, default_start_method
+from .osdeps import SHM_FOLDER, PipeEnd, default_start_method, start_context
 from .progress import Tracker, human_bytes
 from .ratelimit import SpeedCap
 from .ring import Ring, slots_that_fit
@@ -82,7 +82,7 @@ class Inbox(multiprocessing.queues.Queue):
 class Child:
     process: multiprocessing.process.BaseProcess
     inbox: Inbox  # the supervisor sends
-    outbox: Connection  # the supervisor receives
+    outbox: PipeEnd  # the supervisor receives
     heard: float = field(default_factory=time.monotonic)  # when it last sent anything
 
 
@@ -101,7 +101,7 @@ class Supervisor:
         self.journal = journal
         self.refresh_url = refresh_url
         self.sync_at_end = sync_at_end  # False: the state is deleted after success anyway
-        self.ctx = multiprocessing.get_context(
+        self.ctx = start_context(
             options.start_method or default_start_method(len(scheduler.files)))
         self.threads = scheduler.limits.per_worker
         # The speed cap of every worker, even without one: a progress callback may set one.
@@ -215,6 +215,8 @@ class Supervisor:
         self.journal.flush()
 
     def _fresh_url(self, url: str) -> str | None:
+        if self.refresh_url is None:
+            return None
         try:
             return self.refresh_url(url)
         except Exception as exc:  # the caller's code: its failure fails the file, clearly
@@ -322,6 +324,7 @@ class Supervisor:
 
     def _writer_died(self) -> None:
         """Start a new writer; every unfinished file starts over from its durable bytes."""
+        assert self.writer is not None, "a writer died that was never started"
         code = self._retire(self.writer, self.scheduler.writer_record)
         self.writer = None
         if self.writer_respawns <= 0:
@@ -422,13 +425,13 @@ class Supervisor:
                         ready.close()
                     for record in batch or ():
                         listeners[ready](record)
-                else:
+                elif isinstance(ready, int):  # a sentinel
                     del running[ready]
         for child, listen in children:
             self._retire(child, listen)
 
 
-def _receive(outbox: Connection) -> list | None:
+def _receive(outbox: PipeEnd) -> list | None:
     """One batch from a child; None if it is gone (its sentinel tells the loop)."""
     try:
         return outbox.recv()

@@ -59,7 +59,7 @@ def majority(a: bytes, b: bytes, c: bytes) -> bytes:
 
 def differing(first: str, second: str, piece: int) -> Pieces:
     """The pieces (of ``piece`` bytes, the last maybe shorter) where two files differ."""
-    out = []
+    out: list[tuple[int, int]] = []
     with open(first, "rb") as a, open(second, "rb") as b:
         offset = 0
         while True:

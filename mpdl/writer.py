@@ -187,7 +187,8 @@ class FdCache:
                 return
             if staged.users == 0:
                 del self.open[staged]
-                os.close(staged.fd)
+                if staged.fd is not None:
+                    os.close(staged.fd)
                 staged.fd = None
 
 
@@ -207,7 +208,7 @@ class Writer:
         self.fds = FdCache(self.MAX_OPEN)
         self.made: set[str] = set()  # staging folders known to exist
         self.folders: dict[str, bool] = {}
-        self.replies: queue.SimpleQueue[list[FromWriter]] = queue.SimpleQueue()
+        self.replies: queue.SimpleQueue[list[FromWriter] | None] = queue.SimpleQueue()
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mpdl-writer")
         self.jobs: set[Future] = set()  # submitted, not done: what a Sync waits for
         self.jobs_lock = threading.Lock()
@@ -267,12 +268,12 @@ class Writer:
                 *args: object, inline: bool = False) -> Future:
         """Run ``job`` once the jobs it comes after are done: in the pool, or at once in this
         thread when ``inline`` and nothing it comes after is still running."""
-        after = [f for f in after if f is not None]
-        if inline and all(f.done() for f in after):
+        waits = [f for f in after if f is not None]
+        if inline and all(f.done() for f in waits):
             self._run(job, [], args)
             return _DONE
         self.room.acquire()
-        future = self.pool.submit(self._run, job, after, args)
+        future = self.pool.submit(self._run, job, waits, args)
         with self.jobs_lock:
             self.jobs.add(future)
         future.add_done_callback(self._done)
@@ -491,7 +492,7 @@ def send_replies(replies: queue.SimpleQueue[list[FromWriter] | None],
             return  # the coordinator is gone
 
 
-def writer_main(inbox: Queue, outbox: Connection, spec: RingSpec, dest: str,
+def writer_main(inbox: Queue[list[ToWriter]], outbox: Connection, spec: RingSpec, dest: str,
                 log_level: int) -> None:
     """Process entry point: submit each record of each batch; the sender thread answers."""
     child_setup("mpdl-writer", log_level)
