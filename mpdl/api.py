@@ -20,7 +20,7 @@ from .layout import Layout, escaping_links, make_folder_inside, place_link
 from .manifest import (FileEntry, Manifest, ManifestSource, load_manifest,
                        windows_unsafe_paths)
 from .options import Options, RunOptions
-from .osdeps import WINDOWS
+from .osdeps import IN_USE, WINDOWS, fsync, replace as replace_file
 from .plan import Plan, Planner, known_object_ends
 from .progress import Counts, ProgressCallback, Tracker, human_bytes
 from .ranges import RangeSet
@@ -146,6 +146,29 @@ def _windows_names(parsed: Manifest, result: Result) -> set[str]:
     return set()
 
 
+def _retry_in_use(parsed: Manifest, layout: Layout, journal: Journal, result: Result) -> None:
+    """Files verified whose final name another program held open (Windows refuses to replace
+    such a file: osdeps.FileInUse) kept their staging file: each is tried once more now, as
+    the rest of the run gave that program time to let go, and fails as it did otherwise."""
+    in_use = {path for path, why in result.failed.items() if IN_USE in why}
+    for entry in (e for e in parsed.files if e.path in in_use) if in_use else ():
+        staging, final = layout.staging(entry), layout.final(entry.path)
+        try:
+            fd = os.open(staging, os.O_RDWR | getattr(os, "O_BINARY", 0))
+            try:
+                fsync(fd)  # durable before it takes its name, as the writer's Syncs make it
+            finally:
+                os.close(fd)
+            replace_file(staging, final)
+        except OSError as exc:
+            log.info("%s: still not replaced: %s", entry.path, exc.strerror or exc)
+            continue
+        journal.record(entry, final)
+        del result.failed[entry.path]
+        result.completed.append(entry.path)
+    journal.flush()
+
+
 def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, result: Result, *,
           progress: ProgressCallback | None, streamed: tuple[str, ...],
           refresh_url: RefreshUrl | None, keep_state: bool, keep_removed: bool,
@@ -195,6 +218,7 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
         result.bytes_fetched = counts.bytes_fetched
         result.bytes_to_fetch = tracker.bytes_to_fetch
         result.bytes_written = counts.bytes_written
+    _retry_in_use(parsed, layout, journal, result)
     for link in parsed.links:
         try:
             if not place_link(layout, link):

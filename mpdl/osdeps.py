@@ -296,13 +296,16 @@ def symlink(target: str, where: str | os.PathLike) -> bool:
     return False
 
 
+IN_USE = "in use by another program"
+
+
 class FileInUse(OSError):
     """The destination is held open by another program (Windows refuses to replace it): an
-    error for that file alone, which a later run, or the end of this one, retries."""
+    error for that file alone. Its verified staging file stays, and the end of the run tries
+    once more (api._retry_in_use)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        super().__init__(errno.EBUSY, "in use by another program (close it and run again)",
-                         os.fspath(path))
+        super().__init__(errno.EBUSY, f"{IN_USE} (close it and run again)", os.fspath(path))
 
 
 # Windows' ERROR_ACCESS_DENIED and ERROR_SHARING_VIOLATION: what replacing an open file gives.

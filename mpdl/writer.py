@@ -38,7 +38,7 @@ from .hashing import hash_file, new_hasher, parse_hash
 from .layout import make_folder_inside
 from .messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotWritten, Stop,
                        Sync, Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
-from .osdeps import fsync, readinto_at, replace, sync_filesystem, write_at
+from .osdeps import FileInUse, fsync, readinto_at, replace, sync_filesystem, write_at
 from .ranges import RangeSet
 from .ring import Ring, RingSpec
 from .votes import NoRoomToVote, after_mismatch, aside_path, copy_path, remove, vote
@@ -391,7 +391,8 @@ class Writer:
             replace(path, record.destination)  # FileInUse (EBUSY): this file fails
         except OSError as exc:
             if exc.errno in PER_FILE_ERRORS:
-                _remove(path)
+                if not isinstance(exc, FileInUse):  # else verified: kept for the run's end
+                    _remove(path)
                 return [FileClosed(file_id=record.file_id, ok=False,
                                    reason=f"{record.destination}: {_why(exc)}")]
             return [WriteFailed(file_id=record.file_id, path=record.destination,

@@ -22,6 +22,8 @@ from mpdl.messages import CloseFile, FileClosed, OpenFile, Piece, WriteSlot
 from mpdl.ring import Ring
 from mpdl.writer import Writer
 
+from faultserver import FaultServer
+from helpers import Depot, assert_installed, files_of, journal_state, run, with_bases
 from test_writer import replies
 
 
@@ -211,3 +213,29 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_file_in_use_fails_in_the_writer_and_is_placed_at_the_end_of_the_run(
+        depot: Depot, fault_server: FaultServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer (forked, so it inherits the patch) finds one destination held open by
+    another program, as Windows reports it; the file is verified, so its staging file stays,
+    and the run replaces it once more at its end (here the program has let go: this process
+    is not patched), journaled like any other."""
+    busy = next(f["path"] for f in files_of(depot.manifest) if f["size"] > 64 * 1024)
+    dest = tmp_path / "game"
+    real_replace, coordinator = os.replace, os.getpid()
+
+    def held_open_in_the_writer(source: str, destination: str) -> None:
+        if os.getpid() != coordinator and os.fspath(destination) == str(dest / busy):
+            exc = PermissionError(errno.EACCES, "The process cannot access the file")
+            exc.winerror = 32  # type: ignore[attr-defined]
+            raise exc
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", held_open_in_the_writer)
+    result = run(with_bases(depot.manifest, fault_server.url), dest, start_method="fork")
+    assert result.ok, (result.failed, result.error)
+    assert busy in result.completed
+    assert_installed(dest, depot)
+    assert "ranges" not in journal_state(dest)[busy]  # journaled as finished: kept next run
