@@ -239,3 +239,38 @@ def test_a_file_in_use_fails_in_the_writer_and_is_placed_at_the_end_of_the_run(
     assert busy in result.completed
     assert_installed(dest, depot)
     assert "ranges" not in journal_state(dest)[busy]  # journaled as finished: kept next run
+
+
+@pytest.mark.parametrize("windows", [False, True], ids=["elsewhere", "on Windows"])
+def test_a_name_windows_cannot_hold_fails_there_and_is_named_elsewhere(
+        depot: Depot, fault_server: FaultServer, tmp_path: Path, windows: bool,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import mpdl.api
+    monkeypatch.setattr(mpdl.api, "WINDOWS", windows)
+    manifest = with_bases(depot.manifest, fault_server.url)
+    entries = [dict(f) for f in manifest["files"]]
+    renamed = next(f for f in entries if "link" not in f and "directory" not in f)
+    renamed["path"] = "saves/aux.txt"
+    result = run({**manifest, "files": entries}, tmp_path / "game")
+    others = {f["path"] for f in files_of({"files": entries})} - {renamed["path"]}
+    assert others <= set(result.completed)
+    warnings = [r.getMessage() for r in caplog.records if "cannot be made on Windows" in
+                r.getMessage()]
+    if windows:
+        assert result.failed == {"saves/aux.txt": "Windows cannot hold this name: 'aux.txt' "
+                                                  "is a device name on Windows"}
+        assert not (tmp_path / "game" / "saves" / "aux.txt").exists() and not warnings
+    else:
+        assert result.ok and "saves/aux.txt" in result.completed
+        assert warnings == ["1 paths in the manifest cannot be made on Windows, such as "
+                            "saves/aux.txt ('aux.txt' is a device name on Windows)"]
+
+
+def test_the_summary_says_how_many_links_are_copies() -> None:
+    from mpdl.api import Result
+    from mpdl.cli import _report
+    said: list[str] = []
+    _report(Result(completed=["bin/game"], copied_links=["run", "start"]), False, said.append,
+            False)
+    assert said[-1].endswith("; 2 links are copies of their targets (links cannot be made "
+                             "here)")
