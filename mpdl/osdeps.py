@@ -9,9 +9,9 @@ The rest of mpdl calls these and never asks which OS it runs on: no other module
 - a fallback that changes what a run does says so: a link copied where links cannot be made,
   a file in use that cannot be replaced (``FileInUse``, an error for that one file);
 - ``MPDL_FORCE_FALLBACKS=1`` in the environment hides the Linux-only calls (pwrite, pread,
-  preadv, posix_fallocate, syncfs, PR_SET_PDEATHSIG, a link that does not follow symlinks,
-  fork), so the fallbacks run in Linux's tests and CI as they run on Windows and macOS. It is
-  read once, at import, and children inherit it through the environment.
+  preadv, syncfs, PR_SET_PDEATHSIG, a link that does not follow symlinks, fork), so the
+  fallbacks run in Linux's tests and CI as they run on Windows and macOS. It is read once, at
+  import, and children inherit it through the environment.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from typing import cast
 
 FORCE_FALLBACKS = os.environ.get("MPDL_FORCE_FALLBACKS", "") not in ("", "0")
 WINDOWS = sys.platform == "win32"
-MACOS = sys.platform == "darwin"
 LINUX = sys.platform.startswith("linux")
 
 
@@ -102,21 +101,7 @@ def readinto_at(fd: int, buffer: memoryview, offset: int) -> int:
     return len(data)
 
 
-# -- size and durability -----------------------------------------------------------------------
-
-def preallocate(fd: int, size: int) -> None:
-    """Reserve ``size`` bytes for the file (posix_fallocate), so a full disk shows now, not
-    mid-write; where the OS cannot, the file is only given its size (sparse)."""
-    fallocate = _native("posix_fallocate")
-    if fallocate is not None:
-        try:
-            fallocate(fd, 0, size)
-            return
-        except OSError as exc:  # a file system without it (EOPNOTSUPP, EINVAL)
-            if exc.errno == errno.ENOSPC:
-                raise
-    os.ftruncate(fd, size)
-
+# -- durability -----------------------------------------------------------------------------
 
 def fsync(fd: int) -> None:
     """Make the file's bytes durable: on macOS fsync only reaches the drive's cache, so

@@ -78,16 +78,6 @@ def test_positioned_reads_without_pread_and_preadv(tmp_path: Path, forced: None)
         os.close(fd)
 
 
-def test_preallocate_without_posix_fallocate_gives_the_size(tmp_path: Path,
-                                                            forced: None) -> None:
-    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        osdeps.preallocate(fd, 123_456)
-        assert os.fstat(fd).st_size == 123_456
-    finally:
-        os.close(fd)
-
-
 def test_a_hard_link_without_follow_symlinks_support(tmp_path: Path, forced: None) -> None:
     (tmp_path / "a").write_bytes(b"x")
     osdeps.hard_link(tmp_path / "a", tmp_path / "b")
