@@ -151,7 +151,11 @@ def _retry_in_use(parsed: Manifest, layout: Layout, journal: Journal, result: Re
     such a file: osdeps.FileInUse) kept their staging file: each is tried once more now, as
     the rest of the run gave that program time to let go, and fails as it did otherwise."""
     in_use = {path for path, why in result.failed.items() if IN_USE in why}
-    for entry in (e for e in parsed.files if e.path in in_use) if in_use else ():
+    if not in_use:
+        return
+    for entry in parsed.files:
+        if entry.path not in in_use:
+            continue
         staging, final = layout.staging(entry), layout.final(entry.path)
         try:
             fd = os.open(staging, os.O_RDWR | getattr(os, "O_BINARY", 0))

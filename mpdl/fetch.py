@@ -26,10 +26,10 @@ import urllib3
 
 from .errors import FetchError, IntegrityError, NotOnMirror, RangesIgnored, TransientError
 from .hashing import parse_hash
-from .osdeps import bytes_queued
 from .http import (discard, final_url, open_response, parse_content_range, range_header,
                    status_error)
 from .messages import Check, Fetch, Filled, FromWorker, Redirected, Validated
+from .osdeps import bytes_queued
 from .proxy import Routed
 from .ratelimit import SpeedCap, receive_buffer
 from .ring import Ring
