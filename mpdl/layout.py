@@ -67,7 +67,7 @@ def place_link(layout: Layout, link: LinkEntry) -> bool:
     temporary = where.with_name(f".{where.name}.mpdl-link")
     if os.path.lexists(temporary):
         os.unlink(temporary)
-    linked = symlink(link.target, temporary)
+    linked = symlink(link.target, temporary, layout.dest)
     os.replace(temporary, where)
     return linked
 

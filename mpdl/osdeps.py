@@ -262,22 +262,27 @@ def hard_link(source: str | os.PathLike, link: str | os.PathLike) -> None:
         os.link(source, link)
 
 
-def symlink(target: str, where: str | os.PathLike) -> bool:
+def symlink(target: str, where: str | os.PathLike, root: str | os.PathLike) -> bool:
     """A symbolic link at ``where`` to ``target`` (relative to its folder), or, where links
     cannot be made (Windows without Developer Mode or admin rights), a copy of what it points
-    to. True when a link was made, False when it is a copy; OSError when neither."""
+    to, if that lies inside ``root`` (on disk: other links on the way are followed, and a
+    manifest is untrusted). True when a link was made, False when it is a copy; OSError when
+    neither."""
+    source = os.path.join(os.path.dirname(where), target)
     try:
-        os.symlink(target, where, target_is_directory=os.path.isdir(
-            os.path.join(os.path.dirname(where), target)))
+        os.symlink(target, where, target_is_directory=os.path.isdir(source))
         return True
     except OSError as exc:
         if not (WINDOWS or FORCE_FALLBACKS) or exc.errno == errno.EEXIST:
             raise
-    source = os.path.join(os.path.dirname(where), target)
-    if os.path.isdir(source):
-        shutil.copytree(source, where, symlinks=False)
+    real, top = os.path.realpath(source), os.path.realpath(root)
+    if os.path.commonpath([real, top]) != top:
+        raise OSError(errno.EPERM, "links cannot be made here, and what it points to is not "
+                                   "inside the destination to be copied")
+    if os.path.isdir(real):
+        shutil.copytree(real, where, symlinks=True)  # links inside stay links (or fail)
     else:
-        shutil.copy2(source, where)
+        shutil.copy2(real, where)
     return False
 
 

@@ -264,3 +264,21 @@ def test_the_summary_says_how_many_links_are_copies() -> None:
             False)
     assert said[-1].endswith("; 2 links are copies of their targets (links cannot be made "
                              "here)")
+
+
+def test_a_link_copied_never_copies_from_outside_the_destination(
+        tmp_path: Path, forced: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest's link target stays inside DEST as text, but a link already on the way
+    (here DEST/a, leading out) would make the copy read outside: refused, nothing copied."""
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "A required privilege is not held by the client")
+
+    (tmp_path / "secret").write_bytes(b"not the game's")
+    layout = Layout(tmp_path / "dest")
+    layout.dest.mkdir()
+    os.symlink(tmp_path / "secret", layout.dest / "a")
+    monkeypatch.setattr(os, "symlink", refused)
+    with pytest.raises(OSError, match="not inside the destination"):
+        place_link(layout, LinkEntry(path="b", target="a"))
+    assert not os.path.lexists(layout.dest / "b")
+    assert not any(p.name.endswith(".mpdl-link") for p in layout.dest.iterdir())
