@@ -20,7 +20,7 @@ from .layout import Layout, escaping_links, make_folder_inside, place_link
 from .manifest import (FileEntry, Manifest, ManifestSource, load_manifest,
                        windows_unsafe_paths)
 from .options import Options, RunOptions
-from .osdeps import IN_USE, WINDOWS, fsync, replace as replace_file
+from .osdeps import IN_USE, O_BINARY, WINDOWS, fsync, replace as replace_file
 from .plan import Plan, Planner, known_object_ends
 from .progress import Counts, ProgressCallback, Tracker, human_bytes
 from .ranges import RangeSet
@@ -158,7 +158,7 @@ def _retry_in_use(parsed: Manifest, layout: Layout, journal: Journal, result: Re
             continue
         staging, final = layout.staging(entry), layout.final(entry.path)
         try:
-            fd = os.open(staging, os.O_RDWR | getattr(os, "O_BINARY", 0))
+            fd = os.open(staging, os.O_RDWR | O_BINARY)
             try:
                 fsync(fd)  # durable before it takes its name, as the writer's Syncs make it
             finally:

@@ -36,6 +36,13 @@ WINDOWS = sys.platform == "win32"
 LINUX = sys.platform.startswith("linux")
 
 
+# Flags os.open takes where they exist, 0 elsewhere: Windows' O_BINARY (no newline
+# translation), POSIX's O_NOFOLLOW and O_NONBLOCK.
+O_BINARY: int = getattr(os, "O_BINARY", 0)
+O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+O_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
+
+
 def _native(name: str) -> Callable | None:
     """``os.<name>`` where the OS has it and fallbacks are not forced, else None (looked up
     at each call, so a test may hide or wrap the call)."""

@@ -52,7 +52,8 @@ from .holdings import Build, Copy
 from .journal import Journal
 from .layout import Layout, inside, make_folder_inside
 from .manifest import FileEntry, Manifest, parse_manifest
-from .osdeps import die_with_parent, fsync, hard_link, replace as replace_file, write_at
+from .osdeps import (O_BINARY, O_NOFOLLOW, O_NONBLOCK, die_with_parent, fsync, hard_link,
+                     replace as replace_file, write_at)
 from .ranges import RangeSet
 
 log = logging.getLogger("mpdl")
@@ -79,7 +80,7 @@ def copy_spans(dest: str, staging: str, size: int, copies: tuple[Copy, ...],
     sources: dict[str, object] = {}
     buffer = memoryview(bytearray(READ_SIZE))
     try:
-        out = os.open(staging, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+        out = os.open(staging, os.O_RDWR | os.O_CREAT | O_BINARY, 0o644)
         try:
             if os.fstat(out).st_size != size:
                 os.ftruncate(out, size)
@@ -107,8 +108,7 @@ def _open_source(dest: str, path: str):  # -> a binary file, or None
     if not inside(final.parent, dest):
         return None
     try:  # no link followed, and a FIFO planted there must not block the open
-        fd = os.open(final, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-                     | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        fd = os.open(final, os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_BINARY)
     except OSError:
         return None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -481,7 +481,7 @@ def _replace(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(fresh)  # a link left there goes, not what it points at
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY,
                      0o600)
         try:
             write_at(fd, memoryview(data), 0)

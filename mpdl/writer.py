@@ -38,13 +38,13 @@ from .hashing import hash_file, new_hasher, parse_hash
 from .layout import make_folder_inside
 from .messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotWritten, Stop,
                        Sync, Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
-from .osdeps import FileInUse, fsync, readinto_at, replace, sync_filesystem, write_at
+from .osdeps import (O_BINARY, FileInUse, fsync, readinto_at, replace, sync_filesystem,
+                     write_at)
 from .ranges import RangeSet
 from .ring import Ring, RingSpec
 from .votes import NoRoomToVote, after_mismatch, aside_path, copy_path, remove, vote
 
 log = logging.getLogger("mpdl.writer")
-_O_BINARY = getattr(os, "O_BINARY", 0)
 # Bytes read back at a time to hash pieces that were written before the bytes preceding them.
 READ_BACK = 1024 * 1024
 # A Sync of more files than this is one syncfs(2) of the whole filesystem.
@@ -154,7 +154,7 @@ class FdCache:
             if fd is not None:
                 staged.fd = fd
             elif staged.fd is None:
-                staged.fd = os.open(staged.path, os.O_RDWR | _O_BINARY)
+                staged.fd = os.open(staged.path, os.O_RDWR | O_BINARY)
             staged.users += 1
             self.open[staged] = None
             self.open.move_to_end(staged)
@@ -308,7 +308,7 @@ class Writer:
             if folder not in self.made:
                 os.makedirs(folder, exist_ok=True)
                 self.made.add(folder)
-            flags = os.O_RDWR | os.O_CREAT | _O_BINARY | (os.O_TRUNC if record.fresh else 0)
+            flags = os.O_RDWR | os.O_CREAT | O_BINARY | (os.O_TRUNC if record.fresh else 0)
             fd = os.open(record.staging, flags, 0o644)
             self.fds.use(staged, fd)
             try:
@@ -408,7 +408,7 @@ class Writer:
                 return [Synced(token=record.token, error=self.sync_error)]
             for path in record.paths:
                 try:
-                    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+                    fd = os.open(path, os.O_RDONLY | O_BINARY)
                 except FileNotFoundError:  # failed and removed since: nothing to keep
                     continue
                 try:

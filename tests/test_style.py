@@ -56,4 +56,8 @@ def test_only_the_platform_layer_makes_os_specific_calls() -> None:
                     found.append(f"{where}: tests sys.platform")
                 elif node.value.id == "os" and node.attr in OS_SPECIFIC:
                     found.append(f"{where}: calls os.{node.attr}")
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id in ("getattr", "hasattr") and node.args
+                  and isinstance(node.args[0], ast.Name) and node.args[0].id == "os"):
+                found.append(f"{where}: asks whether os has {ast.unparse(node.args[1])}")
     assert not found, found
