@@ -175,12 +175,14 @@ def default_start_method(files: int) -> str | None:
     """fork where it exists: children start in milliseconds. But a forked child shares the
     coordinator's pages only until either side touches them, so with a large manifest every
     process ends up with its own copy; from LEAN_CHILDREN_FROM files on, children come from a
-    fork server, which holds no manifest. None: the platform's default (spawn on macOS and
-    Windows); spawn when fallbacks are forced, as there."""
+    fork server, which holds no manifest. Linux only: macOS has fork, but its system
+    libraries are not safe to use in a forked child (Python's default there is spawn since
+    3.8), and Windows has none; None takes the platform's default. Spawn when fallbacks are
+    forced, as there."""
     if FORCE_FALLBACKS:
         return "spawn"
     methods = multiprocessing.get_all_start_methods()
-    if "fork" not in methods:
+    if not LINUX or "fork" not in methods:
         return None
     return "forkserver" if files >= LEAN_CHILDREN_FROM and "forkserver" in methods else "fork"
 

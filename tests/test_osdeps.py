@@ -282,3 +282,16 @@ def test_a_link_copied_never_copies_from_outside_the_destination(
         place_link(layout, LinkEntry(path="b", target="a"))
     assert not os.path.lexists(layout.dest / "b")
     assert not any(p.name.endswith(".mpdl-link") for p in layout.dest.iterdir())
+
+
+def test_start_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork on Linux (a fork server for a large manifest), the platform's default (spawn)
+    on macOS, whose system libraries a forked child must not use, and where fallbacks are
+    forced."""
+    monkeypatch.setattr(osdeps, "FORCE_FALLBACKS", False)  # as CI's forced step runs it
+    assert osdeps.default_start_method(10) == "fork"
+    assert osdeps.default_start_method(osdeps.LEAN_CHILDREN_FROM) == "forkserver"
+    monkeypatch.setattr(osdeps, "LINUX", False)  # as on macOS, which has fork too
+    assert osdeps.default_start_method(10) is None
+    monkeypatch.setattr(osdeps, "FORCE_FALLBACKS", True)
+    assert osdeps.default_start_method(10) == "spawn"
