@@ -22,7 +22,7 @@ import xxhash
 from .errors import ManifestError
 from .hashing import HashSpec, parse_hash
 from .headers import Headers, merge_headers, problem, shown
-from .osdeps import windows_name_problem
+from .osdeps import folded_name, windows_name_problem
 
 __all__ = [
     "COMPRESSIONS",
@@ -603,7 +603,12 @@ def windows_unsafe_paths(manifest: Manifest) -> dict[str, str]:
     """The paths (files, links, folders) Windows cannot hold, with why (osdeps): on Windows
     each such file fails with that reason; elsewhere the run names them in a warning, since
     the same manifest handed to a Windows player would fail there."""
-    paths = [entry.path for entry in manifest.files] + [link.path for link in manifest.links] \
-        + [folder.path for folder in manifest.directories]
-    found = {path: windows_name_problem(path) for path in paths}
+    placed = [entry.path for entry in manifest.files] + [link.path for link in manifest.links]
+    found = {path: windows_name_problem(path)
+             for path in placed + [folder.path for folder in manifest.directories]}
+    first: dict[str, str] = {}
+    for path in placed:  # a second file of one name but for case overwrites the first there
+        other = first.setdefault(folded_name(path), path)
+        if other != path and found[path] is None:
+            found[path] = f"Windows (and macOS, by default) cannot tell it from {other!r}"
     return {path: why for path, why in found.items() if why is not None}

@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import cast
 
@@ -335,8 +336,15 @@ def replace(source: str | os.PathLike, destination: str | os.PathLike,
 
 # -- names -------------------------------------------------------------------------------------
 
-_WINDOWS_RESERVED = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9¹²³]|LPT[0-9¹²³])(\..*)?\Z", re.I)
+_WINDOWS_RESERVED = re.compile(r"(CON|PRN|AUX|NUL|CONIN\$|CONOUT\$|COM[0-9¹²³]|LPT[0-9¹²³])"
+                               r"(\..*)?\Z", re.I)
 _WINDOWS_BAD_CHARS = re.compile(r'[<>:"|?*\\\x00-\x1f]')
+
+
+def folded_name(path: str) -> str:
+    """``path`` as a file system that tells apart neither case nor Unicode normalization
+    sees it (Windows; macOS by default): two paths that fold alike are one file there."""
+    return unicodedata.normalize("NFC", path).casefold()
 
 
 def windows_name_problem(path: str) -> str | None:

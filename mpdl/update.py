@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import stat
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -52,8 +51,8 @@ from .holdings import Build, Copy
 from .journal import Journal
 from .layout import Layout, inside, make_folder_inside
 from .manifest import FileEntry, Manifest, parse_manifest
-from .osdeps import (O_BINARY, O_NOFOLLOW, O_NONBLOCK, die_with_parent, fsync, hard_link,
-                     replace as replace_file, write_at)
+from .osdeps import (O_BINARY, O_NOFOLLOW, O_NONBLOCK, die_with_parent, folded_name, fsync,
+                     hard_link, replace as replace_file, write_at)
 from .ranges import RangeSet
 
 log = logging.getLogger("mpdl")
@@ -402,7 +401,7 @@ class Update:
     def _same_file_listed(self, path: str, final: Path) -> bool:
         """On a file system that ignores case (or Unicode forms), an old ``Data/A.pak`` may be
         the new ``data/a.pak`` itself: never remove a path that is one of the new files."""
-        folded = _fold(path)
+        folded = folded_name(path)
         for other in self._folded_listed.get(folded, ()):
             if other == path:
                 continue
@@ -419,7 +418,7 @@ class Update:
         """The new manifest's paths by their folded form (needed only when removing)."""
         folded: dict[str, list[str]] = {}
         for path in self.listed:
-            folded.setdefault(_fold(path), []).append(path)
+            folded.setdefault(folded_name(path), []).append(path)
         return folded
 
     def _remove_file(self, entry: FileEntry) -> bool:
@@ -461,10 +460,6 @@ class Update:
             if inside(path.parent, self.layout.dest) and not os.path.islink(path):
                 with contextlib.suppress(OSError):
                     path.rmdir()  # only an empty one
-
-
-def _fold(path: str) -> str:
-    return unicodedata.normalize("NFC", path).casefold()
 
 
 def _manifest_bytes(manifest: Manifest) -> bytes:

@@ -129,7 +129,8 @@ def test_a_destination_in_use_is_retried_then_fails_that_file(
 
 
 @pytest.mark.parametrize("path, why", [
-    ("CON", "device name"), ("sub/nul", "device name"), ("aux.txt", "device name"),
+    ("CON", "device name"), ("sub/nul", "device name"), ("conin$", "device name"),
+    ("aux.txt", "device name"),
     ("Com1.log", "device name"), ("LPT9", "device name"), ("dir./f", "ends in a dot"),
     ("f ", "ends in a dot or a space"), ("a:b", "':'"), ("x<y", "'<'"), ('q"', "'\"'"),
     ("p|q", "'|'"), ("what?", "'?'"), ("star*", "'*'"), ("tab\there", "'\\t'"),
@@ -144,6 +145,23 @@ def test_names_windows_cannot_hold(path: str, why: str) -> None:
                                   "LPT", ".hidden", "data/ok"])
 def test_names_windows_can_hold(path: str) -> None:
     assert osdeps.windows_name_problem(path) is None
+
+
+def test_files_whose_names_differ_by_case_alone_are_one_file_on_windows() -> None:
+    """Windows (and macOS by default) would write both to one file: the second one listed
+    is named, whatever its case or Unicode normalization; folders may repeat."""
+    manifest = parse_manifest({"format": "mpdl/1", "files": [
+        {"path": "Data/Game.pak", "size": 0, "url": "http://h/a"},
+        {"path": "data/game.PAK", "size": 0, "url": "http://h/b"},
+        {"path": "caf\u00e9.txt", "size": 0, "url": "http://h/c"},
+        {"path": "cafe\u0301.txt", "size": 0, "url": "http://h/d"},
+        {"path": "data/other", "size": 0, "url": "http://h/e"},
+        {"path": "Saves", "directory": True}, {"path": "saves", "directory": True},
+    ]})
+    assert windows_unsafe_paths(manifest) == {
+        "data/game.PAK": "Windows (and macOS, by default) cannot tell it from 'Data/Game.pak'",
+        "cafe\u0301.txt": "Windows (and macOS, by default) cannot tell it from 'caf\u00e9.txt'",
+    }
 
 
 def test_a_manifest_names_the_paths_windows_cannot_hold() -> None:
