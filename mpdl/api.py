@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .control import STOPPED, Control, StopAsked
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
@@ -19,8 +19,10 @@ from .holdings import Build, survey
 from .journal import Journal
 from .mainguard import refuse_reentry
 from .layout import Layout, escaping_links, make_folder_inside, place_link
-from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
-from .options import Options
+from .manifest import (FileEntry, Manifest, ManifestSource, load_manifest,
+                       windows_unsafe_paths)
+from .options import Options, RunOptions
+from .osdeps import IN_USE, O_BINARY, WINDOWS, fsync, replace as replace_file
 from .plan import Plan, Planner, known_object_ends
 from .progress import Counts, ProgressCallback, Tracker, human_bytes
 from .ranges import RangeSet
@@ -28,6 +30,9 @@ from .retry import RetryPolicy
 from .scheduler import Limits, Scheduler
 from .supervisor import UNFINISHED, RefreshUrl, Supervisor, open_ring
 from .update import Update
+
+if TYPE_CHECKING:  # typing's own from Python 3.11 on; only annotations use it
+    from typing_extensions import Unpack
 
 log = logging.getLogger("mpdl")
 
@@ -52,6 +57,7 @@ class Result:
     bytes_reused: int = 0  # copied from files already in DEST (an update)
     bytes_resumed: int = 0  # kept from an earlier run's staging files (a resume)
     bytes_written: int = 0  # to files
+    copied_links: list[str] = field(default_factory=list)  # copies: no links can be made here
     elapsed: float = 0.0
 
     @property
@@ -64,7 +70,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         keep_state: bool = True, streamed: tuple[str, ...] = (),
         refresh_url: RefreshUrl | None = None, keep_removed: bool = False,
         redirects: Mapping[str, str] | None = None, control: Control | None = None,
-        strict: bool = False, **options: Any) -> Result:
+        strict: bool = False, **options: Unpack[RunOptions]) -> Result:
     """Fill ``dest`` with the manifest's files, every byte verified.
 
     ``options`` are the fields of ``mpdl.options.Options`` (workers, connections, chunk_size,
@@ -141,6 +147,48 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     return result
 
 
+def _windows_names(parsed: Manifest, result: Result) -> set[str]:
+    """The paths Windows cannot hold: on Windows each fails with why (and is left out of the
+    run); elsewhere a warning names them, as the same manifest would fail on Windows."""
+    unsafe = windows_unsafe_paths(parsed)
+    if unsafe and WINDOWS:
+        result.failed.update({path: f"Windows cannot hold this name: {why}"
+                              for path, why in unsafe.items()})
+        return set(unsafe)
+    if unsafe:
+        path, why = next(iter(unsafe.items()))
+        log.warning("%d paths in the manifest cannot be made on Windows, such as %s (%s)",
+                    len(unsafe), path, why)
+    return set()
+
+
+def _retry_in_use(parsed: Manifest, layout: Layout, journal: Journal, result: Result) -> None:
+    """Files verified whose final name another program held open (Windows refuses to replace
+    such a file: osdeps.FileInUse) kept their staging file: each is tried once more now, as
+    the rest of the run gave that program time to let go, and fails as it did otherwise."""
+    in_use = {path for path, why in result.failed.items() if IN_USE in why}
+    if not in_use:
+        return
+    for entry in parsed.files:
+        if entry.path not in in_use:
+            continue
+        staging, final = layout.staging(entry), layout.final(entry.path)
+        try:
+            fd = os.open(staging, os.O_RDWR | O_BINARY)
+            try:
+                fsync(fd)  # durable before it takes its name, as the writer's Syncs make it
+            finally:
+                os.close(fd)
+            replace_file(staging, final)
+        except OSError as exc:
+            log.info("%s: still not replaced: %s", entry.path, exc.strerror or exc)
+            continue
+        journal.record(entry, final)
+        del result.failed[entry.path]
+        result.completed.append(entry.path)
+    journal.flush()
+
+
 def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, result: Result, *,
           progress: ProgressCallback | None, streamed: tuple[str, ...],
           refresh_url: RefreshUrl | None, keep_state: bool, keep_removed: bool,
@@ -154,14 +202,16 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     result.skipped += [entry.path for entry in held.in_place()]
     todo, have = held.todo(), held.have()
     result.bytes_resumed = sum(ranges.total() for ranges in have.values())
+    unsafe = _windows_names(parsed, result)
+    todo = [(file_id, entry) for file_id, entry in todo if entry.path not in unsafe]
     builds = update.mark_moves(held.builds())
     del held  # a record per file: not kept through the fetch (100,000 files)
     _check_free_space(layout.dest, space_needed(todo, have, builds))
     layout.dest.mkdir(parents=True, exist_ok=True)
     sizes = [entry.size for entry in parsed.files]
     counts = Counts(files_done=len(result.skipped))
-    tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
-                      progress)
+    tracker = Tracker(None if None in sizes else sum(s or 0 for s in sizes), len(parsed.files),
+                      counts, progress)
     counts.bytes_done = _bytes_in_place(parsed, todo, have)
     todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result)
     planner = planner_for(parsed, opts, streamed)
@@ -172,7 +222,7 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     counts.files_done = len(result.skipped) + len(result.completed)
     counts.bytes_done = _bytes_in_place(parsed, todo, have)
     asked = [task.length for task in plan.tasks]
-    tracker.bytes_to_fetch = None if None in asked else sum(asked)
+    tracker.bytes_to_fetch = None if None in asked else sum(a or 0 for a in asked)
 
     def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
         if ok:
@@ -187,9 +237,11 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
         result.bytes_fetched = counts.bytes_fetched
         result.bytes_to_fetch = tracker.bytes_to_fetch
         result.bytes_written = counts.bytes_written
+    _retry_in_use(parsed, layout, journal, result)
     for link in parsed.links:
         try:
-            place_link(layout, link)
+            if not place_link(layout, link):
+                result.copied_links.append(link.path)
         except OSError as exc:
             result.failed[link.path] = f"cannot make the link: {exc.strerror or exc}"
     for link in escaping_links(layout, parsed.links):
@@ -208,8 +260,8 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
 
 def planner_for(parsed: Manifest, opts: Options, streamed: tuple[str, ...] = ()) -> Planner:
     """The run's planner; ``mpdl.plan`` (preview.py) asks the same one."""
-    return Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
-                   spread=opts.connections, object_ends=known_object_ends(parsed.files))
+    return Planner(chunk_size=opts.chunk_size, parallel=opts.parallel,
+                   streamed=frozenset(streamed), spread=opts.connections, object_ends=known_object_ends(parsed.files))
 
 
 def _unfinished(manifest: Manifest, result: Result) -> None:

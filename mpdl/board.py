@@ -64,11 +64,11 @@ class TaskBoard:
         old = run.move(new)
         source = run.task.source
         if old in ON_WORKER and new not in ON_WORKER:
-            self.busy[run.worker] -= 1
+            self.busy[run.worker_id()] -= 1
             self.on_source[source] -= 1
             self.on_worker.discard(run)
         elif new in ON_WORKER and old not in ON_WORKER:
-            self.busy[run.worker] += 1
+            self.busy[run.worker_id()] += 1
             self.on_source[source] += 1
             self.on_worker.add(run)
         if old in LIVE and new not in LIVE:

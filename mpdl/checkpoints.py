@@ -78,8 +78,8 @@ class Checkpoints:
         if not self.journaling or self.in_flight is not None:
             return None
         self.next_due = now + self.every
-        partial = {fid: (files[fid].generation, files[fid].have.copy()) for fid in self.dirty
-                   if files[fid].state is FileState.OPEN and files[fid].have}
+        partial = {fid: (file.generation, file.have.copy()) for fid in self.dirty
+                   if (file := files[fid]).state is FileState.OPEN and file.have}
         self.dirty.clear()
         finished, self.unjournaled = self.unjournaled, []
         if not partial and not finished:

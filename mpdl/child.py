@@ -8,6 +8,11 @@ import os
 import queue
 import signal
 from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from .osdeps import parent_alive, set_process_name
+
+R = TypeVar("R")  # the records of one inbox (ToWorker, ToWriter)
 
 # How often a child waiting for work checks that the coordinator still lives.
 PARENT_CHECK_SECONDS = 0.5
@@ -26,31 +31,21 @@ def child_setup(name: str, log_level: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    _set_process_name(name)
+    set_process_name(name)
     logging.basicConfig(level=log_level, format="mpdl: %(message)s")
 
 
-def _set_process_name(name: str) -> None:
-    """Linux's per-process name (15 bytes), as prctl(PR_SET_NAME) sets it; elsewhere a no-op."""
-    try:
-        with open("/proc/self/comm", "w", encoding="ascii") as comm:
-            comm.write(name[:15])
-    except OSError:
-        pass
-
-
-def batches(inbox: multiprocessing.queues.Queue[list[tuple]],
-            idle: Callable[[], None] = lambda: None) -> Iterator[list[tuple]]:
+def batches(inbox: multiprocessing.queues.Queue[list[R]],
+            idle: Callable[[], None] = lambda: None) -> Iterator[list[R]]:
     """The coordinator's batches of records, until it is gone: then the child just exits.
     ``idle`` is called whenever no batch came for PARENT_CHECK_SECONDS."""
-    parent = multiprocessing.parent_process()
     first_ppid = os.getppid()  # the coordinator, or under forkserver the fork server
     while True:
         try:
             yield inbox.get(timeout=PARENT_CHECK_SECONDS)
         except queue.Empty:
-            if parent is not None and (not parent.is_alive() or os.getppid() != first_ppid):
-                return  # under fork, siblings keep the sentinel open: the ppid tells at once
+            if not parent_alive(first_ppid):
+                return
             idle()
         except (EOFError, OSError):
             return

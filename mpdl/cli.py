@@ -275,6 +275,9 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
         resumed = f", resumed: {human_bytes(result.bytes_resumed)} kept" \
             if result.bytes_resumed else ""
         removed = f"; {len(result.removed)} no longer listed removed" if result.removed else ""
+        if result.copied_links:
+            removed += (f"; {len(result.copied_links)} links are copies of their targets "
+                        "(links cannot be made here)")
         to_fetch = "" if result.bytes_to_fetch is None else \
             f" of {human_bytes(result.bytes_to_fetch)} to fetch"
         say(f"mpdl: {done} of {done + len(result.failed)} files in place "

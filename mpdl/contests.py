@@ -71,7 +71,7 @@ class Contests:
         """``run``'s current attempt filled a slot (before the scheduler moves ``delivered``
         on): the pace learns from it, and it decides the contest it is in if it is the thief,
         or the victim past the cut."""
-        took = now - max(run.progress_at, self.heard_at.get(run.worker, run.progress_at))
+        took = now - max(run.progress_at, self.heard_at.get(run.worker_id(), run.progress_at))
         if not run.delivered:
             self.pace = self.pace.first_slot(record.length, took)
         else:
@@ -125,7 +125,7 @@ class Contests:
         Range."""
         candidates = []
         for run in sorted(running, key=lambda r: r.task.task_id):
-            heard = self.heard_at.get(run.worker)
+            heard = None if run.worker is None else self.heard_at.get(run.worker)
             if (run in self._of or not run.task.size or heard is None
                     or run.task.source in streamed or self._after.get(run, 0.0) > now):
                 continue

@@ -89,6 +89,7 @@ class Delivery:
     def written(self, record: SlotWritten) -> None:
         """The writer wrote a slot (all of it, or less when a write failed)."""
         holder = self.slots.holder(record.slot)
+        assert holder is not None, f"slot {record.slot} came back from the writer unheld"
         self.slots.release(record.slot)
         self.counts.bytes_written += record.written
         run = self.board.runs[holder.task_id]

@@ -46,6 +46,7 @@ class Dispatch:
         run.delivered, run.started_at, run.progress_at = 0, now, now
         run.short_write = False
         slot = self.slots.acquire(task.task_id, run.attempt, worker)
+        assert slot is not None, "a fetch is dispatched only with a slot free"
         self.board.move(run, T.RUNNING)
         self._to_worker(worker, Fetch(
             task_id=task.task_id, attempt=run.attempt, url=run.url, offset=task.offset,
@@ -61,16 +62,17 @@ class Dispatch:
     def grant(self, now: float) -> None:
         """Free slots go first to responses already running, then to new tasks."""
         while self.slots.free and (run := self.board.next_waiting()) is not None:
-            slot = self.slots.acquire(run.task.task_id, run.attempt, run.worker)
+            slot = self.slots.acquire(run.task.task_id, run.attempt, run.worker_id())
             run.progress_at = now  # the wait for a slot is not the connection's
             self.board.move(run, T.RUNNING)
-            self._to_worker(run.worker, Grant(task_id=run.task.task_id, attempt=run.attempt,
-                                              slot=slot))
+            assert slot is not None  # the loop runs while one is free
+            self._to_worker(run.worker_id(), Grant(task_id=run.task.task_id,
+                                                   attempt=run.attempt, slot=slot))
 
     def cancel(self, run: TaskRun) -> None:
         """This attempt's bytes are no longer wanted: its worker is told, if it has it."""
         if run.state in ON_WORKER:
-            self._to_worker(run.worker, Cancel(task_id=run.task.task_id, attempt=run.attempt))
+            self._to_worker(run.worker_id(), Cancel(task_id=run.task.task_id, attempt=run.attempt))
         self.drop(run)
 
     def drop(self, run: TaskRun) -> None:
@@ -80,7 +82,7 @@ class Dispatch:
 
     def cut(self, run: TaskRun, at: int) -> None:
         """The attempt's output ends at output byte ``at``: its worker stops there."""
-        self._to_worker(run.worker, Cut(task_id=run.task.task_id, attempt=run.attempt, at=at))
+        self._to_worker(run.worker_id(), Cut(task_id=run.task.task_id, attempt=run.attempt, at=at))
 
     def stale(self, record: Filled | Failed) -> None:
         """A record of an attempt abandoned, or cut where it stood: its slot comes back,

@@ -17,7 +17,6 @@ ring's ``fills`` after every read, for progress.
 
 from __future__ import annotations
 
-import array
 import socket
 import time
 import zlib
@@ -25,17 +24,12 @@ from collections.abc import Callable
 
 import urllib3
 
-try:
-    import fcntl
-    import termios
-except ImportError:  # Windows: bytes left unread when a response is dropped are not counted
-    fcntl = None  # type: ignore[assignment]
-
 from .errors import FetchError, IntegrityError, NotOnMirror, RangesIgnored, TransientError
 from .hashing import parse_hash
 from .http import (discard, final_url, open_response, parse_content_range, range_header,
                    status_error)
 from .messages import Check, Fetch, Filled, FromWorker, Redirected, Validated
+from .osdeps import bytes_queued
 from .proxy import Routed
 from .ratelimit import SpeedCap, receive_buffer
 from .ring import Ring
@@ -150,7 +144,8 @@ def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
         discard(response)
         raise
     cursor.response = None
-    if response._fp is not None and response._fp.isclosed() and not reads.shrunk_and_lifted:
+    raw = getattr(response, "_fp", None)  # http.client.HTTPResponse
+    if raw is not None and raw.isclosed() and not reads.shrunk_and_lifted:
         response.release_conn()  # body read to its end: the connection goes back to the pool
     else:
         discard(response)
@@ -163,15 +158,11 @@ def arrived_unread(response: urllib3.BaseHTTPResponse) -> int:
     came), within what is left of the body. What is still on its way, or in the server's send
     buffer, no client can know."""
     sock = getattr(getattr(response, "connection", None), "sock", None)
-    if sock is None or fcntl is None:
+    if sock is None:
         return 0
-    queued = array.array("i", [0])
-    try:
-        fcntl.ioctl(sock.fileno(), termios.FIONREAD, queued)
-    except (OSError, ValueError):  # closed already
-        return 0
-    left = getattr(response._fp, "length", None)
-    return queued[0] if left is None else min(queued[0], left)
+    queued = bytes_queued(sock.fileno())  # 0 on Windows: those bytes are not counted
+    left = getattr(getattr(response, "_fp", None), "length", None)
+    return queued if left is None else min(queued, left)
 
 
 def _report_object(job: Fetch, response: urllib3.BaseHTTPResponse, report: Report) -> None:
@@ -467,7 +458,7 @@ def _fill_decoded(job: Fetch, response, ring: Ring, next_slot: NextSlot, report:
                     raise TransientError(f"{job.url}: the body ended {left} bytes short")
                 left -= n
                 meter.unreported += n
-                data = buffer[:n]
+                data: memoryview | bytes = buffer[:n]
                 # Output held back by the limit leaves input unconsumed (the stream's check
                 # value at least), so no output is left behind when the input runs out.
                 while data and not decoder.eof:

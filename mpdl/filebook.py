@@ -50,7 +50,7 @@ class FileEnded:
 class FileBook:
     def __init__(self, plan: Plan, *, layout: Layout, have: Mapping[int, RangeSet],
                  journaling: bool, counts: Counts, to_writer: Callable[[ToWriter], None],
-                 effect: Callable[[object], None]) -> None:
+                 effect: Callable[[ForgetRanges | JournalSynced | FileEnded], None]) -> None:
         self.layout = layout
         self.counts = counts
         self.checkpoints = Checkpoints(layout, journaling)
@@ -85,7 +85,7 @@ class FileBook:
         stream_hash = entry.hash is not None and not file.have and not file.checked
         self._to_writer(OpenFile(
             file_id=fid, staging=str(self.layout.staging(entry)), size=entry.size,
-            fresh=not file.have, algo=entry.hash.algo if stream_hash else None))
+            fresh=not file.have, algo=entry.hash.algo if stream_hash and entry.hash else None))
 
     def close(self, fid: int) -> None:
         """Every byte is written (or on its way, ahead of this record): verify and rename."""

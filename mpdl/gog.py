@@ -45,6 +45,7 @@ from typing import Any
 
 from .errors import ManifestError
 from .manifest import FORMAT, MAX_MANIFEST_BYTES, parse_manifest
+from .osdeps import fsync
 from .plan import ZLIB_MAX_RATIO
 
 __all__ = ["SUPPORT_DIR", "convert", "decode_depot", "main"]
@@ -361,7 +362,7 @@ def _write_atomically(path: str, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
-            os.fsync(file.fileno())
+            fsync(file.fileno())
         os.replace(temp, path)
     except BaseException:
         os.unlink(temp)

@@ -20,7 +20,7 @@ import ssl
 import urllib.parse
 import warnings
 from datetime import datetime, timezone
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -50,8 +50,8 @@ def make_pool(options: Options, *, connections: int) -> Routed:
         warnings.simplefilter("ignore", InsecureRequestWarning)
 
     def pool(proxy: Proxy | None) -> urllib3.PoolManager:
-        through = {} if proxy is None else {"proxy_url": proxy.url,
-                                            "proxy_headers": proxy.headers()}
+        through: dict[str, Any] = {} if proxy is None else {
+            "proxy_url": proxy.url, "proxy_headers": proxy.headers()}
         return (urllib3.ProxyManager if proxy else urllib3.PoolManager)(
             **through,
             num_pools=32,
@@ -189,6 +189,7 @@ def final_url(response: urllib3.BaseHTTPResponse, asked: str) -> str:
     """Where the response came from once urllib3 followed its redirects: the Location of the
     last one, against the URL that sent it (it may be relative), else ``asked``."""
     history = response.retries.history if response.retries is not None else ()
-    if not history or not history[-1].redirect_location:
+    last = history[-1] if history else None
+    if last is None or not last.redirect_location:
         return asked
-    return urllib.parse.urljoin(history[-1].url, history[-1].redirect_location)
+    return urllib.parse.urljoin(last.url or asked, last.redirect_location)

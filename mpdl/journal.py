@@ -135,8 +135,8 @@ class Journal:
                        validators: dict[str, Expect] | None = None) -> None:
         """These byte ranges of ``entry``'s staging file are durable, fetched from objects
         that were ``validators``."""
-        record = {"path": entry.path, "key": entry.identity, "staging": staging.name,
-                  "ranges": have.as_list()}
+        record: dict[str, object] = {"path": entry.path, "key": entry.identity,
+                                     "staging": staging.name, "ranges": have.as_list()}
         if validators:
             record["validators"] = {url: list(seen) for url, seen in validators.items()}
         self._write(record)

@@ -13,6 +13,7 @@ from pathlib import Path
 import xxhash
 
 from .manifest import STATE_DIR, FileEntry, LinkEntry
+from .osdeps import symlink
 
 
 def inside(path: os.PathLike[str] | str, root: os.PathLike[str] | str) -> bool:
@@ -50,8 +51,10 @@ class Layout:
         return self.staging_dir / f"{xxhash.xxh3_64_hexdigest(key)}.part"
 
 
-def place_link(layout: Layout, link: LinkEntry) -> None:
-    """Create (or correct) the symbolic link in a folder that resolves inside DEST.
+def place_link(layout: Layout, link: LinkEntry) -> bool:
+    """Create (or correct) the symbolic link in a folder that resolves inside DEST. False
+    when a copy of its target stands there instead: where links cannot be made (Windows
+    without Developer Mode), osdeps.symlink copies, and the run's summary says so.
 
     The manifest refused targets that leave DEST as text; links can still chain through each
     other, so once all are placed, ``escaping_links`` checks where each one really leads.
@@ -60,12 +63,13 @@ def place_link(layout: Layout, link: LinkEntry) -> None:
     if not make_folder_inside(str(where.parent), str(layout.dest)):
         raise OSError("its folder leads out of the destination")
     if os.path.islink(where) and os.readlink(where) == link.target:
-        return
+        return True
     temporary = where.with_name(f".{where.name}.mpdl-link")
     if os.path.lexists(temporary):
         os.unlink(temporary)
-    os.symlink(link.target, temporary)
+    linked = symlink(link.target, temporary, layout.dest)
     os.replace(temporary, where)
+    return linked
 
 
 def escaping_links(layout: Layout, links: Iterable[LinkEntry]) -> list[LinkEntry]:

@@ -15,6 +15,7 @@ import json
 import os
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -23,6 +24,7 @@ import xxhash
 from .errors import ManifestError
 from .hashing import ALGORITHMS, HashSpec, parse_hash
 from .headers import Headers, merge_headers, problem, shown
+from .osdeps import folded_name, windows_name_problem
 
 __all__ = [
     "COMPRESSIONS",
@@ -506,7 +508,7 @@ class _Folder:
 
 
 def _check_overlaps(placed: list[tuple[str, str]],
-                    folders: list[tuple[str, str]] = ()) -> None:
+                    folders: Sequence[tuple[str, str]] = ()) -> None:
     """Refuse two entries at one path, or an entry inside another's path; a directory entry
     may hold files (and repeat), but not sit at or inside a file's or a link's path.
 
@@ -672,3 +674,18 @@ def _get(entry: dict[str, object], key: str, default: object) -> object:
 def _kind(value: object) -> str:
     """JSON's name for what was found, for messages."""
     return _KINDS.get(type(value), type(value).__name__)
+
+
+def windows_unsafe_paths(manifest: Manifest) -> dict[str, str]:
+    """The paths (files, links, folders) Windows cannot hold, with why (osdeps): on Windows
+    each such file fails with that reason; elsewhere the run names them in a warning, since
+    the same manifest handed to a Windows player would fail there."""
+    placed = [entry.path for entry in manifest.files] + [link.path for link in manifest.links]
+    found = {path: windows_name_problem(path)
+             for path in placed + [folder.path for folder in manifest.directories]}
+    first: dict[str, str] = {}
+    for path in placed:  # a second file of one name but for case overwrites the first there
+        other = first.setdefault(folded_name(path), path)
+        if other != path and found[path] is None:
+            found[path] = f"Windows (and macOS, by default) cannot tell it from {other!r}"
+    return {path: why for path, why in found.items() if why is not None}

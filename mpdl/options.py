@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import re
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypedDict
 
 import psutil
 
@@ -56,6 +56,29 @@ def _default_workers() -> int:
     return max(2, min(8, psutil.cpu_count(logical=True) or 2))
 
 
+class RunOptions(TypedDict, total=False):
+    """The options ``mpdl.run`` and ``mpdl.repair`` take as keywords: the fields of Options
+    (None: from MPDL_* variables, else the default), typed so that a misspelt one
+    (``conections=4``) is an error where it is written, for a type checker, and a TypeError
+    at the call (Options.from_env) before the run does anything."""
+
+    workers: int | None
+    connections: int | None
+    chunk_size: int | None
+    memory: int | None
+    timeout: float | None
+    parallel: bool | None
+    verify_tls: bool | None
+    cacert: str | os.PathLike[str] | None
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None
+    max_attempts: int | None
+    start_method: str | None
+    proxy: str | None
+    limit_rate: int | str | None
+    speed_limit: int | str | None
+    speed_time: float | None
+
+
 @dataclass(frozen=True)
 class Options:
     """Everything a run can be tuned with. See ``from_env`` for where values come from."""
@@ -67,7 +90,7 @@ class Options:
     # a 64 MiB ring holds 32 such slots, enough for every connection plus as many waiting for
     # the writer, and touches little memory (a 256 MiB ring ran no faster and cost 200 MiB
     # more of the machine's memory).
-    workers: int | None = None  # None: from the machine
+    workers: int = field(default_factory=_default_workers)  # from the machine
     connections: int = 16  # concurrent requests in all workers together
     chunk_size: int = 2 * MiB  # the slot size, and the grid ranges are cut on: a power of two
     memory: int = 64 * MiB  # the ring's budget: the cap on payload held in memory
@@ -79,7 +102,7 @@ class Options:
     # a mapping or (name, value) pairs, kept as pairs: immutable, and pickled to each worker.
     headers: Headers = ()
     max_attempts: int = 5  # per task, over all mirrors
-    start_method: str | None = None  # None: coordinator.default_start_method picks
+    start_method: str | None = None  # None: osdeps.default_start_method picks
     proxy: str | None = None  # None: the environment's (HTTPS_PROXY...); "": none (mpdl/proxy.py)
     limit_rate: int | None = None  # bytes/s for the whole run (parse_rate); None: no cap
     # A connection slower than speed_limit bytes/s over speed_time seconds of reading has
@@ -88,8 +111,6 @@ class Options:
     speed_time: float = DEFAULT_WINDOW
 
     def __post_init__(self) -> None:
-        if self.workers is None:
-            object.__setattr__(self, "workers", _default_workers())
         for name in ("workers", "connections", "chunk_size", "memory", "max_attempts"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -126,7 +147,7 @@ class Options:
         """Defaults, then MPDL_* environment variables, then ``overrides`` that are not None."""
         env = os.environ if env is None else env
         values: dict = {}
-        readers = {
+        readers: dict[str, tuple[str, Callable[[str], object]]] = {
             "MPDL_WORKERS": ("workers", _count),
             "MPDL_CONNECTIONS": ("connections", _count),
             "MPDL_CHUNK_SIZE": ("chunk_size", parse_size),

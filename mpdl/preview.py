@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .api import free_space, planner_for, space_needed
 from .errors import MpdlError
@@ -31,10 +31,13 @@ from .holdings import Build, survey
 from .journal import Journal
 from .layout import Layout
 from .manifest import FileEntry, ManifestSource, load_manifest
-from .options import Options
+from .options import Options, RunOptions
 from .progress import human_bytes
 from .ranges import RangeSet
 from .update import Update
+
+if TYPE_CHECKING:  # Python 3.10's typing has no Unpack
+    from typing_extensions import Unpack
 
 
 class ReadOnlyJournal(Journal):
@@ -100,7 +103,7 @@ class Preview:
 
 def plan(manifest: ManifestSource, dest: str | os.PathLike, *, state_dir: Path | None = None,
          streamed: tuple[str, ...] = (), keep_removed: bool = False, strict: bool = False,
-         **options: Any) -> Preview:
+         **options: Unpack[RunOptions]) -> Preview:
     """What ``mpdl.run(manifest, dest, **options)`` would fetch, reuse, write and remove, and
     the space it needs; fetches nothing and writes nothing (see the module's rules). Raises
     ManifestError (exit 2) on an invalid manifest (or, with ``strict``, one with an unknown

@@ -83,8 +83,8 @@ class Restarts:
         for fid in ordered:
             self.book.restart(fid, keep=fid in keep)
         plan = self.streams.planner.plan([(fid, files[fid].entry) for fid in ordered],
-                                         have={fid: files[fid].have for fid in ordered
-                                               if files[fid].have},
+                                         have={fid: have for fid in ordered
+                                               if (have := files[fid].have)},
                                          first_task_id=self.board.next_task_id)
         assert plan.slot_size <= self.slot_size, "a plan for these files was made before"
         for fid in ordered:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import sys
 from multiprocessing import shared_memory
 from typing import NamedTuple
 
+from .osdeps import shared_memory_free
 
-SHM_FOLDER = "/dev/shm"
+
 FILL_BYTES = 8  # one int64 per slot at the segment's end: how much of the slot is filled
 
 
@@ -31,9 +31,8 @@ def slots_that_fit(slot_size: int, wanted: int) -> int:
     Segments are created sparse: a ring larger than /dev/shm (64 MiB in a default Docker
     container) would be created fine and then kill its workers with SIGBUS when they fill it.
     """
-    try:
-        free = shutil.disk_usage(SHM_FOLDER).free
-    except OSError:  # no /dev/shm (macOS, Windows): the OS backs segments with memory
+    free = shared_memory_free()
+    if free is None:  # no /dev/shm (macOS, Windows): the OS backs segments with memory
         return wanted
     return min(wanted, free // (slot_size + FILL_BYTES))
 
@@ -53,9 +52,11 @@ class Ring:
         self._shm = shm
         self.spec = spec
         self._owner = owner
-        self._buf: memoryview | None = shm.buf
+        buf = shm.buf
+        assert buf is not None, "a segment just created or attached has its buffer"
+        self._buf: memoryview | None = buf
         payload = spec.slot_size * spec.slots
-        self._tail = shm.buf[payload:payload + FILL_BYTES * spec.slots]
+        self._tail = buf[payload:payload + FILL_BYTES * spec.slots]
         self.fills: memoryview = self._tail.cast("q")  # bytes filled, per slot
 
     @classmethod

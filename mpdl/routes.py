@@ -127,6 +127,6 @@ class Routes:
         mirror is asked there from now on), and the runs that waited on it."""
         mirror, runs = self.refreshing.pop(refused)
         ok = bool(fresh) and fresh != refused
-        if ok:
+        if ok and fresh is not None:
             self.fresh_urls[mirror] = fresh
         return ok, runs

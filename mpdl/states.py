@@ -93,6 +93,11 @@ class TaskRun:
     progress_at: float = 0.0  # when the current attempt started or last reported a slot
     short_write: bool = False  # the writer wrote less of a slot of this attempt than it held
 
+    def worker_id(self) -> int:
+        """The worker of the current attempt, for a run on one (Dispatch.fetch set it)."""
+        assert self.worker is not None, f"task {self.task.task_id} is on no worker"
+        return self.worker
+
     @property
     def attempts(self) -> Attempts:
         """The history of the range this task is a piece of (its budget's)."""

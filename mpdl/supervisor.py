@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 
 from .checkpoints import JournalSynced
 from .control import Control, Steering
@@ -31,9 +31,10 @@ from .mainguard import HINT, REENTERED
 from .manifest import FileEntry
 from .messages import Failed, Fetch, Filled, Grant, Stop
 from .options import Options, parse_rate
+from .osdeps import SHM_FOLDER, PipeEnd, default_start_method, start_context
 from .progress import Tracker, human_bytes
 from .ratelimit import SpeedCap
-from .ring import SHM_FOLDER, Ring, slots_that_fit
+from .ring import Ring, slots_that_fit
 from .scheduler import FileEnded, ForgetRanges, NeedFreshUrl, Output, Scheduler
 from .worker import worker_main
 from .writer import writer_main
@@ -49,24 +50,10 @@ WRITER_RESPAWNS = 2
 #: Why the files a stopped run did not get to failed (Result.failed): the
 #: CLI does not list them one by one, the run's error says it all.
 UNFINISHED = "not finished: the run stopped"
-# From this many files on, children are not forked from the coordinator (see below).
-LEAN_CHILDREN_FROM = 10_000
 
 # refresh_url(url) -> a fresh URL for the same bytes after a 401/403, or None to give up.
 RefreshUrl = Callable[[str], str | None]
 FileDone = Callable[[FileEntry, bool, str], None]
-
-
-def default_start_method(files: int) -> str | None:
-    """fork where it exists: children start in milliseconds. But a forked child shares the
-    coordinator's pages only until either side touches them, so with a large manifest every
-    process ends up with its own copy; from LEAN_CHILDREN_FROM files on, children come from a
-    fork server, which holds no manifest. None: the platform's default (spawn on macOS and
-    Windows)."""
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" not in methods:
-        return None
-    return "forkserver" if files >= LEAN_CHILDREN_FROM and "forkserver" in methods else "fork"
 
 
 def open_ring(slot_size: int, memory: int) -> Ring:
@@ -98,7 +85,7 @@ class Inbox(multiprocessing.queues.Queue):
 class Child:
     process: multiprocessing.process.BaseProcess
     inbox: Inbox  # the supervisor sends
-    outbox: Connection  # the supervisor receives
+    outbox: PipeEnd  # the supervisor receives
     heard: float = field(default_factory=time.monotonic)  # when it last sent anything
 
 
@@ -118,7 +105,7 @@ class Supervisor:
         self.journal = journal
         self.refresh_url = refresh_url
         self.sync_at_end = sync_at_end  # False: the state is deleted after success anyway
-        self.ctx = multiprocessing.get_context(
+        self.ctx = start_context(
             options.start_method or default_start_method(len(scheduler.files)))
         self.threads = scheduler.limits.per_worker
         # The speed cap of every worker, even without one: a progress callback may set one.
@@ -164,7 +151,7 @@ class Supervisor:
         except BaseException:  # Ctrl-C, SIGTERM: keep what is done and what arrived, then stop
             self._hand_over()
             self._last_checkpoint(STOP_SYNC_SECONDS)
-            self._show_kept()
+            _show_kept(self.tracker, self.scheduler.unkept)
             raise
         finally:
             self.tracker.arriving = None  # the ring goes: progress counts bytes done alone
@@ -235,6 +222,8 @@ class Supervisor:
         self.journal.flush()
 
     def _fresh_url(self, url: str) -> str | None:
+        if self.refresh_url is None:
+            return None
         try:
             return self.refresh_url(url)
         except Exception as exc:  # the caller's code: its failure fails the file, clearly
@@ -345,6 +334,7 @@ class Supervisor:
 
     def _writer_died(self) -> None:
         """Start a new writer; every unfinished file starts over from its durable bytes."""
+        assert self.writer is not None, "a writer died that was never started"
         code = self._retire(self.writer, self.scheduler.writer_record)
         self.writer = None
         if code == REENTERED:
@@ -411,17 +401,6 @@ class Supervisor:
         except MpdlError as exc:  # a write failed: the last checkpoint keeps what it can
             log.info("what the workers handed over was not all written: %s", exc)
 
-    def _show_kept(self) -> None:
-        """The last event of an interrupted run shows what it keeps, where the re-run starts:
-        the bytes arriving in slots counted as they came, and what a check was still to
-        pass, are not kept (a part with a hash is verified whole or fetched again)."""
-        self.tracker.arriving = None
-        self.tracker.counts.bytes_done -= self.scheduler.unkept
-        try:
-            self.tracker.tick(final=True)
-        except Exception as exc:  # the caller's callback: the interrupt still comes first
-            log.info("the progress callback raised %r", exc)
-
     def _stop_children(self) -> None:
         """Stop every child still there: a grace period to exit on their own, then retire
         each (terminate if need be). What they still say only counts its bytes."""
@@ -448,13 +427,25 @@ class Supervisor:
                         ready.close()
                     for record in batch or ():
                         listeners[ready](record)
-                else:
+                elif isinstance(ready, int):  # a sentinel
                     del running[ready]
         for child, listen in children:
             self._retire(child, listen)
 
 
-def _receive(outbox: Connection) -> list | None:
+def _show_kept(tracker: Tracker, unkept: int) -> None:
+    """The last event of an interrupted run shows what it keeps, where the re-run starts:
+    the bytes arriving in slots counted as they came, and what a check was still to
+    pass, are not kept (a part with a hash is verified whole or fetched again)."""
+    tracker.arriving = None
+    tracker.counts.bytes_done -= unkept
+    try:
+        tracker.tick(final=True)
+    except Exception as exc:  # the caller's callback: the interrupt still comes first
+        log.info("the progress callback raised %r", exc)
+
+
+def _receive(outbox: PipeEnd) -> list | None:
     """One batch from a child; None if it is gone (its sentinel tells the loop)."""
     try:
         return outbox.recv()

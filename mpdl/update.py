@@ -36,10 +36,7 @@ import functools
 import json
 import logging
 import os
-import signal
 import stat
-import sys
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -54,8 +51,9 @@ from .holdings import Build, Copy
 from .journal import Journal
 from .layout import Layout, inside, make_folder_inside
 from .manifest import FileEntry, Manifest, parse_manifest
+from .osdeps import (O_BINARY, O_NOFOLLOW, O_NONBLOCK, die_with_parent, folded_name, fsync,
+                     hard_link, replace as replace_file, write_at)
 from .ranges import RangeSet
-from .writer import write_at
 
 log = logging.getLogger("mpdl")
 
@@ -81,7 +79,7 @@ def copy_spans(dest: str, staging: str, size: int, copies: tuple[Copy, ...],
     sources: dict[str, object] = {}
     buffer = memoryview(bytearray(READ_SIZE))
     try:
-        out = os.open(staging, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+        out = os.open(staging, os.O_RDWR | os.O_CREAT | O_BINARY, 0o644)
         try:
             if os.fstat(out).st_size != size:
                 os.ftruncate(out, size)
@@ -91,7 +89,7 @@ def copy_spans(dest: str, staging: str, size: int, copies: tuple[Copy, ...],
                 source = sources[copy.source]
                 if source is not None and _copy_one(source, out, copy, buffer):
                     good.append((copy.offset, copy.offset + copy.size))
-            os.fsync(out)
+            fsync(out)
         finally:
             os.close(out)
     except OSError as exc:
@@ -109,8 +107,7 @@ def _open_source(dest: str, path: str):  # -> a binary file, or None
     if not inside(final.parent, dest):
         return None
     try:  # no link followed, and a FIFO planted there must not block the open
-        fd = os.open(final, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-                     | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        fd = os.open(final, os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_BINARY)
     except OSError:
         return None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -149,7 +146,7 @@ def _link_whole(dest: str, staging: str, copy: Copy) -> bool:
             return False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)
-        os.link(final, staging, follow_symlinks=False)
+        hard_link(final, staging)
     except OSError:
         return False
     try:  # the link is the source's inode itself: hashing it reads the source once
@@ -163,13 +160,10 @@ def _link_whole(dest: str, staging: str, copy: Copy) -> bool:
 
 def _copier_setup(log_level: int) -> None:
     """A copy process is a child like the others (child.child_setup: Ctrl-C is the run's), and
-    dies with the run (Linux: PR_SET_PDEATHSIG), so a SIGKILLed run leaves no copier waiting
+    dies with the run (osdeps.die_with_parent), so a SIGKILLed run leaves no copier waiting
     for work forever."""
     child_setup("mpdl-copier", log_level)
-    if sys.platform.startswith("linux"):
-        import ctypes
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
 
 
 @dataclass
@@ -317,7 +311,7 @@ class Update:
                 if entry.executable:
                     mode = os.stat(staging).st_mode
                     os.chmod(staging, mode | ((mode & 0o444) >> 2))
-                os.replace(staging, final)
+                replace_file(staging, final)
             except OSError as exc:
                 log.info("%s: copied, but not placed yet: %s", entry.path, exc)
                 continue
@@ -407,7 +401,7 @@ class Update:
     def _same_file_listed(self, path: str, final: Path) -> bool:
         """On a file system that ignores case (or Unicode forms), an old ``Data/A.pak`` may be
         the new ``data/a.pak`` itself: never remove a path that is one of the new files."""
-        folded = _fold(path)
+        folded = folded_name(path)
         for other in self._folded_listed.get(folded, ()):
             if other == path:
                 continue
@@ -424,7 +418,7 @@ class Update:
         """The new manifest's paths by their folded form (needed only when removing)."""
         folded: dict[str, list[str]] = {}
         for path in self.listed:
-            folded.setdefault(_fold(path), []).append(path)
+            folded.setdefault(folded_name(path), []).append(path)
         return folded
 
     def removable(self, entry: FileEntry) -> bool:
@@ -477,10 +471,6 @@ class Update:
                     path.rmdir()  # only an empty one
 
 
-def _fold(path: str) -> str:
-    return unicodedata.normalize("NFC", path).casefold()
-
-
 def _manifest_bytes(manifest: Manifest) -> bytes:
     return json.dumps(manifest.to_json(), separators=(",", ":")).encode()
 
@@ -495,11 +485,11 @@ def _replace(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(fresh)  # a link left there goes, not what it points at
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY,
                      0o600)
         try:
             write_at(fd, memoryview(data), 0)
-            os.fsync(fd)
+            fsync(fd)
         finally:
             os.close(fd)
         os.replace(fresh, path)

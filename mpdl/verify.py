@@ -21,14 +21,18 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .api import Result, run
 from .holdings import Verdict, check
 from .journal import Journal
 from .layout import Layout
 from .manifest import FileEntry, ManifestSource, load_manifest
-from .options import Options
+from .options import Options, RunOptions
 from .progress import Counts, ProgressCallback, Tracker
+
+if TYPE_CHECKING:  # typing's own from Python 3.11 on; only annotations use it
+    from typing_extensions import Unpack
 
 
 @dataclass
@@ -51,8 +55,8 @@ def verify(manifest: ManifestSource, dest: str | os.PathLike, *,
     parsed = load_manifest(manifest)
     workers = workers or Options.from_env().workers
     sizes = [entry.size for entry in parsed.files]
-    tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), Counts(),
-                      progress)
+    tracker = Tracker(None if None in sizes else sum(s or 0 for s in sizes), len(parsed.files),
+                      Counts(), progress)
     report = Report()
     for verdict in _verdicts(str(Path(dest).absolute()), parsed.files, workers):
         tracker.counts.files_done += 1
@@ -79,15 +83,15 @@ def _verdicts(dest: str, files: tuple[FileEntry, ...], workers: int) -> Iterator
 
 
 def repair(manifest: ManifestSource, dest: str | os.PathLike, *,
-           progress: ProgressCallback | None = None, workers: int | None = None,
-           **options) -> tuple[Report, Result]:
+           progress: ProgressCallback | None = None,
+           **options: Unpack[RunOptions]) -> tuple[Report, Result]:
     """Verify, then fetch what is bad (see the module's docstring): the verify's report, and
     the run's result. ``options`` are ``mpdl.run``'s."""
     parsed = load_manifest(manifest)
-    report = verify(parsed, dest, progress=progress, workers=workers)
+    report = verify(parsed, dest, progress=progress, workers=options.get("workers"))
     if report.bad:
         _prepare(parsed.files, Layout(Path(dest)), report)
-    return report, run(parsed, dest, progress=progress, workers=workers, **options)
+    return report, run(parsed, dest, progress=progress, **options)
 
 
 def _prepare(files: tuple[FileEntry, ...], layout: Layout, report: Report) -> None:

@@ -35,6 +35,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 
 from .errors import NotEnoughSpace
+from .osdeps import fsync, read_at, write_at
 
 Pieces = tuple[tuple[int, int], ...]  # (offset, length) of each piece, in order
 
@@ -58,7 +59,7 @@ def majority(a: bytes, b: bytes, c: bytes) -> bytes:
 
 def differing(first: str, second: str, piece: int) -> Pieces:
     """The pieces (of ``piece`` bytes, the last maybe shorter) where two files differ."""
-    out = []
+    out: list[tuple[int, int]] = []
     with open(first, "rb") as a, open(second, "rb") as b:
         offset = 0
         while True:
@@ -77,7 +78,7 @@ def save_aside(first: str, second: str, pieces: Pieces, aside: str) -> None:
             for copy in (a, b):
                 out.write(_read_at(copy.fileno(), offset, length))
         out.flush()
-        os.fsync(out.fileno())
+        fsync(out.fileno())
 
 
 def vote(staging: str, pieces: Pieces, aside: str) -> None:
@@ -88,7 +89,7 @@ def vote(staging: str, pieces: Pieces, aside: str) -> None:
             for offset, length in pieces:
                 first, second = saved.read(length), saved.read(length)
                 third = _read_at(fd, offset, length)
-                os.pwrite(fd, majority(first, second, third), offset)
+                write_at(fd, majority(first, second, third), offset)
         finally:
             os.close(fd)
 
@@ -115,7 +116,7 @@ def covering(pieces: Sequence[tuple[int, int]], size: int) -> list[tuple[int, in
 
 
 def _read_at(fd: int, offset: int, length: int) -> bytes:
-    data = os.pread(fd, length, offset)
+    data = read_at(fd, length, offset)
     if len(data) != length:
         raise OSError(f"short read at {offset}: {len(data)} of {length} bytes")
     return data

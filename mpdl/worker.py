@@ -190,7 +190,7 @@ class Worker:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def worker_main(inbox: Queue, outbox: Connection, worker_id: int, spec: RingSpec,
+def worker_main(inbox: Queue[list[ToWorker]], outbox: Connection, worker_id: int, spec: RingSpec,
                 threads: int, options: Options, log_level: int, cap: SpeedCap) -> None:
     """Process entry point (a top-level function, so it works under spawn and forkserver)."""
     child_setup(f"mpdl-worker-{worker_id}", log_level)

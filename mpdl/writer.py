@@ -22,9 +22,7 @@ next run resumes from those. A disk-wide error also stops the run (WriteFailed).
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import functools
 import logging
 import os
 import queue
@@ -40,12 +38,13 @@ from .hashing import hash_file, new_hasher, parse_hash
 from .layout import make_folder_inside
 from .messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotWritten, Stop,
                        Sync, Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
+from .osdeps import (O_BINARY, FileInUse, fsync, readinto_at, replace, sync_filesystem,
+                     write_at)
 from .ranges import RangeSet
 from .ring import Ring, RingSpec
 from .votes import NoRoomToVote, after_mismatch, aside_path, copy_path, remove, vote
 
 log = logging.getLogger("mpdl.writer")
-_O_BINARY = getattr(os, "O_BINARY", 0)
 # Bytes read back at a time to hash pieces that were written before the bytes preceding them.
 READ_BACK = 1024 * 1024
 # A Sync of more files than this is one syncfs(2) of the whole filesystem.
@@ -65,32 +64,11 @@ POOL_FROM = 256 * 1024
 # Jobs submitted and not done, at most: beyond, the record loop waits, so the writer's memory
 # stays bounded however far the coordinator runs ahead (100,000 small files come fast).
 MAX_JOBS = 2048
-# Errors that say something about one path (a file where a folder must go, a name too long),
+# Errors that say something about one path (a file where a folder must go, a name too long, a
+# destination another program holds open: osdeps.FileInUse),
 # not about the disk: they fail that file and the run goes on.
 PER_FILE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP,
-                   errno.EINVAL}
-
-
-def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """All of ``data`` at ``offset``, or OSError."""
-    while data:
-        n = os.pwrite(fd, data, offset)
-        if n <= 0:
-            raise OSError(errno.EIO, "a write wrote nothing")
-        data, offset = data[n:], offset + n
-
-
-def seek_write_all(fd: int, data: memoryview, offset: int) -> None:
-    """The same where the OS has no pwrite (Windows): safe, as one process owns every fd."""
-    os.lseek(fd, offset, os.SEEK_SET)
-    while data:
-        n = os.write(fd, data)
-        if n <= 0:
-            raise OSError(errno.EIO, "a write wrote nothing")
-        data = data[n:]
-
-
-write_at = pwrite_all if hasattr(os, "pwrite") else seek_write_all
+                   errno.EINVAL, errno.EBUSY}
 
 
 class StreamHash:
@@ -122,7 +100,7 @@ class StreamHash:
         self.done = end
         frontier = next(self.written.gaps(self.done, self.size), (self.size, self.size))[0]
         while self.done < frontier:  # pieces that came early: hash them from the file
-            n = os.preadv(fd, [buffer[:min(len(buffer), frontier - self.done)]], self.done)
+            n = readinto_at(fd, buffer[:min(len(buffer), frontier - self.done)], self.done)
             if n <= 0:
                 raise OSError(errno.EIO, "short read of a file being written")
             self.hasher.update(buffer[:n])
@@ -176,7 +154,7 @@ class FdCache:
             if fd is not None:
                 staged.fd = fd
             elif staged.fd is None:
-                staged.fd = os.open(staged.path, os.O_RDWR | _O_BINARY)
+                staged.fd = os.open(staged.path, os.O_RDWR | O_BINARY)
             staged.users += 1
             self.open[staged] = None
             self.open.move_to_end(staged)
@@ -209,7 +187,8 @@ class FdCache:
                 return
             if staged.users == 0:
                 del self.open[staged]
-                os.close(staged.fd)
+                if staged.fd is not None:
+                    os.close(staged.fd)
                 staged.fd = None
 
 
@@ -229,7 +208,7 @@ class Writer:
         self.fds = FdCache(self.MAX_OPEN)
         self.made: set[str] = set()  # staging folders known to exist
         self.folders: dict[str, bool] = {}
-        self.replies: queue.SimpleQueue[list[FromWriter]] = queue.SimpleQueue()
+        self.replies: queue.SimpleQueue[list[FromWriter] | None] = queue.SimpleQueue()
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mpdl-writer")
         self.jobs: set[Future] = set()  # submitted, not done: what a Sync waits for
         self.jobs_lock = threading.Lock()
@@ -289,12 +268,12 @@ class Writer:
                 *args: object, inline: bool = False) -> Future:
         """Run ``job`` once the jobs it comes after are done: in the pool, or at once in this
         thread when ``inline`` and nothing it comes after is still running."""
-        after = [f for f in after if f is not None]
-        if inline and all(f.done() for f in after):
+        waits = [f for f in after if f is not None]
+        if inline and all(f.done() for f in waits):
             self._run(job, [], args)
             return _DONE
         self.room.acquire()
-        future = self.pool.submit(self._run, job, after, args)
+        future = self.pool.submit(self._run, job, waits, args)
         with self.jobs_lock:
             self.jobs.add(future)
         future.add_done_callback(self._done)
@@ -329,7 +308,7 @@ class Writer:
             if folder not in self.made:
                 os.makedirs(folder, exist_ok=True)
                 self.made.add(folder)
-            flags = os.O_RDWR | os.O_CREAT | _O_BINARY | (os.O_TRUNC if record.fresh else 0)
+            flags = os.O_RDWR | os.O_CREAT | O_BINARY | (os.O_TRUNC if record.fresh else 0)
             fd = os.open(record.staging, flags, 0o644)
             self.fds.use(staged, fd)
             try:
@@ -340,7 +319,7 @@ class Writer:
                     os.ftruncate(fd, record.size)
             finally:
                 self.fds.release(staged)
-            if record.algo and record.size and record.fresh and hasattr(os, "preadv"):
+            if record.algo and record.size and record.fresh:
                 staged.stream = StreamHash(record.algo, record.size)
         except OSError as exc:
             return [self._file_error(staged, exc)]
@@ -409,10 +388,11 @@ class Writer:
                 _remove(path)
                 return [FileClosed(file_id=record.file_id, ok=False,
                                    reason="its folder leads out of the destination")]
-            os.replace(path, record.destination)
+            replace(path, record.destination)  # FileInUse (EBUSY): this file fails
         except OSError as exc:
             if exc.errno in PER_FILE_ERRORS:
-                _remove(path)
+                if not isinstance(exc, FileInUse):  # else verified: kept for the run's end
+                    _remove(path)
                 return [FileClosed(file_id=record.file_id, ok=False,
                                    reason=f"{record.destination}: {_why(exc)}")]
             return [WriteFailed(file_id=record.file_id, path=record.destination,
@@ -428,11 +408,11 @@ class Writer:
                 return [Synced(token=record.token, error=self.sync_error)]
             for path in record.paths:
                 try:
-                    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+                    fd = os.open(path, os.O_RDONLY | O_BINARY)
                 except FileNotFoundError:  # failed and removed since: nothing to keep
                     continue
                 try:
-                    os.fsync(fd)
+                    fsync(fd)
                 finally:
                     os.close(fd)
         except OSError as exc:
@@ -479,30 +459,6 @@ class Writer:
         self.fds.close_all()
 
 
-def sync_filesystem(path: str) -> bool:
-    """syncfs(2) on the filesystem holding ``path``: one call instead of an fsync per file.
-    False where there is no syncfs (not Linux): the caller then syncs file by file."""
-    syncfs = getattr(_libc(), "syncfs", None)
-    if syncfs is None:
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), path)
-    finally:
-        os.close(fd)
-    return True
-
-
-@functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
 def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -537,7 +493,7 @@ def send_replies(replies: queue.SimpleQueue[list[FromWriter] | None],
             return  # the coordinator is gone
 
 
-def writer_main(inbox: Queue, outbox: Connection, spec: RingSpec, dest: str,
+def writer_main(inbox: Queue[list[ToWriter]], outbox: Connection, spec: RingSpec, dest: str,
                 log_level: int) -> None:
     """Process entry point: submit each record of each batch; the sender thread answers."""
     child_setup("mpdl-writer", log_level)

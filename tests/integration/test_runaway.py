@@ -29,6 +29,8 @@ from faultserver import Fault, FaultServer
 from helpers import (CHILD_GRACE, SHM, Cli, KiB, byte_range, describe, env_with, mpdl_cli,
                      write_manifest)
 
+from mpdl.progress import human_bytes
+
 #: Options that make a runaway's attempts short: a window of 0.5 s, reads waited for 1 s
 #: (the bound scales with both: the mechanism is the same at 30 s as at 1 s).
 WINDOW, TIMEOUT = 0.5, 1
@@ -204,4 +206,5 @@ def test_the_result_says_what_was_fetched_beside_what_was_needed(objects: Path,
         assert result["event"] == "result"
         assert result["bytes_to_fetch"] == size
         assert size <= result["bytes_fetched"] <= server.bytes_sent
-        assert f"{result['bytes_fetched']} bytes fetched of {size} to fetch" in done.stderr
+        assert (f"{human_bytes(result['bytes_fetched'])} fetched of {human_bytes(size)} "
+                "to fetch") in done.stderr

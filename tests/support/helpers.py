@@ -565,3 +565,13 @@ class Tmpfs:
         for where in reversed(self.mounted):
             _unmount(where)
         self.mounted.clear()
+
+
+def replies(writer: Any) -> list:
+    """Every reply of the jobs a writer (mpdl.writer.Writer, run in this process) was given so
+    far, in the order they were queued."""
+    writer.drain()
+    out = []
+    while not writer.replies.empty():
+        out += writer.replies.get()
+    return out

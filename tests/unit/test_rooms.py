@@ -107,6 +107,7 @@ def test_stale_queue_entries_are_skipped_and_retries_come_back_first_when_due():
     assert board.next_queued() is rooms.run(1)
     assert board.next_queued() is None
     second = rooms.run(1)
+    second.worker = 0  # as Dispatch.fetch sets it: a run on a worker has one
     board.move(second, T.RUNNING)
     board.move(second, T.DELAYED, at=5.0)
     assert board.next_retry == 5.0

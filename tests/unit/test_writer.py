@@ -10,15 +10,20 @@ import random
 from pathlib import Path
 
 import pytest
+from helpers import replies
 
 from mpdl.messages import (CloseFile, Fetch, FileClosed, OpenFile, Piece, SlotWritten, Stop,
                            UnknownRecord, WriteFailed, WriteSlot)
 from mpdl.ring import Ring
-from mpdl.writer import StreamHash, Writer, pwrite_all, seek_write_all
+from mpdl import osdeps
+from mpdl.osdeps import write_at
+from mpdl.writer import StreamHash, Writer
 
 
-@pytest.mark.parametrize("write", [pwrite_all, seek_write_all])
-def test_pieces_land_at_their_offsets_in_any_order(tmp_path: Path, write) -> None:
+@pytest.mark.parametrize("forced", [False, True], ids=["pwrite", "seek and write"])
+def test_pieces_land_at_their_offsets_in_any_order(tmp_path: Path, forced: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(osdeps, "FORCE_FALLBACKS", forced)
     data = os.urandom(3 * 65536 + 123)
     pieces = [(offset, data[offset:offset + 65536]) for offset in range(0, len(data), 65536)]
     path = tmp_path / "f"
@@ -26,7 +31,7 @@ def test_pieces_land_at_their_offsets_in_any_order(tmp_path: Path, write) -> Non
     try:
         os.ftruncate(fd, len(data))
         for offset, piece in reversed(pieces):
-            write(fd, memoryview(piece), offset)
+            write_at(fd, memoryview(piece), offset)
     finally:
         os.close(fd)
     assert path.read_bytes() == data
@@ -46,7 +51,7 @@ def test_the_streamed_hash_equals_the_file_hash_in_any_order(tmp_path: Path, ord
     try:
         os.ftruncate(fd, len(data))
         for offset, piece in pieces:
-            pwrite_all(fd, memoryview(piece), offset)
+            write_at(fd, memoryview(piece), offset)
             stream.wrote(fd, offset, memoryview(piece), buffer)
     finally:
         os.close(fd)
@@ -93,15 +98,6 @@ def test_records_in_replies_out_and_an_unknown_record_is_refused(tmp_path: Path)
     finally:
         writer.close_all()
         ring.close()
-
-
-def replies(writer: Writer) -> list:
-    """Every reply of the jobs submitted so far, in the order they were queued."""
-    writer.drain()
-    out = []
-    while not writer.replies.empty():
-        out += writer.replies.get()
-    return out
 
 
 def test_a_file_closes_only_after_every_write_sent_before_its_close(tmp_path: Path) -> None:
@@ -188,7 +184,7 @@ def test_a_short_write_goes_on_until_every_byte_is_written(
     data = os.urandom(4500)
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        pwrite_all(fd, memoryview(data), 0)
+        write_at(fd, memoryview(data), 0)
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == data
