@@ -9,10 +9,12 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
+from . import direct, urls
+from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped, UsageError
+from .hashing import HashSpec
 from .headers import merge_headers
 from .holdings import Build, survey
 from .journal import Journal
@@ -125,6 +127,51 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     return result
 
 
+def download(url: str, dest: str | os.PathLike, *, checksum: str | HashSpec | None = None,
+             mirrors: Sequence[str] = (), progress: ProgressCallback | None = None,
+             **options: Any) -> Result:
+    """Fetch one URL into the file ``dest``, checked against ``checksum`` when given
+    ("sha256:HEX", aria2c's "sha-256=HEX", or pip's ``URL#sha256=HEX``; sha1, sha256, sha384,
+    sha512, md5 and the xxh family). ``mirrors`` are other URLs of the same bytes, tried when
+    the URL fails.
+
+    The file appears at ``dest`` only once complete and verified (a wrong checksum leaves no
+    file there, and nothing beside it); a file already there with the checksum is not fetched
+    again (no request at all). A failed or interrupted download keeps its durable bytes in
+    ``.NAME.mpdl`` beside ``dest``, and the same call resumes from them. Under ``min_size``
+    bytes (default direct.DEFAULT_MIN_SIZE; MPDL_MIN_SIZE) it runs in this process, without
+    worker processes or shared memory; ``options`` as for ``run``.
+    """
+    target = Path(dest)
+    if target.is_dir():
+        raise UsageError(f"{dest} is a folder; give the file to write")
+    item = urls.wanted(url, checksum, mirrors, out=target.name)
+    return download_all([item], target.parent, state_dir=target.parent / f".{target.name}.mpdl",
+                        progress=progress, **options)
+
+
+def download_all(items: Sequence[urls.Wanted], folder: str | os.PathLike, *, state_dir: Path,
+                 progress: ProgressCallback | None = None, **options: Any) -> Result:
+    """Fetch ``items`` (urls.Wanted) into ``folder``: those in place by their checksum are
+    skipped without a request, the rest probed into a manifest (urls.plan) and run with a
+    state folder that goes once the run ends with nothing to resume."""
+    started = time.monotonic()
+    if Options.from_env(**options).min_size is None:  # URL downloads: small ones in-process
+        options["min_size"] = direct.DEFAULT_MIN_SIZE
+    planned = urls.plan(items, Path(folder), Options.from_env(**options))
+    result = Result()
+    if planned.manifest is not None:
+        # keep_removed: a folder of downloads is not an install; its other files stay.
+        result = run(planned.manifest, folder, progress=progress, state_dir=state_dir,
+                     keep_state=False, keep_removed=True, streamed=planned.streamed,
+                     redirects=planned.redirects, **options)
+        if not any(Path(state_dir, "staging").glob("*")):  # nothing a re-run could resume
+            shutil.rmtree(state_dir, ignore_errors=True)
+    result.skipped[:0] = planned.skipped
+    result.elapsed = time.monotonic() - started
+    return result
+
+
 def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, result: Result, *,
           progress: ProgressCallback | None, streamed: tuple[str, ...],
           refresh_url: RefreshUrl | None, keep_state: bool, keep_removed: bool,
@@ -165,9 +212,13 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
             result.failed[entry.path] = reason
             log.info("%s failed: %s", entry.path, reason)
 
-    if todo:
+    if todo and direct.fits(todo, have, opts):  # small: in this process, no processes
+        result.error = direct.fetch_here(parsed, todo, have, layout, opts, journal, tracker,
+                                         file_done, refresh_url, keep_state)
+    elif todo:
         result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
                               file_done, refresh_url, keep_state, redirects)
+    if todo:
         result.bytes_fetched = counts.bytes_fetched
         result.bytes_to_fetch = tracker.bytes_to_fetch
         result.bytes_written = counts.bytes_written
