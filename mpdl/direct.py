@@ -49,10 +49,12 @@ from .validators import seen_in
 
 log = logging.getLogger("mpdl")
 
-#: Below this many bytes to fetch, a URL download (``mpdl.download``, the CLI's URLs) runs in
-#: this process. Measured (perf scenario one-small, README "Performance"): the processes' start
-#: costs ~0.2 s, which one stream does not lose on a file this size at any link speed above
-#: 5 MiB/s; and a file of one chunk (2 MiB) is one range in the processes too.
+#: Below this many bytes, a URL download (``mpdl.download``, the CLI's URLs) runs in this
+#: process. Measured over loopback (perf/results/single/threshold.md): here a download costs
+#: 50-100 ms less than through the processes at every size from 100 KB to 16 MiB; the processes
+#: win only on links capped per connection, and only from two chunks up (two ranges at once),
+#: never for a file of one chunk (2 MiB), which they fetch in one range too. 1 MiB stays under
+#: one chunk with room for a smaller --chunk-size.
 DEFAULT_MIN_SIZE = MiB
 
 FileDone = Callable[[FileEntry, bool, str], None]

@@ -42,6 +42,10 @@ PEERS = TOOLS[1:]
 #: Rows a scenario may add after the peers (Spec.extras); they run with that scenario only.
 EXTRAS = ["write-loop", "mpdl-rerun"]
 
+#: one-small's mpdl: the URL fetched again and again by mpdl.download, in one process.
+_MPDL_REPEAT = ("import sys, mpdl\nfor _ in range(int(sys.argv[3])):\n"
+                "    result = mpdl.download(sys.argv[1], sys.argv[2])\n"
+                "    assert result.ok, result\n")
 _HF_SCRIPT = ("import sys, hf_transfer; hf_transfer.download(url=sys.argv[1], "
               "filename=sys.argv[2], max_files=16, chunk_size=8 * 1024 * 1024)")
 
@@ -171,6 +175,8 @@ def not_applicable(tool: str, scenario: Scenario) -> str | None:
     spec = scenario.spec
     if tool in EXTRAS and tool not in spec.extras:
         return f"{tool} belongs to other scenarios"
+    if spec.repeat > 1 and tool not in ("mpdl", "curl"):
+        return "repeated small calls: mpdl.download against curl only"
     if tool == "hf_transfer" and spec.kind != "single":
         return "single URLs only: hf_transfer.download fetches one file per call"
     if tool == "axel" and spec.kind != "single":
@@ -222,6 +228,11 @@ def _mpdl(ctx: Context) -> Job:
     trust, trust_env = _mpdl_trust(ctx.ca)
     python = [sys.executable, "-m", "mpdl", *trust]
     env = {"PYTHONPATH": _pythonpath(), **trust_env}
+    if ctx.scenario.spec.repeat > 1:
+        url, out = _single_target(ctx)
+        return _full(ctx, [sys.executable, "-c", _MPDL_REPEAT, url, str(out),
+                           str(ctx.scenario.spec.repeat)], 1,
+                     "mpdl.download called again and again in one process", env=env)
     if ctx.scenario.spec.kind == "single":
         url, out = _single_target(ctx)
         return _full(ctx, [*python, url, "-o", str(out), "--progress", "none"], CONNECTIONS,
@@ -272,6 +283,11 @@ def _curl(ctx: Context) -> Job:
     curl = _binary("MPDL_PERF_CURL", "curl")
     assert curl is not None
     trust = ["--cacert", str(ctx.ca)] if ctx.ca else []
+    if ctx.scenario.spec.repeat > 1:
+        url, out = _single_target(ctx)
+        loop = 'n=$1; shift; for i in $(seq "$n"); do "$0" "$@" || exit 1; done'
+        return _full(ctx, ["sh", "-c", loop, curl, str(ctx.scenario.spec.repeat), "-sS",
+                           "--fail", *trust, "-o", str(out), url], 1, "a curl process per call")
     if ctx.scenario.spec.kind == "single":
         url, out = _single_target(ctx)
         return _full(ctx, [curl, "-sS", "--fail", *trust, "-o", str(out), url], 1,
