@@ -193,7 +193,11 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     tracker = Tracker(None if None in sizes else sum(sizes), len(parsed.files), counts,
                       progress)
     counts.bytes_done = _bytes_in_place(parsed, todo, have)
-    todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result)
+    # A run that keeps no state and removes nothing (a URL download) is no install: a later
+    # update has nothing to learn from it, so its manifest is not written (three fsyncs).
+    installs = keep_state or not keep_removed
+    todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result,
+                                installs)
     planner = Planner(chunk_size=opts.chunk_size, parallel=opts.parallel, streamed=streamed,
                       spread=opts.connections, object_ends=known_object_ends(parsed.files))
     plan = planner.plan(todo, have=have)
@@ -237,7 +241,8 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
             result.failed[directory.path] = f"cannot make the folder: {exc.strerror or exc}"
     if result.ok:
         result.removed += update.remove_unlisted()
-        update.install()
+        if installs:
+            update.install()
     tracker.tick(final=True)
 
 
@@ -261,7 +266,8 @@ def _space_needed(todo: list[tuple[int, FileEntry]], have: Mapping[int, RangeSet
 
 def _build_locally(update: Update, builds: list[Build], todo: list[tuple[int, FileEntry]],
                    have: dict[int, RangeSet], workers: int, tracker: Tracker,
-                   result: Result) -> tuple[list[tuple[int, FileEntry]], dict[int, RangeSet]]:
+                   result: Result, installs: bool = True
+                   ) -> tuple[list[tuple[int, FileEntry]], dict[int, RangeSet]]:
     """The update's part before the fetch (mpdl.update): copy what local files hold, clear
     old files out of the new ones' way, place the files copied whole. Returns what is left
     to fetch and what it has."""
@@ -269,7 +275,7 @@ def _build_locally(update: Update, builds: list[Build], todo: list[tuple[int, Fi
         tracker.counts.bytes_done += n
         tracker.tick()
 
-    if todo:
+    if todo and installs:
         update.begin()
     reused = update.reuse(builds, have, workers, copied)
     result.bytes_reused = reused.bytes

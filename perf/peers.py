@@ -25,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .scenarios import Expect, Scenario
@@ -175,8 +175,6 @@ def not_applicable(tool: str, scenario: Scenario) -> str | None:
     spec = scenario.spec
     if tool in EXTRAS and tool not in spec.extras:
         return f"{tool} belongs to other scenarios"
-    if spec.repeat > 1 and tool not in ("mpdl", "curl"):
-        return "repeated small calls: mpdl.download against curl only"
     if tool == "hf_transfer" and spec.kind != "single":
         return "single URLs only: hf_transfer.download fetches one file per call"
     if tool == "axel" and spec.kind != "single":
@@ -193,8 +191,17 @@ def not_applicable(tool: str, scenario: Scenario) -> str | None:
 
 
 def job(tool: str, ctx: Context) -> Job:
-    """The command line for an available ``tool`` in ``ctx``'s scenario (see not_applicable)."""
-    return _JOBS[tool](ctx)
+    """The command line for an available ``tool`` in ``ctx``'s scenario (see not_applicable).
+    A scenario fetched ``repeat`` times runs a peer's command that many times, each call
+    into a fresh output (mpdl calls mpdl.download in one process instead: _mpdl)."""
+    made = _JOBS[tool](ctx)
+    repeat = ctx.scenario.spec.repeat
+    if repeat == 1 or tool == "mpdl":
+        return made
+    _, out = _single_target(ctx)
+    loop = 'n=$1; out=$2; shift 2; for i in $(seq "$n"); do rm -f "$out"; "$@" || exit 1; done'
+    return replace(made, argv=["sh", "-c", loop, "sh", str(repeat), str(out), *made.argv],
+                   note=f"{made.note}; a process per call" if made.note else "a process per call")
 
 
 def _full(ctx: Context, argv: list[str], connections: int, note: str = "",
@@ -283,11 +290,6 @@ def _curl(ctx: Context) -> Job:
     curl = _binary("MPDL_PERF_CURL", "curl")
     assert curl is not None
     trust = ["--cacert", str(ctx.ca)] if ctx.ca else []
-    if ctx.scenario.spec.repeat > 1:
-        url, out = _single_target(ctx)
-        loop = 'n=$1; shift; for i in $(seq "$n"); do "$0" "$@" || exit 1; done'
-        return _full(ctx, ["sh", "-c", loop, curl, str(ctx.scenario.spec.repeat), "-sS",
-                           "--fail", *trust, "-o", str(out), url], 1, "a curl process per call")
     if ctx.scenario.spec.kind == "single":
         url, out = _single_target(ctx)
         return _full(ctx, [curl, "-sS", "--fail", *trust, "-o", str(out), url], 1,
