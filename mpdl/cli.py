@@ -327,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         urls_given = bool(args.input_file) or any(map(_is_url, args.sources))
         if not urls_given and len(args.sources) != 1:
             parser.error("give one manifest, or URLs (or -i FILE)")
+        if not urls_given and (args.checksum or args.mirror):
+            parser.error("--checksum and --mirror are for a URL; a manifest gives hashes and "
+                         "base_urls")
         if args.verify or args.repair:
             if urls_given or not args.output:
                 parser.error("--verify and --repair take a manifest and -o DEST")

@@ -44,6 +44,7 @@ class Looks:
     shared memory: what a run has going while it fetches."""
 
     def __init__(self) -> None:
+        self.before = {p.pid for p in psutil.Process().children(recursive=True)}  # nginx...
         self.events = 0
         self.children: set[int] = set()
         self.segments: set[str] = set()
@@ -51,7 +52,7 @@ class Looks:
     def __call__(self, event) -> None:
         self.events += 1
         self.children |= {p.pid for p in psutil.Process().children(recursive=True)
-                          if not is_mp_helper(p)}
+                          if p.pid not in self.before and not is_mp_helper(p)}
         self.segments |= {n for n in os.listdir(SHM) if n.startswith(f"mpdl_{os.getpid()}_")}
 
 
