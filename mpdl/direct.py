@@ -133,6 +133,9 @@ def fetch_here(manifest: Manifest, todo: Sequence[tuple[int, FileEntry]],
                           have.get(file_id), refresh_url)
             except Failed as exc:
                 file_done(entry, False, str(exc))
+            except OSError as exc:  # this file's path (a folder stands there, no permission)
+                _remove(one.staging)
+                file_done(entry, False, f"{exc.filename or one.final}: {exc.strerror or exc}")
             except Stop as exc:
                 file_done(entry, False, str(exc))
                 for _, rest in todo[index + 1:]:

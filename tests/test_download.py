@@ -202,6 +202,19 @@ def test_input_file_wrong_checksum_fails_that_file(served, tmp_path: Path) -> No
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f1.bin"]
 
 
+def test_a_folder_where_a_file_goes_fails_that_file_alone(served, tmp_path: Path) -> None:
+    server, files = served
+    (tmp_path / "out/taken").mkdir(parents=True)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{server.url}f0.bin\n out=taken\n{server.url}f1.bin\n")
+    done = cli("-i", listing, "-o", tmp_path / "out", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "taken" in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "out/f1.bin").read_bytes() == files["f1.bin"]
+    assert (tmp_path / "out/taken").is_dir()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f1.bin", "taken"]
+
+
 @pytest.mark.parametrize("line", ["  dir=/tmp", "  out=../escape.bin"])
 def test_input_file_refuses_what_it_cannot_honour(served, tmp_path: Path, line: str) -> None:
     server, _ = served
