@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -233,3 +234,30 @@ def test_a_longer_body_than_probed_is_refused(served, tmp_path: Path) -> None:
     result = mpdl.run(manifest, tmp_path / "dest", min_size="1M")
     assert "longer" in result.failed["short"]
     assert not (tmp_path / "dest/short").exists()
+
+
+def test_ctrl_c_keeps_what_arrived_and_the_same_command_resumes(served, tmp_path: Path) -> None:
+    server, data = served
+    server.set_fault("small.bin", Fault(rate=40_000))  # 100 KB in 2.5 s
+    argv = [sys.executable, "-m", "mpdl", server.url + "small.bin", "-o",
+            str(tmp_path / "out.bin"), "--checksum", checksum(data)]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env_with(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while not get_ranges(server, "small.bin") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(1.0)  # some 40 KB in
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 130, stderr
+    assert not (tmp_path / "out.bin").exists()
+    assert list((tmp_path / ".out.bin.mpdl/staging").iterdir())
+    server.clear_faults()
+    server.clear_log()
+    again = subprocess.run(argv, cwd=tmp_path, env=env_with(), capture_output=True, text=True,
+                           timeout=30, check=False)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "root"]
+    (asked,) = get_ranges(server, "small.bin")
+    assert asked is not None and 0 < byte_range(asked).start < SIZE
