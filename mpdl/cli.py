@@ -53,6 +53,7 @@ environment (flags win):
   MPDL_LIMIT_RATE       default for --limit-rate
   MPDL_SPEED_LIMIT, MPDL_SPEED_TIME
                         defaults for --speed-limit and --speed-time
+  MPDL_MIN_SIZE         default for --min-size
 
 exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
@@ -70,6 +71,8 @@ Transient errors are retried with backoff (at most 5 tries per request, see --ti
 examples:
   python -m mpdl depot.json -o ~/Games/MyGame
   python -m mpdl https://example.com/toolchain.tar.zst -o downloads/toolchain.tar.zst
+  python -m mpdl https://example.com/tc.tar.zst --checksum sha256:HEX   (or URL#sha256=HEX)
+  python -m mpdl -i urls.txt -o downloads/             (aria2c's input file: out=, checksum=)
   python -m mpdl depot.json -o game --progress json    (JSON lines on stdout, for launchers)
   python -m mpdl depot.json -o game --progress gogdl   (heroic-gogdl's lines, which Heroic reads)
   python -m mpdl depot.json -o game --limit-rate 5M    (at most 5 MiB/s, in all)
