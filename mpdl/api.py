@@ -158,15 +158,17 @@ def download_all(items: Sequence[urls.Wanted], folder: str | os.PathLike, *, sta
     started = time.monotonic()
     if Options.from_env(**options).min_size is None:  # URL downloads: small ones in-process
         options["min_size"] = direct.DEFAULT_MIN_SIZE
-    planned = urls.plan(items, Path(folder), Options.from_env(**options))
+    opts = Options.from_env(**options)
     result = Result()
-    if planned.manifest is not None:
-        # keep_removed: a folder of downloads is not an install; its other files stay.
-        result = run(planned.manifest, folder, progress=progress, state_dir=state_dir,
-                     keep_state=False, keep_removed=True, streamed=planned.streamed,
-                     redirects=planned.redirects, **options)
-        if not any(Path(state_dir, "staging").glob("*")):  # nothing a re-run could resume
-            shutil.rmtree(state_dir, ignore_errors=True)
+    with direct.lending(opts) as pool:  # a small file comes on its probe's connection
+        planned = urls.plan(items, Path(folder), pool, opts)
+        if planned.manifest is not None:
+            # keep_removed: a folder of downloads is not an install; its other files stay.
+            result = run(planned.manifest, folder, progress=progress, state_dir=state_dir,
+                         keep_state=False, keep_removed=True, streamed=planned.streamed,
+                         redirects=planned.redirects, **options)
+            if not any(Path(state_dir, "staging").glob("*")):  # nothing a re-run resumes
+                shutil.rmtree(state_dir, ignore_errors=True)
     result.skipped[:0] = planned.skipped
     result.elapsed = time.monotonic() - started
     return result

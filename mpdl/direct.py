@@ -23,11 +23,13 @@ module does.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 from .errors import FetchError, IntegrityError, NotOnMirror, TransientError
@@ -59,6 +61,23 @@ DEFAULT_MIN_SIZE = MiB
 
 FileDone = Callable[[FileEntry, bool, str], None]
 T = TypeVar("T")
+
+#: The pool lent to the fetch by whoever probed the URLs (``lending``), so a small download
+#: asks on the probe's connection: one connect (and TLS handshake) instead of two.
+_lent: contextvars.ContextVar[Routed | None] = contextvars.ContextVar("mpdl_pool", default=None)
+
+
+@contextlib.contextmanager
+def lending(opts: Options) -> Iterator[Routed]:
+    """A pool of ``opts`` for the probes, which ``fetch_here`` uses too while the block runs
+    (mpdl.download: the probe, then the run); its connections close at the block's end."""
+    pool = make_pool(opts, connections=1)
+    token = _lent.set(pool)
+    try:
+        yield pool
+    finally:
+        _lent.reset(token)
+        pool.clear()
 
 
 class Failed(Exception):
@@ -123,7 +142,8 @@ def fetch_here(manifest: Manifest, todo: Sequence[tuple[int, FileEntry]],
                keep_state: bool) -> str | None:
     """Fetch ``todo`` here, each file's end told to ``file_done``; returns why the run
     stopped early (None: every file had its chance)."""
-    pool = make_pool(opts, connections=1)
+    lent = _lent.get()
+    pool = lent or make_pool(opts, connections=1)
     policy = RetryPolicy(max_attempts=opts.max_attempts)
     try:
         for index, (file_id, entry) in enumerate(todo):
@@ -147,7 +167,8 @@ def fetch_here(manifest: Manifest, todo: Sequence[tuple[int, FileEntry]],
             tracker.tick()
         return None
     finally:
-        pool.clear()
+        if lent is None:
+            pool.clear()
 
 
 class _File:

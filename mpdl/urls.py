@@ -27,9 +27,10 @@ from urllib.parse import unquote, urlsplit
 from .direct import Failed, Stop, retrying
 from .errors import FetchError, UsageError
 from .hashing import HashSpec, hash_file, parse_checksum, split_fragment
-from .http import ServerInfo, make_pool, probe
+from .http import ServerInfo, probe
 from .manifest import FileEntry, Manifest
 from .options import Options
+from .proxy import Routed
 from .retry import RetryPolicy
 
 log = logging.getLogger("mpdl")
@@ -102,16 +103,13 @@ def in_place(item: Wanted, final: Path) -> bool:
     return item.checksum.matches(hash_file(final, item.checksum.algo))
 
 
-def probe_with_retries(item: Wanted, opts: Options) -> ServerInfo:
+def probe_with_retries(item: Wanted, pool: Routed, opts: Options) -> ServerInfo:
     """``probe`` its URL, then its mirrors, under the run's retry policy."""
-    pool = make_pool(opts, connections=1)
     try:
         return retrying(lambda url: probe(pool, url), (item.url, *item.mirrors),
                         RetryPolicy(max_attempts=opts.max_attempts))
     except (Failed, Stop) as exc:
         raise FetchError(f"{item.url}: {exc}") from None
-    finally:
-        pool.clear()
 
 
 @dataclass
@@ -126,8 +124,9 @@ class Planned:
     streamed: tuple[str, ...]
 
 
-def plan(items: Sequence[Wanted], dest: Path, opts: Options) -> Planned:
-    """Probe what is not in place in ``dest`` (a folder) and make the manifest of it."""
+def plan(items: Sequence[Wanted], dest: Path, pool: Routed, opts: Options) -> Planned:
+    """Probe what is not in place in ``dest`` (a folder) through ``pool`` and make the
+    manifest of it."""
     names = [item.name for item in items]
     twice = {name for name in names if names.count(name) > 1}
     if twice:
@@ -141,7 +140,7 @@ def plan(items: Sequence[Wanted], dest: Path, opts: Options) -> Planned:
         if in_place(item, dest / item.name):
             skipped.append(item.name)
             continue
-        info = probe_with_retries(item, opts)
+        info = probe_with_retries(item, pool, opts)
         log.info("%s: size %s, ranges %s%s", item.url,
                  "unknown" if info.size is None else info.size,
                  "supported" if info.ranges else "not supported: one stream",

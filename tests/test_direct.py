@@ -14,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 from faultserver import Fault, FaultServer
-from helpers import SHM, TOOL, Depot, byte_range, entry, env_with, is_mp_helper
+from helpers import (SHM, TOOL, Depot, byte_range, entry, env_with, is_mp_helper,
+                     nginx_serving)
 
 import mpdl
 from mpdl.direct import DEFAULT_MIN_SIZE, fits
@@ -166,23 +167,22 @@ def test_small_manifest_run_in_process_when_asked(served, tmp_path: Path) -> Non
 # --- the guarantees --------------------------------------------------------------------------
 
 
-def test_reset_mid_body_resumes_with_a_range(served, tmp_path: Path) -> None:
+def test_short_body_resumes_with_a_range(served, tmp_path: Path) -> None:
     server, data = served
-    server.set_fault("small.bin", Fault(reset_after=30_000))
+    # The HEAD and the first GET misbehave: 40,000 bytes, then the connection closes.
+    server.set_fault("small.bin", Fault(short_body=60_000, fail_times=2))
     result = mpdl.download(server.url + "small.bin", tmp_path / "out.bin",
                            checksum=checksum(data))
     assert result.ok, result
     assert (tmp_path / "out.bin").read_bytes() == data
-    ranges = get_ranges(server, "small.bin")
-    assert ranges[0] is None and len(ranges) > 1
-    starts = [byte_range(r).start for r in ranges[1:]]
-    assert starts == sorted(starts) and starts[0] > 0 and byte_range(ranges[-1]).stop == SIZE
+    assert get_ranges(server, "small.bin") == [None, "bytes=40000-99999"]
+    assert result.bytes_fetched == SIZE
 
 
 def test_interrupted_file_resumes_in_the_next_call(served, tmp_path: Path) -> None:
     server, data = served
     out = tmp_path / "out.bin"
-    server.set_fault("small.bin", Fault(reset_after=30_000))
+    server.set_fault("small.bin", Fault(short_body=60_000))  # 40,000 bytes, then the close
     first = mpdl.download(server.url + "small.bin", out, checksum=checksum(data),
                            max_attempts=1)
     assert not first.ok and not out.exists()
@@ -193,8 +193,8 @@ def test_interrupted_file_resumes_in_the_next_call(served, tmp_path: Path) -> No
     second = mpdl.download(server.url + "small.bin", out, checksum=checksum(data))
     assert second.ok, second
     assert out.read_bytes() == data and not state.exists()
-    (asked,) = get_ranges(server, "small.bin")
-    assert asked is not None and byte_range(asked).start > 0 and second.bytes_fetched < SIZE
+    assert get_ranges(server, "small.bin") == ["bytes=40000-99999"]
+    assert second.bytes_fetched == SIZE - 40_000
 
 
 def test_corrupt_bytes_fetched_once_more(served, tmp_path: Path) -> None:
@@ -261,3 +261,19 @@ def test_ctrl_c_keeps_what_arrived_and_the_same_command_resumes(served, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "root"]
     (asked,) = get_ranges(server, "small.bin")
     assert asked is not None and 0 < byte_range(asked).start < SIZE
+
+
+def test_small_url_comes_on_its_probes_connection(tmp_path: Path) -> None:
+    """nginx's log numbers connections: the HEAD and the GET share one (one connect, one
+    TLS handshake over HTTPS, as curl's one request has)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    data = hashlib.shake_128(b"one connection").digest(SIZE)
+    (root / "small.bin").write_bytes(data)
+    with nginx_serving(root, tmp_path, access_log=True) as server:
+        result = mpdl.download(server.url + "small.bin", tmp_path / "out.bin",
+                               checksum=checksum(data))
+        assert result.ok, result
+        logged = [r for r in server.requests() if r.uri == "/small.bin"]
+    assert [(r.method, r.status) for r in logged] == [("HEAD", 200), ("GET", 200)]
+    assert logged[0].connection == logged[1].connection
