@@ -277,3 +277,35 @@ def test_small_url_comes_on_its_probes_connection(tmp_path: Path) -> None:
         logged = [r for r in server.requests() if r.uri == "/small.bin"]
     assert [(r.method, r.status) for r in logged] == [("HEAD", 200), ("GET", 200)]
     assert logged[0].connection == logged[1].connection
+
+
+#: test_runaway.py's quick floor and its bound, less the processes' start and stop.
+QUICK_FLOOR = ("--timeout", "2", "--speed-limit", "1K", "--speed-time", "1")
+BOUND = 5 * (1 + 2) + 3.75 + 3
+
+
+@pytest.mark.parametrize("runaway, why", [
+    (Fault(rate=1, behave_times=1), "slower than 1.0 KiB/s for 1 s"),  # a byte a second
+    (Fault(stall_after=1000, stall_seconds=60, behave_times=1), "timed out"),
+    (Fault(delay=60, behave_times=1), "timed out"),  # accepted, then no answer
+], ids=["trickle", "stall", "silent"])
+def test_a_server_that_never_finishes_fails_within_the_bound(
+        served, tmp_path: Path, runaway: Fault, why: str) -> None:
+    """In-process too, every attempt ends at the speed floor or the timeout, and the budget
+    of 5 ends the file: exit 1 and one line. The stall's bytes are kept from attempt to
+    attempt (Range), yet 5 x 1000 bytes of 100 KB do not make the file."""
+    server, _ = served
+    server.set_fault("small.bin", runaway)  # the probe is answered
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "mpdl", server.url + "small.bin", "-o",
+                           str(tmp_path / "out.bin"), "-q", *QUICK_FLOOR], cwd=tmp_path,
+                          env=env_with(), capture_output=True, text=True, timeout=BOUND + 15,
+                          check=False)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("mpdl: failed: out.bin: ") and why in line, line
+    assert elapsed < BOUND, f"{elapsed:.1f} s"
+    assert not (tmp_path / "out.bin").exists()
+    if runaway.delay == 0:
+        assert len(get_ranges(server, "small.bin")) == 5  # the budget

@@ -94,8 +94,9 @@ def test_one_url_that_never_finishes_fails_within_the_bound(
         server.set_fault("slow.bin", replace(fault, behave_times=1))  # the probe is answered
         started = time.monotonic()
         done = mpdl_cli(server.url + "slow.bin", "-o", tmp_path / "slow.bin", "-q",
-                        "--workers", "1", "--connections", "1", *QUICK_FLOOR, cwd=tmp_path,
-                        env=env_with(), timeout=TRICKLE_BOUND + 15)
+                        "--workers", "1", "--connections", "1", *QUICK_FLOOR,
+                        "--min-size", "0",  # the processes (test_direct.py: in-process)
+                        cwd=tmp_path, env=env_with(), timeout=TRICKLE_BOUND + 15)
         _assert_ended(done, started, "slow.bin", why)
 
 
