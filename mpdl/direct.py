@@ -81,10 +81,15 @@ def lending(opts: Options) -> Iterator[Routed]:
 
 
 class Failed(Exception):
-    """A file cannot be completed (its budget is spent, or no mirror has it)."""
+    """A file cannot be completed (its budget is spent, or no mirror has it). ``last``: the
+    last attempt's error, whose words a caller may prefer to the decision's."""
+
+    def __init__(self, reason: str, last: FetchError | None = None) -> None:
+        super().__init__(reason)
+        self.last = last
 
 
-class Stop(Exception):
+class Stop(Failed):
     """No request of the run can succeed (a refused certificate): the run stops."""
 
 
@@ -116,6 +121,7 @@ def retrying(attempt: Callable[[str], T], urls: Sequence[str], policy: RetryPoli
         try:
             return attempt(url)
         except FetchError as exc:
+            last = exc
             failure = Failure(exc.kind, str(exc), getattr(exc, "retry_after", None))
         decision = policy.decide(attempts, failure, mirrors=len(urls), splittable=False,
                                  can_refresh=refresh_url is not None, jitter=random.random())
@@ -127,13 +133,13 @@ def retrying(attempt: Callable[[str], T], urls: Sequence[str], policy: RetryPoli
             assert refresh_url is not None
             fresh = refresh_url(url)
             if fresh is None:
-                raise Failed(failure.reason)
+                raise Failed(failure.reason, last)
             urls[attempts.mirror], attempts = fresh, decision.attempts
         elif isinstance(decision, StopRun):
-            raise Stop(decision.reason)
+            raise Stop(decision.reason, last)
         else:
             assert isinstance(decision, GiveUp)
-            raise Failed(decision.reason)  # (no Stream: a 200 to a Range is taken whole)
+            raise Failed(decision.reason, last)  # (no Stream: a 200 to a Range is taken whole)
 
 
 def fetch_here(manifest: Manifest, todo: Sequence[tuple[int, FileEntry]],
@@ -151,16 +157,16 @@ def fetch_here(manifest: Manifest, todo: Sequence[tuple[int, FileEntry]],
             try:
                 one.fetch(manifest.mirrors(entry.url) if entry.url else (), policy,
                           have.get(file_id), refresh_url)
-            except Failed as exc:
-                file_done(entry, False, str(exc))
-            except OSError as exc:  # this file's path (a folder stands there, no permission)
-                _remove(one.staging)
-                file_done(entry, False, f"{exc.filename or one.final}: {exc.strerror or exc}")
             except Stop as exc:
                 file_done(entry, False, str(exc))
                 for _, rest in todo[index + 1:]:
                     file_done(rest, False, UNFINISHED)
                 return str(exc)
+            except Failed as exc:
+                file_done(entry, False, str(exc))
+            except OSError as exc:  # this file's path (a folder stands there, no permission)
+                _remove(one.staging)
+                file_done(entry, False, f"{exc.filename or one.final}: {exc.strerror or exc}")
             else:
                 file_done(entry, True, "")
                 tracker.counts.files_done += 1
@@ -201,10 +207,7 @@ class _File:
                 try:
                     retrying(lambda url: self._attempt(fd, url), urls, policy,
                              refresh_url=refresh_url)
-                except (Failed, Stop):
-                    self._keep_partial(fd)
-                    raise
-                except BaseException:  # Ctrl-C, SIGTERM: what arrived is the next run's
+                except BaseException:  # failed, or Ctrl-C: what arrived is the next run's
                     self._keep_partial(fd)
                     raise
             if self.keep_state:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .direct import Failed, Stop, retrying
+from .direct import Failed, retrying
 from .errors import FetchError, UsageError
 from .hashing import HashSpec, hash_file, parse_checksum, split_fragment
 from .http import ServerInfo, probe
@@ -108,8 +108,8 @@ def probe_with_retries(item: Wanted, pool: Routed, opts: Options) -> ServerInfo:
     try:
         return retrying(lambda url: probe(pool, url), (item.url, *item.mirrors),
                         RetryPolicy(max_attempts=opts.max_attempts))
-    except (Failed, Stop) as exc:
-        raise FetchError(f"{item.url}: {exc}") from None
+    except Failed as exc:  # the last error's own words: the one line the CLI prints
+        raise exc.last or FetchError(f"{item.url}: {exc}") from None
 
 
 @dataclass
