@@ -3,7 +3,7 @@
 manifest -> plan -> tasks -> workers -> ring slots -> writer -> verified files
 """
 
-from .api import Result, run
+from .api import Result, download, run
 from .control import Control
 from .errors import (ChildrenKeepDying, DiskError, FetchError, ManifestError, MpdlError,
                      NotEnoughSpace, RingTooSmall, RunStopped, UsageError)
@@ -12,8 +12,8 @@ from .preview import Preview, plan
 from .progress import ProgressEvent
 from .verify import Report, Verdict, repair, verify
 
-__all__ = ["run", "Result", "Control", "plan", "Preview", "verify", "repair", "Report",
-           "Verdict", "Manifest", "load_manifest",
+__all__ = ["run", "download", "Result", "Control", "plan", "Preview", "verify", "repair",
+           "Report", "Verdict", "Manifest", "load_manifest",
            "ProgressEvent", "MpdlError", "ManifestError", "UsageError", "FetchError",
            "RunStopped", "DiskError", "ChildrenKeepDying", "NotEnoughSpace", "RingTooSmall"]
 __version__ = "0.1.0"

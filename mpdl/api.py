@@ -9,11 +9,13 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from . import direct, urls
 from .control import STOPPED, Control, StopAsked
-from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
+from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped, UsageError
+from .hashing import HashSpec
 from .headers import merge_headers
 from .holdings import Build, survey
 from .journal import Journal
@@ -147,6 +149,54 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     return result
 
 
+def download(url: str, dest: str | os.PathLike, *, checksum: str | HashSpec | None = None,
+             mirrors: Sequence[str] = (), progress: ProgressCallback | None = None,
+             control: Control | None = None, **options: Unpack[RunOptions]) -> Result:
+    """Fetch one URL into the file ``dest``, checked against ``checksum`` when given
+    ("sha256:HEX", aria2c's "sha-256=HEX", or pip's ``URL#sha256=HEX``; sha1, sha256, sha384,
+    sha512, md5 and the xxh family). ``mirrors`` are other URLs of the same bytes, tried when
+    the URL fails.
+
+    The file appears at ``dest`` only once complete and verified (a wrong checksum leaves no
+    file there, and nothing beside it); a file already there with the checksum is not fetched
+    again (no request at all). A failed or interrupted download keeps its durable bytes in
+    ``.NAME.mpdl`` beside ``dest``, and the same call resumes from them. Under ``min_size``
+    bytes (default direct.DEFAULT_MIN_SIZE; MPDL_MIN_SIZE) it runs in this process, without
+    worker processes or shared memory; ``options`` as for ``run``.
+    """
+    target = Path(dest)
+    if target.is_dir():
+        raise UsageError(f"{dest} is a folder; give the file to write")
+    item = urls.wanted(url, checksum, mirrors, out=target.name)
+    return download_all([item], target.parent, state_dir=target.parent / f".{target.name}.mpdl",
+                        progress=progress, control=control, **options)
+
+
+def download_all(items: Sequence[urls.Wanted], folder: str | os.PathLike, *, state_dir: Path,
+                 progress: ProgressCallback | None = None, control: Control | None = None,
+                 **options: Unpack[RunOptions]) -> Result:
+    """Fetch ``items`` (urls.Wanted) into ``folder``: those in place by their checksum are
+    skipped without a request, the rest probed into a manifest (urls.plan) and run with a
+    state folder that goes once the run ends with nothing to resume."""
+    started = time.monotonic()
+    if Options.from_env(**options).min_size is None:  # URL downloads: small ones in-process
+        options["min_size"] = direct.DEFAULT_MIN_SIZE
+    opts = Options.from_env(**options)
+    result = Result()
+    with direct.lending(opts) as pool:  # a small file comes on its probe's connection
+        planned = urls.plan(items, Path(folder), pool, opts)
+        if planned.manifest is not None:
+            # keep_removed: a folder of downloads is not an install; its other files stay.
+            result = run(planned.manifest, folder, progress=progress, state_dir=state_dir,
+                         keep_state=False, keep_removed=True, streamed=planned.streamed,
+                         redirects=planned.redirects, control=control, **options)
+            if not any(Path(state_dir, "staging").glob("*")):  # nothing a re-run resumes
+                shutil.rmtree(state_dir, ignore_errors=True)
+    result.skipped[:0] = planned.skipped
+    result.elapsed = time.monotonic() - started
+    return result
+
+
 def _windows_names(parsed: Manifest, result: Result) -> set[str]:
     """The paths Windows cannot hold: on Windows each fails with why (and is left out of the
     run); elsewhere a warning names them, as the same manifest would fail on Windows."""
@@ -213,7 +263,11 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
     tracker = Tracker(None if None in sizes else sum(s or 0 for s in sizes), len(parsed.files),
                       counts, progress)
     counts.bytes_done = _bytes_in_place(parsed, todo, have)
-    todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result)
+    # A run that keeps no state and removes nothing (a URL download) is no install: a later
+    # update has nothing to learn from it, so its manifest is not written (three fsyncs).
+    installs = keep_state or not keep_removed
+    todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result,
+                                installs)
     planner = planner_for(parsed, opts, streamed)
     plan = planner.plan(todo, have=have)
     log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
@@ -231,9 +285,13 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
             result.failed[entry.path] = reason
             log.info("%s failed: %s", entry.path, reason)
 
-    if todo:
+    if todo and control is None and direct.fits(todo, have, opts):  # small: no processes
+        result.error = direct.fetch_here(parsed, todo, have, layout, opts, journal, tracker,
+                                         file_done, refresh_url, keep_state)
+    elif todo:
         result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
                               file_done, refresh_url, keep_state, redirects, control)
+    if todo:
         result.bytes_fetched = counts.bytes_fetched
         result.bytes_to_fetch = tracker.bytes_to_fetch
         result.bytes_written = counts.bytes_written
@@ -254,7 +312,8 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
             result.failed[directory.path] = f"cannot make the folder: {exc.strerror or exc}"
     if result.ok:
         result.removed += update.remove_unlisted()
-        update.install()
+        if installs:
+            update.install()
     tracker.tick(final=True)
 
 
@@ -284,7 +343,8 @@ def space_needed(todo: list[tuple[int, FileEntry]], have: Mapping[int, RangeSet]
 
 def _build_locally(update: Update, builds: list[Build], todo: list[tuple[int, FileEntry]],
                    have: dict[int, RangeSet], workers: int, tracker: Tracker,
-                   result: Result) -> tuple[list[tuple[int, FileEntry]], dict[int, RangeSet]]:
+                   result: Result, installs: bool = True
+                   ) -> tuple[list[tuple[int, FileEntry]], dict[int, RangeSet]]:
     """The update's part before the fetch (mpdl.update): copy what local files hold, clear
     old files out of the new ones' way, place the files copied whole. Returns what is left
     to fetch and what it has."""
@@ -292,7 +352,7 @@ def _build_locally(update: Update, builds: list[Build], todo: list[tuple[int, Fi
         tracker.counts.bytes_done += n
         tracker.tick()
 
-    if todo:
+    if todo and installs:
         update.begin()
     reused = update.reuse(builds, have, workers, copied)
     result.bytes_reused = reused.bytes

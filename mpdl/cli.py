@@ -10,25 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import posixpath
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from . import __version__
-from .api import Result, run
+from . import urls
+from .api import Result, download, download_all, run
 from .control import STOPPED, Control, read_commands
 from .preview import plan
 from .verify import Report as VerifyReport
 from .verify import repair, verify
 from .errors import ManifestError, MpdlError, UsageError
 from .headers import parse_header_line
-from .http import make_pool, probe
-from .manifest import Manifest
-from .options import Options, parse_size
+from .options import parse_size
 from .progress import (GogdlLines, JsonLines, LegendaryLines, ProgressCallback, TerminalLine,
                        human_bytes)
 from .supervisor import UNFINISHED
@@ -59,6 +57,7 @@ environment (flags win):
   MPDL_LIMIT_RATE       default for --limit-rate
   MPDL_SPEED_LIMIT, MPDL_SPEED_TIME
                         defaults for --speed-limit and --speed-time
+  MPDL_MIN_SIZE         default for --min-size
 
 exit codes:
   0  all files complete and verified     2  bad usage or invalid manifest
@@ -77,6 +76,8 @@ Transient errors are retried with backoff (at most 5 tries per request, see --ti
 examples:
   python -m mpdl depot.json -o ~/Games/MyGame
   python -m mpdl https://example.com/toolchain.tar.zst -o downloads/toolchain.tar.zst
+  python -m mpdl https://example.com/tc.tar.zst --checksum sha256:HEX   (or URL#sha256=HEX)
+  python -m mpdl -i urls.txt -o downloads/             (aria2c's input file: out=, checksum=)
   python -m mpdl depot.json -o game --progress json    (JSON lines on stdout, for launchers)
   python -m mpdl depot.json -o game --progress gogdl   (heroic-gogdl's lines, which Heroic reads)
   python -m mpdl depot.json -o game --limit-rate 5M    (at most 5 MiB/s, in all)
@@ -122,11 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m mpdl", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mpdl {__version__}")
-    parser.add_argument("source", metavar="MANIFEST|URL",
-                        help="an mpdl/1 manifest (JSON file), or an http(s) URL to fetch")
+    parser.add_argument("sources", metavar="MANIFEST|URL", nargs="*",
+                        help="an mpdl/1 manifest (JSON file), or http(s) URLs to fetch (pip's "
+                             "URL#sha256=HEX checks the file)")
     parser.add_argument("-o", "--output", metavar="DEST|FILE",
-                        help="folder to fill (manifest) or file to write (URL; default: the "
-                             "URL's file name in the current folder)")
+                        help="folder to fill (a manifest, several URLs: default here) or file "
+                             "to write (one URL; default: the URL's file name here)")
+    single = parser.add_argument_group("URLs")
+    single.add_argument("-i", "--input-file", metavar="FILE",
+                        help="URLs to fetch into -o's folder, one a line, as aria2c reads them: "
+                             "tab-separated URLs are mirrors of one file; indented lines "
+                             "'out=NAME' and 'checksum=sha-256=HEX' apply to the URL above")
+    single.add_argument("--checksum", metavar="ALGO:HEX",
+                        help="the one URL's checksum: sha256:HEX or aria2c's sha-256=HEX "
+                             "(sha1, sha256, sha384, sha512, md5, xxh3_64, xxh3_128, xxh64, "
+                             "xxh32); a wrong one exits 1 with no file written")
+    single.add_argument("--mirror", action="append", metavar="URL",
+                        help="another URL of the one URL's bytes, tried when it fails "
+                             "(repeatable)")
+    single.add_argument("--min-size", type=_size, metavar="SIZE",
+                        help="fetch downloads missing fewer bytes than this in this process, "
+                             "without worker processes (default for URLs: 1M; for a manifest: "
+                             "0, never)")
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument("--workers", type=_positive, metavar="N",
                         help="worker processes (default: one per CPU, 2 to 8)")
@@ -223,29 +241,32 @@ def _progress(choice: str, quiet: bool) -> ProgressCallback | None:
     return None
 
 
-def _download_url(url: str, output: str | None, options: Options, **kw) -> Result:
-    """Probe the server, then fetch the URL as a one-file manifest into FILE."""
-    if output is None:
-        output = posixpath.basename(unquote(urlsplit(url).path)) or "index.html"
-    target = Path(output)
-    if target.is_dir():
-        raise UsageError(f"{output} is a folder; -o takes the file to write for a URL")
-    pool = make_pool(options, connections=1)
+def _download_urls(args: argparse.Namespace, kw: dict) -> Result:
+    """The URLs of the command line and of ``-i``: one URL into FILE (default: its name
+    here), several into the folder -o names (default: here). See urls.py and
+    api.download_all."""
     try:
-        info = probe(pool, url)
-    finally:
-        pool.clear()
-    log.info("%s: size %s, ranges %s%s", url, "unknown" if info.size is None else info.size,
-             "supported" if info.ranges else "not supported: one stream",
-             f", redirects to {info.url}" if info.url != url else "")
-    manifest = Manifest.single_url(url, target.name, info.size)
-    state = target.parent / f".{target.name}.mpdl"
-    # The probe followed any redirect: every range goes where the URL answered (itself, if it
-    # did not redirect) at once, none to the redirect.
-    asked = manifest.files[0].url
-    return run(manifest, target.parent, state_dir=state, keep_state=False,
-               streamed=() if info.ranges else (url,),
-               redirects={asked: info.url} if asked else None, **kw)
+        items = [urls.wanted(url, args.checksum if len(args.sources) == 1 else None,
+                             args.mirror or ()) for url in args.sources]
+        if args.input_file:
+            items += urls.read_input_file(args.input_file)
+    except OSError as exc:
+        raise UsageError(f"{args.input_file}: {exc.strerror or exc}") from None
+    several = len(items) > 1 or bool(args.input_file)
+    if several and (args.checksum or args.mirror):
+        raise UsageError("--checksum and --mirror take one URL; give each of several its "
+                         "own (URL#sha256=HEX, or checksum= in an -i file)")
+    if several:
+        folder = Path(args.output or ".")
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder} is not a folder; with several URLs -o names the "
+                             "folder to fill")
+        return download_all(items, folder, state_dir=folder / ".mpdl-urls", **kw)
+    output = args.output or items[0].name
+    if Path(output).is_dir():
+        raise UsageError(f"{output} is a folder; -o takes the file to write for a URL")
+    return download(items[0].url, output, checksum=items[0].checksum,
+                    mirrors=items[0].mirrors, **kw)
 
 
 def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
@@ -289,7 +310,7 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
 def _report_plan(args: argparse.Namespace, kw: dict) -> int:
     """--plan: the preview (preview.py) as text on stdout, or as one JSON event."""
     options = {k: v for k, v in kw.items() if k not in ("progress", "control")}
-    preview = plan(args.source, args.output, keep_removed=args.keep_removed,
+    preview = plan(args.sources[0], args.output, keep_removed=args.keep_removed,
                    strict=args.strict, **options)
     if args.progress == "json":
         print(json.dumps(preview.event()), flush=True)
@@ -343,36 +364,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                   headers=[parse_header_line(h) for h in args.header] if args.header else None,
                   proxy=args.proxy, limit_rate=args.limit_rate,
                   speed_limit=args.speed_limit, speed_time=args.speed_time,
-                  progress=progress)
+                  min_size=args.min_size, progress=progress)
+        urls_given = bool(args.input_file) or any(map(_is_url, args.sources))
+        if not urls_given and len(args.sources) != 1:
+            parser.error("give one manifest, or URLs (or -i FILE)")
+        if not urls_given and (args.checksum or args.mirror):
+            parser.error("--checksum and --mirror are for a URL; a manifest gives hashes and "
+                         "base_urls")
         if args.control == "stdin":
             control = Control()
             read_commands(sys.stdin.fileno(), control)
             kw["control"] = control
         if args.verify or args.repair:
-            if _is_url(args.source) or not args.output:
+            if urls_given or not args.output:
                 parser.error("--verify and --repair take a manifest and -o DEST")
             started = time.monotonic()
             if args.verify:
-                report = verify(args.source, args.output, progress=progress,
+                report = verify(args.sources[0], args.output, progress=progress,
                                 workers=args.workers)
                 return _report_verify(report, args.quiet, say, time.monotonic() - started,
                                       args.progress == "json")
-            report, result = repair(args.source, args.output, **kw)
+            report, result = repair(args.sources[0], args.output, **kw)
             _report_verify(report, args.quiet, say, time.monotonic() - started,
                            args.progress == "json")
             return _report(result, args.quiet, say, args.progress == "json")
         if args.plan:
-            if _is_url(args.source) or not args.output:
+            if urls_given or not args.output:
                 parser.error("--plan takes a manifest and -o DEST")
             return _report_plan(args, kw)
-        if _is_url(args.source):
-            options = Options.from_env(**{k: v for k, v in kw.items()
-                                         if k not in ("progress", "control")})
-            result = _download_url(args.source, args.output, options, **kw)
+        if urls_given:
+            result = _download_urls(args, kw)
         else:
             if not args.output:
                 parser.error("-o DEST is required with a manifest")
-            result = run(args.source, args.output, keep_removed=args.keep_removed,
+            result = run(args.sources[0], args.output, keep_removed=args.keep_removed,
                          strict=args.strict, **kw)
         code = _report(result, args.quiet, say, args.progress == "json")
         return EXIT_INTERRUPTED if result.error == STOPPED else code

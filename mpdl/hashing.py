@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import xxhash
 
 __all__ = ["ALGORITHMS", "HashSpec", "Hasher", "hash_file", "hash_next", "new_hasher",
-           "parse_hash"]
+           "parse_checksum", "parse_hash", "split_fragment"]
 
 #: Algorithm name -> length of its hex digest.
 ALGORITHMS: dict[str, int] = {
@@ -28,6 +28,17 @@ ALGORITHMS: dict[str, int] = {
     "md5": 32,
     "sha1": 40,
     "sha256": 64,
+    "sha384": 96,
+    "sha512": 128,
+    "xxh32": 8,
+}
+
+#: Other spellings of the algorithms a user may type (aria2c's ``sha-256``, xxHash's own names),
+#: read by ``parse_checksum`` only: a manifest names its algorithms as above, one spelling each,
+#: as a file's identity (journal.py) holds the name.
+_ALIASES: dict[str, str] = {
+    "sha-1": "sha1", "sha-256": "sha256", "sha-384": "sha384", "sha-512": "sha512",
+    "xxh3": "xxh3_64", "xxh3-64": "xxh3_64", "xxh3-128": "xxh3_128", "xxh128": "xxh3_128",
 }
 
 
@@ -48,6 +59,9 @@ _CONSTRUCTORS: dict[str, Callable[[], Hasher]] = {
     "md5": functools.partial(hashlib.md5, usedforsecurity=False),
     "sha1": functools.partial(hashlib.sha1, usedforsecurity=False),
     "sha256": hashlib.sha256,
+    "sha384": hashlib.sha384,
+    "sha512": hashlib.sha512,
+    "xxh32": xxhash.xxh32,
 }
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
@@ -100,6 +114,38 @@ def parse_hash(text: object) -> HashSpec:
         raise ValueError(f"expected 'algo:hex', found no ':' in {text!r}")
     # A manifest names a few algorithms in 100,000 hashes: one string each, not a copy each.
     return HashSpec(sys.intern(algo), hexdigest.lower())
+
+
+def parse_checksum(text: str) -> HashSpec:
+    """A checksum as people type one for a download: ``sha256:HEX`` (mpdl's form), aria2c's
+    ``sha-256=HEX``, or pip's fragment body ``sha256=HEX``; the algorithm's name in any case
+    and under its other spellings (``sha-512``, ``xxh128``). Raises ValueError naming the
+    algorithms known."""
+    text = text.strip()
+    cut = min((i for i in (text.find(":"), text.find("=")) if i >= 0), default=-1)
+    if cut < 0:
+        raise ValueError(f"expected ALGO:HEX (e.g. sha256:...), not {text!r}")
+    algo = text[:cut].strip().lower()
+    algo = _ALIASES.get(algo, algo)
+    if algo not in ALGORITHMS:
+        raise ValueError(f"unknown hash algorithm {text[:cut]!r}; known: "
+                         f"{', '.join(sorted(ALGORITHMS))}")
+    return HashSpec(algo, text[cut + 1:].strip().lower())
+
+
+def split_fragment(url: str) -> tuple[str, HashSpec | None]:
+    """pip's ``URL#sha256=HEX``: the URL without its fragment, and the checksum the fragment
+    names (None when it names none: ``#egg=...``, or no fragment). A fragment is never sent
+    to a server, so dropping it changes no request."""
+    base, hash_mark, fragment = url.partition("#")
+    if not hash_mark:
+        return url, None
+    for item in fragment.split("&"):
+        name, equals, _ = item.partition("=")
+        algo = _ALIASES.get(name.strip().lower(), name.strip().lower())
+        if equals and algo in ALGORITHMS:
+            return base, parse_checksum(item)
+    return base, None
 
 
 def new_hasher(algo: str) -> Hasher:

@@ -147,11 +147,14 @@ class Manifest:
     links: tuple[LinkEntry, ...] = ()
     directories: tuple[DirectoryEntry, ...] = ()
     headers: Headers = ()
+    # Other URLs of an absolute URL's object, tried after it (mpdl.download's mirrors, the
+    # CLI's --mirror, the tab-separated URLs of an -i line): (url, (mirror, ...)) pairs.
+    alternates: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def mirrors(self, url: str) -> tuple[str, ...]:
         """Where to fetch ``url`` from, in the order to try."""
         if _is_absolute(url):
-            return (url,)
+            return (url, *next((more for one, more in self.alternates if one == url), ()))
         return tuple(urljoin(base, url) for base in self.base_urls)
 
     def to_json(self) -> dict[str, object]:
@@ -180,12 +183,14 @@ class Manifest:
         return out
 
     @classmethod
-    def single_url(cls, url: str, path: str, size: int | None = None) -> Manifest:
+    def single_url(cls, url: str, path: str, size: int | None = None,
+                   hash: HashSpec | None = None) -> Manifest:
         """A plain one-url download as a manifest, so it takes the same pipeline."""
         entry = FileEntry(
             path=_path(path, "path"),
             size=None if size is None else _int(size, "size"),
             url=_file_url(url, "url", ()),
+            hash=hash,
         )
         return cls(base_urls=(), files=(entry,))
 

@@ -77,6 +77,7 @@ class RunOptions(TypedDict, total=False):
     limit_rate: int | str | None
     speed_limit: int | str | None
     speed_time: float | None
+    min_size: int | str | None
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ class Options:
     # failed its attempt (speedfloor.py says why these defaults); 0: no floor.
     speed_limit: int = DEFAULT_LIMIT
     speed_time: float = DEFAULT_WINDOW
+    # A download missing fewer bytes than this is fetched in the calling process, without
+    # worker processes or shared memory (direct.py); 0: never. None: direct.DEFAULT_MIN_SIZE
+    # for URL downloads (mpdl.download, the CLI's URLs), never for a manifest's run.
+    min_size: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("workers", "connections", "chunk_size", "memory", "max_attempts"):
@@ -118,6 +123,8 @@ class Options:
         if not self.timeout > 0:
             raise UsageError(f"timeout must be positive, not {self.timeout!r}")
         object.__setattr__(self, "speed_limit", _speed_limit(self.speed_limit))
+        if self.min_size is not None:
+            object.__setattr__(self, "min_size", _min_size(self.min_size))
         if isinstance(self.speed_time, bool) or not (
                 isinstance(self.speed_time, (int, float)) and 0 < self.speed_time < float("inf")):
             raise UsageError(f"speed_time must be a positive number of seconds, not "
@@ -158,6 +165,7 @@ class Options:
             "MPDL_LIMIT_RATE": ("limit_rate", parse_size),
             "MPDL_SPEED_LIMIT": ("speed_limit", parse_size),
             "MPDL_SPEED_TIME": ("speed_time", float),
+            "MPDL_MIN_SIZE": ("min_size", parse_size),
         }
         for var, (name, read) in readers.items():
             if env.get(var):
@@ -187,6 +195,19 @@ def _speed_limit(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise UsageError(f"speed_limit must be bytes per second (a whole number or a size such "
                          f"as 1K; 0: no floor), not {value!r}")
+    return value
+
+
+def _min_size(value: object) -> int:
+    """Bytes, as a whole number or a size ('1M'); 0 turns the in-process path off."""
+    if isinstance(value, str):
+        try:
+            value = parse_size(value)
+        except UsageError as exc:
+            raise UsageError(f"min_size: {exc}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"min_size must be bytes (a whole number or a size such as 1M; 0: "
+                         f"never in this process), not {value!r}")
     return value
 
 

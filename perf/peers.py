@@ -25,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .scenarios import Expect, Scenario
@@ -42,6 +42,10 @@ PEERS = TOOLS[1:]
 #: Rows a scenario may add after the peers (Spec.extras); they run with that scenario only.
 EXTRAS = ["write-loop", "mpdl-rerun"]
 
+#: one-small's mpdl: the URL fetched again and again by mpdl.download, in one process.
+_MPDL_REPEAT = ("import sys, mpdl\nfor _ in range(int(sys.argv[3])):\n"
+                "    result = mpdl.download(sys.argv[1], sys.argv[2])\n"
+                "    assert result.ok, result\n")
 _HF_SCRIPT = ("import sys, hf_transfer; hf_transfer.download(url=sys.argv[1], "
               "filename=sys.argv[2], max_files=16, chunk_size=8 * 1024 * 1024)")
 
@@ -187,8 +191,17 @@ def not_applicable(tool: str, scenario: Scenario) -> str | None:
 
 
 def job(tool: str, ctx: Context) -> Job:
-    """The command line for an available ``tool`` in ``ctx``'s scenario (see not_applicable)."""
-    return _JOBS[tool](ctx)
+    """The command line for an available ``tool`` in ``ctx``'s scenario (see not_applicable).
+    A scenario fetched ``repeat`` times runs a peer's command that many times, each call
+    into a fresh output (mpdl calls mpdl.download in one process instead: _mpdl)."""
+    made = _JOBS[tool](ctx)
+    repeat = ctx.scenario.spec.repeat
+    if repeat == 1 or tool == "mpdl":
+        return made
+    _, out = _single_target(ctx)
+    loop = 'n=$1; out=$2; shift 2; for i in $(seq "$n"); do rm -f "$out"; "$@" || exit 1; done'
+    return replace(made, argv=["sh", "-c", loop, "sh", str(repeat), str(out), *made.argv],
+                   note=f"{made.note}; a process per call" if made.note else "a process per call")
 
 
 def _full(ctx: Context, argv: list[str], connections: int, note: str = "",
@@ -222,6 +235,11 @@ def _mpdl(ctx: Context) -> Job:
     trust, trust_env = _mpdl_trust(ctx.ca)
     python = [sys.executable, "-m", "mpdl", *trust]
     env = {"PYTHONPATH": _pythonpath(), **trust_env}
+    if ctx.scenario.spec.repeat > 1:
+        url, out = _single_target(ctx)
+        return _full(ctx, [sys.executable, "-c", _MPDL_REPEAT, url, str(out),
+                           str(ctx.scenario.spec.repeat)], 1,
+                     "mpdl.download called again and again in one process", env=env)
     if ctx.scenario.spec.kind == "single":
         url, out = _single_target(ctx)
         return _full(ctx, [*python, url, "-o", str(out), "--progress", "none"], CONNECTIONS,

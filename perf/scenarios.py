@@ -77,6 +77,9 @@ class Spec:
     reference: str = ""  # the scenario whose mpdl time this one is measured against
     extras: tuple[str, ...] = ()  # rows beyond the peers: "write-loop", "mpdl-rerun"
     timeout: float | None = None  # seconds per run, unless --timeout says otherwise
+    # Each run fetches the URL this many times, one after the other: mpdl through
+    # mpdl.download in one Python process (an installer's calls), a peer once per call.
+    repeat: int = 1
 
     @property
     def folder(self) -> str:
@@ -277,6 +280,11 @@ def specs(quick: bool) -> list[Spec]:
              + ("" if q else f"; runs time out at {STALL_TIMEOUT:g} s"),
              tail, _single, data="tail", throttle=Throttle(stall), reference="tail-ref",
              timeout=None if q else STALL_TIMEOUT),
+        Spec("one-small", "single",
+             f"100 KB single URL, fetched {10 if q else 50} times one after the other: "
+             "mpdl.download in one Python process, curl once per call",
+             {"seed": "one-small", "file": "small.bin", "size": 100_000}, _single,
+             repeat=10 if q else 50),
         Spec("depot", "manifest",
              "2 x 4 MiB, 4 x 1 MiB, 100 files of 1-64 KiB" if q else
              "545 MiB: 2 x 150 MiB, 40 x 5 MiB, 3000 files of 1-64 KiB, each its own URL, md5",

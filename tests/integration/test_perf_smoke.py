@@ -27,8 +27,8 @@ from helpers import REPO, skip_or_fail  # REPO is on sys.path: perf/ is not inst
 from perf import peers, scenarios, servers, targets, tls
 
 TIMEOUT = 180
-SCENARIOS = ["big", "big-tls", "capped", "tail-ref", "tail", "tail-stall", "depot", "v2", "gog",
-             "small", "latency", "v1-100k"]
+SCENARIOS = ["big", "big-tls", "capped", "tail-ref", "tail", "tail-stall", "one-small", "depot",
+             "v2", "gog", "small", "latency", "v1-100k"]
 
 
 def _require(what: str, present: object) -> None:

@@ -107,7 +107,9 @@ def runaways(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
             if connections == "url":  # the probe is answered, every range runs away
                 server.set_fault("slow.bin", replace(fault, behave_times=1))
                 args: tuple[Any, ...] = (server.url + "slow.bin", "-o", work / "slow.bin",
-                                         "--workers", "1", "--connections", "1")
+                                         "--workers", "1", "--connections", "1",
+                                         # the processes (test_direct.py: in-process)
+                                         "--min-size", "0")
             else:
                 server.set_fault("slow.bin", fault)
                 manifest = write_manifest(work, _one_file(objects, "slow.bin"), server.url)

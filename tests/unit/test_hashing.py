@@ -22,6 +22,9 @@ REFERENCES = {
     "md5": hashlib.md5,
     "sha1": hashlib.sha1,
     "sha256": hashlib.sha256,
+    "sha384": hashlib.sha384,
+    "sha512": hashlib.sha512,
+    "xxh32": xxhash.xxh32,
 }
 DATA = bytes(range(256)) * 41 + b"tail"
 
@@ -38,6 +41,9 @@ def test_algorithms_table() -> None:
         "md5": 32,
         "sha1": 40,
         "sha256": 64,
+        "sha384": 96,
+        "sha512": 128,
+        "xxh32": 8,
     }
 
 
