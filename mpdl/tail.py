@@ -12,20 +12,20 @@ A contest fetches bytes twice while it lasts, so each one must pay for itself, j
 the run has measured (``Pace``: a connection's rate, a new request's wait for its first slot)
 and never on a guess:
 - a range is judged against its peers (the other ranges running, ``Peers``), in the same
-  moment: what its next slot should take is its size at the peers' median rate (plus the
-  first-slot wait, before its first slot), and it is raced once it has been idle
-  ``race_factor`` times that, never less than a floor, if it is far slower than its peers
-  (its own rate under 1/``race_factor`` of theirs) or has no slot yet. One that keeps up
-  with its peers is only taking turns with them: when the run is bound by its CPU (TLS on two
-  cores) or its link, connections wait in turns for far longer than a slot takes at their
-  average, and a race there fetches bytes twice to gain nothing, as the thief takes its
-  turns from the same CPU or link. Such a range is raced only when it stalls: idle
-  ``stall_factor`` times longer. Measured (big-tls, 16 connections on 2 cores): connections
-  at 13 to 46 MB/s, median 27, each idle up to 0.7 s in turn, 2 MiB slots taking 80 ms at the
-  median; 13 races in a run made nginx send 1.04 to 1.08 times the bytes. With no peer
-  measured, the run's ``Pace`` stands in for theirs; before anything was measured nothing is
-  raced: a slow server is not a stalled one, and the read timeout still ends a connection
-  that never answers;
+  moment. One far slower than its peers (its own rate under 1/``race_factor`` of their
+  median), or with no slot yet, or with no peer, is raced once it has been idle
+  ``race_factor`` times what its next slot should take at the run's pace (plus the
+  first-slot wait, before its first slot), never less than a floor. One that keeps up with
+  its peers is only taking turns with them: when the run is bound by its CPU (TLS on two
+  cores) or its link, connections wait in turns far longer than a slot takes, and a race
+  there fetches bytes twice to gain nothing, as the thief takes its turns from the same CPU
+  or link. Such a range is raced only when it stalls: idle ``stall_factor`` times its
+  patience at its peers' rate. Measured (big-tls, 16 connections on 2 cores): connections at
+  13 to 46 MB/s, median 27, each idle up to 0.7 s in turn, where a 2 MiB slot takes 80 ms at
+  the median and 5 ms at the run's pace (slots filled from what the socket holds), and 5 to
+  21 races a run at the 0.2 s floor; judged against their peers, none. Before anything was
+  measured nothing is raced: a slow server is not a stalled one, and the read timeout still
+  ends a connection that never answers;
 - otherwise the largest remainder of at least ``min_steal_slots`` slots is bisected, the thief
   taking its upper half from a cut on the victim's slot grid, but only when that saves time:
   the victim's remaining bytes at its own measured rate take longer than a new request's
@@ -197,30 +197,41 @@ class TailPolicy:
         """How long ``candidate`` may stay idle before it is raced, judged against ``peers``
         (None: it has none); None: for now, as long as it likes (nothing measured says it is
         slow)."""
-        own = candidate.rate
-        theirs = None if peers is None else peers.rate(own)
+        theirs = self._keeping_up(candidate, peers)
+        if theirs is None:
+            return self._slow_patience(candidate, pace, slot_size)
         expected = pace.slot_time(candidate, slot_size, theirs)
+        assert expected is not None
+        return self.stall_factor * max(self.race_floor, self.race_factor * expected)
+
+    def _keeping_up(self, candidate: Candidate, peers: Peers | None) -> float | None:
+        """Its peers' rate if ``candidate`` keeps up with them (its own rate at least
+        1/race_factor of theirs), else None (far slower, no slot yet, or no peers)."""
+        own = candidate.rate
+        theirs = None if peers is None or own is None else peers.rate(own)
+        return theirs if theirs is not None and own * self.race_factor >= theirs else None
+
+    def _slow_patience(self, candidate: Candidate, pace: Pace, slot_size: int) -> float | None:
+        """The patience of a range far slower than its peers, or before its first slot: its
+        next slot at the run's pace (so a slow connection is raced as soon as ever)."""
+        expected = pace.slot_time(candidate, slot_size)
         if expected is None:
             return None
-        patience = max(self.race_floor, self.race_factor * expected)
-        if own is not None and theirs is not None and own * self.race_factor >= theirs:
-            return self.stall_factor * patience  # keeping up, taking turns: only a stall
-        return patience
+        return max(self.race_floor, self.race_factor * expected)
 
     def raced_in(self, candidate: Candidate, pace: Pace, slot_size: int,
                  peers: Peers | None = None) -> float | None:
         """Seconds until ``candidate`` is due to be raced if it stays idle and its peers' rate
-        stays as it is (its own falls as it waits, and may fall far behind theirs sooner
-        than it stalls); None: not for now. Never later than the race comes."""
-        patience = self.patience(candidate, pace, slot_size, peers)
-        if patience is None:
-            return None
-        due = patience - candidate.idle
-        theirs = None if peers is None else peers.rate(candidate.rate)
-        if candidate.rate is not None and theirs is not None and due > 0:  # keeping up now
-            behind = candidate.delivered * self.race_factor / theirs - candidate.elapsed
-            due = min(due, max(behind, patience / self.stall_factor - candidate.idle))
-        return due
+        stays as it is (its own falls as it waits, and may fall far behind theirs before it
+        stalls); None: not for now. Never later than the race comes."""
+        slow = self._slow_patience(candidate, pace, slot_size)
+        theirs = self._keeping_up(candidate, peers)
+        if slow is None or theirs is None:
+            return None if slow is None else slow - candidate.idle
+        stall = self.patience(candidate, pace, slot_size, peers)
+        assert stall is not None
+        behind = candidate.delivered * self.race_factor / theirs - candidate.elapsed
+        return min(stall - candidate.idle, max(behind, slow - candidate.idle))
 
     def choose(self, running: Iterable[Candidate], slot_size: int, pace: Pace,
                peers: Peers | None = None) -> Steal | Race | None:

@@ -97,9 +97,9 @@ def test_a_range_is_judged_against_every_range_running_those_in_contests_too():
     room.begin(runs[1], runs[2], 500)
     assert room.choose([runs[0]], 4.0, ()) == Race(1, 100, 3.0)
     assert room.choose([runs[0]], 4.0, (), peers=runs) is None
-    # Its peers at 25 B/s: a slot in 4 s, patience 16 s, a stall after 64 s; its rate falls
-    # to a quarter of theirs at 16 s (if theirs stays), past its patience at 17 s: the wakeup.
-    assert room.wakeup([runs[0]], 4.0, (), peers=runs) == pytest.approx(17.0)
+    # Its peers at 25 B/s: a slot in 4 s, patience 16 s, a stall after 64 s; but its rate
+    # falls to a quarter of theirs at 16 s (if theirs stays), past the floor: the wakeup.
+    assert room.wakeup([runs[0]], 4.0, (), peers=runs) == pytest.approx(16.0)
     for now in (2.0, 3.0, 4.0, 5.0):
         deliver(room, runs[1], SLOT, now)
         deliver(room, runs[2], SLOT, now)
