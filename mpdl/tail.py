@@ -141,12 +141,12 @@ class Peers:
         self._rates = sorted(r for r in rates if r is not None)
 
     def rate(self, own: float | None) -> float | None:
-        """The median rate of the peers of a range whose rate is ``own`` (one of those given,
-        or None: not among them); None when it has no measured peer."""
+        """The median rate of the peers of a range whose rate is ``own`` (left out once if
+        among those given); None when it has no measured peer."""
         rates = self._rates
-        if own is not None:
-            rates = list(rates)
-            del rates[bisect.bisect_left(rates, own)]
+        at = len(rates) if own is None else bisect.bisect_left(rates, own)
+        if at < len(rates) and rates[at] == own:
+            rates = rates[:at] + rates[at + 1:]
         if not rates:
             return None
         middle = len(rates) // 2

@@ -194,6 +194,7 @@ def test_peers_are_judged_by_the_median_of_the_others():
     assert peers.rate(None) == 25.0  # a range not among them: all four
     assert peers.rate(10.0) == 30.0 and peers.rate(40.0) == 20.0  # itself left out
     assert Peers([10.0]).rate(10.0) is None and Peers([]).rate(None) is None
+    assert Peers([10.0, 20.0, 30.0, 40.0]).rate(25.0) == 25.0  # not among them: all four
 
 
 def test_ranges_taking_turns_for_the_cpu_are_not_raced_until_they_stall():
