@@ -8,6 +8,8 @@ what follows from them, driven by the scheduler's events, as the file book does 
 - the run's ``Pace`` (a connection's rate, a new request's first-slot wait), measured on every
   slot filled, timed from when its worker could start it: when each worker was first heard
   from (a worker still starting is not a stalled connection);
+- the peers each range is judged against (tail.Peers): the own rates of every range on a
+  worker, those in contests too, in the moment the policy is asked;
 - the tail policy, refitted when the speed cap changes (``cap_changed``).
 It says who won a contest (``filled``); the races room carries that out (it cuts a victim short
 or cancels a thief) and charges failed attempts to the range's budget. No I/O, no clock.

@@ -234,8 +234,8 @@ def _read_into(raw, view: memoryview) -> int:
         if raw.length is not None and len(view) > raw.length:
             view = view[:raw.length]
         n = raw.fp.readinto1(view)
-        if n and n < len(view) and isinstance(sock := getattr(raw.fp.raw, "_sock", None),
-                                              ssl.SSLSocket):
+        if n and n < len(view) and isinstance(
+                sock := getattr(getattr(raw.fp, "raw", None), "_sock", None), ssl.SSLSocket):
             n += _records_here(raw.fp, sock, view[n:])
         if not n and len(view):
             raw._close_conn()
