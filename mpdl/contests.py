@@ -8,6 +8,8 @@ what follows from them, driven by the scheduler's events, as the file book does 
 - the run's ``Pace`` (a connection's rate, a new request's first-slot wait), measured on every
   slot filled, timed from when its worker could start it: when each worker was first heard
   from (a worker still starting is not a stalled connection);
+- the peers each range is judged against (tail.Peers): the own rates of every range on a
+  worker, those in contests too, in the moment the policy is asked;
 - the tail policy, refitted when the speed cap changes (``cap_changed``).
 It says who won a contest (``filled``); the races room carries that out (it cuts a victim short
 or cancels a thief) and charges failed attempts to the range's budget. No I/O, no clock.
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from .messages import Filled
 from .plan import cut_points
 from .states import TaskRun
-from .tail import Candidate, Pace, Race, Steal, TailPolicy
+from .tail import Candidate, Pace, Peers, Race, Steal, TailPolicy, own_rate
 
 
 @dataclass(slots=True, eq=False)
@@ -100,23 +102,36 @@ class Contests:
     def of(self, run: TaskRun) -> Contest | None:
         return self._of.get(run)
 
-    def choose(self, running: Iterable[TaskRun], now: float,
-               streamed: Container[str]) -> Steal | Race | None:
+    def choose(self, running: Iterable[TaskRun], now: float, streamed: Container[str],
+               peers: Iterable[TaskRun] | None = None) -> Steal | Race | None:
         """What one idle connection should take of ``running`` (ranges on workers whose
-        budget allows one more attempt), if anything."""
+        budget allows one more attempt), if anything, each judged against ``peers`` (every
+        range on a worker; None: ``running``)."""
+        running = list(running)
         return self.policy.choose(self._candidates(running, now, streamed), self.slot_size,
-                                  self.pace)
+                                  self.pace, self._peers(running if peers is None else peers,
+                                                         now))
 
-    def wakeup(self, running: Iterable[TaskRun], now: float,
-               streamed: Container[str]) -> float | None:
+    def wakeup(self, running: Iterable[TaskRun], now: float, streamed: Container[str],
+               peers: Iterable[TaskRun] | None = None) -> float | None:
         """When time alone may next make one of ``running`` worth racing, or contested again."""
         running = list(running)
         times = [t for run, t in self._after.items() if t > now and run in running]
+        rates = self._peers(running if peers is None else peers, now)
         for c in self._candidates(running, now, streamed):
-            patience = self.policy.patience(c, self.pace, self.slot_size)
-            if c.delivered in c.cuts and patience is not None:
-                times.append(now - c.idle + patience)
+            due = self.policy.raced_in(c, self.pace, self.slot_size, rates)
+            if c.delivered in c.cuts and due is not None:
+                times.append(now + due)
         return min(times, default=None)
+
+    def _peers(self, runs: Iterable[TaskRun], now: float) -> Peers:
+        """The own rates of ``runs`` on workers heard from, timed as candidates are."""
+        rates = []
+        for run in runs:
+            heard = self.heard_at.get(run.worker)
+            if heard is not None:
+                rates.append(own_rate(run.delivered, now - max(run.started_at, heard)))
+        return Peers(rates)
 
     def _candidates(self, running: Iterable[TaskRun], now: float,
                     streamed: Container[str]) -> list[Candidate]:

@@ -18,6 +18,7 @@ ring's ``fills`` after every read, for progress.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 import zlib
 from collections.abc import Callable
@@ -209,7 +210,11 @@ def _read_into(raw, view: memoryview) -> int:
     keep such a read from returning for days, and the speed floor is judged when reads return.
     This is http.client's readinto with BufferedReader.readinto1 in place of readinto, the
     response's bookkeeping kept (the body's length left, the connection closed at its end);
-    a chunked body goes through http.client's read1, which keeps the chunks' framing."""
+    a chunked body goes through http.client's read1, which keeps the chunks' framing.
+
+    Over TLS one receive is one record (16 KiB at most), so the records already here are
+    read on without waiting (_records_here): a fast stream is read in few calls, as it is
+    in plain HTTP, where one receive takes all the socket holds."""
     try:
         if raw.fp is None:
             return 0
@@ -220,6 +225,9 @@ def _read_into(raw, view: memoryview) -> int:
         if raw.length is not None and len(view) > raw.length:
             view = view[:raw.length]
         n = raw.fp.readinto1(view)
+        if n and n < len(view) and isinstance(
+                sock := getattr(getattr(raw.fp, "raw", None), "_sock", None), ssl.SSLSocket):
+            n += _records_here(raw.fp, sock, view[n:])
         if not n and len(view):
             raw._close_conn()
         elif raw.length is not None:
@@ -231,6 +239,27 @@ def _read_into(raw, view: memoryview) -> int:
         raise TransientError(f"read failed: {exc}") from None
     except Exception as exc:  # http.client.IncompleteRead and friends
         raise TransientError(f"read failed: {exc!r}") from None
+
+
+def _records_here(fp, sock: ssl.SSLSocket, view: memoryview) -> int:
+    """Read into ``view`` what the TLS socket ``sock`` (under ``fp``, the response's buffered
+    file) can give without waiting: the records it holds, decrypted. Its timeout is 0 while
+    they are read (a TLS read that would wait raises instead), then set back."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    got = 0
+    try:
+        while got < len(view):
+            try:
+                n = fp.readinto1(view[got:])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                break
+            if not n:  # None: it would wait; 0: the end, which the next read finds again
+                break
+            got += n
+    finally:
+        sock.settimeout(timeout)
+    return got
 
 
 class CappedReads:

@@ -62,7 +62,8 @@ class Races:
         """When time alone may next make a running range worth contesting."""
         if not self.idle_connection():
             return None
-        return self.contests.wakeup(self._contestable(), now, streamed)
+        return self.contests.wakeup(self._contestable(), now, streamed,
+                                    self.board.on_worker)
 
     def _contestable(self) -> list[TaskRun]:
         """The ranges on workers whose budget keeps an attempt beyond a contest."""
@@ -74,7 +75,8 @@ class Races:
         """Each idle connection takes half of the largest remainder, or races a stalled one
         (never a range of an object in ``streamed``: it ignores Range)."""
         while self.idle_connection():
-            choice = self.contests.choose(self._contestable(), now, streamed)
+            choice = self.contests.choose(self._contestable(), now, streamed,
+                                          self.board.on_worker)
             if choice is None:
                 return
             self._start(self.board.runs[choice.task_id], choice, now)

@@ -11,19 +11,21 @@ from __future__ import annotations
 import http.client
 import multiprocessing
 import socket
+import ssl
 import threading
 import time
 import types
 from collections.abc import Iterator
 
 import pytest
-from helpers import env_with, mpdl_cli
+from helpers import env_with, mpdl_cli, skip_or_fail
 
 from mpdl.errors import TransientError
 from mpdl.fetch import CappedReads
 from mpdl.options import KiB, MiB
 from mpdl.ratelimit import SpeedCap
-from mpdl.speedfloor import (SpeedFloor)
+from mpdl.speedfloor import SpeedFloor
+from perf import tls
 
 
 @pytest.fixture
@@ -69,6 +71,56 @@ def test_a_read_returns_after_one_receive(trickle) -> None:
     got = [reads.read(raw, memoryview(bytearray(64 * KiB))) for _ in range(3)]
     assert sum(got) >= 3 and time.monotonic() - started < 1.0
     assert raw.length == 100000 - sum(got)  # http.client's bookkeeping kept
+
+
+def test_over_tls_a_read_takes_every_record_already_here_and_no_more(tmp_path) -> None:
+    """One TLS receive is one record (16 KiB at most): a read takes all the records the
+    socket holds (four), as one plain receive takes all it holds, and still returns after one
+    receive when the server then trickles (a byte, well within the timeout), its timeout
+    set back as it was."""
+    if tls.find_openssl() is None:
+        skip_or_fail(tls.OPENSSL_MISSING)
+    authority = tls.make_authority(tmp_path / "ca")
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(authority.server.cert, authority.server.key)
+    client_side = ssl.create_default_context(cafile=str(authority.ca))
+    listener = socket.create_server(("127.0.0.1", 0))
+    plain = socket.create_connection(listener.getsockname())
+    peer = listener.accept()[0]
+    listener.close()
+    sent, trickle, done = threading.Event(), threading.Event(), threading.Event()
+    record, records = 8 * KiB, 4
+    body = records * record  # well within TCP's first window: all here once sent
+
+    def serve() -> None:
+        with server_side.wrap_socket(peer, server_side=True) as conn:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (body + 2))
+            for _ in range(records):  # on loopback, in the client's socket once sent
+                conn.sendall(b"z" * record)
+            sent.set()
+            if trickle.wait(5):
+                conn.sendall(b"z")
+                done.wait(5)
+
+    sender = threading.Thread(target=serve, daemon=True)
+    sender.start()
+    try:
+        with client_side.wrap_socket(plain, server_hostname="127.0.0.1") as client:
+            client.settimeout(2.0)
+            raw = http.client.HTTPResponse(client)
+            raw.begin()
+            assert sent.wait(5)
+            view = memoryview(bytearray(256 * KiB))
+            reads = CappedReads(types.SimpleNamespace(connection=None), None)
+            assert reads.read(raw, view) == body  # every record, none waited for
+            trickle.set()
+            assert reads.read(raw, view) == 1  # one byte of two: not waited on to fill
+            assert client.gettimeout() == 2.0 and raw.length == 1
+    finally:
+        trickle.set()
+        done.set()
+        sender.join()
+        peer.close()
 
 
 def test_a_trickling_response_fails_within_its_window(trickle) -> None:

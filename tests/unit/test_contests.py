@@ -83,6 +83,29 @@ def test_a_range_in_a_contest_or_on_a_worker_not_heard_from_is_not_a_candidate()
     room.worker_gone(0)
 
 
+def test_a_range_is_judged_against_every_range_running_those_in_contests_too():
+    """Three ranges at a slot a second, two of them in a contest, all idle since: the first
+    keeps up with them (they all slow together: it is only raced as a stall), where the run's
+    per-slot pace alone (a slot a millisecond) would have it raced. Once the other two move
+    on at a slot a second, it falls far behind them and is raced at its patience (4 s)."""
+    room = Contests(TailPolicy(), SLOT)
+    room.heard(0, 0.0)
+    runs = [run_of(1, size=200), *(run_of(i, offset=1000 * i) for i in (2, 3))]
+    for run in runs:
+        deliver(room, run, SLOT, 1.0)
+    room.pace = Pace(rate=1e5, wait=0.0)
+    room.begin(runs[1], runs[2], 500)
+    assert room.choose([runs[0]], 4.0, ()) == Race(1, 100, 3.0)
+    assert room.choose([runs[0]], 4.0, (), peers=runs) is None
+    # Its peers at 25 B/s: a slot in 4 s, patience 16 s, a stall after 64 s; but its rate
+    # falls to a quarter of theirs at 16 s (if theirs stays), past the floor: the wakeup.
+    assert room.wakeup([runs[0]], 4.0, (), peers=runs) == pytest.approx(16.0)
+    for now in (2.0, 3.0, 4.0, 5.0):
+        deliver(room, runs[1], SLOT, now)
+        deliver(room, runs[2], SLOT, now)
+    assert room.choose([runs[0]], 5.0, (), peers=runs) == Race(1, 100, 4.0)
+
+
 def test_an_object_streamed_whole_is_never_contested():
     room = Contests(TailPolicy(), SLOT)
     room.pace = Pace(rate=1e5, wait=0.0)

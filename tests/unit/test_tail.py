@@ -15,7 +15,7 @@ import pytest
 
 from mpdl.messages import Check
 from mpdl.plan import Span, Task, cut_points, cut_task
-from mpdl.tail import Candidate, Pace, Race, Steal, TailPolicy
+from mpdl.tail import Candidate, Pace, Peers, Race, Steal, TailPolicy
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -140,9 +140,10 @@ def test_a_remainder_too_short_to_halve_is_left_alone_until_it_stalls():
 
 
 def test_the_longest_stalled_is_raced_first_even_with_more_to_steal():
-    choice = TailPolicy().choose([running(1, 1000, 0, idle=0.1), running(2, 300, 100, idle=2),
-                                  running(3, 300, 100, idle=1)], SLOT, FAST)
-    assert choice == Race(2, 100, 2)
+    """2 and 3 keep up with each other (a slot a second): stalled once idle 16 s."""
+    choice = TailPolicy().choose([running(1, 1000, 0, idle=0.1), running(2, 300, 100, idle=20),
+                                  running(3, 300, 100, idle=17)], SLOT, FAST)
+    assert choice == Race(2, 100, 20)
 
 
 def test_patience_grows_with_the_time_a_slot_takes():
@@ -151,6 +152,76 @@ def test_patience_grows_with_the_time_a_slot_takes():
     assert policy.patience(running(1, 200, 100), STEADY, SLOT) == 4.0
     assert policy.choose([running(1, 200, 100, idle=3.0)], SLOT, STEADY) is None
     assert policy.choose([running(1, 200, 100, idle=4.0)], SLOT, STEADY) == Race(1, 100, 4.0)
+
+
+# -- judged against its peers ----------------------------------------------------------------------
+
+MB = 1_000_000
+BIG_SLOT = 2 * MiB
+#: Per-slot timing sees a slot filled from what the socket holds: memory's speed, not a link's.
+LOOPBACK = Pace(rate=400 * MB, wait=0.2)
+
+
+def at_rate(task_id: int, mb_s: float, idle: float, delivered: int = 32 * MiB,
+            size: int = 64 * MiB) -> Candidate:
+    """A range of BIG_SLOTs that delivered ``delivered`` bytes at ``mb_s`` MB/s."""
+    return Candidate(task_id=task_id, size=size, delivered=delivered, idle=idle,
+                     elapsed=delivered / (mb_s * MB), cuts=list(range(delivered, size, BIG_SLOT)))
+
+
+def cpu_bound(victim_idle: float) -> list[Candidate]:
+    """big-tls on two cores, as measured: 16 connections at 13 to 46 MB/s (median about 27)
+    taking turns, several idle for half a second while the others read; a slot takes 80 ms
+    at the median. Task 6 is idle ``victim_idle``."""
+    rates = [35, 26, 17, 26, 29, 13, 34, 32, 39, 25, 15, 16, 18, 35, 30, 27]
+    idles = [0.01, 0.35, 0.45, 0.05, 0.01, victim_idle, 0.23, 0.02, 0.1, 0.04, 0.47, 0.46,
+             0.49, 0.06, 0.03, 0.2]
+    return [at_rate(i + 1, r, idle) for i, (r, idle) in enumerate(zip(rates, idles, strict=True))]
+
+
+def test_peers_are_judged_by_the_median_of_the_others():
+    peers = Peers([10.0, 30.0, None, 20.0, 40.0])
+    assert peers.rate(None) == 25.0  # a range not among them: all four
+    assert peers.rate(10.0) == 30.0 and peers.rate(40.0) == 20.0  # itself left out
+    assert Peers([10.0]).rate(10.0) is None and Peers([]).rate(None) is None
+    assert Peers([10.0, 20.0, 30.0, 40.0]).rate(25.0) == 25.0  # not among them: all four
+
+
+def test_ranges_taking_turns_for_the_cpu_are_not_raced_until_they_stall():
+    """Idle 0.7 s where a slot takes 80 ms at its peers' rate (patience 0.32 s), but at half
+    their rate it keeps up: it waits for its turn, and a thief would take its turns from the
+    same two cores. Judged against the run's per-slot pace, every one of them was raced."""
+    policy = TailPolicy()
+    choice = policy.choose(cpu_bound(0.7), BIG_SLOT, LOOPBACK)
+    assert not isinstance(choice, Race)
+    victim = cpu_bound(0.7)[5]
+    patience = policy.patience(victim, LOOPBACK, BIG_SLOT, Peers(c.rate for c in cpu_bound(0)))
+    assert patience == pytest.approx(4 * 4 * 2 * MiB / (27 * MB), rel=0.05)  # 1.24 s
+    stalled = policy.choose(cpu_bound(1.3), BIG_SLOT, LOOPBACK)
+    assert stalled == Race(6, 32 * MiB, 1.3)  # idle 16 slots at its peers' rate: a stall
+
+
+def test_a_range_far_slower_than_its_peers_is_raced_at_its_patience():
+    """The tail scenario: one connection at 1 MB/s among nine at 40 MB/s: judged at the run's
+    pace, as before, raced once idle the floor (0.2 s)."""
+    fast = [at_rate(i, 40, 0.01, size=34 * MiB) for i in range(1, 10)]
+    slow = at_rate(10, 1, 0.2, delivered=2 * MiB, size=4 * MiB)
+    assert TailPolicy().choose([*fast, slow], BIG_SLOT, LOOPBACK) == Race(10, 2 * MiB, 0.2)
+    assert TailPolicy().choose([*fast, at_rate(10, 1, 0.19, delivered=2 * MiB, size=4 * MiB)],
+                               BIG_SLOT, LOOPBACK) is None
+
+
+def test_a_thief_is_expected_at_its_peers_rate_not_at_memory_speed():
+    """Nine slots left at a slot a second: alone 9 s. Per slot the run's pace says a thief
+    takes its four in no time, but its peers deliver a slot in 2.5 s: 10 s, no steal. Beside
+    peers at two slots a second (2 s), it steals."""
+    victim = running(1, 1000, 100)
+    idle_peers = [running(i, 150, 100, elapsed=100 / rate) for i, rate in ((2, 40), (3, 40))]
+    pace = Pace(rate=1e6, wait=0.1)
+    assert TailPolicy().choose([victim], SLOT, pace) == Steal(1, 600)  # no peers: the pace
+    assert TailPolicy().choose([victim, *idle_peers], SLOT, pace) is None
+    quick_peers = [running(i, 150, 100, elapsed=0.5) for i in (2, 3)]
+    assert TailPolicy().choose([victim, *quick_peers], SLOT, pace) == Steal(1, 600)
 
 
 def test_nothing_is_raced_before_anything_was_measured():
