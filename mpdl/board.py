@@ -23,7 +23,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from .plan import Task
+from .plan import Task, batch_index, batch_slice
 from .progress import Counts
 from .states import IN_FLIGHT, LIVE, ON_WORKER, FileRun, TaskRun, TaskState
 
@@ -115,6 +115,25 @@ class TaskBoard:
         for fid in run.task.file_ids - task.file_ids:
             self.files[fid].live_tasks -= 1
         run.task = task
+
+    def split_batch(self, run: TaskRun, at: int) -> TaskRun | None:
+        """The batch ``run`` stands for broke at output offset ``at``, where an object failed:
+        ``run`` keeps the objects before it (or, broken at 0, that object alone, to be judged
+        by the retry policy), and the others become a new batch at the front of the queue
+        (None when none are left). Broken past 0, the new one starts with the object that
+        failed and shares ``run``'s budget; at 0 it holds only objects not tried, and gets
+        a budget of its own."""
+        task = run.task
+        index = batch_index(task, at)
+        first = index if index else 1
+        if not task.batch or first >= len(task.batch):
+            return None
+        rest = self.add_run(batch_slice(task, first, len(task.batch), self.next_task_id))
+        if index:
+            rest.budget = run.budget
+        self.queued.appendleft((rest, rest.moves))
+        self.retask(run, batch_slice(task, 0, first, task.task_id))
+        return rest
 
     def release_due(self, now: float) -> None:
         """Retries whose wait is over go to the front of the queue."""
