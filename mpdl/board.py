@@ -110,30 +110,42 @@ class TaskBoard:
             self.queued.extend(added)
 
     def retask(self, run: TaskRun, task: Task) -> None:
-        """``run`` now stands for ``task``, a head of its task (cut short at a contest's cut):
-        the files left out lose a live task."""
+        """``run`` now stands for ``task``, a piece of its task (a head cut short at a
+        contest's cut, the rest of a batch): the files left out lose a live task, and a run
+        on a worker counts for the object its piece asks first."""
         for fid in run.task.file_ids - task.file_ids:
             self.files[fid].live_tasks -= 1
+        if run.state in ON_WORKER and task.source != run.task.source:
+            self.on_source[run.task.source] -= 1
+            self.on_source[task.source] += 1
         run.task = task
 
-    def split_batch(self, run: TaskRun, at: int) -> TaskRun | None:
-        """The batch ``run`` stands for broke at output offset ``at``, where an object failed:
-        ``run`` keeps the objects before it (or, broken at 0, that object alone, to be judged
-        by the retry policy), and the others become a new batch at the front of the queue
-        (None when none are left). Broken past 0, the new one starts with the object that
-        failed and shares ``run``'s budget; at 0 it holds only objects not tried, and gets
-        a budget of its own."""
+    def split_batch(self, run: TaskRun) -> TaskRun | None:
+        """The batch ``run`` stands for failed at its first object: ``run`` keeps that object
+        alone, for the retry policy to judge, and the others, never tried, become a new batch
+        with a budget of its own at the front of the queue (returned; None if none)."""
+        task = run.task
+        if len(task.batch) < 2:
+            return None
+        rest = self.add_run(batch_slice(task, 1, len(task.batch), self.next_task_id))
+        self.queued.appendleft((rest, rest.moves))
+        self.retask(run, batch_slice(task, 0, 1, task.task_id))
+        return rest
+
+    def split_head(self, run: TaskRun, at: int) -> TaskRun | None:
+        """The batch ``run`` stands for broke at output offset ``at``, where an object failed
+        after the ones before it came: those become a new run (returned), running on
+        ``run``'s worker for the Filled that brought them, and ``run`` keeps the object that
+        failed and those after it, to be judged as failed (None: nothing to split)."""
         task = run.task
         index = batch_index(task, at)
-        first = index if index else 1
-        if not task.batch or first >= len(task.batch):
+        if not 0 < index < len(task.batch):
             return None
-        rest = self.add_run(batch_slice(task, first, len(task.batch), self.next_task_id))
-        if index:
-            rest.budget = run.budget
-        self.queued.appendleft((rest, rest.moves))
-        self.retask(run, batch_slice(task, 0, first, task.task_id))
-        return rest
+        head = self.add_run(batch_slice(task, 0, index, self.next_task_id))
+        head.attempt, head.worker = 1, run.worker
+        self.retask(run, batch_slice(task, index, len(task.batch), task.task_id))
+        self.move(head, T.RUNNING)
+        return head
 
     def release_due(self, now: float) -> None:
         """Retries whose wait is over go to the front of the queue."""

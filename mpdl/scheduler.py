@@ -230,10 +230,15 @@ class Scheduler:
             won = self.contests.filled(run, record, now)
             if won is not None:
                 self.races.decide(won)
-            if record.broke is not None:  # a batch keeps what came, the rest goes again
-                log.info("task %d: %s", record.task_id, record.broke.reason)
-                self.board.split_batch(run, record.offset + record.length)
-            self.delivery.filled(run, record, now)
+            head = None if record.broke is None else \
+                self.board.split_head(run, record.offset + record.length)
+            if head is not None:  # a batch broke: keep what came, judge the object that failed
+                self.slots.hand(record.slot, head.task.task_id, head.attempt)
+                self.delivery.filled(head, record._replace(task_id=head.task.task_id,
+                                                           attempt=head.attempt), now)
+                self._failed(run, record.broke, now)
+            else:
+                self.delivery.filled(run, record, now)
         else:
             self._failed(run, record, now)
 
@@ -360,7 +365,7 @@ class Scheduler:
             return
         if contest is not None and not self.races.victim_lost(contest):
             return  # a raced victim stands at its cut: its stall was charged when raced
-        self.board.split_batch(run, 0)  # a batch's first object failed: it alone is judged
+        self.board.split_batch(run)  # a batch's first object failed: it alone is judged
         task = run.task
         log.info("task %d (%s): %s", task.task_id, record.kind.value, record.reason)
         run.last_failure = record.reason
