@@ -31,9 +31,10 @@ file: parallel, whole objects of at most BATCH_FILE_MAX bytes that follow one an
 order go in one task (``batch``: each its own URL, asked one after the other on one
 connection, their bodies back to back in one slot, each checked against its own hash), at most
 MAX_BATCH of them and one slot's bytes. A run of few such files is not batched (at least
-BATCH_SPREAD tasks stay, so connections still share the work). A batch is one attempt at
-many ranges: when one of its objects fails, the files before it are kept and the rest go on as
-a new batch (``batch_slice``), the failing object alone when it failed first.
+BATCH_SPREAD tasks stay, so connections still share the work). Each object of a batch is a
+range of its own: when one fails, the files before it are kept, it alone is judged by the
+retry policy, and those after it, never tried, go on as a new batch (``batch_slice``; the
+scheduler's board splits: board.TaskBoard.split_head, split_batch).
 Compressed parts are asked exactly as the manifest cuts them (whole chunk objects in GOG V2),
 and streams (not parallel, or a server ignoring Range) are one request per object anyway.
 
