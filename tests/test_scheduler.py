@@ -176,6 +176,8 @@ class Sim:
         assert all(n <= limits.per_worker for n in on_worker.values())
         assert {w: n for w, n in s.board.busy.items() if n} == dict(on_worker)
         assert s.board.on_worker == {r for r in s.runs.values() if r.state in ON_WORKER}
+        assert {u: n for u, n in s.board.on_source.items() if n} == Counter(
+            r.task.source for r in s.board.on_worker)
         for fid, file in s.files.items():
             live = sum(1 for r in s.runs.values() if r.state in LIVE and fid in r.task.file_ids)
             assert file.live_tasks == live, f"file {fid}: live_tasks {file.live_tasks} != {live}"
