@@ -320,7 +320,8 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
 def planner_for(parsed: Manifest, opts: Options, streamed: tuple[str, ...] = ()) -> Planner:
     """The run's planner; ``mpdl.plan`` (preview.py) asks the same one."""
     return Planner(chunk_size=opts.chunk_size, parallel=opts.parallel,
-                   streamed=frozenset(streamed), spread=opts.connections, object_ends=known_object_ends(parsed.files))
+                   streamed=frozenset(streamed), spread=opts.connections,
+                   object_ends=known_object_ends(parsed.files))
 
 
 def _unfinished(manifest: Manifest, result: Result) -> None:

@@ -23,7 +23,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from .plan import Task
+from .plan import Task, batch_index, batch_slice
 from .progress import Counts
 from .states import IN_FLIGHT, LIVE, ON_WORKER, FileRun, TaskRun, TaskState
 
@@ -91,6 +91,17 @@ class TaskBoard:
         whose checks are still to come (a part with a hash, a compressed part, a stream)."""
         return sum(run.credited for run in self.runs.values() if run.state in IN_FLIGHT)
 
+    def current(self, task_id: int, attempt: int) -> TaskRun | None:
+        """The task's run, if ``attempt`` is its current one and it is on its worker."""
+        run = self.runs[task_id]
+        return run if attempt == run.attempt and run.state in ON_WORKER else None
+
+    def shift_on_worker(self, held: float) -> None:
+        """A pause of ``held`` seconds ended: the attempts on workers were held, not slow, so
+        their clocks move on by it (tail.py judges stalls by them)."""
+        for run in self.on_worker:
+            run.started_at, run.progress_at = run.started_at + held, run.progress_at + held
+
     def add_run(self, task: Task) -> TaskRun:
         """A new task, QUEUED but in no queue yet (a thief is dispatched at once)."""
         run = self.runs[task.task_id] = TaskRun(task)
@@ -110,11 +121,42 @@ class TaskBoard:
             self.queued.extend(added)
 
     def retask(self, run: TaskRun, task: Task) -> None:
-        """``run`` now stands for ``task``, a head of its task (cut short at a contest's cut):
-        the files left out lose a live task."""
+        """``run`` now stands for ``task``, a piece of its task (a head cut short at a
+        contest's cut, the rest of a batch): the files left out lose a live task, and a run
+        on a worker counts for the object its piece asks first."""
         for fid in run.task.file_ids - task.file_ids:
             self.files[fid].live_tasks -= 1
+        if run.state in ON_WORKER and task.source != run.task.source:
+            self.on_source[run.task.source] -= 1
+            self.on_source[task.source] += 1
         run.task = task
+
+    def split_batch(self, run: TaskRun) -> TaskRun | None:
+        """The batch ``run`` stands for failed at its first object: ``run`` keeps that object
+        alone, for the retry policy to judge, and the others, never tried, become a new batch
+        with a budget of its own at the front of the queue (returned; None if none)."""
+        task = run.task
+        if len(task.batch) < 2:
+            return None
+        rest = self.add_run(batch_slice(task, 1, len(task.batch), self.next_task_id))
+        self.queued.appendleft((rest, rest.moves))
+        self.retask(run, batch_slice(task, 0, 1, task.task_id))
+        return rest
+
+    def split_head(self, run: TaskRun, at: int) -> TaskRun | None:
+        """The batch ``run`` stands for broke at output offset ``at``, where an object failed
+        after the ones before it came: those become a new run (returned), running on
+        ``run``'s worker for the Filled that brought them, and ``run`` keeps the object that
+        failed and those after it, to be judged as failed (None: nothing to split)."""
+        task = run.task
+        index = batch_index(task, at)
+        if not 0 < index < len(task.batch):
+            return None
+        head = self.add_run(batch_slice(task, 0, index, self.next_task_id))
+        head.attempt, head.worker = 1, run.worker
+        self.retask(run, batch_slice(task, index, len(task.batch), task.task_id))
+        self.move(head, T.RUNNING)
+        return head
 
     def release_due(self, now: float) -> None:
         """Retries whose wait is over go to the front of the queue."""

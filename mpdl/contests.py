@@ -128,7 +128,7 @@ class Contests:
         """The own rates of ``runs`` on workers heard from, timed as candidates are."""
         rates = []
         for run in runs:
-            heard = self.heard_at.get(run.worker)
+            heard = None if run.worker is None else self.heard_at.get(run.worker)
             if heard is not None:
                 rates.append(own_rate(run.delivered, now - max(run.started_at, heard)))
         return Peers(rates)

@@ -49,6 +49,12 @@ class Delivery:
             return
         self.output_ended(run)
 
+    def filled_head(self, head: TaskRun, record: Filled, now: float) -> None:
+        """A batch broke after its first objects: they are ``head`` now (board.split_head),
+        which takes the slot they filled, and goes on as any filled run."""
+        self.slots.hand(record.slot, head.task.task_id, head.attempt)
+        self.filled(head, record._replace(task_id=head.task.task_id, attempt=head.attempt), now)
+
     def stopped_with(self, run: TaskRun, record: Filled) -> None:
         """The run stops, and the attempt's worker handed over its partly filled slot. Bytes
         that nothing checks later (as ``written`` counts them: ranged, unchecked, plain) go

@@ -48,12 +48,18 @@ class Dispatch:
         slot = self.slots.acquire(task.task_id, run.attempt, worker)
         assert slot is not None, "a fetch is dispatched only with a slot free"
         self.board.move(run, T.RUNNING)
+        batch: tuple[tuple[str, int, bool], ...] = ()
+        if task.batch:  # each object on the mirror the batch's history points at
+            routes = [self.routes.route(source, run.attempts.mirror) for source, _ in task.batch]
+            batch = tuple((r.url, length, r.credentials)
+                          for r, (_, length) in zip(routes, task.batch, strict=True))
         self._to_worker(worker, Fetch(
             task_id=task.task_id, attempt=run.attempt, url=run.url, offset=task.offset,
             length=task.length, ranged=task.ranged, exact=task.exact,
             compression=task.compression, size=task.size, checks=task.checks, slot=slot,
-            credentials=route.credentials,
-            expect=self.validators.expect(self.mirror(run), task.ranged)))
+            credentials=route.credentials, batch=batch,
+            expect=None if task.batch else self.validators.expect(self.mirror(run),
+                                                                  task.ranged)))
 
     def mirror(self, run: TaskRun) -> str:
         """The mirror URL the task's history points at now (not a fresh or final URL of it)."""

@@ -17,6 +17,7 @@ ring's ``fills`` after every read, for progress.
 
 from __future__ import annotations
 
+import http.client
 import socket
 import ssl
 import time
@@ -150,6 +151,13 @@ def fetch(job: Fetch, pool: Routed, ring: Ring, next_slot: NextSlot,
         response.release_conn()  # body read to its end: the connection goes back to the pool
     else:
         discard(response)
+
+
+def raw_body(response: urllib3.BaseHTTPResponse) -> http.client.HTTPResponse:
+    """The http.client response under urllib3's: its body is read with readinto, into a
+    slot, with no copy (urllib3's own reads copy)."""
+    assert isinstance(response, urllib3.HTTPResponse) and response._fp is not None
+    return response._fp
 
 
 def arrived_unread(response: urllib3.BaseHTTPResponse) -> int:

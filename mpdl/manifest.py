@@ -152,7 +152,12 @@ class Manifest:
     alternates: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def mirrors(self, url: str) -> tuple[str, ...]:
-        """Where to fetch ``url`` from, in the order to try."""
+        """Where to fetch ``url`` from, in the order to try. Asked once per request (a batch
+        of small files asks it per file): a plain relative path is appended to each base
+        without urljoin's parsing, which gives the same URL (``_PLAIN_PATH``)."""
+        if _PLAIN_PATH.fullmatch(url) and not _DOT_SEGMENT.search(url):
+            return tuple(base + url if base[-1:] == "/" and "?" not in base and "#" not in base
+                         else urljoin(base, url) for base in self.base_urls)
         if _is_absolute(url):
             return (url, *next((more for one, more in self.alternates if one == url), ()))
         return tuple(urljoin(base, url) for base in self.base_urls)
@@ -629,6 +634,13 @@ def _file_url(value: object, where: str, bases: tuple[str, ...]) -> str:
     if not bases and not _is_absolute(url):
         raise ManifestError(f"{where}: relative URL {url!r} needs base_urls")
     return sys.intern(url)  # a GOG V1 depot names its one main.bin in every file
+
+
+# A relative URL that urljoin only appends to a base ending in "/" (no query, no fragment):
+# no scheme (no ":"), no leading "/", no query or fragment, no "."/".." segment to resolve
+# nor empty one ("//"), nothing but unreserved characters, "/" and percent-escapes.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_~%-][A-Za-z0-9_.~%/-]*")
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|//")  # urljoin resolves or drops these
 
 
 def _is_absolute(url: str) -> bool:

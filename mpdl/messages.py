@@ -65,6 +65,10 @@ class Fetch(NamedTuple):
     slot: int
     credentials: bool = True  # False: a redirect's target on another host gets no Authorization
     expect: Expect | None = None  # what the object should be: Validated when it is not
+    # A batch (plan.py): (url, length, credentials) of each whole object, asked one after the
+    # other with plain GETs on one connection, the bodies back to back in ``slot`` (they fit
+    # one); ``url`` is the first's, ``length`` the sum.
+    batch: tuple[tuple[str, int, bool], ...] = ()
 
 
 class Grant(NamedTuple):
@@ -107,6 +111,7 @@ class Filled(NamedTuple):
     ``fetched`` counts network bytes read for it; ``last`` says the task's output ends here.
     ``stopped``: the worker stopped (the run is stopping) with this slot partly filled; it
     is the attempt's last word, neither full nor the output's end: no slot follows it.
+    ``broke``: a batch stopped short at a failed object (its last word too).
     """
 
     task_id: int
@@ -117,6 +122,9 @@ class Filled(NamedTuple):
     fetched: int
     last: bool
     stopped: bool = False
+    # A batch whose object at output offset ``offset + length`` failed as this says: the
+    # objects before it are all here and checked (``last`` is set); the rest are not.
+    broke: Failed | None = None
 
 
 class Alive(NamedTuple):

@@ -26,6 +26,15 @@ start or end between two parts inside a cell: a cell holding more than MAX_SPANS
 cut between them into requests of MAX_SPANS (each byte is still asked once, and a slicing
 cache serves them all from the one cell), and a request split file by file after failing
 its checks (``split_task``).
+Batches, so that a run of many small files costs the coordinator one task per batch, not one per
+file: parallel, whole objects of at most BATCH_FILE_MAX bytes that follow one another in file
+order go in one task (``batch``: each its own URL, asked one after the other on one
+connection, their bodies back to back in one slot, each checked against its own hash), at most
+MAX_BATCH of them and one slot's bytes. A run of few such files is not batched (at least
+BATCH_SPREAD tasks stay, so connections still share the work). Each object of a batch is a
+range of its own: when one fails, the files before it are kept, it alone is judged by the
+retry policy, and those after it, never tried, go on as a new batch (``batch_slice``; the
+scheduler's board splits: board.TaskBoard.split_head, split_batch).
 Compressed parts are asked exactly as the manifest cuts them (whole chunk objects in GOG V2),
 and streams (not parallel, or a server ignoring Range) are one request per object anyway.
 
@@ -59,6 +68,11 @@ MAX_SPANS = 256
 ZLIB_MAX_RATIO = 1032
 # The largest range planned at the start: a range is bisected later, never merged.
 MAX_RANGE = 64 * MiB
+# Batches (module docstring): the largest object batched, the most objects in one batch, and
+# the fewest tasks batching leaves a plan of many small objects.
+BATCH_FILE_MAX = 64 * 1024
+MAX_BATCH = 64
+BATCH_SPREAD = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +108,9 @@ class Task:
     spans: tuple[Span, ...]
     exact: bool = True
     checks: tuple[Check, ...] = ()
+    # A batch: one (source, length) per span, each a whole object asked with a plain GET, the
+    # bodies back to back in the output; ``source`` is the first's. Empty: one request.
+    batch: tuple[tuple[str, int], ...] = ()
 
     @cached_property
     def file_ids(self) -> frozenset[int]:
@@ -130,8 +147,11 @@ class Plan:
         packed = sum(1 for t in self.tasks if t.compression)
         ranges = len(self.tasks) - whole - packed
         merged = sum(1 for t in self.tasks if len(t.spans) > 1)
-        return (f"{len(self.tasks)} requests: {whole} whole objects, {ranges} ranges "
-                f"({merged} merging adjacent parts), {packed} compressed parts")
+        batches = [t for t in self.tasks if t.batch]
+        batched = sum(len(t.batch) for t in batches)
+        return (f"{len(self.tasks) - len(batches) + batched} requests: {whole} whole objects"
+                f"{f' ({batched} in {len(batches)} batches)' if batches else ''}, "
+                f"{ranges} ranges ({merged} merging adjacent parts), {packed} compressed parts")
 
 
 @dataclass(frozen=True)
@@ -186,6 +206,8 @@ class Planner:
             for source, pieces in draft.pieces.items():
                 draft.placed += self._grid_tasks(source, pieces, ends[source])
             draft.renumber()
+        if self.parallel:
+            draft.tasks = batched(draft.tasks, self.chunk_size, first_task_id)
         return Plan(tasks=draft.tasks, slot_size=self.chunk_size, files=dict(files),
                     verified=draft.verified)
 
@@ -443,6 +465,91 @@ class _Draft:
             checks=tuple(request.checks)))
 
 
+def batchable(task: Task) -> bool:
+    """A whole object small enough to share a batch: one plain GET of known length."""
+    return (not task.ranged and task.exact and task.compression is None and not task.batch
+            and task.size is not None and 0 < task.size <= BATCH_FILE_MAX
+            and task.length == task.size and len(task.spans) == 1)
+
+
+def batched(tasks: list[Task], slot_size: int, first_task_id: int) -> list[Task]:
+    """``tasks`` with runs of batchable ones gathered into batches (module docstring),
+    renumbered from ``first_task_id`` in the order they came."""
+    count = sum(1 for task in tasks if batchable(task))
+    most = min(MAX_BATCH, count // BATCH_SPREAD)
+    if most < 2:
+        return tasks
+    out: list[Task] = []
+    group: list[Task] = []
+
+    def close() -> None:
+        if len(group) > 1:
+            out.append(batch_of(group, -1))
+        else:
+            out.extend(group)
+        group.clear()
+
+    for task in tasks:
+        if not batchable(task):
+            close()
+            out.append(task)
+            continue
+        assert task.size is not None
+        if group and (len(group) >= most
+                      or sum(t.size or 0 for t in group) + task.size > slot_size):
+            close()
+        group.append(task)
+    close()
+    return [replace(task, task_id=first_task_id + index) for index, task in enumerate(out)]
+
+
+def batch_of(tasks: Sequence[Task], task_id: int) -> Task:
+    """One batch of whole-object ``tasks`` (each ``batchable``), their outputs back to back."""
+    spans: list[Span] = []
+    checks: list[Check] = []
+    parts: list[tuple[str, int]] = []
+    at = 0
+    for task in tasks:
+        assert task.size is not None
+        span = task.spans[0]
+        spans.append(Span(offset=at, length=task.size, file_id=span.file_id,
+                          file_offset=span.file_offset))
+        checks += [Check(offset=at + c.offset, length=c.length, hash=c.hash) for c in task.checks]
+        parts.append((task.source, task.size))
+        at += task.size
+    return Task(task_id=task_id, source=tasks[0].source, offset=0, length=at, ranged=False,
+                compression=None, size=at, spans=tuple(spans), checks=tuple(checks),
+                batch=tuple(parts))
+
+
+def batch_slice(task: Task, lo: int, hi: int, task_id: int) -> Task:
+    """Objects [lo, hi) of the batch ``task`` as a task of its own: a batch of them, or, of
+    one, the plain GET it was planned as."""
+    assert task.batch and 0 <= lo < hi <= len(task.batch)
+    start = task.spans[lo].offset
+    end = task.spans[hi - 1].offset + task.batch[hi - 1][1]
+    singles = [Task(task_id=-1, source=source, offset=0, length=length, ranged=False,
+                    compression=None, size=length,
+                    spans=(Span(offset=0, length=length, file_id=span.file_id,
+                                file_offset=span.file_offset),),
+                    checks=tuple(Check(offset=c.offset - span.offset, length=c.length,
+                                       hash=c.hash) for c in task.checks
+                                 if span.offset <= c.offset < span.offset + length))
+               for (source, length), span in zip(task.batch[lo:hi], task.spans[lo:hi],
+                                                     strict=True)]
+    assert sum(t.length or 0 for t in singles) == end - start
+    if len(singles) == 1:
+        return replace(singles[0], task_id=task_id)
+    return batch_of(singles, task_id)
+
+
+def batch_index(task: Task, at: int) -> int:
+    """Which object of the batch ``task`` starts at output offset ``at`` (the count of those
+    before it: ``len(task.batch)`` at its end)."""
+    starts = [span.offset for span in task.spans]
+    return starts.index(at) if at in starts else len(starts)
+
+
 def known_object_ends(entries: Iterable[FileEntry]) -> dict[str, int]:
     """Where each object is known to end: a whole object's size, else the furthest byte any
     raw part names (a compressed part inside a larger object is asked as it is, never on the
@@ -507,7 +614,7 @@ def cut_task(task: Task, at: int, tail_id: int) -> tuple[Task, Task]:
     assert task.length is not None and task.size is not None and 0 <= at < task.size
     if at == 0:
         head = replace(task, offset=task.offset, length=0, size=0, spans=(), checks=(),
-                       compression=None)
+                       compression=None, batch=())
         return head, replace(task, task_id=tail_id)
     assert task.compression is None and task.ranged
 

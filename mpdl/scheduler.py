@@ -211,9 +211,8 @@ class Scheduler:
         if paused:
             self.paused_at = now if self.paused_at is None else self.paused_at
         elif self.paused_at is not None:
-            held, self.paused_at = now - self.paused_at, None
-            for run in self.board.on_worker:
-                run.started_at, run.progress_at = run.started_at + held, run.progress_at + held
+            self.board.shift_on_worker(now - self.paused_at)
+            self.paused_at = None
 
     def worker_started(self, worker: int) -> None:
         self.board.worker_started(worker)
@@ -248,19 +247,20 @@ class Scheduler:
             won = self.contests.filled(run, record, now)
             if won is not None:
                 self.races.decide(won)
-            self.delivery.filled(run, record, now)
+            head = None if record.broke is None else \
+                self.board.split_head(run, record.offset + record.length)
+            if head is not None and record.broke is not None:  # keep what came, judge the rest
+                self.delivery.filled_head(head, record, now)
+                self._failed(run, record.broke, now)
+            else:
+                self.delivery.filled(run, record, now)
         else:
             self._failed(run, record, now)
-
-    def _current(self, record: Redirected | Validated) -> TaskRun | None:
-        """The run the record speaks for, if it is of its current attempt, on its worker."""
-        run = self.runs[record.task_id]
-        return run if record.attempt == run.attempt and run.state in ON_WORKER else None
 
     def _redirected(self, record: Redirected) -> None:
         """The attempt's URL redirected to ``record.url``, which answered: the object's later
         requests go there."""
-        if (run := self._current(record)) is not None:
+        if (run := self.board.current(record.task_id, record.attempt)) is not None:
             # Keyed by the URL asked, not run.url: when that was a final URL already and it
             # redirected again (A to B, then B to C), A's ranges go to C from now on.
             self.routes.redirected(run.asked, record.url)
@@ -268,7 +268,7 @@ class Scheduler:
     def _validated(self, record: Validated) -> None:
         """A response said what its object is; if it changed, the validators room says which
         files start over and which fail."""
-        if (run := self._current(record)) is not None:
+        if (run := self.board.current(record.task_id, record.attempt)) is not None:
             change = self.validators.seen(run.task.source, self.dispatch.mirror(run),
                                           record.seen, record.whole)
             if change is not None:
@@ -375,6 +375,7 @@ class Scheduler:
             return
         if contest is not None and not self.races.victim_lost(contest):
             return  # a raced victim stands at its cut: its stall was charged when raced
+        self.board.split_batch(run)  # a batch's first object failed: it alone is judged
         task = run.task
         log.info("task %d (%s): %s", task.task_id, record.kind.value, record.reason)
         run.last_failure = record.reason

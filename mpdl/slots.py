@@ -50,6 +50,12 @@ class SlotPool:
         self._held[slot] = Holder(task_id, attempt, worker)
         return slot
 
+    def hand(self, slot: int, task_id: int, attempt: int) -> None:
+        """The slot being filled now belongs to this attempt (a batch's head split off the
+        attempt that filled it: board.TaskBoard.split_head)."""
+        holder = self._held[slot]
+        holder.task_id, holder.attempt = task_id, attempt
+
     def holder(self, slot: int) -> Holder | None:
         return self._held.get(slot)
 

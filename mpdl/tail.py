@@ -208,7 +208,9 @@ class TailPolicy:
         """Its peers' rate if ``candidate`` keeps up with them (its own rate at least
         1/race_factor of theirs), else None (far slower, no slot yet, or no peers)."""
         own = candidate.rate
-        theirs = None if peers is None or own is None else peers.rate(own)
+        if peers is None or own is None:
+            return None
+        theirs = peers.rate(own)
         return theirs if theirs is not None and own * self.race_factor >= theirs else None
 
     def _slow_patience(self, candidate: Candidate, pace: Pace, slot_size: int) -> float | None:

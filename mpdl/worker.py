@@ -17,6 +17,7 @@ still reports them (a Failed), so the run's count of bytes fetched is whole.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -25,6 +26,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 
 
+from .batchfetch import fetch_batch
 from .child import batches, child_setup
 from .errors import FetchError, TransientError
 from .fetch import Cancelled, Cursor, Meter, Stopped, fetch
@@ -134,6 +136,11 @@ class Worker:
             try:
                 if key in self.cancelled:
                     raise Cancelled()
+                if job.batch:
+                    fetch_batch(job, self.pool, self.ring, self.send, meter, self.cursors[key],
+                                functools.partial(self.cancelled.__contains__, key),
+                                self.cap, self.floor)
+                    continue
                 fetch(job, self.pool, self.ring, self.grants[key].get, self.send, scratch, meter,
                       self.cursors[key], self.cap, self.floor)
             except Stopped:  # its partly filled slot was handed over: its last word

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, metavar="S",
                         help="seconds before a run is killed and FAILED (default 600, tail-stall "
                              f"{scenarios.STALL_TIMEOUT:g}; 60 quick)")
+    parser.add_argument("--roles", action="store_true",
+                        help="also split each run's CPU by process role (mpdl's coordinator, "
+                             "workers, writer; other processes), psutil-sampled every 20 ms")
     return parser
 
 
@@ -167,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             loaded = [scenarios.load(spec, root, _log) for spec in specs]
             for s in {s.root: s for s in loaded}.values():  # shared data is warmed once
                 scenarios.warm(s)
-            results = _run(loaded, tools, available, runs, Path(tmp), root, timeout)
+            results = _run(loaded, tools, available, runs, Path(tmp), root, timeout,
+                           args.roles)
     except (KeyboardInterrupt, _Terminated):
         _log("perf: interrupted; servers and tools stopped")
         return 130
@@ -181,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "cap_bytes_per_s": scenarios.CAP_BYTES_PER_S, "delay_s": DELAY,
         "throttles": {s.name: s.throttle.rate for s in specs if s.throttle},
         "sampler": {"interval_s": measure.INTERVAL, "nice": measure.NICE},
+        "roles": args.roles,
     }
     paths = report.write(args.out, results, available, meta)
     print((args.out / "results.md").read_text())
@@ -190,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(loaded: list[scenarios.Scenario], tools: list[str],
          available: dict[str, peers.Availability], runs: int, tmp: Path, root: Path,
-         timeout: Callable[[scenarios.Spec], float]) -> list[runner.ScenarioResult]:
+         timeout: Callable[[scenarios.Spec], float],
+         roles: bool = False) -> list[runner.ScenarioResult]:
     """Start the servers (and the run's CA, for HTTPS), run every scenario, stop the servers."""
     results = []
     authority = tls.make_authority(tmp / "tls") if any(s.spec.tls for s in loaded) else None
@@ -210,7 +216,8 @@ def _run(loaded: list[scenarios.Scenario], tools: list[str],
                  f"{s.bytes / 2**20:.1f} MiB at {base}")
             results.append(runner.run_scenario(
                 s, base, tools, available, runs, tmp / "work", timeout(s.spec), _log,
-                ca=authority.ca if authority and s.spec.tls else None, wire=wire))
+                ca=authority.ca if authority and s.spec.tls else None, wire=wire,
+                roles=roles))
     return results
 
 

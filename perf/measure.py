@@ -50,6 +50,8 @@ class Measurement:
     returncode: int
     timed_out: bool
     leftovers: int  # processes of the tool still running LEFTOVER_GRACE after it exited
+    # CPU seconds by process role (``role``), each process's last sample summed; None: not asked.
+    roles: dict[str, float] | None = None
 
 
 _subreaper: bool | None = None
@@ -81,16 +83,36 @@ def _members(pgid: int) -> list[psutil.Process]:
     return found
 
 
-class _Sampler(threading.Thread):
-    """Sums PSS over a tool's processes every INTERVAL seconds; keeps the peak."""
+def role(proc: psutil.Process, leader: int) -> str:
+    """Which part of a tool ``proc`` is: the process started (mpdl's coordinator), mpdl's
+    workers or writer (by the names child.py gives them), or any other process."""
+    if proc.pid == leader:
+        return "coordinator"
+    try:
+        name = proc.name()
+    except psutil.Error:
+        return "other"
+    if name.startswith("mpdl-worker"):
+        return "workers"
+    if name.startswith("mpdl-writer"):
+        return "writer"
+    return "other"
 
-    def __init__(self, pgid: int) -> None:
+
+class _Sampler(threading.Thread):
+    """Sums PSS over a tool's processes every INTERVAL seconds; keeps the peak. With
+    ``roles``, also each process's CPU seconds so far and its role: a process's last sample
+    is what it spent (less the up to INTERVAL it ran after it), summed by role."""
+
+    def __init__(self, pgid: int, roles: bool = False) -> None:
         super().__init__(name="perf-sampler", daemon=True)
         self.pgid = pgid
         self.peak = 0
         self.samples = 0
         self.done = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
+        self.roles = roles
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds so far)
 
     def run(self) -> None:
         if NICE:
@@ -107,15 +129,25 @@ class _Sampler(threading.Thread):
             cached = self._procs.setdefault(proc.pid, proc)  # reuse: psutil caches per object
             try:
                 total += cached.memory_full_info().pss
+                if self.roles:
+                    times = cached.cpu_times()
+                    self.cpu[proc.pid] = (role(cached, self.pgid), times.user + times.system)
             except psutil.Error:  # a zombie, or exited between the listing and the read
                 pass
         self.samples += 1
         self.peak = max(self.peak, total)
 
+    def by_role(self) -> dict[str, float]:
+        out = {"coordinator": 0.0, "workers": 0.0, "writer": 0.0, "other": 0.0}
+        for name, cpu in self.cpu.values():
+            out[name] += cpu
+        return out
+
 
 def run(argv: Sequence[str], *, log: Path, timeout: float, cwd: Path | None = None,
-        env: Mapping[str, str] | None = None) -> Measurement:
-    """Run ``argv`` to completion (or ``timeout``), output to ``log``, and measure it.
+        env: Mapping[str, str] | None = None, roles: bool = False) -> Measurement:
+    """Run ``argv`` to completion (or ``timeout``), output to ``log``, and measure it
+    (``roles``: its CPU by process role too).
 
     On timeout or any exception (Ctrl-C included) the tool's whole process group gets SIGTERM,
     so it can remove its shared memory, then SIGKILL; it is reaped before anything goes on.
@@ -129,7 +161,7 @@ def run(argv: Sequence[str], *, log: Path, timeout: float, cwd: Path | None = No
                                 stderr=subprocess.STDOUT, cwd=cwd,
                                 env=dict(env) if env is not None else None,
                                 start_new_session=True)
-    sampler = _Sampler(proc.pid)
+    sampler = _Sampler(proc.pid, roles)
     sampler.start()
 
     def expire() -> None:
@@ -158,7 +190,8 @@ def run(argv: Sequence[str], *, log: Path, timeout: float, cwd: Path | None = No
         sampler.join()
     return Measurement(wall=wall, cpu=cpu + orphans_cpu, peak_pss=sampler.peak,
                        samples=sampler.samples, returncode=proc.returncode,
-                       timed_out=timed_out.is_set(), leftovers=leftovers)
+                       timed_out=timed_out.is_set(), leftovers=leftovers,
+                       roles=sampler.by_role() if roles else None)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -42,6 +42,34 @@ def _to_reference(s: ScenarioResult, results: Sequence[ScenarioResult]) -> float
     return mine / theirs if mine is not None and theirs else None
 
 
+ROLES = ("coordinator", "workers", "writer", "other")
+
+
+def _per_file(cpu: float | None, s: ScenarioResult) -> float | None:
+    """CPU milliseconds per file of the scenario."""
+    return 1000 * cpu / s.scenario.files if cpu is not None and s.scenario.files else None
+
+
+def _roles_table(results: Sequence[ScenarioResult]) -> list[str]:
+    """Median CPU seconds by process role (--roles), and CPU ms per file."""
+    lines = ["", "## CPU by process role", "",
+             "Median CPU seconds of each role (psutil, every 20 ms, each process's last "
+             "sample, summed by role: mpdl's coordinator is the process started, its workers "
+             "and writer are named mpdl-worker-N and mpdl-writer; other: every other process "
+             "of the tool), and CPU ms per file (the whole tree's, os.wait4).", "",
+             "| scenario | tool | files | coordinator | workers | writer | other | "
+             "CPU ms/file | coordinator ms/file |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in results:
+        for tool, r in s.results.items():
+            if not any(run.roles for run in r.timed):
+                continue
+            cells = [_num(r.median_role(name)) for name in ROLES]
+            lines.append(f"| {s.scenario.name} | {tool} | {s.scenario.files} | "
+                         f"{' | '.join(cells)} | {_num(_per_file(r.median('cpu'), s), 3)} | "
+                         f"{_num(_per_file(r.median_role('coordinator'), s), 3)} |")
+    return lines
+
+
 def _summary(s: ScenarioResult, tool: str) -> dict[str, Any]:
     r = s.results[tool]
     pss = r.median("peak_pss")
@@ -53,8 +81,12 @@ def _summary(s: ScenarioResult, tool: str) -> dict[str, Any]:
         "median_cpu_s": r.median("cpu"), "cpu_s_per_gib": r.cpu_per_gib(),
         "median_peak_pss_mib": pss / MiB if pss else None,
         "ideal_s": s.ideal(tool), "pct_of_ideal": _pct_ideal(s, tool),
+        "cpu_ms_per_file": _per_file(r.median("cpu"), s),
+        "median_cpu_s_by_role": {name: r.median_role(name) for name in ROLES}
+        if any(run.roles for run in r.runs) else None,
         "runs": [{"wall_s": run.wall, "cpu_s": run.cpu, "peak_pss_mib": run.peak_pss / MiB,
-                  "sent_bytes": run.sent, "ok": run.ok, "reason": run.reason}
+                  "sent_bytes": run.sent, "ok": run.ok, "reason": run.reason,
+                  "cpu_s_by_role": run.roles}
                  for run in r.runs],
     }
 
@@ -138,6 +170,8 @@ def to_markdown(results: Sequence[ScenarioResult], tools: dict[str, Availability
     ]
     lines += [f"| {v.target} | {'**' + v.status + '**' if v.status == targets.MISSED else v.status}"
               f" | {v.detail.replace('|', '/')} |" for v in targets.evaluate(results)]
+    if any(run.roles for s in results for r in s.results.values() for run in r.runs):
+        lines += _roles_table(results)
     lines += ["", "## Scenarios", ""]
     for s in results:
         sc = s.scenario

@@ -37,6 +37,7 @@ class Run:
     reason: str = ""
     leftovers: int = 0
     sent: int | None = None  # body bytes the server sent for this run (perf/wire.py)
+    roles: dict[str, float] | None = None  # CPU seconds by process role (--roles)
 
 
 @dataclass
@@ -59,6 +60,11 @@ class ToolResult:
 
     def median(self, attr: str) -> float | None:
         values = [value for run in self.timed if (value := getattr(run, attr)) is not None]
+        return statistics.median(values) if values else None
+
+    def median_role(self, name: str) -> float | None:
+        """Median CPU seconds of one process role (--roles), over the runs that count."""
+        values = [run.roles[name] for run in self.timed if run.roles is not None]
         return statistics.median(values) if values else None
 
     def cpu_per_gib(self) -> float | None:
@@ -103,7 +109,8 @@ class ScenarioResult:
 def run_scenario(scenario: Scenario, base_url: str, tools: list[str],
                  available: dict[str, peers.Availability], runs: int, work: Path,
                  timeout: float, log: Callable[[str], None],
-                 ca: Path | None = None, wire: SentLog | None = None) -> ScenarioResult:
+                 ca: Path | None = None, wire: SentLog | None = None,
+                 roles: bool = False) -> ScenarioResult:
     """Every tool in ``tools`` ``runs`` times on ``scenario``, interleaved. Extras
     (peers.EXTRAS) get a row only in the scenarios that ask for them. ``wire`` is the
     server's access log, which says what each run was sent."""
@@ -131,10 +138,11 @@ def run_scenario(scenario: Scenario, base_url: str, tools: list[str],
         for tool in _with_followers(order[shift:] + order[:shift], jobs):
             job = jobs[tool]
             if job.after is None:
-                run = _run_once(tool, job, dest, folder, timeout, wire)
+                run = _run_once(tool, job, dest, folder, timeout, wire, roles=roles)
             elif results[job.after].runs and results[job.after].runs[-1].ok:
                 os.sync()
-                run = _run_once(tool, job, dest, folder, timeout, wire, fresh=False)
+                run = _run_once(tool, job, dest, folder, timeout, wire, fresh=False,
+                                roles=roles)
             else:
                 run = Run(0.0, 0.0, 0, ok=False,
                           reason=f"nothing to re-run over: {job.after}'s run failed")
@@ -142,8 +150,11 @@ def run_scenario(scenario: Scenario, base_url: str, tools: list[str],
             status = "ok" if run.ok else f"FAILED: {run.reason}"
             sent = "" if run.sent is None else \
                 f"  sent {run.sent / scenario.needed:5.3f}x"
+            split = "" if run.roles is None else "  (" + " ".join(
+                f"{name} {cpu:.2f}" for name, cpu in run.roles.items() if cpu) + ")"
             log(f"[{scenario.name}] {round_ + 1}/{runs} {tool:<11} {run.wall:7.2f} s "
-                f"cpu {run.cpu:6.2f} s  pss {run.peak_pss / 2**20:7.1f} MiB{sent}  {status}")
+                f"cpu {run.cpu:6.2f} s{split}  pss {run.peak_pss / 2**20:7.1f} MiB{sent}  "
+                f"{status}")
     for result in results.values():
         failed = [run for run in result.runs if not run.ok]
         if failed:
@@ -163,14 +174,14 @@ def _with_followers(order: list[str], jobs: dict[str, peers.Job]) -> list[str]:
 
 
 def _run_once(tool: str, job: peers.Job, dest: Path, folder: Path, timeout: float,
-              wire: SentLog | None, fresh: bool = True) -> Run:
+              wire: SentLog | None, fresh: bool = True, roles: bool = False) -> Run:
     """One timed run; ``fresh``: into an empty destination (else into what is there)."""
     if fresh:
         _empty(dest)
     logfile = folder / f"{tool}.log"
     mark = wire.mark() if wire else 0
     m = measure.run(job.argv, log=logfile, timeout=timeout, cwd=folder,
-                    env={**os.environ, **job.env})
+                    env={**os.environ, **job.env}, roles=roles)
     sent = wire.since(mark) if wire else None  # after the timing: the log settles first
     reason = ""
     if m.timed_out:
@@ -186,7 +197,7 @@ def _run_once(tool: str, job: peers.Job, dest: Path, folder: Path, timeout: floa
     else:
         reason_note = ""
     return Run(m.wall, m.cpu, m.peak_pss, ok=not reason, reason=reason or reason_note,
-               leftovers=m.leftovers, sent=sent)
+               leftovers=m.leftovers, sent=sent, roles=m.roles)
 
 
 def _tail(path: Path, chars: int = 300) -> str:

@@ -173,3 +173,36 @@ def test_nginx_throttles_and_serves_https_the_run_ca_verifies(tmp_path: Path) ->
             urllib3.PoolManager(retries=False).request("GET", web.tls_url + "data/f.bin")
     assert "perf_rate_slow" in (tmp_path / "nginx" / "nginx.conf").read_text()
     assert not (tmp_path / "tls" / "ca.key").exists(), "the CA's key outlived its one use"
+
+
+BURN = """
+import os, sys, time
+def burn(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+if os.fork() == 0:
+    with open("/proc/self/comm", "w") as comm:
+        comm.write(sys.argv[1])
+    burn(0.3)
+    os._exit(0)
+burn(0.2)
+os.wait()
+"""
+
+
+@pytest.mark.parametrize("name,role", [("mpdl-worker-3", "workers"), ("mpdl-writer", "writer"),
+                                       ("helper", "other")])
+def test_roles_split_a_tools_cpu_by_process(tmp_path: Path, name: str, role: str) -> None:
+    """--roles: the process started is the coordinator, a child counts by its name."""
+    if not Path("/proc/self/comm").exists():
+        skip_or_fail("no /proc/self/comm to name a process by")
+    from perf import measure
+    m = measure.run([sys.executable, "-c", BURN, name], log=tmp_path / "log", timeout=30,
+                    roles=True)
+    assert m.returncode == 0 and m.roles is not None
+    assert m.roles[role] >= 0.15 and m.roles["coordinator"] >= 0.1, m.roles
+    assert sum(cpu for other, cpu in m.roles.items() if other not in (role, "coordinator")) \
+        < 0.1, m.roles
+    assert measure.run([sys.executable, "-c", "pass"], log=tmp_path / "log2",
+                       timeout=30).roles is None

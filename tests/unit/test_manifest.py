@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 
@@ -262,6 +263,21 @@ def test_mirrors_join_in_order() -> None:
     assert parsed.mirrors("https://elsewhere.example/x") == (
         "https://elsewhere.example/x",
     )
+
+
+@pytest.mark.parametrize("url", [
+    "objects/tool", "a//b", "a/", "./a", "a/./b", "a/../b", "a/..", "..", "-x", "~y/%2F/z",
+    "a.b/c.d", "a;p", "a?q=1", "a#f", "a b", "a:b", "b:/x", "//host/x", "/root/x", "a/.b/..c",
+])
+def test_mirrors_join_as_urljoin_does(url: str) -> None:
+    """A plain path is appended without urljoin's parsing; every URL joins as urljoin would."""
+    bases = ["https://cdn-a.example/depot/", "http://h:8/a/b/", "https://c.example/"]
+    parsed = parse_manifest({"format": "mpdl/1", "base_urls": bases,
+                             "files": [{"path": "x", "size": 1, "url": "x"}]})
+    if urlsplit(url).scheme:
+        assert parsed.mirrors(url) == (url,)
+    else:
+        assert parsed.mirrors(url) == tuple(urljoin(base, url) for base in parsed.base_urls)
 
 
 def test_base_url_gets_trailing_slash() -> None:

@@ -64,3 +64,22 @@ def test_targets_are_judged_on_timed_runs_only() -> None:
     fastest = verdicts["tail-stall: faster than every peer"]
     assert fastest.status == targets.MET and "axel timed out" in fastest.detail
     assert not any(t.startswith("gog") for t in verdicts)  # gog did not run: not judged
+
+
+def test_the_report_gives_medians_by_role_and_cpu_per_file() -> None:
+    spec = scenarios.specs(quick=True)[0]
+    scenario = scenarios.Scenario(spec=spec, root=Path("/nonexistent"), bytes=1, files=1000)
+    runs = [runner.Run(wall=1.0, cpu=cpu, peak_pss=2**20, ok=True,
+                       roles={"coordinator": cpu / 4, "workers": cpu / 2, "writer": cpu / 4,
+                              "other": 0.0}) for cpu in (0.4, 0.8, 2.0)]
+    results = [runner.ScenarioResult(scenario, "http://127.0.0.1:1/big/", {
+        "mpdl": runner.ToolResult("mpdl", "ok", connections=16, payload=1, runs=runs)})]
+    meta = {"date": "now", "machine": "test", "runs": 3, "server": "nginx", "quick": True}
+    tools = {"mpdl": peers.Availability(True, "test")}
+    markdown = report.to_markdown(results, tools, meta)
+    assert "## CPU by process role" in markdown
+    assert f"| {spec.name} | mpdl | 1000 | 0.20 | 0.40 | 0.20 | 0.00 | 0.800 | 0.200 |" \
+        in markdown
+    data = report.to_json(results, tools, meta)["scenarios"][spec.name]["results"]["mpdl"]
+    assert data["median_cpu_s_by_role"]["workers"] == pytest.approx(0.4)
+    assert data["cpu_ms_per_file"] == pytest.approx(0.8)

@@ -8,8 +8,9 @@ import pytest
 
 from mpdl.errors import ManifestError
 from mpdl.manifest import FileEntry, Part, parse_manifest
-from mpdl.plan import MAX_SPANS, MERGE_GAP, ZLIB_MAX_RATIO, Planner, known_object_ends, \
-    stream_task
+from mpdl.plan import (BATCH_FILE_MAX, BATCH_SPREAD, MAX_BATCH, MAX_SPANS, MERGE_GAP,
+                       ZLIB_MAX_RATIO, Planner, batch_index, batch_slice, cut_points, cut_task,
+                       known_object_ends, stream_task)
 from mpdl.ranges import RangeSet
 
 KiB, MiB = 1024, 1024 * 1024
@@ -366,3 +367,80 @@ def test_overlapping_parts_in_a_crowded_cell_are_all_asked_inside_their_requests
                 span.file_id].parts[0].offset  # the span's bytes are its file's
             covered[span.file_id] = covered.get(span.file_id, 0) + span.length
     assert covered == {fid: entry.size for fid, entry in files}
+
+
+# --- batches: many small whole objects, one task each few dozen -------------------------------
+
+
+def small_objects(count, size=10, start=0):
+    return [{"path": f"s/{i:04d}", "size": size, "url": f"o/{i:04d}",
+             "hash": f"md5:{i:032x}"} for i in range(start, start + count)]
+
+
+def test_many_small_whole_objects_go_in_batches_in_file_order_each_checked_alone():
+    files = small_objects(256)
+    plan = planned(manifest(*files), chunk_size=64 * KiB)
+    assert len(plan.tasks) == 64 and all(len(t.batch) == 4 for t in plan.tasks)
+    assert [t.task_id for t in plan.tasks] == list(range(64))
+    first = plan.tasks[0]
+    assert first.batch == tuple((f"o/{i:04d}", 10) for i in range(4))
+    assert first.source == "o/0000" and (first.offset, first.length, first.size) == (0, 40, 40)
+    assert not first.ranged and first.exact and first.compression is None
+    assert [(s.offset, s.length, s.file_id, s.file_offset) for s in first.spans] == [
+        (10 * i, 10, i, 0) for i in range(4)]
+    assert [(c.offset, c.length, c.hash) for c in first.checks] == [
+        (10 * i, 10, f"md5:{i:032x}") for i in range(4)]
+    assert plan.verified == set(range(256))  # each file checked whole in the worker
+    assert [s.file_id for t in plan.tasks for s in t.spans] == list(range(256))
+    assert "256 requests" in plan.describe() and "in 64 batches" in plan.describe()
+
+
+def test_a_batch_holds_at_most_one_slot_and_max_batch_objects():
+    def plan(size):
+        entries = list(enumerate(manifest(*small_objects(MAX_BATCH * 70, size=size)).files))
+        return Planner(chunk_size=64 * KiB).plan(entries)
+
+    assert max(len(t.batch) for t in plan(500).tasks) == MAX_BATCH
+    assert {len(t.batch) for t in plan(1000).tasks} == {64}  # 64 KB: all of one slot
+    assert {len(t.batch) for t in plan(1100).tasks} == {59, 55}  # 59 fit, 4480 = 59 * 75 + 55
+    assert not any(t.batch for t in plan(40 * KiB).tasks)  # two would not fit one slot
+
+
+def test_few_small_objects_large_ones_and_ranges_are_not_batched():
+    few = planned(manifest(*small_objects(BATCH_SPREAD * 2 - 1)), chunk_size=64 * KiB)
+    assert not any(t.batch for t in few.tasks)
+    files = small_objects(130) + [{"path": "big", "size": BATCH_FILE_MAX + 1, "url": "big"}] \
+        + small_objects(130, start=130)
+    plan = planned(manifest(*files), chunk_size=MiB)
+    big = [t for t in plan.tasks if t.source == "big"]
+    assert len(big) == 1 and not big[0].batch
+    # the big one stands between two runs of batches, in file order
+    order = [s.file_id for t in plan.tasks for s in t.spans]
+    assert order == list(range(261))
+    # 260 batchable: batches of 4 (260 // BATCH_SPREAD), the last of a run shorter
+    assert plan.tasks[33].source == "big" and all(t.batch for t in plan.tasks[:33])
+    assert [len(t.batch) for t in plan.tasks[31:36]] == [4, 2, 0, 4, 4]
+
+
+def test_a_slice_of_a_batch_is_a_batch_of_those_or_the_plain_get_planned_for_one():
+    files = small_objects(256)
+    entries = list(enumerate(manifest(*files).files))
+    planner = Planner(chunk_size=64 * KiB)
+    batch = planner.plan(entries).tasks[1]  # files 4..7
+    alone = Planner(chunk_size=64 * KiB).plan([entries[6]], first_task_id=9).tasks[0]
+    assert batch_slice(batch, 2, 3, 9) == alone
+    rest = batch_slice(batch, 1, 4, 10)
+    assert rest.batch == batch.batch[1:] and rest.task_id == 10
+    assert [(s.offset, s.file_id) for s in rest.spans] == [(0, 5), (10, 6), (20, 7)]
+    assert [(c.offset, c.hash) for c in rest.checks] == [(10 * i, files[5 + i]["hash"])
+                                                          for i in range(3)]
+    assert batch_index(batch, 20) == 2 and batch_index(batch, 40) == 4
+
+
+def test_a_batch_is_raced_only_whole_and_its_head_at_zero_is_empty():
+    batch = Planner(chunk_size=64 * KiB).plan(
+        list(enumerate(manifest(*small_objects(256)).files))).tasks[0]
+    assert cut_points(batch, 0, 64 * KiB) == [0]
+    assert cut_points(batch, 40, 64 * KiB) == []
+    head, tail = cut_task(batch, 0, 99)
+    assert head.batch == () and head.spans == () and tail.batch == batch.batch

@@ -176,6 +176,8 @@ class Sim:
         assert all(n <= limits.per_worker for n in on_worker.values())
         assert {w: n for w, n in s.board.busy.items() if n} == dict(on_worker)
         assert s.board.on_worker == {r for r in s.runs.values() if r.state in ON_WORKER}
+        assert {u: n for u, n in s.board.on_source.items() if n} == Counter(
+            r.task.source for r in s.board.on_worker)
         for fid, file in s.files.items():
             live = sum(1 for r in s.runs.values() if r.state in LIVE and fid in r.task.file_ids)
             assert file.live_tasks == live, f"file {fid}: live_tasks {file.live_tasks} != {live}"
@@ -1811,3 +1813,120 @@ def test_a_checked_part_handed_over_partly_filled_is_dropped():
     out = stopped_with(sim, fetch, 60)
     assert sim.to_writer(WriteSlot, out) == [] and sim.s.slots.free == sim.s.slots.size
     assert not sim.s.writing and sim.s.counts.bytes_done == 0
+
+
+# -- batches: many small whole objects in one task ----------------------------------------------
+
+
+def small_files(count: int = 256, size: int = 10) -> list[dict]:
+    return [obj(f"s/{i:04d}", size, hash=MD5) for i in range(count)]
+
+
+def broke(sim: Sim, fetch: Fetch, objects: int, kind: FailKind = FailKind.RETRY,
+          reason: str = RESET):
+    """The batch's worker fetched its first ``objects`` objects, then the next failed."""
+    job = sim.jobs.pop((fetch.task_id, fetch.attempt))
+    length = sum(length for _, length, _ in fetch.batch[:objects])
+    failure = Failed(task_id=fetch.task_id, attempt=fetch.attempt, kind=kind, reason=reason)
+    return sim.feed(job.worker, Filled(task_id=fetch.task_id, attempt=fetch.attempt,
+                                       slot=job.slot, offset=0, length=length, fetched=length,
+                                       last=True, broke=failure))
+
+
+def test_a_batch_is_one_fetch_of_each_objects_url_on_its_mirror_into_one_slot():
+    sim = Sim(*small_files(), bases=(A, B), connections=1)
+    [fetch] = sim.fetches()
+    assert fetch.batch == tuple((f"{A}s/{i:04d}", 10, True) for i in range(4))
+    assert fetch.url == A + "s/0000" and fetch.length == 40 and fetch.expect is None
+    assert [c.offset for c in fetch.checks] == [0, 10, 20, 30]
+    sim.fill(fetch)
+    [write] = sim.to_writer(WriteSlot)
+    assert [(p.file_id, p.slot_offset, p.length) for p in write.pieces] == [
+        (i, 10 * i, 10) for i in range(4)]
+    sim.serve()
+    assert sim.ended() == {f"s/{i:04d}": (True, "") for i in range(256)}
+    assert len(sim.all_sent(Fetch)) == 64
+
+
+def test_a_batch_that_breaks_half_way_keeps_what_came_and_judges_the_object_that_failed():
+    sim = Sim(*small_files(), connections=1)
+    [fetch] = sim.fetches()
+    run = sim.run(fetch)
+    budget = run.budget
+    out = broke(sim, fetch, 2)
+    [write] = sim.to_writer(WriteSlot, out)
+    assert [p.file_id for p in write.pieces] == [0, 1]
+    assert [c.file_id for c in sim.to_writer(CloseFile, out)] == [0, 1]
+    head = sim.s.runs[sim.s.slots.holder(write.slot).task_id]  # the two that came
+    assert head is not run and head.state is T.DRAINING
+    assert head.task.batch == (("s/0000", 10), ("s/0001", 10))
+    # the object that failed, alone, judged by the policy on the batch's budget
+    assert run.task.batch == () and run.task.source == "s/0002"
+    assert run.state is T.DELAYED and run.budget is budget and run.attempts.failures == 1
+    [again] = sim.fetches(out)  # the one after it, never tried, at once on a budget of its own
+    assert again.url == A + "s/0003" and not again.batch
+    assert sim.run(again).attempts.failures == 0
+    sim.serve()
+    sim.tick(backoff(1, 0.0))
+    sim.serve()
+    assert all(ok for ok, _ in sim.ended().values()) and len(sim.ended()) == 256
+    fetched = Counter(url for f in sim.all_sent(Fetch) for url, _, _ in f.batch or
+                      ((f.url, 0, True),))
+    assert fetched[A + "s/0000"] == fetched[A + "s/0001"] == 1
+    assert fetched[A + "s/0002"] == 2 and fetched[A + "s/0003"] == 2
+    assert sim.s.counts.bytes_done == 2560
+
+
+def test_a_batch_whose_first_object_fails_retries_it_alone_and_the_rest_at_once():
+    sim = Sim(*small_files(), connections=1)
+    [fetch] = sim.fetches()
+    run = sim.run(fetch)
+    out = sim.fail(fetch)
+    assert run.task.batch == () and run.task.source == "s/0000"
+    assert run.state is T.DELAYED and run.attempts.failures == 1  # judged by the policy
+    [rest] = sim.fetches(out)  # the three others, with a budget of their own
+    assert [url for url, _, _ in rest.batch] == [A + f"s/{i:04d}" for i in (1, 2, 3)]
+    assert sim.run(rest).budget is not run.budget and sim.run(rest).attempts.failures == 0
+    sim.serve()
+    sim.tick(backoff(1, 0.0))
+    sim.serve()
+    assert all(ok for ok, _ in sim.ended().values()) and len(sim.ended()) == 256
+
+
+def test_one_bad_object_in_a_batch_fails_alone():
+    sim = Sim(*small_files(), connections=1, policy=RetryPolicy(max_attempts=2))
+    [fetch] = sim.fetches()
+    broke(sim, fetch, 1, FailKind.FATAL, "the manifest lies")
+    sim.serve()
+    ended = sim.ended()
+    assert ended.pop("s/0001") == (False, "the manifest lies")
+    assert len(ended) == 255 and all(ok for ok, _ in ended.values())
+
+
+def test_a_batch_across_a_mirror_failover_asks_the_next_mirror_for_the_missing_object_only():
+    sim = Sim(*small_files(), bases=(A, B), connections=2)
+    first = sim.fetches()[0]
+    out = broke(sim, first, 1, FailKind.MIRROR, "404")  # s/0001 is not on A
+    [alone] = sim.fetches(out)  # first in line, on the next mirror
+    assert alone.url == B + "s/0001" and not alone.batch
+    [rest] = sim.fetches(sim.fill(alone))  # the others, never tried, still on the first
+    assert [url for url, _, _ in rest.batch] == [A + "s/0002", A + "s/0003"]
+    sim.serve()
+    assert all(ok for ok, _ in sim.ended().values()) and len(sim.ended()) == 256
+
+
+def test_a_batch_record_of_an_abandoned_attempt_changes_nothing():
+    sim = Sim(*small_files(), connections=1)
+    [fetch] = sim.fetches()
+    sim.worker_died(0)
+    [again] = sim.fetches()
+    assert again.task_id == fetch.task_id and again.batch == fetch.batch
+    before = len(sim.s.runs)
+    sim.s.worker_record(0, Filled(task_id=fetch.task_id, attempt=fetch.attempt,
+                                  slot=fetch.slot, offset=0, length=10, fetched=10, last=True,
+                                  broke=Failed(task_id=fetch.task_id, attempt=fetch.attempt,
+                                               kind=FailKind.RETRY, reason=RESET)), sim.now)
+    assert len(sim.s.runs) == before and len(sim.run(again).task.batch) == 4
+    sim.tick()
+    sim.serve()
+    assert all(ok for ok, _ in sim.ended().values()) and len(sim.ended()) == 256
