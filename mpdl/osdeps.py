@@ -1,7 +1,7 @@
 """Every call that differs between Linux, macOS and Windows, each with the fallback it needs.
 
 The rest of mpdl calls these and never asks which OS it runs on: no other module imports
-``ctypes`` or tests ``sys.platform`` (tests/test_style.py checks). The rules:
+``ctypes`` or tests ``sys.platform`` (tests/unit/test_style.py checks). The rules:
 
 - a fallback is as correct as the call it replaces, only slower or less durable, never racy:
   positioned writes and reads without pwrite/pread/preadv are a seek and a write under a lock
