@@ -17,7 +17,8 @@ from .headers import merge_headers
 from .holdings import Build, survey
 from .journal import Journal
 from .layout import Layout, escaping_links, make_folder_inside, place_link
-from .manifest import FileEntry, Manifest, ManifestSource, load_manifest
+from .manifest import (FileEntry, Manifest, ManifestSource, load_manifest, manifest_from_bytes,
+                       read_manifest)
 from .options import Options
 from .plan import Plan, Planner, known_object_ends
 from .progress import Counts, ProgressCallback, Tracker, human_bytes
@@ -25,7 +26,7 @@ from .ranges import RangeSet
 from .retry import RetryPolicy
 from .scheduler import Limits, Scheduler
 from .supervisor import UNFINISHED, RefreshUrl, Supervisor, open_ring
-from .update import Update
+from .update import Update, source_digest, unchanged
 
 log = logging.getLogger("mpdl")
 
@@ -95,7 +96,15 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     lifts it, a rate sets it; the workers follow within about half a second.
     """
     started = time.monotonic()
-    parsed = load_manifest(manifest)
+    source = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else None
+    digest = None if source is None else source_digest(source)
+    if digest is not None:
+        done = _unchanged(digest, Layout(Path(dest), state_dir), options, progress, keep_state)
+        if done is not None:
+            done.elapsed = time.monotonic() - started
+            return done
+    parsed = load_manifest(manifest) if source is None else manifest_from_bytes(source)
+    del source  # the model holds what is needed of it
     opts = Options.from_env(**options)
     if parsed.headers:  # to the workers with the rest of the options; the caller's win
         opts = replace(opts, headers=merge_headers(parsed.headers, opts.headers))
@@ -108,7 +117,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     try:
         _fill(parsed, layout, journal, opts, result, progress=progress, streamed=streamed,
               refresh_url=refresh_url, keep_state=keep_state, keep_removed=keep_removed,
-              redirects=redirects or {})
+              redirects=redirects or {}, source=digest)
     except RunStopped as exc:  # the journal or the state folder could not be written
         result.error = str(exc)
         _unfinished(parsed, result)
@@ -128,12 +137,13 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
 def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, result: Result, *,
           progress: ProgressCallback | None, streamed: tuple[str, ...],
           refresh_url: RefreshUrl | None, keep_state: bool, keep_removed: bool,
-          redirects: Mapping[str, str]) -> None:
+          redirects: Mapping[str, str], source: str | None) -> None:
     """``run``'s work, into ``result``: what DEST holds, the local copies, the fetch, links
     and folders, and, once every file is in place, the update's end. Raises NotEnoughSpace
     before writing anything, and RunStopped when the journal or the state folder cannot be
-    written."""
-    update = Update(layout, parsed, journal, keep_removed=keep_removed)
+    written. ``source``: the digest of the manifest file's bytes, for the next run's
+    ``_unchanged``."""
+    update = Update(layout, parsed, journal, keep_removed=keep_removed, source=source)
     held = survey(parsed, layout, journal, known=update.old)
     result.skipped += [entry.path for entry in held.in_place()]
     todo, have = held.todo(), held.have()
@@ -188,6 +198,34 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
         result.removed += update.remove_unlisted()
         update.install()
     tracker.tick(final=True)
+
+
+def _unchanged(digest: str, layout: Layout, options: Mapping[str, Any],
+               progress: ProgressCallback | None, keep_state: bool) -> Result | None:
+    """A re-run of the manifest file an install came from, every file still as mpdl wrote
+    it: the Result of a run with nothing to do, from the install's index, the journal and a
+    stat per file (mpdl.update.unchanged), the manifest left unparsed. None when it is not
+    that (another manifest, a run under way, a file changed or gone, links or folders to
+    check): the run goes on as usual."""
+    Options.from_env(**options)  # bad options fail here as in any run
+    if os.path.islink(layout.state_dir):
+        return None  # run() says why it stops
+    journal = Journal(layout.state_dir)
+    try:
+        files = unchanged(layout, journal, digest)
+        if files is None:
+            return None
+        result = Result(skipped=[path for path, _ in files])
+        total = sum(size for _, size in files)
+        tracker = Tracker(total, len(files), Counts(bytes_done=total, files_done=len(files)),
+                          progress)
+        tracker.bytes_to_fetch = 0
+        tracker.tick(final=True)
+    finally:
+        journal.close()
+    log.info("every file already in place, as installed from this manifest")
+    _tidy_state(layout, journal, keep_state, True)
+    return result
 
 
 def _unfinished(manifest: Manifest, result: Result) -> None:

@@ -35,6 +35,9 @@ from .ranges import RangeSet
 JOURNAL_NAME = "journal.jsonl"
 # Rewrite the journal at start when it has this many more lines than paths it describes.
 COMPACT_SLACK = 256
+# Lines are read and decoded this many bytes at a time: one json.loads per batch, not per line
+# (100,000 lines), without the whole journal decoded at once.
+READ_BATCH = 1 << 20
 
 
 class Journal:
@@ -49,12 +52,13 @@ class Journal:
         lines = 0
         try:
             with open(self.path, encoding="utf-8") as text:
-                for line in text:
-                    lines += 1
-                    try:
-                        self._remember(json.loads(line))
-                    except (ValueError, KeyError, TypeError, AttributeError):
-                        continue
+                while batch := text.readlines(READ_BATCH):
+                    lines += len(batch)
+                    for record in _decoded(batch):
+                        try:
+                            self._remember(record)
+                        except (ValueError, KeyError, TypeError, AttributeError):
+                            continue
         except FileNotFoundError:
             pass
         if lines > len(self._done) + len(self._partial) + COMPACT_SLACK:
@@ -72,11 +76,11 @@ class Journal:
             self._done[path] = (str(record["key"]), int(record["mtime_ns"]))
             self._partial.pop(path, None)
 
-    def holds(self, entry: FileEntry, final: Path) -> bool:
+    def holds(self, entry: FileEntry, final: Path | str) -> bool:
         """The file on disk is the one a run verified and recorded, untouched since."""
         return self.written(entry.path, final) == entry.identity
 
-    def written(self, path: str, final: Path) -> str | None:
+    def written(self, path: str, final: Path | str) -> str | None:
         """The identity of the file a run verified and recorded at ``path``, if the file on
         disk is still that one (its size and mtime as recorded); else None."""
         done = self._done.get(path)
@@ -126,7 +130,7 @@ class Journal:
                 and (pair[0] is None or isinstance(pair[0], str))
                 and (pair[1] is None or isinstance(pair[1], int))}
 
-    def record(self, entry: FileEntry, final: Path) -> None:
+    def record(self, entry: FileEntry, final: Path | str) -> None:
         """``entry`` is finished, verified and durable at ``final``."""
         st = os.lstat(final)
         self._write({"path": entry.path, "key": entry.identity, "mtime_ns": st.st_mtime_ns})
@@ -213,6 +217,22 @@ class Journal:
             except OSError as exc:
                 self._failed(exc)
         self._check()
+
+
+def _decoded(lines: list[str]) -> list:
+    """The JSON value of each line, as one array when they all decode (the common case);
+    else line by line, leaving out those that do not (a torn last line)."""
+    try:
+        return json.loads("[" + ",".join(line for line in lines if not line.isspace()) + "]")
+    except ValueError:
+        pass
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
 
 
 def _ends_a_line(path: Path) -> bool:

@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -138,7 +139,26 @@ class Manifest:
     def to_json(self) -> dict[str, object]:
         """This manifest as mpdl/1 JSON, which ``parse_manifest`` reads back as an equal one
         (a file of unknown size has no mpdl/1 form and is left out)."""
-        entries: list[dict[str, object]] = []
+        out: dict[str, object] = {"format": FORMAT, "base_urls": list(self.base_urls),
+                                  "files": list(self._json_entries())}
+        if self.headers:
+            out["headers"] = dict(self.headers)
+        return out
+
+    def to_json_bytes(self) -> bytes:
+        """``to_json`` as compact JSON (``json.dumps(..., separators=(",", ":"))``, the same
+        bytes), made entry by entry: the files of a 100,000-file manifest never exist at
+        once as a tree of dicts, which took four times the memory of the manifest itself."""
+        encode = json.JSONEncoder(separators=(",", ":")).encode
+        head = encode({"format": FORMAT, "base_urls": list(self.base_urls)})
+        chunks = [head[:-1].encode(), b',"files":[',
+                  b",".join(encode(item).encode() for item in self._json_entries()), b"]"]
+        if self.headers:
+            chunks.append(b',"headers":' + encode(dict(self.headers)).encode())
+        chunks.append(b"}")
+        return b"".join(chunks)
+
+    def _json_entries(self) -> Iterator[dict[str, object]]:
         for file in self.files:
             if file.size is None:
                 continue
@@ -151,14 +171,11 @@ class Manifest:
                 item["url"] = file.url
             if file.parts:
                 item["parts"] = [_part_json(part) for part in file.parts]
-            entries.append(item)
-        entries += [{"path": link.path, "link": link.target} for link in self.links]
-        entries += [{"path": folder.path, "directory": True} for folder in self.directories]
-        out: dict[str, object] = {"format": FORMAT, "base_urls": list(self.base_urls),
-                                  "files": entries}
-        if self.headers:
-            out["headers"] = dict(self.headers)
-        return out
+            yield item
+        for link in self.links:
+            yield {"path": link.path, "link": link.target}
+        for folder in self.directories:
+            yield {"path": folder.path, "directory": True}
 
     @classmethod
     def single_url(cls, url: str, path: str, size: int | None = None) -> Manifest:
@@ -192,12 +209,23 @@ def load_manifest(source: ManifestSource) -> Manifest:
     if isinstance(source, dict):
         return parse_manifest(source)
     if isinstance(source, (str, os.PathLike)):
-        # The decoded JSON is ours alone: each entry goes as soon as it is parsed, so the
-        # JSON and the model of a 100,000-file manifest are not both in memory at the peak.
-        return parse_manifest(_decode(_read(source)), consume=True)
+        return manifest_from_bytes(read_manifest(source))
     raise TypeError(
         f"expected a Manifest, a dict or a path, not {type(source).__name__}"
     )
+
+
+def read_manifest(path: str | os.PathLike[str]) -> bytes:
+    """A manifest file's bytes, unparsed (ManifestError if it cannot be read, or is too
+    large): a re-run compares them with what the install came from (mpdl.update)."""
+    return _read(path)
+
+
+def manifest_from_bytes(data: bytes) -> Manifest:
+    """The manifest a file's bytes hold (ManifestError when they do not hold a valid one)."""
+    # The decoded JSON is ours alone: each entry goes as soon as it is parsed, so the JSON
+    # and the model of a 100,000-file manifest are not both in memory at the peak.
+    return parse_manifest(_decode(data), consume=True)
 
 
 def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
@@ -249,7 +277,11 @@ def parse_manifest(obj: object, *, consume: bool = False) -> Manifest:
 def _read(path: str | os.PathLike[str]) -> bytes:
     try:
         with open(path, "rb") as file:
-            data = file.read(MAX_MANIFEST_BYTES + 1)
+            # Not read(MAX + 1): that asks for a 512 MiB buffer whatever the file's size.
+            size = os.fstat(file.fileno()).st_size
+            data = file.read(size + 1 if size <= MAX_MANIFEST_BYTES else MAX_MANIFEST_BYTES + 1)
+            if len(data) > size and len(data) <= MAX_MANIFEST_BYTES:
+                data += file.read(MAX_MANIFEST_BYTES + 1 - len(data))  # it grew meanwhile
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ManifestError(

@@ -50,7 +50,7 @@ import xxhash
 from .errors import DiskError, ManifestError
 from .child import child_setup
 from .hashing import hash_file, new_hasher
-from .holdings import Build, Copy
+from .holdings import Build, Copy, recorded
 from .journal import Journal
 from .layout import Layout, inside, make_folder_inside
 from .manifest import FileEntry, Manifest, parse_manifest
@@ -61,6 +61,10 @@ log = logging.getLogger("mpdl")
 
 INSTALLED = "installed.json"
 PENDING = "pending"  # a folder: one manifest per run under way, named by its fingerprint
+# The installed files as a re-run of the same manifest file checks them, without parsing it:
+# NUL-separated, the digest of the manifest file's bytes, the install's fingerprint, the
+# number of files, then each file's identity and path (neither can hold a NUL).
+INDEX = "installed.index"
 READ_SIZE = 1024 * 1024
 #: Below this many bytes to copy, the copies run in this process: a pool costs more to start.
 POOL_FROM = 64 * 1024 * 1024
@@ -187,11 +191,12 @@ class Update:
     the end, what to remove."""
 
     def __init__(self, layout: Layout, manifest: Manifest, journal: Journal, *,
-                 keep_removed: bool = False) -> None:
+                 keep_removed: bool = False, source: str | None = None) -> None:
         self.layout = layout
         self.manifest = manifest
         self.journal = journal
         self.keep_removed = keep_removed
+        self.source = source  # source_digest of the manifest file's bytes, if it came from one
         self.fingerprint = fingerprint(manifest)
         self.old: list[Manifest] = []
         pending = sorted(self._path(PENDING).glob("*.json")) if self._path(PENDING).is_dir() \
@@ -376,12 +381,30 @@ class Update:
         if self._installed_id() != self.fingerprint:
             _replace(self._path(INSTALLED), _manifest_bytes(self.manifest))
             _replace(self._path(INSTALLED + ".id"), (self.fingerprint + "\n").encode())
+        self._index()
         pending = self._path(PENDING)
         if pending.is_dir() and not pending.is_symlink():
             for name in pending.glob("*.json"):
                 name.unlink()
             with contextlib.suppress(OSError):
                 pending.rmdir()
+
+    def _index(self) -> None:
+        """Write INDEX for the manifest file this install came from, so a re-run given the
+        same bytes checks the journal and a stat per file and parses nothing (see
+        ``unchanged``); only for a manifest of files alone (links and folders take the
+        full run). After installed.json.id: an index whose fingerprint is not the installed
+        one is stale, and ignored."""
+        path = self._path(INDEX)
+        m = self.manifest
+        if self.source is None or m.links or m.directories or any(
+                e.size is None for e in m.files):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return
+        fields = [self.source, self.fingerprint, str(len(m.files))]
+        fields += [text for e in m.files for text in (e.identity, e.path)]
+        _replace(path, "\0".join(fields).encode())
 
     def _remove_unlisted(self) -> list[str]:
         new = self.manifest
@@ -468,12 +491,42 @@ class Update:
                     path.rmdir()  # only an empty one
 
 
+def source_digest(data: bytes) -> str:
+    """What a manifest file's bytes are (INDEX): the same bytes, the same manifest."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def unchanged(layout: Layout, journal: Journal, source: str) -> list[tuple[str, int]] | None:
+    """The paths and sizes of the installed files, when the manifest file whose bytes have
+    ``source`` for digest is the installed one (INDEX, against installed.json.id), no run
+    is under way (pending/ is empty) and the journal and a stat say each file is in place
+    as mpdl wrote it (holdings.recorded): a re-run with nothing to do, which need not parse
+    the manifest. None otherwise: the run surveys and fetches as usual."""
+    state = layout.state_dir
+    path = state / INDEX
+    try:
+        if path.is_symlink() or any((state / PENDING).glob("*.json")):
+            return None
+        fields = path.read_bytes().decode("utf-8").split("\0")
+        installed = (state / (INSTALLED + ".id")).read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 3 or fields[:2] != [source, installed] or not fields[2].isdigit():
+        return None
+    pairs = list(zip(fields[4::2], fields[3::2], strict=False))  # (path, identity): counted below
+    if len(pairs) != int(fields[2]) or len(fields) != 3 + 2 * len(pairs):
+        return None
+    if not recorded(layout, journal, pairs):
+        return None
+    return [(path, int(identity.split(":", 1)[0])) for path, identity in pairs]
+
+
 def _fold(path: str) -> str:
     return unicodedata.normalize("NFC", path).casefold()
 
 
 def _manifest_bytes(manifest: Manifest) -> bytes:
-    return json.dumps(manifest.to_json(), separators=(",", ":")).encode()
+    return manifest.to_json_bytes()
 
 
 def _replace(path: Path, data: bytes) -> None:
