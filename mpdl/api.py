@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
@@ -177,7 +177,7 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
 
     if todo:
         result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
-                              file_done, refresh_url, keep_state, redirects)
+                              file_done, refresh_url, keep_state, redirects, update.begin)
         result.bytes_fetched = counts.bytes_fetched
         result.bytes_to_fetch = tracker.bytes_to_fetch
         result.bytes_written = counts.bytes_written
@@ -256,7 +256,7 @@ def _build_locally(update: Update, builds: list[Build], todo: list[tuple[int, Fi
         tracker.counts.bytes_done += n
         tracker.tick()
 
-    if todo:
+    if todo and (builds or update.old):  # files in DEST change before the fetch: note it now
         update.begin()
     reused = update.reuse(builds, have, workers, copied)
     result.bytes_reused = reused.bytes
@@ -278,8 +278,11 @@ def _bytes_in_place(manifest: Manifest, todo: list[tuple[int, FileEntry]],
 def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opts: Options,
            journal: Journal, have: Mapping[int, RangeSet], tracker: Tracker, file_done,
            refresh_url: RefreshUrl | None, keep_state: bool,
-           redirects: Mapping[str, str]) -> str | None:
-    """Fetch what ``plan`` says with the processes of a run; returns why it stopped early."""
+           redirects: Mapping[str, str], begin: Callable[[], None]) -> str | None:
+    """Fetch what ``plan`` says with the processes of a run; returns why it stopped early.
+    ``begin`` (Update.begin: the run's manifest noted as pending, fsynced) is called once the
+    first requests are out: it must come before the first file is placed, and needs not
+    delay the first byte."""
     ring = open_ring(plan.slot_size, opts.memory)
     try:
         slots = ring.spec.slots
@@ -297,7 +300,8 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
                               resumed={fid: journal.validators(plan.files[fid]) for fid in have})
         supervisor = Supervisor(scheduler, ring=ring, layout=layout, options=opts,
                                 tracker=tracker, on_file_done=file_done, journal=journal,
-                                refresh_url=refresh_url, sync_at_end=keep_state)
+                                refresh_url=refresh_url, sync_at_end=keep_state,
+                                on_started=begin)
         supervisor.run()
         return supervisor.error
     finally:

@@ -17,17 +17,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from typing import TYPE_CHECKING
+
 from . import __version__
-from .api import Result, run
-from .verify import Report as VerifyReport
-from .verify import repair, verify
 from .errors import ManifestError, MpdlError, UsageError
 from .headers import parse_header_line
-from .http import make_pool, probe
-from .manifest import Manifest
 from .options import Options, parse_size
 from .progress import GogdlLines, JsonLines, LegendaryLines, ProgressCallback, TerminalLine
-from .supervisor import UNFINISHED
+
+if TYPE_CHECKING:
+    from .api import Result
+    from .verify import Report as VerifyReport
+
+# The run's modules (mpdl.api and all it needs) are imported where they are used: a URL's
+# probe goes out before them, a manifest's run imports them at once.
 
 log = logging.getLogger("mpdl")
 
@@ -211,11 +214,14 @@ def _download_url(url: str, output: str | None, options: Options, **kw) -> Resul
     target = Path(output)
     if target.is_dir():
         raise UsageError(f"{output} is a folder; -o takes the file to write for a URL")
+    from .http import make_pool, probe
     pool = make_pool(options, connections=1)
     try:
         info = probe(pool, url)
     finally:
         pool.clear()
+    from .api import run
+    from .manifest import Manifest
     log.info("%s: size %s, ranges %s%s", url, "unknown" if info.size is None else info.size,
              "supported" if info.ranges else "not supported: one stream",
              f", redirects to {info.url}" if info.url != url else "")
@@ -241,6 +247,7 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
               flush=True)
     if result.error:
         say(f"mpdl: error: {result.error}")
+    from .supervisor import UNFINISHED
     # Files that failed because the run stopped are in the summary: the error said why.
     stopped = (result.error, UNFINISHED) if result.error else ()
     failed = sorted((p, r) for p, r in result.failed.items() if r not in stopped)
@@ -307,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   speed_limit=args.speed_limit, speed_time=args.speed_time,
                   progress=progress)
         if args.verify or args.repair:
+            from .verify import repair, verify
             if _is_url(args.source) or not args.output:
                 parser.error("--verify and --repair take a manifest and -o DEST")
             started = time.monotonic()
@@ -325,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             if not args.output:
                 parser.error("-o DEST is required with a manifest")
+            from .api import run
             result = run(args.source, args.output, keep_removed=args.keep_removed, **kw)
         return _report(result, args.quiet, say, args.progress == "json")
     except (ManifestError, UsageError) as exc:

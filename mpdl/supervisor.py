@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from .checkpoints import JournalSynced
+from .child import start_worker, start_writer
 from .errors import ChildrenKeepDying, MpdlError, NotDurable, RingTooSmall, RunStopped
 from .journal import Journal
 from .layout import Layout
@@ -32,8 +33,6 @@ from .progress import Tracker, human_bytes
 from .ratelimit import SpeedCap
 from .ring import SHM_FOLDER, Ring, slots_that_fit
 from .scheduler import FileEnded, ForgetRanges, NeedFreshUrl, Output, Scheduler
-from .worker import worker_main
-from .writer import writer_main
 
 log = logging.getLogger("mpdl")
 
@@ -102,8 +101,12 @@ class Child:
 class Supervisor:
     def __init__(self, scheduler: Scheduler, *, ring: Ring, layout: Layout, options: Options,
                  tracker: Tracker, on_file_done: FileDone, journal: Journal,
-                 refresh_url: RefreshUrl | None = None, sync_at_end: bool = True) -> None:
+                 refresh_url: RefreshUrl | None = None, sync_at_end: bool = True,
+                 on_started: Callable[[], None] | None = None) -> None:
         self.scheduler = scheduler
+        # Called once the children are started, the first tasks sent: work that must come
+        # before the first file is placed, not before the first request (update.begin).
+        self.on_started = on_started
         self.ring = ring
         self.layout = layout
         self.options = options
@@ -124,6 +127,7 @@ class Supervisor:
         scheduler.cap_changed(self.cap.rate, self.cap.connections)
         self.workers: dict[int, Child] = {}
         self.writer: Child | None = None
+        self.unsent: list = []  # records for the writer before it is started
         self.worker_respawns = 2 * options.workers
         self.writer_respawns = WRITER_RESPAWNS
         self.any_failed = False
@@ -134,9 +138,7 @@ class Supervisor:
     def run(self) -> None:
         """Run to the end; ``self.error`` is set when the run had to stop early."""
         try:
-            self.writer = self._start_writer()
-            for worker_id in range(self.options.workers):
-                self._start_worker(worker_id)
+            self._start()
             while not self.scheduler.finished:
                 self.scheduler.tick(time.monotonic())
                 hooks_ran = self._carry_out()
@@ -162,6 +164,22 @@ class Supervisor:
         finally:
             self.tracker.arriving = None  # the ring goes: progress counts bytes done alone
             self._stop_children()
+
+    def _start(self) -> None:
+        """The first worker, and its first tasks at once: it connects and asks while the
+        other workers and the writer start (nothing reaches the writer before the loop reads
+        a Filled, and what the first dispatch has for it waits in ``unsent``)."""
+        self._start_worker(0)
+        self.scheduler.tick(time.monotonic())
+        self._carry_out()
+        for worker_id in range(1, self.options.workers):
+            self._start_worker(worker_id)
+        self.writer = self._start_writer()
+        if self.unsent:
+            self.writer.inbox.put(self.unsent)
+            self.unsent = []
+        if self.on_started is not None:
+            self.on_started()
 
     def _change_rate(self, asked: int | float | str | None) -> None:
         """The progress callback returned a speed cap (None: keep it): every worker's reads
@@ -215,6 +233,8 @@ class Supervisor:
             child.inbox.put(records)  # a dead worker's were dropped
         if out.to_writer and self.writer is not None:
             self.writer.inbox.put(out.to_writer)
+        elif out.to_writer:  # the run is starting: the writer is next (_start)
+            self.unsent += out.to_writer
 
     def _journal(self, synced: JournalSynced) -> None:
         for entry, have in synced.partial:
@@ -310,18 +330,18 @@ class Supervisor:
 
     def _start_worker(self, worker_id: int) -> None:
         self.workers[worker_id] = self._spawn(
-            f"mpdl-worker-{worker_id}", worker_main,
+            f"mpdl-worker-{worker_id}", start_worker,
             (worker_id, self.ring.spec, self.threads, self.options,
              logging.getLogger("mpdl").getEffectiveLevel(), self.cap))
         self.scheduler.worker_started(worker_id)
 
     def _start_writer(self) -> Child:
-        return self._spawn("mpdl-writer", writer_main,
+        return self._spawn("mpdl-writer", start_writer,
                            (self.ring.spec, str(self.layout.dest),
                             logging.getLogger("mpdl").getEffectiveLevel()))
 
     def _worker_died(self, worker_id: int, child: Child) -> None:
-        code = self._retire(child, lambda record: self.scheduler.worker_record(
+        code = _retire(child, lambda record: self.scheduler.worker_record(
             worker_id, record, time.monotonic()))
         log.warning("worker %d died (exit code %s); its %d tasks go back to the queue",
                     worker_id, code, self.scheduler.board.busy[worker_id])
@@ -335,7 +355,7 @@ class Supervisor:
 
     def _writer_died(self) -> None:
         """Start a new writer; every unfinished file starts over from its durable bytes."""
-        code = self._retire(self.writer, self.scheduler.writer_record)
+        code = _retire(self.writer, self.scheduler.writer_record)
         self.writer = None
         if self.writer_respawns <= 0:
             raise ChildrenKeepDying("writer", code)
@@ -351,28 +371,6 @@ class Supervisor:
         file closed): no decision is left to make, but the bytes it read were fetched."""
         if isinstance(record, (Filled, Failed)):
             self.tracker.counts.bytes_fetched += record.fetched
-
-    def _retire(self, child: Child, on_record: Callable | None = None) -> int | None:
-        """Drain what the child said (to ``on_record``, or nowhere), reap it, close its
-        handles; returns its exit code. For a dead child and at shutdown alike."""
-        try:
-            while not child.outbox.closed and child.outbox.poll():
-                for record in child.outbox.recv():
-                    if on_record is not None:
-                        on_record(record)
-        except (EOFError, OSError):
-            pass
-        child.process.join(0.1)
-        if child.process.is_alive():
-            child.process.terminate()
-            child.process.join(1.0)
-        if child.process.is_alive():
-            child.process.kill()
-            child.process.join(1.0)
-        child.inbox.cancel_join_thread()  # a dead reader must not hold our exit
-        child.inbox.close()
-        child.outbox.close()
-        return child.process.exitcode
 
     def _hand_over(self) -> None:
         """An interrupted run keeps what arrived: the workers stop first, each handing over
@@ -438,7 +436,30 @@ class Supervisor:
                 else:
                     del running[ready]
         for child, listen in children:
-            self._retire(child, listen)
+            _retire(child, listen)
+
+
+def _retire(child: Child, on_record: Callable | None = None) -> int | None:
+    """Drain what the child said (to ``on_record``, or nowhere), reap it, close its
+    handles; returns its exit code. For a dead child and at shutdown alike."""
+    try:
+        while not child.outbox.closed and child.outbox.poll():
+            for record in child.outbox.recv():
+                if on_record is not None:
+                    on_record(record)
+    except (EOFError, OSError):
+        pass
+    child.process.join(0.1)
+    if child.process.is_alive():
+        child.process.terminate()
+        child.process.join(1.0)
+    if child.process.is_alive():
+        child.process.kill()
+        child.process.join(1.0)
+    child.inbox.cancel_join_thread()  # a dead reader must not hold our exit
+    child.inbox.close()
+    child.outbox.close()
+    return child.process.exitcode
 
 
 def _receive(outbox: Connection) -> list | None:
