@@ -12,6 +12,7 @@ while records are being handled, so a slow hook cannot make healthy workers look
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import multiprocessing
 import multiprocessing.queues
@@ -172,6 +173,8 @@ class Supervisor:
         self._start_worker(0)
         self.scheduler.tick(time.monotonic())
         self._carry_out()
+        if self.ctx.get_start_method() == "fork":  # imported once, while worker 0 does too,
+            importlib.import_module(".worker", __package__)  # and the others inherit it
         for worker_id in range(1, self.options.workers):
             self._start_worker(worker_id)
         self.writer = self._start_writer()
