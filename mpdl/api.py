@@ -181,6 +181,9 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
         result.bytes_fetched = counts.bytes_fetched
         result.bytes_to_fetch = tracker.bytes_to_fetch
         result.bytes_written = counts.bytes_written
+    # The plan and the lists of files to fetch (100,000 files: tens of MiB) are done with:
+    # not kept through the update's end, which writes the installed manifest.
+    del plan, planner, todo, have, asked
     for link in parsed.links:
         try:
             place_link(layout, link)

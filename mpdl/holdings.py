@@ -132,7 +132,7 @@ def recorded(layout: Layout, journal: Journal, files: Iterable[tuple[str, str]])
     inside_dest = _Inside(layout.dest)
     for path, identity in files:
         final = layout.final_name(path)
-        if not (inside_dest(final) and journal.written(path, final) == identity):
+        if not (inside_dest(final) and journal.holds_identity(path, final, identity)):
             return False
     return True
 
@@ -168,7 +168,7 @@ class _Inside:
         self.folders: dict[str, bool] = {}
 
     def __call__(self, final: str) -> bool:
-        folder = os.path.dirname(final)
+        folder = final.rpartition(os.sep)[0]  # a final name is DEST's, joined: never "/x"
         known = self.folders.get(folder)
         if known is None:
             known = self.folders[folder] = inside(folder, self.dest)

@@ -146,17 +146,24 @@ class Manifest:
         return out
 
     def to_json_bytes(self) -> bytes:
-        """``to_json`` as compact JSON (``json.dumps(..., separators=(",", ":"))``, the same
-        bytes), made entry by entry: the files of a 100,000-file manifest never exist at
-        once as a tree of dicts, which took four times the memory of the manifest itself."""
+        """``to_json`` as compact JSON: ``json.dumps(..., separators=(",", ":"))``'s bytes."""
+        return b"".join(self.json_chunks())
+
+    def json_chunks(self) -> Iterator[bytes]:
+        """``to_json_bytes`` in pieces, made entry by entry as they are taken: the files of a
+        100,000-file manifest never exist at once as a tree of dicts (four times the memory
+        of the manifest itself), nor as one string, when written to a file."""
         encode = json.JSONEncoder(separators=(",", ":")).encode
         head = encode({"format": FORMAT, "base_urls": list(self.base_urls)})
-        chunks = [head[:-1].encode(), b',"files":[',
-                  b",".join(encode(item).encode() for item in self._json_entries()), b"]"]
+        yield head[:-1].encode() + b',"files":['
+        comma = b""
+        for item in self._json_entries():
+            yield comma + encode(item).encode()
+            comma = b","
+        yield b"]"
         if self.headers:
-            chunks.append(b',"headers":' + encode(dict(self.headers)).encode())
-        chunks.append(b"}")
-        return b"".join(chunks)
+            yield b',"headers":' + encode(dict(self.headers)).encode()
+        yield b"}"
 
     def _json_entries(self) -> Iterator[dict[str, object]]:
         for file in self.files:

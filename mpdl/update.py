@@ -525,11 +525,11 @@ def _fold(path: str) -> str:
     return unicodedata.normalize("NFC", path).casefold()
 
 
-def _manifest_bytes(manifest: Manifest) -> bytes:
-    return manifest.to_json_bytes()
+def _manifest_bytes(manifest: Manifest) -> Iterable[bytes]:
+    return manifest.json_chunks()
 
 
-def _replace(path: Path, data: bytes) -> None:
+def _replace(path: Path, data: bytes | Iterable[bytes]) -> None:
     """Write ``path`` whole or not at all (a temporary file, fsynced, renamed over it), never
     through a link planted in the state folder; readable by its owner alone, as a manifest may
     carry tokens (its headers, signed URLs). A failure (a full disk) leaves the old ``path``
@@ -542,7 +542,14 @@ def _replace(path: Path, data: bytes) -> None:
         fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
                      0o600)
         try:
-            write_at(fd, memoryview(data), 0)
+            done, pending = 0, bytearray()
+            for chunk in [data] if isinstance(data, bytes) else data:
+                pending += chunk
+                if len(pending) >= READ_SIZE or chunk is data:  # a write per MiB or so
+                    write_at(fd, memoryview(pending), done)
+                    done += len(pending)
+                    pending.clear()
+            write_at(fd, memoryview(pending), done)
             os.fsync(fd)
         finally:
             os.close(fd)
