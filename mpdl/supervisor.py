@@ -120,6 +120,8 @@ class Supervisor:
         self.sync_at_end = sync_at_end  # False: the state is deleted after success anyway
         self.ctx = multiprocessing.get_context(
             options.start_method or default_start_method(len(scheduler.files)))
+        if self.ctx.get_start_method() == "forkserver":  # its children share these pages
+            self.ctx.set_forkserver_preload(["mpdl.worker", "mpdl.writer"])
         self.threads = scheduler.limits.per_worker
         # The speed cap of every worker, even without one: a progress callback may set one.
         limits = scheduler.limits

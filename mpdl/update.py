@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
@@ -402,9 +403,9 @@ class Update:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return
-        fields = [self.source, self.fingerprint, str(len(m.files))]
-        fields += [text for e in m.files for text in (e.identity, e.path)]
-        _replace(path, "\0".join(fields).encode())
+        head = f"{self.source}\0{self.fingerprint}\0{len(m.files)}".encode()
+        _replace(path, itertools.chain([head], (f"\0{e.identity}\0{e.path}".encode()
+                                                for e in m.files)))
 
     def _remove_unlisted(self) -> list[str]:
         new = self.manifest
