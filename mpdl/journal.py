@@ -45,7 +45,9 @@ class Journal:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / JOURNAL_NAME
-        self._done: dict[str, tuple[str, int]] = {}  # path -> (key, mtime_ns): small, per file
+        # path -> (key, mtime_ns): the key as read, or the FileEntry this run recorded, whose
+        # identity it is (not a string per file kept for 100,000 files: _key makes it).
+        self._done: dict[str, tuple[str | FileEntry, int]] = {}
         self._partial: dict[str, dict] = {}
         self._out: TextIO | None = None
         self._broken: str | None = None  # why a line could not be written: no more are
@@ -84,7 +86,7 @@ class Journal:
         """``written(path, final) == identity``, without making a string per file (a
         re-run over 100,000 files asks it of each)."""
         done = self._done.get(path)
-        if done is None or done[0] != identity:
+        if done is None or _key(done[0]) != identity:
             return False
         try:
             st = os.lstat(final)
@@ -102,8 +104,9 @@ class Journal:
             st = os.lstat(final)
         except OSError:
             return None
-        size = done[0].split(":", 1)[0]  # an identity starts with the size
-        return done[0] if str(st.st_size) == size and st.st_mtime_ns == done[1] else None
+        key = _key(done[0])
+        size = key.split(":", 1)[0]  # an identity starts with the size
+        return key if str(st.st_size) == size and st.st_mtime_ns == done[1] else None
 
     def resumable(self, entry: FileEntry, staging: Path) -> RangeSet | None:
         """The durable byte ranges of ``entry``'s staging file, if a run left some for it."""
@@ -146,6 +149,7 @@ class Journal:
         """``entry`` is finished, verified and durable at ``final``."""
         st = os.lstat(final)
         self._write({"path": entry.path, "key": entry.identity, "mtime_ns": st.st_mtime_ns})
+        self._done[entry.path] = (entry, st.st_mtime_ns)  # the same, without the key string
 
     def record_partial(self, entry: FileEntry, staging: Path, have: RangeSet,
                        validators: dict[str, Expect] | None = None) -> None:
@@ -209,6 +213,7 @@ class Journal:
         try:
             with open(fresh, "w", encoding="utf-8") as out:
                 for path, (key, mtime_ns) in self._done.items():
+                    key = _key(key)
                     out.write(json.dumps({"path": path, "key": key, "mtime_ns": mtime_ns}) + "\n")
                 for record in self._partial.values():
                     out.write(json.dumps(record) + "\n")
@@ -229,6 +234,11 @@ class Journal:
             except OSError as exc:
                 self._failed(exc)
         self._check()
+
+
+def _key(done: str | FileEntry) -> str:
+    """The identity a finished file was recorded with (see Journal._done)."""
+    return done if isinstance(done, str) else done.identity
 
 
 def _decoded(lines: list[str]) -> list:

@@ -205,8 +205,6 @@ class Update:
         if self._installed_id() != self.fingerprint or pending:
             found = [self._load(self._path(INSTALLED))] + [self._load(p) for p in pending]
             self.old = [m for m in found if m is not None]
-        self.listed = {e.path for e in manifest.files} | {e.path for e in manifest.links} | {
-            e.path for e in manifest.directories}
 
     # -- the installed manifests ---------------------------------------------------------------
 
@@ -442,6 +440,14 @@ class Update:
             if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
                 return True
         return False
+
+    @functools.cached_property
+    def listed(self) -> set[str]:
+        """Every path the new manifest lists (made when first needed: a set of 100,000 paths
+        need not live through the fetch)."""
+        m = self.manifest
+        return {e.path for e in m.files} | {e.path for e in m.links} | {
+            e.path for e in m.directories}
 
     @functools.cached_property
     def _folded_listed(self) -> dict[str, list[str]]:
