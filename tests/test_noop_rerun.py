@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 
 import pytest
+from faultserver import Fault, FaultServer
 from helpers import nginx_serving, run
 
+import mpdl
 import mpdl.api
 from mpdl.update import INDEX, PENDING
 
@@ -142,3 +144,29 @@ def test_links_and_folders_take_the_full_run(tmp_path: Path, monkeypatch) -> Non
         os.unlink(dest / "l")
         assert run(manifest, dest).ok
         assert os.readlink(dest / "l") == "d0/f0.bin"
+
+
+def test_a_fresh_install_notes_its_manifest_before_placing_a_file(tmp_path: Path) -> None:
+    """The pending manifest of a fresh install is written once the first requests are out
+    (not before them), and still before any file is placed: while one file is placed and
+    another stalls, pending/ holds the manifest, so an interrupted install is known to the
+    next update; at the end it is the installed one."""
+    served = tmp_path / "served"
+    served.mkdir()
+    files = write_files(served, 2)
+    with FaultServer(served) as server:
+        server.set_fault("/d1/", Fault(stall_after=0, stall_seconds=2.0))
+        manifest = manifest_file(tmp_path, server.url, files)
+        dest = tmp_path / "dest"
+        seen: list[tuple[int, bool]] = []
+
+        def progress(event: mpdl.ProgressEvent) -> None:
+            if not event.final:
+                pending = dest / ".mpdl" / PENDING
+                seen.append((event.files_done, pending.is_dir() and any(pending.iterdir())))
+
+        assert run(manifest, dest, progress=progress).ok
+    placed = [noted for done, noted in seen if done >= 1]
+    assert placed and all(placed), seen
+    assert not (dest / ".mpdl" / PENDING).exists()
+    assert (dest / ".mpdl" / "installed.json").is_file()
