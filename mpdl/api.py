@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
 from .headers import merge_headers
-from .holdings import Build, survey
+from .holdings import Build, recorded, survey
 from .journal import Journal
 from .layout import Layout, escaping_links, make_folder_inside, place_link
 from .manifest import (FileEntry, Manifest, ManifestSource, load_manifest, manifest_from_bytes,
@@ -26,7 +26,7 @@ from .ranges import RangeSet
 from .retry import RetryPolicy
 from .scheduler import Limits, Scheduler
 from .supervisor import UNFINISHED, RefreshUrl, Supervisor, open_ring
-from .update import Update, source_digest, unchanged
+from .update import Update, installed_index, source_digest
 
 log = logging.getLogger("mpdl")
 
@@ -206,20 +206,22 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
 def _unchanged(digest: str, layout: Layout, options: Mapping[str, Any],
                progress: ProgressCallback | None, keep_state: bool) -> Result | None:
     """A re-run of the manifest file an install came from, every file still as mpdl wrote
-    it: the Result of a run with nothing to do, from the install's index, the journal and a
-    stat per file (mpdl.update.unchanged), the manifest left unparsed. None when it is not
-    that (another manifest, a run under way, a file changed or gone, links or folders to
-    check): the run goes on as usual."""
+    it: the Result of a run with nothing to do, from the install's index (read before the
+    journal: a resumed run reads its journal once), the journal and a stat per file, the
+    manifest left unparsed. None when it is not that (another manifest, a run under way, a
+    file changed or gone, links or folders to check): the run goes on as usual."""
     Options.from_env(**options)  # bad options fail here as in any run
     if os.path.islink(layout.state_dir):
         return None  # run() says why it stops
+    files = installed_index(layout, digest)
+    if files is None:
+        return None
     journal = Journal(layout.state_dir)
     try:
-        files = unchanged(layout, journal, digest)
-        if files is None:
+        if not recorded(layout, journal, files):
             return None
         result = Result(skipped=[path for path, _ in files])
-        total = sum(size for _, size in files)
+        total = sum(int(identity.split(":", 1)[0]) for _, identity in files)  # size:...
         tracker = Tracker(total, len(files), Counts(bytes_done=total, files_done=len(files)),
                           progress)
         tracker.bytes_to_fetch = 0

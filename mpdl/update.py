@@ -51,7 +51,7 @@ import xxhash
 from .errors import DiskError, ManifestError
 from .child import child_setup
 from .hashing import hash_file, new_hasher
-from .holdings import Build, Copy, recorded
+from .holdings import Build, Copy
 from .journal import Journal
 from .layout import Layout, inside, make_folder_inside
 from .manifest import FileEntry, Manifest, parse_manifest
@@ -503,11 +503,11 @@ def source_digest(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def unchanged(layout: Layout, journal: Journal, source: str) -> list[tuple[str, int]] | None:
-    """The paths and sizes of the installed files, when the manifest file whose bytes have
-    ``source`` for digest is the installed one (INDEX, against installed.json.id), no run
-    is under way (pending/ is empty) and the journal and a stat say each file is in place
-    as mpdl wrote it (holdings.recorded): a re-run with nothing to do, which need not parse
+def installed_index(layout: Layout, source: str) -> list[tuple[str, str]] | None:
+    """The (path, identity) of each installed file, when the manifest file whose bytes have
+    ``source`` for digest is the installed one (INDEX, against installed.json.id) and no run
+    is under way (pending/ is empty): if the journal and a stat then say each file is in
+    place as mpdl wrote it (holdings.recorded), a re-run has nothing to do and need not parse
     the manifest. None otherwise: the run surveys and fetches as usual."""
     state = layout.state_dir
     path = state / INDEX
@@ -523,9 +523,7 @@ def unchanged(layout: Layout, journal: Journal, source: str) -> list[tuple[str, 
     pairs = list(zip(fields[4::2], fields[3::2], strict=False))  # (path, identity): counted below
     if len(pairs) != int(fields[2]) or len(fields) != 3 + 2 * len(pairs):
         return None
-    if not recorded(layout, journal, pairs):
-        return None
-    return [(path, int(identity.split(":", 1)[0])) for path, identity in pairs]
+    return pairs
 
 
 def _fold(path: str) -> str:

@@ -1,6 +1,6 @@
 """A re-run over a complete install, given the same manifest file: the install's index
 (DEST/.mpdl/installed.index), the journal and a stat per file decide, and the manifest is not
-parsed (mpdl.update.unchanged). Anything else (a file changed or gone, a run under way, other
+parsed (mpdl.update.installed_index, then the journal). Anything else (a file changed or gone, a run under way, other
 bytes, links or folders) takes the full run, which finds and fetches what it must. nginx serves
 the files; its access log says what each run asked.
 """
