@@ -42,7 +42,6 @@ import stat
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -56,7 +55,6 @@ from .journal import Journal
 from .layout import Layout, inside, make_folder_inside
 from .manifest import FileEntry, Manifest, parse_manifest
 from .ranges import RangeSet
-from .writer import write_at
 
 log = logging.getLogger("mpdl")
 
@@ -127,6 +125,7 @@ def _open_source(dest: str, path: str):  # -> a binary file, or None
 def _copy_one(source, out: int, copy: Copy, buffer: memoryview) -> bool:
     """One span: False if the source cannot be read or its bytes do not match. An error
     writing ``out`` is the disk's, and propagates."""
+    from .writer import write_at  # the writer's modules, only where local bytes are copied
     hasher = new_hasher(copy.hash.algo)
     done = 0
     while done < copy.size:
@@ -295,6 +294,7 @@ class Update:
             for build in builds:
                 yield build, copy_spans(*job(build))
             return
+        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_copier_setup,
                                    initargs=(log.getEffectiveLevel(),))
         try:
@@ -539,6 +539,7 @@ def _replace(path: Path, data: bytes | Iterable[bytes]) -> None:
     through a link planted in the state folder; readable by its owner alone, as a manifest may
     carry tokens (its headers, signed URLs). A failure (a full disk) leaves the old ``path``
     and no temporary file, and raises DiskError naming ``path``."""
+    from .writer import write_at  # not at start-up: the first write comes after the first request
     fresh = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
