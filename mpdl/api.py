@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
 from .headers import merge_headers
-from .holdings import Build, recorded, survey
+from .holdings import Build, as_recorded, survey
 from .journal import Journal
 from .layout import Layout, escaping_links, make_folder_inside, place_link
 from .manifest import (FileEntry, Manifest, ManifestSource, load_manifest, manifest_from_bytes,
@@ -206,30 +206,25 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
 def _unchanged(digest: str, layout: Layout, options: Mapping[str, Any],
                progress: ProgressCallback | None, keep_state: bool) -> Result | None:
     """A re-run of the manifest file an install came from, every file still as mpdl wrote
-    it: the Result of a run with nothing to do, from the install's index (read before the
-    journal: a resumed run reads its journal once), the journal and a stat per file, the
-    manifest left unparsed. None when it is not that (another manifest, a run under way, a
-    file changed or gone, links or folders to check): the run goes on as usual."""
+    it: the Result of a run with nothing to do, from the install's index and a stat per
+    file, the manifest left unparsed and the journal unread (but to sweep a staging
+    folder). None when it is not that (another manifest, a run under way, a file changed or
+    gone, links or folders to check): the run goes on as usual."""
     Options.from_env(**options)  # bad options fail here as in any run
     if os.path.islink(layout.state_dir):
         return None  # run() says why it stops
     files = installed_index(layout, digest)
-    if files is None:
+    if files is None or not as_recorded(layout, files):
         return None
-    journal = Journal(layout.state_dir)
-    try:
-        if not recorded(layout, journal, files):
-            return None
-        result = Result(skipped=[path for path, _ in files])
-        total = sum(int(identity.split(":", 1)[0]) for _, identity in files)  # size:...
-        tracker = Tracker(total, len(files), Counts(bytes_done=total, files_done=len(files)),
-                          progress)
-        tracker.bytes_to_fetch = 0
-        tracker.tick(final=True)
-    finally:
-        journal.close()
+    result = Result(skipped=[path for path, _, _ in files])
+    total = sum(size for _, size, _ in files)
+    tracker = Tracker(total, len(files), Counts(bytes_done=total, files_done=len(files)),
+                      progress)
+    tracker.bytes_to_fetch = 0
+    tracker.tick(final=True)
     log.info("every file already in place, as installed from this manifest")
-    _tidy_state(layout, journal, keep_state, True)
+    if not keep_state or layout.staging_dir.is_dir():
+        _tidy_state(layout, Journal(layout.state_dir), keep_state, True)
     return result
 
 

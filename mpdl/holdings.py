@@ -126,13 +126,20 @@ def survey(manifest: Manifest, layout: Layout, journal: Journal,
     return Holdings(manifest.files, bytes(placed), have, found)
 
 
-def recorded(layout: Layout, journal: Journal, files: Iterable[tuple[str, str]]) -> bool:
-    """Whether each (path, identity) is in place by the journal and a stat alone: the file
-    a run verified and recorded there, untouched since, in a folder inside DEST."""
+def as_recorded(layout: Layout, files: Iterable[tuple[str, int, int]]) -> bool:
+    """Whether each file (path, size, mtime_ns, as a run recorded it: mpdl.update's index)
+    is still that file by a stat, in a folder inside DEST: the journal's test, with the
+    journal's figures already at hand."""
     inside_dest = _Inside(layout.dest)
-    for path, identity in files:
+    for path, size, mtime_ns in files:
         final = layout.final_name(path)
-        if not (inside_dest(final) and journal.holds_identity(path, final, identity)):
+        if not inside_dest(final):
+            return False
+        try:
+            st = os.lstat(final)
+        except OSError:
+            return False
+        if st.st_size != size or st.st_mtime_ns != mtime_ns:
             return False
     return True
 

@@ -60,9 +60,10 @@ log = logging.getLogger("mpdl")
 
 INSTALLED = "installed.json"
 PENDING = "pending"  # a folder: one manifest per run under way, named by its fingerprint
-# The installed files as a re-run of the same manifest file checks them, without parsing it:
-# NUL-separated, the digest of the manifest file's bytes, the install's fingerprint, the
-# number of files, then each file's identity and path (neither can hold a NUL).
+# The installed files as a re-run of the same manifest file checks them, without parsing it
+# or reading the journal: NUL-separated, the digest of the manifest file's bytes, the
+# install's fingerprint, the number of files, then each file's identity, path (neither can
+# hold a NUL) and mtime_ns as the journal recorded it.
 INDEX = "installed.index"
 READ_SIZE = 1024 * 1024
 #: Below this many bytes to copy, the copies run in this process: a pool costs more to start.
@@ -390,20 +391,23 @@ class Update:
 
     def _index(self) -> None:
         """Write INDEX for the manifest file this install came from, so a re-run given the
-        same bytes checks the journal and a stat per file and parses nothing (see
-        ``unchanged``); only for a manifest of files alone (links and folders take the
-        full run). After installed.json.id: an index whose fingerprint is not the installed
-        one is stale, and ignored."""
+        same bytes checks a stat per file and reads nothing else (``installed_index``);
+        only for a manifest of files alone (links and folders take the full run), each
+        journaled. After installed.json.id: an index whose fingerprint is not the installed
+        one is stale, and ignored; a file rewritten since (a repair, a re-run that fetched
+        it again) has another mtime, and the full run, which writes the index again."""
         path = self._path(INDEX)
         m = self.manifest
-        if self.source is None or m.links or m.directories or any(
+        mtimes = [self.journal.recorded_mtime(e.path, e.identity) for e in m.files]
+        if self.source is None or m.links or m.directories or None in mtimes or any(
                 e.size is None for e in m.files):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return
         head = f"{self.source}\0{self.fingerprint}\0{len(m.files)}".encode()
-        _replace(path, itertools.chain([head], (f"\0{e.identity}\0{e.path}".encode()
-                                                for e in m.files)))
+        _replace(path, itertools.chain([head], (
+            f"\0{e.identity}\0{e.path}\0{mtime}".encode()
+            for e, mtime in zip(m.files, mtimes, strict=True))))
 
     def _remove_unlisted(self) -> list[str]:
         new = self.manifest
@@ -503,12 +507,12 @@ def source_digest(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
-def installed_index(layout: Layout, source: str) -> list[tuple[str, str]] | None:
-    """The (path, identity) of each installed file, when the manifest file whose bytes have
-    ``source`` for digest is the installed one (INDEX, against installed.json.id) and no run
-    is under way (pending/ is empty): if the journal and a stat then say each file is in
-    place as mpdl wrote it (holdings.recorded), a re-run has nothing to do and need not parse
-    the manifest. None otherwise: the run surveys and fetches as usual."""
+def installed_index(layout: Layout, source: str) -> list[tuple[str, int, int]] | None:
+    """The (path, size, mtime_ns) of each installed file as the journal recorded it, when
+    the manifest file whose bytes have ``source`` for digest is the installed one (INDEX,
+    against installed.json.id) and no run is under way (pending/ is empty): if a stat then
+    says each file is still that one (holdings.as_recorded), a re-run has nothing to do and
+    need not parse the manifest. None otherwise: the run surveys and fetches as usual."""
     state = layout.state_dir
     path = state / INDEX
     try:
@@ -520,10 +524,14 @@ def installed_index(layout: Layout, source: str) -> list[tuple[str, str]] | None
         return None
     if len(fields) < 3 or fields[:2] != [source, installed] or not fields[2].isdigit():
         return None
-    pairs = list(zip(fields[4::2], fields[3::2], strict=False))  # (path, identity): counted below
-    if len(pairs) != int(fields[2]) or len(fields) != 3 + 2 * len(pairs):
+    count = int(fields[2])
+    if len(fields) != 3 + 3 * count:
         return None
-    return pairs
+    try:
+        return [(path, int(identity.split(":", 1)[0]), int(mtime)) for identity, path, mtime
+                in zip(fields[3::3], fields[4::3], fields[5::3], strict=True)]
+    except ValueError:  # not this version's index
+        return None
 
 
 def _fold(path: str) -> str:
