@@ -172,11 +172,12 @@ class Supervisor:
         """The first worker, and its first tasks at once: it connects and asks while the
         other workers and the writer start (nothing reaches the writer before the loop reads
         a Filled, and what the first dispatch has for it waits in ``unsent``)."""
+        if self.ctx.get_start_method() == "fork":  # imported once here, children inherit them
+            for module in (".worker", ".writer"):
+                importlib.import_module(module, __package__)
         self._start_worker(0)
         self.scheduler.tick(time.monotonic())
         self._carry_out()
-        if self.ctx.get_start_method() == "fork":  # imported once, while worker 0 does too,
-            importlib.import_module(".worker", __package__)  # and the others inherit it
         for worker_id in range(1, self.options.workers):
             self._start_worker(worker_id)
         self.writer = self._start_writer()
