@@ -3,14 +3,38 @@
 manifest -> plan -> tasks -> workers -> ring slots -> writer -> verified files
 """
 
-from .api import Result, download, run
-from .control import Control
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (ChildrenKeepDying, DiskError, FetchError, ManifestError, MpdlError,
                      NotEnoughSpace, RingTooSmall, RunStopped, UsageError)
-from .manifest import Manifest, load_manifest
-from .preview import Preview, plan
-from .progress import ProgressEvent
-from .verify import Report, Verdict, repair, verify
+
+if TYPE_CHECKING:
+    from .api import Result, download, run
+    from .control import Control
+    from .manifest import Manifest, load_manifest
+    from .preview import Preview, plan
+    from .progress import ProgressEvent
+    from .verify import Report, Verdict, repair, verify
+
+# Imported on first use, so ``python -m mpdl URL`` probes the server before it has loaded
+# the run's modules (the start-up is the command's first cost; see cli._download_url).
+_LAZY = {"run": "api", "download": "api", "Result": "api", "Control": "control",
+         "plan": "preview", "Preview": "preview", "Manifest": "manifest",
+         "load_manifest": "manifest", "ProgressEvent": "progress", "Report": "verify",
+         "Verdict": "verify", "repair": "verify", "verify": "verify"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["run", "download", "Result", "Control", "plan", "Preview", "verify", "repair",
            "Report", "Verdict", "Manifest", "load_manifest",

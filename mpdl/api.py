@@ -9,20 +9,20 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import direct, urls
 from .control import STOPPED, Control, StopAsked
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped, UsageError
 from .hashing import HashSpec
 from .headers import merge_headers
-from .holdings import Build, survey
+from .holdings import Build, as_recorded, survey
 from .journal import Journal
 from .mainguard import refuse_reentry
 from .layout import Layout, escaping_links, make_folder_inside, place_link
-from .manifest import (FileEntry, Manifest, ManifestSource, load_manifest,
-                       windows_unsafe_paths)
+from .manifest import (FileEntry, Manifest, ManifestSource, load_manifest, manifest_from_bytes,
+                       read_manifest, windows_unsafe_paths)
 from .options import Options, RunOptions
 from .osdeps import IN_USE, O_BINARY, WINDOWS, fsync, replace as replace_file
 from .plan import Plan, Planner, known_object_ends
@@ -31,7 +31,7 @@ from .ranges import RangeSet
 from .retry import RetryPolicy
 from .scheduler import Limits, Scheduler
 from .supervisor import UNFINISHED, RefreshUrl, Supervisor, open_ring
-from .update import Update
+from .update import Update, installed_index, source_digest
 
 if TYPE_CHECKING:  # typing's own from Python 3.11 on; only annotations use it
     from typing_extensions import Unpack
@@ -115,7 +115,16 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     """
     refuse_reentry()  # a child re-running an unguarded script: it exits here (mainguard.py)
     started = time.monotonic()
-    parsed = load_manifest(manifest, strict=strict)
+    source = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else None
+    digest = None if source is None else source_digest(source)
+    if digest is not None and not strict:  # strict: the manifest's keys are checked again
+        done = _unchanged(digest, Layout(Path(dest), state_dir), options, progress, keep_state)
+        if done is not None:
+            done.elapsed = time.monotonic() - started
+            return done
+    parsed = load_manifest(manifest, strict=strict) if source is None else \
+        manifest_from_bytes(source, strict=strict)
+    del source  # the model holds what is needed of it
     opts = Options.from_env(**options)
     if parsed.headers:  # to the workers with the rest of the options; the caller's win
         opts = replace(opts, headers=merge_headers(parsed.headers, opts.headers))
@@ -128,7 +137,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     try:
         _fill(parsed, layout, journal, opts, result, progress=progress, streamed=streamed,
               refresh_url=refresh_url, keep_state=keep_state, keep_removed=keep_removed,
-              redirects=redirects or {}, control=control)
+              redirects=redirects or {}, control=control, source=digest)
     except StopAsked:  # as Ctrl-C, but the caller asked: a result, not an exception
         _sweep_staging(layout, journal)
         result.error = STOPPED
@@ -242,12 +251,14 @@ def _retry_in_use(parsed: Manifest, layout: Layout, journal: Journal, result: Re
 def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, result: Result, *,
           progress: ProgressCallback | None, streamed: tuple[str, ...],
           refresh_url: RefreshUrl | None, keep_state: bool, keep_removed: bool,
-          redirects: Mapping[str, str], control: Control | None = None) -> None:
+          redirects: Mapping[str, str], control: Control | None = None,
+          source: str | None = None) -> None:
     """``run``'s work, into ``result``: what DEST holds, the local copies, the fetch, links
     and folders, and, once every file is in place, the update's end. Raises NotEnoughSpace
     before writing anything, and RunStopped when the journal or the state folder cannot be
-    written."""
-    update = Update(layout, parsed, journal, keep_removed=keep_removed)
+    written. ``source``: the digest of the manifest file's bytes, for the next run's
+    ``_unchanged``."""
+    update = Update(layout, parsed, journal, keep_removed=keep_removed, source=source)
     held = survey(parsed, layout, journal, known=update.old)
     result.skipped += [entry.path for entry in held.in_place()]
     todo, have = held.todo(), held.have()
@@ -285,16 +296,23 @@ def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, res
             result.failed[entry.path] = reason
             log.info("%s failed: %s", entry.path, reason)
 
+    # The pending manifest (Update.begin) must be written before the first file is placed;
+    # the processes write it once their first requests are out, not to delay the first byte.
+    begin = update.begin if installs else _nothing
     if todo and control is None and direct.fits(todo, have, opts):  # small: no processes
+        begin()
         result.error = direct.fetch_here(parsed, todo, have, layout, opts, journal, tracker,
                                          file_done, refresh_url, keep_state)
     elif todo:
         result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
-                              file_done, refresh_url, keep_state, redirects, control)
+                              file_done, refresh_url, keep_state, redirects, begin, control)
     if todo:
         result.bytes_fetched = counts.bytes_fetched
         result.bytes_to_fetch = tracker.bytes_to_fetch
         result.bytes_written = counts.bytes_written
+    # The plan and the lists of files to fetch (100,000 files: tens of MiB) are done with:
+    # not kept through the update's end, which writes the installed manifest.
+    del plan, planner, todo, have, asked
     _retry_in_use(parsed, layout, journal, result)
     for link in parsed.links:
         try:
@@ -322,6 +340,35 @@ def planner_for(parsed: Manifest, opts: Options, streamed: tuple[str, ...] = ())
     return Planner(chunk_size=opts.chunk_size, parallel=opts.parallel,
                    streamed=frozenset(streamed), spread=opts.connections,
                    object_ends=known_object_ends(parsed.files))
+
+
+def _unchanged(digest: str, layout: Layout, options: Mapping[str, Any],
+               progress: ProgressCallback | None, keep_state: bool) -> Result | None:
+    """A re-run of the manifest file an install came from, every file still as mpdl wrote
+    it: the Result of a run with nothing to do, from the install's index and a stat per
+    file, the manifest left unparsed and the journal unread (but to sweep a staging
+    folder). None when it is not that (another manifest, a run under way, a file changed or
+    gone, links or folders to check): the run goes on as usual."""
+    Options.from_env(**options)  # bad options fail here as in any run
+    if os.path.islink(layout.state_dir):
+        return None  # run() says why it stops
+    files = installed_index(layout, digest)
+    if files is None or not as_recorded(layout, files):
+        return None
+    result = Result(skipped=[path for path, _, _ in files])
+    total = sum(size for _, size, _ in files)
+    tracker = Tracker(total, len(files), Counts(bytes_done=total, files_done=len(files)),
+                      progress)
+    tracker.bytes_to_fetch = 0
+    tracker.tick(final=True)
+    log.info("every file already in place, as installed from this manifest")
+    if not keep_state or layout.staging_dir.is_dir():
+        _tidy_state(layout, Journal(layout.state_dir), keep_state, True)
+    return result
+
+
+def _nothing() -> None:
+    """Nothing to note before files change (a URL download is no install)."""
 
 
 def _unfinished(manifest: Manifest, result: Result) -> None:
@@ -353,7 +400,7 @@ def _build_locally(update: Update, builds: list[Build], todo: list[tuple[int, Fi
         tracker.counts.bytes_done += n
         tracker.tick()
 
-    if todo and installs:
+    if todo and installs and (builds or update.old):  # files in DEST change before the fetch
         update.begin()
     reused = update.reuse(builds, have, workers, copied)
     result.bytes_reused = reused.bytes
@@ -375,8 +422,12 @@ def _bytes_in_place(manifest: Manifest, todo: list[tuple[int, FileEntry]],
 def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opts: Options,
            journal: Journal, have: Mapping[int, RangeSet], tracker: Tracker, file_done,
            refresh_url: RefreshUrl | None, keep_state: bool,
-           redirects: Mapping[str, str], control: Control | None = None) -> str | None:
-    """Fetch what ``plan`` says with the processes of a run; returns why it stopped early."""
+           redirects: Mapping[str, str], begin: Callable[[], None],
+           control: Control | None = None) -> str | None:
+    """Fetch what ``plan`` says with the processes of a run; returns why it stopped early.
+    ``begin`` (Update.begin: the run's manifest noted as pending, fsynced) is called once the
+    first requests are out: it must come before the first file is placed, and needs not
+    delay the first byte."""
     ring = open_ring(plan.slot_size, opts.memory)
     try:
         slots = ring.spec.slots
@@ -395,7 +446,7 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
         supervisor = Supervisor(scheduler, ring=ring, layout=layout, options=opts,
                                 tracker=tracker, on_file_done=file_done, journal=journal,
                                 refresh_url=refresh_url, sync_at_end=keep_state,
-                                control=control)
+                                control=control, on_started=begin)
         supervisor.run()
         return supervisor.error
     finally:

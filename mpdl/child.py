@@ -1,4 +1,4 @@
-"""What every child process shares: its set-up, and how it reads its inbox."""
+"""What every child process shares: its entry points, its set-up, and how it reads its inbox."""
 
 from __future__ import annotations
 
@@ -16,6 +16,20 @@ R = TypeVar("R")  # the records of one inbox (ToWorker, ToWriter)
 
 # How often a child waiting for work checks that the coordinator still lives.
 PARENT_CHECK_SECONDS = 0.5
+
+
+def start_worker(*args) -> None:
+    """A worker process's target (worker.worker_main). The worker's modules (urllib3, ssl,
+    http.client) are imported here, in the worker: the coordinator never needs them, so it
+    starts sooner, and a forked worker imports them while the coordinator starts the rest."""
+    from .worker import worker_main
+    worker_main(*args)
+
+
+def start_writer(*args) -> None:
+    """The writer process's target (writer.writer_main), imported in the writer alone."""
+    from .writer import writer_main
+    writer_main(*args)
 
 
 def child_setup(name: str, log_level: int) -> None:

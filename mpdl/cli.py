@@ -15,21 +15,23 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from . import __version__
-from . import urls
-from .api import Result, download, download_all, run
 from .control import STOPPED, Control, read_commands
-from .preview import plan
-from .verify import Report as VerifyReport
-from .verify import repair, verify
 from .errors import ManifestError, MpdlError, UsageError
 from .headers import parse_header_line
 from .options import parse_size
 from .progress import (GogdlLines, JsonLines, LegendaryLines, ProgressCallback, TerminalLine,
                        human_bytes)
-from .supervisor import UNFINISHED
+
+if TYPE_CHECKING:
+    from .api import Result
+    from .verify import Report as VerifyReport
+
+# The run's modules (mpdl.api and all it needs) are imported where they are used, so that
+# --help, --version and a usage error cost no more than this module.
 
 log = logging.getLogger("mpdl")
 
@@ -245,6 +247,8 @@ def _download_urls(args: argparse.Namespace, kw: dict) -> Result:
     """The URLs of the command line and of ``-i``: one URL into FILE (default: its name
     here), several into the folder -o names (default: here). See urls.py and
     api.download_all."""
+    from . import urls
+    from .api import download, download_all
     try:
         items = [urls.wanted(url, args.checksum if len(args.sources) == 1 else None,
                              args.mirror or ()) for url in args.sources]
@@ -282,6 +286,7 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
               flush=True)
     if result.error:
         say(f"mpdl: error: {result.error}")
+    from .supervisor import UNFINISHED
     # Files that failed because the run stopped are in the summary: the error said why.
     stopped = (result.error, UNFINISHED) if result.error else ()
     failed = sorted((p, r) for p, r in result.failed.items() if r not in stopped)
@@ -310,6 +315,7 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
 def _report_plan(args: argparse.Namespace, kw: dict) -> int:
     """--plan: the preview (preview.py) as text on stdout, or as one JSON event."""
     options = {k: v for k, v in kw.items() if k not in ("progress", "control")}
+    from .preview import plan
     preview = plan(args.sources[0], args.output, keep_removed=args.keep_removed,
                    strict=args.strict, **options)
     if args.progress == "json":
@@ -376,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             read_commands(sys.stdin.fileno(), control)
             kw["control"] = control
         if args.verify or args.repair:
+            from .verify import repair, verify
             if urls_given or not args.output:
                 parser.error("--verify and --repair take a manifest and -o DEST")
             started = time.monotonic()
@@ -397,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             if not args.output:
                 parser.error("-o DEST is required with a manifest")
+            from .api import run
             result = run(args.sources[0], args.output, keep_removed=args.keep_removed,
                          strict=args.strict, **kw)
         code = _report(result, args.quiet, say, args.progress == "json")

@@ -60,36 +60,58 @@ class Holding:
 
 @dataclass(frozen=True, slots=True)
 class Holdings:
-    """What DEST holds of each file of a manifest, in the manifest's order."""
+    """What DEST holds of each file of a manifest, in the manifest's order. Compact, as a
+    manifest may list 100,000 files: a byte per file says whether it is in place, and only
+    the files that have ranges or a build have an entry in ``ranges`` or ``found``."""
 
-    files: tuple[Holding, ...]
+    entries: tuple[FileEntry, ...]
+    placed: bytes  # 1 for each file in place
+    ranges: dict[int, RangeSet]  # by file id: the durable ranges of a staging file
+    found: dict[int, Build]  # by file id: the local bytes a file can be built from
+
+    @property
+    def files(self) -> tuple[Holding, ...]:
+        """Each file's standing, one record per file (for a caller that wants them all)."""
+        return tuple(self._holding(fid, entry) for fid, entry in enumerate(self.entries))
+
+    def _holding(self, fid: int, entry: FileEntry) -> Holding:
+        build = self.found.get(fid)
+        if self.placed[fid]:
+            standing = Standing.IN_PLACE
+        elif build is not None:
+            standing = Standing.TO_BUILD
+        else:
+            standing = Standing.RESUMABLE if fid in self.ranges else Standing.TO_FETCH
+        return Holding(fid, entry, standing, self.ranges.get(fid), build)
 
     def in_place(self) -> list[FileEntry]:
-        return [h.entry for h in self.files if h.standing is Standing.IN_PLACE]
+        return [entry for entry, placed in zip(self.entries, self.placed, strict=True) if placed]
 
     def todo(self) -> list[tuple[int, FileEntry]]:
         """The files not in place, by file id: what the run builds and fetches."""
-        return [(h.file_id, h.entry) for h in self.files if h.standing is not Standing.IN_PLACE]
+        return [(fid, entry) for fid, entry in enumerate(self.entries) if not self.placed[fid]]
 
     def have(self) -> dict[int, RangeSet]:
-        return {h.file_id: h.have for h in self.files if h.have}
+        return {fid: ranges for fid, ranges in sorted(self.ranges.items()) if ranges}
 
     def builds(self) -> list[Build]:
-        return [h.build for h in self.files if h.build is not None]
+        return [self.found[fid] for fid in sorted(self.found)]
 
 
 def survey(manifest: Manifest, layout: Layout, journal: Journal,
            known: Sequence[Manifest] = ()) -> Holdings:
     """Where each file of ``manifest`` stands in ``layout``'s DEST (see the module's rules).
     ``known``: the manifests installed before, whose files may hold bytes to build from.
-    Files found in place by their hashes are journaled."""
-    in_place: set[int] = set()
+    Files found in place by their hashes are journaled. A file the journal recorded costs a
+    stat, and nothing else: a re-run over a complete install reads no file (and makes no
+    Path object: a string per file)."""
+    placed = bytearray(len(manifest.files))
     todo: list[tuple[int, FileEntry]] = []
     inside_dest = _Inside(layout.dest)
     for file_id, entry in enumerate(manifest.files):
-        final = layout.final(entry.path)
+        final = layout.final_name(entry.path)
         if inside_dest(final) and _in_place(entry, final, journal, layout):
-            in_place.add(file_id)
+            placed[file_id] = 1
         else:
             todo.append((file_id, entry))
     have: dict[int, RangeSet] = {}
@@ -101,20 +123,28 @@ def survey(manifest: Manifest, layout: Layout, journal: Journal,
     if todo:  # sources cost a stat per installed file: only when something is to be had
         sources = _held_sources((*known, manifest), layout, journal, inside_dest)
         found = {build.file_id: build for build in find_builds(todo, sources, have)}
-    holdings = []
-    for file_id, entry in enumerate(manifest.files):
-        build = found.get(file_id)
-        if file_id in in_place:
-            standing = Standing.IN_PLACE
-        elif build is not None:
-            standing = Standing.TO_BUILD
-        else:
-            standing = Standing.RESUMABLE if file_id in have else Standing.TO_FETCH
-        holdings.append(Holding(file_id, entry, standing, have.get(file_id), build))
-    return Holdings(tuple(holdings))
+    return Holdings(manifest.files, bytes(placed), have, found)
 
 
-def _in_place(entry: FileEntry, final: Path, journal: Journal, layout: Layout) -> bool:
+def as_recorded(layout: Layout, files: Iterable[tuple[str, int, int]]) -> bool:
+    """Whether each file (path, size, mtime_ns, as a run recorded it: mpdl.update's index)
+    is still that file by a stat, in a folder inside DEST: the journal's test, with the
+    journal's figures already at hand."""
+    inside_dest = _Inside(layout.dest)
+    for path, size, mtime_ns in files:
+        final = layout.final_name(path)
+        if not inside_dest(final):
+            return False
+        try:
+            st = os.lstat(final)
+        except OSError:
+            return False
+        if st.st_size != size or st.st_mtime_ns != mtime_ns:
+            return False
+    return True
+
+
+def _in_place(entry: FileEntry, final: str, journal: Journal, layout: Layout) -> bool:
     """The journal recorded this very file (identity, size, mtime); or it knows nothing of
     what stands there (or knew it by its size only: journals older than identities of part
     hashes) and the file checks out now, which is then journaled. A file mpdl wrote with
@@ -142,12 +172,13 @@ class _Inside:
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
-        self.folders: dict[Path, bool] = {}
+        self.folders: dict[str, bool] = {}
 
-    def __call__(self, final: Path) -> bool:
-        known = self.folders.get(final.parent)
+    def __call__(self, final: str) -> bool:
+        folder = final.rpartition(os.sep)[0]  # a final name is DEST's, joined: never "/x"
+        known = self.folders.get(folder)
         if known is None:
-            known = self.folders[final.parent] = inside(final.parent, self.dest)
+            known = self.folders[folder] = inside(folder, self.dest)
         return known
 
 
@@ -163,7 +194,7 @@ def _held_sources(manifests: Iterable[Manifest], layout: Layout, journal: Journa
             if key in seen:
                 continue
             seen.add(key)
-            final = layout.final(entry.path)
+            final = layout.final_name(entry.path)
             if inside_dest(final) and journal.holds(entry, final):
                 found.add(entry)
     return found

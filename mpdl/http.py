@@ -8,7 +8,8 @@ Every request carries the pool's headers (headers.py: mpdl's defaults, the manif
 user's); a request's own (Range) are added to them, because urllib3 takes per-request headers
 instead of the pool's. On a redirect to another host urllib3's Retry drops Authorization,
 Cookie and Proxy-Authorization (its remove_headers_on_redirect default), and mpdl keeps that
-default: credentials never follow a redirect to another host (tests/integration/test_headers_live.py).
+default: credentials never follow a redirect to another host
+(tests/integration/test_headers_live.py).
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ from .ranges import RangeSet
 JOURNAL_NAME = "journal.jsonl"
 # Rewrite the journal at start when it has this many more lines than paths it describes.
 COMPACT_SLACK = 256
+# Lines are read and decoded this many bytes at a time: one json.loads per batch, not per line
+# (100,000 lines), without the whole journal decoded at once.
+READ_BATCH = 1 << 20
 
 
 class Journal:
@@ -42,19 +45,22 @@ class Journal:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / JOURNAL_NAME
-        self._done: dict[str, tuple[str, int]] = {}  # path -> (key, mtime_ns): small, per file
+        # path -> (key, mtime_ns): the key as read, or the FileEntry this run recorded, whose
+        # identity it is (not a string per file kept for 100,000 files: _key makes it).
+        self._done: dict[str, tuple[str | FileEntry, int]] = {}
         self._partial: dict[str, dict] = {}
         self._out: TextIO | None = None
         self._broken: str | None = None  # why a line could not be written: no more are
         lines = 0
         try:
             with open(self.path, encoding="utf-8") as text:
-                for line in text:
-                    lines += 1
-                    try:
-                        self._remember(json.loads(line))
-                    except (ValueError, KeyError, TypeError, AttributeError):
-                        continue
+                while batch := text.readlines(READ_BATCH):
+                    lines += len(batch)
+                    for record in _decoded(batch):
+                        try:
+                            self._remember(record)
+                        except (ValueError, KeyError, TypeError, AttributeError):
+                            continue
         except FileNotFoundError:
             pass
         if lines > len(self._done) + len(self._partial) + COMPACT_SLACK:
@@ -72,11 +78,17 @@ class Journal:
             self._done[path] = (str(record["key"]), int(record["mtime_ns"]))
             self._partial.pop(path, None)
 
-    def holds(self, entry: FileEntry, final: Path) -> bool:
+    def holds(self, entry: FileEntry, final: Path | str) -> bool:
         """The file on disk is the one a run verified and recorded, untouched since."""
         return self.written(entry.path, final) == entry.identity
 
-    def written(self, path: str, final: Path) -> str | None:
+    def recorded_mtime(self, path: str, identity: str) -> int | None:
+        """The mtime the file at ``path`` had when a run recorded it finished with this
+        identity; None if the journal holds no such record."""
+        done = self._done.get(path)
+        return done[1] if done is not None and _key(done[0]) == identity else None
+
+    def written(self, path: str, final: Path | str) -> str | None:
         """The identity of the file a run verified and recorded at ``path``, if the file on
         disk is still that one (its size and mtime as recorded); else None."""
         done = self._done.get(path)
@@ -86,8 +98,9 @@ class Journal:
             st = os.lstat(final)
         except OSError:
             return None
-        size = done[0].split(":", 1)[0]  # an identity starts with the size
-        return done[0] if str(st.st_size) == size and st.st_mtime_ns == done[1] else None
+        key = _key(done[0])
+        size = key.split(":", 1)[0]  # an identity starts with the size
+        return key if str(st.st_size) == size and st.st_mtime_ns == done[1] else None
 
     def resumable(self, entry: FileEntry, staging: Path) -> RangeSet | None:
         """The durable byte ranges of ``entry``'s staging file, if a run left some for it."""
@@ -126,10 +139,11 @@ class Journal:
                 and (pair[0] is None or isinstance(pair[0], str))
                 and (pair[1] is None or isinstance(pair[1], int))}
 
-    def record(self, entry: FileEntry, final: Path) -> None:
+    def record(self, entry: FileEntry, final: Path | str) -> None:
         """``entry`` is finished, verified and durable at ``final``."""
         st = os.lstat(final)
         self._write({"path": entry.path, "key": entry.identity, "mtime_ns": st.st_mtime_ns})
+        self._done[entry.path] = (entry, st.st_mtime_ns)  # the same, without the key string
 
     def record_partial(self, entry: FileEntry, staging: Path, have: RangeSet,
                        validators: dict[str, Expect] | None = None) -> None:
@@ -193,6 +207,7 @@ class Journal:
         try:
             with open(fresh, "w", encoding="utf-8") as out:
                 for path, (key, mtime_ns) in self._done.items():
+                    key = _key(key)
                     out.write(json.dumps({"path": path, "key": key, "mtime_ns": mtime_ns}) + "\n")
                 for record in self._partial.values():
                     out.write(json.dumps(record) + "\n")
@@ -213,6 +228,27 @@ class Journal:
             except OSError as exc:
                 self._failed(exc)
         self._check()
+
+
+def _key(done: str | FileEntry) -> str:
+    """The identity a finished file was recorded with (see Journal._done)."""
+    return done if isinstance(done, str) else done.identity
+
+
+def _decoded(lines: list[str]) -> list:
+    """The JSON value of each line, as one array when they all decode (the common case);
+    else line by line, leaving out those that do not (a torn last line)."""
+    try:
+        return json.loads("[" + ",".join(line for line in lines if not line.isspace()) + "]")
+    except ValueError:
+        pass
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
 
 
 def _ends_a_line(path: Path) -> bool:

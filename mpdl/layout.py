@@ -41,9 +41,15 @@ class Layout:
         self.dest = Path(os.path.abspath(dest))
         self.state_dir = Path(os.path.abspath(state_dir)) if state_dir else self.dest / STATE_DIR
         self.staging_dir = self.state_dir / "staging"
+        self._dest_prefix = os.path.join(str(self.dest), "")
 
     def final(self, path: str) -> Path:
         return self.dest.joinpath(*path.split("/"))
+
+    def final_name(self, path: str) -> str:
+        """``final`` as a string, without a Path object: what a survey of 100,000 files
+        stats (a manifest path is relative and "/"-separated, checked by mpdl.manifest)."""
+        return self._dest_prefix + (path if os.sep == "/" else path.replace("/", os.sep))
 
     def staging(self, entry: FileEntry) -> Path:
         """Named by what the file is (path, size, hash), never by where it comes from."""

@@ -15,7 +15,7 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -165,7 +165,33 @@ class Manifest:
     def to_json(self) -> dict[str, object]:
         """This manifest as mpdl/1 JSON, which ``parse_manifest`` reads back as an equal one
         (a file of unknown size has no mpdl/1 form and is left out)."""
-        entries: list[dict[str, object]] = []
+        out: dict[str, object] = {"format": FORMAT, "base_urls": list(self.base_urls),
+                                  "files": list(self._json_entries())}
+        if self.headers:
+            out["headers"] = dict(self.headers)
+        return out
+
+    def to_json_bytes(self) -> bytes:
+        """``to_json`` as compact JSON: ``json.dumps(..., separators=(",", ":"))``'s bytes."""
+        return b"".join(self.json_chunks())
+
+    def json_chunks(self) -> Iterator[bytes]:
+        """``to_json_bytes`` in pieces, made entry by entry as they are taken: the files of a
+        100,000-file manifest never exist at once as a tree of dicts (four times the memory
+        of the manifest itself), nor as one string, when written to a file."""
+        encode = json.JSONEncoder(separators=(",", ":")).encode
+        head = encode({"format": FORMAT, "base_urls": list(self.base_urls)})
+        yield head[:-1].encode() + b',"files":['
+        comma = b""
+        for item in self._json_entries():
+            yield comma + encode(item).encode()
+            comma = b","
+        yield b"]"
+        if self.headers:
+            yield b',"headers":' + encode(dict(self.headers)).encode()
+        yield b"}"
+
+    def _json_entries(self) -> Iterator[dict[str, object]]:
         for file in self.files:
             if file.size is None:
                 continue
@@ -178,14 +204,11 @@ class Manifest:
                 item["url"] = file.url
             if file.parts:
                 item["parts"] = [_part_json(part) for part in file.parts]
-            entries.append(item)
-        entries += [{"path": link.path, "link": link.target} for link in self.links]
-        entries += [{"path": folder.path, "directory": True} for folder in self.directories]
-        out: dict[str, object] = {"format": FORMAT, "base_urls": list(self.base_urls),
-                                  "files": entries}
-        if self.headers:
-            out["headers"] = dict(self.headers)
-        return out
+            yield item
+        for link in self.links:
+            yield {"path": link.path, "link": link.target}
+        for folder in self.directories:
+            yield {"path": folder.path, "directory": True}
 
     @classmethod
     def single_url(cls, url: str, path: str, size: int | None = None,
@@ -222,12 +245,23 @@ def load_manifest(source: ManifestSource, *, strict: bool = False) -> Manifest:
     if isinstance(source, dict):
         return parse_manifest(source, strict=strict)
     if isinstance(source, (str, os.PathLike)):
-        # The decoded JSON is ours alone: each entry goes as soon as it is parsed, so the
-        # JSON and the model of a 100,000-file manifest are not both in memory at the peak.
-        return parse_manifest(_decode(_read(source)), consume=True, strict=strict)
+        return manifest_from_bytes(read_manifest(source), strict=strict)
     raise TypeError(
         f"expected a Manifest, a dict or a path, not {type(source).__name__}"
     )
+
+
+def read_manifest(path: str | os.PathLike[str]) -> bytes:
+    """A manifest file's bytes, unparsed (ManifestError if it cannot be read, or is too
+    large): a re-run compares them with what the install came from (mpdl.update)."""
+    return _read(path)
+
+
+def manifest_from_bytes(data: bytes, *, strict: bool = False) -> Manifest:
+    """The manifest a file's bytes hold (ManifestError when they do not hold a valid one)."""
+    # The decoded JSON is ours alone: each entry goes as soon as it is parsed, so the JSON
+    # and the model of a 100,000-file manifest are not both in memory at the peak.
+    return parse_manifest(_decode(data), consume=True, strict=strict)
 
 
 def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) -> Manifest:
@@ -338,7 +372,11 @@ class UnknownKeys:
 def _read(path: str | os.PathLike[str]) -> bytes:
     try:
         with open(path, "rb") as file:
-            data = file.read(MAX_MANIFEST_BYTES + 1)
+            # Not read(MAX + 1): that asks for a 512 MiB buffer whatever the file's size.
+            size = os.fstat(file.fileno()).st_size
+            data = file.read(size + 1 if size <= MAX_MANIFEST_BYTES else MAX_MANIFEST_BYTES + 1)
+            if len(data) > size and len(data) <= MAX_MANIFEST_BYTES:
+                data += file.read(MAX_MANIFEST_BYTES + 1 - len(data))  # it grew meanwhile
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ManifestError(

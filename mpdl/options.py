@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypedDict
-
-import psutil
 
 from .errors import UsageError
 from .headers import Headers, headers_option
@@ -53,7 +50,7 @@ def parse_rate(value: object) -> int | None:
 def _default_workers() -> int:
     # Workers spend their CPU on socket reads, zlib and part hashes; the writer and the
     # coordinator need a core's share too, so one worker per core, and at least two.
-    return max(2, min(8, psutil.cpu_count(logical=True) or 2))
+    return max(2, min(8, os.cpu_count() or 2))
 
 
 class RunOptions(TypedDict, total=False):
@@ -215,6 +212,7 @@ def _check_cacert(path: str) -> None:
     """A CA file that cannot be read would refuse every server: say so before any request."""
     if not os.path.isfile(path):
         raise UsageError(f"cacert: {path}: no such file")
+    import ssl  # here: a run without --cacert needs no ssl in the coordinator
     try:
         ssl.create_default_context(cafile=path)
     except (ssl.SSLError, OSError) as exc:

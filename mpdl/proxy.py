@@ -40,12 +40,12 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import urllib3
-from urllib3.exceptions import MaxRetryError
-from urllib3.exceptions import ProxyError as Urllib3ProxyError
+if TYPE_CHECKING:  # imported where a request is sent: the coordinator reads rules only
+    import urllib3
+    from urllib3.exceptions import ProxyError as Urllib3ProxyError
 
 from .errors import ProxyAuthRequired, ProxyRefused, ProxyUnavailable, UsageError
 
@@ -75,7 +75,8 @@ class Proxy:
         """What every request to the proxy carries (CONNECTs included)."""
         if self.credentials is None:
             return {}
-        return dict(urllib3.make_headers(proxy_basic_auth=self.credentials))
+        from urllib3 import make_headers
+        return dict(make_headers(proxy_basic_auth=self.credentials))
 
 
 def parse_proxy(text: str, source: str) -> Proxy:
@@ -243,6 +244,8 @@ class Routed:
         pool = self.pools[proxy]
         if proxy is None:
             return pool.request(method, url, **kw)
+        from urllib3.exceptions import MaxRetryError
+        from urllib3.exceptions import ProxyError as Urllib3ProxyError
         try:
             response = pool.request(method, url, **kw)
         except MaxRetryError as exc:

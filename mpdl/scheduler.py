@@ -5,7 +5,8 @@ fresh URL from the caller's hook, and the time, passed in as ``now``. Out come r
 (to each worker, to the writer) and effects for the supervisor to carry out (journal writes,
 "ask the caller for a fresh URL", "this file ended"), collected by ``take``. ``next_wakeup``
 says when time alone will next change something. Nothing here waits, sends, reads the clock
-or touches a file, so every decision can be tested by feeding it events (tests/unit/test_scheduler.py).
+or touches a file, so every decision can be tested by feeding it events
+(tests/unit/test_scheduler.py).
 
 The scheduler is the hall; the rooms keep one concern each, driven by its events, and it
 reads as the named steps of each event, from one room to the next:

@@ -12,6 +12,7 @@ while records are being handled, so a slow hook cannot make healthy workers look
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import multiprocessing
 import multiprocessing.queues
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
 from .checkpoints import JournalSynced
+from .child import start_worker, start_writer
 from .control import Control, Steering
 from .errors import (ChildrenKeepDying, MpdlError, NotDurable, RingTooSmall, RunStopped,
                      UsageError)
@@ -36,8 +38,6 @@ from .progress import Tracker, human_bytes
 from .ratelimit import SpeedCap
 from .ring import Ring, slots_that_fit
 from .scheduler import FileEnded, ForgetRanges, NeedFreshUrl, Output, Scheduler
-from .worker import worker_main
-from .writer import writer_main
 
 log = logging.getLogger("mpdl")
 
@@ -93,8 +93,12 @@ class Supervisor:
     def __init__(self, scheduler: Scheduler, *, ring: Ring, layout: Layout, options: Options,
                  tracker: Tracker, on_file_done: FileDone, journal: Journal,
                  refresh_url: RefreshUrl | None = None, sync_at_end: bool = True,
-                 control: Control | None = None) -> None:
+                 control: Control | None = None,
+                 on_started: Callable[[], None] | None = None) -> None:
         self.scheduler = scheduler
+        # Called once the children are started, the first tasks sent: work that must come
+        # before the first file is placed, not before the first request (update.begin).
+        self.on_started = on_started
         self.ring = ring
         self.layout = layout
         self.options = options
@@ -107,6 +111,8 @@ class Supervisor:
         self.sync_at_end = sync_at_end  # False: the state is deleted after success anyway
         self.ctx = start_context(
             options.start_method or default_start_method(len(scheduler.files)))
+        if self.ctx.get_start_method() == "forkserver":  # its children share these pages
+            self.ctx.set_forkserver_preload(["mpdl.worker", "mpdl.writer"])
         self.threads = scheduler.limits.per_worker
         # The speed cap of every worker, even without one: a progress callback may set one.
         limits = scheduler.limits
@@ -117,6 +123,7 @@ class Supervisor:
                                                                tracker)
         self.workers: dict[int, Child] = {}
         self.writer: Child | None = None
+        self.unsent: list = []  # records for the writer before it is started
         self.worker_respawns = 2 * options.workers
         self.writer_respawns = WRITER_RESPAWNS
         self.any_failed = False
@@ -127,9 +134,7 @@ class Supervisor:
     def run(self) -> None:
         """Run to the end; ``self.error`` is set when the run had to stop early."""
         try:
-            self.writer = self._start_writer()
-            for worker_id in range(self.options.workers):
-                self._start_worker(worker_id)
+            self._start()
             while not self.scheduler.finished:
                 self.scheduler.tick(time.monotonic())
                 hooks_ran = self._carry_out()
@@ -156,6 +161,25 @@ class Supervisor:
         finally:
             self.tracker.arriving = None  # the ring goes: progress counts bytes done alone
             self._stop_children()
+
+    def _start(self) -> None:
+        """The first worker, and its first tasks at once: it connects and asks while the
+        other workers and the writer start (nothing reaches the writer before the loop reads
+        a Filled, and what the first dispatch has for it waits in ``unsent``)."""
+        if self.ctx.get_start_method() == "fork":  # imported once here, children inherit them
+            for module in (".worker", ".writer"):
+                importlib.import_module(module, __package__)
+        self._start_worker(0)
+        self.scheduler.tick(time.monotonic())
+        self._carry_out()
+        for worker_id in range(1, self.options.workers):
+            self._start_worker(worker_id)
+        self.writer = self._start_writer()
+        if self.unsent:
+            self.writer.inbox.put(self.unsent)
+            self.unsent = []
+        if self.on_started is not None:
+            self.on_started()
 
     def _change_rate(self, asked: int | float | str | None) -> None:
         """The progress callback returned a speed cap (None: keep it): every worker's reads
@@ -209,6 +233,8 @@ class Supervisor:
             child.inbox.put(records)  # a dead worker's were dropped
         if out.to_writer and self.writer is not None:
             self.writer.inbox.put(out.to_writer)
+        elif out.to_writer:  # the run is starting: the writer is next (_start)
+            self.unsent += out.to_writer
 
     def _journal(self, synced: JournalSynced) -> None:
         for entry, have in synced.partial:
@@ -306,18 +332,18 @@ class Supervisor:
 
     def _start_worker(self, worker_id: int) -> None:
         self.workers[worker_id] = self._spawn(
-            f"mpdl-worker-{worker_id}", worker_main,
+            f"mpdl-worker-{worker_id}", start_worker,
             (worker_id, self.ring.spec, self.threads, self.options,
              logging.getLogger("mpdl").getEffectiveLevel(), self.cap))
         self.scheduler.worker_started(worker_id)
 
     def _start_writer(self) -> Child:
-        return self._spawn("mpdl-writer", writer_main,
+        return self._spawn("mpdl-writer", start_writer,
                            (self.ring.spec, str(self.layout.dest),
                             logging.getLogger("mpdl").getEffectiveLevel()))
 
     def _worker_died(self, worker_id: int, child: Child) -> None:
-        code = self._retire(child, lambda record: self.scheduler.worker_record(
+        code = _retire(child, lambda record: self.scheduler.worker_record(
             worker_id, record, time.monotonic()))
         if code == REENTERED:  # the caller's script ran again in the child (mainguard.py)
             del self.workers[worker_id]
@@ -335,7 +361,7 @@ class Supervisor:
     def _writer_died(self) -> None:
         """Start a new writer; every unfinished file starts over from its durable bytes."""
         assert self.writer is not None, "a writer died that was never started"
-        code = self._retire(self.writer, self.scheduler.writer_record)
+        code = _retire(self.writer, self.scheduler.writer_record)
         self.writer = None
         if code == REENTERED:
             raise UsageError(HINT)
@@ -353,28 +379,6 @@ class Supervisor:
         file closed): no decision is left to make, but the bytes it read were fetched."""
         if isinstance(record, (Filled, Failed)):
             self.tracker.counts.bytes_fetched += record.fetched
-
-    def _retire(self, child: Child, on_record: Callable | None = None) -> int | None:
-        """Drain what the child said (to ``on_record``, or nowhere), reap it, close its
-        handles; returns its exit code. For a dead child and at shutdown alike."""
-        try:
-            while not child.outbox.closed and child.outbox.poll():
-                for record in child.outbox.recv():
-                    if on_record is not None:
-                        on_record(record)
-        except (EOFError, OSError):
-            pass
-        child.process.join(0.1)
-        if child.process.is_alive():
-            child.process.terminate()
-            child.process.join(1.0)
-        if child.process.is_alive():
-            child.process.kill()
-            child.process.join(1.0)
-        child.inbox.cancel_join_thread()  # a dead reader must not hold our exit
-        child.inbox.close()
-        child.outbox.close()
-        return child.process.exitcode
 
     def _hand_over(self) -> None:
         """An interrupted run keeps what arrived: the workers stop first, each handing over
@@ -430,7 +434,30 @@ class Supervisor:
                 elif isinstance(ready, int):  # a sentinel
                     del running[ready]
         for child, listen in children:
-            self._retire(child, listen)
+            _retire(child, listen)
+
+
+def _retire(child: Child, on_record: Callable | None = None) -> int | None:
+    """Drain what the child said (to ``on_record``, or nowhere), reap it, close its
+    handles; returns its exit code. For a dead child and at shutdown alike."""
+    try:
+        while not child.outbox.closed and child.outbox.poll():
+            for record in child.outbox.recv():
+                if on_record is not None:
+                    on_record(record)
+    except (EOFError, OSError):
+        pass
+    child.process.join(0.1)
+    if child.process.is_alive():
+        child.process.terminate()
+        child.process.join(1.0)
+    if child.process.is_alive():
+        child.process.kill()
+        child.process.join(1.0)
+    child.inbox.cancel_join_thread()  # a dead reader must not hold our exit
+    child.inbox.close()
+    child.outbox.close()
+    return child.process.exitcode
 
 
 def _show_kept(tracker: Tracker, unkept: int) -> None:

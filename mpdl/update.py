@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -59,6 +59,11 @@ log = logging.getLogger("mpdl")
 
 INSTALLED = "installed.json"
 PENDING = "pending"  # a folder: one manifest per run under way, named by its fingerprint
+# The installed files as a re-run of the same manifest file checks them, without parsing it
+# or reading the journal: NUL-separated, the digest of the manifest file's bytes, the
+# install's fingerprint, the number of files, then each file's identity, path (neither can
+# hold a NUL) and mtime_ns as the journal recorded it.
+INDEX = "installed.index"
 READ_SIZE = 1024 * 1024
 #: Below this many bytes to copy, the copies run in this process: a pool costs more to start.
 POOL_FROM = 64 * 1024 * 1024
@@ -181,11 +186,12 @@ class Update:
     the end, what to remove."""
 
     def __init__(self, layout: Layout, manifest: Manifest, journal: Journal, *,
-                 keep_removed: bool = False) -> None:
+                 keep_removed: bool = False, source: str | None = None) -> None:
         self.layout = layout
         self.manifest = manifest
         self.journal = journal
         self.keep_removed = keep_removed
+        self.source = source  # source_digest of the manifest file's bytes, if it came from one
         self.fingerprint = fingerprint(manifest)
         self.old: list[Manifest] = []
         pending = sorted(self._path(PENDING).glob("*.json")) if self._path(PENDING).is_dir() \
@@ -193,8 +199,6 @@ class Update:
         if self._installed_id() != self.fingerprint or pending:
             found = [self._load(self._path(INSTALLED))] + [self._load(p) for p in pending]
             self.old = [m for m in found if m is not None]
-        self.listed = {e.path for e in manifest.files} | {e.path for e in manifest.links} | {
-            e.path for e in manifest.directories}
 
     # -- the installed manifests ---------------------------------------------------------------
 
@@ -285,6 +289,7 @@ class Update:
             for build in builds:
                 yield build, copy_spans(*job(build))
             return
+        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_copier_setup,
                                    initargs=(log.getEffectiveLevel(),))
         try:
@@ -370,12 +375,33 @@ class Update:
         if self._installed_id() != self.fingerprint:
             _replace(self._path(INSTALLED), _manifest_bytes(self.manifest))
             _replace(self._path(INSTALLED + ".id"), (self.fingerprint + "\n").encode())
+        self._index()
         pending = self._path(PENDING)
         if pending.is_dir() and not pending.is_symlink():
             for name in pending.glob("*.json"):
                 name.unlink()
             with contextlib.suppress(OSError):
                 pending.rmdir()
+
+    def _index(self) -> None:
+        """Write INDEX for the manifest file this install came from, so a re-run given the
+        same bytes checks a stat per file and reads nothing else (``installed_index``);
+        only for a manifest of files alone (links and folders take the full run), each
+        journaled. After installed.json.id: an index whose fingerprint is not the installed
+        one is stale, and ignored; a file rewritten since (a repair, a re-run that fetched
+        it again) has another mtime, and the full run, which writes the index again."""
+        path = self._path(INDEX)
+        m = self.manifest
+        mtimes = [self.journal.recorded_mtime(e.path, e.identity) for e in m.files]
+        if self.source is None or m.links or m.directories or None in mtimes or any(
+                e.size is None for e in m.files):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return
+        head = f"{self.source}\0{self.fingerprint}\0{len(m.files)}".encode()
+        _replace(path, itertools.chain([head], (
+            f"\0{e.identity}\0{e.path}\0{mtime}".encode()
+            for e, mtime in zip(m.files, mtimes, strict=True))))
 
     def _remove_unlisted(self) -> list[str]:
         new = self.manifest
@@ -412,6 +438,14 @@ class Update:
             if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
                 return True
         return False
+
+    @functools.cached_property
+    def listed(self) -> set[str]:
+        """Every path the new manifest lists (made when first needed: a set of 100,000 paths
+        need not live through the fetch)."""
+        m = self.manifest
+        return {e.path for e in m.files} | {e.path for e in m.links} | {
+            e.path for e in m.directories}
 
     @functools.cached_property
     def _folded_listed(self) -> dict[str, list[str]]:
@@ -471,15 +505,48 @@ class Update:
                     path.rmdir()  # only an empty one
 
 
-def _manifest_bytes(manifest: Manifest) -> bytes:
-    return json.dumps(manifest.to_json(), separators=(",", ":")).encode()
+def source_digest(data: bytes) -> str:
+    """What a manifest file's bytes are (INDEX): the same bytes, the same manifest."""
+    return xxhash.xxh3_128_hexdigest(data)
 
 
-def _replace(path: Path, data: bytes) -> None:
+def installed_index(layout: Layout, source: str) -> list[tuple[str, int, int]] | None:
+    """The (path, size, mtime_ns) of each installed file as the journal recorded it, when
+    the manifest file whose bytes have ``source`` for digest is the installed one (INDEX,
+    against installed.json.id) and no run is under way (pending/ is empty): if a stat then
+    says each file is still that one (holdings.as_recorded), a re-run has nothing to do and
+    need not parse the manifest. None otherwise: the run surveys and fetches as usual."""
+    state = layout.state_dir
+    path = state / INDEX
+    try:
+        if path.is_symlink() or any((state / PENDING).glob("*.json")):
+            return None
+        fields = path.read_bytes().decode("utf-8").split("\0")
+        installed = (state / (INSTALLED + ".id")).read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 3 or fields[:2] != [source, installed] or not fields[2].isdigit():
+        return None
+    count = int(fields[2])
+    if len(fields) != 3 + 3 * count:
+        return None
+    try:
+        return [(path, int(identity.split(":", 1)[0]), int(mtime)) for identity, path, mtime
+                in zip(fields[3::3], fields[4::3], fields[5::3], strict=True)]
+    except ValueError:  # not this version's index
+        return None
+
+
+def _manifest_bytes(manifest: Manifest) -> Iterable[bytes]:
+    return manifest.json_chunks()
+
+
+def _replace(path: Path, data: bytes | Iterable[bytes]) -> None:
     """Write ``path`` whole or not at all (a temporary file, fsynced, renamed over it), never
     through a link planted in the state folder; readable by its owner alone, as a manifest may
     carry tokens (its headers, signed URLs). A failure (a full disk) leaves the old ``path``
     and no temporary file, and raises DiskError naming ``path``."""
+    from .writer import write_at  # not at start-up: the first write comes after the first request
     fresh = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -488,7 +555,14 @@ def _replace(path: Path, data: bytes) -> None:
         fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY,
                      0o600)
         try:
-            write_at(fd, memoryview(data), 0)
+            done, pending = 0, bytearray()
+            for chunk in [data] if isinstance(data, bytes) else data:
+                pending += chunk
+                if len(pending) >= READ_SIZE or chunk is data:  # a write per MiB or so
+                    write_at(fd, memoryview(pending), done)
+                    done += len(pending)
+                    pending.clear()
+            write_at(fd, memoryview(pending), done)
             fsync(fd)
         finally:
             os.close(fd)

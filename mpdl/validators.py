@@ -26,7 +26,6 @@ room decides. No I/O.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +51,7 @@ def validator_of(etag: str | None, last_modified: str | None) -> str | None:
         if etag.startswith('"') and etag.endswith('"') and len(etag) >= 2:
             return etag
     if last_modified:
+        import email.utils  # here: 5 ms of imports (socket among them) a run may never need
         try:
             if email.utils.parsedate_to_datetime(last_modified) is not None:
                 return last_modified.strip()

@@ -2,8 +2,8 @@
 
 nginx runs with its own prefix and config in a temp folder (never /etc/nginx) on a free
 127.0.0.1 port (and, given a certificate, on a second one with TLS). This is the one nginx
-starter of the repo: the tests start theirs through it too (tests/support/helpers.py), with one worker
-and no open-file cache. The delaying front is a separate
+starter of the repo: the tests start theirs through it too (tests/support/helpers.py), with
+one worker and no open-file cache. The delaying front is a separate
 Python process, so its CPU and its event loop compete with no tool's measurement and hold no
 lock of the harness.
 
