@@ -13,8 +13,8 @@ from .errors import (ChildrenKeepDying, DiskError, FetchError, ManifestError, Mp
 
 if TYPE_CHECKING:
     from .api import Result, download, run
-    from .control import Control
-    from .manifest import Manifest, load_manifest
+    from .procs.control import Control
+    from .formats.manifest import Manifest, load_manifest
     from .preview import Preview, plan
     from .progress import ProgressEvent
     from .verify import Report, Verdict, repair, verify

@@ -12,26 +12,26 @@ from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import direct, urls
-from .control import STOPPED, Control, StopAsked
+from .net import direct, urls
+from .procs.control import STOPPED, Control, StopAsked
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped, UsageError
-from .hashing import HashSpec
-from .headers import merge_headers
-from .holdings import Build, as_recorded, survey
-from .journal import Journal
-from .mainguard import refuse_reentry
-from .layout import Layout, escaping_links, make_folder_inside, place_link
-from .manifest import (FileEntry, Manifest, ManifestSource, load_manifest, manifest_from_bytes,
-                       read_manifest, windows_unsafe_paths)
+from .formats.hashing import HashSpec
+from .formats.headers import merge_headers
+from .disk.holdings import Build, as_recorded, survey
+from .disk.journal import Journal
+from .procs.mainguard import refuse_reentry
+from .disk.layout import Layout, escaping_links, make_folder_inside, place_link
+from .formats.manifest import (FileEntry, Manifest, ManifestSource, load_manifest, manifest_from_bytes,
+                               read_manifest, windows_unsafe_paths)
 from .options import Options, RunOptions
 from .osdeps import IN_USE, O_BINARY, WINDOWS, fsync, replace as replace_file
-from .plan import Plan, Planner, known_object_ends
+from .core.plan import Plan, Planner, known_object_ends
 from .progress import Counts, ProgressCallback, Tracker, human_bytes
-from .ranges import RangeSet
-from .retry import RetryPolicy
-from .scheduler import Limits, Scheduler
-from .supervisor import UNFINISHED, RefreshUrl, Supervisor, open_ring
-from .update import Update, installed_index, source_digest
+from .core.ranges import RangeSet
+from .core.retry import RetryPolicy
+from .core.scheduler import Limits, Scheduler
+from .procs.supervisor import UNFINISHED, RefreshUrl, Supervisor, open_ring
+from .disk.update import Update, installed_index, source_digest
 
 if TYPE_CHECKING:  # typing's own from Python 3.11 on; only annotations use it
     from typing_extensions import Unpack
@@ -84,7 +84,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     before it propagates; the journal keeps what was finished and what is durable of the rest,
     and the next run resumes from there.
 
-    Over an install of another manifest, the run is an update (mpdl.update): files that
+    Over an install of another manifest, the run is an update (mpdl.disk.update): files that
     changed or moved are built from the bytes already in ``dest`` where they match, only the
     rest is fetched, and once every file is in place the files the old manifest installed and
     this one does not list are removed (``keep_removed`` keeps them), if unchanged since.
@@ -100,7 +100,7 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     the file. Without it, such files fail at once.
 
     ``proxy`` None takes the environment's (HTTPS_PROXY, NO_PROXY..., read as curl reads
-    them: mpdl/proxy.py); "" uses none; a URL is the proxy for every http and https URL.
+    them: mpdl/net/proxy.py); "" uses none; a URL is the proxy for every http and https URL.
 
     ``limit_rate`` caps the whole run's speed (bytes per second, or a size: "10M" is 10 MiB/s).
     ``progress`` changes the cap while the run goes by what it returns: None keeps the cap, 0
@@ -110,8 +110,8 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
     "sha256" for "hash" would leave a file unverified); ``strict`` makes it a ManifestError.
 
     ``control`` (an ``mpdl.Control``) steers the run from any thread while it goes: pause,
-    resume, a new speed cap, stop (mpdl/control.py). A stop returns a Result whose error is
-    ``mpdl.control.STOPPED``, what arrived kept for the next run.
+    resume, a new speed cap, stop (mpdl/procs/control.py). A stop returns a Result whose error is
+    ``mpdl.procs.control.STOPPED``, what arrived kept for the next run.
     """
     refuse_reentry()  # a child re-running an unguarded script: it exits here (mainguard.py)
     started = time.monotonic()
@@ -383,7 +383,7 @@ def _unfinished(manifest: Manifest, result: Result) -> None:
 def space_needed(todo: list[tuple[int, FileEntry]], have: Mapping[int, RangeSet],
                   builds: list[Build]) -> int:
     """What the run will write: each file's bytes it has not got, but for the moves that are
-    hard links (mpdl.update), which take no space."""
+    hard links (mpdl.disk.update), which take no space."""
     missing = sum((entry.size or 0) - (have[fid].total() if fid in have else 0)
                   for fid, entry in todo)
     return missing - sum(build.entry.size or 0 for build in builds if build.link)
@@ -393,7 +393,7 @@ def _build_locally(update: Update, builds: list[Build], todo: list[tuple[int, Fi
                    have: dict[int, RangeSet], workers: int, tracker: Tracker,
                    result: Result, installs: bool = True
                    ) -> tuple[list[tuple[int, FileEntry]], dict[int, RangeSet]]:
-    """The update's part before the fetch (mpdl.update): copy what local files hold, clear
+    """The update's part before the fetch (mpdl.disk.update): copy what local files hold, clear
     old files out of the new ones' way, place the files copied whole. Returns what is left
     to fetch and what it has."""
     def copied(n: int) -> None:

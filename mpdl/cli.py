@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from . import __version__
-from .control import STOPPED, Control, read_commands
+from .procs.control import STOPPED, Control, read_commands
 from .errors import ManifestError, MpdlError, UsageError
-from .headers import parse_header_line
+from .formats.headers import parse_header_line
 from .options import parse_size
 from .progress import (GogdlLines, JsonLines, LegendaryLines, ProgressCallback, TerminalLine,
                        human_bytes)
@@ -85,7 +85,7 @@ examples:
   python -m mpdl depot.json -o game --limit-rate 5M    (at most 5 MiB/s, in all)
   python -m mpdl depot.json -o game --verify           (hash every file again; fetch nothing)
   python -m mpdl depot.json -o game --repair           (then fetch only the bad parts)
-  python -m mpdl.gog depot.json --base-url URL -o depot.mpdl.json   (a GOG depot as mpdl/1)
+  python -m mpdl.formats.gog depot.json --base-url URL -o depot.mpdl.json   (a GOG depot as mpdl/1)
 """
 
 
@@ -247,7 +247,7 @@ def _download_urls(args: argparse.Namespace, kw: dict) -> Result:
     """The URLs of the command line and of ``-i``: one URL into FILE (default: its name
     here), several into the folder -o names (default: here). See urls.py and
     api.download_all."""
-    from . import urls
+    from .net import urls
     from .api import download, download_all
     try:
         items = [urls.wanted(url, args.checksum if len(args.sources) == 1 else None,
@@ -286,7 +286,7 @@ def _report(result: Result, quiet: bool, say, json_events: bool) -> int:
               flush=True)
     if result.error:
         say(f"mpdl: error: {result.error}")
-    from .supervisor import UNFINISHED
+    from .procs.supervisor import UNFINISHED
     # Files that failed because the run stopped are in the summary: the error said why.
     stopped = (result.error, UNFINISHED) if result.error else ()
     failed = sorted((p, r) for p, r in result.failed.items() if r not in stopped)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .messages import FailKind
+from .core.messages import FailKind
 
 
 class MpdlError(Exception):

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypedDict
 
 from .errors import UsageError
-from .headers import Headers, headers_option
-from .proxy import parse_proxy, proxy_rules
-from .speedfloor import DEFAULT_LIMIT, DEFAULT_WINDOW, SpeedFloor
+from .formats.headers import Headers, headers_option
+from .net.proxy import parse_proxy, proxy_rules
+from .core.speedfloor import DEFAULT_LIMIT, DEFAULT_WINDOW, SpeedFloor
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -101,7 +101,7 @@ class Options:
     headers: Headers = ()
     max_attempts: int = 5  # per task, over all mirrors
     start_method: str | None = None  # None: osdeps.default_start_method picks
-    proxy: str | None = None  # None: the environment's (HTTPS_PROXY...); "": none (mpdl/proxy.py)
+    proxy: str | None = None  # None: the environment's (HTTPS_PROXY...); "": none (mpdl/net/proxy.py)
     limit_rate: int | None = None  # bytes/s for the whole run (parse_rate); None: no cap
     # A connection slower than speed_limit bytes/s over speed_time seconds of reading has
     # failed its attempt (speedfloor.py says why these defaults); 0: no floor.

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from .api import free_space, planner_for, space_needed
 from .errors import MpdlError
-from .holdings import Build, survey
-from .journal import Journal
-from .layout import Layout
-from .manifest import FileEntry, ManifestSource, load_manifest
+from .disk.holdings import Build, survey
+from .disk.journal import Journal
+from .disk.layout import Layout
+from .formats.manifest import FileEntry, ManifestSource, load_manifest
 from .options import Options, RunOptions
 from .progress import human_bytes
-from .ranges import RangeSet
-from .update import Update
+from .core.ranges import RangeSet
+from .disk.update import Update
 
 if TYPE_CHECKING:  # Python 3.10's typing has no Unpack
     from typing_extensions import Unpack

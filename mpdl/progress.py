@@ -33,7 +33,7 @@ class ProgressEvent:
     fetch_speed: float = 0.0  # network bytes/s, over the same window as ``speed``
     write_speed: float = 0.0  # bytes/s written to files
     bytes_to_fetch: int | None = None  # what this run's plan asks of the network, once known
-    state: str = "running"  # or "paused" (mpdl.control)
+    state: str = "running"  # or "paused" (mpdl.procs.control)
 
 
 # What a callback returns is a new speed cap for the run (mpdl.run, not verify): None keeps the

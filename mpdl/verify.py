@@ -1,6 +1,6 @@
 """Verify: hash every file of a manifest in DEST again, in parallel, and say what is wrong.
 
-Nothing is fetched or changed. Each file is judged by mpdl.holdings' ``check``, the one a run
+Nothing is fetched or changed. Each file is judged by mpdl.disk.holdings' ``check``, the one a run
 uses for a file its journal does not know, in a process of a pool (hashing is CPU work, and
 large reads keep the disk busy): it must be a regular file inside DEST, of the manifest's
 size, and match its hashes: every part hash where the parts carry them (so a broken file says
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .api import Result, run
-from .holdings import Verdict, check
-from .journal import Journal
-from .layout import Layout
-from .manifest import FileEntry, ManifestSource, load_manifest
+from .disk.holdings import Verdict, check
+from .disk.journal import Journal
+from .disk.layout import Layout
+from .formats.manifest import FileEntry, ManifestSource, load_manifest
 from .options import Options, RunOptions
 from .progress import Counts, ProgressCallback, Tracker
 

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mpdl import fetch
+from mpdl.net import fetch
 from mpdl.options import MiB, parse_size
 
 from . import servers
@@ -197,8 +197,8 @@ def fetch_through(url: str, dest: Path, rate: int, options: dict[str, object],
     through ReadLog's wrapper). With ``change_at``, the progress callback returns
     ``change_to`` once the wire has carried bytes for that long; returns when (monotonic)."""
     import mpdl
-    from mpdl.http import make_pool, probe
-    from mpdl.manifest import Manifest
+    from mpdl.net.http import make_pool, probe
+    from mpdl.formats.manifest import Manifest
     from mpdl.options import Options
 
     pool = make_pool(Options(), connections=1)

@@ -18,7 +18,7 @@ import xxhash
 from faultserver import Fault, FaultServer
 from helpers import gets, run
 
-from mpdl.plan import BATCH_SPREAD
+from mpdl.core.plan import BATCH_SPREAD
 
 COUNT = 4 * BATCH_SPREAD  # batches of 4 (plan.batched)
 

@@ -20,11 +20,11 @@ import pytest
 from faultserver import Fault, FaultServer
 from helpers import KiB
 
-from mpdl.http import make_pool
-from mpdl.messages import Cancel, Cut, Failed, Fetch, Filled, Grant
+from mpdl.net.http import make_pool
+from mpdl.core.messages import Cancel, Cut, Failed, Fetch, Filled, Grant
 from mpdl.options import Options
-from mpdl.ring import Ring
-from mpdl.worker import Worker
+from mpdl.procs.ring import Ring
+from mpdl.procs.worker import Worker
 
 SLOT = 64 * KiB
 

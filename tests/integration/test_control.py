@@ -1,4 +1,4 @@
-"""Live control (mpdl/control.py): a pause holds a run with nothing lost, by nginx's own count
+"""Live control (mpdl/procs/control.py): a pause holds a run with nothing lost, by nginx's own count
 of the bytes it sent; a new speed cap and a stop; the same through ``--control stdin``; bad
 control lines reported in one line while the run goes on.
 
@@ -22,7 +22,7 @@ from helpers import Nginx, env_with, journal_state, nginx_serving
 
 import mpdl
 from mpdl import ProgressEvent
-from mpdl.control import STOPPED, Control, ControlError, parse_command
+from mpdl.procs.control import STOPPED, Control, ControlError, parse_command
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -121,7 +121,7 @@ def test_a_stop_ends_the_run_with_what_arrived_kept(served: Served, tmp_path: Pa
     result = mpdl.run(served.manifest, dest, control=control, progress=stop_midway,
                       workers=2, connections=4, chunk_size=256 * KiB, limit_rate=RATE)
     assert not result.ok and result.error == STOPPED
-    assert result.failed == {"big.bin": mpdl.supervisor.UNFINISHED}
+    assert result.failed == {"big.bin": mpdl.procs.supervisor.UNFINISHED}
     kept = journal_state(dest)["big.bin"]["ranges"]
     assert sum(end - start for start, end in kept) >= SIZE // 4
     again = mpdl.run(served.manifest, dest, workers=2, connections=4, chunk_size=256 * KiB)

@@ -1,4 +1,4 @@
-"""Small downloads in the calling process (mpdl/direct.py): no child process, no shared memory,
+"""Small downloads in the calling process (mpdl/net/direct.py): no child process, no shared memory,
 and the guarantees of a run (retries, resume, hash, the speed floor), against a FaultServer."""
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from helpers import (SHM, TOOL, Depot, byte_range, entry, env_with, is_mp_helper
                      nginx_serving)
 
 import mpdl
-from mpdl.direct import DEFAULT_MIN_SIZE, fits
+from mpdl.net.direct import DEFAULT_MIN_SIZE, fits
 from mpdl.errors import UsageError
-from mpdl.manifest import FileEntry, Part
+from mpdl.formats.manifest import FileEntry, Part
 from mpdl.options import MiB, Options
-from mpdl.ranges import RangeSet
+from mpdl.core.ranges import RangeSet
 
 SIZE = 100_000
 

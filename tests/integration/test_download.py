@@ -12,7 +12,7 @@ from faultserver import Fault, FaultServer
 from helpers import TOOL, Depot, assert_one_error_line, entry, env_with, mpdl_cli
 
 import mpdl
-from mpdl.hashing import parse_checksum, split_fragment
+from mpdl.formats.hashing import parse_checksum, split_fragment
 
 SIZE = 100_000
 

@@ -12,7 +12,7 @@ from faultserver import Fault, FaultServer
 from helpers import TOOL, Watchdog, entry, gets, with_bases
 
 import mpdl
-from mpdl.manifest import Manifest
+from mpdl.formats.manifest import Manifest
 from mpdl.progress import ProgressEvent
 
 KiB = 1024
@@ -97,7 +97,7 @@ def test_interrupted_fresh_start_does_not_resume_from_stale_journal_ranges(
 ) -> None:
     import os
 
-    import mpdl.checkpoints
+    import mpdl.core.checkpoints
 
     root, server = served
     data = os.urandom(512 * KiB)
@@ -109,7 +109,7 @@ def test_interrupted_fresh_start_does_not_resume_from_stale_journal_ranges(
 
     # Run 1: some chunks become durable and journaled, then the object goes missing: f fails,
     # and the journal keeps the ranges.
-    monkeypatch.setattr(mpdl.checkpoints, "CHECKPOINT_SECONDS", 0.1)
+    monkeypatch.setattr(mpdl.core.checkpoints, "CHECKPOINT_SECONDS", 0.1)
     # One request for all of it, stalled half-way until it times out; then every request is
     # a 404 (the race against the stall, and the retry).
     server.set_fault("obj", Fault(stall_after=256 * KiB, stall_seconds=3))
@@ -213,7 +213,7 @@ def test_a_per_file_write_error_does_not_strand_the_neighbour(
     import errno
     import hashlib
 
-    import mpdl.writer
+    import mpdl.disk.writer
 
     root, server = served
     a, b1, b2 = b"AAAA" + bytes(996), b"BBBB" + bytes(996), b"CCCC" + bytes(996)
@@ -228,14 +228,14 @@ def test_a_per_file_write_error_does_not_strand_the_neighbour(
                    {"url": "other.bin", "offset": 0, "length": 1000}]}]}
     server.set_fault("other.bin", Fault(delay=1.0))  # b.bin's second part comes last
 
-    real = mpdl.writer.write_at
+    real = mpdl.disk.writer.write_at
 
     def write_at(fd, data, offset):
         if bytes(data[:4]) == b"AAAA":
             raise OSError(errno.EINVAL, "injected")
         return real(fd, data, offset)
 
-    monkeypatch.setattr(mpdl.writer, "write_at", write_at)  # the forked writer inherits it
+    monkeypatch.setattr(mpdl.disk.writer, "write_at", write_at)  # the forked writer inherits it
     result = run_or_hang(manifest, tmp_path / "d", start_method="fork")
     assert set(result.failed) == {"a.bin"}, result.failed
     assert (tmp_path / "d" / "b.bin").read_bytes() == b1 + b2
@@ -272,7 +272,7 @@ def test_a_slow_refresh_hook_does_not_kill_healthy_workers(
     sit unread in their pipes."""
     import logging
 
-    from mpdl.supervisor import SILENT_WORKER_SECONDS
+    from mpdl.procs.supervisor import SILENT_WORKER_SECONDS
 
     item = entry(depot.manifest, TOOL)
     manifest = with_bases({"format": "mpdl/1", "files": [item]}, fault_server.url)

@@ -21,7 +21,7 @@ from helpers import (SHM, assert_one_error_line, env_with, mpdl_cli, nginx_servi
 
 import mpdl
 from mpdl import Control, ManifestError, ProgressEvent
-from mpdl.manifest import parse_manifest
+from mpdl.formats.manifest import parse_manifest
 from mpdl.progress import TerminalLine, human_bytes
 
 KiB = 1024
@@ -149,7 +149,7 @@ def test_bad_parts_are_still_the_validators_to_refuse(parts: object) -> None:
 
 
 def test_a_manifest_written_by_mpdl_has_no_unknown_key(caplog: pytest.LogCaptureFixture) -> None:
-    """installed.json and mpdl.gog's output are read back by runs: never a warning."""
+    """installed.json and mpdl.formats.gog's output are read back by runs: never a warning."""
     manifest = {"format": "mpdl/1", "base_urls": ["http://h/"], "headers": {"X-A": "1"},
                 "files": [{"path": "a", "size": 4, "hash": "md5:" + "0" * 32,
                            "executable": True, "parts": [

@@ -1,4 +1,4 @@
-"""mpdl.gog: GOG Galaxy depot manifests into mpdl/1, checked on the real samples, downloaded end
+"""mpdl.formats.gog: GOG Galaxy depot manifests into mpdl/1, checked on the real samples, downloaded end
 to end from a range server that holds the chunks at their galaxy paths (V2) or a main.bin (V1),
 and refused, one line and exit 1, when a depot is hostile.
 
@@ -23,7 +23,7 @@ from depots import md5, v2_chunks
 from faultserver import FaultServer
 from helpers import REPO, SAMPLES, files_of, links_of, run
 
-from mpdl.gog import SUPPORT_DIR, convert, galaxy_path
+from mpdl.formats.gog import SUPPORT_DIR, convert, galaxy_path
 
 KiB = 1024
 PRODUCT = "1207658930"
@@ -31,7 +31,7 @@ PRODUCT = "1207658930"
 
 def gog_cli(*args: Any, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "mpdl.gog", *map(str, args)], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "mpdl.formats.gog", *map(str, args)], cwd=cwd, env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
                           check=False)
 
@@ -216,7 +216,7 @@ def test_hostile_depot_refused_by_cli(tmp_path: Path, name: str) -> None:
                    cwd=tmp_path)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mpdl.gog: error: "), done.stderr
+    assert len(lines) == 1 and lines[0].startswith("mpdl.formats.gog: error: "), done.stderr
     assert reason in lines[0]
     assert (tmp_path / "out.json").read_text() == "before"  # nothing written on refusal
     assert sorted(p.name for p in tmp_path.iterdir()) == ["depot", "out.json"]

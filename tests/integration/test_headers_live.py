@@ -15,7 +15,7 @@ from faultserver import Fault, FaultServer, Request
 from helpers import (TOOL, Depot, assert_installed, assert_one_error_line, entry, env_with,
                      mpdl_cli, run, with_bases, write_manifest)
 
-from mpdl.headers import USER_AGENT
+from mpdl.formats.headers import USER_AGENT
 
 
 CREDENTIALS = ("Authorization", "Cookie")

@@ -27,12 +27,12 @@ from helpers import (SMALL_CHUNK, TOOL, Depot, Nginx, Watchdog, assert_file_righ
                      assert_installed, assert_one_error_line, entry, env_with, mpdl_cli, run,
                      with_bases, write_manifest)
 
-from mpdl import ratelimit
+from mpdl.net import ratelimit
 from mpdl.errors import UsageError
-from mpdl.fetch import CappedReads
+from mpdl.net.fetch import CappedReads
 from mpdl.options import KiB, MiB
 from mpdl.progress import ProgressEvent
-from mpdl.ratelimit import (BURST_SECONDS, SpeedCap)
+from mpdl.net.ratelimit import (BURST_SECONDS, SpeedCap)
 
 
 def _die_holding(lock) -> None:

@@ -19,7 +19,7 @@ from helpers import nginx_serving, run
 
 import mpdl
 import mpdl.api
-from mpdl.update import INDEX, PENDING
+from mpdl.disk.update import INDEX, PENDING
 
 
 class Parsed(Exception):

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from mpdl import osdeps
-from mpdl.layout import Layout, place_link
-from mpdl.manifest import LinkEntry, parse_manifest, windows_unsafe_paths
-from mpdl.messages import CloseFile, FileClosed, OpenFile, Piece, WriteSlot
-from mpdl.ring import Ring
-from mpdl.writer import Writer
+from mpdl.disk.layout import Layout, place_link
+from mpdl.formats.manifest import LinkEntry, parse_manifest, windows_unsafe_paths
+from mpdl.core.messages import CloseFile, FileClosed, OpenFile, Piece, WriteSlot
+from mpdl.procs.ring import Ring
+from mpdl.disk.writer import Writer
 
 from faultserver import FaultServer
 from helpers import (Depot, assert_installed, files_of, journal_state, replies, run,
@@ -107,7 +107,7 @@ def test_a_destination_in_use_is_retried_then_fails_that_file(
     """Windows refuses to replace a file another program holds open (winerror 32): tried
     again a few times, then FileInUse, an EBUSY error the writer counts against that file
     alone (writer.PER_FILE_ERRORS)."""
-    from mpdl.writer import PER_FILE_ERRORS
+    from mpdl.disk.writer import PER_FILE_ERRORS
     tries, waits = [], []
 
     def in_use(source: object, destination: object) -> None:

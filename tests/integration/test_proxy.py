@@ -1,4 +1,4 @@
-"""Proxies: which proxy a URL goes through (mpdl/proxy.py, tested directly), NO_PROXY and
+"""Proxies: which proxy a URL goes through (mpdl/net/proxy.py, tested directly), NO_PROXY and
 ``--proxy ''`` bypassing one, credentials from the proxy URL, and what the user sees when the
 proxy refuses (407, a refused CONNECT), cannot reach the server (502) or does not answer.
 

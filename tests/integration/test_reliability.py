@@ -17,7 +17,7 @@ from faultserver import Fault, FaultServer
 from helpers import LEVEL, TOOL, Depot, assert_file_right, entry, files_of, gets, run, with_bases
 
 from mpdl.progress import ProgressEvent
-from mpdl.retry import BACKOFF_BASE
+from mpdl.core.retry import BACKOFF_BASE
 
 KiB = 1024
 
@@ -242,9 +242,9 @@ def test_a_failed_file_keeps_its_durable_bytes_for_the_rerun(
     """Half the file is written and journaled, then its object is gone (404): the file fails,
     and its staging file stays with the journaled ranges, so the re-run fetches only the
     rest (nothing that arrived and was made durable is thrown away)."""
-    import mpdl.checkpoints
+    import mpdl.core.checkpoints
 
-    monkeypatch.setattr(mpdl.checkpoints, "CHECKPOINT_SECONDS", 0.1)
+    monkeypatch.setattr(mpdl.core.checkpoints, "CHECKPOINT_SECONDS", 0.1)
     url = tool_url(depot)
     size = entry(depot.manifest, TOOL)["size"]
     dest = tmp_path / "d"

@@ -21,10 +21,10 @@ import pytest
 from helpers import env_with, mpdl_cli, skip_or_fail
 
 from mpdl.errors import TransientError
-from mpdl.fetch import CappedReads
+from mpdl.net.fetch import CappedReads
 from mpdl.options import KiB, MiB
-from mpdl.ratelimit import SpeedCap
-from mpdl.speedfloor import SpeedFloor
+from mpdl.net.ratelimit import SpeedCap
+from mpdl.core.speedfloor import SpeedFloor
 from perf import tls
 
 

@@ -3,7 +3,7 @@ either in tests/unit/test_tail.py.
 
 The tail: ranges bisected as the work runs out, and slow or stalled connections raced.
 
-The policy (mpdl/tail.py) and the cutting of tasks (plan.cut_points, cut_task) are tested
+The policy (mpdl/core/tail.py) and the cutting of tasks (plan.cut_points, cut_task) are tested
 directly; then whole runs against the fault server with one connection that stalls (bytes
 stop, socket open) or crawls: each must end byte-exact, with no byte written twice, and
 without waiting for that connection (the run returns while its response is still being sent).
@@ -22,11 +22,11 @@ import xxhash
 from faultserver import Fault, FaultServer
 from helpers import run
 
-from mpdl.http import make_pool
+from mpdl.net.http import make_pool
 from mpdl.options import Options
-from mpdl.messages import Cancel, Cut, Failed, Fetch, Filled, Grant
-from mpdl.ring import Ring
-from mpdl.worker import Worker
+from mpdl.core.messages import Cancel, Cut, Failed, Fetch, Filled, Grant
+from mpdl.procs.ring import Ring
+from mpdl.procs.worker import Worker
 
 
 KiB = 1024

@@ -1,7 +1,7 @@
 """Updates: a GOG-style build 2 over an install of build 1, served by nginx. Changed, moved,
 copied, added and removed files; the server's access log must show exactly the chunks that
 exist nowhere in the old install, and every file must end byte-exact. Also the pure part
-(mpdl.holdings.find_builds), an update interrupted by SIGKILL and finished by a re-run, and what
+(mpdl.disk.holdings.find_builds), an update interrupted by SIGKILL and finished by a re-run, and what
 the CLI reports.
 
 (What needs no server nor process: tests/unit/test_update_pure.py.)
@@ -27,9 +27,9 @@ from faultserver import Fault, FaultServer
 from helpers import REPO, Cli, Tmpfs, Watchdog, nginx_serving, run
 
 from mpdl.errors import NotEnoughSpace
-from mpdl.gog import convert, galaxy_path
-from mpdl.manifest import parse_manifest
-from mpdl import update
+from mpdl.formats.gog import convert, galaxy_path
+from mpdl.formats.manifest import parse_manifest
+from mpdl.disk import update
 
 KiB = 1024
 CHUNK = 16 * KiB

@@ -23,7 +23,7 @@ from faultserver import Fault, FaultServer
 from helpers import Cli, Nginx, journal_state, nginx_serving, run
 
 from mpdl.progress import ProgressEvent
-from mpdl.validators import CHANGED
+from mpdl.core.validators import CHANGED
 
 
 MiB = 1024 * 1024

@@ -5,7 +5,7 @@ connection).
 
 nginx serves the files at ``/throttled/slow/``, where one connection in ten (by nginx's serial
 number: the 7th, the 17th...) gets SLOW_RATE, so each run has a slow connection among fast
-ones and the tail policy (mpdl/tail.py) has a range to race, and the resume, whose holes are
+ones and the tail policy (mpdl/core/tail.py) has a range to race, and the resume, whose holes are
 fewer than its connections, ranges to steal from. On loopback the server hands a fast
 connection's whole response to the kernel at once, so a steal from it costs the rest of the
 victim's range, and a thief that loses its contest costs its own: the resume weighs which
@@ -30,7 +30,7 @@ from helpers import Watchdog, run, servers, skip_or_fail
 
 import mpdl
 from mpdl import ProgressEvent
-from mpdl.gog import convert
+from mpdl.formats.gog import convert
 from perf.wire import SentLog
 
 KiB = 1024

@@ -25,12 +25,12 @@ from helpers import Tmpfs
 
 import mpdl
 from mpdl.errors import DiskError, JournalError
-from mpdl.hashing import parse_hash
-from mpdl.journal import JOURNAL_NAME, Journal
-from mpdl.layout import Layout
-from mpdl.manifest import parse_manifest
-from mpdl.ranges import RangeSet
-from mpdl.update import INSTALLED, PENDING, Copy, Update, copy_spans
+from mpdl.formats.hashing import parse_hash
+from mpdl.disk.journal import JOURNAL_NAME, Journal
+from mpdl.disk.layout import Layout
+from mpdl.formats.manifest import parse_manifest
+from mpdl.core.ranges import RangeSet
+from mpdl.disk.update import INSTALLED, PENDING, Copy, Update, copy_spans
 
 KiB = 1024
 

@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from mpdl.gog import galaxy_path
+from mpdl.formats.gog import galaxy_path
 
 
 def md5(data: bytes) -> str:

@@ -568,7 +568,7 @@ class Tmpfs:
 
 
 def replies(writer: Any) -> list:
-    """Every reply of the jobs a writer (mpdl.writer.Writer, run in this process) was given so
+    """Every reply of the jobs a writer (mpdl.disk.writer.Writer, run in this process) was given so
     far, in the order they were queued."""
     writer.drain()
     out = []

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 
-from mpdl.contests import Contests, Won
-from mpdl.messages import Filled
-from mpdl.plan import Span, Task
-from mpdl.retry import Attempts
-from mpdl.routes import NeedFreshUrl, Route, Routes
-from mpdl.states import TaskRun
-from mpdl.tail import Pace, Race, Steal, TailPolicy
+from mpdl.core.contests import Contests, Won
+from mpdl.core.messages import Filled
+from mpdl.core.plan import Span, Task
+from mpdl.core.retry import Attempts
+from mpdl.core.routes import NeedFreshUrl, Route, Routes
+from mpdl.core.states import TaskRun
+from mpdl.core.tail import Pace, Race, Steal, TailPolicy
 
 SLOT = 100
 A, B = "http://a.invalid/", "http://b.invalid/"

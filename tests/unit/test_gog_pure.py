@@ -1,4 +1,4 @@
-"""mpdl.gog on the real GOG samples (tests/support/samples): V1 and V2 depot manifests convert
+"""mpdl.formats.gog on the real GOG samples (tests/support/samples): V1 and V2 depot manifests convert
 to mpdl/1 with every file, part and hash, a V2 support file needs its product id, and a depot's
 zlib and plain chunks convert alike. Downloads of converted depots, and the CLI's handling of
 hostile ones, are tests/integration/test_gog.py's.
@@ -14,8 +14,8 @@ import pytest
 from helpers import SAMPLES
 
 from mpdl.errors import ManifestError
-from mpdl.gog import SUPPORT_DIR, convert, decode_depot
-from mpdl.manifest import parse_manifest
+from mpdl.formats.gog import SUPPORT_DIR, convert, decode_depot
+from mpdl.formats.manifest import parse_manifest
 
 
 PRODUCT = "1207658930"

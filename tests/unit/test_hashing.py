@@ -11,9 +11,9 @@ import pytest
 import xxhash
 
 from mpdl.errors import IntegrityError
-from mpdl.fetch import Checker
-from mpdl.hashing import ALGORITHMS, HashSpec, hash_file, new_hasher, parse_hash
-from mpdl.messages import Check
+from mpdl.net.fetch import Checker
+from mpdl.formats.hashing import ALGORITHMS, HashSpec, hash_file, new_hasher, parse_hash
+from mpdl.core.messages import Check
 
 REFERENCES = {
     "xxh3_64": xxhash.xxh3_64,

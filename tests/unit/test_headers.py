@@ -12,8 +12,8 @@ import pickle
 import pytest
 
 from mpdl.errors import ManifestError, UsageError
-from mpdl.headers import merge_headers, parse_header_line
-from mpdl.manifest import parse_manifest
+from mpdl.formats.headers import merge_headers, parse_header_line
+from mpdl.formats.manifest import parse_manifest
 from mpdl.options import Options
 
 

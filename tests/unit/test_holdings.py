@@ -1,4 +1,4 @@
-"""mpdl.holdings: where each file of a manifest stands in DEST, on a temporary folder.
+"""mpdl.disk.holdings: where each file of a manifest stands in DEST, on a temporary folder.
 
 In place and verified (through the journal, without reading; or hashed now and journaled),
 resumable from the journal's durable ranges, to build from local bytes, or to fetch; and the
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from mpdl import holdings
-from mpdl.hashing import parse_hash
-from mpdl.holdings import Holding, Standing, check, survey
-from mpdl.journal import Journal
-from mpdl.layout import Layout
-from mpdl.manifest import FileEntry, Manifest, Part
-from mpdl.ranges import RangeSet
+from mpdl.disk import holdings
+from mpdl.formats.hashing import parse_hash
+from mpdl.disk.holdings import Holding, Standing, check, survey
+from mpdl.disk.journal import Journal
+from mpdl.disk.layout import Layout
+from mpdl.formats.manifest import FileEntry, Manifest, Part
+from mpdl.core.ranges import RangeSet
 
 SIZE = 3000
 

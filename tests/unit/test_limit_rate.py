@@ -17,8 +17,8 @@ import pytest
 from mpdl.cli import build_parser
 from mpdl.errors import UsageError
 from mpdl.options import KiB, MiB, Options
-from mpdl.ratelimit import (BURST_SECONDS, MAX_READ, MIN_READ, NAP_SECONDS, TURN_SECONDS,
-                            SpeedCap, read_size)
+from mpdl.net.ratelimit import (BURST_SECONDS, MAX_READ, MIN_READ, NAP_SECONDS, TURN_SECONDS,
+                                SpeedCap, read_size)
 
 # --- the budget on a fake clock ---------------------------------------------------------------
 

@@ -11,19 +11,19 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from mpdl import manifest as manifest_module
+from mpdl.formats import manifest as manifest_module
 from mpdl.errors import ManifestError
-from mpdl.hashing import HashSpec
-from mpdl.manifest import (
-    COMPRESSIONS,
-    FORMAT,
-    FileEntry,
-    LinkEntry,
-    Manifest,
-    Part,
-    load_manifest,
-    parse_manifest,
-)
+from mpdl.formats.hashing import HashSpec
+from mpdl.formats.manifest import (
+            COMPRESSIONS,
+            FORMAT,
+            FileEntry,
+            LinkEntry,
+            Manifest,
+            Part,
+            load_manifest,
+            parse_manifest,
+        )
 
 BASES = ["https://cdn-a.example/depot/", "https://cdn-b.example/depot/"]
 XXH = "0123456789abcdef" * 2

@@ -6,8 +6,8 @@ import pytest
 
 from mpdl.errors import UsageError
 from mpdl.options import Options, parse_size
-from mpdl.ring import slots_that_fit
-from mpdl.slots import Phase, SlotPool
+from mpdl.procs.ring import slots_that_fit
+from mpdl.core.slots import Phase, SlotPool
 
 
 @pytest.mark.parametrize("text,value", [("4096", 4096), ("512K", 512 * 1024), ("8M", 8 << 20),

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 
 from mpdl.errors import ManifestError
-from mpdl.manifest import FileEntry, Part, parse_manifest
-from mpdl.plan import (BATCH_FILE_MAX, BATCH_SPREAD, MAX_BATCH, MAX_SPANS, MERGE_GAP,
-                       ZLIB_MAX_RATIO, Planner, batch_index, batch_slice, cut_points, cut_task,
-                       known_object_ends, stream_task)
-from mpdl.ranges import RangeSet
+from mpdl.formats.manifest import FileEntry, Part, parse_manifest
+from mpdl.core.plan import (BATCH_FILE_MAX, BATCH_SPREAD, MAX_BATCH, MAX_SPANS, MERGE_GAP,
+                            ZLIB_MAX_RATIO, Planner, batch_index, batch_slice, cut_points, cut_task,
+                            known_object_ends, stream_task)
+from mpdl.core.ranges import RangeSet
 
 KiB, MiB = 1024, 1024 * 1024
 MD5 = "md5:" + "0" * 32

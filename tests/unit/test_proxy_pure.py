@@ -14,9 +14,9 @@ from urllib3.exceptions import ProxyError as Urllib3ProxyError
 
 from mpdl.errors import (ProxyAuthRequired, ProxyRefused, ProxyUnavailable, TransientError,
                          UsageError)
-from mpdl.messages import FailKind
+from mpdl.core.messages import FailKind
 from mpdl.options import Options
-from mpdl.proxy import Bypass, Proxy, parse_proxy, proxy_failure, proxy_rules
+from mpdl.net.proxy import Bypass, Proxy, parse_proxy, proxy_failure, proxy_rules
 
 
 P1, P2, P3 = "http://p1:8080", "http://p2:8080", "http://p3:8080"

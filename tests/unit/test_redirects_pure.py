@@ -7,7 +7,7 @@ from __future__ import annotations
 import urllib3
 from urllib3.util.retry import RequestHistory, Retry
 
-from mpdl.fetch import final_url
+from mpdl.net.fetch import final_url
 
 
 def test_the_final_url_is_the_last_location_resolved_against_the_url_that_sent_it() -> None:

@@ -11,25 +11,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpdl.board import Limits, TaskBoard
-from mpdl.contests import Contests
-from mpdl.delivery import Delivery
-from mpdl.dispatch import Dispatch
-from mpdl.filebook import FileBook
-from mpdl.layout import Layout
-from mpdl.manifest import parse_manifest
-from mpdl.messages import (Cancel, CloseFile, FailKind, Fetch, Filled, OpenFile, SlotWritten,
-                           ToWorker, ToWriter, WriteSlot)
-from mpdl.plan import Planner, Span, Task
+from mpdl.core.board import Limits, TaskBoard
+from mpdl.core.contests import Contests
+from mpdl.core.delivery import Delivery
+from mpdl.core.dispatch import Dispatch
+from mpdl.core.filebook import FileBook
+from mpdl.disk.layout import Layout
+from mpdl.formats.manifest import parse_manifest
+from mpdl.core.messages import (Cancel, CloseFile, FailKind, Fetch, Filled, OpenFile, SlotWritten,
+                                ToWorker, ToWriter, WriteSlot)
+from mpdl.core.plan import Planner, Span, Task
 from mpdl.progress import Counts
-from mpdl.races import Races
-from mpdl.retry import Failure, RetryPolicy
-from mpdl.routes import Routes
-from mpdl.slots import SlotPool
-from mpdl.states import FileRun, TaskRun, TaskState
-from mpdl.streams import Streams
-from mpdl.tail import TailPolicy
-from mpdl.validators import Validators
+from mpdl.core.races import Races
+from mpdl.core.retry import Failure, RetryPolicy
+from mpdl.core.routes import Routes
+from mpdl.core.slots import SlotPool
+from mpdl.core.states import FileRun, TaskRun, TaskState
+from mpdl.core.streams import Streams
+from mpdl.core.tail import TailPolicy
+from mpdl.core.validators import Validators
 
 T = TaskState
 A = "http://a.invalid/"

@@ -17,34 +17,34 @@ from pathlib import Path
 
 import pytest
 
-import mpdl.board
-import mpdl.checkpoints
-import mpdl.contests
-import mpdl.delivery
-import mpdl.dispatch
-import mpdl.filebook
-import mpdl.races
-import mpdl.restarts
-import mpdl.retry
-import mpdl.routes
-import mpdl.scheduler
-import mpdl.slots
-import mpdl.states
-import mpdl.streams
-import mpdl.tail
-from mpdl.checkpoints import CHECKPOINT_SECONDS, JournalSynced
+import mpdl.core.board
+import mpdl.core.checkpoints
+import mpdl.core.contests
+import mpdl.core.delivery
+import mpdl.core.dispatch
+import mpdl.core.filebook
+import mpdl.core.races
+import mpdl.core.restarts
+import mpdl.core.retry
+import mpdl.core.routes
+import mpdl.core.scheduler
+import mpdl.core.slots
+import mpdl.core.states
+import mpdl.core.streams
+import mpdl.core.tail
+from mpdl.core.checkpoints import CHECKPOINT_SECONDS, JournalSynced
 from mpdl.errors import DiskError
-from mpdl.layout import Layout
-from mpdl.manifest import Manifest, parse_manifest
-from mpdl.messages import (Alive, Cancel, CloseFile, Cut, Expect, Failed, FailKind, Fetch,
-                           FileClosed, Filled, Grant, OpenFile, Redirected, SlotWritten, Sync,
-                           Synced, UnknownRecord, Validated, WriteFailed, WriteSlot)
-from mpdl.plan import Planner
-from mpdl.ranges import RangeSet
-from mpdl.retry import RETRY_AFTER_MAX, RetryPolicy, backoff
-from mpdl.scheduler import FileEnded, ForgetRanges, Limits, NeedFreshUrl, Scheduler
-from mpdl.states import LIVE, ON_WORKER, FileRun, FileState, IllegalMove, TaskRun, TaskState
-from mpdl.tail import TailPolicy
+from mpdl.disk.layout import Layout
+from mpdl.formats.manifest import Manifest, parse_manifest
+from mpdl.core.messages import (Alive, Cancel, CloseFile, Cut, Expect, Failed, FailKind, Fetch,
+                                FileClosed, Filled, Grant, OpenFile, Redirected, SlotWritten, Sync,
+                                Synced, UnknownRecord, Validated, WriteFailed, WriteSlot)
+from mpdl.core.plan import Planner
+from mpdl.core.ranges import RangeSet
+from mpdl.core.retry import RETRY_AFTER_MAX, RetryPolicy, backoff
+from mpdl.core.scheduler import FileEnded, ForgetRanges, Limits, NeedFreshUrl, Scheduler
+from mpdl.core.states import LIVE, ON_WORKER, FileRun, FileState, IllegalMove, TaskRun, TaskState
+from mpdl.core.tail import TailPolicy
 
 T, F = TaskState, FileState
 CHUNK = 100  # bytes: the chunk and slot size of every Sim, so sizes stay readable
@@ -1177,10 +1177,10 @@ def test_abort_fails_every_unfinished_file():
     assert sim.ended()["a"] == (True, "")
 
 
-@pytest.mark.parametrize("module", [mpdl.scheduler, mpdl.filebook, mpdl.states, mpdl.retry,
-                                    mpdl.checkpoints, mpdl.slots, mpdl.tail, mpdl.contests,
-                                    mpdl.routes, mpdl.board, mpdl.streams, mpdl.dispatch,
-                                    mpdl.delivery, mpdl.races, mpdl.restarts])
+@pytest.mark.parametrize("module", [mpdl.core.scheduler, mpdl.core.filebook, mpdl.core.states, mpdl.core.retry,
+                                    mpdl.core.checkpoints, mpdl.core.slots, mpdl.core.tail, mpdl.core.contests,
+                                    mpdl.core.routes, mpdl.core.board, mpdl.core.streams, mpdl.core.dispatch,
+                                    mpdl.core.delivery, mpdl.core.races, mpdl.core.restarts])
 def test_the_decision_modules_do_no_io(module):
     tree = ast.parse(inspect.getsource(module))
     imported = set()
@@ -1526,7 +1526,7 @@ def test_a_final_url_that_refuses_is_dropped_and_the_original_asked_again_at_no_
     out = sim.fail(second, kind, "HTTP 403 from the CDN")
     [again] = sim.fetches(out)
     assert (again.task_id, again.url) == (second.task_id, A + "big")
-    assert sim.run(again).attempts == mpdl.retry.Attempts()
+    assert sim.run(again).attempts == mpdl.core.retry.Attempts()
     assert sim.s.routes.final_urls == {}
     redirected(sim, again, CDN + "big?sig=2")  # the origin redirects afresh
     [third] = sim.fetches(sim.fill(again))

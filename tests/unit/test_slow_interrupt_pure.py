@@ -6,9 +6,9 @@ CLI are tests/integration/test_slow_interrupt.py's.
 
 from __future__ import annotations
 
-from mpdl.messages import Piece
+from mpdl.core.messages import Piece
 from mpdl.progress import Counts, Tracker
-from mpdl.slots import SlotPool
+from mpdl.core.slots import SlotPool
 
 
 KiB = 1024

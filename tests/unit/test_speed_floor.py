@@ -12,8 +12,8 @@ import pytest
 
 from mpdl.errors import UsageError
 from mpdl.options import KiB, MiB, Options
-from mpdl.speedfloor import (CAP_SHARE, DEFAULT_LIMIT, DEFAULT_WINDOW, SpeedFloor, SpeedWatch,
-                             Verdict)
+from mpdl.core.speedfloor import (CAP_SHARE, DEFAULT_LIMIT, DEFAULT_WINDOW, SpeedFloor, SpeedWatch,
+                                  Verdict)
 
 # --- the policy -----------------------------------------------------------------------------
 

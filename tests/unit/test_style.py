@@ -20,7 +20,7 @@ MAX_CLASS_LINES = 350
 
 def test_no_class_in_mpdl_is_over_350_lines() -> None:
     too_long = []
-    for path in sorted((ROOT / "mpdl").glob("*.py")):
+    for path in sorted((ROOT / "mpdl").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ClassDef):
                 lines = node.end_lineno - node.lineno + 1

@@ -1,6 +1,6 @@
 """The tail: ranges bisected as the work runs out, and slow or stalled connections raced.
 
-The policy (mpdl/tail.py) and the cutting of tasks (plan.cut_points, cut_task) are tested
+The policy (mpdl/core/tail.py) and the cutting of tasks (plan.cut_points, cut_task) are tested
 directly; then whole runs against the fault server with one connection that stalls (bytes
 stop, socket open) or crawls: each must end byte-exact, with no byte written twice, and
 without waiting for that connection (the run returns while its response is still being sent).
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 
-from mpdl.messages import Check
-from mpdl.plan import Span, Task, cut_points, cut_task
-from mpdl.tail import Candidate, Pace, Peers, Race, Steal, TailPolicy
+from mpdl.core.messages import Check
+from mpdl.core.plan import Span, Task, cut_points, cut_task
+from mpdl.core.tail import Candidate, Pace, Peers, Race, Steal, TailPolicy
 
 KiB = 1024
 MiB = 1024 * KiB

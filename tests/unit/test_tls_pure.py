@@ -4,8 +4,8 @@ HTTPS against a real nginx with a CA the test makes is tests/integration/test_tl
 
 from __future__ import annotations
 
-from mpdl.messages import FailKind
-from mpdl.retry import Attempts, Failure, RetryPolicy, StopRun
+from mpdl.core.messages import FailKind
+from mpdl.core.retry import Attempts, Failure, RetryPolicy, StopRun
 
 
 def test_a_refused_certificate_stops_the_run_whatever_the_mirrors() -> None:

@@ -11,10 +11,10 @@ from typing import Any
 
 from depots import md5
 
-from mpdl.hashing import parse_hash
-from mpdl.manifest import FileEntry, Part, parse_manifest
-from mpdl.ranges import RangeSet
-from mpdl.holdings import Copy, Sources, find_builds
+from mpdl.formats.hashing import parse_hash
+from mpdl.formats.manifest import FileEntry, Part, parse_manifest
+from mpdl.core.ranges import RangeSet
+from mpdl.disk.holdings import Copy, Sources, find_builds
 
 
 def spec(data: bytes) -> Any:

@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 
 
-from mpdl.journal import JOURNAL_NAME, Journal
-from mpdl.manifest import parse_manifest
-from mpdl.messages import Expect
-from mpdl.ranges import RangeSet
-from mpdl.states import FileRun, FileState
-from mpdl.validators import Validators, differs, seen_in, total_of, validator_of
+from mpdl.disk.journal import JOURNAL_NAME, Journal
+from mpdl.formats.manifest import parse_manifest
+from mpdl.core.messages import Expect
+from mpdl.core.ranges import RangeSet
+from mpdl.core.states import FileRun, FileState
+from mpdl.core.validators import Validators, differs, seen_in, total_of, validator_of
 
 
 # -- the rules, pure -----------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import pytest
 
 import mpdl
 from mpdl.errors import DiskError
-from mpdl.journal import JOURNAL_NAME, Journal
-from mpdl.manifest import parse_manifest
-from mpdl.update import INSTALLED, Update
+from mpdl.disk.journal import JOURNAL_NAME, Journal
+from mpdl.formats.manifest import parse_manifest
+from mpdl.disk.update import INSTALLED, Update
 
 
 def manifest_of(*names: str) -> mpdl.Manifest:

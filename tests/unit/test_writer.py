@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from helpers import replies
 
-from mpdl.messages import (CloseFile, Fetch, FileClosed, OpenFile, Piece, SlotWritten, Stop,
-                           UnknownRecord, WriteFailed, WriteSlot)
-from mpdl.ring import Ring
+from mpdl.core.messages import (CloseFile, Fetch, FileClosed, OpenFile, Piece, SlotWritten, Stop,
+                                UnknownRecord, WriteFailed, WriteSlot)
+from mpdl.procs.ring import Ring
 from mpdl import osdeps
 from mpdl.osdeps import write_at
-from mpdl.writer import StreamHash, Writer
+from mpdl.disk.writer import StreamHash, Writer
 
 
 @pytest.mark.parametrize("forced", [False, True], ids=["pwrite", "seek and write"])

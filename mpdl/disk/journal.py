@@ -1,0 +1,260 @@
+"""The journal: what this destination already holds, so a re-run skips it or resumes it.
+
+One JSON line per event, keyed by what a file is (its path and ``FileEntry.identity``: size and
+hash, or its parts' hashes), never by the URL it came from, so it still applies when mirrors or
+signed URLs change between runs, or the chunk size:
+
+- a finished file: ``{"path", "key", "mtime_ns"}``, tied to the file on disk by size and mtime,
+  so a file changed or deleted since is fetched again;
+- a file in progress: ``{"path", "key", "staging", "ranges", "validators"}``, the byte ranges
+  of its staging file that are durable (fsynced before the line is written), so a re-run
+  fetches only the rest. The staging name is derived from the same key, so other content is
+  never resumed. ``validators`` maps each URL the bytes came from to ``[validator, total]``
+  (validators.py): what that object was, so a resume asks with If-Range and a changed object
+  is fetched again rather than spliced (absent in older journals: nothing is known);
+- a file an update removed: ``{"path", "removed": true}``.
+
+The last line for a path wins. A torn last line (a crash, or a disk that filled, mid-write)
+is ignored, and the next run starts its lines on a line of their own, so a torn line never
+swallows a later one. A line that cannot be written stops the run (JournalError): the journal
+then claims less than the disk holds, never more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TextIO
+
+from ..errors import JournalError
+from ..formats.manifest import FileEntry
+from ..core.messages import Expect
+from ..core.ranges import RangeSet
+
+JOURNAL_NAME = "journal.jsonl"
+# Rewrite the journal at start when it has this many more lines than paths it describes.
+COMPACT_SLACK = 256
+# Lines are read and decoded this many bytes at a time: one json.loads per batch, not per line
+# (100,000 lines), without the whole journal decoded at once.
+READ_BATCH = 1 << 20
+
+
+class Journal:
+    """The journal of one state folder: read once when a run starts, appended to as it goes."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / JOURNAL_NAME
+        # path -> (key, mtime_ns): the key as read, or the FileEntry this run recorded, whose
+        # identity it is (not a string per file kept for 100,000 files: _key makes it).
+        self._done: dict[str, tuple[str | FileEntry, int]] = {}
+        self._partial: dict[str, dict] = {}
+        self._out: TextIO | None = None
+        self._broken: str | None = None  # why a line could not be written: no more are
+        lines = 0
+        try:
+            with open(self.path, encoding="utf-8") as text:
+                while batch := text.readlines(READ_BATCH):
+                    lines += len(batch)
+                    for record in _decoded(batch):
+                        try:
+                            self._remember(record)
+                        except (ValueError, KeyError, TypeError, AttributeError):
+                            continue
+        except FileNotFoundError:
+            pass
+        if lines > len(self._done) + len(self._partial) + COMPACT_SLACK:
+            self._compact()
+
+    def _remember(self, record: dict) -> None:
+        path = record["path"]
+        if record.get("removed") is True:
+            self._done.pop(path, None)
+            self._partial.pop(path, None)
+        elif "ranges" in record:
+            self._partial[path] = record
+            self._done.pop(path, None)
+        else:
+            self._done[path] = (str(record["key"]), int(record["mtime_ns"]))
+            self._partial.pop(path, None)
+
+    def holds(self, entry: FileEntry, final: Path | str) -> bool:
+        """The file on disk is the one a run verified and recorded, untouched since."""
+        return self.written(entry.path, final) == entry.identity
+
+    def recorded_mtime(self, path: str, identity: str) -> int | None:
+        """The mtime the file at ``path`` had when a run recorded it finished with this
+        identity; None if the journal holds no such record."""
+        done = self._done.get(path)
+        return done[1] if done is not None and _key(done[0]) == identity else None
+
+    def written(self, path: str, final: Path | str) -> str | None:
+        """The identity of the file a run verified and recorded at ``path``, if the file on
+        disk is still that one (its size and mtime as recorded); else None."""
+        done = self._done.get(path)
+        if done is None:
+            return None
+        try:
+            st = os.lstat(final)
+        except OSError:
+            return None
+        key = _key(done[0])
+        size = key.split(":", 1)[0]  # an identity starts with the size
+        return key if str(st.st_size) == size and st.st_mtime_ns == done[1] else None
+
+    def resumable(self, entry: FileEntry, staging: Path) -> RangeSet | None:
+        """The durable byte ranges of ``entry``'s staging file, if a run left some for it."""
+        record = self._partial.get(entry.path)
+        if (record is None or record.get("key") != entry.identity
+                or record.get("staging") != staging.name or entry.size is None):
+            return None
+        try:
+            st = os.lstat(staging)
+        except OSError:
+            return None
+        if not staging.is_file() or st.st_size != entry.size:
+            return None
+        have = RangeSet()
+        for start, end in record["ranges"]:
+            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end
+                    <= entry.size):
+                return None  # not a journal this version wrote: trust none of it
+            have.add(start, end)
+        return have or None
+
+    def staging_names(self) -> set[str]:
+        """The names of the staging files whose durable ranges it records: what a re-run
+        may resume from, and so what a run's end keeps (api._tidy_state)."""
+        return {record["staging"] for record in self._partial.values()
+                if record.get("ranges") and isinstance(record.get("staging"), str)}
+
+    def validators(self, entry: FileEntry) -> dict[str, Expect]:
+        """What the objects of ``entry``'s durable ranges were, as the journal recorded."""
+        record = self._partial.get(entry.path) or {}
+        found = record.get("validators")
+        if record.get("key") != entry.identity or not isinstance(found, dict):
+            return {}
+        return {url: Expect(pair[0], pair[1]) for url, pair in found.items()
+                if isinstance(pair, list) and len(pair) == 2
+                and (pair[0] is None or isinstance(pair[0], str))
+                and (pair[1] is None or isinstance(pair[1], int))}
+
+    def record(self, entry: FileEntry, final: Path | str) -> None:
+        """``entry`` is finished, verified and durable at ``final``."""
+        st = os.lstat(final)
+        self._write({"path": entry.path, "key": entry.identity, "mtime_ns": st.st_mtime_ns})
+        self._done[entry.path] = (entry, st.st_mtime_ns)  # the same, without the key string
+
+    def record_partial(self, entry: FileEntry, staging: Path, have: RangeSet,
+                       validators: dict[str, Expect] | None = None) -> None:
+        """These byte ranges of ``entry``'s staging file are durable, fetched from objects
+        that were ``validators``."""
+        record: dict[str, object] = {"path": entry.path, "key": entry.identity,
+                                     "staging": staging.name, "ranges": have.as_list()}
+        if validators:
+            record["validators"] = {url: list(seen) for url, seen in validators.items()}
+        self._write(record)
+
+    def removed(self, path: str) -> None:
+        """The file mpdl had installed at ``path`` is gone (an update no longer lists it)."""
+        self._write({"path": path, "removed": True})
+
+    def forget(self, entry: FileEntry, staging: Path) -> None:
+        """Its staging file starts over: the ranges recorded for it are no longer there.
+        Written and flushed before the staging file is emptied, so no crash in between can
+        leave the journal claiming bytes the file does not have."""
+        if self._partial.get(entry.path, {}).get("ranges"):
+            self._write({"path": entry.path, "key": entry.identity, "staging": staging.name,
+                         "ranges": []})
+            self.flush()
+
+    def _write(self, record: dict) -> None:
+        self._remember(record)
+        self._check()
+        try:
+            if self._out is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._out = open(self.path, "a", encoding="utf-8")
+                if not _ends_a_line(self.path):
+                    self._out.write("\n")
+            self._out.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            self._failed(exc)
+
+    def flush(self) -> None:
+        """Hand the lines written so far to the OS (records come in batches: flush once)."""
+        self._check()
+        if self._out is not None:
+            try:
+                self._out.flush()
+            except OSError as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        """A line was not written (a full disk): the buffered lines may be lost with it, so
+        none is written after them, lest the journal hold a later line without an earlier one
+        (a staging file's ``forget``, say)."""
+        self._broken = exc.strerror or str(exc)
+        self._check()
+
+    def _check(self) -> None:
+        if self._broken is not None:
+            raise JournalError(str(self.path), self._broken)
+
+    def _compact(self) -> None:
+        """One line per path, written aside and renamed over, so a crash keeps the old one."""
+        fresh = self.path.with_suffix(".tmp")
+        try:
+            with open(fresh, "w", encoding="utf-8") as out:
+                for path, (key, mtime_ns) in self._done.items():
+                    key = _key(key)
+                    out.write(json.dumps({"path": path, "key": key, "mtime_ns": mtime_ns}) + "\n")
+                for record in self._partial.values():
+                    out.write(json.dumps(record) + "\n")
+            os.replace(fresh, self.path)
+        except OSError:  # a full disk: a long journal is only slower to read
+            try:
+                os.unlink(fresh)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Flush and close; JournalError if the last lines could not be written (the file is
+        closed all the same)."""
+        out, self._out = self._out, None
+        if out is not None:
+            try:
+                out.close()
+            except OSError as exc:
+                self._failed(exc)
+        self._check()
+
+
+def _key(done: str | FileEntry) -> str:
+    """The identity a finished file was recorded with (see Journal._done)."""
+    return done if isinstance(done, str) else done.identity
+
+
+def _decoded(lines: list[str]) -> list:
+    """The JSON value of each line, as one array when they all decode (the common case);
+    else line by line, leaving out those that do not (a torn last line)."""
+    try:
+        return json.loads("[" + ",".join(line for line in lines if not line.isspace()) + "]")
+    except ValueError:
+        pass
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether ``path`` is empty or ends with a newline (not a torn line)."""
+    with open(path, "rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return True
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"

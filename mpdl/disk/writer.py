@@ -1,0 +1,517 @@
+"""The writer process: ring slots to file offsets, then verification and the final rename.
+
+One process owns every file descriptor. Inside it a few threads do the system calls, since
+the kernel's work (copying into the page cache, allocating inodes, renaming) is what the
+workers would otherwise wait on, and the calls release the GIL. ``Writer.handle`` turns each
+record into a job for them and returns at once; a job's replies reach the coordinator through
+``Writer.replies``, which ``writer_main``'s sender thread drains. The rules of a single
+writer still hold, through the jobs each job waits for (only jobs submitted earlier, so the
+pool never deadlocks): a file's writes wait for its OpenFile, its CloseFile waits for its
+writes, and a Sync waits for every job before it. So a SlotWritten goes out only after its
+bytes are written, a file gets its final name only after its hash matched, and Synced only
+after fsync/syncfs covered every write sent before the Sync (and never as done once one
+failed: ``Writer.sync_error``). A record that is not a ToWriter is a bug: UnknownRecord.
+
+A file takes its final name only when every byte sent for it reached its staging file: any
+write to it that fails (no space, an I/O error, a file too large, a write that writes
+nothing) fails the file at its close, whatever its hash says, since the hash a worker or the
+streamed hash checked is of the bytes the writer was given, not of what the disk holds. Its
+staging file stays: the journal claims only bytes written and made durable before, so the
+next run resumes from those. A disk-wide error also stops the run (WriteFailed).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from multiprocessing.connection import Connection
+from multiprocessing.queues import Queue
+
+from ..procs.child import batches, child_setup
+from ..formats.hashing import hash_file, new_hasher, parse_hash
+from .layout import make_folder_inside
+from ..core.messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotWritten, Stop,
+                             Sync, Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
+from ..osdeps import (O_BINARY, FileInUse, fsync, readinto_at, replace, sync_filesystem,
+                      write_at)
+from ..core.ranges import RangeSet
+from ..procs.ring import Ring, RingSpec
+from .votes import NoRoomToVote, after_mismatch, aside_path, copy_path, remove, vote
+
+log = logging.getLogger("mpdl.disk.writer")
+# Bytes read back at a time to hash pieces that were written before the bytes preceding them.
+READ_BACK = 1024 * 1024
+# A Sync of more files than this is one syncfs(2) of the whole filesystem.
+SYNCFS_OVER = 16
+# A fresh file this small is not given its size up front: its bytes come in a piece or two,
+# and a file left short by a crash is only fetched again (resuming needs the full size).
+NO_TRUNCATE_UP_TO = 64 * 1024
+# Threads doing the writer's system calls: on 2 cores, 4 keep both busy while some wait on
+# a directory's lock or on memory.
+WRITER_THREADS = 4
+# A slot carrying fewer bytes than this is written by the record loop itself, as are opens,
+# closes and syncs with nothing left to wait for: a pool job costs more Python than the
+# system calls of a small file, and creating files in one folder does not go faster in
+# parallel (the kernel locks the folder). What the pool is for is copying large slots into
+# the page cache, in parallel.
+POOL_FROM = 256 * 1024
+# Jobs submitted and not done, at most: beyond, the record loop waits, so the writer's memory
+# stays bounded however far the coordinator runs ahead (100,000 small files come fast).
+MAX_JOBS = 2048
+# Errors that say something about one path (a file where a folder must go, a name too long, a
+# destination another program holds open: osdeps.FileInUse),
+# not about the disk: they fail that file and the run goes on.
+PER_FILE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP,
+                   errno.EINVAL, errno.EBUSY}
+
+
+class StreamHash:
+    """A file's hash, computed while the file is written rather than read again at close.
+
+    Bytes are hashed in file order: from the slot when a piece lands where hashing stands,
+    else read back (from the page cache, still warm) once the gap before them is filled. At
+    close only what was never hashed is read.
+    """
+
+    __slots__ = ("hasher", "done", "size", "written")
+
+    def __init__(self, algo: str, size: int) -> None:
+        self.hasher = new_hasher(algo)
+        self.done = 0  # bytes [0, done) are hashed
+        self.size = size
+        self.written = RangeSet()
+
+    def wrote(self, fd: int, file_offset: int, data: memoryview, buffer: memoryview) -> None:
+        end = file_offset + len(data)
+        if file_offset < self.done:  # rewrites bytes already hashed (a retry): read all back
+            self.done = -1
+        if self.done < 0:
+            return
+        self.written.add(file_offset, end)
+        if file_offset != self.done:
+            return
+        self.hasher.update(data[self.done - file_offset:])
+        self.done = end
+        frontier = next(self.written.gaps(self.done, self.size), (self.size, self.size))[0]
+        while self.done < frontier:  # pieces that came early: hash them from the file
+            n = readinto_at(fd, buffer[:min(len(buffer), frontier - self.done)], self.done)
+            if n <= 0:
+                raise OSError(errno.EIO, "short read of a file being written")
+            self.hasher.update(buffer[:n])
+            self.done += n
+
+    def digest(self) -> str | None:
+        """The hex digest once every byte was hashed, else None."""
+        return self.hasher.hexdigest() if self.done == self.size else None
+
+
+class Staged:
+    """One staging file as the jobs share it: its descriptor (opened on demand, see FdCache),
+    its streamed hash, whether a job dropped it after an error that fails this file, and why
+    a write to it failed (then it never takes its final name)."""
+
+    __slots__ = ("file_id", "path", "fd", "users", "stream", "lock", "opened", "writes",
+                 "dropped", "unwritten")
+
+    def __init__(self, file_id: int, path: str) -> None:
+        self.file_id = file_id
+        self.path = path
+        self.fd: int | None = None
+        self.users = 0  # jobs using ``fd`` now: it is not closed under them
+        self.stream: StreamHash | None = None
+        self.lock = threading.Lock()  # the streamed hash takes the file's bytes in order
+        self.opened: Future | None = None  # the job that creates it
+        self.writes: list[Future] = []  # its write jobs not known to be done
+        self.dropped = False
+        self.unwritten: str | None = None  # the first failed write's error
+
+
+_DONE: Future = Future()  # what an inline job returns: done at once
+_DONE.set_result(None)
+
+
+class FdCache:
+    """The descriptors of staging files, at most ``limit`` of them open when none is in use.
+
+    One merged request can carry thousands of small files, so descriptors are kept for the
+    files used most recently only, and reopened when needed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.open: OrderedDict[Staged, None] = OrderedDict()
+
+    def use(self, staged: Staged, fd: int | None = None) -> int:
+        """``staged``'s descriptor, held until ``release`` (``fd``: the one just created)."""
+        with self.lock:
+            if fd is not None:
+                staged.fd = fd
+            elif staged.fd is None:
+                staged.fd = os.open(staged.path, os.O_RDWR | O_BINARY)
+            staged.users += 1
+            self.open[staged] = None
+            self.open.move_to_end(staged)
+            if len(self.open) > self.limit:
+                self._evict()
+            return staged.fd
+
+    def release(self, staged: Staged) -> None:
+        with self.lock:
+            staged.users -= 1
+
+    def close(self, staged: Staged) -> None:
+        with self.lock:
+            self.open.pop(staged, None)
+            if staged.fd is not None:
+                os.close(staged.fd)
+                staged.fd = None
+
+    def close_all(self) -> None:
+        with self.lock:
+            for staged in self.open:
+                if staged.fd is not None:
+                    os.close(staged.fd)
+                    staged.fd = None
+            self.open.clear()
+
+    def _evict(self) -> None:
+        for staged in list(self.open):
+            if len(self.open) <= self.limit:
+                return
+            if staged.users == 0:
+                del self.open[staged]
+                if staged.fd is not None:
+                    os.close(staged.fd)
+                staged.fd = None
+
+
+class Writer:
+    """The writer's state: staging files by file id, the jobs in flight, and their replies.
+
+    ``handle`` runs in one thread (the record loop's); jobs run in the pool. ``files`` is the
+    loop's own: it says which staging file a record means when the record comes.
+    """
+
+    MAX_OPEN = 128
+
+    def __init__(self, ring: Ring, dest: str, threads: int = WRITER_THREADS) -> None:
+        self.ring = ring
+        self.dest = dest
+        self.files: dict[int, Staged] = {}
+        self.fds = FdCache(self.MAX_OPEN)
+        self.made: set[str] = set()  # staging folders known to exist
+        self.folders: dict[str, bool] = {}
+        self.replies: queue.SimpleQueue[list[FromWriter] | None] = queue.SimpleQueue()
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mpdl-writer")
+        self.jobs: set[Future] = set()  # submitted, not done: what a Sync waits for
+        self.jobs_lock = threading.Lock()
+        self.room = threading.BoundedSemaphore(MAX_JOBS)
+        self.local = threading.local()  # each thread's read-back buffer
+        # The first fsync/syncfs that failed, kept for good: the kernel reports a failed
+        # writeback once and marks its pages clean, so the next fsync of the same file
+        # succeeds over bytes the disk never got. A checkpoint tried again would then
+        # journal them; so no Sync of this writer is answered as done after a failure.
+        self.sync_error: str | None = None
+
+    # -- records in ------------------------------------------------------------------------------
+
+    def handle(self, record: ToWriter) -> list[FromWriter]:
+        """Submit the job for one record; returns the replies that need no job (most come
+        later, through ``replies``). Stop is writer_main's to act on, not a record to apply."""
+        if isinstance(record, WriteSlot):
+            return self.write(record)
+        if isinstance(record, OpenFile):
+            return self.open(record)
+        if isinstance(record, CloseFile):
+            return self.close(record)
+        if isinstance(record, Sync):
+            return self.sync(record)
+        raise UnknownRecord("writer", record)
+
+    def open(self, record: OpenFile) -> list[FromWriter]:
+        staged = self.files[record.file_id] = Staged(record.file_id, record.staging)
+        staged.opened = self._submit(self._open, (), staged, record, inline=True)
+        return []
+
+    def write(self, record: WriteSlot) -> list[FromWriter]:
+        pieces = [(self.files[p.file_id], p) for p in record.pieces if p.file_id in self.files]
+        after = {staged.opened for staged, _ in pieces}
+        small = sum(piece.length for _, piece in pieces) < POOL_FROM
+        job = self._submit(self._write, after, record.slot, pieces, inline=small)
+        for staged in {staged for staged, _ in pieces}:
+            if len(staged.writes) >= 64:
+                staged.writes = [w for w in staged.writes if not w.done()]
+            staged.writes.append(job)
+        return []
+
+    def close(self, record: CloseFile) -> list[FromWriter]:
+        staged = self.files.pop(record.file_id, None)
+        if staged is None:
+            return [FileClosed(file_id=record.file_id, ok=False, reason="never opened")]
+        self._submit(self._close, [staged.opened, *staged.writes], staged, record, inline=True)
+        return []
+
+    def sync(self, record: Sync) -> list[FromWriter]:
+        with self.jobs_lock:
+            before = set(self.jobs)
+        self._submit(self._sync, before, record, inline=True)
+        return []
+
+    def _submit(self, job: Callable[..., list[FromWriter]], after: Iterable[Future | None],
+                *args: object, inline: bool = False) -> Future:
+        """Run ``job`` once the jobs it comes after are done: in the pool, or at once in this
+        thread when ``inline`` and nothing it comes after is still running."""
+        waits = [f for f in after if f is not None]
+        if inline and all(f.done() for f in waits):
+            self._run(job, [], args)
+            return _DONE
+        self.room.acquire()
+        future = self.pool.submit(self._run, job, waits, args)
+        with self.jobs_lock:
+            self.jobs.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: Future) -> None:
+        with self.jobs_lock:
+            self.jobs.discard(future)
+        self.room.release()
+
+    def _run(self, job: Callable[..., list[FromWriter]], after: list[Future],
+             args: tuple) -> None:
+        """Wait for the jobs this one comes after, run it, queue its replies before it counts
+        as done (so the replies of the jobs that wait for it come after its own). A bug in a
+        job must not leave the run waiting for replies that never come: the writer exits, and
+        the coordinator starts a new one that redoes what was not durable."""
+        try:
+            if after and any(f.cancelled() for f in wait(after).done):
+                return  # stopping: what it comes after never ran, so neither does it
+            replies = job(*args)
+            if replies:
+                self.replies.put(replies)
+        except BaseException:
+            log.exception("the writer's job %s failed", getattr(job, "__name__", job))
+            os._exit(70)
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def _open(self, staged: Staged, record: OpenFile) -> list[FromWriter]:
+        try:
+            folder = os.path.dirname(record.staging)
+            if folder not in self.made:
+                os.makedirs(folder, exist_ok=True)
+                self.made.add(folder)
+            flags = os.O_RDWR | os.O_CREAT | O_BINARY | (os.O_TRUNC if record.fresh else 0)
+            fd = os.open(record.staging, flags, 0o644)
+            self.fds.use(staged, fd)
+            try:
+                if record.fresh:
+                    if record.size and record.size > NO_TRUNCATE_UP_TO:
+                        os.ftruncate(fd, record.size)  # sparse: no zero-filling pass
+                elif record.size and os.fstat(fd).st_size != record.size:
+                    os.ftruncate(fd, record.size)
+            finally:
+                self.fds.release(staged)
+            if record.algo and record.size and record.fresh:
+                staged.stream = StreamHash(record.algo, record.size)
+        except OSError as exc:
+            return [self._file_error(staged, exc)]
+        return []
+
+    def _write(self, slot: int, pieces: list[tuple[Staged, Piece]]) -> list[FromWriter]:
+        replies: list[FromWriter] = []
+        written = 0
+        with self.ring.view(slot) as view:
+            for staged, piece in pieces:
+                if staged.dropped or staged.unwritten is not None:
+                    continue  # failed already: its bytes count for nothing now
+                try:
+                    fd = self.fds.use(staged)
+                    try:
+                        data = view[piece.slot_offset:piece.slot_offset + piece.length]
+                        write_at(fd, data, piece.file_offset)
+                        written += piece.length
+                        if staged.stream is not None:
+                            with staged.lock:
+                                staged.stream.wrote(fd, piece.file_offset, data, self._buffer())
+                    finally:
+                        self.fds.release(staged)
+                except OSError as exc:
+                    if not staged.dropped:  # else a job failed it meanwhile, and said so
+                        replies.append(self._file_error(staged, exc))
+        replies.append(SlotWritten(slot=slot, written=written))
+        return replies
+
+    def _close(self, staged: Staged, record: CloseFile) -> list[FromWriter]:
+        self.fds.close(staged)
+        if staged.dropped:
+            return [FileClosed(file_id=record.file_id, ok=False, reason="never opened")]
+        path = staged.path
+        if not record.keep:  # failed: a re-run may resume from its durable bytes
+            remove([copy_path(path), aside_path(path)])  # (api._tidy_state decides)
+            return [FileClosed(file_id=record.file_id, ok=False, reason="discarded")]
+        if staged.unwritten is not None:  # kept: its durable bytes are the next run's
+            return [FileClosed(file_id=record.file_id, ok=False,
+                               reason=f"not all of it was written ({staged.unwritten}); what "
+                                      "was is kept for a re-run")]
+        try:
+            if record.round == 3:
+                vote(path, record.differing, aside_path(path))
+            if record.hash:
+                spec = parse_hash(record.hash)
+                actual = staged.stream.digest() if staged.stream is not None else None
+                if actual is None:
+                    actual = hash_file(path, spec.algo)
+                if not spec.matches(actual):
+                    wrong = f"{spec.algo} is {actual}, the manifest says {spec.hexdigest}"
+                    try:
+                        differ = after_mismatch(path, record.round, self.ring.spec.slot_size,
+                                                record.reserve)
+                    except NoRoomToVote as exc:  # round 1: fetched once more; 2: it fails
+                        differ = ()
+                        wrong += f"; the copies to vote on do not fit: {exc}"
+                    return [FileClosed(file_id=record.file_id, ok=False, reason=wrong,
+                                       mismatch=True, differing=differ)]
+                if record.round:  # copies a run stopped while voting may have left
+                    remove([copy_path(path), aside_path(path)])
+            if record.executable:
+                mode = os.stat(path).st_mode
+                os.chmod(path, mode | ((mode & 0o444) >> 2))  # x wherever r is set
+            if not self._checked_folder(os.path.dirname(record.destination)):
+                _remove(path)
+                return [FileClosed(file_id=record.file_id, ok=False,
+                                   reason="its folder leads out of the destination")]
+            replace(path, record.destination)  # FileInUse (EBUSY): this file fails
+        except OSError as exc:
+            if exc.errno in PER_FILE_ERRORS:
+                if not isinstance(exc, FileInUse):  # else verified: kept for the run's end
+                    _remove(path)
+                return [FileClosed(file_id=record.file_id, ok=False,
+                                   reason=f"{record.destination}: {_why(exc)}")]
+            return [WriteFailed(file_id=record.file_id, path=record.destination,
+                                reason=_why(exc))]
+        return [FileClosed(file_id=record.file_id, ok=True, reason="")]
+
+    def _sync(self, record: Sync) -> list[FromWriter]:
+        """fsync each file, or the whole filesystem at once when there are many. A failure is
+        kept: every later Sync answers it too (see ``sync_error``)."""
+        path = self.dest
+        try:
+            if len(record.paths) > SYNCFS_OVER and sync_filesystem(self.dest):
+                return [Synced(token=record.token, error=self.sync_error)]
+            for path in record.paths:
+                try:
+                    fd = os.open(path, os.O_RDONLY | O_BINARY)
+                except FileNotFoundError:  # failed and removed since: nothing to keep
+                    continue
+                try:
+                    fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            self.sync_error = self.sync_error or f"{exc.filename or path}: {_why(exc)}"
+        return [Synced(token=record.token, error=self.sync_error)]
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _buffer(self) -> memoryview:
+        buffer = getattr(self.local, "buffer", None)
+        if buffer is None:
+            buffer = self.local.buffer = memoryview(bytearray(READ_BACK))
+        return buffer
+
+    def _checked_folder(self, folder: str) -> bool:
+        """Create ``folder`` unless a link on its way leads out of DEST (cached per folder)."""
+        known = self.folders.get(folder)
+        if known is None:
+            known = self.folders[folder] = make_folder_inside(folder, self.dest)
+        return known
+
+    def _file_error(self, staged: Staged, exc: OSError) -> FileClosed | WriteFailed:
+        """A disk-wide error stops the run, and the file fails at its close; a problem with
+        this one path fails this file now."""
+        if exc.errno in PER_FILE_ERRORS:
+            staged.dropped = True
+            self.fds.close(staged)
+            _remove(staged.path)
+            return FileClosed(file_id=staged.file_id, ok=False, reason=f"{staged.path}: "
+                                                                       f"{_why(exc)}")
+        if staged.unwritten is None:
+            staged.unwritten = _why(exc)
+        return WriteFailed(file_id=staged.file_id, path=staged.path, reason=_why(exc))
+
+    def drain(self) -> None:
+        """Wait until every job submitted so far is done (their replies are queued)."""
+        with self.jobs_lock:
+            jobs = set(self.jobs)
+        wait(jobs)
+
+    def close_all(self) -> None:
+        """Stop: jobs not started are dropped, running ones finish, then descriptors close."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.fds.close_all()
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def send_replies(replies: queue.SimpleQueue[list[FromWriter] | None],
+                 outbox: Connection) -> None:
+    """The sender thread: whatever the jobs queued since the last send, as one batch, until
+    None (or until the coordinator is gone)."""
+    while True:
+        batch = replies.get()
+        if batch is None:
+            return
+        while True:
+            try:
+                more = replies.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                replies.put(None)
+                break
+            batch += more
+        try:
+            outbox.send(batch)
+        except (OSError, EOFError):
+            return  # the coordinator is gone
+
+
+def writer_main(inbox: Queue[list[ToWriter]], outbox: Connection, spec: RingSpec, dest: str,
+                log_level: int) -> None:
+    """Process entry point: submit each record of each batch; the sender thread answers."""
+    child_setup("mpdl-writer", log_level)
+    ring = Ring.attach(spec)
+    writer = Writer(ring, dest)
+    sender = threading.Thread(target=send_replies, args=(writer.replies, outbox),
+                              name="mpdl-writer-send", daemon=True)
+    sender.start()
+    try:
+        for batch in batches(inbox):
+            for record in batch:
+                if isinstance(record, Stop):
+                    return
+                replies = writer.handle(record)
+                if replies:
+                    writer.replies.put(replies)
+    finally:
+        writer.close_all()
+        writer.replies.put(None)
+        sender.join()
+        ring.close()
