@@ -101,7 +101,8 @@ class Options:
     headers: Headers = ()
     max_attempts: int = 5  # per task, over all mirrors
     start_method: str | None = None  # None: osdeps.default_start_method picks
-    proxy: str | None = None  # None: the environment's (HTTPS_PROXY...); "": none (mpdl/net/proxy.py)
+    # None: the environment's (HTTPS_PROXY...); "": none (mpdl/net/proxy.py)
+    proxy: str | None = None
     limit_rate: int | None = None  # bytes/s for the whole run (parse_rate); None: no cap
     # A connection slower than speed_limit bytes/s over speed_time seconds of reading has
     # failed its attempt (speedfloor.py says why these defaults); 0: no floor.

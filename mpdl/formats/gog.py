@@ -1,6 +1,7 @@
 """GOG Galaxy depot manifests (V1 and V2) as ``mpdl/1`` manifests.
 
-``python -m mpdl.formats.gog DEPOT.json --base-url URL -o OUT.json``, or :func:`convert` from Python.
+``python -m mpdl.formats.gog DEPOT.json --base-url URL -o OUT.json``, or :func:`convert` from
+Python.
 
 A depot is untrusted input, like any manifest: the converter maps GOG's fields onto mpdl/1
 and then runs :func:`mpdl.formats.manifest.parse_manifest` on its own output, so whatever the mpdl/1

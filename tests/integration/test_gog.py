@@ -1,6 +1,6 @@
-"""mpdl.formats.gog: GOG Galaxy depot manifests into mpdl/1, checked on the real samples, downloaded end
-to end from a range server that holds the chunks at their galaxy paths (V2) or a main.bin (V1),
-and refused, one line and exit 1, when a depot is hostile.
+"""mpdl.formats.gog: GOG Galaxy depot manifests into mpdl/1, checked on the real samples,
+downloaded end to end from a range server that holds the chunks at their galaxy paths (V2) or a
+main.bin (V1), and refused, one line and exit 1, when a depot is hostile.
 
 (What needs no server nor process: tests/unit/test_gog_pure.py.)
 """
@@ -31,9 +31,9 @@ PRODUCT = "1207658930"
 
 def gog_cli(*args: Any, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "mpdl.formats.gog", *map(str, args)], cwd=cwd, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run([sys.executable, "-m", "mpdl.formats.gog", *map(str, args)], cwd=cwd,
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60, check=False)
 
 
 def sample(name: str) -> bytes:

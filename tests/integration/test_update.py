@@ -1,8 +1,8 @@
 """Updates: a GOG-style build 2 over an install of build 1, served by nginx. Changed, moved,
 copied, added and removed files; the server's access log must show exactly the chunks that
 exist nowhere in the old install, and every file must end byte-exact. Also the pure part
-(mpdl.disk.holdings.find_builds), an update interrupted by SIGKILL and finished by a re-run, and what
-the CLI reports.
+(mpdl.disk.holdings.find_builds), an update interrupted by SIGKILL and finished by a re-run, and
+what the CLI reports.
 
 (What needs no server nor process: tests/unit/test_update_pure.py.)
 """

@@ -1,7 +1,7 @@
-"""mpdl.formats.gog on the real GOG samples (tests/support/samples): V1 and V2 depot manifests convert
-to mpdl/1 with every file, part and hash, a V2 support file needs its product id, and a depot's
-zlib and plain chunks convert alike. Downloads of converted depots, and the CLI's handling of
-hostile ones, are tests/integration/test_gog.py's.
+"""mpdl.formats.gog on the real GOG samples (tests/support/samples): V1 and V2 depot manifests
+convert to mpdl/1 with every file, part and hash, a V2 support file needs its product id, and a
+depot's zlib and plain chunks convert alike. Downloads of converted depots, and the CLI's handling
+of hostile ones, are tests/integration/test_gog.py's.
 """
 
 from __future__ import annotations

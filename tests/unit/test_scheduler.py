@@ -1177,10 +1177,11 @@ def test_abort_fails_every_unfinished_file():
     assert sim.ended()["a"] == (True, "")
 
 
-@pytest.mark.parametrize("module", [mpdl.core.scheduler, mpdl.core.filebook, mpdl.core.states, mpdl.core.retry,
-                                    mpdl.core.checkpoints, mpdl.core.slots, mpdl.core.tail, mpdl.core.contests,
-                                    mpdl.core.routes, mpdl.core.board, mpdl.core.streams, mpdl.core.dispatch,
-                                    mpdl.core.delivery, mpdl.core.races, mpdl.core.restarts])
+@pytest.mark.parametrize("module", [
+    mpdl.core.scheduler, mpdl.core.filebook, mpdl.core.states, mpdl.core.retry,
+    mpdl.core.checkpoints, mpdl.core.slots, mpdl.core.tail, mpdl.core.contests, mpdl.core.routes,
+    mpdl.core.board, mpdl.core.streams, mpdl.core.dispatch, mpdl.core.delivery, mpdl.core.races,
+    mpdl.core.restarts])
 def test_the_decision_modules_do_no_io(module):
     tree = ast.parse(inspect.getsource(module))
     imported = set()
