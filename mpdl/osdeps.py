@@ -22,13 +22,11 @@ import functools
 import multiprocessing
 import multiprocessing.context
 import os
-import re
 import shutil
 import signal
 import sys
 import threading
 import time
-import unicodedata
 from collections.abc import Callable
 from typing import cast
 
@@ -332,32 +330,3 @@ def replace(source: str | os.PathLike, destination: str | os.PathLike,
             if attempt == REPLACE_TRIES - 1:
                 raise FileInUse(destination) from exc
             sleep(0.1 * 2 ** attempt)
-
-
-# -- names -------------------------------------------------------------------------------------
-
-_WINDOWS_RESERVED = re.compile(r"(CON|PRN|AUX|NUL|CONIN\$|CONOUT\$|COM[0-9¹²³]|LPT[0-9¹²³])"
-                               r"(\..*)?\Z", re.I)
-_WINDOWS_BAD_CHARS = re.compile(r'[<>:"|?*\\\x00-\x1f]')
-
-
-def folded_name(path: str) -> str:
-    """``path`` as a file system that tells apart neither case nor Unicode normalization
-    sees it (Windows; macOS by default): two paths that fold alike are one file there."""
-    return unicodedata.normalize("NFC", path).casefold()
-
-
-def windows_name_problem(path: str) -> str | None:
-    """Why Windows cannot hold the relative ``path`` (``/``-separated), or None when it can:
-    a reserved device name (CON, NUL, aux.txt, COM1 ...), a name ending in a dot or a space,
-    or a character Windows refuses (``<>:"|?*``, a backslash, control characters)."""
-    for name in path.split("/"):
-        if _WINDOWS_RESERVED.match(name):
-            return f"{name!r} is a device name on Windows"
-        if name.endswith((".", " ")) and name not in (".", ".."):
-            return f"{name!r} ends in a dot or a space, which Windows drops"
-        bad = _WINDOWS_BAD_CHARS.search(name)
-        if bad:
-            return f"{name!r} holds {bad.group()!r}, which Windows refuses in a name"
-    return None
-

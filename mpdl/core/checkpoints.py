@@ -19,12 +19,15 @@ import itertools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..disk.layout import Layout
 from ..formats.manifest import FileEntry
 from .messages import Sync, Synced
 from .ranges import RangeSet
 from .states import FileRun, FileState
+
+if TYPE_CHECKING:  # handed in: the core computes paths with it, creates nothing
+    from ..disk.layout import Layout
 
 log = logging.getLogger("mpdl")
 

@@ -13,18 +13,20 @@ given.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .checkpoints import Checkpoints, JournalSynced
-from ..disk.layout import Layout
 from ..formats.manifest import FileEntry
 from .messages import CloseFile, FileClosed, OpenFile, Synced, ToWriter
 from .plan import Plan
 from ..progress import Counts
 from .ranges import RangeSet
 from .states import ENDED, STAGED, FileRun, FileState
-from ..disk.votes import covering
+
+if TYPE_CHECKING:  # handed in: the core computes paths with it, creates nothing
+    from ..disk.layout import Layout
 
 log = logging.getLogger("mpdl")
 
@@ -235,3 +237,16 @@ def _missing(file: FileRun) -> int:
     if not file.entry.size:
         return 0
     return file.entry.size - (file.have.total() if file.have else 0)
+
+
+def covering(pieces: Sequence[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The (start, end) ranges of a file of ``size`` bytes outside ``pieces``: what a third
+    round keeps of the second copy."""
+    kept, at = [], 0
+    for offset, length in sorted(pieces):
+        if offset > at:
+            kept.append((at, offset))
+        at = max(at, offset + length)
+    if at < size:
+        kept.append((at, size))
+    return kept

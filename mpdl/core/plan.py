@@ -52,7 +52,6 @@ from functools import cached_property
 from ..errors import ManifestError
 from ..formats.manifest import FileEntry, Part
 from .messages import Check
-from ..options import MiB
 from .ranges import RangeSet
 
 # Not parallel: bytes of an unwanted gap between two ranges that are cheaper to read than to
@@ -67,7 +66,7 @@ MAX_SPANS = 256
 # size needs no other bound (its file's size is checked against the free disk space).
 ZLIB_MAX_RATIO = 1032
 # The largest range planned at the start: a range is bisected later, never merged.
-MAX_RANGE = 64 * MiB
+MAX_RANGE = 64 * 1024 * 1024
 # Batches (module docstring): the largest object batched, the most objects in one batch, and
 # the fewest tasks batching leaves a plan of many small objects.
 BATCH_FILE_MAX = 64 * 1024

@@ -41,6 +41,7 @@ import logging
 import random
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .board import Limits, TaskBoard
 from .checkpoints import JournalSynced
@@ -49,7 +50,6 @@ from .delivery import Delivery
 from .dispatch import Dispatch
 from ..errors import DiskError, RunStopped
 from .filebook import FileBook, FileEnded, ForgetRanges
-from ..disk.layout import Layout
 from .messages import (Alive, Expect, Failed, FailKind, FileClosed, Filled,
                        FromWorker, FromWriter, Redirected, SlotWritten, Synced,
                        ToWorker, ToWriter, UnknownRecord, Validated, WriteFailed)
@@ -66,6 +66,9 @@ from .streams import Streams
 from .states import ON_WORKER, FileRun, FileState, TaskRun, TaskState
 from .tail import TailPolicy
 from .validators import Validators
+
+if TYPE_CHECKING:  # handed in: the core computes paths with it, creates nothing
+    from ..disk.layout import Layout
 
 log = logging.getLogger("mpdl")
 

@@ -51,8 +51,9 @@ from .holdings import Build, Copy
 from .journal import Journal
 from .layout import Layout, inside, make_folder_inside
 from ..formats.manifest import FileEntry, Manifest, parse_manifest
-from ..osdeps import (O_BINARY, O_NOFOLLOW, O_NONBLOCK, die_with_parent, folded_name, fsync,
-                      hard_link, replace as replace_file, write_at)
+from ..formats.names import folded_name
+from ..osdeps import (O_BINARY, O_NOFOLLOW, O_NONBLOCK, die_with_parent, fsync, hard_link,
+                      replace as replace_file, write_at)
 from ..core.ranges import RangeSet
 
 log = logging.getLogger("mpdl")

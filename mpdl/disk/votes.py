@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from ..errors import NotEnoughSpace
 from ..osdeps import fsync, read_at, write_at
@@ -100,19 +100,6 @@ def remove(paths: Iterable[str]) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
-
-
-def covering(pieces: Sequence[tuple[int, int]], size: int) -> list[tuple[int, int]]:
-    """The (start, end) ranges of a file of ``size`` bytes outside ``pieces``: what a third
-    round keeps of the second copy."""
-    kept, at = [], 0
-    for offset, length in sorted(pieces):
-        if offset > at:
-            kept.append((at, offset))
-        at = max(at, offset + length)
-    if at < size:
-        kept.append((at, size))
-    return kept
 
 
 def _read_at(fd: int, offset: int, length: int) -> bytes:

@@ -24,7 +24,7 @@ import xxhash
 from ..errors import ManifestError
 from .hashing import ALGORITHMS, HashSpec, parse_hash
 from .headers import Headers, merge_headers, problem, shown
-from ..osdeps import folded_name, windows_name_problem
+from .names import folded_name, windows_name_problem
 
 __all__ = [
     "COMPRESSIONS",
@@ -732,7 +732,7 @@ def _kind(value: object) -> str:
 
 
 def windows_unsafe_paths(manifest: Manifest) -> dict[str, str]:
-    """The paths (files, links, folders) Windows cannot hold, with why (osdeps): on Windows
+    """The paths (files, links, folders) Windows cannot hold, with why (names.py): on Windows
     each such file fails with that reason; elsewhere the run names them in a warning, since
     the same manifest handed to a Windows player would fail there."""
     placed = [entry.path for entry in manifest.files] + [link.path for link in manifest.links]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mpdl import osdeps
+from mpdl.formats import names
 from mpdl.disk.layout import Layout, place_link
 from mpdl.formats.manifest import LinkEntry, parse_manifest, windows_unsafe_paths
 from mpdl.core.messages import CloseFile, FileClosed, OpenFile, Piece, WriteSlot
@@ -137,14 +138,14 @@ def test_a_destination_in_use_is_retried_then_fails_that_file(
     ("back\\slash", "'\\\\'"),
 ])
 def test_names_windows_cannot_hold(path: str, why: str) -> None:
-    problem = osdeps.windows_name_problem(path)
+    problem = names.windows_name_problem(path)
     assert problem is not None and why in problem
 
 
 @pytest.mark.parametrize("path", ["console.txt", "CONFIG", "com10", "a.b/c d/e.f", "nul_x",
                                   "LPT", ".hidden", "data/ok"])
 def test_names_windows_can_hold(path: str) -> None:
-    assert osdeps.windows_name_problem(path) is None
+    assert names.windows_name_problem(path) is None
 
 
 def test_files_whose_names_differ_by_case_alone_are_one_file_on_windows() -> None:

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 
-from mpdl.disk.votes import (after_mismatch, aside_path, copy_path, covering, differing, majority,
-                             vote)
+from mpdl.core.filebook import covering
+from mpdl.disk.votes import after_mismatch, aside_path, copy_path, differing, majority, vote
 
 
 def test_each_bit_is_what_two_of_three_copies_say() -> None:
