@@ -9,29 +9,13 @@ test also checks those.
 
 from __future__ import annotations
 
-import ast
-import inspect
 from collections import Counter, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-import mpdl.core.board
-import mpdl.core.checkpoints
-import mpdl.core.contests
-import mpdl.core.delivery
-import mpdl.core.dispatch
-import mpdl.core.filebook
-import mpdl.core.races
-import mpdl.core.restarts
 import mpdl.core.retry
-import mpdl.core.routes
-import mpdl.core.scheduler
-import mpdl.core.slots
-import mpdl.core.states
-import mpdl.core.streams
-import mpdl.core.tail
 from mpdl.core.checkpoints import CHECKPOINT_SECONDS, JournalSynced
 from mpdl.errors import DiskError
 from mpdl.disk.layout import Layout
@@ -1175,22 +1159,6 @@ def test_abort_fails_every_unfinished_file():
         ("c", False, "not finished: the run stopped")]
     assert sim.s.finished
     assert sim.ended()["a"] == (True, "")
-
-
-@pytest.mark.parametrize("module", [
-    mpdl.core.scheduler, mpdl.core.filebook, mpdl.core.states, mpdl.core.retry,
-    mpdl.core.checkpoints, mpdl.core.slots, mpdl.core.tail, mpdl.core.contests, mpdl.core.routes,
-    mpdl.core.board, mpdl.core.streams, mpdl.core.dispatch, mpdl.core.delivery, mpdl.core.races,
-    mpdl.core.restarts])
-def test_the_decision_modules_do_no_io(module):
-    tree = ast.parse(inspect.getsource(module))
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"multiprocessing", "os", "time", "socket", "threading"}, imported
 
 
 # -- the tail: stealing and racing (tail.py decides, the scheduler carries it out) ----------------
