@@ -21,8 +21,8 @@ from .disk.holdings import Build, as_recorded, survey
 from .disk.journal import Journal
 from .procs.mainguard import refuse_reentry
 from .disk.layout import Layout, escaping_links, make_folder_inside, place_link
-from .formats.manifest import (FileEntry, Manifest, ManifestSource, load_manifest, manifest_from_bytes,
-                               read_manifest, windows_unsafe_paths)
+from .formats.manifest import (FileEntry, Manifest, ManifestSource, load_manifest,
+                               manifest_from_bytes, read_manifest, windows_unsafe_paths)
 from .options import Options, RunOptions
 from .osdeps import IN_USE, O_BINARY, WINDOWS, fsync, replace as replace_file
 from .core.plan import Plan, Planner, known_object_ends
@@ -122,22 +122,15 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
         if done is not None:
             done.elapsed = time.monotonic() - started
             return done
-    parsed = load_manifest(manifest, strict=strict) if source is None else \
-        manifest_from_bytes(source, strict=strict)
+    parsed, opts, layout = _load(manifest if source is None else source, dest, state_dir,
+                                 strict, options)
     del source  # the model holds what is needed of it
-    opts = Options.from_env(**options)
-    if parsed.headers:  # to the workers with the rest of the options; the caller's win
-        opts = replace(opts, headers=merge_headers(parsed.headers, opts.headers))
-    layout = Layout(Path(dest), state_dir)
-    if os.path.islink(layout.state_dir):
-        raise MpdlError(f"{layout.state_dir} is a symbolic link; mpdl keeps its state in a real "
-                        "folder and will not follow it")
     result = Result()
     journal = Journal(layout.state_dir)
     try:
-        _fill(parsed, layout, journal, opts, result, progress=progress, streamed=streamed,
-              refresh_url=refresh_url, keep_state=keep_state, keep_removed=keep_removed,
-              redirects=redirects or {}, control=control, source=digest)
+        _fill(_Run(parsed, layout, journal, opts, result, progress=progress, streamed=streamed,
+                   refresh_url=refresh_url, keep_state=keep_state, keep_removed=keep_removed,
+                   redirects=redirects or {}, control=control, source=digest))
     except StopAsked:  # as Ctrl-C, but the caller asked: a result, not an exception
         _sweep_staging(layout, journal)
         result.error = STOPPED
@@ -221,10 +214,11 @@ def _windows_names(parsed: Manifest, result: Result) -> set[str]:
     return set()
 
 
-def _retry_in_use(parsed: Manifest, layout: Layout, journal: Journal, result: Result) -> None:
+def _retry_in_use(run: _Run) -> None:
     """Files verified whose final name another program held open (Windows refuses to replace
     such a file: osdeps.FileInUse) kept their staging file: each is tried once more now, as
     the rest of the run gave that program time to let go, and fails as it did otherwise."""
+    parsed, layout, journal, result = run.parsed, run.layout, run.journal, run.result
     in_use = {path for path, why in result.failed.items() if IN_USE in why}
     if not in_use:
         return
@@ -248,91 +242,185 @@ def _retry_in_use(parsed: Manifest, layout: Layout, journal: Journal, result: Re
     journal.flush()
 
 
-def _fill(parsed: Manifest, layout: Layout, journal: Journal, opts: Options, result: Result, *,
-          progress: ProgressCallback | None, streamed: tuple[str, ...],
-          refresh_url: RefreshUrl | None, keep_state: bool, keep_removed: bool,
-          redirects: Mapping[str, str], control: Control | None = None,
-          source: str | None = None) -> None:
-    """``run``'s work, into ``result``: what DEST holds, the local copies, the fetch, links
-    and folders, and, once every file is in place, the update's end. Raises NotEnoughSpace
-    before writing anything, and RunStopped when the journal or the state folder cannot be
-    written. ``source``: the digest of the manifest file's bytes, for the next run's
-    ``_unchanged``."""
-    update = Update(layout, parsed, journal, keep_removed=keep_removed, source=source)
-    held = survey(parsed, layout, journal, known=update.old)
-    result.skipped += [entry.path for entry in held.in_place()]
-    todo, have = held.todo(), held.have()
-    result.bytes_resumed = sum(ranges.total() for ranges in have.values())
-    unsafe = _windows_names(parsed, result)
-    todo = [(file_id, entry) for file_id, entry in todo if entry.path not in unsafe]
-    builds = update.mark_moves(held.builds())
-    del held  # a record per file: not kept through the fetch (100,000 files)
-    _check_free_space(layout.dest, space_needed(todo, have, builds))
-    layout.dest.mkdir(parents=True, exist_ok=True)
-    sizes = [entry.size for entry in parsed.files]
-    counts = Counts(files_done=len(result.skipped))
-    tracker = Tracker(None if None in sizes else sum(s or 0 for s in sizes), len(parsed.files),
-                      counts, progress)
-    counts.bytes_done = _bytes_in_place(parsed, todo, have)
-    # A run that keeps no state and removes nothing (a URL download) is no install: a later
-    # update has nothing to learn from it, so its manifest is not written (three fsyncs).
-    installs = keep_state or not keep_removed
-    todo, have = _build_locally(update, builds, todo, have, opts.workers, tracker, result,
-                                installs)
-    planner = planner_for(parsed, opts, streamed)
-    plan = planner.plan(todo, have=have)
-    log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
-             len(todo), len(have), human_bytes(sum(h.total() for h in have.values())),
-             len(result.skipped), plan.describe())
-    counts.files_done = len(result.skipped) + len(result.completed)
-    counts.bytes_done = _bytes_in_place(parsed, todo, have)
-    asked = [task.length for task in plan.tasks]
-    tracker.bytes_to_fetch = None if None in asked else sum(a or 0 for a in asked)
+def _load(manifest: ManifestSource | bytes, dest: str | os.PathLike, state_dir: Path | None,
+          strict: bool, options: RunOptions) -> tuple[Manifest, Options, Layout]:
+    """The manifest (or a manifest file's bytes) read and checked, the options (the
+    manifest's headers under the caller's) and where things go: all that can be refused
+    before anything is written."""
+    parsed = manifest_from_bytes(manifest, strict=strict) if isinstance(manifest, bytes) \
+        else load_manifest(manifest, strict=strict)
+    opts = Options.from_env(**options)
+    if parsed.headers:  # to the workers with the rest of the options; the caller's win
+        opts = replace(opts, headers=merge_headers(parsed.headers, opts.headers))
+    layout = Layout(Path(dest), state_dir)
+    if os.path.islink(layout.state_dir):
+        raise MpdlError(f"{layout.state_dir} is a symbolic link; mpdl keeps its state in a real "
+                        "folder and will not follow it")
+    return parsed, opts, layout
 
-    def file_done(entry: FileEntry, ok: bool, reason: str) -> None:
+
+@dataclass
+class _Run:
+    """A run's state, handed from step to step (_fill): what the caller gave, then what each
+    step found for the next."""
+
+    parsed: Manifest
+    layout: Layout
+    journal: Journal
+    opts: Options
+    result: Result
+    progress: ProgressCallback | None = None
+    streamed: tuple[str, ...] = ()
+    refresh_url: RefreshUrl | None = None
+    keep_state: bool = True
+    keep_removed: bool = False
+    redirects: Mapping[str, str] = field(default_factory=dict)
+    control: Control | None = None
+    source: str | None = None  # the digest of the manifest file's bytes (_unchanged)
+    # found by the steps
+    update: Update = field(init=False)
+    todo: list[tuple[int, FileEntry]] = field(default_factory=list)
+    have: dict[int, RangeSet] = field(default_factory=dict)
+    builds: list[Build] = field(default_factory=list)
+    tracker: Tracker = field(init=False)
+    planner: Planner = field(init=False)
+    plan: Plan = field(init=False)
+
+    @property
+    def installs(self) -> bool:
+        """A run that keeps no state and removes nothing (a URL download) is no install: a
+        later update has nothing to learn from it, so its manifest is not written (three
+        fsyncs)."""
+        return self.keep_state or not self.keep_removed
+
+    def file_done(self, entry: FileEntry, ok: bool, reason: str) -> None:
         if ok:
-            result.completed.append(entry.path)
+            self.result.completed.append(entry.path)
         else:
-            result.failed[entry.path] = reason
+            self.result.failed[entry.path] = reason
             log.info("%s failed: %s", entry.path, reason)
 
+
+def _fill(run: _Run) -> None:
+    """``run``'s work, into ``run.result``, step by step. Raises NotEnoughSpace before writing
+    anything, and RunStopped when the journal or the state folder cannot be written."""
+    _survey(run)
+    _make_room(run)
+    _build_from_local_bytes(run)
+    _plan(run)
+    _fetch_the_rest(run)
+    _retry_in_use(run)
+    _place_links_and_folders(run)
+    _finish_update(run)
+
+
+def _survey(run: _Run) -> None:
+    """What DEST holds (mpdl.disk.holdings): the files in place, the bytes an earlier run
+    left to resume from, the files an update builds from local bytes, and the rest to fetch
+    (but for the names Windows cannot hold, on Windows)."""
+    run.update = Update(run.layout, run.parsed, run.journal, keep_removed=run.keep_removed,
+                        source=run.source)
+    held = survey(run.parsed, run.layout, run.journal, known=run.update.old)
+    run.result.skipped += [entry.path for entry in held.in_place()]
+    todo, run.have = held.todo(), held.have()
+    run.result.bytes_resumed = sum(ranges.total() for ranges in run.have.values())
+    unsafe = _windows_names(run.parsed, run.result)
+    run.todo = [(file_id, entry) for file_id, entry in todo if entry.path not in unsafe]
+    run.builds = run.update.mark_moves(held.builds())
+    # held goes here: a record per file, not kept through the fetch (100,000 files)
+
+
+def _make_room(run: _Run) -> None:
+    """Fail before writing anything when the files cannot fit; make DEST; start counting
+    what is done (the files in place, the bytes resumed) for the progress events."""
+    _check_free_space(run.layout.dest, space_needed(run.todo, run.have, run.builds))
+    run.layout.dest.mkdir(parents=True, exist_ok=True)
+    sizes = [entry.size for entry in run.parsed.files]
+    counts = Counts(files_done=len(run.result.skipped))
+    run.tracker = Tracker(None if None in sizes else sum(s or 0 for s in sizes),
+                          len(run.parsed.files), counts, run.progress)
+    counts.bytes_done = _bytes_in_place(run.parsed, run.todo, run.have)
+
+
+def _build_from_local_bytes(run: _Run) -> None:
+    """An update's part before the fetch: what local files hold is copied or linked, and
+    the files built whole leave what is to fetch."""
+    run.todo, run.have = _build_locally(run.update, run.builds, run.todo, run.have,
+                                        run.opts.workers, run.tracker, run.result,
+                                        run.installs)
+
+
+def _plan(run: _Run) -> None:
+    """The rest cut into tasks (mpdl.core.plan), and the bytes it asks of the network."""
+    run.planner = planner_for(run.parsed, run.opts, run.streamed)
+    run.plan = run.planner.plan(run.todo, have=run.have)
+    have, result, counts = run.have, run.result, run.tracker.counts
+    log.info("%d files to fetch (%d resumed, %s already there), %d already in place; %s",
+             len(run.todo), len(have), human_bytes(sum(h.total() for h in have.values())),
+             len(result.skipped), run.plan.describe())
+    counts.files_done = len(result.skipped) + len(result.completed)
+    counts.bytes_done = _bytes_in_place(run.parsed, run.todo, have)
+    asked = [task.length for task in run.plan.tasks]
+    run.tracker.bytes_to_fetch = None if None in asked else sum(a or 0 for a in asked)
+
+
+def _fetch_the_rest(run: _Run) -> None:
+    """The plan fetched: in this process when it is small (mpdl.net.direct), else by the
+    worker and writer processes (mpdl.procs.supervisor); why it stopped early, if it did, is
+    the result's error."""
+    if not run.todo:
+        return
+    result, tracker = run.result, run.tracker
     # The pending manifest (Update.begin) must be written before the first file is placed;
     # the processes write it once their first requests are out, not to delay the first byte.
-    begin = update.begin if installs else _nothing
-    if todo and control is None and direct.fits(todo, have, opts):  # small: no processes
+    begin = run.update.begin if run.installs else _nothing
+    if run.control is None and direct.fits(run.todo, run.have, run.opts):  # no processes
         begin()
-        result.error = direct.fetch_here(parsed, todo, have, layout, opts, journal, tracker,
-                                         file_done, refresh_url, keep_state)
-    elif todo:
-        result.error = _fetch(parsed, plan, planner, layout, opts, journal, have, tracker,
-                              file_done, refresh_url, keep_state, redirects, begin, control)
-    if todo:
-        result.bytes_fetched = counts.bytes_fetched
-        result.bytes_to_fetch = tracker.bytes_to_fetch
-        result.bytes_written = counts.bytes_written
+        result.error = direct.fetch_here(run.parsed, run.todo, run.have, run.layout, run.opts,
+                                         run.journal, tracker, run.file_done, run.refresh_url,
+                                         run.keep_state)
+    else:
+        result.error = _fetch(run.parsed, run.plan, run.planner, run.layout, run.opts,
+                              run.journal, run.have, tracker, run.file_done, run.refresh_url,
+                              run.keep_state, run.redirects, begin, run.control)
+    result.bytes_fetched = tracker.counts.bytes_fetched
+    result.bytes_to_fetch = tracker.bytes_to_fetch
+    result.bytes_written = tracker.counts.bytes_written
     # The plan and the lists of files to fetch (100,000 files: tens of MiB) are done with:
     # not kept through the update's end, which writes the installed manifest.
-    del plan, planner, todo, have, asked
-    _retry_in_use(parsed, layout, journal, result)
-    for link in parsed.links:
+    run.todo, run.have = [], {}
+    del run.plan, run.planner
+
+
+def _place_links_and_folders(run: _Run) -> None:
+    """The manifest's links (a copy where no link can be made) and folders, inside DEST
+    only."""
+    layout, result = run.layout, run.result
+    for link in run.parsed.links:
         try:
             if not place_link(layout, link):
                 result.copied_links.append(link.path)
         except OSError as exc:
             result.failed[link.path] = f"cannot make the link: {exc.strerror or exc}"
-    for link in escaping_links(layout, parsed.links):
+    for link in escaping_links(layout, run.parsed.links):
         result.failed[link.path] = "the link leads out of the destination through other links"
-    for directory in parsed.directories:
+    for directory in run.parsed.directories:
         try:
             if not make_folder_inside(str(layout.final(directory.path)), str(layout.dest)):
                 result.failed[directory.path] = "its folder leads out of the destination"
         except OSError as exc:
             result.failed[directory.path] = f"cannot make the folder: {exc.strerror or exc}"
-    if result.ok:
-        result.removed += update.remove_unlisted()
-        if installs:
-            update.install()
-    tracker.tick(final=True)
+
+
+def _finish_update(run: _Run) -> None:
+    """Once every file is in place: the files the old manifest installed and this one does
+    not list go (if unchanged since), this manifest is recorded as installed; then the last
+    progress event."""
+    if run.result.ok:
+        run.result.removed += run.update.remove_unlisted()
+        if run.installs:
+            run.update.install()
+    run.tracker.tick(final=True)
 
 
 def planner_for(parsed: Manifest, opts: Options, streamed: tuple[str, ...] = ()) -> Planner:
