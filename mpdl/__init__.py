@@ -1,6 +1,11 @@
 """mpdl: a multiprocess shared-memory downloader.
 
 manifest -> plan -> tasks -> workers -> ring slots -> writer -> verified files
+
+The subpackages follow that flow: formats (the manifest read and checked) -> core (the plan,
+then every decision of the run, without I/O) -> procs (the worker processes, the shared ring)
+with net (HTTP into ring slots) -> disk (the writer process, the journal) -> verified files.
+The public API is here (api, preview, verify, options, progress, errors).
 """
 
 from __future__ import annotations
