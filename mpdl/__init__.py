@@ -24,11 +24,11 @@ if TYPE_CHECKING:
     from .progress import ProgressEvent
     from .verify import Report, Verdict, repair, verify
 
-# Imported on first use, so ``python -m mpdl URL`` probes the server before it has loaded
-# the run's modules (the start-up is the command's first cost; see cli._download_url).
-_LAZY = {"run": "api", "download": "api", "Result": "api", "Control": "control",
-         "plan": "preview", "Preview": "preview", "Manifest": "manifest",
-         "load_manifest": "manifest", "ProgressEvent": "progress", "Report": "verify",
+# Imported on first use, so ``import mpdl`` and ``python -m mpdl --help`` load only what they
+# use (the start-up is the command's first cost). Each value: the module under mpdl.
+_LAZY = {"run": "api", "download": "api", "Result": "api", "Control": "procs.control",
+         "plan": "preview", "Preview": "preview", "Manifest": "formats.manifest",
+         "load_manifest": "formats.manifest", "ProgressEvent": "progress", "Report": "verify",
          "Verdict": "verify", "repair": "verify", "verify": "verify"}
 
 

@@ -114,8 +114,8 @@ class Scenario:
     @property
     def needed(self) -> int:
         """The bytes the scenario asks of the network: its files, or their compressed chunks
-        (what a server sending each byte once sends)."""
-        return self.raw_bytes or self.bytes
+        (what a server sending each byte once sends), once per call of a repeated one."""
+        return (self.raw_bytes or self.bytes) * self.spec.repeat
 
 
 # Data.

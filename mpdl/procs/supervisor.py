@@ -167,7 +167,7 @@ class Supervisor:
         other workers and the writer start (nothing reaches the writer before the loop reads
         a Filled, and what the first dispatch has for it waits in ``unsent``)."""
         if self.ctx.get_start_method() == "fork":  # imported once here, children inherit them
-            for module in (".worker", ".writer"):
+            for module in (".worker", "..disk.writer"):
                 importlib.import_module(module, __package__)
         self._start_worker(0)
         self.scheduler.tick(time.monotonic())
