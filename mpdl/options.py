@@ -183,30 +183,29 @@ class Options:
         return replace(cls(), **values) if values else cls()
 
 
-def _speed_limit(value: object) -> int:
-    """The floor in bytes per second: a whole number or a size ('1K'); 0 is no floor."""
+def _byte_count(name: str, value: object, meaning: str) -> int:
+    """A count of bytes given as a whole number or a size ('1K', '1M'); ``meaning`` says what
+    it is and what 0 means, for the one-line error."""
     if isinstance(value, str):
         try:
             value = parse_size(value)
         except UsageError as exc:
-            raise UsageError(f"speed_limit: {exc}") from None
+            raise UsageError(f"{name}: {exc}") from None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(f"speed_limit must be bytes per second (a whole number or a size such "
-                         f"as 1K; 0: no floor), not {value!r}")
+        raise UsageError(f"{name} must be {meaning}, not {value!r}")
     return value
+
+
+def _speed_limit(value: object) -> int:
+    """The floor in bytes per second; 0 is no floor."""
+    return _byte_count("speed_limit", value, "bytes per second (a whole number or a size such "
+                       "as 1K; 0: no floor)")
 
 
 def _min_size(value: object) -> int:
-    """Bytes, as a whole number or a size ('1M'); 0 turns the in-process path off."""
-    if isinstance(value, str):
-        try:
-            value = parse_size(value)
-        except UsageError as exc:
-            raise UsageError(f"min_size: {exc}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(f"min_size must be bytes (a whole number or a size such as 1M; 0: "
-                         f"never in this process), not {value!r}")
-    return value
+    """Bytes under which a download runs in this process; 0 turns that path off."""
+    return _byte_count("min_size", value, "bytes (a whole number or a size such as 1M; 0: "
+                       "never in this process)")
 
 
 def _check_cacert(path: str) -> None:
