@@ -1,0 +1,178 @@
+"""A batch's GETs on one fetch thread's own keep-alive connections, without urllib3's pool.
+
+A batch (batchfetch.py) asks up to 64 small objects one after the other; through urllib3's
+pool each request costs about twice what the request itself does (the pool's queue, Retry and
+Timeout objects, the response wrapper and its header dict). Here each fetch thread keeps one
+connection per (scheme, host, port) and sends plain GETs on it with http.client, whose
+response is read as any other (fetch.CappedReads, fetch._read_into: the speed cap and floor).
+
+What stays urllib3's, so that nothing is weaker than the pool: each connection is made by the
+direct pool's own connection pool (urllib3's HTTP(S)Connection: the same TLS context,
+certificate store, hostname check and connect timeout as every other request, mpdl/http.py
+make_pool), and its reads time out at the pool's read timeout. Only the request and the
+response go through http.client directly. The request carries the pool's headers (less the
+CREDENTIALS when the object's URL is a redirect's target on another host).
+
+Rules:
+- anything this path does not do is ``None`` from ``get`` (the caller asks urllib3's pool
+  for that object, not for the rest): a URL that goes through a proxy, and a redirect (its
+  connection is closed: its body is not read);
+- a connection is reused only when its last response was read to its end and the socket
+  holds nothing (urllib3's own test of a dropped connection): bytes past a body, or a server
+  that closed it, make a new one;
+- a reused connection that the server closed before answering (a keep-alive timeout racing the
+  request: no status line, a reset) is asked once more on a new connection; a new connection's
+  failure is the object's (a TransientError, or CertificateRefused), as from the pool.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.connection import HTTPConnection as PoolConnection
+
+from .errors import TransientError
+from .headers import CREDENTIALS
+from .http import network_error
+from .proxy import Routed
+
+#: Statuses this path leaves to urllib3, which follows them (http.py make_pool: redirect=8).
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: What a reused connection that the server had closed raises when asked (no status line).
+_CLOSED_UNDER_US = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    ConnectionAbortedError)
+
+
+class Wire:
+    """One connection's socket as Cursor.abort, fetch.arrived_unread and CappedReads see it
+    (``sock``), kept while its response is read even where http.client hands the socket to
+    the response (a Connection: close answer), so a stalled read can still be woken."""
+
+    __slots__ = ("mpdl_buffer_for", "sock")
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.mpdl_buffer_for: tuple[object, float | None] = (None, None)
+
+
+class Exchange:
+    """One response read on this path, shaped as fetch.py's helpers read a urllib3 response:
+    ``status``, ``headers``, ``reason``, ``connection`` (its Wire) and ``_fp`` (the
+    http.client response, read with readinto into the slot)."""
+
+    __slots__ = ("_fp", "connection", "headers", "reason", "status")
+
+    def __init__(self, raw: http.client.HTTPResponse, wire: Wire) -> None:
+        self._fp = raw
+        self.status = raw.status
+        self.reason = raw.reason
+        self.headers = raw.msg
+        self.connection = wire
+
+
+class Lean:
+    """One fetch thread's connections (never shared between threads: nothing here locks)."""
+
+    def __init__(self, pool: Routed) -> None:
+        self.pool = pool
+        direct = pool.pools[None]
+        timeout = direct.connection_pool_kw.get("timeout")
+        self.read_timeout = (timeout.read_timeout if isinstance(timeout, urllib3.Timeout)
+                             else timeout)
+        self.open: dict[tuple[str, str, int], tuple[PoolConnection, Wire]] = {}
+        self.reused: dict[tuple[str, str, int], bool] = {}
+
+    def get(self, url: str, credentials: bool) -> Exchange | None:
+        """GET ``url``, the response's status and headers read, its body not; None when this
+        path does not take it (module docstring: the caller asks the pool)."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            return None
+        if self.pool.rules.for_url(url) is not None:
+            return None
+        key = (scheme, parts.hostname, parts.port or (443 if scheme == "https" else 80))
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        headers = dict(self.pool.headers)
+        if not credentials:
+            headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIALS}
+        for _ in range(2):
+            conn, wire, reused = self._connection(url, key)
+            try:
+                http.client.HTTPConnection.request(conn, "GET", target, headers=headers)
+                raw = http.client.HTTPConnection.getresponse(conn)
+            except _CLOSED_UNDER_US as exc:
+                self.close(key)
+                if reused:
+                    continue  # the server closed it between objects: once more, anew
+                raise network_error(url, exc) from None
+            except OSError as exc:
+                self.close(key)
+                raise network_error(url, exc) from None
+            except http.client.HTTPException as exc:  # a status line or header not HTTP's
+                self.close(key)
+                raise TransientError(f"{url}: bad response: {exc!r}") from None
+            self.reused[key] = True
+            if raw.status in REDIRECTS:
+                raw.close()
+                self.close(key)
+                return None
+            return Exchange(raw, wire)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def done(self, url: str, exchange: Exchange, keep: bool) -> None:
+        """The response is over: its connection is kept for the next object when ``keep``
+        (its body read to the end) and the server did not say it closes, else closed."""
+        raw = exchange._fp
+        key = self._key(url)
+        if not keep or raw.will_close or not raw.isclosed():
+            raw.close()
+            self.close(key)
+
+    def close(self, key: tuple[str, str, int]) -> None:
+        held = self.open.pop(key, None)
+        self.reused.pop(key, None)
+        if held is not None:
+            held[0].close()
+            held[1].sock = None
+
+    def close_all(self) -> None:
+        for key in list(self.open):
+            self.close(key)
+
+    def _key(self, url: str) -> tuple[str, str, int]:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return (scheme, parts.hostname or "",
+                parts.port or (443 if scheme == "https" else 80))
+
+    def _connection(self, url: str, key: tuple[str, str, int]
+                    ) -> tuple[PoolConnection, Wire, bool]:
+        """The thread's connection for ``key``, connected; made anew when there is none or
+        the one held was dropped (readable while idle: closed, or bytes no request asked)."""
+        held = self.open.get(key)
+        if held is not None:
+            conn, wire = held
+            if conn.sock is not None and conn.is_connected:
+                return conn, wire, True
+            self.close(key)
+        scheme, host, port = key
+        try:
+            made = self.pool.pools[None].connection_from_host(
+                host, port=port, scheme=scheme)._new_conn()
+            assert isinstance(made, PoolConnection)
+            conn = made
+            conn.connect()
+            assert conn.sock is not None
+            conn.sock.settimeout(self.read_timeout)
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            raise network_error(url, exc) from None
+        wire = Wire()
+        wire.sock = conn.sock
+        self.open[key] = (conn, wire)
+        return conn, wire, False
