@@ -127,19 +127,19 @@ def _fetch_one(url: str, length: int, credentials: bool, pool: Routed, view: mem
     except BaseException:
         cursor.response = None
         meter.unreported += arrived_unread(response)
-        _end(response, exchange, lean, url, keep=False)
+        _end(response, exchange, lean, keep=False)
         raise
     cursor.response = None
-    _end(response, exchange, lean, url, keep=raw.isclosed() and not reads.shrunk_and_lifted)
+    _end(response, exchange, lean, keep=raw.isclosed() and not reads.shrunk_and_lifted)
 
 
 def _end(response: Exchange | urllib3.BaseHTTPResponse, exchange: Exchange | None,
-         lean: Lean | None, url: str, *, keep: bool) -> None:
+         lean: Lean | None, *, keep: bool) -> None:
     """The response is over: its connection kept for the next request when ``keep`` (the
     body read to its end), else closed."""
     if exchange is not None:
         assert lean is not None
-        lean.done(url, exchange, keep)
+        lean.done(exchange, keep)
     elif keep:
         assert isinstance(response, urllib3.BaseHTTPResponse)
         response.release_conn()

@@ -15,7 +15,8 @@ CREDENTIALS when the object's URL is a redirect's target on another host).
 
 Rules:
 - anything this path does not do is ``None`` from ``get`` (the caller asks urllib3's pool
-  for that object, not for the rest): a URL that goes through a proxy, and a redirect (its
+  for that object, not for the rest): a URL that goes through a proxy, one http.client will
+  not send as it stands (not ASCII, a space: urllib3 quotes it), and a redirect (its
   connection is closed: its body is not read);
 - a connection is reused only when its last response was read to its end and the socket
   holds nothing (urllib3's own test of a dropped connection): bytes past a body, or a server
@@ -63,9 +64,11 @@ class Exchange:
     ``status``, ``headers``, ``reason``, ``connection`` (its Wire) and ``_fp`` (the
     http.client response, read with readinto into the slot)."""
 
-    __slots__ = ("_fp", "connection", "headers", "reason", "status")
+    __slots__ = ("_fp", "connection", "headers", "key", "reason", "status")
 
-    def __init__(self, raw: http.client.HTTPResponse, wire: Wire) -> None:
+    def __init__(self, raw: http.client.HTTPResponse, wire: Wire,
+                 key: tuple[str, str, int]) -> None:
+        self.key = key  # the connection's (scheme, host, port)
         self._fp = raw
         self.status = raw.status
         self.reason = raw.reason
@@ -83,6 +86,10 @@ class Lean:
         self.read_timeout = (timeout.read_timeout if isinstance(timeout, urllib3.Timeout)
                              else timeout)
         self.open: dict[tuple[str, str, int], tuple[PoolConnection, Wire]] = {}
+        # The pool's headers, as every request of the run carries them, and without the
+        # CREDENTIALS (a redirect's target on another host).
+        self.headers = dict(pool.headers)
+        self.bare = {k: v for k, v in self.headers.items() if k.lower() not in CREDENTIALS}
         self.reused: dict[tuple[str, str, int], bool] = {}
 
     def get(self, url: str, credentials: bool) -> Exchange | None:
@@ -98,9 +105,7 @@ class Lean:
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        headers = dict(self.pool.headers)
-        if not credentials:
-            headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIALS}
+        headers = self.headers if credentials else self.bare
         for _ in range(2):
             conn, wire, reused = self._connection(url, key)
             try:
@@ -114,6 +119,9 @@ class Lean:
             except OSError as exc:
                 self.close(key)
                 raise network_error(url, exc) from None
+            except (ValueError, http.client.InvalidURL):  # a URL http.client will not send
+                self.close(key)  # as it stands (not ASCII, a space): the pool quotes it
+                return None
             except http.client.HTTPException as exc:  # a status line or header not HTTP's
                 self.close(key)
                 raise TransientError(f"{url}: bad response: {exc!r}") from None
@@ -122,14 +130,14 @@ class Lean:
                 raw.close()
                 self.close(key)
                 return None
-            return Exchange(raw, wire)
+            return Exchange(raw, wire, key)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def done(self, url: str, exchange: Exchange, keep: bool) -> None:
+    def done(self, exchange: Exchange, keep: bool) -> None:
         """The response is over: its connection is kept for the next object when ``keep``
         (its body read to the end) and the server did not say it closes, else closed."""
         raw = exchange._fp
-        key = self._key(url)
+        key = exchange.key
         if not keep or raw.will_close or not raw.isclosed():
             raw.close()
             self.close(key)
@@ -144,12 +152,6 @@ class Lean:
     def close_all(self) -> None:
         for key in list(self.open):
             self.close(key)
-
-    def _key(self, url: str) -> tuple[str, str, int]:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        return (scheme, parts.hostname or "",
-                parts.port or (443 if scheme == "https" else 80))
 
     def _connection(self, url: str, key: tuple[str, str, int]
                     ) -> tuple[PoolConnection, Wire, bool]:

@@ -60,7 +60,7 @@ def read_whole(connections: Lean, url: str) -> bytes:
     exchange = connections.get(url, True)
     assert exchange is not None and exchange.status == 200
     body = exchange._fp.read()
-    connections.done(url, exchange, keep=True)
+    connections.done(exchange, keep=True)
     return body
 
 
@@ -171,3 +171,17 @@ def test_a_stall_mid_body_fails_at_the_pools_read_timeout(small: tuple[Path, dic
             fetch_one(connections, server.url + "o/0002", length, None)
         took = time.monotonic() - started
     assert took < 3.0, f"the read waited {took:.1f} s, for the stall's end"
+
+
+def test_a_url_http_client_will_not_send_as_it_stands_is_left_to_the_pool(
+    small: tuple[Path, dict]
+) -> None:
+    """urllib3 quotes what http.client refuses (not ASCII, a space): that object is the
+    pool's, and the connection stays usable for the next."""
+    root, _ = small
+    connections = lean()
+    with FaultServer(root) as server:
+        assert connections.get(server.url + "o/caf\u00e9", True) is None
+        assert connections.get(server.url + "o/a b", True) is None
+        assert read_whole(connections, server.url + "o/0000") == (root / "o/0000").read_bytes()
+    connections.close_all()
