@@ -22,10 +22,10 @@ from helpers import gets, run
 from miniproxy import mini_proxy
 
 from mpdl.batchfetch import _fetch_one
-from mpdl.errors import TransientError
+from mpdl.errors import NotOnMirror, TransientError
 from mpdl.fetch import Cursor, Meter
 from mpdl.http import make_pool
-from mpdl.leanget import Lean
+from mpdl.leanget import Lean, LeanResponse
 from mpdl.options import Options
 from mpdl.plan import BATCH_SPREAD
 from mpdl.speedfloor import SpeedFloor
@@ -59,6 +59,7 @@ def lean(**options: object) -> Lean:
 def read_whole(connections: Lean, url: str) -> bytes:
     exchange = connections.get(url, True)
     assert exchange is not None and exchange.status == 200
+    assert isinstance(exchange._fp, LeanResponse)  # its head read by strict_headers
     body = exchange._fp.read()
     connections.done(exchange, keep=True)
     return body
@@ -184,4 +185,26 @@ def test_a_url_http_client_will_not_send_as_it_stands_is_left_to_the_pool(
         assert connections.get(server.url + "o/caf\u00e9", True) is None
         assert connections.get(server.url + "o/a b", True) is None
         assert read_whole(connections, server.url + "o/0000") == (root / "o/0000").read_bytes()
+    connections.close_all()
+
+
+def test_a_chunked_body_is_read_on_the_lean_path_and_one_longer_than_said_refused(
+    small: tuple[Path, dict]
+) -> None:
+    root, _ = small
+    data = (root / "o/0003").read_bytes()
+    connections = lean()
+    with FaultServer(root) as server:
+        server.set_fault("o/0003", Fault(chunked=True))
+        url = server.url + "o/0003"
+        exchange = connections.get(url, True)
+        assert exchange is not None and exchange._fp.chunked, "left to the pool"
+        connections.done(exchange, keep=False)
+        slot = bytearray(len(data))
+        _fetch_one(url, len(data), True, connections.pool, memoryview(slot), Meter(),
+                   Cursor(len(data)), None, None, types.SimpleNamespace(fills=[0]), 0, 0,
+                   connections)  # type: ignore[arg-type]
+        assert bytes(slot) == data
+        with pytest.raises(NotOnMirror, match="longer"):
+            fetch_one(connections, url, len(data) - 1, None)
     connections.close_all()
