@@ -98,6 +98,8 @@ def _fetch_one(url: str, length: int, credentials: bool, pool: Routed, view: mem
     if exchange is not None:
         response, raw = exchange, exchange._fp
     else:
+        if lean is not None:
+            meter.unreported += lean.take_unread()  # an answer it left to the pool
         response = open_response(pool, url, {}, credentials=credentials)
         raw = raw_body(response)
     cursor.response = response

@@ -38,6 +38,7 @@ from urllib3.connection import HTTPConnection as PoolConnection
 from .errors import TransientError
 from .headers import CREDENTIALS
 from .http import network_error
+from .osdeps import bytes_queued
 from .proxy import Routed
 
 #: Statuses this path leaves to urllib3, which follows them (http.py make_pool: redirect=8).
@@ -164,6 +165,7 @@ class Lean:
         self.headers = dict(pool.headers)
         self.bare = {k: v for k, v in self.headers.items() if k.lower() not in CREDENTIALS}
         self.reused: dict[tuple[str, str, int], bool] = {}
+        self.unread = 0  # bytes of answers left to the pool, not yet counted (take_unread)
 
     def get(self, url: str, credentials: bool) -> Exchange | None:
         """GET ``url``, the response's status and headers read, its body not; None when this
@@ -193,15 +195,15 @@ class Lean:
                 self.close(key)
                 raise network_error(url, exc) from None
             except (ValueError, http.client.InvalidURL, Unusual):  # a URL http.client will
-                self.close(key)  # not send as it stands (not ASCII, a space: the pool quotes
-                return None  # it), or an answer the pool reads as it always did
+                self.close(key, dropping=True)  # not send as it stands (not ASCII, a space:
+                return None  # the pool quotes it), or an answer the pool reads as it did
             except http.client.HTTPException as exc:  # a status line or header not HTTP's
                 self.close(key)
                 raise TransientError(f"{url}: bad response: {exc!r}") from None
             self.reused[key] = True
             if raw.status in REDIRECTS:
                 raw.close()
-                self.close(key)
+                self.close(key, dropping=True)
                 return None
             return Exchange(raw, wire, key)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -215,12 +217,22 @@ class Lean:
             raw.close()
             self.close(key)
 
-    def close(self, key: tuple[str, str, int]) -> None:
+    def close(self, key: tuple[str, str, int], dropping: bool = False) -> None:
+        """Close the connection to ``key``; ``dropping``: an answer left unread for the pool
+        to ask again, whose bytes already here count as fetched (``take_unread``)."""
         held = self.open.pop(key, None)
         self.reused.pop(key, None)
         if held is not None:
+            if dropping and held[1].sock is not None:
+                self.unread += bytes_queued(held[1].sock.fileno())
             held[0].close()
             held[1].sock = None
+
+    def take_unread(self) -> int:
+        """Bytes that reached this host in answers this path left to the pool (a redirect's
+        body, an unusual head's): the server sent them, and the run counts them."""
+        taken, self.unread = self.unread, 0
+        return taken
 
     def close_all(self) -> None:
         for key in list(self.open):

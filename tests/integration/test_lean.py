@@ -11,9 +11,13 @@ waits for the stall to end).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -208,3 +212,55 @@ def test_a_chunked_body_is_read_on_the_lean_path_and_one_longer_than_said_refuse
         with pytest.raises(NotOnMirror, match="longer"):
             fetch_one(connections, url, len(data) - 1, None)
     connections.close_all()
+
+
+@pytest.fixture
+def unusual_once() -> Iterator[tuple[str, bytes]]:
+    """A server whose first answer has Content-Length twice, two values, and a 60,000-byte
+    body; every later one is plain (the object: 1,000 bytes). Yields its URL and the object."""
+    body = os.urandom(1000)
+    listener = socket.create_server(("127.0.0.1", 0))
+    answered = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):  # a reset: the client closed, unread
+                conn.settimeout(10)
+                conn.recv(65536)
+                if not answered:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 60000\r\n"
+                                 b"Content-Length: 1000\r\n\r\n" + os.urandom(60000))
+                    answered.append(1)
+                    conn.recv(1)  # until the client closes: what it had not read stays queued
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n"
+                                 b"Connection: close\r\n\r\n" + body)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/x", body
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        listener.close()
+        thread.join(timeout=5)
+
+
+def test_an_answer_left_to_the_pool_is_asked_again_and_its_bytes_here_counted(
+    unusual_once: tuple[str, bytes]
+) -> None:
+    url, body = unusual_once
+    connections = lean()
+    slot, meter = bytearray(len(body)), Meter()
+    _fetch_one(url, len(body), True, connections.pool, memoryview(slot), meter,
+               Cursor(len(body)), None, None, types.SimpleNamespace(fills=[0]), 0, 0,
+               connections)  # type: ignore[arg-type]
+    assert bytes(slot) == body  # the pool's answer
+    # what the unusual answer brought is counted too (the socket's queue: what the head's
+    # buffered read took is not, as fetch.arrived_unread counts no more)
+    assert meter.unreported > len(body) + 40000, meter.unreported
