@@ -7,7 +7,9 @@ Driven by the scheduler's events, in the order the writer keeps:
   (``stopped_with``);
 - a task whose output is all in slots drains, and each file it was the last live task of
   closes right behind its last slot, so the writer verifies and renames at once
-  (``output_ended``): a small file costs it one batch (open, write, close);
+  (``output_ended``): a small file costs it one batch (open, write, close), and the fresh
+  files whose bytes are all in the task's last slot (a batch's) one record for all of them
+  (WriteWhole: the file book folds each one's opening and closing into it);
 - a slot written (``written``) counts as done: as the file's bytes at once when nothing checks
   them later in the attempt (a long range interrupted keeps what it wrote, a retry does not
   count them again), else as the attempt's, taken back if it fails (board.py);
@@ -22,7 +24,7 @@ from collections.abc import Callable
 
 from .board import TaskBoard
 from .filebook import FileBook
-from .messages import Filled, Piece, SlotWritten, ToWriter, WriteSlot
+from .messages import Filled, Piece, SlotWritten, ToWriter, WriteSlot, WriteWhole
 from ..progress import Counts
 from .slots import SlotPool
 from .states import IN_FLIGHT, FileState, TaskRun, TaskState
@@ -43,8 +45,9 @@ class Delivery:
         """``run``'s current attempt filled a slot: it goes to the writer, and the task waits
         for its next slot or drains."""
         run.delivered, run.progress_at = record.offset + record.length, now
-        self._write(run, record)
-        if not record.last and (run.task.size is None or run.delivered < run.task.size):
+        more = not record.last and (run.task.size is None or run.delivered < run.task.size)
+        self._write(run, record, ending=not more)
+        if more:
             self.board.move(run, T.WAITING_SLOT)
             return
         self.output_ended(run)
@@ -67,11 +70,23 @@ class Delivery:
         else:
             self.slots.release(record.slot)
 
-    def _write(self, run: TaskRun, record: Filled) -> None:
+    def _write(self, run: TaskRun, record: Filled, ending: bool = False) -> None:
         """The slot's bytes go to the writer, for the files they belong to (opened with their
-        first bytes), or the slot is free again if none of those files is open."""
+        first bytes), or the slot is free again if none of those files is open. When the
+        slot ends a batch's output and holds every byte of each of its files, fresh, they
+        open, are written and close in one record (WriteWhole)."""
+        mapped = run.task.map(record.offset, record.length)
+        if ending and run.task.batch and len({fid for fid, *_ in mapped}) == len(mapped) and all(
+                self.book.foldable(fid, file_offset, length)
+                for fid, file_offset, _, length in mapped):
+            whole = tuple(self.book.fold(fid, slot_offset) for fid, _, slot_offset, _ in mapped)
+            self._to_writer(WriteWhole(slot=record.slot, files=whole))
+            self.slots.to_writer(record.slot, tuple(
+                Piece(file_id=fid, file_offset=0, slot_offset=slot_offset, length=length)
+                for fid, _, slot_offset, length in mapped))
+            return
         pieces = []
-        for fid, file_offset, slot_offset, length in run.task.map(record.offset, record.length):
+        for fid, file_offset, slot_offset, length in mapped:
             self.book.open(fid)
             if self.book.files[fid].state is F.OPEN:
                 pieces.append(Piece(file_id=fid, file_offset=file_offset,

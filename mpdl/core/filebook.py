@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .checkpoints import Checkpoints, JournalSynced
 from ..formats.manifest import FileEntry
-from .messages import CloseFile, FileClosed, OpenFile, Synced, ToWriter
+from .messages import CloseFile, FileClosed, OpenFile, Synced, ToWriter, WholeFile
 from .plan import Plan
 from ..progress import Counts
 from .ranges import RangeSet
@@ -88,6 +88,31 @@ class FileBook:
         self._to_writer(OpenFile(
             file_id=fid, staging=str(self.layout.staging(entry)), size=entry.size,
             fresh=not file.have, algo=entry.hash.algo if stream_hash and entry.hash else None))
+
+    def foldable(self, fid: int, file_offset: int, length: int) -> bool:
+        """Whether the file's bytes, all of them here in one slot, can open and close it in
+        one record (WholeFile): a fresh file of known size with no other live task, fetched
+        for the first time (a refetch after a mismatch goes through the votes: CloseFile)."""
+        file = self.files[fid]
+        return (file.state is F.PENDING and not file.have and file.live_tasks == 1
+                and not file_offset and length > 0 and file.entry.size == length
+                and not file.refetched and fid not in self.voting)
+
+    def fold(self, fid: int, slot_offset: int) -> WholeFile:
+        """Open and close a ``foldable`` file at once, as ``open`` and ``close`` would."""
+        file = self.files[fid]
+        entry = file.entry
+        assert entry.size is not None
+        self._move(file, F.OPEN)
+        if self.checkpoints.journaling:
+            self._effect(ForgetRanges(entry))  # before the writer empties the file
+        self._move(file, F.CLOSING)
+        verify = entry.hash is not None and not file.checked
+        return WholeFile(
+            file_id=fid, staging=str(self.layout.staging(entry)),
+            destination=str(self.layout.final(entry.path)), slot_offset=slot_offset,
+            size=entry.size, hash=str(entry.hash) if verify else None,
+            executable=entry.executable, reserve=self.to_write - _missing(file))
 
     def close(self, fid: int) -> None:
         """Every byte is written (or on its way, ahead of this record): verify and rename."""

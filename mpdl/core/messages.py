@@ -7,7 +7,7 @@ queues (never blocking), children answer through pipes.
 
     supervisor --ToWorker: Fetch/Grant/Cut/Cancel/Stop--> worker
                   worker --FromWorker: Filled/Failed/Alive/Redirected/Validated--> supervisor
-    supervisor --ToWriter: OpenFile/WriteSlot/CloseFile/Sync/Stop--> writer
+    supervisor --ToWriter: OpenFile/WriteSlot/WriteWhole/CloseFile/Sync/Stop--> writer
                   writer --FromWriter: SlotWritten/FileClosed/Synced/WriteFailed--> supervisor
 
 One union per direction names what may travel that way; every receiver raises UnknownRecord
@@ -213,6 +213,30 @@ class WriteSlot(NamedTuple):
     pieces: tuple[Piece, ...]
 
 
+class WholeFile(NamedTuple):
+    """A fresh file whose bytes are all of one slot's [slot_offset, slot_offset+size): what
+    OpenFile, its piece and CloseFile (kept, round 1) would say, in one record."""
+
+    file_id: int
+    staging: str
+    destination: str
+    slot_offset: int
+    size: int
+    hash: str | None  # verified from the slot before the file takes its name
+    executable: bool
+    reserve: int  # as CloseFile's: the room copies kept after a mismatch must leave
+
+
+class WriteWhole(NamedTuple):
+    """Create, write, verify and rename each of ``files`` from ``slot``, then give it back:
+    one record where three per file would do the same (a batch of small files: issue 18).
+    The replies are those of the three: SlotWritten for the slot, then a FileClosed (or a
+    WriteFailed) per file."""
+
+    slot: int
+    files: tuple[WholeFile, ...]
+
+
 class CloseFile(NamedTuple):
     """All bytes are written (``keep``) or the file failed (not ``keep``: remove the copies a
     vote kept; the staging file stays if the journal records durable ranges of it, for a
@@ -286,7 +310,7 @@ class WriteFailed(NamedTuple):
 
 ToWorker = Fetch | Grant | Cut | Cancel | Stop
 FromWorker = Filled | Failed | Alive | Redirected | Validated
-ToWriter = OpenFile | WriteSlot | CloseFile | Sync | Stop
+ToWriter = OpenFile | WriteSlot | WriteWhole | CloseFile | Sync | Stop
 FromWriter = SlotWritten | FileClosed | Synced | WriteFailed
 
 

@@ -36,15 +36,31 @@ def make_folder_inside(folder: str, root: str) -> bool:
     return True
 
 
+#: Paths a Layout remembers, of each kind: a file's are asked several times over its short
+#: life in a run (opened, closed, journaled), and a run of 100,000 files must not keep them all.
+REMEMBERED = 4096
+
+
 class Layout:
+    """A run's places. A file's final and staging paths are asked of it several times as the
+    file goes through the coordinator (about nine builds a small file), so the recent ones are
+    remembered (each Path made once: str() of it is then kept by the Path itself)."""
+
     def __init__(self, dest: Path, state_dir: Path | None = None) -> None:
         self.dest = Path(os.path.abspath(dest))
         self.state_dir = Path(os.path.abspath(state_dir)) if state_dir else self.dest / STATE_DIR
         self.staging_dir = self.state_dir / "staging"
         self._dest_prefix = os.path.join(str(self.dest), "")
+        self._finals: dict[str, Path] = {}
+        self._stagings: dict[tuple[str, int | None, object], Path] = {}
 
     def final(self, path: str) -> Path:
-        return self.dest.joinpath(*path.split("/"))
+        known = self._finals.get(path)
+        if known is None:
+            if len(self._finals) >= REMEMBERED:
+                self._finals.clear()
+            known = self._finals[path] = self.dest.joinpath(*path.split("/"))
+        return known
 
     def final_name(self, path: str) -> str:
         """``final`` as a string, without a Path object: what a survey of 100,000 files
@@ -53,8 +69,15 @@ class Layout:
 
     def staging(self, entry: FileEntry) -> Path:
         """Named by what the file is (path, size, hash), never by where it comes from."""
-        key = f"{entry.path}\0{entry.size}\0{entry.hash}".encode()
-        return self.staging_dir / f"{xxhash.xxh3_64_hexdigest(key)}.part"
+        what = (entry.path, entry.size, entry.hash)
+        known = self._stagings.get(what)
+        if known is None:
+            if len(self._stagings) >= REMEMBERED:
+                self._stagings.clear()
+            key = f"{entry.path}\0{entry.size}\0{entry.hash}".encode()
+            known = self._stagings[what] = (
+                self.staging_dir / f"{xxhash.xxh3_64_hexdigest(key)}.part")
+        return known
 
 
 def place_link(layout: Layout, link: LinkEntry) -> bool:

@@ -37,7 +37,8 @@ from ..procs.child import batches, child_setup
 from ..formats.hashing import hash_file, new_hasher, parse_hash
 from .layout import make_folder_inside
 from ..core.messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotWritten, Stop,
-                             Sync, Synced, ToWriter, UnknownRecord, WriteFailed, WriteSlot)
+                             Sync, Synced, ToWriter, UnknownRecord, WholeFile, WriteFailed,
+                             WriteSlot, WriteWhole)
 from ..osdeps import (O_BINARY, FileInUse, fsync, readinto_at, replace, sync_filesystem,
                       write_at)
 from ..core.ranges import RangeSet
@@ -227,6 +228,8 @@ class Writer:
         later, through ``replies``). Stop is writer_main's to act on, not a record to apply."""
         if isinstance(record, WriteSlot):
             return self.write(record)
+        if isinstance(record, WriteWhole):
+            return self.write_whole(record)
         if isinstance(record, OpenFile):
             return self.open(record)
         if isinstance(record, CloseFile):
@@ -249,6 +252,18 @@ class Writer:
             if len(staged.writes) >= 64:
                 staged.writes = [w for w in staged.writes if not w.done()]
             staged.writes.append(job)
+        return []
+
+    def write_whole(self, record: WriteWhole) -> list[FromWriter]:
+        """Files made, written, verified and renamed from one slot (``_write_whole``), after
+        the jobs of any earlier staging file of theirs (a file started over)."""
+        after: list[Future | None] = []
+        for whole in record.files:
+            earlier = self.files.pop(whole.file_id, None)
+            if earlier is not None:
+                after += [earlier.opened, *earlier.writes]
+        small = sum(whole.size for whole in record.files) < POOL_FROM
+        self._submit(_write_whole, after, self, record, inline=small)
         return []
 
     def close(self, record: CloseFile) -> list[FromWriter]:
@@ -381,23 +396,25 @@ class Writer:
                                        mismatch=True, differing=differ)]
                 if record.round:  # copies a run stopped while voting may have left
                     remove([copy_path(path), aside_path(path)])
-            if record.executable:
+        except OSError as exc:
+            return _close_error(record.file_id, path, record.destination, exc)
+        return self._place(record.file_id, path, record.destination, record.executable)
+
+    def _place(self, file_id: int, path: str, destination: str,
+               executable: bool) -> list[FromWriter]:
+        """A verified staging file takes its final name (and its x bits)."""
+        try:
+            if executable:
                 mode = os.stat(path).st_mode
                 os.chmod(path, mode | ((mode & 0o444) >> 2))  # x wherever r is set
-            if not self._checked_folder(os.path.dirname(record.destination)):
+            if not self._checked_folder(os.path.dirname(destination)):
                 _remove(path)
-                return [FileClosed(file_id=record.file_id, ok=False,
+                return [FileClosed(file_id=file_id, ok=False,
                                    reason="its folder leads out of the destination")]
-            replace(path, record.destination)  # FileInUse (EBUSY): this file fails
+            replace(path, destination)  # FileInUse (EBUSY): this file fails
         except OSError as exc:
-            if exc.errno in PER_FILE_ERRORS:
-                if not isinstance(exc, FileInUse):  # else verified: kept for the run's end
-                    _remove(path)
-                return [FileClosed(file_id=record.file_id, ok=False,
-                                   reason=f"{record.destination}: {_why(exc)}")]
-            return [WriteFailed(file_id=record.file_id, path=record.destination,
-                                reason=_why(exc))]
-        return [FileClosed(file_id=record.file_id, ok=True, reason="")]
+            return _close_error(file_id, path, destination, exc)
+        return [FileClosed(file_id=file_id, ok=True, reason="")]
 
     def _sync(self, record: Sync) -> list[FromWriter]:
         """fsync each file, or the whole filesystem at once when there are many. A failure is
@@ -457,6 +474,84 @@ class Writer:
         """Stop: jobs not started are dropped, running ones finish, then descriptors close."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.fds.close_all()
+
+
+def _close_error(file_id: int, path: str, destination: str,
+                 exc: OSError) -> list[FromWriter]:
+    """A file that failed as it was verified or placed: this file alone, or the disk."""
+    if exc.errno in PER_FILE_ERRORS:
+        if not isinstance(exc, FileInUse):  # else verified: kept for the run's end
+            _remove(path)
+        return [FileClosed(file_id=file_id, ok=False, reason=f"{destination}: {_why(exc)}")]
+    return [WriteFailed(file_id=file_id, path=destination, reason=_why(exc))]
+
+
+def _write_whole(writer: Writer, record: WriteWhole) -> list[FromWriter]:
+    """The job of a WriteWhole: each file as OpenFile (fresh), its one piece and CloseFile
+    (kept, round 1) would make it, from the slot: created, written, its hash checked on the
+    bytes written before it takes its name. SlotWritten comes first, with the bytes written,
+    as the write job's reply comes before the close jobs' that wait for it."""
+    written = 0
+    closed: list[FromWriter] = []
+    with writer.ring.view(record.slot) as view:
+        for whole in record.files:
+            data = view[whole.slot_offset:whole.slot_offset + whole.size]
+            try:
+                folder = os.path.dirname(whole.staging)
+                if folder not in writer.made:
+                    os.makedirs(folder, exist_ok=True)
+                    writer.made.add(folder)
+                fd = os.open(whole.staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_BINARY,
+                             0o644)
+                try:
+                    write_at(fd, data, 0)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                closed += _whole_unwritten(whole, exc)
+                continue
+            written += whole.size
+            closed += _whole_verified(writer, whole, data)
+    return [SlotWritten(slot=record.slot, written=written), *closed]
+
+
+def _whole_unwritten(whole: WholeFile, exc: OSError) -> list[FromWriter]:
+    """A WholeFile's staging file could not be made or written: this path's problem fails
+    the file (its staging file goes); the disk's stops the run, the file kept for a re-run."""
+    if exc.errno in PER_FILE_ERRORS:
+        _remove(whole.staging)
+        return [FileClosed(file_id=whole.file_id, ok=False,
+                           reason=f"{whole.staging}: {_why(exc)}")]
+    return [WriteFailed(file_id=whole.file_id, path=whole.staging, reason=_why(exc)),
+            FileClosed(file_id=whole.file_id, ok=False,
+                       reason=f"not all of it was written ({_why(exc)}); what was is kept "
+                              "for a re-run")]
+
+
+def _whole_verified(writer: Writer, whole: WholeFile, data: memoryview) -> list[FromWriter]:
+    """A written WholeFile: its hash, then its final name (Writer._close's, round 1)."""
+    if whole.hash:
+        spec = parse_hash(whole.hash)
+        hasher = spec.new()
+        hasher.update(data)
+        actual = hasher.hexdigest()
+        if not spec.matches(actual):
+            wrong = f"{spec.algo} is {actual}, the manifest says {spec.hexdigest}"
+            try:
+                differ = after_mismatch(whole.staging, 1, writer.ring.spec.slot_size,
+                                        whole.reserve)
+            except NoRoomToVote as exc:
+                differ = ()
+                wrong += f"; the copies to vote on do not fit: {exc}"
+            except OSError as exc:
+                return _close_error(whole.file_id, whole.staging, whole.destination, exc)
+            return [FileClosed(file_id=whole.file_id, ok=False, reason=wrong, mismatch=True,
+                               differing=differ)]
+        try:  # copies a run stopped while voting may have left
+            remove([copy_path(whole.staging), aside_path(whole.staging)])
+        except OSError as exc:
+            return _close_error(whole.file_id, whole.staging, whole.destination, exc)
+    return writer._place(whole.file_id, whole.staging, whole.destination, whole.executable)
 
 
 def _why(exc: OSError) -> str:

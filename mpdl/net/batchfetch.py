@@ -14,17 +14,24 @@ body is in, so that an object that fails never costs the ones before it:
 The body of each response is held to what fetch.py holds any plain GET to: a 200 of exactly
 the declared length (a longer or shorter one is NotOnMirror or a TransientError), the run's
 speed cap and floor, and bytes that arrived unread counted as fetched.
+
+Each GET goes out on the fetch thread's own connection (leanget.py: half the CPU of a request
+through urllib3's pool); an object that path does not take (a proxy, a redirect) is asked of
+the pool, as before, and only that object.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import urllib3
+
 from ..errors import FetchError, IntegrityError, NotOnMirror, TransientError
 from .fetch import (CappedReads, Cancelled, Cursor, Meter, Report, Stopped, _has_more,
                     arrived_unread, raw_body)
 from ..formats.hashing import parse_hash
 from .http import discard, open_response, status_error
+from .leanget import Exchange, Lean
 from ..core.messages import Failed, Fetch, Filled
 from .proxy import Routed
 from .ratelimit import SpeedCap
@@ -34,8 +41,9 @@ from ..core.speedfloor import SpeedFloor
 
 def fetch_batch(job: Fetch, pool: Routed, ring: Ring, report: Report, meter: Meter,
                 cursor: Cursor, cancelled: Callable[[], bool], cap: SpeedCap | None = None,
-                floor: SpeedFloor | None = None) -> None:
-    """Run the batch ``job`` (module docstring); ``cancelled`` says the coordinator dropped it."""
+                floor: SpeedFloor | None = None, lean: Lean | None = None) -> None:
+    """Run the batch ``job`` (module docstring); ``cancelled`` says the coordinator dropped it,
+    ``lean`` is the fetch thread's own connections (None: every GET through the pool)."""
     checks = {check.offset: check for check in job.checks}
     done = 0  # output bytes of the objects complete and checked
     with ring.view(job.slot) as view:
@@ -49,7 +57,7 @@ def fetch_batch(job: Fetch, pool: Routed, ring: Ring, report: Report, meter: Met
                 raise Cancelled()
             try:
                 _fetch_one(url, length, credentials, pool, view[done:done + length], meter,
-                           cursor, cap, floor, ring, job.slot, done)
+                           cursor, cap, floor, ring, job.slot, done, lean)
                 check = checks.get(done)
                 if check is not None:
                     spec = parse_hash(check.hash)
@@ -82,9 +90,18 @@ def fetch_batch(job: Fetch, pool: Routed, ring: Ring, report: Report, meter: Met
 
 def _fetch_one(url: str, length: int, credentials: bool, pool: Routed, view: memoryview,
                meter: Meter, cursor: Cursor, cap: SpeedCap | None, floor: SpeedFloor | None,
-               ring: Ring, slot: int, at: int) -> None:
-    """One object's body, exactly ``length`` bytes, into ``view``."""
-    response = open_response(pool, url, {}, credentials=credentials)
+               ring: Ring, slot: int, at: int, lean: Lean | None) -> None:
+    """One object's body, exactly ``length`` bytes, into ``view``: on the thread's own
+    connection, else (a proxy, a redirect, no ``lean``) through the pool."""
+    exchange = None if lean is None else lean.get(url, credentials)
+    response: Exchange | urllib3.BaseHTTPResponse
+    if exchange is not None:
+        response, raw = exchange, exchange._fp
+    else:
+        if lean is not None:
+            meter.unreported += lean.take_unread()  # an answer it left to the pool
+        response = open_response(pool, url, {}, credentials=credentials)
+        raw = raw_body(response)
     cursor.response = response
     try:
         if response.status != 200:
@@ -95,7 +112,6 @@ def _fetch_one(url: str, length: int, credentials: bool, pool: Routed, view: mem
         if known is not None and known != length:
             raise NotOnMirror(f"{url}: the server has {known} bytes, the manifest says "
                               f"{length}")
-        raw = raw_body(response)
         reads = CappedReads(response, cap, floor)
         got = 0
         while got < length:
@@ -113,12 +129,24 @@ def _fetch_one(url: str, length: int, credentials: bool, pool: Routed, view: mem
     except BaseException:
         cursor.response = None
         meter.unreported += arrived_unread(response)
-        discard(response)
+        _end(response, exchange, lean, keep=False)
         raise
     cursor.response = None
-    if raw.isclosed() and not reads.shrunk_and_lifted:
+    _end(response, exchange, lean, keep=raw.isclosed() and not reads.shrunk_and_lifted)
+
+
+def _end(response: Exchange | urllib3.BaseHTTPResponse, exchange: Exchange | None,
+         lean: Lean | None, *, keep: bool) -> None:
+    """The response is over: its connection kept for the next request when ``keep`` (the
+    body read to its end), else closed."""
+    if exchange is not None:
+        assert lean is not None
+        lean.done(exchange, keep)
+    elif keep:
+        assert isinstance(response, urllib3.BaseHTTPResponse)
         response.release_conn()
     else:
+        assert isinstance(response, urllib3.BaseHTTPResponse)
         discard(response)
 
 

@@ -86,7 +86,8 @@ class Cursor:
     def __init__(self, end: int | None) -> None:
         self.end = end
         self.position = 0
-        self.response: urllib3.BaseHTTPResponse | None = None
+        # a urllib3 response, or a batch's leanget.Exchange: read through getattr only
+        self.response: object | None = None
         self.stopping = False
 
     def stop(self) -> None:
@@ -160,7 +161,7 @@ def raw_body(response: urllib3.BaseHTTPResponse) -> http.client.HTTPResponse:
     return response._fp
 
 
-def arrived_unread(response: urllib3.BaseHTTPResponse) -> int:
+def arrived_unread(response: object) -> int:
     """Body bytes of ``response`` that reached this host but will not be read, as it is dropped
     (cut short, cancelled, failed): the server sent them, and the run's count of bytes on the
     wire includes them. The socket's receive queue (FIONREAD; with TLS, its records as they

@@ -31,6 +31,7 @@ from .child import batches, child_setup
 from ..errors import FetchError, TransientError
 from ..net.fetch import Cancelled, Cursor, Meter, Stopped, fetch
 from ..net.http import make_pool
+from ..net.leanget import Lean
 from ..core.messages import (Alive, Cancel, Cut, Failed, FailKind, Fetch, FromWorker, Grant, Stop,
                              ToWorker, UnknownRecord)
 from ..options import Options
@@ -127,6 +128,7 @@ class Worker:
     def fetch_loop(self) -> None:
         """One fetch thread: jobs one after the other over its connection, each answered."""
         scratch = bytearray(SCRATCH_SIZE)
+        lean = Lean(self.pool)  # this thread's own connections, for batches
         while True:
             job = self.jobs.get()
             if job is None or self.stopping.is_set():
@@ -139,7 +141,7 @@ class Worker:
                 if job.batch:
                     fetch_batch(job, self.pool, self.ring, self.send, meter, self.cursors[key],
                                 functools.partial(self.cancelled.__contains__, key),
-                                self.cap, self.floor)
+                                self.cap, self.floor, lean)
                     continue
                 fetch(job, self.pool, self.ring, self.grants[key].get, self.send, scratch, meter,
                       self.cursors[key], self.cap, self.floor)

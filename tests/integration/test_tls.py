@@ -27,6 +27,7 @@ from helpers import (TOOL, Depot, LoggedRequest, Nginx, assert_installed, assert
 
 from mpdl.errors import UsageError
 from mpdl.options import Options
+from mpdl.core.plan import BATCH_SPREAD
 from perf import servers, tls
 
 CONNECTIONS = 4
@@ -228,3 +229,53 @@ def test_cacert_must_be_a_ca_file(tmp_path: Path) -> None:
 
 def test_cacert_accepts_a_path(tls_nginx: TlsNginx) -> None:
     assert Options(cacert=tls_nginx.ca).cacert == os.fspath(tls_nginx.ca)
+
+
+# --- batches of small files on the fetch threads' own connections (mpdl/net/leanget.py) ---------
+
+
+@pytest.fixture(scope="module")
+def small_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TlsNginx, dict]]:
+    """nginx serving 4 * BATCH_SPREAD files of 1-3 KiB over HTTPS, and their manifest: batches
+    of 4 (plan.batched)."""
+    if servers.find_nginx() is None:
+        skip_or_fail(servers.NGINX_MISSING)
+    if tls.find_openssl() is None:
+        skip_or_fail(tls.OPENSSL_MISSING)
+    tmp = tmp_path_factory.mktemp("tls-small")
+    (tmp / "srv" / "o").mkdir(parents=True)
+    files = []
+    for i in range(4 * BATCH_SPREAD):
+        data = os.urandom(1024 + i * 37 % 2048)
+        (tmp / "srv" / "o" / f"{i:03d}").write_bytes(data)
+        files.append({"path": f"f/{i:03d}.bin", "size": len(data), "url": f"o/{i:03d}"})
+    authority = tls.make_authority(tmp / "ca")
+    log = tmp / "access.log"
+    with servers.nginx(tmp / "srv", tmp / "nginx", workers=1, file_cache=False,
+                       tls=authority.server, access_log=log) as server:
+        assert server.tls_url is not None
+        tls_port = int(server.tls_url.rstrip("/").rsplit(":", 1)[1])
+        plain = Nginx(server.url, tmp / "srv", server.port, log)
+        yield (TlsNginx(plain, server.tls_url, tls_port, authority.ca),
+               {"format": "mpdl/1", "base_urls": [server.tls_url], "files": files})
+
+
+def test_batches_over_tls_are_verified_and_keep_their_connections(
+    small_tls: tuple[TlsNginx, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, manifest = small_tls
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "MPDL_CACERT"):
+        monkeypatch.delenv(name, raising=False)
+    before = len(server.requests())
+    refused = run(manifest, tmp_path / "refused", connections=CONNECTIONS)
+    assert not refused.ok and refused.error and "certificate" in refused.error, refused.error
+    assert not gets_since(server, before), "a request went out on an unverified connection"
+    result = run(manifest, tmp_path / "d", connections=CONNECTIONS, cacert=server.ca)
+    assert result.ok, (result.error, result.failed)
+    for item in manifest["files"]:
+        assert ((tmp_path / "d" / item["path"]).read_bytes()
+                == (server.plain.root / item["url"]).read_bytes())
+    gets = gets_since(server, before)
+    assert len(gets) == len(manifest["files"]) and all(r.status == 200 for r in gets)
+    connections = {r.connection for r in gets}
+    assert len(connections) <= CONNECTIONS < len(gets), (len(connections), len(gets))

@@ -47,6 +47,9 @@ class Fault:
     wrong_content_range: bool = False  # a 206 answers a range next to the one asked
     short_body: int | None = None  # withhold the last N body bytes, then close
     delay: float = 0.0  # seconds to wait before answering
+    # Read the request, then close the connection without a word (logged with status 0): a
+    # keep-alive connection the server closed as the client sent its next request.
+    drop: bool = False
     rate: int | None = None  # send the body at most this many bytes per second
     unless_query: str | None = None  # behave when the query string holds this (a fresh token)
     starting_below: int | None = None  # behave for a Range that starts at this byte or later
@@ -154,6 +157,13 @@ class FaultHandler(RangeRequestHandler):
             reply.headers.pop("Content-Length", None)
             reply.headers["Transfer-Encoding"] = "chunked"
         return reply
+
+    def send_reply(self, reply: Reply) -> None:
+        if self.fault.drop:
+            self.log_request(0)
+            self.close_connection = True
+            return
+        super().send_reply(reply)
 
     def send_body(self, path: Path, span: range) -> None:
         fault = self.fault

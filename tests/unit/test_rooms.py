@@ -15,7 +15,7 @@ from mpdl.core.board import Limits, TaskBoard
 from mpdl.core.contests import Contests
 from mpdl.core.delivery import Delivery
 from mpdl.core.dispatch import Dispatch
-from mpdl.core.filebook import FileBook
+from mpdl.core.filebook import FileBook, ForgetRanges
 from mpdl.disk.layout import Layout
 from mpdl.formats.manifest import parse_manifest
 from mpdl.core.messages import (Cancel, CloseFile, FailKind, Fetch, Filled, OpenFile, SlotWritten,
@@ -23,10 +23,11 @@ from mpdl.core.messages import (Cancel, CloseFile, FailKind, Fetch, Filled, Open
 from mpdl.core.plan import Planner, Span, Task
 from mpdl.progress import Counts
 from mpdl.core.races import Races
+from mpdl.core.ranges import RangeSet
 from mpdl.core.retry import Failure, RetryPolicy
 from mpdl.core.routes import Routes
 from mpdl.core.slots import SlotPool
-from mpdl.core.states import FileRun, TaskRun, TaskState
+from mpdl.core.states import FileRun, FileState, TaskRun, TaskState
 from mpdl.core.streams import Streams
 from mpdl.core.tail import TailPolicy
 from mpdl.core.validators import Validators
@@ -254,3 +255,35 @@ def test_slots_go_to_the_writer_the_file_closes_behind_its_last_and_written_byte
     assert [type(r) for r in sent[2:]] == [WriteSlot, CloseFile]  # right behind its last
     delivery.written(SlotWritten(slot=1, written=50))
     assert last.state is T.DONE and counts.bytes_done == 150 and slots.free == 8
+
+
+# -- the file book: a file folded into one writer record (WriteWhole) -----------------------------
+
+
+def test_only_a_fresh_whole_file_fetched_the_first_time_is_folded():
+    manifest = parse_manifest({"format": "mpdl/1", "base_urls": [A], "files": [
+        {"path": f"f{i}", "size": 10, "url": f"f{i}", "hash": "md5:" + "0" * 32}
+        for i in range(5)]})
+    plan = Planner(chunk_size=100).plan(list(enumerate(manifest.files)), have={})
+    effects: list[object] = []
+    book = FileBook(plan, layout=Layout(Path("/nonexistent/mpdl-rooms-test")), have={},
+                    journaling=True, counts=Counts(), to_writer=[].append, effect=effects.append)
+    for file in book.files.values():
+        file.live_tasks = 1
+    assert book.foldable(0, 0, 10)
+    assert not book.foldable(0, 0, 9) and not book.foldable(0, 1, 9)  # not all of it here
+    book.files[1].have = RangeSet()
+    book.files[1].have.add(0, 5)
+    assert not book.foldable(1, 0, 10)  # resumed: its staging file keeps bytes
+    book.files[2].refetched = True
+    assert not book.foldable(2, 0, 10)  # a second fetch after a mismatch: the votes' rounds
+    book.files[3].live_tasks = 2
+    assert not book.foldable(3, 0, 10)  # another task still feeds it
+    whole = book.fold(0, 30)
+    assert (whole.file_id, whole.slot_offset, whole.size) == (0, 30, 10)
+    assert whole.hash is None  # a whole object's hash is checked by its worker (plan.verified)
+    assert book.files[0].state is FileState.CLOSING
+    assert effects == [ForgetRanges(manifest.files[0])]  # before the writer empties the file
+    assert not book.foldable(0, 0, 10)  # once
+    book.files[4].checked = False  # else the writer checks it, before the rename
+    assert book.fold(4, 0).hash == "md5:" + "0" * 32

@@ -22,7 +22,8 @@ from mpdl.disk.layout import Layout
 from mpdl.formats.manifest import Manifest, parse_manifest
 from mpdl.core.messages import (Alive, Cancel, CloseFile, Cut, Expect, Failed, FailKind, Fetch,
                                 FileClosed, Filled, Grant, OpenFile, Redirected, SlotWritten, Sync,
-                                Synced, UnknownRecord, Validated, WriteFailed, WriteSlot)
+                                Synced, UnknownRecord, Validated, WriteFailed, WriteSlot,
+                                WriteWhole)
 from mpdl.core.plan import Planner
 from mpdl.core.ranges import RangeSet
 from mpdl.core.retry import RETRY_AFTER_MAX, RetryPolicy, backoff
@@ -175,7 +176,7 @@ class Sim:
         assert all(n == 1 for n in ended.values()), f"a file ended twice: {ended}"
         # No slot is used twice: by two attempts filling it, or filled while the writer has it.
         filling = [j.slot for j in self.jobs.values() if j.slot is not None]
-        writing = [r.slot for r in self.pending if isinstance(r, WriteSlot)]
+        writing = [r.slot for r in self.pending if isinstance(r, (WriteSlot, WriteWhole))]
         assert len(set(filling + writing)) == len(filling + writing), (filling, writing)
         held = [slot for slot in range(s.slots.size) if s.slots.holder(slot) is not None]
         assert s.slots.free + len(held) == s.slots.size
@@ -257,8 +258,16 @@ class Sim:
         raise AssertionError("nothing like that was sent to the writer")
 
     def written(self, slot: int, written: int | None = None):
-        record = self._answered(lambda r: isinstance(r, WriteSlot) and r.slot == slot)
-        if written is None:
+        record = self._answered(lambda r: isinstance(r, (WriteSlot, WriteWhole))
+                                and r.slot == slot)
+        if isinstance(record, WriteWhole):  # the writer's verdicts on its files come next
+            self.pending.extendleft(reversed([
+                CloseFile(file_id=f.file_id, keep=True, destination=f.destination,
+                          hash=f.hash, executable=f.executable, round=1 if f.hash else 0,
+                          reserve=f.reserve) for f in record.files]))
+            if written is None:
+                written = sum(f.size for f in record.files)
+        elif written is None:
             written = sum(piece.length for piece in record.pieces)
         return self.from_writer(SlotWritten(slot=slot, written=written))
 
@@ -297,7 +306,7 @@ class Sim:
                 record = self.pending[0]
                 if isinstance(record, OpenFile):
                     self.pending.popleft()
-                elif isinstance(record, WriteSlot):
+                elif isinstance(record, (WriteSlot, WriteWhole)):
                     self.written(record.slot)
                 elif record.keep:  # CloseFile
                     replies = self.close_replies.get(record.file_id)
@@ -1808,10 +1817,16 @@ def test_a_batch_is_one_fetch_of_each_objects_url_on_its_mirror_into_one_slot():
     assert fetch.batch == tuple((f"{A}s/{i:04d}", 10, True) for i in range(4))
     assert fetch.url == A + "s/0000" and fetch.length == 40 and fetch.expect is None
     assert [c.offset for c in fetch.checks] == [0, 10, 20, 30]
-    sim.fill(fetch)
-    [write] = sim.to_writer(WriteSlot)
-    assert [(p.file_id, p.slot_offset, p.length) for p in write.pieces] == [
+    out = sim.fill(fetch)
+    # One record for its four files: each opened, written, verified and closed from the slot.
+    [write] = out.to_writer
+    assert isinstance(write, WriteWhole) and write.slot == fetch.slot
+    assert [(f.file_id, f.slot_offset, f.size) for f in write.files] == [
         (i, 10 * i, 10) for i in range(4)]
+    assert all(f.destination == str(sim.layout.final(f"s/{i:04d}"))
+               and f.staging == str(sim.layout.staging(sim.manifest.files[i]))
+               for i, f in enumerate(write.files))
+    assert {sim.file(i).state for i in range(4)} == {F.CLOSING}
     sim.serve()
     assert sim.ended() == {f"s/{i:04d}": (True, "") for i in range(256)}
     assert len(sim.all_sent(Fetch)) == 64
@@ -1823,9 +1838,8 @@ def test_a_batch_that_breaks_half_way_keeps_what_came_and_judges_the_object_that
     run = sim.run(fetch)
     budget = run.budget
     out = broke(sim, fetch, 2)
-    [write] = sim.to_writer(WriteSlot, out)
-    assert [p.file_id for p in write.pieces] == [0, 1]
-    assert [c.file_id for c in sim.to_writer(CloseFile, out)] == [0, 1]
+    [write] = sim.to_writer(WriteWhole, out)
+    assert [f.file_id for f in write.files] == [0, 1]
     head = sim.s.runs[sim.s.slots.holder(write.slot).task_id]  # the two that came
     assert head is not run and head.state is T.DRAINING
     assert head.task.batch == (("s/0000", 10), ("s/0001", 10))

@@ -13,7 +13,7 @@ import pytest
 from helpers import replies
 
 from mpdl.core.messages import (CloseFile, Fetch, FileClosed, OpenFile, Piece, SlotWritten, Stop,
-                                UnknownRecord, WriteFailed, WriteSlot)
+                                UnknownRecord, WholeFile, WriteFailed, WriteSlot, WriteWhole)
 from mpdl.procs.ring import Ring
 from mpdl import osdeps
 from mpdl.osdeps import write_at
@@ -188,3 +188,103 @@ def test_a_short_write_goes_on_until_every_byte_is_written(
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == data
+
+
+# --- WriteWhole: a batch's files made, written, verified and renamed by one record ------------
+
+
+def whole_files(tmp_path: Path, ring: Ring, datas: list[bytes], **changes: object
+                ) -> tuple[WholeFile, ...]:
+    """``datas`` back to back in slot 0, each a WholeFile with its md5 (``changes`` apply to
+    the second)."""
+    out, at = [], 0
+    with ring.view(0) as view:
+        for i, data in enumerate(datas):
+            view[at:at + len(data)] = data
+            whole = WholeFile(file_id=i, staging=str(tmp_path / "s" / f"{i}.part"),
+                              destination=str(tmp_path / "d" / f"f{i}"), slot_offset=at,
+                              size=len(data), hash="md5:" + hashlib.md5(data).hexdigest(),
+                              executable=False, reserve=0)
+            out.append(whole._replace(**changes) if i == 1 else whole)
+            at += len(data)
+    return tuple(out)
+
+
+def test_a_whole_batch_is_written_verified_and_renamed_by_one_record(tmp_path: Path) -> None:
+    datas = [os.urandom(1000 + 7 * i) for i in range(5)]
+    ring = Ring.create(slot_size=8192, slots=1)
+    writer = Writer(ring, str(tmp_path))
+    try:
+        files = whole_files(tmp_path, ring, datas, executable=True)
+        assert writer.handle(WriteWhole(slot=0, files=files)) == []
+        out = replies(writer)
+    finally:
+        writer.close_all()
+        ring.close()
+    # the slot first (its bytes written), then each file's verdict, as three records would
+    assert out == [SlotWritten(slot=0, written=sum(map(len, datas))),
+                   *(FileClosed(file_id=i, ok=True, reason="") for i in range(5))]
+    for i, data in enumerate(datas):
+        assert (tmp_path / "d" / f"f{i}").read_bytes() == data
+    assert os.access(tmp_path / "d" / "f1", os.X_OK) and not os.access(tmp_path / "d" / "f0",
+                                                                       os.X_OK)
+    assert not list((tmp_path / "s").iterdir()), "a staging file was left behind"
+
+
+def test_a_whole_file_that_fails_its_hash_never_takes_its_name(tmp_path: Path) -> None:
+    """The hash is checked on the bytes written, before the rename; the others go on."""
+    datas = [os.urandom(1000) for _ in range(3)]
+    ring = Ring.create(slot_size=8192, slots=1)
+    writer = Writer(ring, str(tmp_path))
+    try:
+        files = whole_files(tmp_path, ring, datas, hash="md5:" + "0" * 32)
+        writer.handle(WriteWhole(slot=0, files=files))
+        out = replies(writer)
+    finally:
+        writer.close_all()
+        ring.close()
+    [bad] = [r for r in out if isinstance(r, FileClosed) and not r.ok]
+    assert bad.file_id == 1 and bad.mismatch and "md5" in bad.reason
+    assert not (tmp_path / "d" / "f1").exists()
+    assert (tmp_path / "d" / "f0").read_bytes() == datas[0]
+    assert (tmp_path / "d" / "f2").read_bytes() == datas[2]
+
+
+def test_a_whole_file_whose_write_fails_stops_the_run_and_keeps_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk error on one file: WriteFailed (the run stops), that file not placed and its
+    bytes not counted as written; the others are written as any."""
+    datas = [os.urandom(1000) for _ in range(3)]
+    ring = Ring.create(slot_size=8192, slots=1)
+    writer = Writer(ring, str(tmp_path))
+    real_pwrite = os.pwrite
+    failing = str(tmp_path / "s" / "1.part")
+    fds: dict[int, str] = {}
+    real_open = os.open
+
+    def opened(path, flags, mode=0o777, **kw):  # type: ignore[no-untyped-def]
+        fd = real_open(path, flags, mode, **kw)
+        fds[fd] = str(path)
+        return fd
+
+    def pwrite(fd: int, view: memoryview, offset: int) -> int:
+        if fds.get(fd) == failing:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, view, offset)
+
+    monkeypatch.setattr(os, "open", opened)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    try:
+        writer.handle(WriteWhole(slot=0, files=whole_files(tmp_path, ring, datas)))
+        out = replies(writer)
+    finally:
+        writer.close_all()
+        ring.close()
+    assert out[0] == SlotWritten(slot=0, written=2000), "a failed write's bytes were counted"
+    [failed] = [r for r in out if isinstance(r, WriteFailed)]
+    assert failed.file_id == 1 and failed.path == failing
+    closed = {r.file_id: r for r in out if isinstance(r, FileClosed)}
+    assert closed[0].ok and closed[2].ok and not closed[1].ok
+    assert "not all of it was written" in closed[1].reason
+    assert not (tmp_path / "d" / "f1").exists()
+    assert (tmp_path / "d" / "f2").read_bytes() == datas[2]
