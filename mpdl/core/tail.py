@@ -183,14 +183,16 @@ class TailPolicy:
     def capped(self, rate: float | None, connections: int, slot_size: int) -> TailPolicy:
         """This policy under a speed cap of ``rate`` bytes a second shared by ``connections``:
         every range is slow by design, a slot taking its connection's share of the cap to
-        fill, so no range is raced before the factor times that, and a steal is no contest
-        (the victim is cut at once): either would spend the cap on bytes fetched twice
-        (measured: 20% of a 40 MiB file at 2 MiB/s with contests)."""
+        fill, so no range is raced before it stalls (``stall_factor`` times the factor times
+        that: a connection waiting on the cap's tokens, or on a busy machine's CPU, is not a
+        stalled one), and a steal is no contest (the victim is cut at once): either would
+        spend the cap on bytes fetched twice (measured: 20% of a 40 MiB file at 2 MiB/s with
+        contests). A race cannot make a capped run faster; it can only save a stalled one."""
         if rate is None:
             return self
         share = slot_size * connections / rate
-        return replace(self, race_floor=max(self.race_floor, self.race_factor * share),
-                       contest_steals=False)
+        stalled = self.stall_factor * self.race_factor * share
+        return replace(self, race_floor=max(self.race_floor, stalled), contest_steals=False)
 
     def patience(self, candidate: Candidate, pace: Pace, slot_size: int,
                  peers: Peers | None = None) -> float | None:

@@ -263,11 +263,17 @@ def test_a_range_that_cannot_be_cut_where_it_stands_is_not_raced():
     assert TailPolicy().choose([stuck], SLOT, FAST) is None
 
 
-def test_under_a_speed_cap_steals_are_no_contests_and_races_wait_for_the_share():
+def test_under_a_speed_cap_steals_are_no_contests_and_races_wait_for_a_stall():
+    """A slot takes 2 s at a connection's share: a range is raced once idle for the stall
+    factor (4) times the race factor (4) times that, as a range keeping up with its peers,
+    whether or not its first slot came (a connection waiting on the cap is not stalled)."""
     policy = TailPolicy()
     assert policy.capped(None, 4, MiB) is policy
-    capped = policy.capped(2 * MiB, 4, MiB)  # a slot takes 2 s at a connection's share
-    assert (capped.race_floor, capped.contest_steals) == (8.0, False)
+    capped = policy.capped(2 * MiB, 4, MiB)
+    assert (capped.race_floor, capped.contest_steals) == (32.0, False)
+    waiting = capped.choose([running(1, 1000, idle=31.0)], SLOT, FAST)  # no slot yet
+    assert not isinstance(waiting, Race)
+    assert isinstance(capped.choose([running(1, 1000, idle=33.0)], SLOT, FAST), Race)
 
 
 # -- whole runs: a real server with one bad connection --------------------------------------------
