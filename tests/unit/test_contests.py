@@ -137,8 +137,8 @@ def test_the_wakeup_is_when_a_stalled_range_will_have_waited_long_enough():
 def test_a_speed_cap_refits_the_policy_from_the_one_given():
     policy = TailPolicy(race_factor=2.0)
     room = Contests(policy, SLOT)
-    room.cap_changed(100.0, 2)  # a slot takes 2 s at a connection's share
-    assert room.policy == TailPolicy(race_factor=2.0, race_floor=4.0, contest_steals=False)
+    room.cap_changed(100.0, 2)  # a slot takes 2 s at a connection's share: stalled at 4x2x2
+    assert room.policy == TailPolicy(race_factor=2.0, race_floor=16.0, contest_steals=False)
     room.cap_changed(None, 2)
     assert room.policy is policy
 

@@ -1686,7 +1686,7 @@ def test_a_speed_cap_is_an_event_the_scheduler_follows():
     out = sim.fill(victim, 100, last=False)
     [thief] = sim.fetches(out)
     assert sim.sent(Cut, out) == [Cut(task_id=victim.task_id, attempt=victim.attempt, at=600)]
-    assert sim.s.contests.policy.race_floor == 0.8
+    assert sim.s.contests.policy.race_floor == 3.2  # stalled: 4 x 4 x 0.2 s
     sim.s.cap_changed(None, 2)
     assert sim.s.contests.policy == sim.s.contests.uncapped  # the policy it was given
 
