@@ -9,12 +9,11 @@ a stalled batch is raced whole and the run does not wait for the stall.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import xxhash
+from depots import small_objects
 from faultserver import Fault, FaultServer
 from helpers import gets, run
 
@@ -27,14 +26,7 @@ COUNT = 4 * BATCH_SPREAD  # batches of 4 (plan.batched)
 def small(tmp_path: Path) -> tuple[Path, dict]:
     """COUNT files of 1-3 KiB, each its own object, with xxh3 hashes."""
     root = tmp_path / "srv"
-    (root / "o").mkdir(parents=True)
-    files = []
-    for i in range(COUNT):
-        data = os.urandom(1024 + (i * 37) % 2048)
-        (root / "o" / f"{i:04d}").write_bytes(data)
-        files.append({"path": f"f/{i:04d}.bin", "size": len(data), "url": f"o/{i:04d}",
-                      "hash": f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}"})
-    return root, {"format": "mpdl/1", "files": files}
+    return root, small_objects(root, COUNT)
 
 
 def with_bases(manifest: dict, *bases: str) -> dict:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from depots import small_objects
 from faultserver import Fault, FaultServer
 from helpers import gets, run
 from miniproxy import mini_proxy
@@ -42,13 +43,7 @@ COUNT = 4 * BATCH_SPREAD  # batches of 4 (plan.batched)
 def small(tmp_path: Path) -> tuple[Path, dict]:
     """COUNT files of 1-3 KiB, each its own object."""
     root = tmp_path / "srv"
-    (root / "o").mkdir(parents=True)
-    files = []
-    for i in range(COUNT):
-        data = os.urandom(1024 + (i * 37) % 2048)
-        (root / "o" / f"{i:04d}").write_bytes(data)
-        files.append({"path": f"f/{i:04d}.bin", "size": len(data), "url": f"o/{i:04d}"})
-    return root, {"format": "mpdl/1", "files": files}
+    return root, small_objects(root, COUNT, hashed=False)
 
 
 def assert_all_right(root: Path, dest: Path, manifest: dict) -> None:

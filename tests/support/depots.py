@@ -8,9 +8,12 @@ in what it holds.
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 from mpdl.formats.gog import galaxy_path
 
@@ -32,3 +35,19 @@ def v2_chunks(store: Path, data: bytes, size: int, *, level: int = -1) -> list[d
         chunks.append({"md5": md5(raw), "size": len(raw), "compressedMd5": md5(packed),
                        "compressedSize": len(packed)})
     return chunks
+
+
+def small_objects(root: Path, count: int, *, hashed: bool = True) -> dict[str, Any]:
+    """``count`` random files of 1-3 KiB under ``root``/o, each its own object (what the
+    planner batches), and their mpdl/1 manifest, with xxh3 hashes unless ``hashed`` is
+    False (then the worker has none to check: the writer's path)."""
+    (root / "o").mkdir(parents=True)
+    files: list[dict[str, Any]] = []
+    for i in range(count):
+        data = os.urandom(1024 + (i * 37) % 2048)
+        (root / "o" / f"{i:04d}").write_bytes(data)
+        item: dict[str, Any] = {"path": f"f/{i:04d}.bin", "size": len(data), "url": f"o/{i:04d}"}
+        if hashed:
+            item["hash"] = f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}"
+        files.append(item)
+    return {"format": "mpdl/1", "files": files}
