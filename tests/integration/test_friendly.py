@@ -5,6 +5,8 @@ human sizes in the summary, and how much a resume kept."""
 
 from __future__ import annotations
 
+import io
+
 import hashlib
 import json
 import logging
@@ -210,17 +212,6 @@ def test_a_guarded_script_runs_under_spawn(served: Served, tmp_path: Path) -> No
 # -- the live line ----------------------------------------------------------------------------
 
 
-class Stream:
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, text: str) -> None:
-        self.text += text
-
-    def flush(self) -> None:
-        pass
-
-
 def _shown(text: str) -> list[str]:
     """What each redraw leaves visible: the text between carriage returns and newlines."""
     return [part for part in re.split(r"[\r\n]", text) if part]
@@ -228,7 +219,7 @@ def _shown(text: str) -> list[str]:
 
 @pytest.mark.parametrize("columns", [12, 30, 50, 80])
 def test_the_live_line_never_wraps(columns: int) -> None:
-    stream = Stream()
+    stream = io.StringIO()
     show = TerminalLine(stream, columns=columns)
     common = dict(bytes_total=123 * 1024 * MiB, files_total=100_000, bytes_fetched=0,
                   elapsed=1.0)
@@ -237,9 +228,9 @@ def test_the_live_line_never_wraps(columns: int) -> None:
     show(ProgressEvent(bytes_done=6 * 1024 * MiB, files_done=99_999, speed=1.0, eta=None,
                        state="paused", **common))
     show(ProgressEvent(bytes_done=7, files_done=1, speed=0.0, eta=None, final=True, **common))
-    for part in _shown(stream.text):
+    for part in _shown(stream.getvalue()):
         assert len(part) <= columns - 1, (columns, part)
-    assert "paused" in stream.text or columns < 40
+    assert "paused" in stream.getvalue() or columns < 40
 
 
 def test_the_cli_line_fits_the_terminal_width(served: Served, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ fault server, paced so that a run lasts a few seconds.
 
 from __future__ import annotations
 
+import io
+
 
 from launchers import DOWNLOAD_SIZE, HEROIC, LEGENDARY_PROGRESS, assert_heroic_reads, groups
 from helpers import SAMPLES
@@ -26,26 +28,15 @@ def event(**changes) -> ProgressEvent:
     return ProgressEvent(**{**fields, **changes})
 
 
-class Lines:
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, text: str) -> None:
-        self.text += text
-
-    def flush(self) -> None:
-        pass
-
-
 # -- the formats -----------------------------------------------------------------------------
 
 
 def test_gogdl_lines_match_heroic_even_at_zero_and_far_from_the_end():
-    stream = Lines()
+    stream = io.StringIO()
     show = GogdlLines(stream)
     show(event())
     show(event(bytes_done=5 * MiB, speed=1.0, eta=10**9, elapsed=1.0, bytes_written=5 * MiB))
-    [first, second] = groups(stream.text, "[PROGRESS] INFO: ")
+    [first, second] = groups(stream.getvalue(), "[PROGRESS] INFO: ")
     assert HEROIC["progress"].search(first[0]).group(1) == "0.00"
     assert " + Download\t- 0.00 MiB/s (raw) / 0.00 MiB/s (decompressed)" in first[2]
     assert assert_heroic_reads(second) == 50.0
@@ -53,24 +44,24 @@ def test_gogdl_lines_match_heroic_even_at_zero_and_far_from_the_end():
 
 
 def test_legendary_says_its_download_size_first_then_lines_that_parse():
-    stream = Lines()
+    stream = io.StringIO()
     show = LegendaryLines(stream)
     show(event(bytes_done=MiB, files_done=1, eta=75.0, elapsed=3723.0))
-    lines = stream.text.splitlines()
+    lines = stream.getvalue().splitlines()
     assert DOWNLOAD_SIZE.search(lines[0]).group(1) == "8.00"
     match = LEGENDARY_PROGRESS.search(lines[1])
     assert match is not None, lines[1]
     assert match.groups() == ("10.00", "1", "3", "01:02:03", "00:01:15")
-    assert_heroic_reads(groups(stream.text, "[DLManager] INFO: ")[0])
+    assert_heroic_reads(groups(stream.getvalue(), "[DLManager] INFO: ")[0])
 
 
 def test_at_most_one_report_a_second_and_always_the_last():
-    stream = Lines()
+    stream = io.StringIO()
     show = GogdlLines(stream)
     for tick in range(8):
         show(event(elapsed=tick * 0.25))
     show(event(elapsed=2.1, final=True, bytes_done=10 * MiB))
-    reports = groups(stream.text, "[PROGRESS] INFO: ")
+    reports = groups(stream.getvalue(), "[PROGRESS] INFO: ")
     assert len(reports) == 3  # at 0 s and 1 s (not 0.25 s to 1.75 s), then the final one
     assert HEROIC["progress"].search(reports[-1][0]).group(1) == "100.00"
 
@@ -90,10 +81,10 @@ def test_clock_is_two_digits_each_and_capped():
 
 def test_the_live_line_has_a_bar_that_fits_the_terminal_and_none_when_narrow():
     for columns, bar in ((120, True), (100, True), (70, False)):
-        stream = Lines()
+        stream = io.StringIO()
         show = TerminalLine(stream, columns=columns)
         show(event(bytes_done=5 * MiB, speed=MiB, eta=5.0, elapsed=1.0))
-        line = stream.text.lstrip("\r").rstrip()
+        line = stream.getvalue().lstrip("\r").rstrip()
         assert len(line) < columns, (columns, line)
         assert line.startswith("[") is bar, (columns, line)
         if bar:
