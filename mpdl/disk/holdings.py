@@ -121,7 +121,9 @@ def survey(manifest: Manifest, layout: Layout, journal: Journal,
             if ranges:
                 have[file_id] = ranges
     found: dict[int, Build] = {}
-    if todo:  # sources cost a stat per installed file: only when something is to be had
+    # Sources cost a stat per installed file: only when something is to be had, and the
+    # journal knows a finished file (none: a fresh DEST, whose files are all to fetch).
+    if todo and journal.has_finished():
         sources = _held_sources((*known, manifest), layout, journal, inside_dest)
         found = {build.file_id: build for build in find_builds(todo, sources, have)}
     return Holdings(manifest.files, bytes(placed), have, found)

@@ -125,6 +125,10 @@ class Journal:
         size = key.split(":", 1)[0]  # an identity starts with the size
         return key if str(st.st_size) == size and st.st_mtime_ns == done[1] else None
 
+    def has_finished(self) -> bool:
+        """Whether it records any finished file (none: nothing in DEST is known as mpdl's)."""
+        return bool(self._done)
+
     def in_progress(self, path: str) -> bool:
         """Whether a run recorded durable ranges of a staging file for ``path``: only then
         is ``resumable`` worth asking (and the staging file's name worth making)."""
