@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TextIO
 
 from ..errors import JournalError
@@ -217,7 +217,7 @@ class Journal:
         """Its staging file starts over: the ranges recorded for it are no longer there.
         Written and flushed before the staging file is emptied, so no crash in between can
         leave the journal claiming bytes the file does not have."""
-        if self._partial.get(entry.path, {}).get("ranges"):
+        if self.in_progress(entry.path):
             self._write({"path": entry.path, "key": entry.identity, "staging": staging.name,
                          "ranges": []})
             self.flush()
