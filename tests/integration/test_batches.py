@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from depots import small_objects
 from faultserver import Fault, FaultServer
-from helpers import Cli, gets, journal_paths, run
+from helpers import Cli, gets, journal_paths, run, wait_gone
 
 from mpdl.core.plan import BATCH_SPREAD
 
@@ -138,8 +138,10 @@ def test_a_run_killed_mid_batch_resumes_knowing_every_file_it_placed(
         path.write_text(json.dumps(with_bases(manifest, server.url)))
         first = cli(path, "-o", dest, "--workers", "2", "--progress", "none")
         first.wait_for("the first batches journaled", lambda: early <= journal_paths(dest))
-        first.proc.kill()
+        children = first.descendants()
+        first.proc.kill()  # SIGKILL: nothing of the coordinator runs, its children follow it
         first.proc.wait(timeout=10)
+        assert not wait_gone(children, 10.0), "children outlived the killed coordinator"
         placed = {f["path"] for f in manifest["files"] if (dest / f["path"]).exists()}
         journal = dest / ".mpdl" / "journal.jsonl"
         text = journal.read_text()
