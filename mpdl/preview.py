@@ -44,8 +44,8 @@ class ReadOnlyJournal(Journal):
     """A journal read as a run reads it, that never writes: what a run would append is kept
     in memory only, and a long journal is not compacted."""
 
-    def _write(self, record: dict) -> None:
-        self._remember(record)
+    def _append(self, record: dict) -> None:
+        pass  # remembered (Journal._write, _finished), never written
 
     def _compact(self) -> None:
         pass

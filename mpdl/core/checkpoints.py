@@ -87,8 +87,8 @@ class Checkpoints:
         finished, self.unjournaled = self.unjournaled, []
         if not partial and not finished:
             return None
-        paths = [str(self.layout.staging(files[fid].entry)) for fid in partial]
-        paths += [str(self.layout.final(files[fid].entry.path)) for fid in finished]
+        paths = [self.layout.staging_name(files[fid].entry) for fid in partial]
+        paths += [self.layout.final_name(files[fid].entry.path) for fid in finished]
         self.in_flight = _InFlight(next(self._tokens), partial, finished)
         return Sync(token=self.in_flight.token, paths=tuple(paths))
 

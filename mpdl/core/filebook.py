@@ -109,8 +109,8 @@ class FileBook:
         self._move(file, F.CLOSING)
         verify = entry.hash is not None and not file.checked
         return WholeFile(
-            file_id=fid, staging=str(self.layout.staging(entry)),
-            destination=str(self.layout.final(entry.path)), slot_offset=slot_offset,
+            file_id=fid, staging=self.layout.staging_name(entry),
+            destination=self.layout.final_name(entry.path), slot_offset=slot_offset,
             size=entry.size, hash=str(entry.hash) if verify else None,
             executable=entry.executable, reserve=self.to_write - _missing(file))
 

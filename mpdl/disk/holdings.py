@@ -116,11 +116,14 @@ def survey(manifest: Manifest, layout: Layout, journal: Journal,
             todo.append((file_id, entry))
     have: dict[int, RangeSet] = {}
     for file_id, entry in todo:
-        ranges = journal.resumable(entry, layout.staging(entry))
-        if ranges:
-            have[file_id] = ranges
+        if journal.in_progress(entry.path):  # a staging file's name is made for these only
+            ranges = journal.resumable(entry, layout.staging(entry))
+            if ranges:
+                have[file_id] = ranges
     found: dict[int, Build] = {}
-    if todo:  # sources cost a stat per installed file: only when something is to be had
+    # Sources cost a stat per installed file: only when something is to be had, and the
+    # journal knows a finished file (none: a fresh DEST, whose files are all to fetch).
+    if todo and journal.has_finished():
         sources = _held_sources((*known, manifest), layout, journal, inside_dest)
         found = {build.file_id: build for build in find_builds(todo, sources, have)}
     return Holdings(manifest.files, bytes(placed), have, found)
@@ -154,7 +157,7 @@ def _in_place(entry: FileEntry, final: str, journal: Journal, layout: Layout) ->
         written = None
     if written is not None:
         return written == entry.identity
-    if entry.size is None:
+    if entry.size is None or not os.path.lexists(final):  # a fresh run: one stat, no Path
         return False
     try:
         verdict = check(str(layout.dest), entry)

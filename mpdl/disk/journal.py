@@ -5,7 +5,9 @@ hash, or its parts' hashes), never by the URL it came from, so it still applies 
 signed URLs change between runs, or the chunk size:
 
 - a finished file: ``{"path", "key", "mtime_ns"}``, tied to the file on disk by size and mtime,
-  so a file changed or deleted since is fetched again;
+  so a file changed or deleted since is fetched again; the files a checkpoint made durable
+  go as lines of up to DONE_PER_LINE of them, ``{"done": [[path, key, mtime_ns], ...]}``
+  (one encoding and one line for many small files; each item means what a line would);
 - a file in progress: ``{"path", "key", "staging", "ranges", "validators"}``, the byte ranges
   of its staging file that are durable (fsynced before the line is written), so a re-run
   fetches only the rest. The staging name is derived from the same key, so other content is
@@ -14,16 +16,19 @@ signed URLs change between runs, or the chunk size:
   is fetched again rather than spliced (absent in older journals: nothing is known);
 - a file an update removed: ``{"path", "removed": true}``.
 
-The last line for a path wins. A torn last line (a crash, or a disk that filled, mid-write)
-is ignored, and the next run starts its lines on a line of their own, so a torn line never
-swallows a later one. A line that cannot be written stops the run (JournalError): the journal
-then claims less than the disk holds, never more.
+The last line for a path wins (within a line of many, the last item). A torn last line (a
+crash, or a disk that filled, mid-write) is ignored, all of its files then unknown, as if
+never journaled (holdings.py checks them by their hashes), and the next run starts its
+lines on a line of their own, so a torn line never swallows a later one. A line that cannot
+be written stops the run (JournalError): the journal then claims less than the disk holds,
+never more.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -38,6 +43,9 @@ COMPACT_SLACK = 256
 # Lines are read and decoded this many bytes at a time: one json.loads per batch, not per line
 # (100,000 lines), without the whole journal decoded at once.
 READ_BATCH = 1 << 20
+# Finished files per line: one line for a batch of small files (plan.py), and what a torn
+# line can lose (those files are then hashed again to be found in place).
+DONE_PER_LINE = 64
 
 
 class Journal:
@@ -51,22 +59,28 @@ class Journal:
         self._partial: dict[str, dict] = {}
         self._out: TextIO | None = None
         self._broken: str | None = None  # why a line could not be written: no more are
-        lines = 0
+        records = 0  # a line of many finished files counts as many
         try:
             with open(self.path, encoding="utf-8") as text:
                 while batch := text.readlines(READ_BATCH):
-                    lines += len(batch)
+                    records += len(batch)
                     for record in _decoded(batch):
                         try:
-                            self._remember(record)
+                            records += self._remember(record) - 1
                         except (ValueError, KeyError, TypeError, AttributeError):
                             continue
         except FileNotFoundError:
             pass
-        if lines > len(self._done) + len(self._partial) + COMPACT_SLACK:
+        if records > len(self._done) + len(self._partial) + COMPACT_SLACK:
             self._compact()
 
-    def _remember(self, record: dict) -> None:
+    def _remember(self, record: dict) -> int:
+        """Take in one line; returns how many records it held."""
+        if "done" in record:
+            items = record["done"]
+            for item in items:
+                self._remember_done(item)
+            return len(items)
         path = record["path"]
         if record.get("removed") is True:
             self._done.pop(path, None)
@@ -77,6 +91,15 @@ class Journal:
         else:
             self._done[path] = (str(record["key"]), int(record["mtime_ns"]))
             self._partial.pop(path, None)
+        return 1
+
+    def _remember_done(self, item: object) -> None:
+        """One item of a ``done`` line; one that is not [path, key, mtime_ns] is skipped
+        alone."""
+        if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                and isinstance(item[1], str) and isinstance(item[2], int)):
+            self._done[item[0]] = (item[1], item[2])
+            self._partial.pop(item[0], None)
 
     def holds(self, entry: FileEntry, final: Path | str) -> bool:
         """The file on disk is the one a run verified and recorded, untouched since."""
@@ -101,6 +124,15 @@ class Journal:
         key = _key(done[0])
         size = key.split(":", 1)[0]  # an identity starts with the size
         return key if str(st.st_size) == size and st.st_mtime_ns == done[1] else None
+
+    def has_finished(self) -> bool:
+        """Whether it records any finished file (none: nothing in DEST is known as mpdl's)."""
+        return bool(self._done)
+
+    def in_progress(self, path: str) -> bool:
+        """Whether a run recorded durable ranges of a staging file for ``path``: only then
+        is ``resumable`` worth asking (and the staging file's name worth making)."""
+        return bool(self._partial.get(path, {}).get("ranges"))
 
     def resumable(self, entry: FileEntry, staging: Path) -> RangeSet | None:
         """The durable byte ranges of ``entry``'s staging file, if a run left some for it."""
@@ -140,10 +172,32 @@ class Journal:
                 and (pair[1] is None or isinstance(pair[1], int))}
 
     def record(self, entry: FileEntry, final: Path | str) -> None:
-        """``entry`` is finished, verified and durable at ``final``."""
-        st = os.lstat(final)
-        self._write({"path": entry.path, "key": entry.identity, "mtime_ns": st.st_mtime_ns})
-        self._done[entry.path] = (entry, st.st_mtime_ns)  # the same, without the key string
+        """``entry`` is finished, verified and durable at ``final`` (OSError: it is not
+        there)."""
+        self._append({"done": [self._finished(entry, os.lstat(final).st_mtime_ns)]})
+
+    def record_done(self, files: Iterable[tuple[FileEntry, str]]) -> None:
+        """Each (entry, final) is finished, verified and durable at ``final``: ``record``
+        for the files of a checkpoint, in lines of DONE_PER_LINE. A file gone since
+        (replaced by a link?) is left out: the next run checks it again."""
+        line: list[list[object]] = []
+        for entry, final in files:
+            try:
+                line.append(self._finished(entry, os.lstat(final).st_mtime_ns))
+            except OSError:
+                continue
+            if len(line) == DONE_PER_LINE:
+                self._append({"done": line})
+                line = []
+        if line:
+            self._append({"done": line})
+
+    def _finished(self, entry: FileEntry, mtime_ns: int) -> list[object]:
+        """Remember ``entry`` finished (as its FileEntry: no key string kept per file), and
+        return its item of a ``done`` line."""
+        self._done[entry.path] = (entry, mtime_ns)
+        self._partial.pop(entry.path, None)
+        return [entry.path, entry.identity, mtime_ns]
 
     def record_partial(self, entry: FileEntry, staging: Path, have: RangeSet,
                        validators: dict[str, Expect] | None = None) -> None:
@@ -163,13 +217,17 @@ class Journal:
         """Its staging file starts over: the ranges recorded for it are no longer there.
         Written and flushed before the staging file is emptied, so no crash in between can
         leave the journal claiming bytes the file does not have."""
-        if self._partial.get(entry.path, {}).get("ranges"):
+        if self.in_progress(entry.path):
             self._write({"path": entry.path, "key": entry.identity, "staging": staging.name,
                          "ranges": []})
             self.flush()
 
     def _write(self, record: dict) -> None:
         self._remember(record)
+        self._append(record)
+
+    def _append(self, record: dict) -> None:
+        """One line, already remembered."""
         self._check()
         try:
             if self._out is None:
@@ -202,13 +260,15 @@ class Journal:
             raise JournalError(str(self.path), self._broken)
 
     def _compact(self) -> None:
-        """One line per path, written aside and renamed over, so a crash keeps the old one."""
+        """One record per path (finished ones DONE_PER_LINE to a line), written aside and
+        renamed over, so a crash keeps the old one."""
         fresh = self.path.with_suffix(".tmp")
         try:
             with open(fresh, "w", encoding="utf-8") as out:
-                for path, (key, mtime_ns) in self._done.items():
-                    key = _key(key)
-                    out.write(json.dumps({"path": path, "key": key, "mtime_ns": mtime_ns}) + "\n")
+                done = [[path, _key(key), mtime_ns]
+                        for path, (key, mtime_ns) in self._done.items()]
+                for at in range(0, len(done), DONE_PER_LINE):
+                    out.write(json.dumps({"done": done[at:at + DONE_PER_LINE]}) + "\n")
                 for record in self._partial.values():
                     out.write(json.dumps(record) + "\n")
             os.replace(fresh, self.path)

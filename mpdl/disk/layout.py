@@ -51,6 +51,7 @@ class Layout:
         self.state_dir = Path(os.path.abspath(state_dir)) if state_dir else self.dest / STATE_DIR
         self.staging_dir = self.state_dir / "staging"
         self._dest_prefix = os.path.join(str(self.dest), "")
+        self._staging_prefix = os.path.join(str(self.staging_dir), "")
         self._finals: dict[str, Path] = {}
         self._stagings: dict[tuple[str, int | None, object], Path] = {}
 
@@ -74,10 +75,19 @@ class Layout:
         if known is None:
             if len(self._stagings) >= REMEMBERED:
                 self._stagings.clear()
-            key = f"{entry.path}\0{entry.size}\0{entry.hash}".encode()
-            known = self._stagings[what] = (
-                self.staging_dir / f"{xxhash.xxh3_64_hexdigest(key)}.part")
+            known = self._stagings[what] = self.staging_dir / _staging_file(entry)
         return known
+
+    def staging_name(self, entry: FileEntry) -> str:
+        """``staging`` as a string, without a Path object: what the coordinator sends the
+        writer and the checkpoints for each of 10,000 small files."""
+        return self._staging_prefix + _staging_file(entry)
+
+
+def _staging_file(entry: FileEntry) -> str:
+    """The name of ``entry``'s staging file: what the file is (path, size, hash), hashed."""
+    key = f"{entry.path}\0{entry.size}\0{entry.hash}".encode()
+    return f"{xxhash.xxh3_64_hexdigest(key)}.part"
 
 
 def place_link(layout: Layout, link: LinkEntry) -> bool:

@@ -194,6 +194,7 @@ class Update:
         self.keep_removed = keep_removed
         self.source = source  # source_digest of the manifest file's bytes, if it came from one
         self.fingerprint = fingerprint(manifest)
+        self.pending: Path | None = None  # the pending copy of the manifest this run wrote
         self.old: list[Manifest] = []
         pending = sorted(self._path(PENDING).glob("*.json")) if self._path(PENDING).is_dir() \
             else []
@@ -231,6 +232,7 @@ class Update:
         pending = self._path(PENDING) / f"{self.fingerprint}.json"
         if self._installed_id() != self.fingerprint and not pending.is_file():
             _replace(pending, _manifest_bytes(self.manifest))
+            self.pending = pending
 
     # -- reuse ---------------------------------------------------------------------------------
 
@@ -374,7 +376,7 @@ class Update:
         (DiskError, a full disk) leaves the next run knowing every manifest it may have
         placed, and never claims the update complete."""
         if self._installed_id() != self.fingerprint:
-            _replace(self._path(INSTALLED), _manifest_bytes(self.manifest))
+            _replace(self._path(INSTALLED), self._written() or _manifest_bytes(self.manifest))
             _replace(self._path(INSTALLED + ".id"), (self.fingerprint + "\n").encode())
         self._index()
         pending = self._path(PENDING)
@@ -383,6 +385,19 @@ class Update:
                 name.unlink()
             with contextlib.suppress(OSError):
                 pending.rmdir()
+
+    def _written(self) -> bytes | None:
+        """The manifest as ``begin`` wrote it in this run, read back: reading 100,000 entries
+        costs less than encoding them again. None when this run wrote none (or it is gone, or
+        a link now)."""
+        if self.pending is None:
+            return None
+        try:
+            fd = os.open(self.pending, os.O_RDONLY | O_NOFOLLOW | O_BINARY)
+        except OSError:
+            return None
+        with open(fd, "rb") as file:
+            return file.read()
 
     def _index(self) -> None:
         """Write INDEX for the manifest file this install came from, so a re-run given the

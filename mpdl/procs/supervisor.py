@@ -210,7 +210,8 @@ class Supervisor:
                 self.any_failed |= not effect.ok
                 self.on_file_done(effect.entry, effect.ok, effect.reason)
             elif isinstance(effect, ForgetRanges):
-                self.journal.forget(effect.entry, self.layout.staging(effect.entry))
+                if self.journal.in_progress(effect.entry.path):  # else no staging name made
+                    self.journal.forget(effect.entry, self.layout.staging(effect.entry))
             elif isinstance(effect, JournalSynced):
                 self._journal(effect)
             elif isinstance(effect, NeedFreshUrl):
@@ -240,11 +241,8 @@ class Supervisor:
         for entry, have in synced.partial:
             self.journal.record_partial(entry, self.layout.staging(entry), have,
                                         self.scheduler.validators.of(entry))
-        for entry in synced.finished:
-            try:
-                self.journal.record(entry, self.layout.final(entry.path))
-            except OSError:
-                pass  # gone since (replaced by a link?): the next run checks it again
+        final = self.layout.final_name
+        self.journal.record_done((entry, final(entry.path)) for entry in synced.finished)
         self.journal.flush()
 
     def _fresh_url(self, url: str) -> str | None:

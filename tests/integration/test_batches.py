@@ -4,18 +4,22 @@ batch costs on the wire when one of them fails, is missing, or stalls.
 Each test names the mechanism it proves: a batch that breaks half-way keeps the files before
 the failing one (without it, they are fetched again); a file missing on one mirror is asked of
 the next alone (without the split, the whole batch moves or fails); a bad file fails alone;
-a stalled batch is raced whole and the run does not wait for the stall.
+a stalled batch is raced whole and the run does not wait for the stall; a run killed after a
+checkpoint journaled its first batches (lines of many files, the last one torn) resumes
+knowing every file it placed, and asks only for the others.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from depots import small_objects
 from faultserver import Fault, FaultServer
-from helpers import gets, run
+from helpers import Cli, gets, journal_paths, run, wait_gone
 
 from mpdl.core.plan import BATCH_SPREAD
 
@@ -116,3 +120,40 @@ def test_a_stalled_batch_is_raced_whole_on_the_next_mirror_and_the_run_does_not_
     assert set(on_second) == {f"o/{i:04d}" for i in range(COUNT - 4, COUNT)}
     assert result.bytes_written == sum(f["size"] for f in manifest["files"]), \
         "a byte was written twice"
+
+
+def test_a_run_killed_mid_batch_resumes_knowing_every_file_it_placed(
+    small: tuple[Path, dict], tmp_path: Path, cli: Callable[..., Cli]
+) -> None:
+    """SIGKILL once a checkpoint journaled the first batches, the journal's last line torn as
+    if the kill came while it was written: the re-run knows the files of the whole lines from
+    the journal, finds those of the torn line (and any placed after the checkpoint) in place
+    by their hashes, and asks only for the files never placed."""
+    root, manifest = small
+    dest = tmp_path / "d"
+    early = {f"f/{i:04d}.bin" for i in range(COUNT // 2)}
+    with FaultServer(root) as server:
+        server.set_fault("o/02", Fault(delay=20))  # the last files wait past the kill
+        path = tmp_path / "manifest.json"
+        path.write_text(json.dumps(with_bases(manifest, server.url)))
+        first = cli(path, "-o", dest, "--workers", "2", "--progress", "none")
+        first.wait_for("the first batches journaled", lambda: early <= journal_paths(dest))
+        children = first.descendants()
+        first.proc.kill()  # SIGKILL: nothing of the coordinator runs, its children follow it
+        first.proc.wait(timeout=10)
+        assert not wait_gone(children, 10.0), "children outlived the killed coordinator"
+        placed = {f["path"] for f in manifest["files"] if (dest / f["path"]).exists()}
+        journal = dest / ".mpdl" / "journal.jsonl"
+        text = journal.read_text()
+        journal.write_text(text[:len(text) - len(text.splitlines()[-1]) // 2])
+        assert placed - journal_paths(dest), "no placed file the journal does not know"
+        server.clear_faults()
+        server.clear_log()
+        result = run(with_bases(manifest, server.url), dest, connections=2)
+        asked = got(server)
+    assert result.ok, result.failed
+    assert_all_right(root, dest, manifest)
+    assert set(result.skipped) == placed
+    assert set(asked) == {f["url"] for f in manifest["files"] if f["path"] not in placed}
+    assert set(asked.values()) == {1}
+    assert journal_paths(dest) == {f["path"] for f in manifest["files"]}

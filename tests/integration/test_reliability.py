@@ -8,13 +8,13 @@ only breaks the resume test's byte accounting.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from faultserver import Fault, FaultServer
-from helpers import LEVEL, TOOL, Depot, assert_file_right, entry, files_of, gets, run, with_bases
+from helpers import (LEVEL, TOOL, Depot, assert_file_right, entry, files_of, gets,
+                     journal_paths, journal_records, run, with_bases)
 
 from mpdl.progress import ProgressEvent
 from mpdl.core.retry import BACKOFF_BASE
@@ -199,8 +199,7 @@ def served_ranges(server: FaultServer, url: str) -> list[tuple[int, int]]:
 
 def journal_ranges(dest: Path, path: str) -> list[list[int]]:
     ranges: list[list[int]] = []
-    for line in (dest / ".mpdl" / "journal.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in journal_records(dest / ".mpdl" / "journal.jsonl"):
         if record["path"] == path and "ranges" in record:
             ranges = record["ranges"]
     return ranges
@@ -296,9 +295,7 @@ def test_finished_files_are_journaled_after_a_checkpoint(
     dest = tmp_path / "d"
     result = run(with_bases(depot.manifest, fault_server.url), dest)
     assert result.ok, result.failed
-    lines = [json.loads(x) for x in (dest / ".mpdl" / "journal.jsonl").read_text().splitlines()]
-    done = {r["path"] for r in lines if "mtime_ns" in r}
-    assert done == {f["path"] for f in files_of(depot.manifest)}
+    assert journal_paths(dest) == {f["path"] for f in files_of(depot.manifest)}
 
 
 def test_a_merged_request_that_stays_corrupt_is_tried_file_by_file(

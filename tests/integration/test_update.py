@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from depots import md5, v2_chunks
 from faultserver import Fault, FaultServer
-from helpers import REPO, Cli, Tmpfs, Watchdog, nginx_serving, run
+from helpers import REPO, Cli, Tmpfs, Watchdog, journal_records, nginx_serving, run
 
 from mpdl.errors import NotEnoughSpace
 from mpdl.formats.gog import convert, galaxy_path
@@ -343,7 +343,7 @@ def test_journals_of_older_versions_and_lost_lines_are_recovered(tmp_path: Path)
         dest = tmp_path / "game"
         assert run(one, dest).ok
         journal = dest / ".mpdl/journal.jsonl"
-        lines = [json.loads(line) for line in journal.read_text().splitlines()]
+        lines = journal_records(journal)  # a line per file, as 0.1 wrote them
         for line in lines:
             if line["path"] == "nohash.dat":
                 line["key"] = f"{len(b1['nohash.dat'])}:None"  # as 0.1 wrote it
@@ -353,8 +353,7 @@ def test_journals_of_older_versions_and_lost_lines_are_recovered(tmp_path: Path)
         again = run(one, dest)
         assert again.ok and again.bytes_fetched == 0 and not server.requests
         assert {"nohash.dat", "data/level.pak"} <= set(again.skipped)
-        keys = {json.loads(line)["path"]: json.loads(line).get("key")
-                for line in journal.read_text().splitlines()}
+        keys = {line["path"]: line.get("key") for line in journal_records(journal)}
     entries = {e.path: e for e in parse_manifest(one).files}
     assert keys["nohash.dat"] == entries["nohash.dat"].identity
     assert keys["data/level.pak"] == entries["data/level.pak"].identity

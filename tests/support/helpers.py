@@ -437,20 +437,29 @@ def assert_no_traceback(run: Cli) -> None:
     assert "Traceback" not in run.stderr, run.stderr
 
 
+def journal_records(path: Path) -> list[dict[str, Any]]:
+    """A journal's records in order, a torn line skipped; a line of many finished files
+    (``{"done": [[path, key, mtime_ns], ...]}``) as one record per file, in the form of a
+    line of one: ``{"path", "key", "mtime_ns"}``."""
+    records: list[dict[str, Any]] = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("done"), list):
+                records += [{"path": p, "key": k, "mtime_ns": m} for p, k, m in record["done"]]
+            elif isinstance(record, dict) and isinstance(record.get("path"), str):
+                records.append(record)
+    return records
+
+
 def journal_state(dest: Path) -> dict[str, dict[str, Any]]:
     """DEST/.mpdl/journal.jsonl as mpdl reads it: the last record of each path wins, a torn
     line is skipped. A record with "ranges" is a file in progress; one without, a finished
     file."""
     path = dest / ".mpdl" / "journal.jsonl"
-    state: dict[str, dict[str, Any]] = {}
     if not path.exists():
-        return state
-    for line in path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if isinstance(record, dict) and isinstance(record.get("path"), str):
-                state[record["path"]] = record
-    return state
+        return {}
+    return {record["path"]: record for record in journal_records(path)}
 
 
 def journal_paths(dest: Path) -> set[str]:
