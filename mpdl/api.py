@@ -380,6 +380,9 @@ def _fetch_the_rest(run: _Run) -> None:
                                          run.journal, tracker, run.file_done, run.refresh_url,
                                          run.keep_state)
     else:
+        # The scheduler's file book holds what the fetch needs of the files to fetch: the
+        # list of them (a tuple per file) goes now, not after the fetch.
+        run.todo = []
         result.error = _fetch(run.parsed, run.plan, run.planner, run.layout, run.opts,
                               run.journal, run.have, tracker, run.file_done, run.refresh_url,
                               run.keep_state, run.redirects, begin, run.control)
@@ -531,6 +534,10 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
                               have=have, journaling=True, can_refresh=refresh_url is not None,
                               counts=tracker.counts, redirects=redirects,
                               resumed={fid: journal.validators(plan.files[fid]) for fid in have})
+        # Its file book made a record of each file: the plan's map of them (a dict entry
+        # and a set entry per file) is not kept through the fetch.
+        plan.files.clear()
+        plan.verified.clear()
         supervisor = Supervisor(scheduler, ring=ring, layout=layout, options=opts,
                                 tracker=tracker, on_file_done=file_done, journal=journal,
                                 refresh_url=refresh_url, sync_at_end=keep_state,
