@@ -16,7 +16,7 @@ import os
 import posixpath
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 import xxhash
@@ -92,20 +92,79 @@ class Part:
         return self.compression is not None
 
 
-@dataclass(frozen=True, slots=True)
 class FileEntry:
     """A regular file: its ``parts`` concatenated, or the whole object at ``url``.
 
     ``size`` is None only for :meth:`Manifest.single_url` downloads of unknown length.
     A size-0 file may have neither ``url`` nor ``parts``.
+
+    Immutable, equal by value and hashable, as a frozen dataclass of these six fields. A
+    file that is one plain range of an object (a GOG V1 file in ``main.bin``) keeps only
+    that range's object and offset: its one Part is made when ``parts`` is read, so a
+    100,000-file manifest holds no Part, tuple and length per file (a third of its model).
     """
 
+    __slots__ = ("path", "size", "hash", "executable", "url", "_parts", "_source", "_offset")
     path: str
     size: int | None
-    hash: HashSpec | None = None
-    executable: bool = False
-    url: str | None = None
-    parts: tuple[Part, ...] = ()
+    hash: HashSpec | None
+    executable: bool
+    url: str | None
+    _parts: tuple[Part, ...] | None  # None: one raw part, of _source at _offset, all of size
+    _source: str | None
+    _offset: int
+
+    def __init__(self, path: str, size: int | None, hash: HashSpec | None = None,
+                 executable: bool = False, url: str | None = None,
+                 parts: tuple[Part, ...] = ()) -> None:
+        put = object.__setattr__
+        put(self, "path", path)
+        put(self, "size", size)
+        put(self, "hash", hash)
+        put(self, "executable", executable)
+        put(self, "url", url)
+        one = parts[0] if len(parts) == 1 else None
+        if (one is not None and one.compression is None and one.hash is None
+                and one.length == one.size == size):
+            put(self, "_parts", None)
+            put(self, "_source", one.url)
+            put(self, "_offset", one.offset)
+        else:
+            put(self, "_parts", tuple(parts))
+            put(self, "_source", None)
+            put(self, "_offset", 0)
+
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        if self._parts is not None:
+            return self._parts
+        assert self._source is not None and self.size is not None
+        return (Part(self._source, self._offset, self.size, self.size),)
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.path, self.size, self.hash, self.executable, self.url, self.parts)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not FileEntry:
+            return NotImplemented
+        assert isinstance(other, FileEntry)
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"FileEntry(path={self.path!r}, size={self.size!r}, hash={self.hash!r}, "
+                f"executable={self.executable!r}, url={self.url!r}, parts={self.parts!r})")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[type[FileEntry], tuple[object, ...]]:
+        return FileEntry, self._key()
 
     @property
     def identity(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import pickle
 import re
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -172,10 +173,29 @@ def test_model_is_frozen_tuples() -> None:
     assert isinstance(parsed.files, tuple)
     assert isinstance(parsed.links, tuple)
     assert all(isinstance(entry.parts, tuple) for entry in parsed.files)
-    for value in (parsed, parsed.files[0], parsed.files[1].parts[0], parsed.links[0]):
-        first = dataclasses.fields(value)[0].name
+    for value in (parsed, parsed.files[0], parsed.files[1], parsed.files[1].parts[0],
+                  parsed.links[0]):
+        first = "path" if isinstance(value, FileEntry) else dataclasses.fields(value)[0].name
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, first, "x")
+
+
+def test_a_file_of_one_plain_range_reads_back_as_its_part() -> None:
+    """A V1 file keeps its range's object and offset, not a Part: what it gives back is the
+    Part it was made of, equal to (and hashed as) one made the long way."""
+    part = Part("main.bin", 123456789, 1434, 1434)
+    entry = FileEntry("game/a.dat", 1434, HashSpec("md5", MD5), parts=(part,))
+    assert entry.parts == (part,) and entry.parts[0].offset == 123456789
+    assert entry == FileEntry("game/a.dat", 1434, HashSpec("md5", MD5), parts=(part,))
+    assert entry != FileEntry("game/a.dat", 1434, HashSpec("md5", MD5),
+                              parts=(Part("main.bin", 123456790, 1434, 1434),))
+    assert pickle.loads(pickle.dumps(entry)) == entry
+    assert len({entry, FileEntry("game/a.dat", 1434, HashSpec("md5", MD5), parts=(part,))}) == 1
+    # What is not one plain range of the whole file keeps its parts as they came.
+    hashed = Part("main.bin", 0, 1434, 1434, hash=HashSpec("md5", MD5))
+    assert FileEntry("b", 1434, parts=(hashed,)).parts[0] is hashed
+    shorter = Part("main.bin", 0, 1000, 1000)
+    assert FileEntry("c", 1000, parts=(shorter, Part("x", 0, 0, 0))).parts[0] is shorter
 
 
 def test_null_counts_as_absent_for_optional_fields() -> None:
