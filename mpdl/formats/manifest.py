@@ -16,7 +16,7 @@ import os
 import posixpath
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import FrozenInstanceError, dataclass, field
+from dataclasses import FrozenInstanceError, dataclass
 from urllib.parse import urljoin, urlsplit
 
 import xxhash
@@ -317,10 +317,18 @@ def read_manifest(path: str | os.PathLike[str]) -> bytes:
 
 
 def manifest_from_bytes(data: bytes, *, strict: bool = False) -> Manifest:
-    """The manifest a file's bytes hold (ManifestError when they do not hold a valid one)."""
-    # The decoded JSON is ours alone: each entry goes as soon as it is parsed, so the JSON
-    # and the model of a 100,000-file manifest are not both in memory at the peak.
-    return parse_manifest(_decode(data), consume=True, strict=strict)
+    """The manifest a file's bytes hold (ManifestError when they do not hold a valid one).
+
+    The files are decoded one at a time, each made into the model and dropped: the JSON of a
+    100,000-file manifest never exists as one tree of dicts beside the model (decoded whole
+    and freed, it left some 40 MiB of holes in the heap that the run never gave back). Any
+    JSON this reading does not follow is read again by ``json.loads``, which says what is
+    wrong with it: the messages are the same."""
+    found = _top_level(data)
+    if found is None:
+        return parse_manifest(_decode(data), consume=True, strict=strict)
+    obj, text, start = found
+    return _model(obj, None if start is None else _elements(text, start), strict=strict)
 
 
 def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) -> Manifest:
@@ -331,6 +339,13 @@ def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) 
     holds), which frees each entry's memory while the model grows."""
     if not isinstance(obj, dict):
         raise ManifestError(f"manifest: must be a JSON object, not {_kind(obj)}")
+    return _model(obj, None, consume=consume, strict=strict)
+
+
+def _model(obj: dict[str, object], elements: Iterator[object] | None, *,
+           consume: bool = False, strict: bool) -> Manifest:
+    """The manifest ``obj`` describes; its files are ``obj["files"]``, or ``elements`` where
+    they are decoded one by one (``obj["files"]`` is then an empty list)."""
     unknown = UnknownKeys(strict)
     unknown.check(obj, "manifest", "manifest")
     _check_format(obj.get("format"))
@@ -344,9 +359,9 @@ def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) 
     files: list[FileEntry] = []
     links: list[LinkEntry] = []
     directories: list[DirectoryEntry] = []
-    placed: list[tuple[str, str]] = []
-    folders: list[tuple[str, str]] = []
-    for index, entry in enumerate(entries):
+    placed: list[tuple[str, int]] = []  # (path, index in files): "files[i]" made if refused
+    folders: list[tuple[str, int]] = []
+    for index, entry in enumerate(entries if elements is None else elements):
         where = f"files[{index}]"
         if not isinstance(entry, dict):
             raise ManifestError(f"{where}: must be an object, not {_kind(entry)}")
@@ -360,15 +375,15 @@ def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) 
         if entry.get("directory") is not None:
             directory = _directory(entry, where)
             directories.append(directory)
-            folders.append((directory.path, where))
+            folders.append((directory.path, index))
         elif entry.get("link") is not None:
             link = _link(entry, where)
             links.append(link)
-            placed.append((link.path, where))
+            placed.append((link.path, index))
         else:
             file = _file(entry, where, base_urls)
             files.append(file)
-            placed.append((file.path, where))
+            placed.append((file.path, index))
         if consume:
             entries[index] = None
     _check_overlaps(placed, folders)
@@ -460,6 +475,100 @@ def _decode(data: bytes) -> object:
         raise ManifestError(f"manifest: not valid JSON: {exc}") from exc
     except RecursionError as exc:
         raise ManifestError("manifest: not valid JSON: nested too deeply") from exc
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _skip(text: str, at: int) -> int:
+    """Past the JSON whitespace at ``at``."""
+    found = _WS.match(text, at)
+    assert found is not None  # it matches the empty string
+    return found.end()
+
+
+def _top_level(data: bytes) -> tuple[dict[str, object], str, int | None] | None:
+    """The manifest's top-level members, decoded, but for a ``files`` array, left in the
+    text: (members, with ``files`` an empty list; the text; where its first element starts).
+    Every element is decoded once here, to find the array's end (and any JSON error before
+    any entry is judged, as ``json.loads`` would), and dropped. None where the bytes are
+    anything but one JSON object (or not JSON at all): the caller then reads them with
+    ``json.loads``, which names what is wrong."""
+    try:
+        text = data.decode(json.detect_encoding(data), "surrogatepass")
+        at = _skip(text, 0)
+        if text[at:at + 1] != "{":
+            return None
+        obj: dict[str, object] = {}
+        start: int | None = None
+        at = _skip(text, at + 1)
+        more = text[at:at + 1] != "}"
+        if not more:
+            at += 1
+        while more:
+            if text[at:at + 1] != '"':
+                return None
+            key, at = json.decoder.scanstring(text, at + 1)  # type: ignore[attr-defined]
+            at = _skip(text, at)
+            if text[at:at + 1] != ":":
+                return None
+            at = _skip(text, at + 1)
+            if key == "files" and text[at:at + 1] == "[":
+                start = at + 1
+                at = _array_end(text, start)
+                obj[key] = []
+            else:
+                obj[key], at = _DECODER.raw_decode(text, at)
+                if key == "files":
+                    start = None  # the last "files" is the one json.loads keeps
+            at = _skip(text, at)
+            separator = text[at:at + 1]
+            at = _skip(text, at + 1) if separator == "," else at + 1
+            if separator not in (",", "}"):
+                return None
+            more = separator == ","
+        if _skip(text, at) != len(text):
+            return None
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError too
+        return None
+    return obj, text, start
+
+
+def _elements(text: str, start: int) -> Iterator[object]:
+    """The values of the JSON array whose first element (or ``]``) is at or after ``start``,
+    decoded one by one."""
+    at = start
+    while True:
+        value, at = _element(text, at)
+        if at < 0:
+            return
+        yield value
+
+
+def _array_end(text: str, start: int) -> int:
+    """Past the ``]`` of the array ``_elements`` reads, each element decoded and dropped."""
+    at = start
+    while at >= 0:
+        _, at = _element(text, at)
+    return -at
+
+
+def _element(text: str, at: int) -> tuple[object, int]:
+    """The array's value at or after ``at`` and where the next starts; at its end (None,
+    minus the offset past the ``]``). Raises ValueError where it is no JSON array."""
+    at = _skip(text, at)
+    if text[at:at + 1] == "]":
+        return None, -(at + 1)
+    value, at = _DECODER.raw_decode(text, at)
+    at = _skip(text, at)
+    separator = text[at:at + 1]
+    if separator == "]":  # the next call ends it
+        return value, at
+    at = _skip(text, at + 1)
+    if separator != "," or text[at:at + 1] == "]":
+        raise ValueError("expected a value after each , in the files array")
+    return value, at
 
 
 # Top-level fields.
@@ -606,23 +715,34 @@ def _link(entry: dict[str, object], where: str) -> LinkEntry:
     return LinkEntry(path, target)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Folder:
-    """One level of the destination tree, to find entries that would clash."""
+    """One level of the destination tree, to find entries that would clash. ``children``
+    stays None at a leaf: 100,000 files make no 100,000 empty dicts."""
 
-    owner: str | None = None  # where the entry at exactly this path was declared
-    children: dict[str, _Folder] = field(default_factory=dict)
+    owner: int | None = None  # the index in files of the entry at exactly this path
+    children: dict[str, _Folder] | None = None
+
+    def child(self, name: str) -> _Folder:
+        if self.children is None:
+            self.children = {}
+        node = self.children.get(name)
+        if node is None:
+            node = self.children[name] = _Folder()
+        return node
 
 
-def _check_overlaps(placed: list[tuple[str, str]],
-                    folders: Sequence[tuple[str, str]] = ()) -> None:
+def _check_overlaps(placed: list[tuple[str, int]],
+                    folders: Sequence[tuple[str, int]] = ()) -> None:
     """Refuse two entries at one path, or an entry inside another's path; a directory entry
-    may hold files (and repeat), but not sit at or inside a file's or a link's path.
+    may hold files (and repeat), but not sit at or inside a file's or a link's path. Each
+    is (path, its index in ``files``).
 
     A tree rather than a set of prefixes keeps this linear in the paths' length.
     """
     root = _Folder()
-    for path, where in placed:
+    for path, index in placed:
+        where = f"files[{index}]"
         node = root
         names = path.split("/")
         for depth, name in enumerate(names):
@@ -630,32 +750,33 @@ def _check_overlaps(placed: list[tuple[str, str]],
                 parent = "/".join(names[:depth])
                 raise ManifestError(
                     f"{where}.path: {path!r} is inside {parent!r},"
-                    f" the path of {node.owner}"
+                    f" the path of files[{node.owner}]"
                 )
-            node = node.children.setdefault(name, _Folder())
+            node = node.child(name)
         if node.owner is not None:
             raise ManifestError(
-                f"{where}.path: {path!r} is also the path of {node.owner}"
+                f"{where}.path: {path!r} is also the path of files[{node.owner}]"
             )
         if node.children:
             raise ManifestError(
                 f"{where}.path: {path!r} is a parent folder of {_any_owner(node)}"
             )
-        node.owner = where
-    for path, where in folders:  # after the files: they never meet a folder-only node
+        node.owner = index
+    for path, index in folders:  # after the files: they never meet a folder-only node
         node = root
         for name in path.split("/"):
-            node = node.children.setdefault(name, _Folder())
+            node = node.child(name)
             if node.owner is not None:
-                raise ManifestError(f"{where}.path: {path!r} is at or inside the path of "
-                                    f"{node.owner}")
+                raise ManifestError(f"files[{index}].path: {path!r} is at or inside the path "
+                                    f"of files[{node.owner}]")
 
 
 def _any_owner(node: _Folder) -> str:
     # Folders exist only on the way to an owned path, so going down always ends at one.
     while node.owner is None:
+        assert node.children
         node = next(iter(node.children.values()))
-    return node.owner
+    return f"files[{node.owner}]"
 
 
 # Field checks.
