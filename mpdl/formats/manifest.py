@@ -9,6 +9,7 @@ such as ``files[3].path: '..' is not allowed``.
 from __future__ import annotations
 
 import difflib
+import itertools
 import logging
 import sys
 import json
@@ -915,12 +916,22 @@ def windows_unsafe_paths(manifest: Manifest) -> dict[str, str]:
     """The paths (files, links, folders) Windows cannot hold, with why (names.py): on Windows
     each such file fails with that reason; elsewhere the run names them in a warning, since
     the same manifest handed to a Windows player would fail there."""
-    placed = [entry.path for entry in manifest.files] + [link.path for link in manifest.links]
-    found = {path: windows_name_problem(path)
-             for path in placed + [folder.path for folder in manifest.directories]}
+    # Only the problems are kept, and a path that folds to itself is its own key: 100,000
+    # paths make no dict of them all, nor a folded copy of each.
+    found: dict[str, str] = {}
     first: dict[str, str] = {}
-    for path in placed:  # a second file of one name but for case overwrites the first there
-        other = first.setdefault(folded_name(path), path)
-        if other != path and found[path] is None:
-            found[path] = f"Windows (and macOS, by default) cannot tell it from {other!r}"
-    return {path: why for path, why in found.items() if why is not None}
+    for path in itertools.chain((entry.path for entry in manifest.files),
+                                (link.path for link in manifest.links)):
+        why = windows_name_problem(path)
+        folded = folded_name(path)
+        # a second file of one name but for case overwrites the first there
+        other = first.setdefault(path if folded == path else folded, path)
+        if why is None and other != path:
+            why = f"Windows (and macOS, by default) cannot tell it from {other!r}"
+        if why is not None:
+            found[path] = why
+    for folder in manifest.directories:
+        why = windows_name_problem(folder.path)
+        if why is not None:
+            found.setdefault(folder.path, why)
+    return found
