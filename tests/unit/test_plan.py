@@ -470,6 +470,7 @@ def test_a_request_of_many_v1_files_keeps_its_spans_and_checks_packed():
     assert type(pickle.loads(pickle.dumps(task.checks))) is tuple
     assert pickle.loads(pickle.dumps(task)) == task
     assert task.map(3780, 1003) == [(3, 0, 0, 1003)]
+    assert task.file_ids == frozenset(range(40)) == frozenset(s.file_id for s in spans)
     # Cut in two, each half keeps what is its own.
     head, tail = cut_task(dataclasses.replace(task, checks=()), 20 * 1000, 99)
     assert sum(s.length for s in (*head.spans, *tail.spans)) == sum(s.length for s in spans)
