@@ -325,7 +325,8 @@ def _survey(run: _Run) -> None:
     todo, run.have = held.todo(), held.have()
     run.result.bytes_resumed = sum(ranges.total() for ranges in run.have.values())
     unsafe = _windows_names(run.parsed, run.result)
-    run.todo = [(file_id, entry) for file_id, entry in todo if entry.path not in unsafe]
+    run.todo = [(file_id, entry) for file_id, entry in todo if entry.path not in unsafe] \
+        if unsafe else todo
     run.builds = run.update.mark_moves(held.builds())
     # held goes here: a record per file, not kept through the fetch (100,000 files)
 
@@ -497,6 +498,8 @@ def _build_locally(update: Update, builds: list[Build], todo: list[tuple[int, Fi
     result.bytes_reused = reused.bytes
     result.removed += update.clear_the_way()
     placed = set(update.place(reused.whole))
+    if not placed:  # the lists as they are: no copy of a tuple per file (100,000 files)
+        return todo, have
     result.completed += [entry.path for fid, entry in todo if fid in placed]
     return ([(fid, entry) for fid, entry in todo if fid not in placed],
             {fid: ranges for fid, ranges in have.items() if fid not in placed})
