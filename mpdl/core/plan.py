@@ -351,10 +351,11 @@ class Planner:
                     present: RangeSet | None) -> None:
         """A file made of parts: each verified part whole, the other bytes (only those not
         ``present``) as ranges merged with their neighbours in the same object."""
-        if entry.parts and not present and all(part.hash is not None for part in entry.parts):
+        parts = entry.parts  # read once: a V1 file makes its Part when read (manifest.py)
+        if parts and not present and all(part.hash is not None for part in parts):
             draft.verified.add(file_id)  # every byte is checked against its part's hash (GOG V2)
         file_offset = 0
-        for index, part in enumerate(entry.parts):
+        for index, part in enumerate(parts):
             if part.length == 0 and part.size == 0:
                 continue
             if present and present.covers(file_offset, file_offset + part.size):
@@ -377,7 +378,7 @@ class Planner:
                 self._add_range(draft, part.url, part.offset, part.length, file_id, file_offset,
                                 str(part.hash))
             elif (self.parallel and not present and entry.hash is not None
-                  and len(entry.parts) == 1 and part.length <= self.chunk_size):
+                  and len(parts) == 1 and part.length <= self.chunk_size):
                 self._add_range(draft, part.url, part.offset, part.length, file_id, 0,
                                 str(entry.hash))
                 draft.verified.add(file_id)  # a V1 file: one range, checked whole in the worker
@@ -669,6 +670,10 @@ def known_object_ends(entries: Iterable[FileEntry]) -> dict[str, int]:
     for entry in entries:
         if entry.url is not None and entry.size is not None:
             ends[entry.url] = max(ends.get(entry.url, 0), entry.size)
+        plain = entry.plain_range
+        if plain is not None:  # no Part made: (object, offset, length)
+            ends[plain[0]] = max(ends.get(plain[0], 0), plain[1] + plain[2])
+            continue
         for part in entry.parts:
             ends[part.url] = max(ends.get(part.url, 0), part.offset + part.length)
     return ends

@@ -142,6 +142,14 @@ class FileEntry:
         assert self._source is not None and self.size is not None
         return (Part(self._source, self._offset, self.size, self.size),)
 
+    @property
+    def plain_range(self) -> tuple[str, int, int] | None:
+        """(object, offset, length) of a file that is one plain range of an object, which
+        ``parts`` would give as one Part; None for any other file."""
+        if self._parts is not None or self._source is None or self.size is None:
+            return None
+        return self._source, self._offset, self.size
+
     def _key(self) -> tuple[object, ...]:
         return (self.path, self.size, self.hash, self.executable, self.url, self.parts)
 

@@ -186,6 +186,7 @@ def test_a_file_of_one_plain_range_reads_back_as_its_part() -> None:
     part = Part("main.bin", 123456789, 1434, 1434)
     entry = FileEntry("game/a.dat", 1434, HashSpec("md5", MD5), parts=(part,))
     assert entry.parts == (part,) and entry.parts[0].offset == 123456789
+    assert entry.plain_range == ("main.bin", 123456789, 1434)
     assert entry == FileEntry("game/a.dat", 1434, HashSpec("md5", MD5), parts=(part,))
     assert entry != FileEntry("game/a.dat", 1434, HashSpec("md5", MD5),
                               parts=(Part("main.bin", 123456790, 1434, 1434),))
@@ -194,6 +195,7 @@ def test_a_file_of_one_plain_range_reads_back_as_its_part() -> None:
     # What is not one plain range of the whole file keeps its parts as they came.
     hashed = Part("main.bin", 0, 1434, 1434, hash=HashSpec("md5", MD5))
     assert FileEntry("b", 1434, parts=(hashed,)).parts[0] is hashed
+    assert FileEntry("b", 1434, parts=(hashed,)).plain_range is None
     shorter = Part("main.bin", 0, 1000, 1000)
     assert FileEntry("c", 1000, parts=(shorter, Part("x", 0, 0, 0))).parts[0] is shorter
 
