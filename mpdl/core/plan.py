@@ -112,6 +112,17 @@ class PackedSpans(Sequence[Span]):
     def file_ids(self) -> frozenset[int]:
         return frozenset(self._data[2::4])
 
+    def map(self, offset: int, end: int) -> list[tuple[int, int, int, int]]:
+        """Task.map of output bytes [offset, end), from the array."""
+        out = []
+        data = self._data
+        for at in range(0, len(data), 4):
+            start = data[at]
+            lo, hi = max(offset, start), min(end, start + data[at + 1])
+            if lo < hi:
+                out.append((data[at + 2], data[at + 3] + lo - start, lo - offset, hi - lo))
+        return out
+
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
             return tuple(self)[index]
@@ -231,7 +242,10 @@ class Task:
         """Where output bytes [offset, offset+length) go: (file_id, file_offset, rel, length)."""
         out = []
         end = offset + length
-        for span in self.spans:
+        spans = self.spans
+        if isinstance(spans, PackedSpans):  # read in place: no Span made per file per slot
+            return spans.map(offset, end)
+        for span in spans:
             span_end = end if span.length is None else span.offset + span.length
             lo, hi = max(offset, span.offset), min(end, span_end)
             if lo < hi:

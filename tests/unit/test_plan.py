@@ -470,6 +470,9 @@ def test_a_request_of_many_v1_files_keeps_its_spans_and_checks_packed():
     assert type(pickle.loads(pickle.dumps(task.checks))) is tuple
     assert pickle.loads(pickle.dumps(task)) == task
     assert task.map(3780, 1003) == [(3, 0, 0, 1003)]
+    unpacked = dataclasses.replace(task, spans=spans)
+    for offset, length in [(0, task.size), (3000, 2000), (3781, 1), (0, 777), (40000, 9999)]:
+        assert task.map(offset, length) == unpacked.map(offset, length)
     assert task.file_ids == frozenset(range(40)) == frozenset(s.file_id for s in spans)
     # Cut in two, each half keeps what is its own.
     head, tail = cut_task(dataclasses.replace(task, checks=()), 20 * 1000, 99)
