@@ -325,7 +325,8 @@ def _survey(run: _Run) -> None:
     todo, run.have = held.todo(), held.have()
     run.result.bytes_resumed = sum(ranges.total() for ranges in run.have.values())
     unsafe = _windows_names(run.parsed, run.result)
-    run.todo = [(file_id, entry) for file_id, entry in todo if entry.path not in unsafe]
+    run.todo = [(file_id, entry) for file_id, entry in todo if entry.path not in unsafe] \
+        if unsafe else todo
     run.builds = run.update.mark_moves(held.builds())
     # held goes here: a record per file, not kept through the fetch (100,000 files)
 
@@ -380,6 +381,9 @@ def _fetch_the_rest(run: _Run) -> None:
                                          run.journal, tracker, run.file_done, run.refresh_url,
                                          run.keep_state)
     else:
+        # The scheduler's file book holds what the fetch needs of the files to fetch: the
+        # list of them (a tuple per file) goes now, not after the fetch.
+        run.todo = []
         result.error = _fetch(run.parsed, run.plan, run.planner, run.layout, run.opts,
                               run.journal, run.have, tracker, run.file_done, run.refresh_url,
                               run.keep_state, run.redirects, begin, run.control)
@@ -494,6 +498,8 @@ def _build_locally(update: Update, builds: list[Build], todo: list[tuple[int, Fi
     result.bytes_reused = reused.bytes
     result.removed += update.clear_the_way()
     placed = set(update.place(reused.whole))
+    if not placed:  # the lists as they are: no copy of a tuple per file (100,000 files)
+        return todo, have
     result.completed += [entry.path for fid, entry in todo if fid in placed]
     return ([(fid, entry) for fid, entry in todo if fid not in placed],
             {fid: ranges for fid, ranges in have.items() if fid not in placed})
@@ -531,6 +537,10 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
                               have=have, journaling=True, can_refresh=refresh_url is not None,
                               counts=tracker.counts, redirects=redirects,
                               resumed={fid: journal.validators(plan.files[fid]) for fid in have})
+        # Its file book made a record of each file: the plan's map of them (a dict entry
+        # and a set entry per file) is not kept through the fetch.
+        plan.files.clear()
+        plan.verified.clear()
         supervisor = Supervisor(scheduler, ring=ring, layout=layout, options=opts,
                                 tracker=tracker, on_file_done=file_done, journal=journal,
                                 refresh_url=refresh_url, sync_at_end=keep_state,

@@ -56,7 +56,7 @@ class Dispatch:
         self._to_worker(worker, Fetch(
             task_id=task.task_id, attempt=run.attempt, url=run.url, offset=task.offset,
             length=task.length, ranged=task.ranged, exact=task.exact,
-            compression=task.compression, size=task.size, checks=task.checks, slot=slot,
+            compression=task.compression, size=task.size, checks=tuple(task.checks), slot=slot,
             credentials=route.credentials, batch=batch,
             expect=None if task.batch else self.validators.expect(self.mirror(run),
                                                                   task.ranged)))

@@ -248,6 +248,9 @@ class FileBook:
             self.checkpoints.file_done(fid)
         else:
             self.to_write -= _missing(file)  # it writes no more
+        # Its byte ranges are done with (the journal got its own copy): 100,000 small files
+        # would otherwise keep two range sets each to the end of the run.
+        file.have = file.synced = None
         self._effect(FileEnded(file.entry, ok, file.reason))
 
     def _move(self, file: FileRun, new: FileState) -> None:

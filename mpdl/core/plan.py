@@ -45,9 +45,10 @@ is fetched whole unless it is all there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from typing import Any
 
 from ..errors import ManifestError
 from ..formats.manifest import FileEntry, Part
@@ -72,6 +73,9 @@ MAX_RANGE = 64 * 1024 * 1024
 BATCH_FILE_MAX = 64 * 1024
 MAX_BATCH = 64
 BATCH_SPREAD = 64
+# A task of at least this many spans (or checks) keeps them packed (PackedSpans): fewer are
+# kept as tuples of objects, as cheap to hold and quicker to read.
+PACK_FROM = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,120 @@ class Span:
     length: int | None
     file_id: int
     file_offset: int
+
+
+class PackedSpans(Sequence[Span]):
+    """The spans of a request of many files (a grid cell of GOG V1 files, a batch), as one
+    array of four integers each: a Span is made when one is read. 100,000 files held as
+    Span objects, each with its own integers, are some 10 MiB for the whole run; as this,
+    3. Equal to (and hashed as) the tuple of the same spans; pickled as that tuple."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, spans: Iterable[Span]) -> None:
+        data = array("q")
+        for span in spans:
+            assert span.length is not None
+            data.extend((span.offset, span.length, span.file_id, span.file_offset))
+        self._data = data
+
+    def __len__(self) -> int:
+        return len(self._data) // 4
+
+    def file_ids(self) -> frozenset[int]:
+        return frozenset(self._data[2::4])
+
+    def map(self, offset: int, end: int) -> list[tuple[int, int, int, int]]:
+        """Task.map of output bytes [offset, end), from the array."""
+        out = []
+        data = self._data
+        for at in range(0, len(data), 4):
+            start = data[at]
+            lo, hi = max(offset, start), min(end, start + data[at + 1])
+            if lo < hi:
+                out.append((data[at + 2], data[at + 3] + lo - start, lo - offset, hi - lo))
+        return out
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        at = range(len(self))[index] * 4  # IndexError as a tuple's
+        return Span(*self._data[at:at + 4])
+
+    def __iter__(self) -> Iterator[Span]:
+        data = self._data
+        for at in range(0, len(data), 4):
+            yield Span(data[at], data[at + 1], data[at + 2], data[at + 3])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (PackedSpans, tuple)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+    def __reduce__(self) -> tuple[type[tuple[Span, ...]], tuple[tuple[Span, ...]]]:
+        return tuple, (tuple(self),)
+
+
+class PackedChecks(Sequence[Check]):
+    """The checks of a request of many files, as PackedSpans keeps spans: offsets and
+    lengths in one array, the hashes' strings (the manifest's own: HashSpec's text) in a
+    list; a Check is made when one is read. Sent to a worker as the tuple of its checks."""
+
+    __slots__ = ("_data", "_hashes")
+
+    def __init__(self, checks: Iterable[Check]) -> None:
+        data = array("q")
+        hashes = []
+        for check in checks:
+            data.extend((check.offset, check.length))
+            hashes.append(check.hash)
+        self._data, self._hashes = data, hashes
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        at = range(len(self))[index]
+        return Check(self._data[2 * at], self._data[2 * at + 1], self._hashes[at])
+
+    def __iter__(self) -> Iterator[Check]:
+        data = self._data
+        for at, hash in enumerate(self._hashes):
+            yield Check(data[2 * at], data[2 * at + 1], hash)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (PackedChecks, tuple)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+    def __reduce__(self) -> tuple[type[tuple[Check, ...]], tuple[tuple[Check, ...]]]:
+        return tuple, (tuple(self),)
+
+
+def packed_spans(spans: Sequence[Span]) -> Sequence[Span]:
+    """``spans`` for a task: packed when there are many (PackedSpans), else a tuple."""
+    if len(spans) >= PACK_FROM and all(span.length is not None for span in spans):
+        return PackedSpans(spans)
+    return tuple(spans)
+
+
+def packed_checks(checks: Sequence[Check]) -> Sequence[Check]:
+    """``checks`` for a task: packed when there are many (PackedChecks), else a tuple."""
+    return PackedChecks(checks) if len(checks) >= PACK_FROM else tuple(checks)
 
 
 @dataclass(frozen=True)
@@ -104,22 +222,30 @@ class Task:
     ranged: bool
     compression: str | None
     size: int | None
-    spans: tuple[Span, ...]
+    spans: Sequence[Span]
     exact: bool = True
-    checks: tuple[Check, ...] = ()
+    checks: Sequence[Check] = ()
     # A batch: one (source, length) per span, each a whole object asked with a plain GET, the
     # bodies back to back in the output; ``source`` is the first's. Empty: one request.
     batch: tuple[tuple[str, int], ...] = ()
 
-    @cached_property
+    @property
     def file_ids(self) -> frozenset[int]:
+        """Made when asked, not kept: a task of 256 V1 files would keep a set of 256 integers
+        for the whole run (6 MiB over 100,000 files); packed spans give theirs from the
+        array, without making a Span each."""
+        if isinstance(self.spans, PackedSpans):
+            return self.spans.file_ids()
         return frozenset(span.file_id for span in self.spans)
 
     def map(self, offset: int, length: int) -> list[tuple[int, int, int, int]]:
         """Where output bytes [offset, offset+length) go: (file_id, file_offset, rel, length)."""
         out = []
         end = offset + length
-        for span in self.spans:
+        spans = self.spans
+        if isinstance(spans, PackedSpans):  # read in place: no Span made per file per slot
+            return spans.map(offset, end)
+        for span in spans:
             span_end = end if span.length is None else span.offset + span.length
             lo, hi = max(offset, span.offset), min(end, span_end)
             if lo < hi:
@@ -239,10 +365,11 @@ class Planner:
                     present: RangeSet | None) -> None:
         """A file made of parts: each verified part whole, the other bytes (only those not
         ``present``) as ranges merged with their neighbours in the same object."""
-        if entry.parts and not present and all(part.hash is not None for part in entry.parts):
+        parts = entry.parts  # read once: a V1 file makes its Part when read (manifest.py)
+        if parts and not present and all(part.hash is not None for part in parts):
             draft.verified.add(file_id)  # every byte is checked against its part's hash (GOG V2)
         file_offset = 0
-        for index, part in enumerate(entry.parts):
+        for index, part in enumerate(parts):
             if part.length == 0 and part.size == 0:
                 continue
             if present and present.covers(file_offset, file_offset + part.size):
@@ -265,7 +392,7 @@ class Planner:
                 self._add_range(draft, part.url, part.offset, part.length, file_id, file_offset,
                                 str(part.hash))
             elif (self.parallel and not present and entry.hash is not None
-                  and len(entry.parts) == 1 and part.length <= self.chunk_size):
+                  and len(parts) == 1 and part.length <= self.chunk_size):
                 self._add_range(draft, part.url, part.offset, part.length, file_id, 0,
                                 str(entry.hash))
                 draft.verified.add(file_id)  # a V1 file: one range, checked whole in the worker
@@ -332,8 +459,8 @@ class Planner:
             stop = min(request.stop * cell, end) if request.end is None else request.end
             out.append((request.order, Task(
                 task_id=-1, source=source, offset=start, length=stop - start, ranged=True,
-                compression=None, size=stop - start, spans=tuple(request.spans),
-                checks=tuple(request.checks))))
+                compression=None, size=stop - start, spans=packed_spans(request.spans),
+                checks=packed_checks(request.checks))))
 
         for piece in pieces:
             start = piece.start
@@ -369,12 +496,11 @@ class Planner:
                 request.order = min(request.order, piece.order)
                 request.furthest = max(request.furthest, taken)
                 rel = start - (request.first * cell if request.start is None else request.start)
-                request.spans.append(Span(offset=rel, length=taken - start,
-                                          file_id=piece.file_id,
+                length = taken - start  # one int object for the span and its check
+                request.spans.append(Span(offset=rel, length=length, file_id=piece.file_id,
                                           file_offset=piece.file_offset + start - piece.start))
                 if piece.check is not None:
-                    request.checks.append(Check(offset=rel, length=taken - start,
-                                                hash=piece.check))
+                    request.checks.append(Check(offset=rel, length=length, hash=piece.check))
                 start = taken
         if request is not None:
             close(request)
@@ -460,8 +586,8 @@ class _Draft:
         length = request.end - request.start
         self.tasks.append(Task(
             task_id=self.next_task_id, source=source, offset=request.start, length=length,
-            ranged=True, compression=None, size=length, spans=tuple(request.spans),
-            checks=tuple(request.checks)))
+            ranged=True, compression=None, size=length, spans=packed_spans(request.spans),
+            checks=packed_checks(request.checks)))
 
 
 def batchable(task: Task) -> bool:
@@ -517,7 +643,8 @@ def batch_of(tasks: Sequence[Task], task_id: int) -> Task:
         parts.append((task.source, task.size))
         at += task.size
     return Task(task_id=task_id, source=tasks[0].source, offset=0, length=at, ranged=False,
-                compression=None, size=at, spans=tuple(spans), checks=tuple(checks),
+                compression=None, size=at, spans=packed_spans(spans),
+                checks=packed_checks(checks),
                 batch=tuple(parts))
 
 
@@ -557,6 +684,10 @@ def known_object_ends(entries: Iterable[FileEntry]) -> dict[str, int]:
     for entry in entries:
         if entry.url is not None and entry.size is not None:
             ends[entry.url] = max(ends.get(entry.url, 0), entry.size)
+        plain = entry.plain_range
+        if plain is not None:  # no Part made: (object, offset, length)
+            ends[plain[0]] = max(ends.get(plain[0], 0), plain[1] + plain[2])
+            continue
         for part in entry.parts:
             ends[part.url] = max(ends.get(part.url, 0), part.offset + part.length)
     return ends

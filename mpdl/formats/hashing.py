@@ -13,7 +13,7 @@ import os
 import sys
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
 
 import xxhash
 
@@ -67,31 +67,63 @@ _CONSTRUCTORS: dict[str, Callable[[], Hasher]] = {
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
-@dataclass(frozen=True, slots=True)
 class HashSpec:
     """An expected digest: a known algorithm and its lowercase hex digest.
 
     Construction validates, so a HashSpec in hand can always build its hasher.
     Use :func:`parse_hash` to read one from ``algo:hex`` text in any case.
+
+    It holds one string, ``algo:hex``, which ``str`` returns as is: a plan's checks and the
+    writer's records name the hash by that text, so a 100,000-file manifest keeps one string
+    per hash rather than a hex digest and, per planned file, its ``algo:hex`` copy.
+    Immutable, equal by value and hashable, as a frozen dataclass would be.
     """
 
-    algo: str
-    hexdigest: str
+    __slots__ = ("_text",)
+    _text: str
 
-    def __post_init__(self) -> None:
-        length = ALGORITHMS.get(self.algo)
+    def __init__(self, algo: str, hexdigest: str) -> None:
+        length = ALGORITHMS.get(algo)
         if length is None:
-            raise ValueError(f"unknown hash algorithm {self.algo!r}")
-        if len(self.hexdigest) != length:
-            found = len(self.hexdigest)
+            raise ValueError(f"unknown hash algorithm {algo!r}")
+        if len(hexdigest) != length:
             raise ValueError(
-                f"{self.algo} digest must be {length} hex digits, not {found}"
+                f"{algo} digest must be {length} hex digits, not {len(hexdigest)}"
             )
-        if not _HEX_DIGITS.issuperset(self.hexdigest):
-            raise ValueError(f"{self.algo} digest has characters other than 0-9a-f")
+        if not _HEX_DIGITS.issuperset(hexdigest):
+            raise ValueError(f"{algo} digest has characters other than 0-9a-f")
+        object.__setattr__(self, "_text", f"{algo}:{hexdigest}")
+
+    @property
+    def algo(self) -> str:
+        return sys.intern(self._text.partition(":")[0])
+
+    @property
+    def hexdigest(self) -> str:
+        return self._text.partition(":")[2]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"HashSpec is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"HashSpec is immutable: cannot delete {name!r}")
+
+    def __reduce__(self) -> tuple[type[HashSpec], tuple[str, str]]:
+        return HashSpec, (self.algo, self.hexdigest)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HashSpec):
+            return NotImplemented
+        return self._text == other._text
+
+    def __hash__(self) -> int:
+        return hash(self._text)
+
+    def __repr__(self) -> str:
+        return f"HashSpec(algo={self.algo!r}, hexdigest={self.hexdigest!r})"
 
     def __str__(self) -> str:
-        return f"{self.algo}:{self.hexdigest}"
+        return self._text
 
     def new(self) -> Hasher:
         """A fresh hasher of this spec's algorithm."""

@@ -9,6 +9,7 @@ such as ``files[3].path: '..' is not allowed``.
 from __future__ import annotations
 
 import difflib
+import itertools
 import logging
 import sys
 import json
@@ -16,7 +17,7 @@ import os
 import posixpath
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass
 from urllib.parse import urljoin, urlsplit
 
 import xxhash
@@ -92,20 +93,87 @@ class Part:
         return self.compression is not None
 
 
-@dataclass(frozen=True, slots=True)
 class FileEntry:
     """A regular file: its ``parts`` concatenated, or the whole object at ``url``.
 
     ``size`` is None only for :meth:`Manifest.single_url` downloads of unknown length.
     A size-0 file may have neither ``url`` nor ``parts``.
+
+    Immutable, equal by value and hashable, as a frozen dataclass of these six fields. A
+    file that is one plain range of an object (a GOG V1 file in ``main.bin``) keeps only
+    that range's object and offset: its one Part is made when ``parts`` is read, so a
+    100,000-file manifest holds no Part, tuple and length per file (a third of its model).
     """
 
+    __slots__ = ("path", "size", "hash", "executable", "url", "_parts", "_source", "_offset")
     path: str
     size: int | None
-    hash: HashSpec | None = None
-    executable: bool = False
-    url: str | None = None
-    parts: tuple[Part, ...] = ()
+    hash: HashSpec | None
+    executable: bool
+    url: str | None
+    _parts: tuple[Part, ...] | None  # None: one raw part, of _source at _offset, all of size
+    _source: str | None
+    _offset: int
+
+    def __init__(self, path: str, size: int | None, hash: HashSpec | None = None,
+                 executable: bool = False, url: str | None = None,
+                 parts: tuple[Part, ...] = ()) -> None:
+        put = object.__setattr__
+        put(self, "path", path)
+        put(self, "size", size)
+        put(self, "hash", hash)
+        put(self, "executable", executable)
+        put(self, "url", url)
+        one = parts[0] if len(parts) == 1 else None
+        if (one is not None and one.compression is None and one.hash is None
+                and one.length == one.size == size):
+            put(self, "_parts", None)
+            put(self, "_source", one.url)
+            put(self, "_offset", one.offset)
+        else:
+            put(self, "_parts", tuple(parts))
+            put(self, "_source", None)
+            put(self, "_offset", 0)
+
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        if self._parts is not None:
+            return self._parts
+        assert self._source is not None and self.size is not None
+        return (Part(self._source, self._offset, self.size, self.size),)
+
+    @property
+    def plain_range(self) -> tuple[str, int, int] | None:
+        """(object, offset, length) of a file that is one plain range of an object, which
+        ``parts`` would give as one Part; None for any other file."""
+        if self._parts is not None or self._source is None or self.size is None:
+            return None
+        return self._source, self._offset, self.size
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.path, self.size, self.hash, self.executable, self.url, self.parts)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not FileEntry:
+            return NotImplemented
+        assert isinstance(other, FileEntry)
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"FileEntry(path={self.path!r}, size={self.size!r}, hash={self.hash!r}, "
+                f"executable={self.executable!r}, url={self.url!r}, parts={self.parts!r})")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[type[FileEntry], tuple[object, ...]]:
+        return FileEntry, self._key()
 
     @property
     def identity(self) -> str:
@@ -258,10 +326,18 @@ def read_manifest(path: str | os.PathLike[str]) -> bytes:
 
 
 def manifest_from_bytes(data: bytes, *, strict: bool = False) -> Manifest:
-    """The manifest a file's bytes hold (ManifestError when they do not hold a valid one)."""
-    # The decoded JSON is ours alone: each entry goes as soon as it is parsed, so the JSON
-    # and the model of a 100,000-file manifest are not both in memory at the peak.
-    return parse_manifest(_decode(data), consume=True, strict=strict)
+    """The manifest a file's bytes hold (ManifestError when they do not hold a valid one).
+
+    The files are decoded one at a time, each made into the model and dropped: the JSON of a
+    100,000-file manifest never exists as one tree of dicts beside the model (decoded whole
+    and freed, it left some 40 MiB of holes in the heap that the run never gave back). Any
+    JSON this reading does not follow is read again by ``json.loads``, which says what is
+    wrong with it: the messages are the same."""
+    found = _top_level(data)
+    if found is None:
+        return parse_manifest(_decode(data), consume=True, strict=strict)
+    obj, text, start = found
+    return _model(obj, None if start is None else _elements(text, start), strict=strict)
 
 
 def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) -> Manifest:
@@ -272,6 +348,13 @@ def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) 
     holds), which frees each entry's memory while the model grows."""
     if not isinstance(obj, dict):
         raise ManifestError(f"manifest: must be a JSON object, not {_kind(obj)}")
+    return _model(obj, None, consume=consume, strict=strict)
+
+
+def _model(obj: dict[str, object], elements: Iterator[object] | None, *,
+           consume: bool = False, strict: bool) -> Manifest:
+    """The manifest ``obj`` describes; its files are ``obj["files"]``, or ``elements`` where
+    they are decoded one by one (``obj["files"]`` is then an empty list)."""
     unknown = UnknownKeys(strict)
     unknown.check(obj, "manifest", "manifest")
     _check_format(obj.get("format"))
@@ -285,9 +368,9 @@ def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) 
     files: list[FileEntry] = []
     links: list[LinkEntry] = []
     directories: list[DirectoryEntry] = []
-    placed: list[tuple[str, str]] = []
-    folders: list[tuple[str, str]] = []
-    for index, entry in enumerate(entries):
+    placed: list[tuple[str, int]] = []  # (path, index in files): "files[i]" made if refused
+    folders: list[tuple[str, int]] = []
+    for index, entry in enumerate(entries if elements is None else elements):
         where = f"files[{index}]"
         if not isinstance(entry, dict):
             raise ManifestError(f"{where}: must be an object, not {_kind(entry)}")
@@ -301,15 +384,15 @@ def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) 
         if entry.get("directory") is not None:
             directory = _directory(entry, where)
             directories.append(directory)
-            folders.append((directory.path, where))
+            folders.append((directory.path, index))
         elif entry.get("link") is not None:
             link = _link(entry, where)
             links.append(link)
-            placed.append((link.path, where))
+            placed.append((link.path, index))
         else:
             file = _file(entry, where, base_urls)
             files.append(file)
-            placed.append((file.path, where))
+            placed.append((file.path, index))
         if consume:
             entries[index] = None
     _check_overlaps(placed, folders)
@@ -401,6 +484,100 @@ def _decode(data: bytes) -> object:
         raise ManifestError(f"manifest: not valid JSON: {exc}") from exc
     except RecursionError as exc:
         raise ManifestError("manifest: not valid JSON: nested too deeply") from exc
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _skip(text: str, at: int) -> int:
+    """Past the JSON whitespace at ``at``."""
+    found = _WS.match(text, at)
+    assert found is not None  # it matches the empty string
+    return found.end()
+
+
+def _top_level(data: bytes) -> tuple[dict[str, object], str, int | None] | None:
+    """The manifest's top-level members, decoded, but for a ``files`` array, left in the
+    text: (members, with ``files`` an empty list; the text; where its first element starts).
+    Every element is decoded once here, to find the array's end (and any JSON error before
+    any entry is judged, as ``json.loads`` would), and dropped. None where the bytes are
+    anything but one JSON object (or not JSON at all): the caller then reads them with
+    ``json.loads``, which names what is wrong."""
+    try:
+        text = data.decode(json.detect_encoding(data), "surrogatepass")
+        at = _skip(text, 0)
+        if text[at:at + 1] != "{":
+            return None
+        obj: dict[str, object] = {}
+        start: int | None = None
+        at = _skip(text, at + 1)
+        more = text[at:at + 1] != "}"
+        if not more:
+            at += 1
+        while more:
+            if text[at:at + 1] != '"':
+                return None
+            key, at = json.decoder.scanstring(text, at + 1)  # type: ignore[attr-defined]
+            at = _skip(text, at)
+            if text[at:at + 1] != ":":
+                return None
+            at = _skip(text, at + 1)
+            if key == "files" and text[at:at + 1] == "[":
+                start = at + 1
+                at = _array_end(text, start)
+                obj[key] = []
+            else:
+                obj[key], at = _DECODER.raw_decode(text, at)
+                if key == "files":
+                    start = None  # the last "files" is the one json.loads keeps
+            at = _skip(text, at)
+            separator = text[at:at + 1]
+            at = _skip(text, at + 1) if separator == "," else at + 1
+            if separator not in (",", "}"):
+                return None
+            more = separator == ","
+        if _skip(text, at) != len(text):
+            return None
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError too
+        return None
+    return obj, text, start
+
+
+def _elements(text: str, start: int) -> Iterator[object]:
+    """The values of the JSON array whose first element (or ``]``) is at or after ``start``,
+    decoded one by one."""
+    at = start
+    while True:
+        value, at = _element(text, at)
+        if at < 0:
+            return
+        yield value
+
+
+def _array_end(text: str, start: int) -> int:
+    """Past the ``]`` of the array ``_elements`` reads, each element decoded and dropped."""
+    at = start
+    while at >= 0:
+        _, at = _element(text, at)
+    return -at
+
+
+def _element(text: str, at: int) -> tuple[object, int]:
+    """The array's value at or after ``at`` and where the next starts; at its end (None,
+    minus the offset past the ``]``). Raises ValueError where it is no JSON array."""
+    at = _skip(text, at)
+    if text[at:at + 1] == "]":
+        return None, -(at + 1)
+    value, at = _DECODER.raw_decode(text, at)
+    at = _skip(text, at)
+    separator = text[at:at + 1]
+    if separator == "]":  # the next call ends it
+        return value, at
+    at = _skip(text, at + 1)
+    if separator != "," or text[at:at + 1] == "]":
+        raise ValueError("expected a value after each , in the files array")
+    return value, at
 
 
 # Top-level fields.
@@ -547,23 +724,34 @@ def _link(entry: dict[str, object], where: str) -> LinkEntry:
     return LinkEntry(path, target)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Folder:
-    """One level of the destination tree, to find entries that would clash."""
+    """One level of the destination tree, to find entries that would clash. ``children``
+    stays None at a leaf: 100,000 files make no 100,000 empty dicts."""
 
-    owner: str | None = None  # where the entry at exactly this path was declared
-    children: dict[str, _Folder] = field(default_factory=dict)
+    owner: int | None = None  # the index in files of the entry at exactly this path
+    children: dict[str, _Folder] | None = None
+
+    def child(self, name: str) -> _Folder:
+        if self.children is None:
+            self.children = {}
+        node = self.children.get(name)
+        if node is None:
+            node = self.children[name] = _Folder()
+        return node
 
 
-def _check_overlaps(placed: list[tuple[str, str]],
-                    folders: Sequence[tuple[str, str]] = ()) -> None:
+def _check_overlaps(placed: list[tuple[str, int]],
+                    folders: Sequence[tuple[str, int]] = ()) -> None:
     """Refuse two entries at one path, or an entry inside another's path; a directory entry
-    may hold files (and repeat), but not sit at or inside a file's or a link's path.
+    may hold files (and repeat), but not sit at or inside a file's or a link's path. Each
+    is (path, its index in ``files``).
 
     A tree rather than a set of prefixes keeps this linear in the paths' length.
     """
     root = _Folder()
-    for path, where in placed:
+    for path, index in placed:
+        where = f"files[{index}]"
         node = root
         names = path.split("/")
         for depth, name in enumerate(names):
@@ -571,32 +759,33 @@ def _check_overlaps(placed: list[tuple[str, str]],
                 parent = "/".join(names[:depth])
                 raise ManifestError(
                     f"{where}.path: {path!r} is inside {parent!r},"
-                    f" the path of {node.owner}"
+                    f" the path of files[{node.owner}]"
                 )
-            node = node.children.setdefault(name, _Folder())
+            node = node.child(name)
         if node.owner is not None:
             raise ManifestError(
-                f"{where}.path: {path!r} is also the path of {node.owner}"
+                f"{where}.path: {path!r} is also the path of files[{node.owner}]"
             )
         if node.children:
             raise ManifestError(
                 f"{where}.path: {path!r} is a parent folder of {_any_owner(node)}"
             )
-        node.owner = where
-    for path, where in folders:  # after the files: they never meet a folder-only node
+        node.owner = index
+    for path, index in folders:  # after the files: they never meet a folder-only node
         node = root
         for name in path.split("/"):
-            node = node.children.setdefault(name, _Folder())
+            node = node.child(name)
             if node.owner is not None:
-                raise ManifestError(f"{where}.path: {path!r} is at or inside the path of "
-                                    f"{node.owner}")
+                raise ManifestError(f"files[{index}].path: {path!r} is at or inside the path "
+                                    f"of files[{node.owner}]")
 
 
 def _any_owner(node: _Folder) -> str:
     # Folders exist only on the way to an owned path, so going down always ends at one.
     while node.owner is None:
+        assert node.children
         node = next(iter(node.children.values()))
-    return node.owner
+    return f"files[{node.owner}]"
 
 
 # Field checks.
@@ -735,12 +924,22 @@ def windows_unsafe_paths(manifest: Manifest) -> dict[str, str]:
     """The paths (files, links, folders) Windows cannot hold, with why (names.py): on Windows
     each such file fails with that reason; elsewhere the run names them in a warning, since
     the same manifest handed to a Windows player would fail there."""
-    placed = [entry.path for entry in manifest.files] + [link.path for link in manifest.links]
-    found = {path: windows_name_problem(path)
-             for path in placed + [folder.path for folder in manifest.directories]}
+    # Only the problems are kept, and a path that folds to itself is its own key: 100,000
+    # paths make no dict of them all, nor a folded copy of each.
+    found: dict[str, str] = {}
     first: dict[str, str] = {}
-    for path in placed:  # a second file of one name but for case overwrites the first there
-        other = first.setdefault(folded_name(path), path)
-        if other != path and found[path] is None:
-            found[path] = f"Windows (and macOS, by default) cannot tell it from {other!r}"
-    return {path: why for path, why in found.items() if why is not None}
+    for path in itertools.chain((entry.path for entry in manifest.files),
+                                (link.path for link in manifest.links)):
+        why = windows_name_problem(path)
+        folded = folded_name(path)
+        # a second file of one name but for case overwrites the first there
+        other = first.setdefault(path if folded == path else folded, path)
+        if why is None and other != path:
+            why = f"Windows (and macOS, by default) cannot tell it from {other!r}"
+        if why is not None:
+            found[path] = why
+    for folder in manifest.directories:
+        why = windows_name_problem(folder.path)
+        if why is not None:
+            found.setdefault(folder.path, why)
+    return found

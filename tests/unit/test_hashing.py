@@ -196,3 +196,12 @@ def test_an_output_that_ends_inside_a_checked_part_fails() -> None:
     check = Check(offset=0, length=len(DATA), hash=f"md5:{reference('md5', DATA)}")
     with pytest.raises(IntegrityError, match="ended inside a checked part"):
         _fed((check,), DATA[:-10], slot=4096).finish()
+
+
+def test_hash_spec_text_is_one_string_shared() -> None:
+    """A plan's checks and the writer's records take ``str(spec)``: the spec's own string,
+    not a copy per call (a 100,000-file manifest would hold each hash twice)."""
+    spec = parse_hash("md5:" + "AB" * 16)
+    assert str(spec) == "md5:" + "ab" * 16 and str(spec) is str(spec)
+    assert (spec.algo, spec.hexdigest) == ("md5", "ab" * 16)
+    assert spec == HashSpec("md5", "ab" * 16) and hash(spec) == hash(HashSpec("md5", "ab" * 16))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import pickle
 import re
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -172,10 +173,31 @@ def test_model_is_frozen_tuples() -> None:
     assert isinstance(parsed.files, tuple)
     assert isinstance(parsed.links, tuple)
     assert all(isinstance(entry.parts, tuple) for entry in parsed.files)
-    for value in (parsed, parsed.files[0], parsed.files[1].parts[0], parsed.links[0]):
-        first = dataclasses.fields(value)[0].name
+    for value in (parsed, parsed.files[0], parsed.files[1], parsed.files[1].parts[0],
+                  parsed.links[0]):
+        first = "path" if isinstance(value, FileEntry) else dataclasses.fields(value)[0].name
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, first, "x")
+
+
+def test_a_file_of_one_plain_range_reads_back_as_its_part() -> None:
+    """A V1 file keeps its range's object and offset, not a Part: what it gives back is the
+    Part it was made of, equal to (and hashed as) one made the long way."""
+    part = Part("main.bin", 123456789, 1434, 1434)
+    entry = FileEntry("game/a.dat", 1434, HashSpec("md5", MD5), parts=(part,))
+    assert entry.parts == (part,) and entry.parts[0].offset == 123456789
+    assert entry.plain_range == ("main.bin", 123456789, 1434)
+    assert entry == FileEntry("game/a.dat", 1434, HashSpec("md5", MD5), parts=(part,))
+    assert entry != FileEntry("game/a.dat", 1434, HashSpec("md5", MD5),
+                              parts=(Part("main.bin", 123456790, 1434, 1434),))
+    assert pickle.loads(pickle.dumps(entry)) == entry
+    assert len({entry, FileEntry("game/a.dat", 1434, HashSpec("md5", MD5), parts=(part,))}) == 1
+    # What is not one plain range of the whole file keeps its parts as they came.
+    hashed = Part("main.bin", 0, 1434, 1434, hash=HashSpec("md5", MD5))
+    assert FileEntry("b", 1434, parts=(hashed,)).parts[0] is hashed
+    assert FileEntry("b", 1434, parts=(hashed,)).plain_range is None
+    shorter = Part("main.bin", 0, 1000, 1000)
+    assert FileEntry("c", 1000, parts=(shorter, Part("x", 0, 0, 0))).parts[0] is shorter
 
 
 def test_null_counts_as_absent_for_optional_fields() -> None:
@@ -835,3 +857,62 @@ def test_a_directory_entry_is_a_folder_that_may_hold_files() -> None:
 def test_a_directory_entry_that_clashes_or_escapes_is_refused(entries: list, says: str) -> None:
     with pytest.raises(ManifestError, match=re.escape(says)):
         parse_manifest(doc(*entries))
+
+
+def _read_whole(data: bytes) -> Manifest | str:
+    """What json.loads and parse_manifest make of ``data``: the reference for the reading
+    that decodes one file at a time."""
+    try:
+        return parse_manifest(manifest_module._decode(data))
+    except ManifestError as exc:
+        return str(exc)
+
+
+def _read_streamed(data: bytes) -> Manifest | str:
+    try:
+        return manifest_module.manifest_from_bytes(data)
+    except ManifestError as exc:
+        return str(exc)
+
+
+def test_a_manifest_file_read_one_entry_at_a_time_is_the_same_as_read_whole() -> None:
+    text = json.dumps(example(), indent=1)
+    files_last = json.dumps({k: v for k, v in example().items() if k != "files"}
+                            | {"files": example()["files"]})
+    cases = [
+        text, files_last, " \n" + text + "\n ", "\ufeff" + text,
+        text.replace('"files": [', '"files": [ ', 1),
+        text.replace('"files": [', '"files": "no"', 1).replace("]\n}", "}", 1),
+        '{"format": "mpdl/1", "files": []}', '{"format": "mpdl/1", "files": [ ] }',
+        '{"format": "mpdl/1", "files": [], "files": [{"path": "a", "size": 0}]}',
+        '{"format": "mpdl/1", "files": [{"path": "a", "size": 0}], "files": 3}',
+        # broken JSON: the same message as json.loads's, wherever it breaks
+        '{"format": "mpdl/1", "files": [{"path": "a", "size": 0},]}',
+        '{"format": "mpdl/1", "files": [{"path": "a", "size": 0}}',
+        '{"format": "mpdl/1", "files": [{"path": "a", "size": 0}]',
+        '{"format": "mpdl/1", "files": [{"path": "a", "size": 0}]} x',
+        '{"format": "mpdl/1", "files": [{"path": "a" "size": 0}]}',
+        '{"format": "mpdl/1", "files": [], }', '{"format" "mpdl/1"}', '{,}', "[]", "", "nul",
+        '{"format": "mpdl/1", "files": [{"path": "a", "size": 1' + "0" * 5000 + "}]}",
+        # refused entries, in the order json.loads's tree would refuse them
+        '{"format": "mpdl/1", "files": [{"path": "../a", "size": 0}, {"path": 3}]}',
+        '{"files": [{"path": "a", "size": 1, "url": "x"}], "format": "mpdl/1"}',
+        '{"format": "mpdl/1", "files": [{"path": "a", "size": 0}, {"path": "a/b", "size": 0}]}',
+    ]
+    for case in cases:
+        for encoding in ("utf-8", "utf-16"):
+            data = case.encode(encoding)
+            assert _read_streamed(data) == _read_whole(data), (case[:80], encoding)
+    assert isinstance(_read_streamed(text.encode()), Manifest)
+    assert _read_streamed(b"\xff\xfe\x00") == _read_whole(b"\xff\xfe\x00")
+
+
+def test_a_manifest_file_is_never_decoded_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its files are decoded one by one (a 100,000-file manifest's JSON tree is several times
+    its model): the whole-file json.loads is only for the JSON the reading does not follow."""
+    def whole(data: bytes) -> object:
+        raise AssertionError("decoded whole")
+
+    monkeypatch.setattr(manifest_module, "_decode", whole)
+    data = json.dumps(example()).encode()
+    assert manifest_module.manifest_from_bytes(data) == parse_manifest(example())

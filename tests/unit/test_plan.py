@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import pytest
 
@@ -10,7 +11,7 @@ from mpdl.errors import ManifestError
 from mpdl.formats.manifest import FileEntry, Part, parse_manifest
 from mpdl.core.plan import (BATCH_FILE_MAX, BATCH_SPREAD, MAX_BATCH, MAX_SPANS, MERGE_GAP,
                             ZLIB_MAX_RATIO, Planner, batch_index, batch_slice, cut_points, cut_task,
-                            known_object_ends, stream_task)
+                            PackedChecks, PackedSpans, Span, known_object_ends, stream_task)
 from mpdl.core.ranges import RangeSet
 
 KiB, MiB = 1024, 1024 * 1024
@@ -444,3 +445,35 @@ def test_a_batch_is_raced_only_whole_and_its_head_at_zero_is_empty():
     assert cut_points(batch, 40, 64 * KiB) == []
     head, tail = cut_task(batch, 0, 99)
     assert head.batch == () and head.spans == () and tail.batch == batch.batch
+
+
+def test_a_request_of_many_v1_files_keeps_its_spans_and_checks_packed():
+    """A cell of many small V1 files: one array of integers for its spans and one for its
+    checks (a Span or a Check is made when read), read back as the objects they came from,
+    equal to those tuples, and sent to a worker as a plain tuple."""
+    files = [{"path": f"s{i}", "size": 1000 + i, "hash": MD5,
+              "parts": [{"url": "main.bin", "offset": 777 + 1000 * i + i * (i - 1) // 2,
+                         "length": 1000 + i}]} for i in range(40)]
+    plan = planned(manifest(*files), chunk_size=MiB)
+    [task] = plan.tasks
+    assert isinstance(task.spans, PackedSpans) and isinstance(task.checks, PackedChecks)
+    spans, checks = tuple(task.spans), tuple(task.checks)
+    assert len(spans) == len(task.spans) == 40 == len(checks)
+    assert spans[3] == Span(offset=777 + 3003, length=1003, file_id=3, file_offset=0)  # cell 0
+    assert task.spans[3] == spans[3] and task.spans[-1] == spans[-1]
+    assert task.spans[2:5] == spans[2:5] and task.checks[-1] == checks[-1]
+    assert (checks[3].offset, checks[3].length, checks[3].hash) == (3780, 1003, MD5)
+    assert task.spans == spans and spans == task.spans and task.checks == checks
+    assert hash(task.spans) == hash(spans) and task.spans != spans[:-1]
+    with pytest.raises(IndexError):
+        task.spans[40]  # noqa: B018
+    assert type(pickle.loads(pickle.dumps(task.checks))) is tuple
+    assert pickle.loads(pickle.dumps(task)) == task
+    assert task.map(3780, 1003) == [(3, 0, 0, 1003)]
+    unpacked = dataclasses.replace(task, spans=spans)
+    for offset, length in [(0, task.size), (3000, 2000), (3781, 1), (0, 777), (40000, 9999)]:
+        assert task.map(offset, length) == unpacked.map(offset, length)
+    assert task.file_ids == frozenset(range(40)) == frozenset(s.file_id for s in spans)
+    # Cut in two, each half keeps what is its own.
+    head, tail = cut_task(dataclasses.replace(task, checks=()), 20 * 1000, 99)
+    assert sum(s.length for s in (*head.spans, *tail.spans)) == sum(s.length for s in spans)
