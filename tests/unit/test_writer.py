@@ -237,6 +237,47 @@ def test_a_cells_small_files_are_each_created_once_by_their_first_write(
         ring.close()
 
 
+@pytest.mark.parametrize("files", [100, 1], ids=["a cell of small files", "one large piece"])
+def test_a_slot_of_small_files_is_written_and_closed_by_the_record_loop_a_large_copy_in_the_pool(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: int) -> None:
+    """The pool is for copying large slots into the page cache: a slot past POOL_FROM of many
+    small files is written by the record loop, and so their CloseFiles run there too, with
+    no pool job each waiting for the slot's; a slot of one large piece is the pool's."""
+    size = 320 * 1024 // files
+    datas = [os.urandom(size) for _ in range(files)]
+    ring = Ring.create(slot_size=size * files, slots=1)
+    writer = Writer(ring, str(tmp_path), threads=2)
+    submitted: list[object] = []
+    submit = writer.pool.submit
+    monkeypatch.setattr(writer.pool, "submit", lambda *a, **k: (submitted.append(a[1]),
+                                                                submit(*a, **k))[1])
+    try:
+        pieces = []
+        with ring.view(0) as view:
+            for i, data in enumerate(datas):
+                view[i * size:(i + 1) * size] = data
+                pieces.append(Piece(file_id=i, file_offset=0, slot_offset=i * size, length=size))
+                writer.handle(OpenFile(file_id=i, staging=str(tmp_path / "s" / f"{i}.part"),
+                                       size=size, algo="md5"))
+        writer.handle(WriteSlot(slot=0, pieces=tuple(pieces)))
+        for i, data in enumerate(datas):
+            writer.handle(CloseFile(file_id=i, keep=True, destination=str(tmp_path / f"f{i}"),
+                                    hash="md5:" + hashlib.md5(data).hexdigest(),
+                                    executable=False))
+        out = replies(writer)
+        assert out[0] == SlotWritten(slot=0, written=size * files)
+        assert sorted(out[1:]) == [FileClosed(file_id=i, ok=True, reason="")
+                                   for i in range(files)]
+        assert all((tmp_path / f"f{i}").read_bytes() == data for i, data in enumerate(datas))
+        if files > 1:
+            assert submitted == []
+        else:  # its write (and its close, unless the write was done by then)
+            assert submitted[0] == writer._write
+    finally:
+        writer.close_all()
+        ring.close()
+
+
 def test_a_small_file_never_written_is_made_empty_at_its_close_or_left_unmade(
         tmp_path: Path) -> None:
     """An empty output (no bytes ever come) still takes its name; a small file that fails

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from perf import servers  # noqa: E402
 
-CACHE = Path("/root/.cache/mpdl-perf/full")
+CACHE = Path(os.environ.get("ABRUN_CACHE", "/root/.cache/mpdl-perf/full"))
 
 
 def _role(name: str) -> str:
