@@ -51,7 +51,11 @@ READ_BACK = 1024 * 1024
 # A Sync of more files than this is one syncfs(2) of the whole filesystem.
 SYNCFS_OVER = 16
 # A fresh file this small is not given its size up front: its bytes come in a piece or two,
-# and a file left short by a crash is only fetched again (resuming needs the full size).
+# and a file left short by a crash is only fetched again (resuming needs the full size). Nor
+# is it created at its OpenFile, but by its first write (Staged.create): a grid cell's slot
+# carries hundreds of such files, all opened before the slot is filled, so a descriptor
+# opened early was closed by the FdCache and opened again to write (issue 18: two calls a
+# file of a V1 depot for nothing).
 NO_TRUNCATE_UP_TO = 64 * 1024
 # Threads doing the writer's system calls: on 2 cores, 4 keep both busy while some wait on
 # a directory's lock or on memory.
@@ -60,8 +64,13 @@ WRITER_THREADS = 4
 # closes and syncs with nothing left to wait for: a pool job costs more Python than the
 # system calls of a small file, and creating files in one folder does not go faster in
 # parallel (the kernel locks the folder). What the pool is for is copying large slots into
-# the page cache, in parallel.
+# the page cache, in parallel. So a slot of many small files (a V1 grid cell: hundreds of
+# them) is the record loop's too, whatever its size: written there, the files' CloseFiles that
+# follow it find their writes done and run there as well, where each would otherwise be a pool
+# job of its own waiting for the slot's (a third of the writer's CPU on 100,000 files).
 POOL_FROM = 256 * 1024
+# A slot whose pieces average under this many bytes is a slot of small files (above).
+SMALL_PIECES = 64 * 1024
 # Jobs submitted and not done, at most: beyond, the record loop waits, so the writer's memory
 # stays bounded however far the coordinator runs ahead (100,000 small files come fast).
 MAX_JOBS = 2048
@@ -114,16 +123,18 @@ class StreamHash:
 
 class Staged:
     """One staging file as the jobs share it: its descriptor (opened on demand, see FdCache),
-    its streamed hash, whether a job dropped it after an error that fails this file, and why
-    a write to it failed (then it never takes its final name)."""
+    the flags that create it when its first use is to create it (a fresh small file: see
+    NO_TRUNCATE_UP_TO), its streamed hash, whether a job dropped it after an error that fails
+    this file, and why a write to it failed (then it never takes its final name)."""
 
-    __slots__ = ("file_id", "path", "fd", "users", "stream", "lock", "opened", "writes",
-                 "dropped", "unwritten")
+    __slots__ = ("file_id", "path", "fd", "create", "users", "stream", "lock", "opened",
+                 "writes", "dropped", "unwritten")
 
     def __init__(self, file_id: int, path: str) -> None:
         self.file_id = file_id
         self.path = path
         self.fd: int | None = None
+        self.create = 0  # os.open's flags for its first use; 0: it exists
         self.users = 0  # jobs using ``fd`` now: it is not closed under them
         self.stream: StreamHash | None = None
         self.lock = threading.Lock()  # the streamed hash takes the file's bytes in order
@@ -150,12 +161,14 @@ class FdCache:
         self.open: OrderedDict[Staged, None] = OrderedDict()
 
     def use(self, staged: Staged, fd: int | None = None) -> int:
-        """``staged``'s descriptor, held until ``release`` (``fd``: the one just created)."""
+        """``staged``'s descriptor, held until ``release`` (``fd``: the one just created);
+        the file is created now if it was left to its first use (``Staged.create``)."""
         with self.lock:
             if fd is not None:
                 staged.fd = fd
             elif staged.fd is None:
-                staged.fd = os.open(staged.path, os.O_RDWR | O_BINARY)
+                staged.fd = os.open(staged.path, staged.create or os.O_RDWR | O_BINARY, 0o644)
+                staged.create = 0
             staged.users += 1
             self.open[staged] = None
             self.open.move_to_end(staged)
@@ -246,7 +259,8 @@ class Writer:
     def write(self, record: WriteSlot) -> list[FromWriter]:
         pieces = [(self.files[p.file_id], p) for p in record.pieces if p.file_id in self.files]
         after = {staged.opened for staged, _ in pieces}
-        small = sum(piece.length for _, piece in pieces) < POOL_FROM
+        total = sum(piece.length for _, piece in pieces)
+        small = total < POOL_FROM or total < SMALL_PIECES * len(pieces)
         job = self._submit(self._write, after, record.slot, pieces, inline=small)
         for staged in {staged for staged, _ in pieces}:
             if len(staged.writes) >= 64:
@@ -324,16 +338,19 @@ class Writer:
                 os.makedirs(folder, exist_ok=True)
                 self.made.add(folder)
             flags = os.O_RDWR | os.O_CREAT | O_BINARY | (os.O_TRUNC if record.fresh else 0)
-            fd = os.open(record.staging, flags, 0o644)
-            self.fds.use(staged, fd)
-            try:
-                if record.fresh:
-                    if record.size and record.size > NO_TRUNCATE_UP_TO:
-                        os.ftruncate(fd, record.size)  # sparse: no zero-filling pass
-                elif record.size and os.fstat(fd).st_size != record.size:
-                    os.ftruncate(fd, record.size)
-            finally:
-                self.fds.release(staged)
+            if record.fresh and record.size is not None and record.size <= NO_TRUNCATE_UP_TO:
+                staged.create = flags  # made by its first write (NO_TRUNCATE_UP_TO)
+            else:
+                fd = os.open(record.staging, flags, 0o644)
+                self.fds.use(staged, fd)
+                try:
+                    if record.fresh:
+                        if record.size and record.size > NO_TRUNCATE_UP_TO:
+                            os.ftruncate(fd, record.size)  # sparse: no zero-filling pass
+                    elif record.size and os.fstat(fd).st_size != record.size:
+                        os.ftruncate(fd, record.size)
+                finally:
+                    self.fds.release(staged)
             if record.algo and record.size and record.fresh:
                 staged.stream = StreamHash(record.algo, record.size)
         except OSError as exc:
@@ -377,6 +394,10 @@ class Writer:
                                reason=f"not all of it was written ({staged.unwritten}); what "
                                       "was is kept for a re-run")]
         try:
+            if staged.create:  # nothing was written to it: an empty file, made now
+                self.fds.use(staged)
+                self.fds.release(staged)
+                self.fds.close(staged)
             if record.round == 3:
                 vote(path, record.differing, aside_path(path))
             if record.hash:

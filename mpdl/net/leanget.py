@@ -6,7 +6,12 @@ Timeout objects, the response wrapper and its header dict). Here each fetch thre
 connection per (scheme, host, port) and sends plain GETs on it with http.client, whose
 response is read as any other (fetch.CappedReads, fetch._read_into: the speed cap and floor).
 The response head is read by a strict reader (``strict_headers``) rather than the email
-package http.client uses, which costs a quarter of such a request.
+package http.client uses, which costs a quarter of such a request; when the first receive holds
+the whole head (a small object's always does), it is read from there in one pass, not a line
+at a time. A request's bytes are made once per origin (scheme, host, port) by http.client
+itself, as it would send them, and only the target changes from one object to the next: the
+parsing and checks of http.client's request machinery ran per object, for the same bytes
+(issue 18: with them, about half of a small object's CPU in the worker).
 
 What stays urllib3's, so that nothing is weaker than the pool: each connection is made by the
 direct pool's own connection pool (urllib3's HTTP(S)Connection: the same TLS context,
@@ -18,9 +23,10 @@ CREDENTIALS when the object's URL is a redirect's target on another host).
 Rules:
 - anything this path does not do is ``None`` from ``get`` (the caller asks urllib3's pool
   for that object, not for the rest): a URL that goes through a proxy, one http.client will
-  not send as it stands (not ASCII, a space: urllib3 quotes it), a head the strict reader
-  leaves (Unusual) and a redirect (its connection is closed, its body unread: the bytes of
-  it that reached the socket count as fetched, ``take_unread``);
+  not send as it stands (not ASCII, a space or a control character: urllib3 quotes it; it is
+  refused before any byte is sent), a head the strict reader leaves (Unusual) and a redirect
+  (its connection is closed, its body unread: the bytes of it that reached the socket count
+  as fetched, ``take_unread``);
 - a connection is reused only when its last response was read to its end and the socket
   holds nothing (urllib3's own test of a dropped connection): bytes past a body, or a server
   that closed it, make a new one;
@@ -34,7 +40,9 @@ Rules:
 from __future__ import annotations
 
 import http.client
+import re
 import socket
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import urllib3
@@ -84,6 +92,16 @@ class Exchange:
 
 #: The headers that say where a body ends: never two readings of them.
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
+#: What http.client refuses in a request target (its _contains_disallowed_url_pchar_re).
+_DISALLOWED = re.compile("[\x00-\x20\x7f]")
+#: A status line read at once (``LeanResponse._head_at_once``): anything else is read by
+#: http.client's own _read_status (a 100 Continue, an odd version, spacing or code).
+_STATUS = re.compile(r"(HTTP/1\.[01]) ([1-9][0-9][0-9])(?: ([^\r\n]*))?")
+#: Header lines http.client reads at most (its _MAXHEADERS): a head with this many is left to
+#: its line by line reading, which refuses more.
+MAX_HEADERS = 100
+#: Origins whose request bytes are kept, at most (a manifest's mirrors are a handful).
+ORIGINS = 64
 
 
 class Unusual(http.client.HTTPException):
@@ -103,9 +121,13 @@ def strict_headers(lines: list[bytes]) -> Headers:
     header (Content-Length, Transfer-Encoding) sent twice with two values, or a
     Transfer-Encoding other than ``chunked``: what email's parser (http.client's) would read
     one way and a strict reader another is the pool's to read."""
+    return _strict([line.decode("iso-8859-1").rstrip("\r\n") for line in lines[:-1]])
+
+
+def _strict(lines: list[str]) -> Headers:
+    """``strict_headers`` on the header lines as text, their line ends gone."""
     out = Headers()
-    for line in lines[:-1]:  # the last is the blank line that ends them
-        text = line.decode("iso-8859-1").rstrip("\r\n")
+    for text in lines:
         name, colon, value = text.partition(":")
         if not colon or not name or name != name.strip() or name[0] in " \t":
             raise Unusual(f"header line {text[:80]!r}")
@@ -125,11 +147,16 @@ class LeanResponse(http.client.HTTPResponse):
     def begin(self) -> None:
         if self.headers is not None:
             return
-        while True:
-            version, status, reason = self._read_status()
-            if status != http.client.CONTINUE:
-                break
-            http.client._read_headers(self.fp)
+        head = self._head_at_once()
+        if head is None:
+            while True:
+                version, status, reason = self._read_status()
+                if status != http.client.CONTINUE:
+                    break
+                http.client._read_headers(self.fp)
+            headers = strict_headers(http.client._read_headers(self.fp))
+        else:
+            version, status, reason, headers = head
         self.code = self.status = status
         self.reason = reason.strip()
         if version in ("HTTP/1.0", "HTTP/0.9"):
@@ -138,7 +165,6 @@ class LeanResponse(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        headers = strict_headers(http.client._read_headers(self.fp))
         self.headers = self.msg = headers
         self.chunked = headers.get("transfer-encoding") is not None
         self.chunk_left = None
@@ -153,6 +179,40 @@ class LeanResponse(http.client.HTTPResponse):
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True
+
+    def _head_at_once(self) -> tuple[str, int, str, Headers] | None:
+        """The head, when the buffered reader holds all of it after one receive (peek: what
+        readline's first receive would take), read in one pass and consumed; None, with
+        nothing consumed, for any head that is not plain (a 100 Continue, an odd status
+        line, a line ended by a lone CR or LF, more header lines than http.client takes, a
+        head longer than the buffer): http.client's line by line reading takes those."""
+        buffered = self.fp.peek()
+        end = buffered.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = buffered[:end]
+        crlf = head.count(b"\r\n")
+        if (head.count(b"\r") != crlf or head.count(b"\n") != crlf
+                or crlf >= MAX_HEADERS):
+            return None
+        lines = head.decode("iso-8859-1").split("\r\n")
+        status = _STATUS.fullmatch(lines[0])
+        if status is None or status[2] == "100":
+            return None
+        headers = _strict(lines[1:])
+        self.fp.read(end + 4)  # from the buffer: no receive
+        return status[1], int(status[2]), status[3] or "", headers
+
+
+class Origin(NamedTuple):
+    """Where the objects of one URL prefix (``scheme://netloc``) are asked: the connection's
+    key, and the request's bytes after its target, as http.client sends them (with the pool's
+    headers, and ``bare``: without the CREDENTIALS). None in ``Lean.origins``: the pool's
+    (a proxy)."""
+
+    key: tuple[str, str, int]
+    head: bytes
+    bare: bytes
 
 
 class Lean:
@@ -171,26 +231,25 @@ class Lean:
         self.bare = {k: v for k, v in self.headers.items() if k.lower() not in CREDENTIALS}
         self.reused: dict[tuple[str, str, int], bool] = {}
         self.unread = 0  # bytes of answers left to the pool, not yet counted (take_unread)
+        self.origins: dict[str, Origin | None] = {}  # by the URL up to its path
 
     def get(self, url: str, credentials: bool) -> Exchange | None:
         """GET ``url``, the response's status and headers read, its body not; None when this
         path does not take it (module docstring: the caller asks the pool)."""
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
+        where = self._where(url)
+        if where is None:
             return None
-        if self.pool.rules.for_url(url) is not None:
-            return None
-        key = (scheme, parts.hostname, parts.port or (443 if scheme == "https" else 80))
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        headers = self.headers if credentials else self.bare
+        origin, target = where
+        key = origin.key
+        request = b"GET " + target + (origin.head if credentials else origin.bare)
         for _ in range(2):
             conn, wire, reused = self._connection(url, key)
             try:
-                http.client.HTTPConnection.request(conn, "GET", target, headers=headers)
-                raw = http.client.HTTPConnection.getresponse(conn)
+                sock = conn.sock
+                assert sock is not None
+                sock.sendall(request)
+                raw = LeanResponse(sock, method="GET")
+                raw.begin()
             except _CLOSED_UNDER_US as exc:
                 self.close(key)
                 if reused:
@@ -199,9 +258,9 @@ class Lean:
             except OSError as exc:
                 self.close(key)
                 raise network_error(url, exc) from None
-            except (ValueError, http.client.InvalidURL, Unusual):  # a URL http.client will
-                self.close(key, dropping=True)  # not send as it stands (not ASCII, a space:
-                return None  # the pool quotes it), or an answer the pool reads as it did
+            except Unusual:  # an answer the pool reads as it did
+                self.close(key, dropping=True)
+                return None
             except http.client.HTTPException as exc:  # a status line or header not HTTP's
                 self.close(key)
                 raise TransientError(f"{url}: bad response: {exc!r}") from None
@@ -212,6 +271,58 @@ class Lean:
                 return None
             return Exchange(raw, wire, key)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _where(self, url: str) -> tuple[Origin, bytes] | None:
+        """``url``'s origin and its request target (path and query, as urlsplit cuts them),
+        or None: the pool's (a proxy, a URL http.client would not send as it stands, not
+        HTTP). The origin is worked out once per prefix: a batch's URLs share theirs."""
+        start = url.find("://")
+        cut = url.find("/", start + 3) if start > 0 else -1
+        if cut < 0 or "?" in url[:cut] or "#" in url[:cut]:  # no path: urlsplit's to cut
+            prefix, target = url, "/"
+            parts = urlsplit(url)
+            if parts.path or parts.query:
+                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        else:
+            prefix, target = url[:cut], url[cut:]
+            fragment = target.find("#")
+            if fragment >= 0:
+                target = target[:fragment]
+        if not target.isascii() or _DISALLOWED.search(target):
+            return None  # http.client refuses it; urllib3 quotes it
+        if prefix in self.origins:
+            origin = self.origins[prefix]
+        else:
+            if len(self.origins) >= ORIGINS:
+                self.origins.clear()
+            origin = self.origins[prefix] = self._origin(url)
+        return None if origin is None else (origin, target.encode("ascii"))
+
+    def _origin(self, url: str) -> Origin | None:
+        """The Origin of ``url``: its connection's key, and the bytes http.client sends after
+        the target of a GET on such a connection (made by http.client itself, on a connection
+        object of the pool's that never connects), with and without the credentials."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            return None
+        if self.pool.rules.for_url(url) is not None:
+            return None
+        key = (scheme, parts.hostname, parts.port or (443 if scheme == "https" else 80))
+        heads = []
+        for headers in (self.headers, self.bare):
+            blank = self.pool.pools[None].connection_from_host(
+                key[1], port=key[2], scheme=scheme)._new_conn()
+            assert isinstance(blank, PoolConnection)
+            sent: list[bytes] = []
+            blank.send = sent.append  # type: ignore[assignment]
+            try:
+                http.client.HTTPConnection.request(blank, "GET", "/", headers=headers)
+            except ValueError:  # a header http.client will not send: the pool's to refuse
+                return None
+            assert len(sent) == 1 and sent[0].startswith(b"GET / ")
+            heads.append(sent[0][len(b"GET /"):])
+        return Origin(key, heads[0], heads[1])
 
     def done(self, exchange: Exchange, keep: bool) -> None:
         """The response is over: its connection is kept for the next object when ``keep``
@@ -264,7 +375,6 @@ class Lean:
             conn.sock.settimeout(self.read_timeout)
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise network_error(url, exc) from None
-        conn.response_class = LeanResponse
         wire = Wire()
         wire.sock = conn.sock
         self.open[key] = (conn, wire)

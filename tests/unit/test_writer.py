@@ -190,6 +190,117 @@ def test_a_short_write_goes_on_until_every_byte_is_written(
     assert (tmp_path / "f").read_bytes() == data
 
 
+# --- a fresh small file: created by its first write (writer.NO_TRUNCATE_UP_TO) -----------------
+
+
+def test_a_cells_small_files_are_each_created_once_by_their_first_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid cell's slot carries more small files than the writer keeps descriptors for, all
+    opened before the slot is filled: each staging file is opened once, by the write that
+    creates it (not at its OpenFile, then again to write), and empties what an earlier run
+    left there."""
+    count = Writer.MAX_OPEN + 40
+    datas = [os.urandom(100 + i) for i in range(count)]
+    ring = Ring.create(slot_size=sum(map(len, datas)), slots=1)
+    writer = Writer(ring, str(tmp_path), threads=2)
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: (opened.append(str(path)),
+                                                           real_open(path, *a, **k))[1])
+    stagings = [tmp_path / "s" / f"{i}.part" for i in range(count)]
+    try:
+        (tmp_path / "s").mkdir()
+        stagings[3].write_bytes(b"x" * 5000)  # an earlier run's: longer than the new bytes
+        for i, data in enumerate(datas):
+            writer.handle(OpenFile(file_id=i, staging=str(stagings[i]), size=len(data),
+                                   algo="md5"))
+        assert not any(path.exists() for path in stagings[4:])  # not made yet
+        pieces, at = [], 0
+        with ring.view(0) as view:
+            for i, data in enumerate(datas):
+                view[at:at + len(data)] = data
+                pieces.append(Piece(file_id=i, file_offset=0, slot_offset=at, length=len(data)))
+                at += len(data)
+        writer.handle(WriteSlot(slot=0, pieces=tuple(pieces)))
+        for i, data in enumerate(datas):
+            writer.handle(CloseFile(file_id=i, keep=True, destination=str(tmp_path / f"f{i}"),
+                                    hash="md5:" + hashlib.md5(data).hexdigest(),
+                                    executable=False))
+        out = replies(writer)
+        assert out[0] == SlotWritten(slot=0, written=at)
+        assert sorted(out[1:]) == [FileClosed(file_id=i, ok=True, reason="")
+                                   for i in range(count)]
+        assert all((tmp_path / f"f{i}").read_bytes() == data for i, data in enumerate(datas))
+        assert sorted(opened) == sorted(map(str, stagings))  # each once
+    finally:
+        writer.close_all()
+        ring.close()
+
+
+@pytest.mark.parametrize("files", [100, 1], ids=["a cell of small files", "one large piece"])
+def test_a_slot_of_small_files_is_written_and_closed_by_the_record_loop_a_large_copy_in_the_pool(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: int) -> None:
+    """The pool is for copying large slots into the page cache: a slot past POOL_FROM of many
+    small files is written by the record loop, and so their CloseFiles run there too, with
+    no pool job each waiting for the slot's; a slot of one large piece is the pool's."""
+    size = 320 * 1024 // files
+    datas = [os.urandom(size) for _ in range(files)]
+    ring = Ring.create(slot_size=size * files, slots=1)
+    writer = Writer(ring, str(tmp_path), threads=2)
+    submitted: list[object] = []
+    submit = writer.pool.submit
+    monkeypatch.setattr(writer.pool, "submit", lambda *a, **k: (submitted.append(a[1]),
+                                                                submit(*a, **k))[1])
+    try:
+        pieces = []
+        with ring.view(0) as view:
+            for i, data in enumerate(datas):
+                view[i * size:(i + 1) * size] = data
+                pieces.append(Piece(file_id=i, file_offset=0, slot_offset=i * size, length=size))
+                writer.handle(OpenFile(file_id=i, staging=str(tmp_path / "s" / f"{i}.part"),
+                                       size=size, algo="md5"))
+        writer.handle(WriteSlot(slot=0, pieces=tuple(pieces)))
+        for i, data in enumerate(datas):
+            writer.handle(CloseFile(file_id=i, keep=True, destination=str(tmp_path / f"f{i}"),
+                                    hash="md5:" + hashlib.md5(data).hexdigest(),
+                                    executable=False))
+        out = replies(writer)
+        assert out[0] == SlotWritten(slot=0, written=size * files)
+        assert sorted(out[1:]) == [FileClosed(file_id=i, ok=True, reason="")
+                                   for i in range(files)]
+        assert all((tmp_path / f"f{i}").read_bytes() == data for i, data in enumerate(datas))
+        if files > 1:
+            assert submitted == []
+        else:  # its write (and its close, unless the write was done by then)
+            assert submitted[0] == writer._write
+    finally:
+        writer.close_all()
+        ring.close()
+
+
+def test_a_small_file_never_written_is_made_empty_at_its_close_or_left_unmade(
+        tmp_path: Path) -> None:
+    """An empty output (no bytes ever come) still takes its name; a small file that fails
+    before any byte leaves no staging file."""
+    ring = Ring.create(slot_size=4096, slots=1)
+    writer = Writer(ring, str(tmp_path))
+    empty, failed = tmp_path / "s" / "e.part", tmp_path / "s" / "x.part"
+    try:
+        writer.handle(OpenFile(file_id=1, staging=str(empty), size=0))
+        writer.handle(OpenFile(file_id=2, staging=str(failed), size=10, algo="md5"))
+        writer.handle(CloseFile(file_id=1, keep=True, destination=str(tmp_path / "e"),
+                                hash="md5:" + hashlib.md5(b"").hexdigest(), executable=False))
+        writer.handle(CloseFile(file_id=2, keep=False, destination=str(tmp_path / "x"),
+                                hash=None, executable=False))
+        assert replies(writer) == [FileClosed(file_id=1, ok=True, reason=""),
+                                   FileClosed(file_id=2, ok=False, reason="discarded")]
+        assert (tmp_path / "e").read_bytes() == b""
+        assert not failed.exists() and not (tmp_path / "x").exists()
+    finally:
+        writer.close_all()
+        ring.close()
+
+
 # --- WriteWhole: a batch's files made, written, verified and renamed by one record ------------
 
 
