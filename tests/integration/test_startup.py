@@ -18,10 +18,10 @@ import pytest
 from faultserver import FaultServer
 from helpers import env_with
 
-#: A run's modules: the scheduler and its rooms, the processes, the disk's planning. None of
-#: them is needed to probe a URL.
-RUN_MODULES = ("mpdl.api", "mpdl.core.scheduler", "mpdl.procs.supervisor", "mpdl.core.tail",
-               "mpdl.disk.update", "mpdl.disk.holdings")
+#: A run's modules: the planner, the scheduler and its rooms, the processes, the disk's
+#: planning. None of them is needed to probe a URL.
+RUN_MODULES = ("mpdl.api", "mpdl.core.plan", "mpdl.core.scheduler", "mpdl.procs.supervisor",
+               "mpdl.core.tail", "mpdl.disk.update", "mpdl.disk.holdings")
 
 HOOKED = """
 import json, runpy, sys
