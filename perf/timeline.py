@@ -2,11 +2,13 @@
 
 ``python -m perf.timeline [--scenario capped] [--runs N] [-- MPDL_ARGS...]`` serves a cached
 single-URL scenario (``python -m perf`` generates it) from nginx with TIMELINE_LOG (each
-request's end and duration), runs ``python -m mpdl URL -o FILE --progress json`` once per run,
-and prints, against the command's start: the first request's start (start-up), when the last
-byte left the server, the process's exit, each connection's busy and idle time, and the bytes
-in flight per tenth of the run (how many connections were sending). It measures; it asserts
-nothing. ``--json FILE`` keeps every request and the summaries.
+request's end and duration), runs ``python -m mpdl URL -o FILE --progress json`` once per run
+(from .pyc, as perf runs it; ``--source`` from source; ``--tool axel`` runs axel -n 16
+instead) and prints, against the command's start: the first request's start (start-up), when
+the last byte left the server, the process's exit, the CPU of the whole process tree, each
+connection's idle time at the end, each request's rate, and the bytes sent per twentieth of
+the transfer in units of one connection at the cap (16.0: every connection at 10 MiB/s). It
+measures; it asserts nothing. ``--json FILE`` keeps every request and the summaries.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .peers import _bytecode
 from .scenarios import CAP_BYTES_PER_S, default_cache
 from .servers import TIMELINE_LOG, nginx
 
@@ -96,6 +99,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--verbose", action="store_true", help="each connection's requests")
     ap.add_argument("--tmp", help="where the output goes (default: the system's temp folder)")
+    ap.add_argument("--source", action="store_true",
+                    help="run mpdl from source (default: from .pyc, as perf runs it)")
     ap.add_argument("--tool", default="mpdl", choices=("mpdl", "axel"),
                     help="axel: the same timeline of axel -n 16, for comparison")
     ap.add_argument("mpdl_args", nargs="*")
@@ -111,7 +116,8 @@ def main() -> None:
             for run in range(args.runs):
                 out = Path(tmp) / "out.bin"
                 log.write_text("")
-                env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+                env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                       **({} if args.source else _bytecode(Path(tmp) / "work" / "timeline"))}
                 argv = [sys.executable, "-m", "mpdl", url, "-o", str(out), "--progress", "json",
                         *args.mpdl_args] if args.tool == "mpdl" else \
                     ["axel", "-q", "-n", "16", "-o", str(out), url]
