@@ -12,7 +12,8 @@ Each run's first request starts when nginx began reading it ($msec - $request_ti
 granularity), less the time just before the process was started. ``--pyc`` runs a copy of
 mpdl compiled to .pyc first (what an installed package has; this environment sets
 PYTHONDONTWRITEBYTECODE=1, so the checkout runs from source). Prints medians and ranges;
-``--out DIR`` writes results.json and results.md there.
+``--out DIR`` writes results.json and results.md there; ``--mpdl CHECKOUT`` runs another
+checkout's mpdl (before and after a change).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
     ap.add_argument("--pyc", action="store_true", help="run mpdl compiled to .pyc")
     ap.add_argument("--cases", default="url,url-small,manifest")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--mpdl", type=Path, default=REPO,
+                    help="the checkout whose mpdl runs (default: this one), for before/after")
     args = ap.parse_args()
     root = default_cache() / "full"
     results: dict[str, dict[str, object]] = {}
@@ -71,12 +74,12 @@ def main() -> None:
         tmp = Path(tmp_name)
         env = dict(os.environ)
         if args.pyc:
-            shutil.copytree(REPO / "mpdl", tmp / "src" / "mpdl")
+            shutil.copytree(args.mpdl / "mpdl", tmp / "src" / "mpdl")
             compileall.compile_dir(tmp / "src" / "mpdl", quiet=1)
             env["PYTHONPATH"] = str(tmp / "src")
             env.pop("PYTHONDONTWRITEBYTECODE", None)
         else:
-            env["PYTHONPATH"] = str(REPO)
+            env["PYTHONPATH"] = str(args.mpdl)
         log = tmp / "access.log"
         with nginx(root, tmp / "nginx", access_log=log, log_format=TIMELINE_LOG) as web:
             for case in args.cases.split(","):
@@ -107,7 +110,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(
             {"pyc": args.pyc, "runs": args.runs, "cases": results}, indent=1))
-        lines = [f"# start-up ({'pyc' if args.pyc else 'source'}, {args.runs} runs)", "",
+        lines = [f"# start-up ({'pyc' if args.pyc else 'source'}, {args.runs} runs, mpdl of "
+                 f"{args.mpdl})", "",
                  "| case | first request ms (median, range) | first GET ms | wall s |",
                  "|---|---:|---:|---:|"]
         for case, r in results.items():
