@@ -123,7 +123,9 @@ def main() -> None:
                     ["axel", "-q", "-n", "16", "-o", str(out), url]
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.time()
-                proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+                # Not in a checkout: -m puts the current folder first on sys.path.
+                proc = subprocess.run(argv, env=env, capture_output=True, text=True,
+                                      check=False, cwd=tmp)
                 exit_at = time.time() - t0
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
