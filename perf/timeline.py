@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .peers import _bytecode
 from .scenarios import CAP_BYTES_PER_S, default_cache
@@ -40,16 +41,19 @@ class Request:
     connection: int
 
 
-def parse(log: str, t0: float) -> list[Request]:
+def parse(log: str, t0: float, under: str = "/") -> list[Request]:
+    """The requests of the log for paths under ``under``, their times from ``t0``
+    (nginx's readiness check, ``HEAD /``, is left out)."""
     out = []
     for line in log.splitlines():
         msec, took, method, rest = line.split(" ", 3)
-        if method not in ("GET", "HEAD"):  # the harness's check that the port answers
+        if method not in ("GET", "HEAD") or not rest.startswith(under) or rest.startswith("/ "):
             continue
         sent, quoted, conn = rest.rsplit(" ", 3)[1:]
         end = float(msec) - t0
+        asked = quoted.strip('"')
         out.append(Request(round(end - float(took), 3), round(end, 3), int(sent),
-                           quoted.strip('"'), int(conn)))
+                           "" if asked == "-" else asked, int(conn)))
     return sorted(out, key=lambda r: r.start)
 
 
@@ -133,7 +137,7 @@ def main() -> None:
                     sys.exit(f"mpdl failed: {proc.stderr.strip()}")
                 out.unlink()
                 time.sleep(0.2)  # nginx writes a line as a request ends
-                reqs = parse(log.read_text(), t0)
+                reqs = parse(log.read_text(), t0, urlsplit(url).path)
                 s = summary(reqs, exit_at, spec["bytes"], CAP_BYTES_PER_S)
                 s["cpu_s"] = round(cpu, 2)
                 results.append({"summary": s, "requests": [asdict(r) for r in reqs]})
