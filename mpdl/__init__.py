@@ -17,7 +17,9 @@ from .errors import (ChildrenKeepDying, DiskError, FetchError, ManifestError, Mp
                      NotEnoughSpace, RingTooSmall, RunStopped, UsageError)
 
 if TYPE_CHECKING:
-    from .api import Result, download, run
+    from .api import run
+    from .downloads import download
+    from .result import Result
     from .procs.control import Control
     from .formats.manifest import Manifest, load_manifest
     from .preview import Preview, plan
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
 # Imported on first use, so ``import mpdl`` and ``python -m mpdl --help`` load only what they
 # use (the start-up is the command's first cost). Each value: the module under mpdl.
-_LAZY = {"run": "api", "download": "api", "Result": "api", "Control": "procs.control",
+_LAZY = {"run": "api", "download": "downloads", "Result": "result", "Control": "procs.control",
          "plan": "preview", "Preview": "preview", "Manifest": "formats.manifest",
          "load_manifest": "formats.manifest", "ProgressEvent": "progress", "Report": "verify",
          "Verdict": "verify", "repair": "verify", "verify": "verify"}

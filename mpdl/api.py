@@ -9,13 +9,12 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .net import direct, urls
+from .net import direct
 from .procs.control import STOPPED, Control, StopAsked
-from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped, UsageError
-from .formats.hashing import HashSpec
+from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
 from .formats.headers import merge_headers
 from .disk.holdings import Build, as_recorded, survey
 from .disk.journal import Journal
@@ -27,6 +26,7 @@ from .options import Options, RunOptions
 from .osdeps import IN_USE, O_BINARY, WINDOWS, fsync, replace as replace_file
 from .core.plan import Plan, Planner, known_object_ends
 from .progress import Counts, ProgressCallback, Tracker, human_bytes
+from .result import Result
 from .core.ranges import RangeSet
 from .core.retry import RetryPolicy
 from .core.scheduler import Limits, Scheduler
@@ -37,34 +37,6 @@ if TYPE_CHECKING:  # typing's own from Python 3.11 on; only annotations use it
     from typing_extensions import Unpack
 
 log = logging.getLogger("mpdl")
-
-
-@dataclass
-class Result:
-    """What a run did. ``ok`` only when every file (and link) is in place and verified."""
-
-    completed: list[str] = field(default_factory=list)  # fetched and verified in this run
-    skipped: list[str] = field(default_factory=list)  # already in place and verified before
-    failed: dict[str, str] = field(default_factory=dict)  # path -> why
-    error: str | None = None  # why the run stopped early (a disk error, dying processes)
-    removed: list[str] = field(default_factory=list)  # installed before, no longer listed
-    # Read from the network, every attempt's bytes counted (failed, cancelled and cut ones
-    # too): what the server sent, but for what was still on its way when a response was
-    # dropped. Beside it, what the run's plan asked of the network (the missing bytes of the
-    # files to fetch, on the grid; zlib parts at their compressed size), the same figure as
-    # the progress events' (None: an object of unknown size). bytes_fetched over
-    # bytes_to_fetch is what a run cost above what it needed.
-    bytes_fetched: int = 0
-    bytes_to_fetch: int | None = 0
-    bytes_reused: int = 0  # copied from files already in DEST (an update)
-    bytes_resumed: int = 0  # kept from an earlier run's staging files (a resume)
-    bytes_written: int = 0  # to files
-    copied_links: list[str] = field(default_factory=list)  # copies: no links can be made here
-    elapsed: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and self.error is None
 
 
 def run(manifest: ManifestSource, dest: str | os.PathLike, *,
@@ -148,54 +120,6 @@ def run(manifest: ManifestSource, dest: str | os.PathLike, *,
             result.error = result.error or str(exc)
     result.elapsed = time.monotonic() - started
     _tidy_state(layout, journal, keep_state, result.ok)
-    return result
-
-
-def download(url: str, dest: str | os.PathLike, *, checksum: str | HashSpec | None = None,
-             mirrors: Sequence[str] = (), progress: ProgressCallback | None = None,
-             control: Control | None = None, **options: Unpack[RunOptions]) -> Result:
-    """Fetch one URL into the file ``dest``, checked against ``checksum`` when given
-    ("sha256:HEX", aria2c's "sha-256=HEX", or pip's ``URL#sha256=HEX``; sha1, sha256, sha384,
-    sha512, md5 and the xxh family). ``mirrors`` are other URLs of the same bytes, tried when
-    the URL fails.
-
-    The file appears at ``dest`` only once complete and verified (a wrong checksum leaves no
-    file there, and nothing beside it); a file already there with the checksum is not fetched
-    again (no request at all). A failed or interrupted download keeps its durable bytes in
-    ``.NAME.mpdl`` beside ``dest``, and the same call resumes from them. Under ``min_size``
-    bytes (default direct.DEFAULT_MIN_SIZE; MPDL_MIN_SIZE) it runs in this process, without
-    worker processes or shared memory; ``options`` as for ``run``.
-    """
-    target = Path(dest)
-    if target.is_dir():
-        raise UsageError(f"{dest} is a folder; give the file to write")
-    item = urls.wanted(url, checksum, mirrors, out=target.name)
-    return download_all([item], target.parent, state_dir=target.parent / f".{target.name}.mpdl",
-                        progress=progress, control=control, **options)
-
-
-def download_all(items: Sequence[urls.Wanted], folder: str | os.PathLike, *, state_dir: Path,
-                 progress: ProgressCallback | None = None, control: Control | None = None,
-                 **options: Unpack[RunOptions]) -> Result:
-    """Fetch ``items`` (urls.Wanted) into ``folder``: those in place by their checksum are
-    skipped without a request, the rest probed into a manifest (urls.plan) and run with a
-    state folder that goes once the run ends with nothing to resume."""
-    started = time.monotonic()
-    if Options.from_env(**options).min_size is None:  # URL downloads: small ones in-process
-        options["min_size"] = direct.DEFAULT_MIN_SIZE
-    opts = Options.from_env(**options)
-    result = Result()
-    with direct.lending(opts) as pool:  # a small file comes on its probe's connection
-        planned = urls.plan(items, Path(folder), pool, opts)
-        if planned.manifest is not None:
-            # keep_removed: a folder of downloads is not an install; its other files stay.
-            result = run(planned.manifest, folder, progress=progress, state_dir=state_dir,
-                         keep_state=False, keep_removed=True, streamed=planned.streamed,
-                         redirects=planned.redirects, control=control, **options)
-            if not any(Path(state_dir, "staging").glob("*")):  # nothing a re-run resumes
-                shutil.rmtree(state_dir, ignore_errors=True)
-    result.skipped[:0] = planned.skipped
-    result.elapsed = time.monotonic() - started
     return result
 
 

@@ -27,7 +27,7 @@ from .progress import (GogdlLines, JsonLines, LegendaryLines, ProgressCallback, 
                        human_bytes)
 
 if TYPE_CHECKING:
-    from .api import Result
+    from .result import Result
     from .verify import Report as VerifyReport
 
 # The run's modules (mpdl.api and all it needs) are imported where they are used, so that
@@ -246,9 +246,9 @@ def _progress(choice: str, quiet: bool) -> ProgressCallback | None:
 def _download_urls(args: argparse.Namespace, kw: dict) -> Result:
     """The URLs of the command line and of ``-i``: one URL into FILE (default: its name
     here), several into the folder -o names (default: here). See urls.py and
-    api.download_all."""
+    downloads.download_all."""
     from .net import urls
-    from .api import download, download_all
+    from .downloads import download, download_all
     try:
         items = [urls.wanted(url, args.checksum if len(args.sources) == 1 else None,
                              args.mirror or ()) for url in args.sources]

@@ -148,6 +148,13 @@ ACCESS_LOG = """\
     log_format mpdl '$request_method $uri $status $body_bytes_sent "$http_range" $connection';
     access_log "{path}" mpdl;
 """
+#: ACCESS_LOG with each request's end ($msec, epoch seconds) and duration ($request_time) in
+#: front, for a run's timeline (perf/timeline.py); the fields body_bytes_sent reads stay last.
+TIMELINE_LOG = """\
+    log_format mpdl '$msec $request_time $request_method $uri $status $body_bytes_sent '
+                    '"$http_range" $connection';
+    access_log "{path}" mpdl;
+"""
 
 
 def body_bytes_sent(lines: str) -> int:
@@ -211,7 +218,7 @@ def _variable(name: str) -> str:
 @contextlib.contextmanager
 def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
           throttled: Sequence[Throttled] = (), tls: Certificate | None = None,
-          access_log: Path | None = None) -> Iterator[Server]:
+          access_log: Path | None = None, log_format: str = ACCESS_LOG) -> Iterator[Server]:
     """nginx serving ``root`` until the block ends; its config, pid and logs live in ``tmp``.
 
     ``workers`` worker processes: a single one is running once the port answers (it is what
@@ -219,8 +226,8 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
     ``file_cache`` turns FILE_CACHE on. ``/capped/`` is served at 10 MiB/s per response (the
     capped scenario), each of ``throttled`` at ``/throttled/<name>/``; with ``tls``, ``root`` is
     also served over HTTPS on a second port (``Server.tls_url``); with ``access_log``, each
-    request is a line of that file (ACCESS_LOG's format). Raises RuntimeError without
-    nginx (NGINX_MISSING), or with nginx's logs when it does not answer.
+    request is a line of that file (``log_format``: ACCESS_LOG, or TIMELINE_LOG). Raises
+    RuntimeError without nginx (NGINX_MISSING), or with nginx's logs when it does not answer.
     """
     binary = find_nginx()
     if binary is None:
@@ -231,7 +238,7 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(
         tmp=tmp, port=port, root=root, host=HOST, workers=workers,
-        access_log=ACCESS_LOG.format(path=access_log) if access_log else "    access_log off;\n",
+        access_log=log_format.format(path=access_log) if access_log else "    access_log off;\n",
         file_cache=FILE_CACHE if file_cache else "",
         maps="".join(THROTTLE_MAP.format(variable=_variable(t.name), rate=t.rate)
                      for t in throttled),
@@ -270,7 +277,7 @@ def running(command: list[str], port: int, tmp: Path,
 
 @contextlib.contextmanager
 def caching_front(upstream: int, tmp: Path, slice_size: str = "2m",
-                  access_log: Path | None = None) -> Iterator[Server]:
+                  access_log: Path | None = None, log_format: str = ACCESS_LOG) -> Iterator[Server]:
     """An nginx caching proxy (CACHE_CONF) in front of 127.0.0.1:``upstream`` until the block
     ends; its config, cache and logs live in ``tmp`` (each request a line in ``access_log`` if
     given, as for ``nginx``). Raises RuntimeError as ``nginx`` does."""
@@ -282,7 +289,7 @@ def caching_front(upstream: int, tmp: Path, slice_size: str = "2m",
     conf = tmp / "nginx.conf"
     conf.write_text(CACHE_CONF.format(
         tmp=tmp, port=port, host=HOST, upstream=f"{HOST}:{upstream}", slice=slice_size,
-        access_log=ACCESS_LOG.format(path=access_log) if access_log else "    access_log off;\n",
+        access_log=log_format.format(path=access_log) if access_log else "    access_log off;\n",
         user=pwd.getpwuid(os.geteuid()).pw_name, group=grp.getgrgid(os.getegid()).gr_name))
     with _running_nginx(binary, conf, port, tmp):
         yield Server(f"http://{HOST}:{port}/", port)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from ..formats.manifest import FileEntry
-from .plan import Task
 from .ranges import RangeSet
 from .retry import Attempts
+
+if TYPE_CHECKING:  # an annotation only: a URL's probe (net/fetch -> validators) skips the planner
+    from .plan import Task
 
 
 class IllegalMove(RuntimeError):

@@ -30,7 +30,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import FetchError, IntegrityError, NotOnMirror, TransientError
 from .fetch import READ_SIZE, CappedReads, arrived_unread
@@ -47,8 +47,10 @@ from ..progress import Tracker
 from .proxy import Routed
 from ..core.ranges import RangeSet
 from ..core.retry import Attempts, Failure, GiveUp, Refresh, Retry, RetryPolicy, StopRun
-from ..procs.supervisor import UNFINISHED, RefreshUrl
 from ..core.validators import seen_in
+
+if TYPE_CHECKING:  # the supervisor (a run's processes) is no import of a probe's path
+    from ..procs.supervisor import RefreshUrl
 
 log = logging.getLogger("mpdl")
 
@@ -160,6 +162,7 @@ def fetch_here(manifest: Manifest, todo: Sequence[tuple[int, FileEntry]],
                           have.get(file_id), refresh_url)
             except Stop as exc:
                 file_done(entry, False, str(exc))
+                from ..procs.supervisor import UNFINISHED
                 for _, rest in todo[index + 1:]:
                     file_done(rest, False, UNFINISHED)
                 return str(exc)

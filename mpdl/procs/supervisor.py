@@ -50,6 +50,10 @@ WRITER_RESPAWNS = 2
 #: Why the files a stopped run did not get to failed (Result.failed): the
 #: CLI does not list them one by one, the run's error says it all.
 UNFINISHED = "not finished: the run stopped"
+#: How long starting the run waits at most for the first worker's tasks to leave its inbox.
+FEEDER_TURN_SECONDS = 0.02
+#: How often that wait looks.
+FEEDER_LOOK_SECONDS = 0.0005
 
 # refresh_url(url) -> a fresh URL for the same bytes after a 401/403, or None to give up.
 RefreshUrl = Callable[[str], str | None]
@@ -79,6 +83,17 @@ class Inbox(multiprocessing.queues.Queue):
     @staticmethod
     def _on_queue_feeder_error(e, obj) -> None:
         pass  # the child is dead; its sentinel tells the loop
+
+    def handed_over(self, timeout: float) -> bool:
+        """Wait, ``timeout`` seconds at most, until the feeder thread has taken every record
+        put so far (it writes them to the pipe next): whether it has. put() only buffers, and
+        the feeder needs the GIL to send, which a busy caller may hold for tens of ms."""
+        deadline = time.monotonic() + timeout
+        while self._buffer:  # type: ignore[attr-defined]  # Queue's own; the feeder empties it
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(FEEDER_LOOK_SECONDS)
+        return True
 
 
 @dataclass
@@ -172,6 +187,10 @@ class Supervisor:
         self._start_worker(0)
         self.scheduler.tick(time.monotonic())
         self._carry_out()
+        # Those tasks leave through the inbox's feeder thread, which needs the GIL that forking
+        # the other children holds (measured: it sent 12-33 ms later, after every fork): it
+        # takes them before the next fork, while the first worker starts.
+        self.workers[0].inbox.handed_over(FEEDER_TURN_SECONDS)
         for worker_id in range(1, self.options.workers):
             self._start_worker(worker_id)
         self.writer = self._start_writer()

@@ -18,6 +18,6 @@ def test_the_calls_are_the_functions_not_modules_of_the_same_name() -> None:
     before: a submodule named plan would shadow it."""
     import mpdl.core.plan  # noqa: F401  (the planner: imported by every run)
     for name, module in (("plan", "mpdl.preview"), ("run", "mpdl.api"),
-                         ("download", "mpdl.api"), ("verify", "mpdl.verify")):
+                         ("download", "mpdl.downloads"), ("verify", "mpdl.verify")):
         value = getattr(mpdl, name)
         assert callable(value) and value.__module__ == module, (name, value)

@@ -1,0 +1,35 @@
+"""The supervisor's inbox to a child hands its records to its feeder thread on request
+(Inbox.handed_over): the first worker's first tasks leave before the run forks its other
+children, rather than after, when the feeder next gets the GIL."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+from mpdl.procs.supervisor import Inbox
+
+
+def test_handed_over_waits_until_the_feeder_took_every_record() -> None:
+    inbox = Inbox(multiprocessing.get_context())
+    try:
+        inbox.put(["first tasks"])
+        inbox.put(["more"])
+        assert inbox.handed_over(timeout=5.0)
+        assert not inbox._buffer  # type: ignore[attr-defined]  # taken: in or into the pipe
+        assert inbox.get(timeout=5.0) == ["first tasks"]
+        assert inbox.get(timeout=5.0) == ["more"]
+    finally:
+        inbox.close()
+        inbox.join_thread()
+
+
+def test_handed_over_gives_up_at_its_deadline() -> None:
+    """Records no feeder takes (here: none was started) are not waited for past the
+    deadline: starting a run never hangs on its inbox."""
+    inbox = Inbox(multiprocessing.get_context())
+    inbox._buffer.append(["stuck"])  # type: ignore[attr-defined]  # as put() does, minus the feeder
+    try:
+        assert not inbox.handed_over(timeout=0.05)
+    finally:
+        inbox._buffer.clear()  # type: ignore[attr-defined]
+        inbox.close()
