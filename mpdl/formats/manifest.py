@@ -23,6 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import xxhash
 
 from ..errors import ManifestError
+from . import jsonread
 from .hashing import ALGORITHMS, HashSpec, parse_hash
 from .headers import Headers, merge_headers, problem, shown
 from .names import folded_name, windows_name_problem
@@ -322,7 +323,7 @@ def load_manifest(source: ManifestSource, *, strict: bool = False) -> Manifest:
 def read_manifest(path: str | os.PathLike[str]) -> bytes:
     """A manifest file's bytes, unparsed (ManifestError if it cannot be read, or is too
     large): a re-run compares them with what the install came from (mpdl.disk.update)."""
-    return _read(path)
+    return jsonread.read_bounded(path, MAX_MANIFEST_BYTES, what="manifest")
 
 
 def manifest_from_bytes(data: bytes, *, strict: bool = False) -> Manifest:
@@ -333,11 +334,12 @@ def manifest_from_bytes(data: bytes, *, strict: bool = False) -> Manifest:
     and freed, it left some 40 MiB of holes in the heap that the run never gave back). Any
     JSON this reading does not follow is read again by ``json.loads``, which says what is
     wrong with it: the messages are the same."""
-    found = _top_level(data)
+    found = jsonread.top_level(data, "files")
     if found is None:
-        return parse_manifest(_decode(data), consume=True, strict=strict)
+        return parse_manifest(jsonread.decode(data, what="manifest"), consume=True, strict=strict)
     obj, text, start = found
-    return _model(obj, None if start is None else _elements(text, start), strict=strict)
+    return _model(obj, None if start is None else jsonread.elements(text, start),
+                  strict=strict)
 
 
 def parse_manifest(obj: object, *, consume: bool = False, strict: bool = False) -> Manifest:
@@ -447,137 +449,6 @@ class UnknownKeys:
             hint = close[0] if close else ""
         suggestion = f"; did you mean {hint}?" if hint else f" (fields: {', '.join(fields)})"
         return f"{where}{more}: not a field{suggestion}"
-
-
-# Reading.
-
-
-def _read(path: str | os.PathLike[str]) -> bytes:
-    try:
-        with open(path, "rb") as file:
-            # Not read(MAX + 1): that asks for a 512 MiB buffer whatever the file's size.
-            size = os.fstat(file.fileno()).st_size
-            data = file.read(size + 1 if size <= MAX_MANIFEST_BYTES else MAX_MANIFEST_BYTES + 1)
-            if len(data) > size and len(data) <= MAX_MANIFEST_BYTES:
-                data += file.read(MAX_MANIFEST_BYTES + 1 - len(data))  # it grew meanwhile
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ManifestError(
-            f"manifest: cannot read {os.fspath(path)!r}: {reason}"
-        ) from exc
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"manifest: larger than {MAX_MANIFEST_BYTES} bytes")
-    return data
-
-
-def _decode(data: bytes) -> object:
-    try:
-        return json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(
-            f"manifest: not valid JSON: {exc.msg}"
-            f" (line {exc.lineno}, column {exc.colno})"
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"manifest: not valid UTF-8 (byte {exc.start})") from exc
-    except ValueError as exc:  # such as an integer beyond Python's digit limit
-        raise ManifestError(f"manifest: not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise ManifestError("manifest: not valid JSON: nested too deeply") from exc
-
-
-_WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
-
-
-def _skip(text: str, at: int) -> int:
-    """Past the JSON whitespace at ``at``."""
-    found = _WS.match(text, at)
-    assert found is not None  # it matches the empty string
-    return found.end()
-
-
-def _top_level(data: bytes) -> tuple[dict[str, object], str, int | None] | None:
-    """The manifest's top-level members, decoded, but for a ``files`` array, left in the
-    text: (members, with ``files`` an empty list; the text; where its first element starts).
-    Every element is decoded once here, to find the array's end (and any JSON error before
-    any entry is judged, as ``json.loads`` would), and dropped. None where the bytes are
-    anything but one JSON object (or not JSON at all): the caller then reads them with
-    ``json.loads``, which names what is wrong."""
-    try:
-        text = data.decode(json.detect_encoding(data), "surrogatepass")
-        at = _skip(text, 0)
-        if text[at:at + 1] != "{":
-            return None
-        obj: dict[str, object] = {}
-        start: int | None = None
-        at = _skip(text, at + 1)
-        more = text[at:at + 1] != "}"
-        if not more:
-            at += 1
-        while more:
-            if text[at:at + 1] != '"':
-                return None
-            key, at = json.decoder.scanstring(text, at + 1)  # type: ignore[attr-defined]
-            at = _skip(text, at)
-            if text[at:at + 1] != ":":
-                return None
-            at = _skip(text, at + 1)
-            if key == "files" and text[at:at + 1] == "[":
-                start = at + 1
-                at = _array_end(text, start)
-                obj[key] = []
-            else:
-                obj[key], at = _DECODER.raw_decode(text, at)
-                if key == "files":
-                    start = None  # the last "files" is the one json.loads keeps
-            at = _skip(text, at)
-            separator = text[at:at + 1]
-            at = _skip(text, at + 1) if separator == "," else at + 1
-            if separator not in (",", "}"):
-                return None
-            more = separator == ","
-        if _skip(text, at) != len(text):
-            return None
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError too
-        return None
-    return obj, text, start
-
-
-def _elements(text: str, start: int) -> Iterator[object]:
-    """The values of the JSON array whose first element (or ``]``) is at or after ``start``,
-    decoded one by one."""
-    at = start
-    while True:
-        value, at = _element(text, at)
-        if at < 0:
-            return
-        yield value
-
-
-def _array_end(text: str, start: int) -> int:
-    """Past the ``]`` of the array ``_elements`` reads, each element decoded and dropped."""
-    at = start
-    while at >= 0:
-        _, at = _element(text, at)
-    return -at
-
-
-def _element(text: str, at: int) -> tuple[object, int]:
-    """The array's value at or after ``at`` and where the next starts; at its end (None,
-    minus the offset past the ``]``). Raises ValueError where it is no JSON array."""
-    at = _skip(text, at)
-    if text[at:at + 1] == "]":
-        return None, -(at + 1)
-    value, at = _DECODER.raw_decode(text, at)
-    at = _skip(text, at)
-    separator = text[at:at + 1]
-    if separator == "]":  # the next call ends it
-        return value, at
-    at = _skip(text, at + 1)
-    if separator != "," or text[at:at + 1] == "]":
-        raise ValueError("expected a value after each , in the files array")
-    return value, at
 
 
 # Top-level fields.

@@ -12,6 +12,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
+from mpdl.formats import jsonread
 from mpdl.formats import manifest as manifest_module
 from mpdl.errors import ManifestError
 from mpdl.formats.hashing import HashSpec
@@ -863,7 +864,7 @@ def _read_whole(data: bytes) -> Manifest | str:
     """What json.loads and parse_manifest make of ``data``: the reference for the reading
     that decodes one file at a time."""
     try:
-        return parse_manifest(manifest_module._decode(data))
+        return parse_manifest(jsonread.decode(data, what="manifest"))
     except ManifestError as exc:
         return str(exc)
 
@@ -913,6 +914,6 @@ def test_a_manifest_file_is_never_decoded_whole(monkeypatch: pytest.MonkeyPatch)
     def whole(data: bytes) -> object:
         raise AssertionError("decoded whole")
 
-    monkeypatch.setattr(manifest_module, "_decode", whole)
+    monkeypatch.setattr(jsonread, "decode", whole)
     data = json.dumps(example()).encode()
     assert manifest_module.manifest_from_bytes(data) == parse_manifest(example())
