@@ -176,16 +176,21 @@ class Journal:
         there)."""
         self._append({"done": [self._finished(entry, os.lstat(final).st_mtime_ns)]})
 
-    def record_done(self, files: Iterable[tuple[FileEntry, str]]) -> None:
-        """Each (entry, final) is finished, verified and durable at ``final``: ``record``
-        for the files of a checkpoint, in lines of DONE_PER_LINE. A file gone since
-        (replaced by a link?) is left out: the next run checks it again."""
+    def record_done(self, files: Iterable[tuple[FileEntry, str, int]]) -> None:
+        """Each (entry, final, mtime_ns) is finished, verified and durable at ``final``:
+        ``record`` for the files of a checkpoint, in lines of DONE_PER_LINE. ``mtime_ns`` is
+        the one the writer saw as it placed the file (no stat per file here); 0 when not
+        known: the file is stat'ed, and one gone since (replaced by a link?) is left out,
+        the next run checks it again. (One changed after the writer placed it keeps the
+        writer's mtime, so the next run finds it changed.)"""
         line: list[list[object]] = []
-        for entry, final in files:
-            try:
-                line.append(self._finished(entry, os.lstat(final).st_mtime_ns))
-            except OSError:
-                continue
+        for entry, final, mtime_ns in files:
+            if not mtime_ns:
+                try:
+                    mtime_ns = os.lstat(final).st_mtime_ns
+                except OSError:
+                    continue
+            line.append(self._finished(entry, mtime_ns))
             if len(line) == DONE_PER_LINE:
                 self._append({"done": line})
                 line = []
