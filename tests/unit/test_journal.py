@@ -112,6 +112,22 @@ def test_a_bad_item_in_a_line_of_many_is_skipped_alone(tmp_path: Path) -> None:
     assert [again.holds(entry, final) for entry, final in files] == [True, False, True]
 
 
+def test_an_mtime_beyond_64_bits_is_skipped_alone(tmp_path: Path) -> None:
+    """A journal edited or corrupted: its item is skipped as a bad one, the journal still
+    opens (mtimes are kept as 64-bit integers)."""
+    files = placed(tmp_path, 3)
+    journal = Journal(tmp_path)
+    journal.record_done(stat_them(files))
+    journal.close()
+    line = json.loads(lines(tmp_path)[0])
+    line["done"][1][2] = 2**64
+    single = {"path": files[2][0].path, "key": files[2][0].identity, "mtime_ns": -2**64}
+    (tmp_path / JOURNAL_NAME).write_text(json.dumps(line) + "\n" + json.dumps(single) + "\n")
+    again = Journal(tmp_path)
+    assert [again.holds(entry, final) for entry, final in files] == [True, False, True]
+    assert again.recorded_mtime(files[1][0].path, files[1][0].identity) is None
+
+
 def test_a_line_of_many_counts_as_many_records_for_compaction(tmp_path: Path) -> None:
     """The same files journaled again and again (re-runs that fetched them again) pile up
     records for the same paths: the journal compacts itself when its records outnumber its
