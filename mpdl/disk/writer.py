@@ -39,8 +39,8 @@ from .layout import make_folder_inside
 from ..core.messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotWritten, Stop,
                              Sync, Synced, ToWriter, UnknownRecord, WholeFile, WriteFailed,
                              WriteSlot, WriteWhole)
-from ..osdeps import (O_BINARY, FileInUse, fsync, readinto_at, replace, sync_filesystem,
-                      write_at)
+from ..osdeps import (O_BINARY, WINDOWS, FileInUse, fsync, readinto_at, replace,
+                      sync_filesystem, write_at)
 from ..core.ranges import RangeSet
 from ..procs.ring import Ring, RingSpec
 from .votes import NoRoomToVote, after_mismatch, aside_path, copy_path, remove, vote
@@ -527,7 +527,8 @@ def _write_whole(writer: Writer, record: WriteWhole) -> list[FromWriter]:
                              0o644)
                 try:
                     write_at(fd, data, 0)
-                    mtime_ns = os.fstat(fd).st_mtime_ns  # for the journal (FileClosed)
+                    # for the journal (FileClosed); Windows may set it as the handle closes
+                    mtime_ns = 0 if WINDOWS else os.fstat(fd).st_mtime_ns
                 finally:
                     os.close(fd)
             except OSError as exc:
