@@ -61,10 +61,11 @@ def test_first_request_before_the_run_modules(tmp_path: Path, size: int, min_siz
 
 
 #: What a run through the processes never needs in the coordinator: the workers make the
-#: requests (they import these themselves, mpdl/procs/child.py). Under fork the coordinator
-#: imports the workers' modules for them to inherit; a fork server's children (10,000 files
-#: and up, osdeps.default_start_method) import their own.
-REQUEST_MODULES = ("mpdl.net.direct", "mpdl.net.http", "urllib3", "http.client")
+#: requests and the writer writes (they import these themselves, mpdl/procs/child.py). Under
+#: fork the coordinator imports the children's modules for them to inherit; a fork server's
+#: children (10,000 files and up, osdeps.default_start_method) import their own.
+CHILD_MODULES = ("mpdl.net.direct", "mpdl.net.http", "urllib3", "http.client",
+                 "mpdl.procs.worker", "mpdl.disk.writer")
 
 AT_EXIT = """
 import atexit, json, runpy, sys
@@ -78,7 +79,7 @@ runpy.run_module("mpdl", run_name="__main__", alter_sys=True)
 """
 
 
-def test_a_manifest_run_leaves_the_request_modules_to_the_workers(tmp_path: Path) -> None:
+def test_a_manifest_run_leaves_the_childrens_modules_to_them(tmp_path: Path) -> None:
     root = tmp_path / "srv"
     with FaultServer(root) as server:
         manifest = {**small_objects(root, 6), "base_urls": [server.url]}
@@ -94,4 +95,4 @@ def test_a_manifest_run_leaves_the_request_modules_to_the_workers(tmp_path: Path
         assert (tmp_path / "out" / item["path"]).read_bytes() == (root / item["url"]).read_bytes()
     imported = json.loads(seen.read_text())
     assert "mpdl.procs.supervisor" in imported  # the run went through the processes
-    assert not [m for m in REQUEST_MODULES if m in imported], imported
+    assert not [m for m in CHILD_MODULES if m in imported], imported
