@@ -12,7 +12,6 @@ from pathlib import Path
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .net import direct
 from .procs.control import STOPPED, Control, StopAsked
 from .errors import JournalError, MpdlError, NotEnoughSpace, RunStopped
 from .formats.headers import merge_headers
@@ -289,6 +288,16 @@ def _plan(run: _Run) -> None:
     run.tracker.bytes_to_fetch = None if None in asked else sum(a or 0 for a in asked)
 
 
+def _fits_here(run: _Run) -> bool:
+    """Whether the plan is fetched in this process (net.direct.fits). Without ``min_size``
+    (a manifest's default) it never is: net.direct and what it imports (urllib3, ssl,
+    http.client) then stay out of a coordinator that never uses them."""
+    if run.control is not None or not run.opts.min_size:
+        return False
+    from .net import direct
+    return direct.fits(run.todo, run.have, run.opts)
+
+
 def _fetch_the_rest(run: _Run) -> None:
     """The plan fetched: in this process when it is small (mpdl.net.direct), else by the
     worker and writer processes (mpdl.procs.supervisor); why it stopped early, if it did, is
@@ -299,7 +308,8 @@ def _fetch_the_rest(run: _Run) -> None:
     # The pending manifest (Update.begin) must be written before the first file is placed;
     # the processes write it once their first requests are out, not to delay the first byte.
     begin = run.update.begin if run.installs else _nothing
-    if run.control is None and direct.fits(run.todo, run.have, run.opts):  # no processes
+    if _fits_here(run):  # no processes
+        from .net import direct
         begin()
         result.error = direct.fetch_here(run.parsed, run.todo, run.have, run.layout, run.opts,
                                          run.journal, tracker, run.file_done, run.refresh_url,

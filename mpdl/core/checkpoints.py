@@ -36,17 +36,19 @@ CHECKPOINT_SECONDS = 3.0  # how often written bytes are made durable and journal
 
 @dataclass(frozen=True, slots=True)
 class JournalSynced:
-    """Effect: these byte ranges of unfinished files, and these finished files, are durable."""
+    """Effect: these byte ranges of unfinished files, and these finished files, are durable.
+    Each finished file comes with its mtime as the writer reported it (0: not known, the
+    journal stats the file)."""
 
     partial: tuple[tuple[FileEntry, RangeSet], ...]
-    finished: tuple[FileEntry, ...]
+    finished: tuple[tuple[FileEntry, int], ...]
 
 
 @dataclass(slots=True)
 class _InFlight:
     token: int
     partial: dict[int, tuple[int, RangeSet]]  # file id -> (generation, ranges)
-    finished: list[int]
+    finished: list[tuple[int, int]]  # (file id, mtime_ns)
 
 
 class Checkpoints:
@@ -59,14 +61,14 @@ class Checkpoints:
         self.every = CHECKPOINT_SECONDS if every is None else every
         self.next_due: float | None = None
         self.in_flight: _InFlight | None = None
-        self.unjournaled: list[int] = []  # files done since the last checkpoint
+        self.unjournaled: list[tuple[int, int]] = []  # (file id, mtime_ns) done since the last
         self.dirty: set[int] = set()  # files whose ``have`` grew since the last checkpoint
         self.failure: str | None = None  # why the last checkpoint answered failed, if it did
         self._tokens = itertools.count(1)
 
-    def file_done(self, file_id: int) -> None:
+    def file_done(self, file_id: int, mtime_ns: int = 0) -> None:
         if self.journaling:
-            self.unjournaled.append(file_id)
+            self.unjournaled.append((file_id, mtime_ns))
 
     def due(self, now: float) -> bool:
         if not self.journaling or self.in_flight is not None:
@@ -88,7 +90,7 @@ class Checkpoints:
         if not partial and not finished:
             return None
         paths = [self.layout.staging_name(files[fid].entry) for fid in partial]
-        paths += [self.layout.final_name(files[fid].entry.path) for fid in finished]
+        paths += [self.layout.final_name(files[fid].entry.path) for fid, _ in finished]
         self.in_flight = _InFlight(next(self._tokens), partial, finished)
         return Sync(token=self.in_flight.token, paths=tuple(paths))
 
@@ -113,7 +115,8 @@ class Checkpoints:
             if file.generation == generation and file.state is not FileState.FAILED:
                 file.synced = have
                 partial.append((file.entry, have))
-        return JournalSynced(tuple(partial), tuple(files[fid].entry for fid in flight.finished))
+        return JournalSynced(tuple(partial),
+                             tuple((files[fid].entry, mtime) for fid, mtime in flight.finished))
 
     def writer_lost(self) -> None:
         """The writer died: the checkpoint in flight never completes, and files finished since

@@ -167,7 +167,7 @@ class FileBook:
             self._end(fid, F.FAILED, record.reason)
         elif file.state is F.CLOSING:
             if record.ok:
-                self._end(fid, F.DONE, "")
+                self._end(fid, F.DONE, "", record.mtime_ns)
             elif record.mismatch and not file.refetched:
                 log.warning("%s: %s; fetching it once more", file.entry.path, record.reason)
                 file.refetched = True
@@ -235,17 +235,18 @@ class FileBook:
             round=(3 if voting else 2 if file.refetched else 1) if verify else 0,
             differing=voting, reserve=self.to_write - _missing(file)))
 
-    def _end(self, fid: int, new: FileState, reason: str) -> None:
+    def _end(self, fid: int, new: FileState, reason: str, mtime_ns: int = 0) -> None:
         self.files[fid].reason = reason
         self._move(self.files[fid], new)
-        self._ended(fid)
+        self._ended(fid, mtime_ns)
 
-    def _ended(self, fid: int) -> None:
+    def _ended(self, fid: int, mtime_ns: int = 0) -> None:
+        """``mtime_ns``: a done file's mtime as the writer saw it (0: not known)."""
         file = self.files[fid]
         ok = file.state is F.DONE
         if ok:  # progress counts files in place: a failed one never is
             self.counts.files_done += 1
-            self.checkpoints.file_done(fid)
+            self.checkpoints.file_done(fid, mtime_ns)
         else:
             self.to_write -= _missing(file)  # it writes no more
         # Its byte ranges are done with (the journal got its own copy): 100,000 small files

@@ -284,13 +284,16 @@ class FileClosed(NamedTuple):
     writer also says so for a file it could not create or write: that file alone fails).
     ``mismatch``: it failed because its bytes do not match its hash (worth one more fetch).
     ``differing``: in round 2 (votes.py), the (offset, length) pieces where its two copies
-    differ, to fetch a third time."""
+    differ, to fetch a third time. ``mtime_ns``: the placed file's mtime when the writer
+    knows it without a stat (0: not known), which the journal records for it (journal.py)
+    rather than stat the file itself."""
 
     file_id: int
     ok: bool
     reason: str
     mismatch: bool = False
     differing: tuple[tuple[int, int], ...] = ()
+    mtime_ns: int = 0
 
 
 class Synced(NamedTuple):

@@ -562,7 +562,6 @@ def _replace(path: Path, data: bytes | Iterable[bytes]) -> None:
     through a link planted in the state folder; readable by its owner alone, as a manifest may
     carry tokens (its headers, signed URLs). A failure (a full disk) leaves the old ``path``
     and no temporary file, and raises DiskError naming ``path``."""
-    from .writer import write_at  # not at start-up: the first write comes after the first request
     fresh = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

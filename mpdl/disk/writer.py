@@ -39,8 +39,8 @@ from .layout import make_folder_inside
 from ..core.messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotWritten, Stop,
                              Sync, Synced, ToWriter, UnknownRecord, WholeFile, WriteFailed,
                              WriteSlot, WriteWhole)
-from ..osdeps import (O_BINARY, FileInUse, fsync, readinto_at, replace, sync_filesystem,
-                      write_at)
+from ..osdeps import (O_BINARY, WINDOWS, FileInUse, fsync, readinto_at, replace,
+                      sync_filesystem, write_at)
 from ..core.ranges import RangeSet
 from ..procs.ring import Ring, RingSpec
 from .votes import NoRoomToVote, after_mismatch, aside_path, copy_path, remove, vote
@@ -421,9 +421,10 @@ class Writer:
             return _close_error(record.file_id, path, record.destination, exc)
         return self._place(record.file_id, path, record.destination, record.executable)
 
-    def _place(self, file_id: int, path: str, destination: str,
-               executable: bool) -> list[FromWriter]:
-        """A verified staging file takes its final name (and its x bits)."""
+    def _place(self, file_id: int, path: str, destination: str, executable: bool,
+               mtime_ns: int = 0) -> list[FromWriter]:
+        """A verified staging file takes its final name (and its x bits); ``mtime_ns``, its
+        mtime when known (neither renaming nor chmod changes it), goes with FileClosed."""
         try:
             if executable:
                 mode = os.stat(path).st_mode
@@ -435,7 +436,7 @@ class Writer:
             replace(path, destination)  # FileInUse (EBUSY): this file fails
         except OSError as exc:
             return _close_error(file_id, path, destination, exc)
-        return [FileClosed(file_id=file_id, ok=True, reason="")]
+        return [FileClosed(file_id=file_id, ok=True, reason="", mtime_ns=mtime_ns)]
 
     def _sync(self, record: Sync) -> list[FromWriter]:
         """fsync each file, or the whole filesystem at once when there are many. A failure is
@@ -526,13 +527,15 @@ def _write_whole(writer: Writer, record: WriteWhole) -> list[FromWriter]:
                              0o644)
                 try:
                     write_at(fd, data, 0)
+                    # for the journal (FileClosed); Windows may set it as the handle closes
+                    mtime_ns = 0 if WINDOWS else os.fstat(fd).st_mtime_ns
                 finally:
                     os.close(fd)
             except OSError as exc:
                 closed += _whole_unwritten(whole, exc)
                 continue
             written += whole.size
-            closed += _whole_verified(writer, whole, data)
+            closed += _whole_verified(writer, whole, data, mtime_ns)
     return [SlotWritten(slot=record.slot, written=written), *closed]
 
 
@@ -549,7 +552,8 @@ def _whole_unwritten(whole: WholeFile, exc: OSError) -> list[FromWriter]:
                               "for a re-run")]
 
 
-def _whole_verified(writer: Writer, whole: WholeFile, data: memoryview) -> list[FromWriter]:
+def _whole_verified(writer: Writer, whole: WholeFile, data: memoryview,
+                    mtime_ns: int) -> list[FromWriter]:
     """A written WholeFile: its hash, then its final name (Writer._close's, round 1)."""
     if whole.hash:
         spec = parse_hash(whole.hash)
@@ -572,7 +576,8 @@ def _whole_verified(writer: Writer, whole: WholeFile, data: memoryview) -> list[
             remove([copy_path(whole.staging), aside_path(whole.staging)])
         except OSError as exc:
             return _close_error(whole.file_id, whole.staging, whole.destination, exc)
-    return writer._place(whole.file_id, whole.staging, whole.destination, whole.executable)
+    return writer._place(whole.file_id, whole.staging, whole.destination, whole.executable,
+                         mtime_ns)
 
 
 def _why(exc: OSError) -> str:

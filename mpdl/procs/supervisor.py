@@ -261,7 +261,8 @@ class Supervisor:
             self.journal.record_partial(entry, self.layout.staging(entry), have,
                                         self.scheduler.validators.of(entry))
         final = self.layout.final_name
-        self.journal.record_done((entry, final(entry.path)) for entry in synced.finished)
+        self.journal.record_done((entry, final(entry.path), mtime_ns)
+                                 for entry, mtime_ns in synced.finished)
         self.journal.flush()
 
     def _fresh_url(self, url: str) -> str | None:

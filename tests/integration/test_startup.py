@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from depots import small_objects
 from faultserver import FaultServer
 from helpers import env_with
 
@@ -57,3 +58,41 @@ def test_first_request_before_the_run_modules(tmp_path: Path, size: int, min_siz
     imported = json.loads(seen.read_text())
     assert "mpdl.net.urls" in imported  # the hook saw the probe's path, not some other socket
     assert not [m for m in RUN_MODULES if m in imported], imported
+
+
+#: What a run through the processes never needs in the coordinator: the workers make the
+#: requests and the writer writes (they import these themselves, mpdl/procs/child.py). Under
+#: fork the coordinator imports the children's modules for them to inherit; a fork server's
+#: children (10,000 files and up, osdeps.default_start_method) import their own.
+CHILD_MODULES = ("mpdl.net.direct", "mpdl.net.http", "urllib3", "http.client",
+                 "mpdl.procs.worker", "mpdl.disk.writer")
+
+AT_EXIT = """
+import atexit, json, runpy, sys
+where = sys.argv[1]
+def note():
+    with open(where, "w") as out:
+        json.dump(sorted(sys.modules), out)
+atexit.register(note)
+sys.argv = ["mpdl", *sys.argv[2:]]
+runpy.run_module("mpdl", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_manifest_run_leaves_the_childrens_modules_to_them(tmp_path: Path) -> None:
+    root = tmp_path / "srv"
+    with FaultServer(root) as server:
+        manifest = {**small_objects(root, 6), "base_urls": [server.url]}
+        (tmp_path / "m.json").write_text(json.dumps(manifest))
+        seen = tmp_path / "seen.json"
+        done = subprocess.run(
+            [sys.executable, "-c", AT_EXIT, str(seen), str(tmp_path / "m.json"),
+             "-o", str(tmp_path / "out"), "--progress", "none"],
+            env=env_with(MPDL_START_METHOD="forkserver"), capture_output=True, text=True,
+            timeout=60)
+    assert done.returncode == 0, done.stderr
+    for item in manifest["files"]:
+        assert (tmp_path / "out" / item["path"]).read_bytes() == (root / item["url"]).read_bytes()
+    imported = json.loads(seen.read_text())
+    assert "mpdl.procs.supervisor" in imported  # the run went through the processes
+    assert not [m for m in CHILD_MODULES if m in imported], imported

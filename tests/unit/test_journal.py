@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import mpdl
@@ -33,6 +34,12 @@ def placed(folder: Path, count: int = COUNT) -> list[tuple[FileEntry, str]]:
     return out
 
 
+def stat_them(files: list[tuple[FileEntry, str]]) -> list[tuple[FileEntry, str, int]]:
+    """As a checkpoint hands them when the writer did not say their mtime: the journal
+    stats each."""
+    return [(entry, final, 0) for entry, final in files]
+
+
 def lines(folder: Path) -> list[str]:
     return (folder / JOURNAL_NAME).read_text().splitlines()
 
@@ -40,7 +47,7 @@ def lines(folder: Path) -> list[str]:
 def test_a_checkpoints_files_go_as_lines_of_many_and_read_back_each(tmp_path: Path) -> None:
     files = placed(tmp_path)
     journal = Journal(tmp_path)
-    journal.record_done(files)
+    journal.record_done(stat_them(files))
     journal.close()
     assert len(lines(tmp_path)) == 3  # 64 + 64 + 10
     again = Journal(tmp_path)
@@ -51,11 +58,27 @@ def test_a_file_gone_before_its_checkpoint_is_left_out(tmp_path: Path) -> None:
     files = placed(tmp_path, 3)
     Path(files[1][1]).unlink()  # replaced or removed between its close and the checkpoint
     journal = Journal(tmp_path)
-    journal.record_done(files)
+    journal.record_done(stat_them(files))
     journal.close()
     again = Journal(tmp_path)
     assert [again.recorded_mtime(e.path, e.identity) is not None for e, _ in files] == [
         True, False, True]
+
+
+def test_the_writers_mtime_is_recorded_without_a_stat(tmp_path: Path) -> None:
+    """The writer says each file's mtime as it placed it (FileClosed.mtime_ns): the journal
+    records that one, so a file changed between its placing and the checkpoint is not
+    taken for the one the writer verified (a stat at the checkpoint would take it)."""
+    files = placed(tmp_path, 2)
+    mtimes = [os.lstat(final).st_mtime_ns for _, final in files]
+    os.utime(files[1][1], ns=(mtimes[1] - 10**9, mtimes[1] - 10**9))  # changed since
+    journal = Journal(tmp_path)
+    journal.record_done([(entry, final, mtime)
+                         for (entry, final), mtime in zip(files, mtimes, strict=True)])
+    journal.close()
+    again = Journal(tmp_path)
+    assert [again.recorded_mtime(e.path, e.identity) for e, _ in files] == mtimes
+    assert [again.holds(entry, final) for entry, final in files] == [True, False]
 
 
 def test_a_torn_line_of_many_loses_its_own_files_only(tmp_path: Path) -> None:
@@ -64,7 +87,7 @@ def test_a_torn_line_of_many_loses_its_own_files_only(tmp_path: Path) -> None:
     lines start on a line of their own."""
     files = placed(tmp_path)
     journal = Journal(tmp_path)
-    journal.record_done(files)
+    journal.record_done(stat_them(files))
     journal.close()
     path = tmp_path / JOURNAL_NAME
     text = path.read_text()
@@ -72,7 +95,7 @@ def test_a_torn_line_of_many_loses_its_own_files_only(tmp_path: Path) -> None:
     torn = Journal(tmp_path)
     known = [torn.holds(entry, final) for entry, final in files]
     assert known == [True] * (2 * DONE_PER_LINE) + [False] * 10
-    torn.record_done(files[-10:])  # a re-run found them in place
+    torn.record_done(stat_them(files[-10:]))  # a re-run found them in place
     torn.close()
     assert all(Journal(tmp_path).holds(entry, final) for entry, final in files)
 
@@ -80,13 +103,29 @@ def test_a_torn_line_of_many_loses_its_own_files_only(tmp_path: Path) -> None:
 def test_a_bad_item_in_a_line_of_many_is_skipped_alone(tmp_path: Path) -> None:
     files = placed(tmp_path, 3)
     journal = Journal(tmp_path)
-    journal.record_done(files)
+    journal.record_done(stat_them(files))
     journal.close()
     line = json.loads(lines(tmp_path)[0])
     line["done"][1][2] = "not a time"
     (tmp_path / JOURNAL_NAME).write_text(json.dumps(line) + "\n")
     again = Journal(tmp_path)
     assert [again.holds(entry, final) for entry, final in files] == [True, False, True]
+
+
+def test_an_mtime_beyond_64_bits_is_skipped_alone(tmp_path: Path) -> None:
+    """A journal edited or corrupted: its item is skipped as a bad one, the journal still
+    opens (mtimes are kept as 64-bit integers)."""
+    files = placed(tmp_path, 3)
+    journal = Journal(tmp_path)
+    journal.record_done(stat_them(files))
+    journal.close()
+    line = json.loads(lines(tmp_path)[0])
+    line["done"][1][2] = 2**64
+    single = {"path": files[2][0].path, "key": files[2][0].identity, "mtime_ns": -2**64}
+    (tmp_path / JOURNAL_NAME).write_text(json.dumps(line) + "\n" + json.dumps(single) + "\n")
+    again = Journal(tmp_path)
+    assert [again.holds(entry, final) for entry, final in files] == [True, False, True]
+    assert again.recorded_mtime(files[1][0].path, files[1][0].identity) is None
 
 
 def test_a_line_of_many_counts_as_many_records_for_compaction(tmp_path: Path) -> None:
@@ -97,7 +136,7 @@ def test_a_line_of_many_counts_as_many_records_for_compaction(tmp_path: Path) ->
     times = COMPACT_SLACK // DONE_PER_LINE + 2  # records: times x 64 > 64 + COMPACT_SLACK
     for _ in range(times):
         journal = Journal(tmp_path)
-        journal.record_done(files)
+        journal.record_done(stat_them(files))
         journal.close()
     assert len(lines(tmp_path)) == times  # fewer lines than COMPACT_SLACK: by lines, kept
     compacted = Journal(tmp_path)

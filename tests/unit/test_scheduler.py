@@ -272,10 +272,10 @@ class Sim:
         return self.from_writer(SlotWritten(slot=slot, written=written))
 
     def closed(self, fid: int, ok: bool = True, reason: str = "", mismatch: bool = False,
-               differing: tuple[tuple[int, int], ...] = ()):
+               differing: tuple[tuple[int, int], ...] = (), mtime_ns: int = 0):
         self._answered(lambda r: isinstance(r, CloseFile) and r.file_id == fid)
         return self.from_writer(FileClosed(file_id=fid, ok=ok, reason=reason, mismatch=mismatch,
-                                           differing=differing))
+                                           differing=differing, mtime_ns=mtime_ns))
 
     def synced(self, token: int, error: str | None = None):
         self.syncs = [s for s in self.syncs if s.token != token]
@@ -869,6 +869,9 @@ def test_nothing_new_to_make_durable_sends_no_sync():
     assert sim.syncs == [] and not sim.s.syncing
 
 
+B_MTIME = 1_700_000_000_123_456_789  # b's mtime as the writer placed it
+
+
 def two_files_to_checkpoint() -> Sim:
     """a: one of its three ranges written; b: finished. Nothing journaled yet."""
     sim = Sim(obj("a", 300), obj("b", 50))
@@ -877,7 +880,7 @@ def two_files_to_checkpoint() -> Sim:
     for fetch in (first, small):
         sim.fill(fetch)
         sim.written(fetch.slot)
-    sim.closed(1)
+    sim.closed(1, mtime_ns=B_MTIME)
     assert sim.ended() == {"b": (True, "")}
     return sim
 
@@ -900,7 +903,7 @@ def test_the_journal_hears_of_a_checkpoint_only_once_it_is_synced():
     out = sim.synced(sync.token)
     a, b = sim.manifest.files
     assert sim.effects_of(JournalSynced, out) == [
-        JournalSynced(partial=((a, RangeSet([(0, 100)])),), finished=(b,))]
+        JournalSynced(partial=((a, RangeSet([(0, 100)])),), finished=((b, B_MTIME),))]
     assert sim.file(0).synced == RangeSet([(0, 100)])
     assert not sim.s.syncing
 

@@ -332,9 +332,12 @@ def test_a_whole_batch_is_written_verified_and_renamed_by_one_record(tmp_path: P
     finally:
         writer.close_all()
         ring.close()
-    # the slot first (its bytes written), then each file's verdict, as three records would
+    # the slot first (its bytes written), then each file's verdict, as three records would,
+    # with the placed file's mtime (the journal records it without a stat of its own)
+    mtimes = [os.lstat(tmp_path / "d" / f"f{i}").st_mtime_ns for i in range(5)]
     assert out == [SlotWritten(slot=0, written=sum(map(len, datas))),
-                   *(FileClosed(file_id=i, ok=True, reason="") for i in range(5))]
+                   *(FileClosed(file_id=i, ok=True, reason="", mtime_ns=mtimes[i])
+                     for i in range(5))]
     for i, data in enumerate(datas):
         assert (tmp_path / "d" / f"f{i}").read_bytes() == data
     assert os.access(tmp_path / "d" / "f1", os.X_OK) and not os.access(tmp_path / "d" / "f0",
