@@ -399,3 +399,51 @@ def test_a_whole_file_whose_write_fails_stops_the_run_and_keeps_the_rest(
     assert "not all of it was written" in closed[1].reason
     assert not (tmp_path / "d" / "f1").exists()
     assert (tmp_path / "d" / "f2").read_bytes() == datas[2]
+
+
+def _dirty_pages(path: Path) -> int:
+    """Pages of ``path`` in the page cache that are dirty and not yet under writeback:
+    cachestat(2) (Linux 6.5 on), the one call that tells this per file."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    span = (ctypes.c_uint64 * 2)(0, 0)  # the whole file
+    stat = (ctypes.c_uint64 * 5)()  # cache, dirty, writeback, evicted, recently evicted
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(451, fd, span, stat, 0) != 0:  # 451: cachestat on x86-64 and arm64
+            code = ctypes.get_errno()
+            if code == errno.ENOSYS:
+                pytest.skip("this kernel has no cachestat(2) (Linux 6.5 on)")
+            raise OSError(code, os.strerror(code))
+    finally:
+        os.close(fd)
+    return stat[1]
+
+
+@pytest.mark.skipif(not osdeps.LINUX, reason="sync_file_range is Linux's (a no-op elsewhere)")
+def test_a_large_piece_is_on_its_way_to_the_disk_once_written(tmp_path: Path) -> None:
+    """A large file's bytes start their writeback as each slot is written, so the checkpoint
+    fsync finds little left to write; pieces under WRITEBACK_FROM (small files') are left to
+    the checkpoint's one syncfs."""
+    size = 4 * 1024 * 1024
+    ring = Ring.create(slot_size=size, slots=1)
+    writer = Writer(ring, str(tmp_path), threads=2)
+    try:
+        with ring.view(0) as view:
+            view[:] = os.urandom(size)
+        large, small = tmp_path / "s" / "large.part", tmp_path / "s" / "in-small-pieces.part"
+        writer.handle(OpenFile(file_id=1, staging=str(large), size=size, algo=None))
+        writer.handle(OpenFile(file_id=2, staging=str(small), size=size, algo=None))
+        writer.handle(WriteSlot(slot=0, pieces=(
+            Piece(file_id=1, file_offset=0, slot_offset=0, length=size),)))
+        assert replies(writer) == [SlotWritten(slot=0, written=size)]
+        writer.handle(WriteSlot(slot=0, pieces=tuple(
+            Piece(file_id=2, file_offset=o, slot_offset=o, length=64 * 1024)
+            for o in range(0, size, 64 * 1024))))
+        assert replies(writer) == [SlotWritten(slot=0, written=size)]
+        pages = size // 4096
+        assert _dirty_pages(small) > pages // 2  # the kernel left these be: the test can tell
+        assert _dirty_pages(large) < pages // 10
+    finally:
+        writer.close_all()
+        ring.close()
