@@ -23,6 +23,7 @@ next run resumes from those. A disk-wide error also stops the run (WriteFailed).
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import queue
@@ -621,6 +622,11 @@ def writer_main(inbox: Queue[list[ToWriter]], outbox: Connection, spec: RingSpec
                 log_level: int) -> None:
     """Process entry point: submit each record of each batch; the sender thread answers."""
     child_setup("mpdl-writer", log_level)
+    # What the writer has at its start (under forkserver: the fork server's modules, shared
+    # with it) is never garbage: frozen, the collector never walks it, so its pages stay
+    # shared. Walked, each full collection wrote to every object's header and so copied its
+    # page into this process: 10 -> 28 MiB PSS over 100,000 files (issue 18), ~20 frozen.
+    gc.freeze()
     ring = Ring.attach(spec)
     writer = Writer(ring, dest)
     sender = threading.Thread(target=send_replies, args=(writer.replies, outbox),
