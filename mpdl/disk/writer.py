@@ -81,6 +81,9 @@ MAX_JOBS = 2048
 # download (0.16-0.33 s after its last byte on a plain disk). Smaller pieces are small files':
 # a checkpoint syncs those with one syncfs.
 WRITEBACK_FROM = 1024 * 1024
+# Destination folders whose check (_checked_folder) is remembered: a manifest of many folders
+# must not grow the writer by one entry each; a folder forgotten is only checked again.
+FOLDERS_REMEMBERED = 4096
 # Errors that say something about one path (a file where a folder must go, a name too long, a
 # destination another program holds open: osdeps.FileInUse),
 # not about the disk: they fail that file and the run goes on.
@@ -104,7 +107,10 @@ class StreamHash:
         self.size = size
         self.written = RangeSet()
 
-    def wrote(self, fd: int, file_offset: int, data: memoryview, buffer: memoryview) -> None:
+    def wrote(self, fd: int, file_offset: int, data: memoryview,
+              buffer: Callable[[], memoryview]) -> None:
+        """``data`` was written at ``file_offset``; ``buffer`` gives the read-back buffer, asked
+        for only when a read-back is needed: a file written in order never needs one."""
         end = file_offset + len(data)
         if file_offset < self.done:  # rewrites bytes already hashed (a retry): read all back
             self.done = -1
@@ -117,10 +123,11 @@ class StreamHash:
         self.done = end
         frontier = next(self.written.gaps(self.done, self.size), (self.size, self.size))[0]
         while self.done < frontier:  # pieces that came early: hash them from the file
-            n = readinto_at(fd, buffer[:min(len(buffer), frontier - self.done)], self.done)
+            room = buffer()
+            n = readinto_at(fd, room[:min(len(room), frontier - self.done)], self.done)
             if n <= 0:
                 raise OSError(errno.EIO, "short read of a file being written")
-            self.hasher.update(buffer[:n])
+            self.hasher.update(room[:n])
             self.done += n
 
     def digest(self) -> str | None:
@@ -381,7 +388,7 @@ class Writer:
                             start_writeback(fd, piece.file_offset, piece.length)
                         if staged.stream is not None:
                             with staged.lock:
-                                staged.stream.wrote(fd, piece.file_offset, data, self._buffer())
+                                staged.stream.wrote(fd, piece.file_offset, data, self._buffer)
                     finally:
                         self.fds.release(staged)
                 except OSError as exc:
@@ -478,6 +485,8 @@ class Writer:
         """Create ``folder`` unless a link on its way leads out of DEST (cached per folder)."""
         known = self.folders.get(folder)
         if known is None:
+            if len(self.folders) >= FOLDERS_REMEMBERED:
+                self.folders.clear()
             known = self.folders[folder] = make_folder_inside(folder, self.dest)
         return known
 

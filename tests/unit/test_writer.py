@@ -52,7 +52,7 @@ def test_the_streamed_hash_equals_the_file_hash_in_any_order(tmp_path: Path, ord
         os.ftruncate(fd, len(data))
         for offset, piece in pieces:
             write_at(fd, memoryview(piece), offset)
-            stream.wrote(fd, offset, memoryview(piece), buffer)
+            stream.wrote(fd, offset, memoryview(piece), lambda: buffer)
     finally:
         os.close(fd)
     assert stream.digest() == hashlib.md5(data).hexdigest()
@@ -65,9 +65,9 @@ def test_the_streamed_hash_gives_up_when_hashed_bytes_are_rewritten(tmp_path: Pa
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         os.ftruncate(fd, len(data))
-        stream.wrote(fd, 0, memoryview(data[:4096]), buffer)  # hashed
-        stream.wrote(fd, 0, memoryview(bytes(4096)), buffer)  # a retry rewrites them
-        stream.wrote(fd, 4096, memoryview(data[4096:]), buffer)
+        stream.wrote(fd, 0, memoryview(data[:4096]), lambda: buffer)  # hashed
+        stream.wrote(fd, 0, memoryview(bytes(4096)), lambda: buffer)  # a retry rewrites them
+        stream.wrote(fd, 4096, memoryview(data[4096:]), lambda: buffer)
     finally:
         os.close(fd)
     assert stream.digest() is None  # the writer reads the file back instead
@@ -444,6 +444,59 @@ def test_a_large_piece_is_on_its_way_to_the_disk_once_written(tmp_path: Path) ->
         pages = size // 4096
         assert _dirty_pages(small) > pages // 2  # the kernel left these be: the test can tell
         assert _dirty_pages(large) < pages // 10
+    finally:
+        writer.close_all()
+        ring.close()
+
+
+def test_a_file_written_in_order_never_takes_a_read_back_buffer(tmp_path: Path) -> None:
+    """The streamed hash reads bytes back only for pieces that came early, so a thread that
+    writes files in order (the record loop, with 100,000 small files) holds no 1 MiB buffer;
+    one that meets an early piece does."""
+    data = os.urandom(3 * 4096)
+    ring = Ring.create(slot_size=len(data), slots=1)
+    writer = Writer(ring, str(tmp_path), threads=1)
+    try:
+        with ring.view(0) as view:
+            view[:] = data
+        for file_id, order in ((1, [0, 1, 2]), (2, [2, 1, 0])):
+            writer.handle(OpenFile(file_id=file_id, staging=str(tmp_path / f"{file_id}.part"),
+                                   size=len(data), algo="md5"))
+            for i in order:
+                writer.handle(WriteSlot(slot=0, pieces=(Piece(
+                    file_id=file_id, file_offset=i * 4096, slot_offset=i * 4096, length=4096),)))
+            writer.handle(CloseFile(file_id=file_id, keep=True,
+                                    destination=str(tmp_path / f"f{file_id}"),
+                                    hash="md5:" + hashlib.md5(data).hexdigest(), executable=False))
+            assert [r for r in replies(writer) if isinstance(r, FileClosed)] == [
+                FileClosed(file_id=file_id, ok=True, reason="")]
+            if file_id == 1:
+                assert getattr(writer.local, "buffer", None) is None
+        assert len(writer.local.buffer) > 0  # file 2's early pieces were read back
+    finally:
+        writer.close_all()
+        ring.close()
+
+
+def test_the_folders_checked_are_remembered_up_to_a_bound_and_checked_again_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest of many folders does not grow the writer by one entry each; a folder
+    forgotten is checked again, so a link planted in DEST still keeps files out of it."""
+    from mpdl.disk import writer as module
+    monkeypatch.setattr(module, "FOLDERS_REMEMBERED", 4)
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    dest.mkdir()
+    outside.mkdir()
+    ring = Ring.create(slot_size=4096, slots=1)
+    writer = Writer(ring, str(dest))
+    try:
+        for i in range(10):
+            assert writer._checked_folder(str(dest / f"d{i}" / "e"))
+            assert len(writer.folders) <= 4
+        os.symlink(outside, dest / "link")
+        assert not writer._checked_folder(str(dest / "link" / "x"))
+        assert all(p.name.startswith("d") for p in dest.iterdir() if not p.is_symlink())
+        assert list(outside.iterdir()) == []
     finally:
         writer.close_all()
         ring.close()
