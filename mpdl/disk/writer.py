@@ -75,11 +75,13 @@ SMALL_PIECES = 64 * 1024
 # Jobs submitted and not done, at most: beyond, the record loop waits, so the writer's memory
 # stays bounded however far the coordinator runs ahead (100,000 small files come fast).
 MAX_JOBS = 2048
-# A piece at least this large has its writeback started once written (osdeps.start_writeback):
-# the disk then writes a large file's bytes as they come instead of all at the next checkpoint,
-# whose fsync before the file's final name had 150-190 MiB left to write at the end of a 512 MiB
-# download (0.16-0.33 s after its last byte on a plain disk). Smaller pieces are small files':
-# a checkpoint syncs those with one syncfs.
+# A piece at least this large has its writeback started once written (osdeps.start_writeback),
+# from the run's first checkpoint on (its first Sync): the disk then writes a large file's bytes
+# as they come instead of all at the next checkpoint, whose fsync had 150-200 MiB left to write
+# in a 512 MiB download at 160 MB/s (0.15-0.20 s; started early: under 3 ms). A run shorter
+# than a checkpoint never syncs, so it is left to the kernel's own writeback, after the run,
+# rather than paying for it during the run (the CPU of starting writeback is the writer's).
+# Smaller pieces are small files': a checkpoint syncs those with one syncfs.
 WRITEBACK_FROM = 1024 * 1024
 # Destination folders whose check (_checked_folder) is remembered: a manifest of many folders
 # must not grow the writer by one entry each; a folder forgotten is only checked again.
@@ -247,6 +249,7 @@ class Writer:
         # succeeds over bytes the disk never got. A checkpoint tried again would then
         # journal them; so no Sync of this writer is answered as done after a failure.
         self.sync_error: str | None = None
+        self.writeback = False  # start writeback of large pieces (WRITEBACK_FROM): once synced
 
     # -- records in ------------------------------------------------------------------------------
 
@@ -302,6 +305,7 @@ class Writer:
         return []
 
     def sync(self, record: Sync) -> list[FromWriter]:
+        self.writeback = True
         with self.jobs_lock:
             before = set(self.jobs)
         self._submit(self._sync, before, record, inline=True)
@@ -384,7 +388,7 @@ class Writer:
                         data = view[piece.slot_offset:piece.slot_offset + piece.length]
                         write_at(fd, data, piece.file_offset)
                         written += piece.length
-                        if piece.length >= WRITEBACK_FROM:
+                        if self.writeback and piece.length >= WRITEBACK_FROM:
                             start_writeback(fd, piece.file_offset, piece.length)
                         if staged.stream is not None:
                             with staged.lock:

@@ -13,7 +13,8 @@ import pytest
 from helpers import replies
 
 from mpdl.core.messages import (CloseFile, Fetch, FileClosed, OpenFile, Piece, SlotWritten, Stop,
-                                UnknownRecord, WholeFile, WriteFailed, WriteSlot, WriteWhole)
+                                Sync, Synced, UnknownRecord, WholeFile, WriteFailed, WriteSlot,
+                                WriteWhole)
 from mpdl.procs.ring import Ring
 from mpdl import osdeps
 from mpdl.osdeps import write_at
@@ -422,9 +423,10 @@ def _dirty_pages(path: Path) -> int:
 
 @pytest.mark.skipif(not osdeps.LINUX, reason="sync_file_range is Linux's (a no-op elsewhere)")
 def test_a_large_piece_is_on_its_way_to_the_disk_once_written(tmp_path: Path) -> None:
-    """A large file's bytes start their writeback as each slot is written, so the checkpoint
-    fsync finds little left to write; pieces under WRITEBACK_FROM (small files') are left to
-    the checkpoint's one syncfs."""
+    """From the first checkpoint on, a large file's bytes start their writeback as each slot
+    is written, so the next checkpoint's fsync finds little left to write; before it (a run
+    shorter than a checkpoint) nothing is started, and pieces under WRITEBACK_FROM (small
+    files') are left to the checkpoint's one syncfs."""
     size = 4 * 1024 * 1024
     ring = Ring.create(slot_size=size, slots=1)
     writer = Writer(ring, str(tmp_path), threads=2)
@@ -434,6 +436,13 @@ def test_a_large_piece_is_on_its_way_to_the_disk_once_written(tmp_path: Path) ->
         large, small = tmp_path / "s" / "large.part", tmp_path / "s" / "in-small-pieces.part"
         writer.handle(OpenFile(file_id=1, staging=str(large), size=size, algo=None))
         writer.handle(OpenFile(file_id=2, staging=str(small), size=size, algo=None))
+        early = tmp_path / "s" / "before-a-checkpoint.part"
+        writer.handle(OpenFile(file_id=3, staging=str(early), size=size, algo=None))
+        writer.handle(WriteSlot(slot=0, pieces=(
+            Piece(file_id=3, file_offset=0, slot_offset=0, length=size),)))
+        assert replies(writer) == [SlotWritten(slot=0, written=size)]
+        writer.handle(Sync(token=1, paths=()))
+        assert replies(writer) == [Synced(token=1, error=None)]
         writer.handle(WriteSlot(slot=0, pieces=(
             Piece(file_id=1, file_offset=0, slot_offset=0, length=size),)))
         assert replies(writer) == [SlotWritten(slot=0, written=size)]
@@ -443,6 +452,7 @@ def test_a_large_piece_is_on_its_way_to_the_disk_once_written(tmp_path: Path) ->
         assert replies(writer) == [SlotWritten(slot=0, written=size)]
         pages = size // 4096
         assert _dirty_pages(small) > pages // 2  # the kernel left these be: the test can tell
+        assert _dirty_pages(early) > pages // 2
         assert _dirty_pages(large) < pages // 10
     finally:
         writer.close_all()
