@@ -139,6 +139,22 @@ def sync_filesystem(path: str) -> bool:
     return True
 
 
+# sync_file_range(2)'s flag that starts writeback of the range's dirty pages and returns
+# without waiting for it (Linux only; not in Python's os module).
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``fd``'s bytes [offset, offset+length) to the disk now,
+    without waiting: a later fsync then finds them written or on their way (the end of a large
+    download: the last checkpoint's fsync before the rename). Only a hint, so it never fails:
+    a no-op where there is no sync_file_range (not Linux) or the call refuses."""
+    call = getattr(_libc(), "sync_file_range", None) if LINUX and not FORCE_FALLBACKS else None
+    if call is not None:
+        import ctypes
+        call(fd, ctypes.c_int64(offset), ctypes.c_int64(length), _SYNC_FILE_RANGE_WRITE)
+
+
 @functools.lru_cache(maxsize=1)
 def _libc() -> object | None:
     import ctypes

@@ -13,7 +13,8 @@ import pytest
 from helpers import replies
 
 from mpdl.core.messages import (CloseFile, Fetch, FileClosed, OpenFile, Piece, SlotWritten, Stop,
-                                UnknownRecord, WholeFile, WriteFailed, WriteSlot, WriteWhole)
+                                Sync, Synced, UnknownRecord, WholeFile, WriteFailed, WriteSlot,
+                                WriteWhole)
 from mpdl.procs.ring import Ring
 from mpdl import osdeps
 from mpdl.osdeps import write_at
@@ -52,7 +53,7 @@ def test_the_streamed_hash_equals_the_file_hash_in_any_order(tmp_path: Path, ord
         os.ftruncate(fd, len(data))
         for offset, piece in pieces:
             write_at(fd, memoryview(piece), offset)
-            stream.wrote(fd, offset, memoryview(piece), buffer)
+            stream.wrote(fd, offset, memoryview(piece), lambda: buffer)
     finally:
         os.close(fd)
     assert stream.digest() == hashlib.md5(data).hexdigest()
@@ -65,9 +66,9 @@ def test_the_streamed_hash_gives_up_when_hashed_bytes_are_rewritten(tmp_path: Pa
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         os.ftruncate(fd, len(data))
-        stream.wrote(fd, 0, memoryview(data[:4096]), buffer)  # hashed
-        stream.wrote(fd, 0, memoryview(bytes(4096)), buffer)  # a retry rewrites them
-        stream.wrote(fd, 4096, memoryview(data[4096:]), buffer)
+        stream.wrote(fd, 0, memoryview(data[:4096]), lambda: buffer)  # hashed
+        stream.wrote(fd, 0, memoryview(bytes(4096)), lambda: buffer)  # a retry rewrites them
+        stream.wrote(fd, 4096, memoryview(data[4096:]), lambda: buffer)
     finally:
         os.close(fd)
     assert stream.digest() is None  # the writer reads the file back instead
@@ -402,3 +403,113 @@ def test_a_whole_file_whose_write_fails_stops_the_run_and_keeps_the_rest(
     assert "not all of it was written" in closed[1].reason
     assert not (tmp_path / "d" / "f1").exists()
     assert (tmp_path / "d" / "f2").read_bytes() == datas[2]
+
+
+def _dirty_pages(path: Path) -> int:
+    """Pages of ``path`` in the page cache that are dirty and not yet under writeback:
+    cachestat(2) (Linux 6.5 on), the one call that tells this per file."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    span = (ctypes.c_uint64 * 2)(0, 0)  # the whole file
+    stat = (ctypes.c_uint64 * 5)()  # cache, dirty, writeback, evicted, recently evicted
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(451, fd, span, stat, 0) != 0:  # 451: cachestat on x86-64 and arm64
+            code = ctypes.get_errno()
+            if code == errno.ENOSYS and not os.environ.get("CI"):  # CI must run it
+                pytest.skip("this kernel has no cachestat(2) (Linux 6.5 on)")
+            raise OSError(code, os.strerror(code))
+    finally:
+        os.close(fd)
+    return stat[1]
+
+
+@pytest.mark.skipif(not osdeps.LINUX, reason="sync_file_range is Linux's (a no-op elsewhere)")
+def test_a_large_piece_is_on_its_way_to_the_disk_once_written(tmp_path: Path) -> None:
+    """From the first checkpoint on, a large file's bytes start their writeback as each slot
+    is written, so the next checkpoint's fsync finds little left to write; before it (a run
+    shorter than a checkpoint) nothing is started, and pieces under WRITEBACK_FROM (small
+    files') are left to the checkpoint's one syncfs."""
+    size = 4 * 1024 * 1024
+    ring = Ring.create(slot_size=size, slots=1)
+    writer = Writer(ring, str(tmp_path), threads=2)
+    try:
+        with ring.view(0) as view:
+            view[:] = os.urandom(size)
+        large, small = tmp_path / "s" / "large.part", tmp_path / "s" / "in-small-pieces.part"
+        writer.handle(OpenFile(file_id=1, staging=str(large), size=size, algo=None))
+        writer.handle(OpenFile(file_id=2, staging=str(small), size=size, algo=None))
+        early = tmp_path / "s" / "before-a-checkpoint.part"
+        writer.handle(OpenFile(file_id=3, staging=str(early), size=size, algo=None))
+        writer.handle(WriteSlot(slot=0, pieces=(
+            Piece(file_id=3, file_offset=0, slot_offset=0, length=size),)))
+        assert replies(writer) == [SlotWritten(slot=0, written=size)]
+        writer.handle(Sync(token=1, paths=()))
+        assert replies(writer) == [Synced(token=1, error=None)]
+        writer.handle(WriteSlot(slot=0, pieces=(
+            Piece(file_id=1, file_offset=0, slot_offset=0, length=size),)))
+        assert replies(writer) == [SlotWritten(slot=0, written=size)]
+        writer.handle(WriteSlot(slot=0, pieces=tuple(
+            Piece(file_id=2, file_offset=o, slot_offset=o, length=64 * 1024)
+            for o in range(0, size, 64 * 1024))))
+        assert replies(writer) == [SlotWritten(slot=0, written=size)]
+        pages = size // 4096
+        assert _dirty_pages(small) > pages // 2  # the kernel left these be: the test can tell
+        assert _dirty_pages(early) > pages // 2
+        assert _dirty_pages(large) < pages // 10
+    finally:
+        writer.close_all()
+        ring.close()
+
+
+def test_a_file_written_in_order_never_takes_a_read_back_buffer(tmp_path: Path) -> None:
+    """The streamed hash reads bytes back only for pieces that came early, so a thread that
+    writes files in order (the record loop, with 100,000 small files) holds no 1 MiB buffer;
+    one that meets an early piece does."""
+    data = os.urandom(3 * 4096)
+    ring = Ring.create(slot_size=len(data), slots=1)
+    writer = Writer(ring, str(tmp_path), threads=1)
+    try:
+        with ring.view(0) as view:
+            view[:] = data
+        for file_id, order in ((1, [0, 1, 2]), (2, [2, 1, 0])):
+            writer.handle(OpenFile(file_id=file_id, staging=str(tmp_path / f"{file_id}.part"),
+                                   size=len(data), algo="md5"))
+            for i in order:
+                writer.handle(WriteSlot(slot=0, pieces=(Piece(
+                    file_id=file_id, file_offset=i * 4096, slot_offset=i * 4096, length=4096),)))
+            writer.handle(CloseFile(file_id=file_id, keep=True,
+                                    destination=str(tmp_path / f"f{file_id}"),
+                                    hash="md5:" + hashlib.md5(data).hexdigest(), executable=False))
+            assert [r for r in replies(writer) if isinstance(r, FileClosed)] == [
+                FileClosed(file_id=file_id, ok=True, reason="")]
+            if file_id == 1:
+                assert getattr(writer.local, "buffer", None) is None
+        assert len(writer.local.buffer) > 0  # file 2's early pieces were read back
+    finally:
+        writer.close_all()
+        ring.close()
+
+
+def test_the_folders_checked_are_remembered_up_to_a_bound_and_checked_again_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest of many folders does not grow the writer by one entry each; a folder
+    forgotten is checked again, so a link planted in DEST still keeps files out of it."""
+    from mpdl.disk import writer as module
+    monkeypatch.setattr(module, "FOLDERS_REMEMBERED", 4)
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    dest.mkdir()
+    outside.mkdir()
+    ring = Ring.create(slot_size=4096, slots=1)
+    writer = Writer(ring, str(dest))
+    try:
+        for i in range(10):
+            assert writer._checked_folder(str(dest / f"d{i}" / "e"))
+            assert len(writer.folders) <= 4
+        os.symlink(outside, dest / "link")
+        assert not writer._checked_folder(str(dest / "link" / "x"))
+        assert all(p.name.startswith("d") for p in dest.iterdir() if not p.is_symlink())
+        assert list(outside.iterdir()) == []
+    finally:
+        writer.close_all()
+        ring.close()
