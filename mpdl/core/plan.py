@@ -48,12 +48,14 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ManifestError
 from ..formats.manifest import FileEntry, Part
 from .messages import Check
 from .ranges import RangeSet
+
+_T = TypeVar("_T")
 
 # Not parallel: bytes of an unwanted gap between two ranges that are cheaper to read than to
 # request apart (parallel, ranges are whole cells of the grid, which decides alone).
@@ -91,7 +93,36 @@ class Span:
     file_offset: int
 
 
-class PackedSpans(Sequence[Span]):
+class _Packed(Sequence[_T]):
+    """A tuple's value for a sequence kept packed: equal to (and hashed as) the tuple of its
+    items, sliced into one, pickled as one (a worker gets a plain tuple)."""
+
+    __slots__ = ()
+
+    def _item(self, index: int) -> _T:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        return self._item(range(len(self))[index])  # IndexError as a tuple's
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (_Packed, tuple)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+    def __reduce__(self) -> tuple[type[tuple[_T, ...]], tuple[tuple[_T, ...]]]:
+        return tuple, (tuple(self),)
+
+
+class PackedSpans(_Packed[Span]):
     """The spans of a request of many files (a grid cell of GOG V1 files, a batch), as one
     array of four integers each: a Span is made when one is read. 100,000 files held as
     Span objects, each with its own integers, are some 10 MiB for the whole run; as this,
@@ -123,10 +154,8 @@ class PackedSpans(Sequence[Span]):
                 out.append((data[at + 2], data[at + 3] + lo - start, lo - offset, hi - lo))
         return out
 
-    def __getitem__(self, index: int | slice) -> Any:
-        if isinstance(index, slice):
-            return tuple(self)[index]
-        at = range(len(self))[index] * 4  # IndexError as a tuple's
+    def _item(self, index: int) -> Span:
+        at = index * 4
         return Span(*self._data[at:at + 4])
 
     def __iter__(self) -> Iterator[Span]:
@@ -134,22 +163,8 @@ class PackedSpans(Sequence[Span]):
         for at in range(0, len(data), 4):
             yield Span(data[at], data[at + 1], data[at + 2], data[at + 3])
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (PackedSpans, tuple)):
-            return tuple(self) == tuple(other)
-        return NotImplemented
 
-    def __hash__(self) -> int:
-        return hash(tuple(self))
-
-    def __repr__(self) -> str:
-        return repr(tuple(self))
-
-    def __reduce__(self) -> tuple[type[tuple[Span, ...]], tuple[tuple[Span, ...]]]:
-        return tuple, (tuple(self),)
-
-
-class PackedChecks(Sequence[Check]):
+class PackedChecks(_Packed[Check]):
     """The checks of a request of many files, as PackedSpans keeps spans: offsets and
     lengths in one array, the hashes' strings (the manifest's own: HashSpec's text) in a
     list; a Check is made when one is read. Sent to a worker as the tuple of its checks."""
@@ -167,30 +182,13 @@ class PackedChecks(Sequence[Check]):
     def __len__(self) -> int:
         return len(self._hashes)
 
-    def __getitem__(self, index: int | slice) -> Any:
-        if isinstance(index, slice):
-            return tuple(self)[index]
-        at = range(len(self))[index]
-        return Check(self._data[2 * at], self._data[2 * at + 1], self._hashes[at])
+    def _item(self, index: int) -> Check:
+        return Check(self._data[2 * index], self._data[2 * index + 1], self._hashes[index])
 
     def __iter__(self) -> Iterator[Check]:
         data = self._data
         for at, hash in enumerate(self._hashes):
             yield Check(data[2 * at], data[2 * at + 1], hash)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (PackedChecks, tuple)):
-            return tuple(self) == tuple(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(tuple(self))
-
-    def __repr__(self) -> str:
-        return repr(tuple(self))
-
-    def __reduce__(self) -> tuple[type[tuple[Check, ...]], tuple[tuple[Check, ...]]]:
-        return tuple, (tuple(self),)
 
 
 def packed_spans(spans: Sequence[Span]) -> Sequence[Span]:

@@ -194,6 +194,20 @@ def test_a_short_write_goes_on_until_every_byte_is_written(
 # --- a fresh small file: created by its first write (writer.NO_TRUNCATE_UP_TO) -----------------
 
 
+def _close_each_as_written(writer: Writer, tmp_path: Path, datas: list[bytes],
+                           written: int) -> None:
+    """Close files 0..n-1 of slot 0 under tmp_path/f<i>, each with its md5: the slot is
+    answered as ``written`` bytes, every file closed ok and in place with its bytes."""
+    for i, data in enumerate(datas):
+        writer.handle(CloseFile(file_id=i, keep=True, destination=str(tmp_path / f"f{i}"),
+                                hash="md5:" + hashlib.md5(data).hexdigest(), executable=False))
+    out = replies(writer)
+    assert out[0] == SlotWritten(slot=0, written=written)
+    assert sorted(out[1:]) == [FileClosed(file_id=i, ok=True, reason="")
+                               for i in range(len(datas))]
+    assert all((tmp_path / f"f{i}").read_bytes() == data for i, data in enumerate(datas))
+
+
 def test_a_cells_small_files_are_each_created_once_by_their_first_write(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A grid cell's slot carries more small files than the writer keeps descriptors for, all
@@ -223,15 +237,7 @@ def test_a_cells_small_files_are_each_created_once_by_their_first_write(
                 pieces.append(Piece(file_id=i, file_offset=0, slot_offset=at, length=len(data)))
                 at += len(data)
         writer.handle(WriteSlot(slot=0, pieces=tuple(pieces)))
-        for i, data in enumerate(datas):
-            writer.handle(CloseFile(file_id=i, keep=True, destination=str(tmp_path / f"f{i}"),
-                                    hash="md5:" + hashlib.md5(data).hexdigest(),
-                                    executable=False))
-        out = replies(writer)
-        assert out[0] == SlotWritten(slot=0, written=at)
-        assert sorted(out[1:]) == [FileClosed(file_id=i, ok=True, reason="")
-                                   for i in range(count)]
-        assert all((tmp_path / f"f{i}").read_bytes() == data for i, data in enumerate(datas))
+        _close_each_as_written(writer, tmp_path, datas, written=at)
         assert sorted(opened) == sorted(map(str, stagings))  # each once
     finally:
         writer.close_all()
@@ -261,15 +267,7 @@ def test_a_slot_of_small_files_is_written_and_closed_by_the_record_loop_a_large_
                 writer.handle(OpenFile(file_id=i, staging=str(tmp_path / "s" / f"{i}.part"),
                                        size=size, algo="md5"))
         writer.handle(WriteSlot(slot=0, pieces=tuple(pieces)))
-        for i, data in enumerate(datas):
-            writer.handle(CloseFile(file_id=i, keep=True, destination=str(tmp_path / f"f{i}"),
-                                    hash="md5:" + hashlib.md5(data).hexdigest(),
-                                    executable=False))
-        out = replies(writer)
-        assert out[0] == SlotWritten(slot=0, written=size * files)
-        assert sorted(out[1:]) == [FileClosed(file_id=i, ok=True, reason="")
-                                   for i in range(files)]
-        assert all((tmp_path / f"f{i}").read_bytes() == data for i, data in enumerate(datas))
+        _close_each_as_written(writer, tmp_path, datas, written=size * files)
         if files > 1:
             assert submitted == []
         else:  # its write (and its close, unless the write was done by then)
