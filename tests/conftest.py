@@ -19,8 +19,8 @@ from typing import Any
 import psutil
 import pytest
 from faultserver import FaultServer
-from helpers import (CHILD_GRACE, SHM, Cli, Depot, Nginx, Tmpfs, alive, describe, is_mp_helper,
-                     nginx_serving)
+from helpers import (CHILD_GRACE, SHM, Cli, Depot, Nginx, Tmpfs, alive, describe, identity,
+                     is_mp_helper, nginx_serving)
 
 from mpdl.demo import build_example
 
@@ -181,7 +181,7 @@ def _children(me: psutil.Process) -> dict[tuple[int, float], psutil.Process]:
     found = {}
     for proc in me.children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
-            found[proc.pid, proc.create_time()] = proc
+            found[identity(proc)] = proc
     return found
 
 

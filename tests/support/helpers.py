@@ -280,6 +280,21 @@ def alive(proc: psutil.Process) -> bool:
         return False
 
 
+def identity(proc: psutil.Process) -> tuple[int, float]:
+    """A process's pid and start, so a reused pid is another process. The start is the
+    kernel's count of clock ticks since boot (/proc/PID/stat), not psutil's create_time:
+    that adds the wall-clock boot time, which moves when the clock is stepped, and made a
+    long-lived nginx read as a process new to the test then running (psutil.NoSuchProcess
+    when it is gone)."""
+    try:
+        with open(f"/proc/{proc.pid}/stat", "rb") as stat:
+            return proc.pid, float(stat.read().rsplit(b")", 1)[1].split()[19])
+    except (FileNotFoundError, ProcessLookupError):
+        if os.path.isdir("/proc/self"):
+            raise psutil.NoSuchProcess(proc.pid) from None
+        return proc.pid, proc.create_time()  # no /proc (macOS)
+
+
 def is_mp_helper(proc: psutil.Process) -> bool:
     """multiprocessing's resource tracker or fork server, not one of mpdl's children."""
     try:
@@ -350,7 +365,7 @@ class Cli:
         out = []
         for proc in kids:
             try:
-                key = (proc.pid, proc.create_time())
+                key = identity(proc)
             except psutil.Error:
                 continue
             out.append(self.seen.setdefault(key, proc))
