@@ -195,6 +195,26 @@ def test_a_short_write_goes_on_until_every_byte_is_written(
     assert (tmp_path / "f").read_bytes() == data
 
 
+@pytest.mark.parametrize("forced", [False, True], ids=["pwrite", "seek and write"])
+def test_a_large_write_is_made_in_calls_of_write_most_bytes_at_most(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forced: bool) -> None:
+    """A slot is copied in calls of WRITE_MOST bytes: the page cache sizes a new folio by the
+    write, and large folios cost a fault per page where a VM's host took their memory back."""
+    monkeypatch.setattr(osdeps, "FORCE_FALLBACKS", forced)
+    name = "write" if forced else "pwrite"
+    real, asked = getattr(os, name), []
+    monkeypatch.setattr(os, name, lambda fd, view, *at: (asked.append(len(view)),
+                                                          real(fd, view, *at))[1])
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        write_at(fd, memoryview(data), 4096)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == bytes(4096) + data
+    assert max(asked) == osdeps.WRITE_MOST and sum(asked) == len(data)
+
+
 # --- a fresh small file: created by its first write (writer.NO_TRUNCATE_UP_TO) -----------------
 
 
