@@ -2,7 +2,12 @@
 
 One process owns every file descriptor. Inside it a few threads do the system calls, since
 the kernel's work (copying into the page cache, allocating inodes, renaming) is what the
-workers would otherwise wait on, and the calls release the GIL. ``Writer.handle`` turns each
+workers would otherwise wait on, and the calls release the GIL: a pool copies large slots,
+and one thread of its own (the lane) makes, writes and renames batches of small whole files.
+The pool's threads never race for a lock the kernel takes anyway (a file's, for a write; the
+staging folder's, for a create or a rename): on a lock whose holder is running, the kernel
+spins rather than sleeps, and on 2 cores that spin takes the CPU the workers need (see
+``Writer._write`` and ``Writer.write_whole``). ``Writer.handle`` turns each
 record into a job for them and returns at once; a job's replies reach the coordinator through
 ``Writer.replies``, which ``writer_main``'s sender thread drains. The rules of a single
 writer still hold, through the jobs each job waits for (only jobs submitted earlier, so the
@@ -143,8 +148,8 @@ class Staged:
     NO_TRUNCATE_UP_TO), its streamed hash, whether a job dropped it after an error that fails
     this file, and why a write to it failed (then it never takes its final name)."""
 
-    __slots__ = ("file_id", "path", "fd", "create", "users", "stream", "lock", "opened",
-                 "writes", "dropped", "unwritten")
+    __slots__ = ("file_id", "path", "fd", "create", "users", "stream", "lock", "writing",
+                 "opened", "writes", "dropped", "unwritten")
 
     def __init__(self, file_id: int, path: str) -> None:
         self.file_id = file_id
@@ -154,6 +159,7 @@ class Staged:
         self.users = 0  # jobs using ``fd`` now: it is not closed under them
         self.stream: StreamHash | None = None
         self.lock = threading.Lock()  # the streamed hash takes the file's bytes in order
+        self.writing = threading.Lock()  # one write at a time (Writer._write says why)
         self.opened: Future | None = None  # the job that creates it
         self.writes: list[Future] = []  # its write jobs not known to be done
         self.dropped = False
@@ -240,6 +246,7 @@ class Writer:
         self.folders: dict[str, bool] = {}
         self.replies: queue.SimpleQueue[list[FromWriter] | None] = queue.SimpleQueue()
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mpdl-writer")
+        self.lane = ThreadPoolExecutor(1, thread_name_prefix="mpdl-writer-lane")
         self.jobs: set[Future] = set()  # submitted, not done: what a Sync waits for
         self.jobs_lock = threading.Lock()
         self.room = threading.BoundedSemaphore(MAX_JOBS)
@@ -287,14 +294,21 @@ class Writer:
 
     def write_whole(self, record: WriteWhole) -> list[FromWriter]:
         """Files made, written, verified and renamed from one slot (``_write_whole``), after
-        the jobs of any earlier staging file of theirs (a file started over)."""
+        the jobs of any earlier staging file of theirs (a file started over).
+
+        A batch past POOL_FROM runs on the lane, one thread of its own, not in the pool: every
+        staging file is made in one folder and renamed out of it, and the kernel holds that
+        folder's lock through each create and rename (a create on an ext4 without a journal
+        is slow: it skips the inodes freed in the last seconds). The pool's jobs racing for
+        it spun in rwsem_spin_on_owner: 5-7% of the writer's CPU on depot (perf record,
+        issue 18), gone on one thread."""
         after: list[Future | None] = []
         for whole in record.files:
             earlier = self.files.pop(whole.file_id, None)
             if earlier is not None:
                 after += [earlier.opened, *earlier.writes]
         small = sum(whole.size for whole in record.files) < POOL_FROM
-        self._submit(_write_whole, after, self, record, inline=small)
+        self._submit(_write_whole, after, self, record, inline=small, lane=True)
         return []
 
     def close(self, record: CloseFile) -> list[FromWriter]:
@@ -312,15 +326,17 @@ class Writer:
         return []
 
     def _submit(self, job: Callable[..., list[FromWriter]], after: Iterable[Future | None],
-                *args: object, inline: bool = False) -> Future:
-        """Run ``job`` once the jobs it comes after are done: in the pool, or at once in this
-        thread when ``inline`` and nothing it comes after is still running."""
+                *args: object, inline: bool = False, lane: bool = False) -> Future:
+        """Run ``job`` once the jobs it comes after are done: in the pool (the lane when
+        ``lane``), or at once in this thread when ``inline`` and nothing it comes after is
+        still running. A job waits only for jobs submitted before it, in either, so neither
+        deadlocks."""
         waits = [f for f in after if f is not None]
         if inline and all(f.done() for f in waits):
             self._run(job, [], args)
             return _DONE
         self.room.acquire()
-        future = self.pool.submit(self._run, job, waits, args)
+        future = (self.lane if lane else self.pool).submit(self._run, job, waits, args)
         with self.jobs_lock:
             self.jobs.add(future)
         future.add_done_callback(self._done)
@@ -376,6 +392,12 @@ class Writer:
         return []
 
     def _write(self, slot: int, pieces: list[tuple[Staged, Piece]]) -> list[FromWriter]:
+        """Each piece to its file, then into its streamed hash. One thread at a time writes a
+        file (``Staged.writing``): the kernel copies a buffered write under the file's lock
+        anyway, and threads of the pool that raced for it spun on it (rwsem_spin_on_owner)
+        while the copy ran: on depot's two 150 MiB files, 5% of the writer's CPU and most of
+        its pwrites' (perf record, issue 18). Waiting on a lock of its own, a thread sleeps.
+        The hash of a piece runs outside it, so the next piece is copied meanwhile."""
         replies: list[FromWriter] = []
         written = 0
         with self.ring.view(slot) as view:
@@ -386,7 +408,8 @@ class Writer:
                     fd = self.fds.use(staged)
                     try:
                         data = view[piece.slot_offset:piece.slot_offset + piece.length]
-                        write_at(fd, data, piece.file_offset)
+                        with staged.writing:
+                            write_at(fd, data, piece.file_offset)
                         written += piece.length
                         if self.writeback and piece.length >= WRITEBACK_FROM:
                             start_writeback(fd, piece.file_offset, piece.length)
@@ -517,6 +540,7 @@ class Writer:
     def close_all(self) -> None:
         """Stop: jobs not started are dropped, running ones finish, then descriptors close."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.lane.shutdown(wait=True, cancel_futures=True)
         self.fds.close_all()
 
 

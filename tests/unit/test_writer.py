@@ -7,7 +7,11 @@ import errno
 import hashlib
 import os
 import random
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import replies, skip_or_fail
@@ -191,6 +195,26 @@ def test_a_short_write_goes_on_until_every_byte_is_written(
     assert (tmp_path / "f").read_bytes() == data
 
 
+@pytest.mark.parametrize("forced", [False, True], ids=["pwrite", "seek and write"])
+def test_a_large_write_is_made_in_calls_of_write_most_bytes_at_most(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forced: bool) -> None:
+    """A slot is copied in calls of WRITE_MOST bytes: the page cache sizes a new folio by the
+    write, and large folios cost a fault per page where a VM's host took their memory back."""
+    monkeypatch.setattr(osdeps, "FORCE_FALLBACKS", forced)
+    name = "write" if forced else "pwrite"
+    real, asked = getattr(os, name), []
+    monkeypatch.setattr(os, name, lambda fd, view, *at: (asked.append(len(view)),
+                                                          real(fd, view, *at))[1])
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        write_at(fd, memoryview(data), 4096)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == bytes(4096) + data
+    assert max(asked) == osdeps.WRITE_MOST and sum(asked) == len(data)
+
+
 # --- a fresh small file: created by its first write (writer.NO_TRUNCATE_UP_TO) -----------------
 
 
@@ -272,6 +296,123 @@ def test_a_slot_of_small_files_is_written_and_closed_by_the_record_loop_a_large_
             assert submitted == []
         else:  # its write (and its close, unless the write was done by then)
             assert submitted[0] == writer._write
+    finally:
+        writer.close_all()
+        ring.close()
+
+
+class CallsInFlight:
+    """Wraps os calls (``wrap``) so a test sees which overlapped, by a key each call names (its
+    file, or "names" for every create and rename; None: not watched): ``overlapped`` lists the
+    keys two threads were inside at once. Each watched call lasts ``hold`` seconds longer, so
+    that threads free to overlap do; with ``meet``, the first calls of two different keys wait
+    (up to 10 s) to be inside together, and ``apart`` lists the keys whose first call waited in
+    vain."""
+
+    def __init__(self, hold: float = 0.005, meet: bool = False) -> None:
+        self.hold = hold
+        self.inside: dict[object, int] = {}
+        self.overlapped: list[object] = []
+        self.apart: list[object] = []
+        self.lock = threading.Lock()
+        self.met: set[object] = set()
+        self.meeting = threading.Barrier(2, timeout=10) if meet else None
+
+    def wrap(self, call: Callable[..., Any], key: Callable[..., object]) -> Callable[..., Any]:
+        return lambda *args, **kwargs: self._call(call, key(*args, **kwargs), args, kwargs)
+
+    def _call(self, call: Callable[..., Any], key: object, args: tuple, kwargs: dict) -> Any:
+        if key is None:
+            return call(*args, **kwargs)
+        with self.lock:
+            self.inside[key] = self.inside.get(key, 0) + 1
+            if self.inside[key] > 1:
+                self.overlapped.append(key)
+            first = key not in self.met
+            self.met.add(key)
+        try:
+            if first and self.meeting is not None:
+                try:
+                    self.meeting.wait()
+                except threading.BrokenBarrierError:
+                    self.apart.append(key)
+            time.sleep(self.hold)
+            return call(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.inside[key] -= 1
+
+
+def test_one_file_is_written_by_one_thread_at_a_time_and_two_files_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool copies large slots in parallel, but never two into one file at once: the
+    kernel copies under the file's lock, and a second thread spun on it. Another file's
+    slots go on meanwhile, and each file's streamed hash still sees every byte."""
+    slot_size, per_file = 256 * 1024, 4  # a slot the pool's (POOL_FROM), not the loop's
+    datas = [os.urandom(slot_size * per_file) for _ in range(2)]
+    ring = Ring.create(slot_size=slot_size, slots=2 * per_file)
+    writer = Writer(ring, str(tmp_path), threads=4)
+    calls = CallsInFlight(meet=True)
+    monkeypatch.setattr(os, "pwrite", calls.wrap(os.pwrite, lambda fd, *_: os.fstat(fd).st_ino))
+    try:
+        for f in range(2):
+            writer.handle(OpenFile(file_id=f, staging=str(tmp_path / "s" / f"{f}.part"),
+                                   size=slot_size * per_file, algo="md5"))
+        for i in range(per_file):  # the two files' slots in turn
+            for f in range(2):
+                slot = f * per_file + i
+                with ring.view(slot) as view:
+                    view[:] = datas[f][i * slot_size:(i + 1) * slot_size]
+                writer.handle(WriteSlot(slot=slot, pieces=(Piece(
+                    file_id=f, file_offset=i * slot_size, slot_offset=0, length=slot_size),)))
+        for f in range(2):
+            writer.handle(CloseFile(file_id=f, keep=True, destination=str(tmp_path / f"f{f}"),
+                                    hash="md5:" + hashlib.md5(datas[f]).hexdigest(),
+                                    executable=False))
+        out = replies(writer)
+        assert sorted(r for r in out if isinstance(r, FileClosed)) == [
+            FileClosed(file_id=f, ok=True, reason="") for f in range(2)]
+        assert all((tmp_path / f"f{f}").read_bytes() == datas[f] for f in range(2))
+        assert calls.overlapped == [], "two threads wrote one file at once"
+        assert calls.apart == [], "one file's write waited for another file's"
+    finally:
+        writer.close_all()
+        ring.close()
+
+
+def test_batches_of_whole_files_are_made_and_renamed_by_one_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches too large for the record loop go to the lane, one thread, not the pool: their
+    creates and renames all take the staging folder's lock, which threads racing for it spun
+    on. Every file of every batch still takes its name."""
+    size, per_batch, batches = 64 * 1024, 5, 3  # 320 KiB a batch: past POOL_FROM
+    datas = [os.urandom(size) for _ in range(per_batch * batches)]
+    ring = Ring.create(slot_size=size * per_batch, slots=batches)
+    writer = Writer(ring, str(tmp_path), threads=4)
+    calls = CallsInFlight()
+    monkeypatch.setattr(os, "open", calls.wrap(
+        os.open, lambda path, flags, *_: "names" if flags & os.O_CREAT else None))
+    monkeypatch.setattr(os, "replace", calls.wrap(os.replace, lambda *_: "names"))
+    try:
+        for b in range(batches):
+            files = []
+            with ring.view(b) as view:
+                for i in range(per_batch):
+                    n = b * per_batch + i
+                    view[i * size:(i + 1) * size] = datas[n]
+                    files.append(WholeFile(
+                        file_id=n, staging=str(tmp_path / "s" / f"{n}.part"),
+                        destination=str(tmp_path / "d" / f"f{n}"), slot_offset=i * size,
+                        size=size, hash="md5:" + hashlib.md5(datas[n]).hexdigest(),
+                        executable=False, reserve=0))
+            writer.handle(WriteWhole(slot=b, files=tuple(files)))
+        out = replies(writer)
+        assert sorted(r.file_id for r in out if isinstance(r, FileClosed) and r.ok) == list(
+            range(per_batch * batches))
+        assert all((tmp_path / "d" / f"f{n}").read_bytes() == data
+                   for n, data in enumerate(datas))
+        assert calls.met == {"names"}  # it watched them
+        assert calls.overlapped == [], "two threads made or renamed files at once"
     finally:
         writer.close_all()
         ring.close()
