@@ -73,10 +73,14 @@ class Delivery:
     def _write(self, run: TaskRun, record: Filled, ending: bool = False) -> None:
         """The slot's bytes go to the writer, for the files they belong to (opened with their
         first bytes), or the slot is free again if none of those files is open. When the
-        slot ends a batch's output and holds every byte of each of its files, fresh, they
-        open, are written and close in one record (WriteWhole)."""
+        slot ends the output of a task of many files (a batch, a grid cell of V1 files) and
+        holds every byte of each of its files, fresh, they open, are written and close in
+        one record (WriteWhole): the writer answers it in one batch, where three records a
+        file cost the coordinator a wake-up every few files. Its bytes were checked already:
+        a worker verifies each part ending in a slot before it reports the slot (fetch.py)."""
         mapped = run.task.map(record.offset, record.length)
-        if ending and run.task.batch and len({fid for fid, *_ in mapped}) == len(mapped) and all(
+        if ending and (run.task.batch or len(mapped) > 1) and len(
+                {fid for fid, *_ in mapped}) == len(mapped) and all(
                 self.book.foldable(fid, file_offset, length)
                 for fid, file_offset, _, length in mapped):
             whole = tuple(self.book.fold(fid, slot_offset) for fid, _, slot_offset, _ in mapped)

@@ -144,17 +144,21 @@ class FileBook:
         count as had, and the next checkpoint makes them durable. Returns how many of them
         were not had already (a retry rewrites bytes its failed attempt had written)."""
         gained = 0
+        files, dirty = self.files, self.checkpoints.dirty
         for fid, offset, length in pieces:
-            file = self.files[fid]
+            file = files[fid]
             if file.state in STAGED:
-                if file.have is None:
-                    file.have = RangeSet()
-                before = file.have.total()
-                file.have.add(offset, offset + length)
-                got = file.have.total() - before
+                have = file.have
+                if have is None:  # its first bytes (a small file's only ones): no merge
+                    file.have = RangeSet.of(offset, offset + length)
+                    got = max(length, 0)
+                else:
+                    before = have.total()
+                    have.add(offset, offset + length)
+                    got = have.total() - before
                 gained += got
                 self.to_write -= got if file.entry.size else 0
-                self.checkpoints.dirty.add(fid)
+                dirty.add(fid)
         return gained
 
     def closed(self, record: FileClosed) -> bool:

@@ -604,6 +604,7 @@ def batched(tasks: list[Task], slot_size: int, first_task_id: int) -> list[Task]
         return tasks
     out: list[Task] = []
     group: list[Task] = []
+    grouped = [0]  # the group's bytes, kept as it grows (not summed again per task)
 
     def close() -> None:
         if len(group) > 1:
@@ -611,6 +612,7 @@ def batched(tasks: list[Task], slot_size: int, first_task_id: int) -> list[Task]
         else:
             out.extend(group)
         group.clear()
+        grouped[0] = 0
 
     for task in tasks:
         if not batchable(task):
@@ -618,10 +620,10 @@ def batched(tasks: list[Task], slot_size: int, first_task_id: int) -> list[Task]
             out.append(task)
             continue
         assert task.size is not None
-        if group and (len(group) >= most
-                      or sum(t.size or 0 for t in group) + task.size > slot_size):
+        if group and (len(group) >= most or grouped[0] + task.size > slot_size):
             close()
         group.append(task)
+        grouped[0] += task.size
     close()
     return [replace(task, task_id=first_task_id + index) for index, task in enumerate(out)]
 

@@ -22,6 +22,14 @@ class RangeSet:
         for start, end in ranges:
             self.add(start, end)
 
+    @classmethod
+    def of(cls, start: int, end: int) -> RangeSet:
+        """The set of [start, end) alone (empty when ``end <= start``): made without a merge."""
+        made = cls()
+        if start < end:
+            made._ranges.append((start, end))
+        return made
+
     def add(self, start: int, end: int) -> None:
         if start >= end:
             return

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from .states import Hashed
 
 from .messages import Piece
 
 
-class Phase(Enum):
+class Phase(Hashed):
     FILLING = "filling"  # a worker reads a response into it
     WRITING = "writing"  # the writer was sent it and has not said it is written
 

@@ -338,13 +338,7 @@ class Supervisor:
         outbox_recv, outbox_send = self.ctx.Pipe(duplex=False)
         process = self.ctx.Process(target=target, name=name, daemon=True,
                                    args=(inbox, outbox_send) + args)
-        # A forked child shares the manifest's pages with us until something writes to them.
-        # Its garbage collector would (it touches every object): frozen objects it leaves alone.
-        gc.freeze()
-        try:
-            process.start()
-        finally:
-            gc.unfreeze()
+        _start_frozen(process)
         outbox_send.close()
         return Child(process, inbox, outbox_recv)
 
@@ -453,6 +447,20 @@ class Supervisor:
                     del running[ready]
         for child, listen in children:
             _retire(child, listen)
+
+
+def _start_frozen(process: multiprocessing.process.BaseProcess) -> None:
+    """Start ``process`` with every object frozen. A forked child shares the manifest's pages
+    with us until something writes to them; its garbage collector would (it touches every
+    object): frozen objects it leaves alone. Frozen already (api._freeze), what is frozen
+    now stays so until the run's end."""
+    thaw = not gc.get_freeze_count()
+    gc.freeze()
+    try:
+        process.start()
+    finally:
+        if thaw:
+            gc.unfreeze()
 
 
 def _retire(child: Child, on_record: Callable | None = None) -> int | None:

@@ -7,6 +7,7 @@ the fault server's request log.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import socket
@@ -376,6 +377,21 @@ def test_progress_callback_ends_with_a_complete_final_event(
     assert last.bytes_fetched == result.bytes_fetched > 0
 
 
+def test_the_run_keeps_its_objects_from_the_collector_and_hands_them_back(
+    depot: Depot, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """api._freeze: while files come, the manifest's model and the plan are frozen (no full
+    collection walks 100,000 records); at the end nothing stays frozen, the collector is on."""
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    frozen = []
+    result = run(with_bases(depot.manifest, fault_server.url), tmp_path / "game",
+                 progress=lambda event: frozen.append(gc.get_freeze_count()),
+                 chunk_size=SMALL_CHUNK)
+    assert result.ok, (result.failed, result.error)
+    assert frozen and min(frozen) > 0
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+
 # --- invalid manifests -------------------------------------------------------------------
 
 
@@ -412,3 +428,4 @@ def test_invalid_manifest_raises_before_anything_is_written(
     assert isinstance(caught.value, ValueError)
     assert "\n" not in str(caught.value)
     assert not dest.exists()
+    assert gc.isenabled()  # off while the model is built (api._no_collection), back on

@@ -1816,6 +1816,51 @@ def broke(sim: Sim, fetch: Fetch, objects: int, kind: FailKind = FailKind.RETRY,
                                        last=True, broke=failure))
 
 
+def test_a_grid_cell_of_v1_files_all_in_its_last_slot_goes_to_the_writer_as_one_record():
+    """Fresh files whose bytes are all in a task's last slot open, are written and close in
+    one WriteWhole (one batch of replies), not OpenFile, a piece and CloseFile each."""
+    sim = Sim(v1("a", 0, 30), v1("b", 30, 30), v1("c", 60, 30), connections=1)
+    [fetch] = sim.fetches()
+    assert (fetch.offset, fetch.length, len(fetch.checks)) == (0, 90, 3)
+    out = sim.fill(fetch)
+    [write] = out.to_writer
+    assert isinstance(write, WriteWhole) and write.slot == fetch.slot
+    assert [(f.file_id, f.slot_offset, f.size) for f in write.files] == [
+        (0, 0, 30), (1, 30, 30), (2, 60, 30)]
+    # The worker checked each file's hash before it reported the slot: the writer need not.
+    assert all(f.hash is None for f in write.files)
+    assert sim.effects_of(ForgetRanges, out) == [ForgetRanges(e) for e in sim.manifest.files]
+    sim.serve()
+    assert sim.ended() == {"a": (True, ""), "b": (True, ""), "c": (True, "")}
+    assert sim.s.counts.bytes_done == 90 and sim.s.counts.files_done == 3
+
+
+def test_a_v1_file_across_two_slots_is_opened_written_and_closed_and_its_slots_files_too():
+    """Only a task's last slot holding every byte of each of its files, fresh, folds: the
+    file begun in the slot before is open, so that slot's files go piece by piece."""
+    sim = Sim(v1("a", 0, 60), v1("b", 60, 60), v1("c", 120, 60), connections=1)
+    [fetch] = sim.fetches()
+    assert (fetch.offset, fetch.length) == (0, 180)
+    sim.serve()
+    assert not any(isinstance(r, WriteWhole) for r in sim.writer_log)
+    assert [r.file_id for r in sim.writer_log if isinstance(r, OpenFile)] == [0, 1, 2]
+    assert sim.ended() == {"a": (True, ""), "b": (True, ""), "c": (True, "")}
+    assert_written_once(sim, {0: 60, 1: 60, 2: 60})
+
+
+def test_a_folded_v1_file_whose_bytes_fail_their_hash_is_fetched_once_more_alone():
+    sim = Sim(v1("a", 0, 30), v1("b", 30, 30), v1("c", 60, 30), connections=1)
+    sim.close_replies[1] = [dict(ok=False, reason="md5 is 1234", mismatch=True)]
+    sim.serve()
+    assert sim.ended() == {"a": (True, ""), "b": (True, ""), "c": (True, "")}
+    [again] = [f for f in sim.all_sent(Fetch)][1:]  # on the grid, for "b" alone
+    assert again.offset <= 30 and again.offset + again.length >= 60
+    assert [f.file_id for r in sim.writer_log if isinstance(r, WriteWhole) for f in r.files] == [
+        0, 1, 2]
+    [close] = [r for r in sim.writer_log if isinstance(r, CloseFile)]
+    assert (close.file_id, close.round) == (1, 0)  # the worker checked it the second time
+
+
 def test_a_batch_is_one_fetch_of_each_objects_url_on_its_mirror_into_one_slot():
     sim = Sim(*small_files(), bases=(A, B), connections=1)
     [fetch] = sim.fetches()
