@@ -246,12 +246,13 @@ class FileBook:
         ok = file.state is F.DONE
         if ok:  # progress counts files in place: a failed one never is
             self.counts.files_done += 1
-            self.checkpoints.file_done(fid, mtime_ns)
+            self.checkpoints.file_done(file.entry, mtime_ns)
         else:
             self.to_write -= _missing(file)  # it writes no more
         # Its byte ranges are done with (the journal got its own copy): 100,000 small files
         # would otherwise keep two range sets each to the end of the run.
         file.have = file.synced = None
+        self.checkpoints.dirty.discard(fid)  # an ended file has no ranges left to sync
         self._effect(FileEnded(file.entry, ok, file.reason))
         if ok:
             self.files.let_go(fid)  # states.FileRuns: 100,000 done files hold no run each
