@@ -24,7 +24,7 @@ from .disk.layout import Layout, escaping_links, make_folder_inside, place_link
 from .formats.manifest import (FileEntry, Manifest, ManifestSource, load_manifest,
                                manifest_from_bytes, read_manifest, windows_unsafe_paths)
 from .options import Options, RunOptions
-from .osdeps import IN_USE, O_BINARY, WINDOWS, fsync, replace as replace_file
+from .osdeps import IN_USE, O_BINARY, WINDOWS, fsync, release_free_memory, replace as replace_file
 from .core.plan import Plan, Planner, known_object_ends
 from .progress import Counts, ProgressCallback, Tracker, human_bytes
 from .result import Result
@@ -511,6 +511,7 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
         # and a set entry per file) is not kept through the fetch.
         plan.files.clear()
         plan.verified.clear()
+        release_free_memory()  # what parsing and planning freed: not held to the run's end
         supervisor = Supervisor(scheduler, ring=ring, layout=layout, options=opts,
                                 tracker=tracker, on_file_done=file_done, journal=journal,
                                 refresh_url=refresh_url, sync_at_end=keep_state,

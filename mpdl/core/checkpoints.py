@@ -48,7 +48,7 @@ class JournalSynced:
 class _InFlight:
     token: int
     partial: dict[int, tuple[int, RangeSet]]  # file id -> (generation, ranges)
-    finished: list[tuple[int, int]]  # (file id, mtime_ns)
+    finished: list[tuple[FileEntry, int]]  # (entry, mtime_ns)
 
 
 class Checkpoints:
@@ -61,14 +61,16 @@ class Checkpoints:
         self.every = CHECKPOINT_SECONDS if every is None else every
         self.next_due: float | None = None
         self.in_flight: _InFlight | None = None
-        self.unjournaled: list[tuple[int, int]] = []  # (file id, mtime_ns) done since the last
+        # (entry, mtime_ns) done since the last: the entry itself, as a done file's run is let
+        # go (states.FileRuns)
+        self.unjournaled: list[tuple[FileEntry, int]] = []
         self.dirty: set[int] = set()  # files whose ``have`` grew since the last checkpoint
         self.failure: str | None = None  # why the last checkpoint answered failed, if it did
         self._tokens = itertools.count(1)
 
-    def file_done(self, file_id: int, mtime_ns: int = 0) -> None:
+    def file_done(self, entry: FileEntry, mtime_ns: int = 0) -> None:
         if self.journaling:
-            self.unjournaled.append((file_id, mtime_ns))
+            self.unjournaled.append((entry, mtime_ns))
 
     def due(self, now: float) -> bool:
         if not self.journaling or self.in_flight is not None:
@@ -90,7 +92,7 @@ class Checkpoints:
         if not partial and not finished:
             return None
         paths = [self.layout.staging_name(files[fid].entry) for fid in partial]
-        paths += [self.layout.final_name(files[fid].entry.path) for fid, _ in finished]
+        paths += [self.layout.final_name(entry.path) for entry, _ in finished]
         self.in_flight = _InFlight(next(self._tokens), partial, finished)
         return Sync(token=self.in_flight.token, paths=tuple(paths))
 
@@ -115,8 +117,7 @@ class Checkpoints:
             if file.generation == generation and file.state is not FileState.FAILED:
                 file.synced = have
                 partial.append((file.entry, have))
-        return JournalSynced(tuple(partial),
-                             tuple((files[fid].entry, mtime) for fid, mtime in flight.finished))
+        return JournalSynced(tuple(partial), tuple(flight.finished))
 
     def writer_lost(self) -> None:
         """The writer died: the checkpoint in flight never completes, and files finished since

@@ -23,7 +23,7 @@ from .messages import CloseFile, FileClosed, OpenFile, Synced, ToWriter, WholeFi
 from .plan import Plan
 from ..progress import Counts
 from .ranges import RangeSet
-from .states import ENDED, STAGED, FileRun, FileState
+from .states import ENDED, STAGED, FileRun, FileRuns, FileState
 
 if TYPE_CHECKING:  # handed in: the core computes paths with it, creates nothing
     from ..disk.layout import Layout
@@ -58,11 +58,11 @@ class FileBook:
         self.checkpoints = Checkpoints(layout, journaling)
         self._to_writer = to_writer
         self._effect = effect
-        self.files: dict[int, FileRun] = {}
-        for fid, entry in plan.files.items():
-            file = self.files[fid] = FileRun(entry, checked=fid in plan.verified)
-            if fid in have:
-                file.have, file.synced = have[fid].copy(), have[fid].copy()
+        self.files = FileRuns(plan.files, plan.verified)
+        for fid, ranges in have.items():
+            if fid in self.files:
+                file = self.files[fid]
+                file.have, file.synced = ranges.copy(), ranges.copy()
         self.unfinished = len(self.files)
         # Bytes the unfinished files still have to write, as the free-space check before the
         # fetch counted them: the room that copies kept for a vote must leave (votes.py).
@@ -250,13 +250,16 @@ class FileBook:
         ok = file.state is F.DONE
         if ok:  # progress counts files in place: a failed one never is
             self.counts.files_done += 1
-            self.checkpoints.file_done(fid, mtime_ns)
+            self.checkpoints.file_done(file.entry, mtime_ns)
         else:
             self.to_write -= _missing(file)  # it writes no more
         # Its byte ranges are done with (the journal got its own copy): 100,000 small files
         # would otherwise keep two range sets each to the end of the run.
         file.have = file.synced = None
+        self.checkpoints.dirty.discard(fid)  # an ended file has no ranges left to sync
         self._effect(FileEnded(file.entry, ok, file.reason))
+        if ok:
+            self.files.let_go(fid)  # states.FileRuns: 100,000 done files hold no run each
 
     def _move(self, file: FileRun, new: FileState) -> None:
         """The one place a file changes state."""

@@ -122,6 +122,16 @@ class _Packed(Sequence[_T]):
         return tuple, (tuple(self),)
 
 
+def _narrow(data: array) -> array:
+    """``data`` in 4 bytes an integer where every one fits (a task's offsets within its output
+    and its files' offsets below 2 GiB: the rule), else as it is: half the memory of a
+    100,000-file plan's packed spans and checks, which the run holds to its end."""
+    try:
+        return array("i", data)
+    except OverflowError:
+        return data
+
+
 class PackedSpans(_Packed[Span]):
     """The spans of a request of many files (a grid cell of GOG V1 files, a batch), as one
     array of four integers each: a Span is made when one is read. 100,000 files held as
@@ -135,7 +145,7 @@ class PackedSpans(_Packed[Span]):
         for span in spans:
             assert span.length is not None
             data.extend((span.offset, span.length, span.file_id, span.file_offset))
-        self._data = data
+        self._data = _narrow(data)
 
     def __len__(self) -> int:
         return len(self._data) // 4
@@ -177,7 +187,7 @@ class PackedChecks(_Packed[Check]):
         for check in checks:
             data.extend((check.offset, check.length))
             hashes.append(check.hash)
-        self._data, self._hashes = data, hashes
+        self._data, self._hashes = _narrow(data), hashes
 
     def __len__(self) -> int:
         return len(self._hashes)

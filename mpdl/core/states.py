@@ -10,6 +10,7 @@ follows from these states.
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -173,3 +174,67 @@ class FileRun:
             raise IllegalMove(what, old, new)
         self.state = new
         return old
+
+
+class FileRuns(Mapping[int, FileRun]):
+    """Every file's FileRun by file id, at a few bytes a file beyond the runs in play.
+
+    A run of 100,000 small files held a FileRun and a dict entry (and the id as an int) per
+    file to its end, 15 MiB of the coordinator at the run's peak of memory, which is its end.
+    Here the entries and the runs are lists indexed by file id (ids are a manifest's indexes:
+    dense from 0), a run is made when first asked for, and a file that is done gives its run
+    up (``let_go``): DONE is final, so what else its run said no longer matters, and asked for
+    again it is made anew, DONE, from its entry. Writes to such a made-anew run (a task of
+    the file ending after it: its ``live_tasks``) change nothing, as nothing reads them.
+    Only a file that never started over goes: its ``generation`` is 0, as a remade run says,
+    so a checkpoint taken before a restart still tells its ranges from the file's new ones.
+    """
+
+    __slots__ = ("_entries", "_runs", "_checked", "_done", "_count")
+
+    def __init__(self, entries: Mapping[int, FileEntry], checked: Container[int]) -> None:
+        """``entries``: the files by id; ``checked``: the ids whose every byte a worker
+        checks (the plan's ``verified``), whose runs start with ``checked`` set."""
+        size = max(entries, default=-1) + 1
+        self._entries: list[FileEntry | None] = [None] * size
+        self._runs: list[FileRun | None] = [None] * size
+        self._checked = bytearray(size)
+        self._done = bytearray(size)
+        for fid, entry in entries.items():
+            if fid < 0:
+                raise ValueError(f"file id {fid} is negative")
+            self._entries[fid] = entry
+            self._checked[fid] = fid in checked
+        self._count = len(entries)
+
+    def __getitem__(self, fid: int) -> FileRun:
+        try:
+            run = self._runs[fid] if fid >= 0 else None
+        except (IndexError, TypeError):
+            raise KeyError(fid) from None
+        if run is not None:
+            return run
+        entry = self._entries[fid] if fid >= 0 else None
+        if entry is None:
+            raise KeyError(fid)
+        if self._done[fid]:
+            return FileRun(entry, FileState.DONE, checked=bool(self._checked[fid]))
+        run = self._runs[fid] = FileRun(entry, checked=bool(self._checked[fid]))
+        return run
+
+    def __contains__(self, fid: object) -> bool:
+        return (isinstance(fid, int) and 0 <= fid < len(self._entries)
+                and self._entries[fid] is not None)
+
+    def __iter__(self) -> Iterator[int]:
+        return (fid for fid, entry in enumerate(self._entries) if entry is not None)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def let_go(self, fid: int) -> None:
+        """The file is done: its run goes, unless it started over in this run (above)."""
+        run = self._runs[fid]
+        if run is not None and run.state is FileState.DONE and run.generation == 0:
+            self._runs[fid] = None
+            self._done[fid] = 1

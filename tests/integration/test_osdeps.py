@@ -314,3 +314,28 @@ def test_start_methods(monkeypatch: pytest.MonkeyPatch) -> None:
     assert osdeps.default_start_method(10) is None
     monkeypatch.setattr(osdeps, "FORCE_FALLBACKS", True)
     assert osdeps.default_start_method(10) == "spawn"
+
+
+_HOLES = """
+import sys
+from mpdl import osdeps
+def rss():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+# 80 MiB of 4 KB blocks, then 9 of 10 freed: holes in the middle of the heap that free()
+# alone never gives back (only the heap's top is trimmed as it goes).
+blocks = [bytearray(4000) for _ in range(20_000)]
+kept = blocks[::10]
+del blocks
+before = rss()
+osdeps.release_free_memory()
+print(before - rss())
+"""
+
+
+@pytest.mark.skipif(not osdeps.LINUX, reason="malloc_trim is glibc's: elsewhere a no-op")
+def test_release_free_memory_gives_the_heap_s_free_pages_back(tmp_path: Path) -> None:
+    """What a large manifest's parsing and planning freed goes back before the fetch (api)."""
+    done = subprocess.run([sys.executable, "-c", _HOLES], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert int(done.stdout) > 40 * 2**20, done.stdout

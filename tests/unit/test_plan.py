@@ -9,7 +9,7 @@ import pytest
 
 from mpdl.errors import ManifestError
 from mpdl.formats.manifest import FileEntry, Part, parse_manifest
-from mpdl.core.plan import (BATCH_FILE_MAX, BATCH_SPREAD, MAX_BATCH, MAX_SPANS, MERGE_GAP,
+from mpdl.core.plan import (BATCH_FILE_MAX, Check, BATCH_SPREAD, MAX_BATCH, MAX_SPANS, MERGE_GAP,
                             ZLIB_MAX_RATIO, Planner, batch_index, batch_slice, cut_points, cut_task,
                             PackedChecks, PackedSpans, Span, known_object_ends, stream_task)
 from mpdl.core.ranges import RangeSet
@@ -436,6 +436,20 @@ def test_a_slice_of_a_batch_is_a_batch_of_those_or_the_plain_get_planned_for_one
     assert [(c.offset, c.hash) for c in rest.checks] == [(10 * i, files[5 + i]["hash"])
                                                           for i in range(3)]
     assert batch_index(batch, 20) == 2 and batch_index(batch, 40) == 4
+
+
+def test_packed_spans_and_checks_hold_small_numbers_in_four_bytes_and_large_ones_whole():
+    """The run holds a plan's packed spans and checks to its end: numbers that fit in 32 bits
+    (a task's offsets within its output, its files' ids and offsets) take 4 bytes, and one
+    past 2 GiB (a part of a large file) is kept exactly."""
+    small = [Span(offset=100 * i, length=100, file_id=i, file_offset=0) for i in range(10)]
+    large = [*small[:9], Span(offset=900, length=100, file_id=9, file_offset=3 * 2**30)]
+    checks = [Check(offset=100 * i, length=100, hash=MD5) for i in range(10)]
+    assert PackedSpans(small)._data.itemsize == 4 == PackedChecks(checks)._data.itemsize
+    assert tuple(PackedSpans(small)) == tuple(small)
+    assert tuple(PackedChecks(checks)) == tuple(checks)
+    assert tuple(PackedSpans(large)) == tuple(large)
+    assert PackedSpans(large)[-1].file_offset == 3 * 2**30
 
 
 def test_a_batch_is_raced_only_whole_and_its_head_at_zero_is_empty():

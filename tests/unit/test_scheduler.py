@@ -9,6 +9,7 @@ test also checks those.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import mpdl.core.retry
+import mpdl.core.states
 from mpdl.core.checkpoints import CHECKPOINT_SECONDS, JournalSynced
 from mpdl.errors import DiskError
 from mpdl.disk.layout import Layout
@@ -28,7 +30,8 @@ from mpdl.core.plan import Planner
 from mpdl.core.ranges import RangeSet
 from mpdl.core.retry import RETRY_AFTER_MAX, RetryPolicy, backoff
 from mpdl.core.scheduler import FileEnded, ForgetRanges, Limits, NeedFreshUrl, Scheduler
-from mpdl.core.states import LIVE, ON_WORKER, FileRun, FileState, IllegalMove, TaskRun, TaskState
+from mpdl.core.states import (LIVE, ON_WORKER, FileRun, FileRuns, FileState, IllegalMove, TaskRun,
+                              TaskState)
 from mpdl.core.tail import TailPolicy
 
 T, F = TaskState, FileState
@@ -977,6 +980,71 @@ def test_a_file_started_over_after_the_sync_was_sent_is_not_journaled():
     out = sim.synced(sync.token)
     [journal] = sim.effects_of(JournalSynced, out)
     assert journal.partial == ()
+
+
+def test_the_runs_of_done_files_are_let_go_and_a_done_file_still_reads_as_done():
+    # 100,000 files kept a FileRun each to the end of the run (states.FileRuns): once a file
+    # is done, nothing about it changes, and its run is made anew, DONE, when asked for.
+    sim = Sim(*[v1(f"f{i}", 10 * i, 10) for i in range(30)], obj("whole", 50))
+    sim.serve()
+    assert sim.s.finished and sim.s.counts.files_done == 31
+    entries = {id(entry) for entry in sim.manifest.files}
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, FileRun) and id(o.entry) in entries]
+    assert alive == []
+    for fid, entry in enumerate(sim.manifest.files):
+        assert (sim.file(fid).state, sim.file(fid).entry) == (F.DONE, entry)
+
+
+def test_checkpoints_journal_done_files_without_making_their_runs_anew(monkeypatch):
+    # A done file's run is let go; the checkpoints keep the entries of the files they journal
+    # (and forget a done file's unsynced ranges), so 100,000 of them make no run anew.
+    remade = []
+
+    class Counting(FileRun):
+        __slots__ = ()
+
+        def __init__(self, *args, **kwargs) -> None:
+            FileRun.__init__(self, *args, **kwargs)
+            if self.state is F.DONE:
+                remade.append(self.entry.path)
+
+    monkeypatch.setattr(mpdl.core.states, "FileRun", Counting)
+    monkeypatch.setattr(Sim, "check", lambda sim: None)  # its own checks read every file
+    sim = Sim(*[v1(f"f{i}", 10 * i, 10) for i in range(30)], obj("whole", 250))
+    sim.serve()
+    sim.tick_to(CHECKPOINT_SECONDS)
+    sim.serve()
+    journaled = [entry.path for synced in sim.effects if isinstance(synced, JournalSynced)
+                 for entry, _ in synced.finished]
+    assert sorted(journaled) == sorted(e.path for e in sim.manifest.files)
+    assert remade == []
+
+
+def test_a_done_file_that_started_over_keeps_its_run():
+    # Its generation tells a checkpoint taken before the restart from its new bytes
+    # (test_a_file_started_over_after_the_sync_was_sent_is_not_journaled): a run made anew
+    # would say 0.
+    sim = Sim(obj("f", 250, hash=MD5))
+    sim.close_replies[0] = [dict(ok=False, reason="md5 is 1234", mismatch=True)]
+    sim.serve()
+    assert sim.file(0).state is F.DONE and sim.file(0).generation == 1
+    assert sim.file(0) is sim.file(0)
+
+
+def test_file_runs_are_a_mapping_of_exactly_the_files_given():
+    a, b = parse_manifest({"format": "mpdl/1", "base_urls": [A],
+                           "files": [obj("a", 1), obj("b", 2)]}).files
+    runs = FileRuns({0: a, 2: b}, checked={2})
+    assert (len(runs), list(runs), dict(runs.items()).keys()) == (2, [0, 2], {0, 2})
+    assert 0 in runs and 2 in runs
+    assert all(key not in runs for key in (1, 3, -1, -2, "0", None))
+    assert runs[0] is runs[0] and runs[0].entry is a and not runs[0].checked
+    assert runs[2].checked and runs[2].state is F.PENDING
+    for key in (1, 3, -1, -2):
+        with pytest.raises(KeyError):
+            runs[key]
+        assert runs.get(key) is None
 
 
 def test_forget_ranges_comes_with_the_open_of_a_fresh_file_only():
