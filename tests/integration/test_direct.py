@@ -3,6 +3,8 @@ and the guarantees of a run (retries, resume, hash, the speed floor), against a 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import signal
@@ -10,12 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 import pytest
 from faultserver import Fault, FaultServer
-from helpers import (SHM, TOOL, Depot, byte_range, entry, env_with, is_mp_helper,
-                     nginx_serving)
+from helpers import (SHM, TOOL, Cli, Depot, Ended, byte_range, entry, env_with, is_mp_helper,
+                     nginx_serving, run_together)
 
 import mpdl
 from mpdl.net.direct import DEFAULT_MIN_SIZE, fits
@@ -283,29 +286,56 @@ def test_small_url_comes_on_its_probes_connection(tmp_path: Path) -> None:
 QUICK_FLOOR = ("--timeout", "2", "--speed-limit", "1K", "--speed-time", "1")
 BOUND = 5 * (1 + 2) + 3.75 + 3
 
+#: Servers that never finish a single URL's ranges, and what the run's one line says of them.
+RUNAWAYS = {
+    "trickle": (Fault(rate=1, behave_times=1), "slower than 1.0 KiB/s for 1 s"),  # a byte a second
+    "stall": (Fault(stall_after=1000, stall_seconds=60, behave_times=1), "timed out"),
+    "silent": (Fault(delay=60, behave_times=1), "timed out"),  # accepted, then no answer
+}
 
-@pytest.mark.parametrize("runaway, why", [
-    (Fault(rate=1, behave_times=1), "slower than 1.0 KiB/s for 1 s"),  # a byte a second
-    (Fault(stall_after=1000, stall_seconds=60, behave_times=1), "timed out"),
-    (Fault(delay=60, behave_times=1), "timed out"),  # accepted, then no answer
-], ids=["trickle", "stall", "silent"])
+
+class Runaway(NamedTuple):
+    ended: Ended
+    ranges: list[str | None]  # the GETs of small.bin its server logged
+    out: Path
+
+
+@pytest.fixture(scope="module")
+def runaways(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Runaway]:
+    """The three cases at once, each against a fault server of its own (helpers.run_together:
+    they spend their time waiting, so three take as long as the slowest)."""
+    base = tmp_path_factory.mktemp("runaways")
+    root = base / "root"
+    root.mkdir()
+    (root / "small.bin").write_bytes(hashlib.shake_128(b"small").digest(SIZE))
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        starts = {}
+        for name, (fault, _) in RUNAWAYS.items():
+            server = servers[name] = stack.enter_context(FaultServer(root))
+            server.set_fault("small.bin", fault)  # the probe is answered
+            work = base / name
+            work.mkdir()
+            starts[name] = functools.partial(
+                Cli, (server.url + "small.bin", "-o", work / "out.bin", "-q", *QUICK_FLOOR),
+                cwd=work, env=env_with(), preexec_fn=None, tick=None)
+        ended = run_together(starts, BOUND + 15)
+        return {name: Runaway(ended[name], get_ranges(servers[name], "small.bin"),
+                              base / name / "out.bin") for name in RUNAWAYS}
+
+
+@pytest.mark.parametrize("runaway", RUNAWAYS)
 def test_a_server_that_never_finishes_fails_within_the_bound(
-        served, tmp_path: Path, runaway: Fault, why: str) -> None:
+        runaways: dict[str, Runaway], runaway: str) -> None:
     """In-process too, every attempt ends at the speed floor or the timeout, and the budget
     of 5 ends the file: exit 1 and one line. The stall's bytes are kept from attempt to
     attempt (Range), yet 5 x 1000 bytes of 100 KB do not make the file."""
-    server, _ = served
-    server.set_fault("small.bin", runaway)  # the probe is answered
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "mpdl", server.url + "small.bin", "-o",
-                           str(tmp_path / "out.bin"), "-q", *QUICK_FLOOR], cwd=tmp_path,
-                          env=env_with(), capture_output=True, text=True, timeout=BOUND + 15,
-                          check=False)
-    elapsed = time.monotonic() - started
+    done, ranges, out = runaways[runaway]
     assert done.returncode == 1, done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("mpdl: failed: out.bin: ") and why in line, line
-    assert elapsed < BOUND, f"{elapsed:.1f} s"
-    assert not (tmp_path / "out.bin").exists()
-    if runaway.delay == 0:
-        assert len(get_ranges(server, "small.bin")) == 5  # the budget
+    assert line.startswith("mpdl: failed: out.bin: ") and RUNAWAYS[runaway][1] in line, line
+    assert done.elapsed < BOUND, f"{done.elapsed:.1f} s"
+    assert not out.exists()
+    assert not done.left, done.left
+    if runaway != "silent":  # (the silent server logs a request only once it answers)
+        assert len(ranges) == 5  # the budget

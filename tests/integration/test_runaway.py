@@ -16,17 +16,17 @@ through the CLI, as a user meets them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import random
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 from faultserver import Fault, FaultServer
-from helpers import (CHILD_GRACE, SHM, Cli, KiB, byte_range, describe, env_with, mpdl_cli,
+from helpers import (Cli, Ended, KiB, byte_range, env_with, mpdl_cli, run_together,
                      write_manifest)
 
 from mpdl.progress import human_bytes
@@ -70,15 +70,11 @@ RUNAWAYS = {
 }  # (the fault server waits faultserver.MAX_WAIT at most, so nothing outlives its test)
 
 
-class Ended(NamedTuple):
-    """How one runaway case ended: the CLI's exit and stderr, its time from start to exit,
-    the GETs its server logged, and what it left (processes, its ring in /dev/shm)."""
+class Held(NamedTuple):
+    """How one runaway case ended (helpers.Ended), and the GETs its server logged."""
 
-    returncode: int | None  # None: it was still running at the deadline, and killed
-    stderr: str
-    elapsed: float
+    ended: Ended
     gets: int
-    left: list[str]
 
 
 #: Each case: (runaway, connections), "url" for a single URL instead of a manifest.
@@ -86,22 +82,18 @@ CASES = [(runaway, connections) for runaway in RUNAWAYS for connections in ("1",
 
 
 @pytest.fixture(scope="module")
-def runaways(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Ended]:
-    """Every case run at once, each against a fault server of its own: a run that is held
-    spends its time waiting (on --timeout, the speed window, backoffs), so nine take as long
-    as the slowest, not as their sum. Each is timed from its own start to its own exit.
-
-    The runs end before any test here starts, so the leak check of a test cannot see them:
-    what each leaves (a process it ever had still running, its ring) is taken here, after
-    the same grace, and asserted by its test."""
+def runaways(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Held]:
+    """Every case run at once, each against a fault server of its own (helpers.run_together:
+    nine take as long as the slowest, not as their sum), each timed from its own start to its
+    own exit, with what it left for its test to assert."""
     base = tmp_path_factory.mktemp("runaways")
     objects = _objects(base / "served")
-    ended: dict[tuple[str, str], Ended] = {}
     with contextlib.ExitStack() as stack:
-        started = {}
+        servers = {}
+        starts = {}
         for runaway, connections in CASES:
             fault, _ = RUNAWAYS[runaway]
-            server = stack.enter_context(FaultServer(objects))
+            server = servers[runaway, connections] = stack.enter_context(FaultServer(objects))
             work = base / f"{runaway}-{connections}"
             work.mkdir()
             if connections == "url":  # the probe is answered, every range runs away
@@ -115,51 +107,30 @@ def runaways(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
                 manifest = write_manifest(work, _one_file(objects, "slow.bin"), server.url)
                 args = (manifest, "-o", work / "dest", "--workers", "2",
                         "--connections", connections)
-            run = Cli((*args, "-q", *QUICK_FLOOR), cwd=work, env=env_with(), preexec_fn=None,
-                      tick=None)
-            stack.callback(run.close)
-            started[runaway, connections] = (server, run, time.monotonic())
-        exits: dict[tuple[str, str], float] = {}
-        deadline = time.monotonic() + TRICKLE_BOUND + 15
-        while len(exits) < len(started) and time.monotonic() < deadline:
-            for case, (_, run, _) in started.items():
-                if case not in exits:
-                    run.descendants()  # remembered, so one left running is found
-                    if run.proc.poll() is not None:
-                        exits[case] = time.monotonic()
-            time.sleep(0.1)
-        for case, (server, run, began) in started.items():
-            if case not in exits:  # held past any bound: its test fails, the others stand
-                run.close()
-                ended[case] = Ended(None, f"still running after {deadline - began:.0f} s\n"
-                                    f"{run.stderr}", float("inf"), 0, [])
-                continue
-            left = [f"process {describe([p])}" for p in run.leftovers()]
-            grace = time.monotonic() + CHILD_GRACE
-            while run.segments() and time.monotonic() < grace:
-                time.sleep(0.05)
-            left += [f"{SHM}/{name}" for name in run.segments()]
-            ended[case] = Ended(run.proc.returncode, run.stderr, exits[case] - began,
-                                len([r for r in server.requests if r.method == "GET"]), left)
-    return ended
+            starts[runaway, connections] = functools.partial(
+                Cli, (*args, "-q", *QUICK_FLOOR), cwd=work, env=env_with(), preexec_fn=None,
+                tick=None)
+        ended = run_together(starts, TRICKLE_BOUND + 15)
+        return {case: Held(ended[case], len([r for r in servers[case].requests
+                                             if r.method == "GET"])) for case in CASES}
 
 
 @pytest.mark.parametrize("connections", ["1", "16"])
 @pytest.mark.parametrize("runaway", RUNAWAYS)
 def test_a_server_that_never_finishes_fails_the_file_within_the_bound(
-        runaway: str, connections: str, runaways: dict[tuple[str, str], Ended]) -> None:
+        runaway: str, connections: str, runaways: dict[tuple[str, str], Held]) -> None:
     """With one connection every attempt is a retry; with 16, idle connections may race the
     range too, and each race charges the range's one budget of 5 attempts."""
-    done = runaways[runaway, connections]
+    done, gets = runaways[runaway, connections]
     _assert_ended(done, "game/slow.bin", RUNAWAYS[runaway][1])
     if runaway != "silent":  # (the silent server logs a request only once it answers)
-        assert done.gets == 5  # the budget
+        assert gets == 5  # the budget
 
 
 @pytest.mark.parametrize("runaway", RUNAWAYS)
 def test_one_url_that_never_finishes_fails_within_the_bound(
-        runaway: str, runaways: dict[tuple[str, str], Ended]) -> None:
-    _assert_ended(runaways[runaway, "url"], "slow.bin", RUNAWAYS[runaway][1])
+        runaway: str, runaways: dict[tuple[str, str], Held]) -> None:
+    _assert_ended(runaways[runaway, "url"].ended, "slow.bin", RUNAWAYS[runaway][1])
 
 
 def _assert_ended(done: Ended, path: str, why: str) -> None:

@@ -448,6 +448,56 @@ def assert_clean(run: Cli) -> None:
     assert not run.segments(), f"left in {SHM}: {run.segments()}"
 
 
+class Ended(NamedTuple):
+    """How a run of ``run_together`` ended: its exit, stderr, time from start to exit, and
+    what it left (a process it ever had still running, its ring in /dev/shm)."""
+
+    returncode: int | None  # None: it was still running at the deadline, and killed
+    stderr: str
+    elapsed: float
+    left: list[str]
+
+
+def run_together(starts: Mapping[Any, Callable[[], Cli]], timeout: float) -> dict[Any, Ended]:
+    """Start every run at once and wait for them all: runs held by a server that never
+    finishes spend their time waiting (on --timeout, the speed window, backoffs), so N take
+    as long as the slowest, not as their sum. Each is timed from its own start to its own exit,
+    and watched meanwhile, so what it leaves is found after the same grace as assert_clean's.
+
+    The runs end before the tests that assert on them start (a module fixture), so the leak
+    check of a test cannot see them: each Ended says what its run left, for its test to assert.
+    A run still going at ``timeout`` is killed; its test fails, the others stand."""
+    ended: dict[Any, Ended] = {}
+    with contextlib.ExitStack() as stack:
+        started: dict[Any, tuple[Cli, float]] = {}
+        for key, start in starts.items():
+            run = start()
+            stack.callback(run.close)
+            started[key] = (run, time.monotonic())
+        exits: dict[Any, float] = {}
+        deadline = time.monotonic() + timeout
+        while len(exits) < len(started) and time.monotonic() < deadline:
+            for key, (run, _) in started.items():
+                if key not in exits:
+                    run.descendants()  # remembered, so one left running is found
+                    if run.proc.poll() is not None:
+                        exits[key] = time.monotonic()
+            time.sleep(0.1)
+        for key, (run, began) in started.items():
+            if key not in exits:
+                run.close()
+                ended[key] = Ended(None, f"still running after {timeout:.0f} s\n{run.stderr}",
+                                   float("inf"), [])
+                continue
+            left = [f"process {describe([p])}" for p in run.leftovers()]
+            grace = time.monotonic() + CHILD_GRACE
+            while run.segments() and time.monotonic() < grace:
+                time.sleep(0.05)
+            left += [f"{SHM}/{name}" for name in run.segments()]
+            ended[key] = Ended(run.proc.returncode, run.stderr, exits[key] - began, left)
+    return ended
+
+
 def assert_no_traceback(run: Cli) -> None:
     assert "Traceback" not in run.stderr, run.stderr
 
