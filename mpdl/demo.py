@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import socket
 import sys
 import tempfile
 import threading
@@ -61,6 +62,14 @@ class RangeHandler(BaseHTTPRequestHandler):
     def __init__(self, *args: Any, root: Path, **kwargs: Any) -> None:
         self.root = Path(root).resolve()
         super().__init__(*args, **kwargs)
+
+    def setup(self) -> None:
+        """TCP_NODELAY, as nginx sets on keep-alive connections: the headers go in one write
+        and the body in another, and with Nagle on, a body shorter than a segment waits for
+        the client's delayed ACK of the headers: 40 ms per small response (a run of 256 small
+        objects over 2 connections took 5 s instead of 0.5 s)."""
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_GET(self) -> None:
         """200 for the whole file, 206 for one range, 416 past the end, 404 for anything else."""

@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 from .errors import UsageError
 from .formats.headers import Headers, headers_option
 from .net.proxy import parse_proxy, proxy_rules
+from .core.retry import MAX_ATTEMPTS
 from .core.speedfloor import DEFAULT_LIMIT, DEFAULT_WINDOW, SpeedFloor
 
 KiB = 1024
@@ -99,7 +100,7 @@ class Options:
     # Added to every request, after mpdl's defaults (headers.py: a later one wins by name);
     # a mapping or (name, value) pairs, kept as pairs: immutable, and pickled to each worker.
     headers: Headers = ()
-    max_attempts: int = 5  # per task, over all mirrors
+    max_attempts: int = MAX_ATTEMPTS  # per task, over all mirrors
     start_method: str | None = None  # None: osdeps.default_start_method picks
     # None: the environment's (HTTPS_PROXY...); "": none (mpdl/net/proxy.py)
     proxy: str | None = None

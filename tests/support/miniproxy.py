@@ -67,7 +67,7 @@ def _pipe(source: socket.socket, sink: socket.socket, rate: float | None = None)
 
 
 def _no_delay(sock: socket.socket) -> None:
-    """Each piece relayed as it comes (rangeserver.RangeRequestHandler.setup says why: with
+    """Each piece relayed as it comes (mpdl.demo.RangeHandler.setup says why: with
     Nagle on, a small body waits 40 ms for the delayed ACK of the headers before it)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
