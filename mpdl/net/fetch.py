@@ -296,33 +296,42 @@ class CappedReads:
 
     def read(self, raw, view: memoryview) -> int:
         watch = self.watch
-        if self.cap is not None:
-            self.cap.hold()  # a paused run: held before the clock starts, never judged slow
         if watch is None:
-            return self._capped(raw, view)
+            return self._capped(raw, view)[0]
         started = time.monotonic()
-        got = self._capped(raw, view)
+        got, held = self._capped(raw, view)
         if not got:  # the body's end: nothing left to judge (the fill checks its length)
             return got
         cap = self.cap
         floor = watch.policy.floor(None if cap is None else cap.rate,
                                    1 if cap is None else cap.connections)
-        if watch.add(got, time.monotonic() - started, floor) is Verdict.TOO_SLOW:
+        if watch.add(got, time.monotonic() - started - held, floor) is Verdict.TOO_SLOW:
             raise TransientError(f"read failed: {watch.policy.reason(floor)}")
         return got
 
-    def _capped(self, raw, view: memoryview) -> int:
+    def _capped(self, raw, view: memoryview) -> tuple[int, float]:
+        """The bytes read, and the seconds a pause held the read (never judged slow).
+
+        A pause holds a read before it starts, and again if it came while the read waited
+        for its turn under the cap: a read let through then would land after the progress
+        a paused run shows, which promises nothing arrives until it goes on (the turn's
+        bytes go back meanwhile)."""
         cap = self.cap
         if cap is None:
-            return _read_into(raw, view)
+            return _read_into(raw, view), 0.0
+        held = cap.hold()
         self._fit_buffer(cap.rate)
         granted = cap.take(len(view))
+        while cap.paused:
+            cap.give_back(granted)
+            held += cap.hold()
+            granted = cap.take(len(view))
         got = 0
         try:
             got = _read_into(raw, view if granted == len(view) else view[:granted])
         finally:
             cap.give_back(granted - got)
-        return got
+        return got, held
 
     def _fit_buffer(self, rate: float | None) -> None:
         """SO_RCVBUF for ``rate``, set on the socket when it changed since it was last set.

@@ -208,3 +208,40 @@ def test_a_capped_connection_gets_a_small_receive_buffer_and_is_let_go_once_lift
         assert _rcvbuf(sock) >= untouched  # lifted: as large as the system allows...
         assert lifted.shrunk_and_lifted  # ...and the connection closed after this response
     listener.close()
+
+
+def test_a_pause_that_comes_while_a_read_waits_for_its_turn_holds_that_read() -> None:
+    """A paused run shows its progress as final until it goes on (the CLI's stop keeps exactly
+    that, test_control): a read that had passed the pause's hold and waited for its turn under
+    the cap when the pause came must not read then. On a real socket, with the cap's clock
+    injected: the pause comes in the turn's first nap and lasts 50 naps; nothing is read
+    before it ends."""
+    fake_now = [1000.0]
+    body = 64 * KiB
+    listener = socket.create_server(("127.0.0.1", 0))
+    with socket.create_connection(listener.getsockname()) as sock, listener.accept()[0] as peer:
+        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % body + b"x" * body)
+        raw = http.client.HTTPResponse(sock)
+        raw.begin()
+        naps: list[bool] = []  # paused or not, at each nap
+        unread_at_resume: list[int | None] = []
+
+        def sleep(seconds: float) -> None:
+            fake_now[0] += seconds
+            naps.append(cap.paused)
+            if len(naps) == 1:  # the read waits for its turn: the pause comes now
+                cap.set_paused(True)
+            elif cap.paused and len(naps) > 50:
+                unread_at_resume.append(raw.length)
+                cap.set_paused(False)
+
+        cap = SpeedCap([0.0] * 4, threading.Lock(), 1, clock=lambda: fake_now[0], sleep=sleep)
+        cap.set_rate(4 * KiB)
+        while cap.due(cap.reserve(4 * KiB)) <= 0:  # the burst spent: the next read waits
+            pass
+        response = types.SimpleNamespace(connection=types.SimpleNamespace(sock=sock))
+        got = CappedReads(response, cap).read(raw, memoryview(bytearray(4 * KiB)))
+        assert got > 0 and naps[0] is False
+        assert unread_at_resume == [body]  # the pause ended with nothing read
+        assert raw.length == body - got
+    listener.close()
