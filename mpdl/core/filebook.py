@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 
 from .checkpoints import Checkpoints, JournalSynced
 from ..formats.manifest import FileEntry
-from .messages import CloseFile, FileClosed, OpenFile, Synced, ToWriter, WholeFile
+from ..errors import DiskError
+from .messages import (CloseFile, FileClosed, OpenFile, Synced, ToWriter, WholeFile,
+                       WriteFailed)
 from .plan import Plan
 from ..progress import Counts
 from .ranges import RangeSet
@@ -188,6 +190,22 @@ class FileBook:
             else:
                 self._end(fid, F.FAILED, record.reason)
         return False
+
+    def placed(self, fids: Sequence[int], mtimes_ns: Sequence[int]) -> None:
+        """Files of a WriteWhole verified and in place (FilesPlaced): each ends done with its
+        mtime, as ``closed`` ends one on a FileClosed that says ok, the batch in one call. A
+        file no longer closing (it failed, or started over, after its WriteWhole went) is
+        left as it is, as ``closed`` leaves it."""
+        files = self.files
+        for fid, mtime_ns in zip(fids, mtimes_ns, strict=True):
+            if files[fid].state is F.CLOSING:
+                self._end(fid, F.DONE, "", mtime_ns)
+
+    def disk_error(self, record: WriteFailed) -> DiskError:
+        """The error that stops the run on a disk error, naming the file it hit if known."""
+        file = self.files.get(record.file_id)
+        return DiskError(record.path, record.reason,
+                         file.entry.path if file is not None else None)
 
     def restart(self, fid: int, keep: bool) -> None:
         """The file starts over, from its durable bytes if ``keep``, else from nothing; what

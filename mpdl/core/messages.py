@@ -8,7 +8,8 @@ queues (never blocking), children answer through pipes.
     supervisor --ToWorker: Fetch/Grant/Cut/Cancel/Stop--> worker
                   worker --FromWorker: Filled/Failed/Alive/Redirected/Validated--> supervisor
     supervisor --ToWriter: OpenFile/WriteSlot/WriteWhole/CloseFile/Sync/Stop--> writer
-                  writer --FromWriter: SlotWritten/FileClosed/Synced/WriteFailed--> supervisor
+                  writer --FromWriter: SlotWritten/FilesPlaced/FileClosed/Synced/
+                                       WriteFailed--> supervisor
 
 One union per direction names what may travel that way; every receiver raises UnknownRecord
 on anything else, and records are built by keyword.
@@ -230,8 +231,8 @@ class WholeFile(NamedTuple):
 class WriteWhole(NamedTuple):
     """Create, write, verify and rename each of ``files`` from ``slot``, then give it back:
     one record where three per file would do the same (a batch of small files: issue 18).
-    The replies are those of the three: SlotWritten for the slot, then a FileClosed (or a
-    WriteFailed) per file."""
+    The replies: SlotWritten for the slot, then one FilesPlaced for every file verified and
+    in place, then a FileClosed (or a WriteFailed) for each that failed, with its reason."""
 
     slot: int
     files: tuple[WholeFile, ...]
@@ -296,6 +297,17 @@ class FileClosed(NamedTuple):
     mtime_ns: int = 0
 
 
+class FilesPlaced(NamedTuple):
+    """The files of one WriteWhole that are verified and in place, as a FileClosed(ok=True)
+    each would say: ``file_ids[i]`` took its name with mtime ``mtimes_ns[i]`` (0: not known).
+    One record for a batch, not one a file: unpickling and dispatching a record per small
+    file was half the coordinator's loop (issue 18). A file that failed is not here: it gets
+    its own FileClosed, which says why."""
+
+    file_ids: tuple[int, ...]
+    mtimes_ns: tuple[int, ...]
+
+
 class Synced(NamedTuple):
     """The Sync with this token is done; ``error`` says why not, if it failed."""
 
@@ -314,7 +326,7 @@ class WriteFailed(NamedTuple):
 ToWorker = Fetch | Grant | Cut | Cancel | Stop
 FromWorker = Filled | Failed | Alive | Redirected | Validated
 ToWriter = OpenFile | WriteSlot | WriteWhole | CloseFile | Sync | Stop
-FromWriter = SlotWritten | FileClosed | Synced | WriteFailed
+FromWriter = SlotWritten | FilesPlaced | FileClosed | Synced | WriteFailed
 
 
 class UnknownRecord(TypeError):

@@ -48,9 +48,9 @@ from .checkpoints import JournalSynced
 from .contests import Contests
 from .delivery import Delivery
 from .dispatch import Dispatch
-from ..errors import DiskError, RunStopped
+from ..errors import RunStopped
 from .filebook import FileBook, FileEnded, ForgetRanges
-from .messages import (Alive, Expect, Failed, FailKind, FileClosed, Filled,
+from .messages import (Alive, Expect, Failed, FailKind, FileClosed, FilesPlaced, Filled,
                        FromWorker, FromWriter, Redirected, SlotWritten, Synced,
                        ToWorker, ToWriter, UnknownRecord, Validated, WriteFailed)
 from .plan import Plan, Planner, split_task
@@ -281,6 +281,8 @@ class Scheduler:
     def writer_record(self, record: FromWriter) -> None:
         if isinstance(record, SlotWritten):
             self.delivery.written(record)
+        elif isinstance(record, FilesPlaced):
+            self.book.placed(record.file_ids, record.mtimes_ns)
         elif isinstance(record, FileClosed):
             if self.book.closed(record):
                 self.restarts.hash_failed(record.file_id)
@@ -288,9 +290,7 @@ class Scheduler:
             self.book.synced(record)
         elif isinstance(record, WriteFailed):
             if self.stopped is None:
-                file = self.files.get(record.file_id)
-                self.stopped = DiskError(record.path, record.reason,
-                                         file.entry.path if file is not None else None)
+                self.stopped = self.book.disk_error(record)
         else:
             raise UnknownRecord("scheduler (from the writer)", record)
 

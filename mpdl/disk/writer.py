@@ -42,9 +42,9 @@ from multiprocessing.queues import Queue
 from ..procs.child import batches, child_setup
 from ..formats.hashing import hash_file, new_hasher, parse_hash
 from .layout import make_folder_inside
-from ..core.messages import (CloseFile, FileClosed, FromWriter, OpenFile, Piece, SlotWritten, Stop,
-                             Sync, Synced, ToWriter, UnknownRecord, WholeFile, WriteFailed,
-                             WriteSlot, WriteWhole)
+from ..core.messages import (CloseFile, FileClosed, FilesPlaced, FromWriter, OpenFile, Piece,
+                             SlotWritten, Stop, Sync, Synced, ToWriter, UnknownRecord, WholeFile,
+                             WriteFailed, WriteSlot, WriteWhole)
 from ..osdeps import (O_BINARY, WINDOWS, FileInUse, fsync, readinto_at, replace,
                       start_writeback, sync_filesystem, write_at)
 from ..core.ranges import RangeSet
@@ -464,10 +464,16 @@ class Writer:
             return _close_error(record.file_id, path, record.destination, exc)
         return self._place(record.file_id, path, record.destination, record.executable)
 
-    def _place(self, file_id: int, path: str, destination: str, executable: bool,
-               mtime_ns: int = 0) -> list[FromWriter]:
-        """A verified staging file takes its final name (and its x bits); ``mtime_ns``, its
-        mtime when known (neither renaming nor chmod changes it), goes with FileClosed."""
+    def _place(self, file_id: int, path: str, destination: str,
+               executable: bool) -> list[FromWriter]:
+        """A verified staging file takes its final name (and its x bits): FileClosed."""
+        return (self._placed(file_id, path, destination, executable)
+                or [FileClosed(file_id=file_id, ok=True, reason="")])
+
+    def _placed(self, file_id: int, path: str, destination: str,
+                executable: bool) -> list[FromWriter] | None:
+        """``_place``'s work: None once the file took its name, else the replies that say
+        why it did not."""
         try:
             if executable:
                 mode = os.stat(path).st_mode
@@ -479,7 +485,7 @@ class Writer:
             replace(path, destination)  # FileInUse (EBUSY): this file fails
         except OSError as exc:
             return _close_error(file_id, path, destination, exc)
-        return [FileClosed(file_id=file_id, ok=True, reason="", mtime_ns=mtime_ns)]
+        return None
 
     def _sync(self, record: Sync) -> list[FromWriter]:
         """fsync each file, or the whole filesystem at once when there are many. A failure is
@@ -558,9 +564,13 @@ def _write_whole(writer: Writer, record: WriteWhole) -> list[FromWriter]:
     """The job of a WriteWhole: each file as OpenFile (fresh), its one piece and CloseFile
     (kept, round 1) would make it, from the slot: created, written, its hash checked on the
     bytes written before it takes its name. SlotWritten comes first, with the bytes written,
-    as the write job's reply comes before the close jobs' that wait for it."""
+    as the write job's reply comes before the close jobs' that wait for it; then one
+    FilesPlaced for the files in place (with each one's mtime, for the journal: neither
+    renaming nor chmod changes it), then the failed files' own replies."""
     written = 0
-    closed: list[FromWriter] = []
+    placed: list[int] = []
+    mtimes: list[int] = []
+    failed: list[FromWriter] = []
     with writer.ring.view(record.slot) as view:
         for whole in record.files:
             data = view[whole.slot_offset:whole.slot_offset + whole.size]
@@ -573,16 +583,24 @@ def _write_whole(writer: Writer, record: WriteWhole) -> list[FromWriter]:
                              0o644)
                 try:
                     write_at(fd, data, 0)
-                    # for the journal (FileClosed); Windows may set it as the handle closes
+                    # Windows may set it as the handle closes: not known there
                     mtime_ns = 0 if WINDOWS else os.fstat(fd).st_mtime_ns
                 finally:
                     os.close(fd)
             except OSError as exc:
-                closed += _whole_unwritten(whole, exc)
+                failed += _whole_unwritten(whole, exc)
                 continue
             written += whole.size
-            closed += _whole_verified(writer, whole, data, mtime_ns)
-    return [SlotWritten(slot=record.slot, written=written), *closed]
+            why = _whole_verified(writer, whole, data)
+            if why is None:
+                placed.append(whole.file_id)
+                mtimes.append(mtime_ns)
+            else:
+                failed += why
+    replies: list[FromWriter] = [SlotWritten(slot=record.slot, written=written)]
+    if placed:
+        replies.append(FilesPlaced(file_ids=tuple(placed), mtimes_ns=tuple(mtimes)))
+    return replies + failed
 
 
 def _whole_unwritten(whole: WholeFile, exc: OSError) -> list[FromWriter]:
@@ -598,9 +616,10 @@ def _whole_unwritten(whole: WholeFile, exc: OSError) -> list[FromWriter]:
                               "for a re-run")]
 
 
-def _whole_verified(writer: Writer, whole: WholeFile, data: memoryview,
-                    mtime_ns: int) -> list[FromWriter]:
-    """A written WholeFile: its hash, then its final name (Writer._close's, round 1)."""
+def _whole_verified(writer: Writer, whole: WholeFile,
+                    data: memoryview) -> list[FromWriter] | None:
+    """A written WholeFile: its hash, then its final name (Writer._close's, round 1); None
+    once it took it, else the replies that say why not."""
     if whole.hash:
         spec = parse_hash(whole.hash)
         hasher = spec.new()
@@ -622,8 +641,7 @@ def _whole_verified(writer: Writer, whole: WholeFile, data: memoryview,
             remove([copy_path(whole.staging), aside_path(whole.staging)])
         except OSError as exc:
             return _close_error(whole.file_id, whole.staging, whole.destination, exc)
-    return writer._place(whole.file_id, whole.staging, whole.destination, whole.executable,
-                         mtime_ns)
+    return writer._placed(whole.file_id, whole.staging, whole.destination, whole.executable)
 
 
 def _why(exc: OSError) -> str:

@@ -82,6 +82,34 @@ def test_a_bad_file_in_a_batch_fails_alone(small: tuple[Path, dict], tmp_path: P
     assert asked["o/0009"] == 2  # in its batch, then once more alone, as any corrupt object
 
 
+def test_a_file_the_writer_cannot_place_fails_alone_and_its_batch_is_journaled(
+        small: tuple[Path, dict], tmp_path: Path) -> None:
+    """A folder stands where one file of a batch must go: the writer places the batch's other
+    files (one FilesPlaced) and fails that one with its reason (its own FileClosed). The
+    placed files reach the journal, so a re-run, the folder gone, asks for that file alone."""
+    root, manifest = small
+    dest = tmp_path / "d"
+    (dest / "f" / "0005.bin" / "x").mkdir(parents=True)  # second batch: 0004-0007
+    with FaultServer(root) as server:
+        result = run(with_bases(manifest, server.url), dest, connections=2)
+        first = got(server)
+        assert set(result.failed) == {"f/0005.bin"}
+        assert "Is a directory" in result.failed["f/0005.bin"]
+        others = [f for f in manifest["files"] if f["path"] != "f/0005.bin"]
+        assert_all_right(root, dest, {"files": others})
+        assert (dest / "f" / "0005.bin" / "x").is_dir()  # left as it was
+        assert set(first) == {f["url"] for f in manifest["files"]} and set(first.values()) == {1}
+        assert journal_paths(dest) == {f["path"] for f in manifest["files"]} - {"f/0005.bin"}
+        (dest / "f" / "0005.bin" / "x").rmdir()
+        (dest / "f" / "0005.bin").rmdir()
+        server.clear_log()
+        again = run(with_bases(manifest, server.url), dest, connections=2)
+        asked = got(server)
+    assert again.ok, again.failed
+    assert_all_right(root, dest, manifest)
+    assert asked == Counter({"o/0005": 1})
+
+
 def test_a_batch_across_a_mirror_failover_asks_the_next_mirror_for_the_missing_files_only(
     small: tuple[Path, dict], tmp_path: Path
 ) -> None:

@@ -23,9 +23,9 @@ from mpdl.errors import DiskError
 from mpdl.disk.layout import Layout
 from mpdl.formats.manifest import Manifest, parse_manifest
 from mpdl.core.messages import (Alive, Cancel, CloseFile, Cut, Expect, Failed, FailKind, Fetch,
-                                FileClosed, Filled, Grant, OpenFile, Redirected, SlotWritten, Sync,
-                                Synced, UnknownRecord, Validated, WriteFailed, WriteSlot,
-                                WriteWhole)
+                                FileClosed, FilesPlaced, Filled, Grant, OpenFile, Redirected,
+                                SlotWritten, Sync, Synced, UnknownRecord, Validated, WriteFailed,
+                                WriteSlot, WriteWhole)
 from mpdl.core.plan import Planner
 from mpdl.core.ranges import RangeSet
 from mpdl.core.retry import RETRY_AFTER_MAX, RetryPolicy, backoff
@@ -265,16 +265,26 @@ class Sim:
     def written(self, slot: int, written: int | None = None):
         record = self._answered(lambda r: isinstance(r, (WriteSlot, WriteWhole))
                                 and r.slot == slot)
-        if isinstance(record, WriteWhole):  # the writer's verdicts on its files come next
-            self.pending.extendleft(reversed([
-                CloseFile(file_id=f.file_id, keep=True, destination=f.destination,
-                          hash=f.hash, executable=f.executable, round=1 if f.hash else 0,
-                          reserve=f.reserve) for f in record.files]))
-            if written is None:
-                written = sum(f.size for f in record.files)
-        elif written is None:
+        if isinstance(record, WriteWhole):  # as writer.py answers: the slot, then the files
+            return self.whole_written(record, written)
+        if written is None:
             written = sum(piece.length for piece in record.pieces)
         return self.from_writer(SlotWritten(slot=slot, written=written))
+
+    def whole_written(self, record: WriteWhole, written: int | None = None):
+        """The writer's replies to a WriteWhole: SlotWritten, one FilesPlaced for the files
+        ``close_replies`` says nothing of, then each other's FileClosed (its next reply)."""
+        if written is None:
+            written = sum(f.size for f in record.files)
+        self.s.writer_record(SlotWritten(slot=record.slot, written=written))
+        said = {f.file_id: self.close_replies[f.file_id].pop(0) for f in record.files
+                if self.close_replies.get(f.file_id)}
+        placed = tuple(f.file_id for f in record.files if f.file_id not in said)
+        if placed:
+            self.s.writer_record(FilesPlaced(file_ids=placed, mtimes_ns=(B_MTIME,) * len(placed)))
+        for fid, fields in said.items():
+            self.s.writer_record(FileClosed(file_id=fid, **{"ok": True, "reason": "", **fields}))
+        return self.tick()
 
     def closed(self, fid: int, ok: bool = True, reason: str = "", mismatch: bool = False,
                differing: tuple[tuple[int, int], ...] = (), mtime_ns: int = 0):
@@ -1950,6 +1960,57 @@ def test_a_batch_is_one_fetch_of_each_objects_url_on_its_mirror_into_one_slot():
     sim.serve()
     assert sim.ended() == {f"s/{i:04d}": (True, "") for i in range(256)}
     assert len(sim.all_sent(Fetch)) == 64
+
+
+def test_a_batchs_placed_files_end_by_one_record_and_reach_the_journal_with_their_mtimes():
+    """FilesPlaced: each of its files done, counted once, and journaled at the next
+    checkpoint with the mtime the writer said, only once that checkpoint is synced."""
+    sim = Sim(*small_files(), connections=1)
+    [fetch] = sim.fetches()
+    [write] = sim.to_writer(WriteWhole, sim.fill(fetch))
+    assert [f.file_id for f in write.files] == [0, 1, 2, 3]
+    sim.pending.remove(write)  # answered here, with mtimes of its own
+    sim.from_writer(SlotWritten(slot=write.slot, written=40))
+    out = sim.from_writer(FilesPlaced(file_ids=(0, 1, 2, 3), mtimes_ns=(11, 12, 13, 14)))
+    assert sim.ended() == {f"s/{i:04d}": (True, "") for i in range(4)}
+    assert {sim.file(i).state for i in range(4)} == {F.DONE}
+    assert sim.s.counts.files_done == 4
+    assert sim.effects_of(JournalSynced, out) == []  # placed, not yet known durable
+    sim.tick_to(CHECKPOINT_SECONDS)
+    [sync] = sim.syncs
+    assert set(sync.paths) == {str(sim.layout.final(f"s/{i:04d}")) for i in range(4)}
+    [journal] = sim.effects_of(JournalSynced, sim.synced(sync.token))
+    assert journal.finished == tuple((sim.manifest.files[i], 11 + i) for i in range(4))
+
+
+def test_a_batch_half_placed_fails_the_file_the_writer_could_not_make_and_journals_the_rest():
+    """One file of a WriteWhole failed (a create error, its own FileClosed with its reason):
+    it alone fails, fetched no more; the others are placed by FilesPlaced and journaled."""
+    sim = Sim(*small_files(), connections=1)
+    sim.close_replies[1] = [dict(ok=False, reason="s/0001.part: Invalid argument")]
+    sim.serve(syncs=False)
+    ended = sim.ended()
+    assert ended.pop("s/0001") == (False, "s/0001.part: Invalid argument")
+    assert ended == {f"s/{i:04d}": (True, "") for i in range(256) if i != 1}
+    assert sim.s.counts.files_done == 255 and len(sim.all_sent(Fetch)) == 64
+    sim.tick_to(CHECKPOINT_SECONDS)
+    [sync] = sim.syncs
+    [journal] = sim.effects_of(JournalSynced, sim.synced(sync.token))
+    assert [entry.path for entry, _ in journal.finished] == [
+        f"s/{i:04d}" for i in range(256) if i != 1]
+
+
+def test_files_placed_after_they_failed_stay_failed_and_are_not_counted():
+    """The run stopped (its files failed) while the writer placed a batch: the late
+    FilesPlaced changes nothing, as a late FileClosed would not."""
+    sim = Sim(*small_files(), connections=1)
+    [fetch] = sim.fetches()
+    sim.fill(fetch)
+    sim.s.book.abort("stopped")
+    sim.from_writer(FilesPlaced(file_ids=(0, 1), mtimes_ns=(1, 2)))
+    assert {sim.file(i).state for i in range(2)} == {F.FAILED}
+    assert sim.s.counts.files_done == 0
+    assert sim.ended()["s/0000"] == sim.ended()["s/0001"] == (False, "stopped")
 
 
 def test_a_batch_that_breaks_half_way_keeps_what_came_and_judges_the_object_that_failed():

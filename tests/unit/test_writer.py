@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from helpers import replies, skip_or_fail
 
-from mpdl.core.messages import (CloseFile, Fetch, FileClosed, OpenFile, Piece, SlotWritten, Stop,
-                                Sync, Synced, UnknownRecord, WholeFile, WriteFailed, WriteSlot,
-                                WriteWhole)
+from mpdl.core.messages import (CloseFile, Fetch, FileClosed, FilesPlaced, OpenFile, Piece,
+                                SlotWritten, Stop, Sync, Synced, UnknownRecord, WholeFile,
+                                WriteFailed, WriteSlot, WriteWhole)
 from mpdl.procs.ring import Ring
 from mpdl import osdeps
 from mpdl.osdeps import write_at
@@ -407,8 +407,8 @@ def test_batches_of_whole_files_are_made_and_renamed_by_one_thread(
                         executable=False, reserve=0))
             writer.handle(WriteWhole(slot=b, files=tuple(files)))
         out = replies(writer)
-        assert sorted(r.file_id for r in out if isinstance(r, FileClosed) and r.ok) == list(
-            range(per_batch * batches))
+        assert sorted(placed(out)) == list(range(per_batch * batches))
+        assert not any(isinstance(r, FileClosed) for r in out)
         assert all((tmp_path / "d" / f"f{n}").read_bytes() == data
                    for n, data in enumerate(datas))
         assert calls.met == {"names"}  # it watched them
@@ -444,6 +444,11 @@ def test_a_small_file_never_written_is_made_empty_at_its_close_or_left_unmade(
 # --- WriteWhole: a batch's files made, written, verified and renamed by one record ------------
 
 
+def placed(out: list) -> list[int]:
+    """The files the replies ``out`` say are in place (FilesPlaced), in the order said."""
+    return [fid for r in out if isinstance(r, FilesPlaced) for fid in r.file_ids]
+
+
 def whole_files(tmp_path: Path, ring: Ring, datas: list[bytes], **changes: object
                 ) -> tuple[WholeFile, ...]:
     """``datas`` back to back in slot 0, each a WholeFile with its md5 (``changes`` apply to
@@ -472,12 +477,11 @@ def test_a_whole_batch_is_written_verified_and_renamed_by_one_record(tmp_path: P
     finally:
         writer.close_all()
         ring.close()
-    # the slot first (its bytes written), then each file's verdict, as three records would,
-    # with the placed file's mtime (the journal records it without a stat of its own)
+    # the slot first (its bytes written), then one record for the files in place, with each
+    # one's mtime (the journal records it without a stat of its own)
     mtimes = [os.lstat(tmp_path / "d" / f"f{i}").st_mtime_ns for i in range(5)]
     assert out == [SlotWritten(slot=0, written=sum(map(len, datas))),
-                   *(FileClosed(file_id=i, ok=True, reason="", mtime_ns=mtimes[i])
-                     for i in range(5))]
+                   FilesPlaced(file_ids=tuple(range(5)), mtimes_ns=tuple(mtimes))]
     for i, data in enumerate(datas):
         assert (tmp_path / "d" / f"f{i}").read_bytes() == data
     assert os.access(tmp_path / "d" / "f1", os.X_OK) and not os.access(tmp_path / "d" / "f0",
@@ -497,8 +501,11 @@ def test_a_whole_file_that_fails_its_hash_never_takes_its_name(tmp_path: Path) -
     finally:
         writer.close_all()
         ring.close()
-    [bad] = [r for r in out if isinstance(r, FileClosed) and not r.ok]
-    assert bad.file_id == 1 and bad.mismatch and "md5" in bad.reason
+    [bad] = [r for r in out if isinstance(r, FileClosed)]
+    assert bad.file_id == 1 and not bad.ok and bad.mismatch and "md5" in bad.reason
+    assert out[:2] == [SlotWritten(slot=0, written=3000),
+                       FilesPlaced(file_ids=(0, 2), mtimes_ns=out[1].mtimes_ns)]
+    assert all(out[1].mtimes_ns), "a placed file's mtime was not said"
     assert not (tmp_path / "d" / "f1").exists()
     assert (tmp_path / "d" / "f0").read_bytes() == datas[0]
     assert (tmp_path / "d" / "f2").read_bytes() == datas[2]
@@ -537,9 +544,9 @@ def test_a_whole_file_whose_write_fails_stops_the_run_and_keeps_the_rest(
     assert out[0] == SlotWritten(slot=0, written=2000), "a failed write's bytes were counted"
     [failed] = [r for r in out if isinstance(r, WriteFailed)]
     assert failed.file_id == 1 and failed.path == failing
-    closed = {r.file_id: r for r in out if isinstance(r, FileClosed)}
-    assert closed[0].ok and closed[2].ok and not closed[1].ok
-    assert "not all of it was written" in closed[1].reason
+    [closed] = [r for r in out if isinstance(r, FileClosed)]
+    assert placed(out) == [0, 2] and closed.file_id == 1 and not closed.ok
+    assert "not all of it was written" in closed.reason
     assert not (tmp_path / "d" / "f1").exists()
     assert (tmp_path / "d" / "f2").read_bytes() == datas[2]
 
