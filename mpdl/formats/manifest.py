@@ -700,6 +700,8 @@ def _utf8(value: str, where: str) -> None:
 
 def _url(value: object, where: str) -> str:
     """An http(s) URL or a relative reference, safe to put in a request line."""
+    if type(value) is str and _PLAIN_PATH.fullmatch(value):
+        return value  # a plain relative path (no scheme, no "//", nothing to refuse below)
     if not isinstance(value, str):
         raise ManifestError(f"{where}: must be a string, not {_kind(value)}")
     if not value:
