@@ -614,15 +614,16 @@ def batched(tasks: list[Task], slot_size: int, first_task_id: int) -> list[Task]
         return tasks
     out: list[Task] = []
     group: list[Task] = []
-    grouped = [0]  # the group's bytes, kept as it grows (not summed again per task)
+    grouped = 0  # the group's bytes, kept as it grows (not summed again per task)
 
     def close() -> None:
+        nonlocal grouped
         if len(group) > 1:
             out.append(batch_of(group, -1))
         else:
             out.extend(group)
         group.clear()
-        grouped[0] = 0
+        grouped = 0
 
     for task in tasks:
         if not batchable(task):
@@ -630,10 +631,10 @@ def batched(tasks: list[Task], slot_size: int, first_task_id: int) -> list[Task]
             out.append(task)
             continue
         assert task.size is not None
-        if group and (len(group) >= most or grouped[0] + task.size > slot_size):
+        if group and (len(group) >= most or grouped + task.size > slot_size):
             close()
         group.append(task)
-        grouped[0] += task.size
+        grouped += task.size
     close()
     return [replace(task, task_id=first_task_id + index) for index, task in enumerate(out)]
 
