@@ -54,6 +54,8 @@ UNFINISHED = "not finished: the run stopped"
 FEEDER_TURN_SECONDS = 0.02
 #: How often that wait looks.
 FEEDER_LOOK_SECONDS = 0.0005
+#: How long a retired child's inbox waits at most for its feeder thread to end (Inbox.release).
+FEEDER_END_SECONDS = 1.0
 
 # refresh_url(url) -> a fresh URL for the same bytes after a 401/403, or None to give up.
 RefreshUrl = Callable[[str], str | None]
@@ -94,6 +96,21 @@ class Inbox(multiprocessing.queues.Queue):
                 return False
             time.sleep(FEEDER_LOOK_SECONDS)
         return True
+
+    def release(self, timeout: float) -> None:
+        """Close, and wait ``timeout`` seconds at most for the feeder thread to end. The
+        feeder holds two of the queue's named semaphores: ending after the queue is dropped,
+        it would free them in its own thread, unlinking each and then telling the resource
+        tracker, and an interpreter exiting meanwhile stops that daemon thread between the
+        two (the tracker then warns of a leaked semaphore on stderr: seen when a UsageError
+        ends the run and the script exits at once). Joined first, the semaphores go with the
+        queue, in the caller's thread. A feeder stuck on a pipe nobody reads is not waited
+        for past ``timeout`` (hence no join_thread: the exit must never hang on it)."""
+        self.cancel_join_thread()
+        self.close()
+        feeder = self._thread  # type: ignore[attr-defined]  # Queue's own; None if never started
+        if feeder is not None:
+            feeder.join(timeout)
 
 
 @dataclass
@@ -480,8 +497,7 @@ def _retire(child: Child, on_record: Callable | None = None) -> int | None:
     if child.process.is_alive():
         child.process.kill()
         child.process.join(1.0)
-    child.inbox.cancel_join_thread()  # a dead reader must not hold our exit
-    child.inbox.close()
+    child.inbox.release(FEEDER_END_SECONDS)
     child.outbox.close()
     return child.process.exitcode
 

@@ -33,3 +33,23 @@ def test_handed_over_gives_up_at_its_deadline() -> None:
     finally:
         inbox._buffer.clear()  # type: ignore[attr-defined]
         inbox.close()
+
+
+def test_release_ends_the_feeder_before_the_queue_is_dropped() -> None:
+    """The feeder thread holds two of the queue's named semaphores: left running, it frees
+    them in its own thread as it ends, which an exiting interpreter can stop between the
+    unlink and the resource tracker's unregister (a "leaked semaphore" warning on a
+    launcher's stderr). Released, the inbox has no feeder left to do that."""
+    inbox = Inbox(multiprocessing.get_context())
+    inbox.put(["records"])
+    assert inbox.handed_over(timeout=5.0)
+    feeder = inbox._thread  # type: ignore[attr-defined]
+    assert feeder.is_alive()
+    inbox.release(timeout=5.0)
+    assert not feeder.is_alive()
+
+
+def test_release_without_a_feeder_returns_at_once() -> None:
+    inbox = Inbox(multiprocessing.get_context())
+    inbox.release(timeout=5.0)
+    assert inbox._closed  # type: ignore[attr-defined]
