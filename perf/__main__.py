@@ -202,11 +202,13 @@ def _run(loaded: list[scenarios.Scenario], tools: list[str],
     authority = tls.make_authority(tmp / "tls") if any(s.spec.tls for s in loaded) else None
     throttled = [servers.Throttled(s.name, s.spec.folder, s.spec.throttle.rate)
                  for s in loaded if s.spec.throttle]
-    wire = SentLog(tmp / "nginx" / "access.log")
+    log = tmp / "nginx" / "access.log"
     with contextlib.ExitStack() as stack:
         web = stack.enter_context(servers.nginx(
             root, tmp / "nginx", throttled=throttled,
-            tls=authority.server if authority else None, access_log=wire.path))
+            tls=authority.server if authority else None, access_log=log))
+        assert web.status_url is not None, "nginx always has one"
+        wire = SentLog(log, web.status_url)
         front = None
         if any(s.spec.delayed for s in loaded):
             front = stack.enter_context(servers.delaying_front(web.port, DELAY, tmp / "front"))

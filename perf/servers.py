@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,12 @@ http {{
         location /capped/ {{
             limit_rate 10m;
             sendfile_max_chunk 64k;
+        }}
+
+        # Requests in flight, for perf/wire.py: nginx logs a request before it stops counting it.
+        location = /{status} {{
+            stub_status;
+            access_log off;
         }}
 {locations}    }}
 {tls_server}}}
@@ -157,6 +164,26 @@ TIMELINE_LOG = """\
 """
 
 
+#: Where nginx answers its stub_status (no file of a scenario or a test has this name).
+STATUS_PATH = ".nginx-status"
+
+
+def requests_in_flight(status_url: str) -> int:
+    """Requests nginx is reading or answering now, this one aside (stub_status's Reading and
+    Writing, which count every worker's)."""
+    status = urllib.parse.urlsplit(status_url)
+    connection = http.client.HTTPConnection(status.hostname or HOST, status.port, timeout=5)
+    try:
+        connection.request("GET", status.path)
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    fields = text.split()
+    counted = {name: int(fields[i + 1]) for i, name in enumerate(fields[:-1])
+               if name in ("Reading:", "Writing:")}
+    return counted["Reading:"] + counted["Writing:"] - 1
+
+
 def body_bytes_sent(lines: str) -> int:
     """The body bytes sent for the complete lines of ``lines`` (ACCESS_LOG's format). Read
     from the right: ``$uri`` is decoded and may hold spaces, the fields after it do not."""
@@ -170,11 +197,13 @@ NGINX_MISSING = "nginx not found (sh tests/install.sh, or apt-get install nginx-
 
 @dataclass(frozen=True)
 class Server:
-    """A running server: ``url`` ends with "/"; ``tls_url`` too, when it also serves HTTPS."""
+    """A running server: ``url`` ends with "/"; ``tls_url`` too, when it also serves HTTPS;
+    ``status_url``, nginx's stub_status (``requests_in_flight``), for nginx only."""
 
     url: str
     port: int
     tls_url: str | None = None
+    status_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -237,7 +266,7 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
     tls_port = free_port() if tls else None
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(
-        tmp=tmp, port=port, root=root, host=HOST, workers=workers,
+        tmp=tmp, port=port, root=root, host=HOST, workers=workers, status=STATUS_PATH,
         access_log=log_format.format(path=access_log) if access_log else "    access_log off;\n",
         file_cache=FILE_CACHE if file_cache else "",
         maps="".join(THROTTLE_MAP.format(variable=_variable(t.name), rate=t.rate)
@@ -250,7 +279,8 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
         user=pwd.getpwuid(os.geteuid()).pw_name, group=grp.getgrgid(os.getegid()).gr_name))
     with _running_nginx(binary, conf, port, tmp):
         yield Server(f"http://{HOST}:{port}/", port,
-                     f"https://{HOST}:{tls_port}/" if tls_port else None)
+                     f"https://{HOST}:{tls_port}/" if tls_port else None,
+                     f"http://{HOST}:{port}/{STATUS_PATH}")
 
 
 def _running_nginx(binary: str, conf: Path, port: int,

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import psutil
 import pytest
 from depots import v2_chunks
 from helpers import Watchdog, run, servers, skip_or_fail
@@ -49,6 +52,7 @@ class Served(NamedTuple):
     url: str  # serves ``data/`` with one connection in ten slow
     data: Path
     log: SentLog
+    web: str  # nginx's root: ``capped/`` under ``data``'s parent at 10 MiB/s a response
 
 
 @pytest.fixture
@@ -61,7 +65,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     throttled = [servers.Throttled("slow", "data", SLOW_RATE)]
     with servers.nginx(data.parent, tmp_path / "nginx", workers=1, file_cache=False,
                        throttled=throttled, access_log=log) as web:
-        yield Served(web.url + "throttled/slow/", data, SentLog(log))
+        assert web.status_url is not None
+        yield Served(web.url + "throttled/slow/", data, SentLog(log, web.status_url), web.url)
 
 
 def assert_on_target(sent: int, needed: int | None) -> None:
@@ -90,6 +95,34 @@ def packed_size(raw: bytes) -> int:
 
 def build(rng: random.Random) -> dict[str, bytes]:
     return {f"f{i}.bin": rng.randbytes(4 * GOG_CHUNK + 1000 * i) for i in range(3)}
+
+
+def test_the_log_counts_a_response_its_client_cut_short_once_nginx_noticed(
+        served: Served, tmp_path: Path) -> None:
+    """perf/wire.py's own check: a client that hangs up half-way through a response is logged
+    when nginx notices, after the client is gone; SentLog.since waits for that (nginx's
+    stub_status: no request in flight). Here nginx's one worker is stopped while the client
+    hangs up, and goes on 0.3 s later: read at once, the log would not have the line yet."""
+    capped = served.data.parent / "capped"
+    capped.mkdir()
+    (capped / "big.bin").write_bytes(bytes(16 * MiB))
+    host, port = served.web.split("//")[1].rstrip("/").split(":")
+    master = psutil.Process(int((tmp_path / "nginx" / "nginx.pid").read_text()))
+    [worker] = master.children()
+    mark = served.log.mark()
+    with socket.create_connection((host, int(port))) as client:
+        client.sendall(b"GET /capped/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = 0
+        while received < 256 * KiB:
+            received += len(client.recv(64 * KiB))
+        worker.suspend()
+    resume = threading.Timer(0.3, worker.resume)
+    resume.start()
+    try:
+        sent = served.log.since(mark)
+    finally:
+        resume.join()
+    assert received - KiB <= sent < 16 * MiB  # a KiB for the response's headers
 
 
 def test_a_resume_fetches_what_is_missing_once(served: Served, tmp_path: Path) -> None:
