@@ -45,7 +45,7 @@ process puts them in place. A re-run resumes: files already verified are skipped
 
 EPILOG = """\
 environment (flags win):
-  MPDL_WORKERS, MPDL_CONNECTIONS, MPDL_CHUNK_SIZE, MPDL_MEMORY, MPDL_TIMEOUT
+  MPDL_WORKERS, MPDL_CONNECTIONS, MPDL_CHUNK_SIZE, MPDL_MEMORY, MPDL_TIMEOUT, MPDL_TRIES
                         defaults for the options of the same name
   MPDL_NO_PARALLEL=1    one stream per object: no range splitting
   MPDL_START_METHOD     multiprocessing start method: fork, spawn or forkserver
@@ -71,8 +71,8 @@ from the bytes the journal (DEST/.mpdl/journal.jsonl) records as safely on disk.
 manifest over an install to update it: unchanged files stay, changed, moved and copied files
 are built from the local bytes that match (hashes checked), only the rest is fetched, and
 files the old manifest (DEST/.mpdl/installed.json) had and the new one lacks are removed.
-Transient errors are retried with backoff (at most 5 tries per request, see --timeout and
---speed-limit), across mirrors; a TLS certificate that does not verify stops the run at once
+Transient errors are retried with backoff (at most 5 tries per range, see --tries, --timeout
+and --speed-limit), across mirrors; a TLS certificate that does not verify stops the run at once
 (see --cacert, --insecure).
 
 examples:
@@ -159,10 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shared-memory ring budget: payload held in memory (default: 64M)")
     tuning.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                         help="to connect, and to wait for each read (default: 30)")
+    tuning.add_argument("--tries", type=_positive, metavar="N",
+                        help="attempts per range, over all mirrors, before its file fails: "
+                             "retries, races and steals all count (default: 5)")
     tuning.add_argument("--speed-limit", type=_size, metavar="RATE",
                         help="the speed floor: a connection that delivers less than RATE bytes "
                              "per second over --speed-time seconds of waiting for the server has "
-                             "failed its attempt (retried, within the 5 tries), so a server that "
+                             "failed its attempt (retried, within --tries), so a server that "
                              "trickles cannot hold a range; e.g. 1K, 10K; 0: no floor. Under "
                              "--limit-rate the floor is at most half a connection's share of "
                              "the cap (default: 1K)")
@@ -366,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kw = dict(workers=args.workers, connections=args.connections,
                   chunk_size=args.chunk_size, memory=args.memory, timeout=args.timeout,
+                  max_attempts=args.tries,
                   verify_tls=False if args.insecure else None, cacert=args.cacert,
                   headers=[parse_header_line(h) for h in args.header] if args.header else None,
                   proxy=args.proxy, limit_rate=args.limit_rate,

@@ -159,6 +159,7 @@ class Options:
             "MPDL_CHUNK_SIZE": ("chunk_size", parse_size),
             "MPDL_MEMORY": ("memory", parse_size),
             "MPDL_TIMEOUT": ("timeout", float),
+            "MPDL_TRIES": ("max_attempts", _count),
             "MPDL_START_METHOD": ("start_method", str),
             "MPDL_CACERT": ("cacert", str),
             "MPDL_LIMIT_RATE": ("limit_rate", parse_size),

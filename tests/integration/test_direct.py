@@ -283,8 +283,9 @@ def test_small_url_comes_on_its_probes_connection(tmp_path: Path) -> None:
 
 
 #: test_runaway.py's quick floor and its bound, less the processes' start and stop.
-QUICK_FLOOR = ("--timeout", "2", "--speed-limit", "1K", "--speed-time", "1")
-BOUND = 5 * (1 + 2) + 3.75 + 3
+TRIES = 3
+QUICK_FLOOR = ("--timeout", "2", "--speed-limit", "1K", "--speed-time", "1", "--tries", str(TRIES))
+BOUND = TRIES * (1 + 2) + 0.75 + 3
 
 #: Servers that never finish a single URL's ranges, and what the run's one line says of them.
 RUNAWAYS = {
@@ -328,8 +329,8 @@ def runaways(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Runaway]:
 def test_a_server_that_never_finishes_fails_within_the_bound(
         runaways: dict[str, Runaway], runaway: str) -> None:
     """In-process too, every attempt ends at the speed floor or the timeout, and the budget
-    of 5 ends the file: exit 1 and one line. The stall's bytes are kept from attempt to
-    attempt (Range), yet 5 x 1000 bytes of 100 KB do not make the file."""
+    of TRIES ends the file: exit 1 and one line. The stall's bytes are kept from attempt to
+    attempt (Range), yet TRIES x 1000 bytes of 100 KB do not make the file."""
     done, ranges, out = runaways[runaway]
     assert done.returncode == 1, done.stderr
     (line,) = done.stderr.strip().splitlines()
@@ -338,4 +339,4 @@ def test_a_server_that_never_finishes_fails_within_the_bound(
     assert not out.exists()
     assert not done.left, done.left
     if runaway != "silent":  # (the silent server logs a request only once it answers)
-        assert len(ranges) == 5  # the budget
+        assert len(ranges) == TRIES  # the budget

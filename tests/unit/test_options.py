@@ -30,11 +30,14 @@ def test_environment_gives_defaults_and_overrides_win():
     assert (options.workers, options.connections, options.chunk_size, options.memory) == (
         3, 7, 512 << 10, 64 << 20)
     assert options.parallel is False and options.start_method == "spawn"
+    assert Options.from_env({}).max_attempts == 5
+    assert Options.from_env({"MPDL_TRIES": "2"}).max_attempts == 2
+    assert Options.from_env({"MPDL_TRIES": "2"}, max_attempts=3).max_attempts == 3
 
 
 @pytest.mark.parametrize("env", [{"MPDL_WORKERS": "x"}, {"MPDL_WORKERS": "0"},
                                  {"MPDL_CHUNK_SIZE": "1K"}, {"MPDL_CHUNK_SIZE": "3M"},
-                                 {"MPDL_START_METHOD": "thread"}])
+                                 {"MPDL_START_METHOD": "thread"}, {"MPDL_TRIES": "0"}])
 def test_bad_environment_values_are_usage_errors(env):
     with pytest.raises(UsageError):
         Options.from_env(env)
