@@ -55,10 +55,11 @@ number ends in 7; mpdl's time there is also given as a multiple of its tail-ref 
 
 Bytes on the wire ("sent/needed"; results.json: median_sent_bytes, sent_to_needed, and each
 scenario's bytes_needed): nginx logs every request with $body_bytes_sent (the body bytes it
-handed the kernel, headers aside; perf/wire.py), and each run's lines are summed once the log
-settles after the run. Needed is what the scenario asks of the network: its files' bytes, or
-for v2 its compressed chunks. 1.00 is every byte sent once; above it, bytes sent for nothing
-(ranges fetched twice, or pushed into connections the tool then closed).
+handed the kernel, headers aside; perf/wire.py), and each run's lines are summed once nginx
+has no request in flight (its stub_status) after the run. Needed is what the scenario asks of
+the network: its files' bytes, or for v2 its compressed chunks. 1.00 is every byte sent once;
+above it, bytes sent for nothing (ranges fetched twice, or pushed into connections the tool
+then closed).
 
 Scenario data is generated once (seeded, incompressible) and cached in --cache
 (default {scenarios.default_cache()}). Needs nginx (Debian nginx-light) and, for big-tls,
