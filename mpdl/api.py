@@ -506,7 +506,8 @@ def _fetch(manifest: Manifest, plan: Plan, planner: Planner, layout: Layout, opt
                               limits=limits, policy=RetryPolicy(max_attempts=opts.max_attempts),
                               have=have, journaling=True, can_refresh=refresh_url is not None,
                               counts=tracker.counts, redirects=redirects,
-                              resumed={fid: journal.validators(plan.files[fid]) for fid in have})
+                              resumed={fid: journal.validators(plan.files[fid]) for fid in have},
+                              checkpoint_every=opts.checkpoint_every)
         # Its file book made a record of each file: the plan's map of them (a dict entry
         # and a set entry per file) is not kept through the fetch.
         plan.files.clear()

@@ -45,8 +45,8 @@ process puts them in place. A re-run resumes: files already verified are skipped
 
 EPILOG = """\
 environment (flags win):
-  MPDL_WORKERS, MPDL_CONNECTIONS, MPDL_CHUNK_SIZE, MPDL_MEMORY, MPDL_TIMEOUT, MPDL_TRIES
-                        defaults for the options of the same name
+  MPDL_WORKERS, MPDL_CONNECTIONS, MPDL_CHUNK_SIZE, MPDL_MEMORY, MPDL_TIMEOUT, MPDL_TRIES,
+  MPDL_CHECKPOINT_EVERY defaults for the options of the same name
   MPDL_NO_PARALLEL=1    one stream per object: no range splitting
   MPDL_START_METHOD     multiprocessing start method: fork, spawn or forkserver
   MPDL_CACERT           as --cacert
@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--tries", type=_positive, metavar="N",
                         help="attempts per range, over all mirrors, before its file fails: "
                              "retries, races and steals all count (default: 5)")
+    tuning.add_argument("--checkpoint-every", type=_seconds, metavar="SECONDS",
+                        help="how often the bytes written are made durable (fsync) and "
+                             "journaled: what a SIGKILL or a power cut may lose (default: 3)")
     tuning.add_argument("--speed-limit", type=_size, metavar="RATE",
                         help="the speed floor: a connection that delivers less than RATE bytes "
                              "per second over --speed-time seconds of waiting for the server has "
@@ -369,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kw = dict(workers=args.workers, connections=args.connections,
                   chunk_size=args.chunk_size, memory=args.memory, timeout=args.timeout,
-                  max_attempts=args.tries,
+                  max_attempts=args.tries, checkpoint_every=args.checkpoint_every,
                   verify_tls=False if args.insecure else None, cacert=args.cacert,
                   headers=[parse_header_line(h) for h in args.header] if args.header else None,
                   proxy=args.proxy, limit_rate=args.limit_rate,

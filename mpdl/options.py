@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 from .errors import UsageError
 from .formats.headers import Headers, headers_option
 from .net.proxy import parse_proxy, proxy_rules
+from .core.checkpoints import CHECKPOINT_SECONDS
 from .core.retry import MAX_ATTEMPTS
 from .core.speedfloor import DEFAULT_LIMIT, DEFAULT_WINDOW, SpeedFloor
 
@@ -70,6 +71,7 @@ class RunOptions(TypedDict, total=False):
     cacert: str | os.PathLike[str] | None
     headers: Mapping[str, str] | Iterable[tuple[str, str]] | None
     max_attempts: int | None
+    checkpoint_every: float | None
     start_method: str | None
     proxy: str | None
     limit_rate: int | str | None
@@ -101,6 +103,9 @@ class Options:
     # a mapping or (name, value) pairs, kept as pairs: immutable, and pickled to each worker.
     headers: Headers = ()
     max_attempts: int = MAX_ATTEMPTS  # per task, over all mirrors
+    # Seconds between checkpoints (checkpoints.py): what a SIGKILL or a power cut may lose of
+    # the bytes written; each one costs an fsync (or a syncfs) of the files that grew.
+    checkpoint_every: float = CHECKPOINT_SECONDS
     start_method: str | None = None  # None: osdeps.default_start_method picks
     # None: the environment's (HTTPS_PROXY...); "": none (mpdl/net/proxy.py)
     proxy: str | None = None
@@ -121,13 +126,14 @@ class Options:
                 raise UsageError(f"{name} must be a positive whole number, not {value!r}")
         if not self.timeout > 0:
             raise UsageError(f"timeout must be positive, not {self.timeout!r}")
+        for name in ("speed_time", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (
+                    isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise UsageError(f"{name} must be a positive number of seconds, not {value!r}")
         object.__setattr__(self, "speed_limit", _speed_limit(self.speed_limit))
         if self.min_size is not None:
             object.__setattr__(self, "min_size", _min_size(self.min_size))
-        if isinstance(self.speed_time, bool) or not (
-                isinstance(self.speed_time, (int, float)) and 0 < self.speed_time < float("inf")):
-            raise UsageError(f"speed_time must be a positive number of seconds, not "
-                             f"{self.speed_time!r}")
         if self.chunk_size < 64 * KiB:
             raise UsageError("chunk size must be at least 64K")
         if self.chunk_size & (self.chunk_size - 1):  # the grid a cache's slices divide
@@ -160,6 +166,7 @@ class Options:
             "MPDL_MEMORY": ("memory", parse_size),
             "MPDL_TIMEOUT": ("timeout", float),
             "MPDL_TRIES": ("max_attempts", _count),
+            "MPDL_CHECKPOINT_EVERY": ("checkpoint_every", float),
             "MPDL_START_METHOD": ("start_method", str),
             "MPDL_CACERT": ("cacert", str),
             "MPDL_LIMIT_RATE": ("limit_rate", parse_size),

@@ -1,10 +1,11 @@
 """Checkpoints: when written bytes are made durable, and what the journal may then record.
 
-Every CHECKPOINT_SECONDS the scheduler asks the writer to Sync the files that gained bytes and
-the files finished since the last checkpoint; only when the writer answers Synced do those
-bytes and files reach the journal (a JournalSynced effect the supervisor carries out), so a
-crash never leaves the journal claiming bytes the disk does not have. One checkpoint is in
-flight at a time. No I/O and no clock: ``now`` comes in from the caller.
+Every CHECKPOINT_SECONDS (Options.checkpoint_every) the scheduler asks the writer to Sync the
+files that gained bytes and the files finished since the last checkpoint; only when the writer
+answers Synced do those bytes and files reach the journal (a JournalSynced effect the
+supervisor carries out), so a crash never leaves the journal claiming bytes the disk does not
+have. One checkpoint is in flight at a time. No I/O and no clock: ``now`` comes in from the
+caller.
 
 A checkpoint that fails is tried again at the next, but the writer answers every later one
 with the same error (writer.py: the kernel reports a failed writeback once), so once a sync
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # handed in: the core computes paths with it, creates nothing
 
 log = logging.getLogger("mpdl")
 
-CHECKPOINT_SECONDS = 3.0  # how often written bytes are made durable and journaled
+CHECKPOINT_SECONDS = 3.0  # by default, how often written bytes are made durable and journaled
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +56,11 @@ class Checkpoints:
     """The checkpoint in flight, the files finished since the last one, and when the next is due.
     Disabled (``journaling`` False) when nothing is journaled: nothing then needs to be durable."""
 
-    def __init__(self, layout: Layout, journaling: bool, every: float | None = None) -> None:
+    def __init__(self, layout: Layout, journaling: bool,
+                 every: float = CHECKPOINT_SECONDS) -> None:
         self.layout = layout
         self.journaling = journaling
-        self.every = CHECKPOINT_SECONDS if every is None else every
+        self.every = every
         self.next_due: float | None = None
         self.in_flight: _InFlight | None = None
         # (entry, mtime_ns) done since the last: the entry itself, as a done file's run is let

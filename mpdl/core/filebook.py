@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .checkpoints import Checkpoints, JournalSynced
+from .checkpoints import CHECKPOINT_SECONDS, Checkpoints, JournalSynced
 from ..formats.manifest import FileEntry
 from ..errors import DiskError
 from .messages import (CloseFile, FileClosed, OpenFile, Synced, ToWriter, WholeFile,
@@ -54,10 +54,11 @@ class FileEnded:
 class FileBook:
     def __init__(self, plan: Plan, *, layout: Layout, have: Mapping[int, RangeSet],
                  journaling: bool, counts: Counts, to_writer: Callable[[ToWriter], None],
-                 effect: Callable[[ForgetRanges | JournalSynced | FileEnded], None]) -> None:
+                 effect: Callable[[ForgetRanges | JournalSynced | FileEnded], None],
+                 checkpoint_every: float = CHECKPOINT_SECONDS) -> None:
         self.layout = layout
         self.counts = counts
-        self.checkpoints = Checkpoints(layout, journaling)
+        self.checkpoints = Checkpoints(layout, journaling, checkpoint_every)
         self._to_writer = to_writer
         self._effect = effect
         self.files = FileRuns(plan.files, plan.verified)

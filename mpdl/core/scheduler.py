@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .board import Limits, TaskBoard
-from .checkpoints import JournalSynced
+from .checkpoints import CHECKPOINT_SECONDS, JournalSynced
 from .contests import Contests
 from .delivery import Delivery
 from .dispatch import Dispatch
@@ -91,8 +91,8 @@ class Output:
 class Scheduler:
     def __init__(self, plan: Plan, *, planner: Planner, mirrors: Callable[[str], Sequence[str]],
                  layout: Layout, limits: Limits, policy: RetryPolicy | None = None,
-                 tail: TailPolicy | None = None,
-                 have: Mapping[int, RangeSet] = {}, journaling: bool = True,
+                 tail: TailPolicy | None = None, have: Mapping[int, RangeSet] = {},
+                 journaling: bool = True, checkpoint_every: float = CHECKPOINT_SECONDS,
                  can_refresh: bool = False, counts: Counts | None = None,
                  rng: random.Random | None = None,
                  redirects: Mapping[str, str] = {},
@@ -108,7 +108,7 @@ class Scheduler:
         self.routes = Routes(mirrors, effect=self.out.effects.append, final_urls=redirects)
         self.book = FileBook(plan, layout=layout, have=have, journaling=journaling,
                              counts=self.counts, to_writer=self.out.to_writer.append,
-                             effect=self.out.effects.append)
+                             effect=self.out.effects.append, checkpoint_every=checkpoint_every)
         self.files: Mapping[int, FileRun] = self.book.files
         # What each object was (validators.py), from resumed files' journal lines on.
         self.validators = Validators(self.files, mirrors, resumed)

@@ -237,11 +237,12 @@ def test_a_disk_filled_mid_run_fails_the_file_it_was_writing_and_the_rerun_finis
         files.append(item)
     assert sum(map(len, data.values())) < shutil.disk_usage(mnt).free
     with FaultServer(root) as server:
-        # Held back past the first checkpoint (3 s), which journals a.bin and c.bin: the
+        # Held back past the first checkpoint (0.5 s), which journals a.bin and c.bin: the
         # journal has its page then, and the disk fills under b.bin's writes alone.
-        server.set_fault("b.bin", Fault(delay=6.0))
+        server.set_fault("b.bin", Fault(delay=3.0))
         manifest = write_manifest(tmp_path, {"format": "mpdl/1", "files": files}, server.url)
-        run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none",
+                  "--checkpoint-every", "0.5")
         run.wait_for("a.bin and c.bin journaled",
                      lambda: {"a.bin", "c.bin"} <= journal_paths(dest))
         assert not (dest / "b.bin").exists(), "b.bin came before the disk filled: no test"
@@ -275,9 +276,10 @@ def test_a_disk_filled_under_zlib_parts_never_places_their_file(
     pak = next(f for f in files_of(depot.manifest) if f["path"] == "data/level1.pak")
     others = {f["path"] for f in files_of(depot.manifest)} - {pak["path"]}
     with FaultServer(depot.root) as server:
-        server.set_fault("chunks/", Fault(delay=6.0))  # past the first checkpoint (3 s)
+        server.set_fault("chunks/", Fault(delay=3.0))  # past the first checkpoint (0.5 s)
         manifest = write_manifest(tmp_path, depot.manifest, server.url)
-        run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none")
+        run = cli(manifest, "-o", dest, "--workers", "2", "--progress", "none",
+                  "--checkpoint-every", "0.5")
         run.wait_for("the other files journaled", lambda: others <= journal_paths(dest))
         assert not (dest / pak["path"]).exists(), "level1.pak came before the disk filled"
         # Room for all its chunks but most of the last one written: its other tasks are done

@@ -93,11 +93,9 @@ def _journal_ranges(state: Path) -> list:
 
 
 def test_interrupted_fresh_start_does_not_resume_from_stale_journal_ranges(
-    served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    served, tmp_path: Path
 ) -> None:
     import os
-
-    import mpdl.core.checkpoints
 
     root, server = served
     data = os.urandom(512 * KiB)
@@ -107,9 +105,8 @@ def test_interrupted_fresh_start_does_not_resume_from_stale_journal_ranges(
     dest = tmp_path / "out"
     state = dest / ".mpdl"
 
-    # Run 1: some chunks become durable and journaled, then the object goes missing: f fails,
-    # and the journal keeps the ranges.
-    monkeypatch.setattr(mpdl.core.checkpoints, "CHECKPOINT_SECONDS", 0.1)
+    # Run 1: some chunks become durable and journaled (a checkpoint every 0.1 s), then the
+    # object goes missing: f fails, and the journal keeps the ranges.
     # One request for all of it, stalled half-way until it times out; then every request is
     # a 404 (the race against the stall, and the retry).
     server.set_fault("obj", Fault(stall_after=256 * KiB, stall_seconds=3))
@@ -119,7 +116,7 @@ def test_interrupted_fresh_start_does_not_resume_from_stale_journal_ranges(
             server.set_fault("obj", Fault(status=404))
 
     first = mpdl.run(manifest, dest, workers=2, connections=1, chunk_size=64 * KiB,
-                     timeout=1, progress=switch_to_404)
+                     timeout=1, checkpoint_every=0.1, progress=switch_to_404)
     assert "f.bin" in first.failed
     claimed = _journal_ranges(state)
     assert sum(b - a for a, b in claimed) >= 192 * KiB, claimed

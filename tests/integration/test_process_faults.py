@@ -177,13 +177,13 @@ def test_a_killed_writer_is_replaced_and_the_run_completes(
     # is durable (journaled at a checkpoint) when the writer dies; the V2 chunks are slow the
     # first time. What is asked again after the kill answers at once.
     tool = next(f for f in files_of(depot.manifest) if f["path"] == "bin/tool")
-    fault_server.set_fault("objects/", Fault(delay=1.5, stall_after=1000, stall_seconds=5.0,
+    fault_server.set_fault("objects/", Fault(delay=1.0, stall_after=1000, stall_seconds=2.5,
                                              starting_below=6 * 64 * KiB))
-    fault_server.set_fault("chunks/", Fault(delay=5.0, stall_after=1000, stall_seconds=1.5,
+    fault_server.set_fault("chunks/", Fault(delay=2.5, stall_after=1000, stall_seconds=1.5,
                                             fail_times=7))
     manifest = write_manifest(tmp_path, depot.manifest, fault_server.url)
     dest = tmp_path / "game"
-    run = cli(*depot_args(manifest, dest))
+    run = cli(*depot_args(manifest, dest, "--checkpoint-every", "0.5"))
 
     def mid_run() -> psutil.Process | None:
         record = journal_state(dest).get("bin/tool")

@@ -236,14 +236,11 @@ def test_an_interrupted_file_resumes_where_its_durable_bytes_end(
 
 
 def test_a_failed_file_keeps_its_durable_bytes_for_the_rerun(
-    depot: Depot, fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    depot: Depot, fault_server: FaultServer, tmp_path: Path
 ) -> None:
     """Half the file is written and journaled, then its object is gone (404): the file fails,
     and its staging file stays with the journaled ranges, so the re-run fetches only the
     rest (nothing that arrived and was made durable is thrown away)."""
-    import mpdl.core.checkpoints
-
-    monkeypatch.setattr(mpdl.core.checkpoints, "CHECKPOINT_SECONDS", 0.1)
     url = tool_url(depot)
     size = entry(depot.manifest, TOOL)["size"]
     dest = tmp_path / "d"
@@ -254,7 +251,7 @@ def test_a_failed_file_keeps_its_durable_bytes_for_the_rerun(
             fault_server.set_fault(url, Fault(status=404))
 
     first = run(one_file(depot, TOOL, fault_server.url), dest, chunk_size=64 * KiB,
-                connections=1, timeout=1, progress=gone_once_journaled)
+                connections=1, timeout=1, checkpoint_every=0.1, progress=gone_once_journaled)
     assert set(first.failed) == {TOOL} and "404" in first.failed[TOOL], first.failed
     have = journal_ranges(dest, TOOL)
     kept = sum(end - start for start, end in have)

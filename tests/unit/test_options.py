@@ -33,11 +33,15 @@ def test_environment_gives_defaults_and_overrides_win():
     assert Options.from_env({}).max_attempts == 5
     assert Options.from_env({"MPDL_TRIES": "2"}).max_attempts == 2
     assert Options.from_env({"MPDL_TRIES": "2"}, max_attempts=3).max_attempts == 3
+    assert Options.from_env({}).checkpoint_every == 3.0
+    assert Options.from_env({"MPDL_CHECKPOINT_EVERY": "0.5"}).checkpoint_every == 0.5
 
 
 @pytest.mark.parametrize("env", [{"MPDL_WORKERS": "x"}, {"MPDL_WORKERS": "0"},
                                  {"MPDL_CHUNK_SIZE": "1K"}, {"MPDL_CHUNK_SIZE": "3M"},
-                                 {"MPDL_START_METHOD": "thread"}, {"MPDL_TRIES": "0"}])
+                                 {"MPDL_START_METHOD": "thread"}, {"MPDL_TRIES": "0"},
+                                 {"MPDL_CHECKPOINT_EVERY": "0"},
+                                 {"MPDL_CHECKPOINT_EVERY": "inf"}])
 def test_bad_environment_values_are_usage_errors(env):
     with pytest.raises(UsageError):
         Options.from_env(env)

@@ -89,7 +89,7 @@ class Sim:
                  journaling: bool = True, can_refresh: bool = False,
                  policy: RetryPolicy | None = None, streamed=(), parallel: bool = True,
                  tail: TailPolicy | None = None, spread: int | None = None,
-                 answered: bool = True) -> None:
+                 answered: bool = True, checkpoint_every: float = CHECKPOINT_SECONDS) -> None:
         self.manifest = manifest or parse_manifest(
             {"format": "mpdl/1", "base_urls": list(bases), "files": list(files)})
         self.planner = Planner(chunk_size=chunk, parallel=parallel, streamed=streamed,
@@ -109,7 +109,7 @@ class Sim:
                            layout=self.layout, limits=self.limits, policy=policy, tail=tail,
                            have=have, journaling=journaling, can_refresh=can_refresh,
                            rng=NoJitter(), redirects={url: url for url in urls} if answered
-                           else {})
+                           else {}, checkpoint_every=checkpoint_every)
         self.now = 0.0
         self.jobs: dict[tuple[int, int], Job] = {}
         self.worker_log: list[tuple[int, object]] = []  # everything sent to workers
@@ -876,6 +876,18 @@ def test_no_sync_before_the_checkpoint_interval():
     assert sim.syncs == []
     sim.tick_to(CHECKPOINT_SECONDS)
     assert [s.paths for s in sim.syncs] == [(str(sim.layout.staging(sim.manifest.files[0])),)]
+
+
+def test_the_checkpoint_interval_is_the_runs_option():
+    """--checkpoint-every: what a crash may lose is the user's choice, not only 3 s."""
+    sim = Sim(obj("a", 300), checkpoint_every=0.5)
+    first = sorted(sim.fetches(), key=lambda f: f.offset)[0]
+    sim.fill(first)
+    sim.written(first.slot)
+    sim.tick_to(0.49)
+    assert sim.syncs == []
+    sim.tick_to(0.5)
+    assert len(sim.syncs) == 1
 
 
 def test_nothing_new_to_make_durable_sends_no_sync():
