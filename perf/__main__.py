@@ -208,8 +208,7 @@ def _run(loaded: list[scenarios.Scenario], tools: list[str],
         web = stack.enter_context(servers.nginx(
             root, tmp / "nginx", throttled=throttled,
             tls=authority.server if authority else None, access_log=log))
-        assert web.status_url is not None, "nginx always has one"
-        wire = SentLog(log, web.status_url)
+        wire = SentLog(log, web.port)
         front = None
         if any(s.spec.delayed for s in loaded):
             front = stack.enter_context(servers.delaying_front(web.port, DELAY, tmp / "front"))

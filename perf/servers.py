@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,13 +167,12 @@ TIMELINE_LOG = """\
 STATUS_PATH = ".nginx-status"
 
 
-def requests_in_flight(status_url: str) -> int:
-    """Requests nginx is reading or answering now, this one aside (stub_status's Reading and
-    Writing, which count every worker's)."""
-    status = urllib.parse.urlsplit(status_url)
-    connection = http.client.HTTPConnection(status.hostname or HOST, status.port, timeout=5)
+def requests_in_flight(port: int) -> int:
+    """Requests the nginx on ``port`` (started by ``nginx``) is reading or answering now, this
+    one aside (stub_status's Reading and Writing, which count every worker's)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=5)
     try:
-        connection.request("GET", status.path)
+        connection.request("GET", "/" + STATUS_PATH)
         text = connection.getresponse().read().decode()
     finally:
         connection.close()
@@ -197,13 +195,11 @@ NGINX_MISSING = "nginx not found (sh tests/install.sh, or apt-get install nginx-
 
 @dataclass(frozen=True)
 class Server:
-    """A running server: ``url`` ends with "/"; ``tls_url`` too, when it also serves HTTPS;
-    ``status_url``, nginx's stub_status (``requests_in_flight``), for nginx only."""
+    """A running server: ``url`` ends with "/"; ``tls_url`` too, when it also serves HTTPS."""
 
     url: str
     port: int
     tls_url: str | None = None
-    status_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -279,8 +275,7 @@ def nginx(root: Path, tmp: Path, workers: int = 2, *, file_cache: bool = True,
         user=pwd.getpwuid(os.geteuid()).pw_name, group=grp.getgrgid(os.getegid()).gr_name))
     with _running_nginx(binary, conf, port, tmp):
         yield Server(f"http://{HOST}:{port}/", port,
-                     f"https://{HOST}:{tls_port}/" if tls_port else None,
-                     f"http://{HOST}:{port}/{STATUS_PATH}")
+                     f"https://{HOST}:{tls_port}/" if tls_port else None)
 
 
 def _running_nginx(binary: str, conf: Path, port: int,

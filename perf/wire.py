@@ -26,11 +26,11 @@ STATUS_LOOK_SECONDS = 0.005
 
 
 class SentLog:
-    """nginx's access log, read run by run; ``status_url`` its server's Server.status_url."""
+    """The access log of the nginx on ``port`` (servers.nginx), read run by run."""
 
-    def __init__(self, path: Path, status_url: str) -> None:
+    def __init__(self, path: Path, port: int) -> None:
         self.path = path
-        self.status_url = status_url
+        self.port = port
 
     def mark(self) -> int:
         """Where the log ends now: the next run's lines start there."""
@@ -39,7 +39,7 @@ class SentLog:
     def since(self, mark: int) -> int:
         """Body bytes nginx sent since ``mark``, once the log has settled."""
         deadline = time.monotonic() + SETTLE_MAX
-        while requests_in_flight(self.status_url) and time.monotonic() < deadline:
+        while requests_in_flight(self.port) and time.monotonic() < deadline:
             time.sleep(STATUS_LOOK_SECONDS)
         size = self._size()
         with self.path.open("rb") as log:

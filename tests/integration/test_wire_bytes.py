@@ -51,8 +51,7 @@ GOG_CHUNK = 1 * MiB  # a V2 part: checked whole, so never cut inside
 class Served(NamedTuple):
     url: str  # serves ``data/`` with one connection in ten slow
     data: Path
-    log: SentLog
-    web: str  # nginx's root: ``capped/`` under ``data``'s parent at 10 MiB/s a response
+    log: SentLog  # its ``port`` is nginx's, which serves ``capped/`` beside ``data/``
 
 
 @pytest.fixture
@@ -65,8 +64,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     throttled = [servers.Throttled("slow", "data", SLOW_RATE)]
     with servers.nginx(data.parent, tmp_path / "nginx", workers=1, file_cache=False,
                        throttled=throttled, access_log=log) as web:
-        assert web.status_url is not None
-        yield Served(web.url + "throttled/slow/", data, SentLog(log, web.status_url), web.url)
+        yield Served(web.url + "throttled/slow/", data, SentLog(log, web.port))
 
 
 def assert_on_target(sent: int, needed: int | None) -> None:
@@ -106,15 +104,16 @@ def test_the_log_counts_a_response_its_client_cut_short_once_nginx_noticed(
     capped = served.data.parent / "capped"
     capped.mkdir()
     (capped / "big.bin").write_bytes(bytes(16 * MiB))
-    host, port = served.web.split("//")[1].rstrip("/").split(":")
     master = psutil.Process(int((tmp_path / "nginx" / "nginx.pid").read_text()))
     [worker] = master.children()
     mark = served.log.mark()
-    with socket.create_connection((host, int(port))) as client:
+    with socket.create_connection((servers.HOST, served.log.port), timeout=10) as client:
         client.sendall(b"GET /capped/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         received = 0
         while received < 256 * KiB:
-            received += len(client.recv(64 * KiB))
+            got = len(client.recv(64 * KiB))  # a recv past the timeout raises
+            assert got, "nginx closed the connection early"
+            received += got
         worker.suspend()
     resume = threading.Timer(0.3, worker.resume)
     resume.start()
