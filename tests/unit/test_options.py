@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mpdl.cli import build_parser
 from mpdl.errors import UsageError
 from mpdl.options import Options, parse_size
 from mpdl.procs.ring import slots_that_fit
@@ -84,3 +85,18 @@ def test_slot_pool_frees_what_a_dead_child_held():
 def test_slots_that_fit_read_the_real_shared_memory_folder():
     assert slots_that_fit(4096, 3) == 3
     assert slots_that_fit(1 << 50, 10) == 0  # a petabyte slot fits nowhere
+
+
+def test_the_flags_for_tries_and_checkpoints_reach_the_options():
+    args = build_parser().parse_args(["d.json", "-o", "g", "--tries", "2",
+                                      "--checkpoint-every", "0.5"])
+    assert (args.tries, args.checkpoint_every) == (2, 0.5)
+
+
+@pytest.mark.parametrize("flag", ["--timeout", "--speed-time", "--checkpoint-every"])
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "soon"])
+def test_seconds_flags_take_a_positive_finite_number(flag, value, capsys):
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["d.json", "-o", "g", flag, value])
+    assert caught.value.code == 2
+    assert flag in capsys.readouterr().err
